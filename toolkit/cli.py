@@ -1,0 +1,63 @@
+"""What every command-line entry point shares: one-line errors, exit codes, progress bars.
+
+Users see a single line that says what is wrong and how to fix it, never a traceback:
+``UsageError`` (bad arguments, bad config, bad input paths) exits with code 2,
+``DataError`` (the data itself is broken, e.g. a failed verification) with code 1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, Iterable, NoReturn, Optional, Sequence, TypeVar
+
+T = TypeVar("T")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """The user asked for something impossible: printed as one line, exit code 2."""
+
+
+class DataError(Exception):
+    """The data is broken in a way the user must fix: printed as one line, exit code 1."""
+
+
+def is_main_process() -> bool:
+    """True on the process that should print and write (rank 0), also before Accelerate starts."""
+    return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") in ("0", "")
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def run_cli(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional[Sequence[str]] = None) -> NoReturn:
+    """Run ``main(argv)`` and turn known failures into one-line messages and exit codes."""
+    try:
+        code = main(argv)
+    except UsageError as err:
+        fail(str(err), EXIT_USAGE)
+    except DataError as err:
+        fail(str(err), EXIT_FAILURE)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(code or EXIT_OK)
+
+
+def progress(iterable: Iterable[T], *, total: Optional[int] = None, desc: str = "", unit: str = "it",
+             enabled: Optional[bool] = None, **kwargs) -> Iterable[T]:
+    """A tqdm progress bar on the main process only; a plain iterable elsewhere."""
+    if enabled is None:
+        enabled = is_main_process()
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit=unit, dynamic_ncols=True, **kwargs)
