@@ -1,0 +1,196 @@
+"""Model files (safetensors with metadata) and full training-state checkpoints.
+
+Two kinds of file leave a run:
+- ``model.safetensors`` / ``last.safetensors``: weights of the unwrapped model plus the
+  metadata needed to rebuild and use it (architecture, classes, image size, normalization).
+  This is the only format models are exchanged in; nothing pickled is ever loaded from it.
+- ``checkpoints/step-XXXXXXXX/``: ``accelerator.save_state`` output (model, optimizer, scaler,
+  scheduler, RNG, loop position) for resuming. Written under a temporary name and renamed
+  when complete, so a kill never leaves a checkpoint that looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+
+from toolkit.cli import UsageError
+from toolkit.fileio import TMP_PREFIX, atomic_write_bytes, fsync_dir
+
+FORMAT_NAME = "pets-toolkit/resnet"
+CHECKPOINT_PREFIX = "step-"
+_CHECKPOINT_RE = re.compile(r"^step-(\d{8})$")
+
+
+# ---------------------------------------------------------------------------------------------
+# safetensors model files
+
+
+def model_metadata(cfg, *, mean, std, class_names, extra: Optional[dict] = None) -> dict:
+    """Everything needed to rebuild the model and preprocess images for it."""
+    from toolkit.models import resolve_architecture
+
+    block, blocks = resolve_architecture(cfg.model.arch, cfg.model.blocks_per_stage, cfg.model.block)
+    meta = {
+        "format": FORMAT_NAME,
+        "arch": cfg.model.arch,
+        "block": block,
+        "blocks_per_stage": list(blocks),
+        "base_width": cfg.model.base_width,
+        "in_chans": cfg.model.in_chans,
+        "num_classes": cfg.model.num_classes,
+        "class_names": list(class_names),
+        "image_size": cfg.data.image_size,
+        "resize_size": cfg.data.resize_size,
+        "mean": [float(m) for m in mean],
+        "std": [float(s) for s in std],
+    }
+    meta.update(extra or {})
+    return meta
+
+
+def save_model_file(model: torch.nn.Module, path: Path, metadata: dict) -> None:
+    """Write the unwrapped model's weights with JSON-encoded metadata, atomically."""
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    bad = [k for k in state if k.startswith(("module.", "_orig_mod."))]
+    if bad:
+        raise ValueError(f"refusing to save a wrapped model (key {bad[0]!r}); pass the unwrapped module")
+    encoded = {key: json.dumps(value) for key, value in metadata.items()}
+    atomic_write_bytes(path, save_safetensors_bytes(state, metadata=encoded))
+
+
+def read_model_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"model file {str(path)!r} not found; pass RUN/model.safetensors from a finished training run")
+    data = path.read_bytes()
+    try:
+        state = load_safetensors_bytes(data)
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + header_len])
+    except (SafetensorError, ValueError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UsageError(f"{str(path)!r} is not a safetensors file ({err}); models are exchanged as .safetensors only") from None
+    raw_meta = header.get("__metadata__") or {}
+    try:
+        meta = {key: json.loads(value) for key, value in raw_meta.items()}
+    except json.JSONDecodeError:
+        meta = {}
+    if meta.get("format") != FORMAT_NAME:
+        raise UsageError(f"{str(path)!r} is a safetensors file but not a pets-toolkit model (no '{FORMAT_NAME}' metadata)")
+    return state, meta
+
+
+def build_model_from_metadata(meta: dict) -> torch.nn.Module:
+    from toolkit.models import create_model
+
+    return create_model(
+        meta["arch"],
+        num_classes=int(meta["num_classes"]),
+        blocks_per_stage=meta.get("blocks_per_stage"),
+        block=meta.get("block"),
+        base_width=int(meta.get("base_width", 64)),
+        in_chans=int(meta.get("in_chans", 3)),
+    )
+
+
+def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load weights and turn any mismatch into one line naming it."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        raise UsageError(f"{source}: weights do not fit the model architecture: {', '.join(parts)}")
+    for key, tensor in state.items():
+        if own[key].shape != tensor.shape:
+            raise UsageError(
+                f"{source}: weight {key} has shape {tuple(tensor.shape)} but the model expects {tuple(own[key].shape)}"
+                + (" (different number of classes)" if key.startswith("fc.") else "")
+            )
+    model.load_state_dict(state, strict=True)
+
+
+def load_model_file(path: Path, expect: Optional[dict] = None) -> tuple[torch.nn.Module, dict]:
+    """Rebuild a model from a ``.safetensors`` file; ``expect`` checks metadata (e.g. num_classes)."""
+    state, meta = read_model_file(path)
+    for key, wanted in (expect or {}).items():
+        if key in meta and meta[key] != wanted:
+            raise UsageError(f"{str(path)!r} has {key}={meta[key]!r} but {wanted!r} was expected")
+    model = build_model_from_metadata(meta)
+    load_state_strict(model, state, str(path))
+    model.eval()
+    return model, meta
+
+
+# ---------------------------------------------------------------------------------------------
+# Training-state checkpoints
+
+
+def checkpoint_dir_name(global_step: int) -> str:
+    return f"{CHECKPOINT_PREFIX}{global_step:08d}"
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary folders are ignored)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir() and _CHECKPOINT_RE.match(p.name)]
+    return sorted(found, key=lambda p: p.name)
+
+
+def latest_checkpoint(folder: Path) -> Optional[Path]:
+    found = list_checkpoints(folder)
+    return found[-1] if found else None
+
+
+def save_checkpoint(accelerator, folder: Path, global_step: int, keep: int,
+                    write_extras: Optional[Callable[[Path], None]] = None) -> Path:
+    """``accelerator.save_state`` into a temporary folder, then rename it into place (all ranks call).
+
+    ``write_extras(folder)`` runs on the main process to add files of our own before the rename.
+    """
+    folder = Path(folder)
+    final = folder / checkpoint_dir_name(global_step)
+    tmp = folder / f"{TMP_PREFIX}{final.name}"
+    if accelerator.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if write_extras is not None:
+            write_extras(tmp)
+        _fsync_tree(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        fsync_dir(folder)
+        for old in list_checkpoints(folder)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        for stale in folder.glob(f"{TMP_PREFIX}*"):
+            shutil.rmtree(stale, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    fsync_dir(folder)

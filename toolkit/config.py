@@ -1,0 +1,375 @@
+"""Typed, validated run configuration: a YAML file plus dotted ``key=value`` overrides.
+
+Every run is described by one ``Config``. It is loaded from YAML, overridden from the command
+line (``optimizer.lr=3e-4 model.blocks_per_stage=[1,1,1,1]``), checked field by field, and the
+resolved result is written into the run folder. A mistake anywhere is one line naming the full
+key, what was given and what is allowed (``UsageError``, exit code 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import yaml
+
+from toolkit.cli import UsageError
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("step", "cosine", "constant")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+BLOCKS = ("basic", "bottleneck")
+
+
+def _choice(*allowed: str) -> dict:
+    return {"choices": allowed}
+
+
+def _range(low: Optional[float] = None, high: Optional[float] = None, *, low_open: bool = False) -> dict:
+    return {"low": low, "high": high, "low_open": low_open}
+
+
+@dataclass
+class DataConfig:
+    shards: str = "shards"  # folder with info.json, or a brace pattern / pipe: / http(s) URL of the shards
+    image_size: int = field(default=224, metadata=_range(8))
+    resize_size: int = field(default=255, metadata=_range(8))  # eval: resize shorter side, then center crop
+    mean: Optional[list[float]] = None  # None: the train-split statistics from info.json
+    std: Optional[list[float]] = None
+    num_workers: int = field(default=4, metadata=_range(0))
+    pin_memory: bool = True
+    persistent_workers: bool = True
+    prefetch_factor: int = field(default=2, metadata=_range(1))
+    shuffle_buffer: int = field(default=1000, metadata=_range(0))
+    crop_scale: list[float] = field(default_factory=lambda: [0.6, 1.0])
+    hflip: bool = True
+    color_jitter: Optional[list[float]] = field(default_factory=lambda: [0.2, 0.2, 0.2, 0.1])
+    strict: bool = False  # stop at the first bad sample instead of skipping and counting it
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "resnet101"
+    blocks_per_stage: Optional[list[int]] = None  # None: the preset's, e.g. [3, 4, 23, 3]
+    block: Optional[str] = field(default=None, metadata=_choice(*BLOCKS))  # None: the preset's
+    base_width: int = field(default=64, metadata=_range(1))
+    num_classes: int = field(default=2, metadata=_range(2))
+    in_chans: int = field(default=3, metadata=_range(1))
+    zero_init_residual: bool = False
+    channels_last: bool = False
+    compile: bool = False
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = field(default="adam", metadata=_choice(*OPTIMIZERS))
+    lr: float = field(default=1e-3, metadata=_range(0.0, low_open=True))
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    momentum: float = field(default=0.9, metadata=_range(0.0, 1.0))
+    nesterov: bool = False
+    weight_decay: float = field(default=1e-4, metadata=_range(0.0))
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = field(default="step", metadata=_choice(*SCHEDULERS))
+    step_epochs: int = field(default=30, metadata=_range(1))  # StepLR period, in epochs
+    gamma: float = field(default=0.1, metadata=_range(0.0, 1.0, low_open=True))
+    warmup_epochs: float = field(default=0.0, metadata=_range(0.0))
+    min_lr_ratio: float = field(default=0.0, metadata=_range(0.0, 1.0))  # cosine floor, as a share of lr
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = field(default=30, metadata=_range(1))
+    batch_size: int = field(default=32, metadata=_range(1))  # per process
+    seed: int = 42
+    mixed_precision: Optional[str] = field(default=None, metadata=_choice(*MIXED_PRECISION))  # None: the launcher's
+    grad_accum_steps: int = field(default=1, metadata=_range(1))
+    grad_clip: Optional[float] = field(default=None, metadata=_range(0.0, low_open=True))
+    label_smoothing: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    ema_decay: Optional[float] = field(default=None, metadata=_range(0.0, 1.0))
+    resume: Optional[str] = None  # None, "auto", or a checkpoint folder
+    checkpoint_every_steps: int = field(default=0, metadata=_range(0))  # 0: off
+    checkpoint_every_epochs: int = field(default=1, metadata=_range(0))
+    keep_checkpoints: int = field(default=2, metadata=_range(1))
+    skip_nonfinite: bool = False
+    max_steps: int = field(default=0, metadata=_range(0))  # 0: no limit; stops early (for smoke runs)
+    log_every_steps: int = field(default=10, metadata=_range(1))
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = field(default=64, metadata=_range(1))
+    threshold: float = field(default=0.5, metadata=_range(0.0, 1.0))
+    test_split: Optional[str] = "test"  # evaluated with the best model when training ends; None: skip
+    plots: bool = True
+    num_images: int = field(default=8, metadata=_range(0))  # for the prediction grid and Grad-CAM
+    gradcam_layer: str = "layer4"
+
+
+@dataclass
+class TrackingConfig:
+    wandb: str = field(default="auto", metadata=_choice(*WANDB_MODES))
+    project: str = "pets-toolkit"
+    entity: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+    log_every_steps: int = field(default=10, metadata=_range(1))
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "runs"
+    run_name: Optional[str] = None  # None: a timestamp
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and overriding
+
+
+def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> Config:
+    """Defaults <- YAML file <- ``key=value`` overrides, validated into a ``Config``."""
+    raw: dict = {}
+    if path is not None:
+        raw = read_yaml_mapping(path)
+    for override in overrides:
+        key, value = parse_override(override)
+        _set_dotted(raw, key, value)
+    return config_from_dict(raw)
+
+
+def read_yaml_mapping(path: Union[str, Path]) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file {str(path)!r} not found; pass an existing YAML file, e.g. --config configs/smoke.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise UsageError(f"config file {str(path)!r} is not valid YAML{at}: {getattr(err, 'problem', None) or err}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UsageError(f"config file {str(path)!r} must hold a mapping of sections (data:, model:, ...), got {type(raw).__name__}")
+    return raw
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``optimizer.lr=3e-4`` -> ("optimizer.lr", 0.0003); values are YAML scalars or flow lists."""
+    if "=" not in text:
+        raise UsageError(f"override {text!r} is not of the form section.key=value, e.g. optimizer.lr=3e-4")
+    key, _, value_text = text.partition("=")
+    key = key.strip()
+    if not key or any(not part.isidentifier() for part in key.split(".")):
+        raise UsageError(f"override {text!r} has an invalid key {key!r}; use section.key=value, e.g. train.epochs=5")
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else None
+    except yaml.YAMLError:
+        raise UsageError(f"override {text!r}: value {value_text!r} is not a valid YAML scalar or list") from None
+    return key, value
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise UsageError(f"override {key}: {'.'.join(parts[:depth + 1])} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def config_from_dict(raw: Any) -> Config:
+    if not isinstance(raw, dict):
+        raise UsageError(f"config must be a mapping of sections, got {type(raw).__name__}")
+    return _build(Config, raw, prefix="")
+
+
+def _build(cls: type, raw: Any, prefix: str):
+    where = prefix.rstrip(".") or "config"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UsageError(f"{where} must be a mapping, got {_show(raw)}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = [k for k in raw if k not in fields]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+        hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(fields)}"
+        raise UsageError(f"unknown config key {prefix}{key}{hint}")
+    values = {}
+    for name, f in fields.items():
+        if name not in raw:
+            continue
+        full = prefix + name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, raw[name], full + ".")
+        else:
+            value = _coerce(raw[name], hint, full)
+            _check_metadata(value, f.metadata, full)
+            values[name] = value
+    return cls(**values)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " or null"
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return f"a list of {_type_name(item).removeprefix('an ').removeprefix('a ')}s"
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(hint, str(hint))
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key)
+    wrong = UsageError(f"{key} = {_show(value)} has the wrong type; expected {_type_name(hint)}")
+    if origin is list:
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise wrong
+        (item,) = typing.get_args(hint)
+        try:
+            return [_coerce(v, item, key) for v in value]
+        except UsageError:
+            raise wrong from None
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise wrong
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise wrong
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise wrong
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise wrong
+    raise wrong
+
+
+def _check_metadata(value: Any, meta: typing.Mapping, key: str) -> None:
+    if value is None:
+        return
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.5)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UsageError(f"{key} = {_show(value)} is not allowed; choose one of {', '.join(choices)}{hint}")
+    low, high = meta.get("low"), meta.get("high")
+    if low is None and high is None:
+        return
+    if value != value or value in (float("inf"), float("-inf")):
+        raise UsageError(f"{key} = {_show(value)} must be a finite number")
+    too_low = low is not None and (value <= low if meta.get("low_open") else value < low)
+    too_high = high is not None and value > high
+    if too_low or too_high:
+        lo = "" if low is None else (f"> {low}" if meta.get("low_open") else f">= {low}")
+        hi = "" if high is None else f"<= {high}"
+        allowed = " and ".join(part for part in (lo, hi) if part)
+        raise UsageError(f"{key} = {_show(value)} is out of range; it must be {allowed}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Cross-field checks and output
+
+
+def validate(cfg: Config) -> Config:
+    """Checks that span several fields; called once after loading."""
+    from toolkit.models import MODEL_ARCHS
+
+    if cfg.model.arch not in MODEL_ARCHS:
+        close = difflib.get_close_matches(cfg.model.arch, MODEL_ARCHS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UsageError(f"model.arch = {cfg.model.arch!r} is not allowed; choose one of {', '.join(MODEL_ARCHS)}{hint}")
+    bps = cfg.model.blocks_per_stage
+    if bps is not None and (len(bps) != 4 or any(b < 1 for b in bps)):
+        raise UsageError(f"model.blocks_per_stage = {bps} must be 4 positive integers, e.g. [3, 4, 23, 3]")
+    lo, hi = (cfg.data.crop_scale + [None, None])[:2] if len(cfg.data.crop_scale) == 2 else (None, None)
+    if lo is None or not (0.0 < lo <= hi <= 1.0):
+        raise UsageError(f"data.crop_scale = {cfg.data.crop_scale} must be [low, high] with 0 < low <= high <= 1")
+    for name in ("mean", "std"):
+        stats = getattr(cfg.data, name)
+        if stats is not None and (len(stats) != cfg.model.in_chans or (name == "std" and min(stats) <= 0)):
+            raise UsageError(f"data.{name} = {stats} must hold {cfg.model.in_chans} numbers (std > 0), or be null to use info.json")
+    if cfg.data.color_jitter is not None and len(cfg.data.color_jitter) != 4:
+        raise UsageError(f"data.color_jitter = {cfg.data.color_jitter} must be [brightness, contrast, saturation, hue] or null")
+    if len(cfg.optimizer.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.optimizer.betas):
+        raise UsageError(f"optimizer.betas = {cfg.optimizer.betas} must be two numbers in [0, 1)")
+    if cfg.data.resize_size < cfg.data.image_size:
+        raise UsageError(f"data.resize_size = {cfg.data.resize_size} must be >= data.image_size = {cfg.data.image_size}")
+    if cfg.scheduler.warmup_epochs >= cfg.train.epochs:
+        raise UsageError(f"scheduler.warmup_epochs = {cfg.scheduler.warmup_epochs} must be shorter than train.epochs = {cfg.train.epochs}")
+    resume = cfg.train.resume
+    if resume not in (None, "auto") and not Path(resume).is_dir():
+        raise UsageError(f"train.resume = {resume!r} is neither 'auto' nor an existing checkpoint folder")
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(obj: dict) -> str:
+    return yaml.safe_dump(obj, sort_keys=False, default_flow_style=None)
+
+
+def to_yaml(cfg: Config) -> str:
+    return dump_yaml(to_dict(cfg))
+
+
+def split_config_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separate ``key=value`` overrides from ordinary ``--flags`` on a command line."""
+    flags, overrides = [], []
+    for arg in argv:
+        (overrides if ("=" in arg and not arg.startswith("-")) else flags).append(arg)
+    return flags, overrides

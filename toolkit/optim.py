@@ -1,0 +1,62 @@
+"""Optimizers, the learning-rate schedule and the weight EMA, built from the config.
+
+The schedule is a function of the optimizer step (not the epoch), so warmup, step decay and
+cosine decay behave the same whatever the batch size, accumulation or number of processes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Optional
+
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from toolkit.config import OptimizerConfig, SchedulerConfig
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if cfg.name == "adam":  # weight decay as L2 in the gradient, as the seed experiment did
+        return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    if cfg.name == "adamw":  # decoupled weight decay
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.name!r}")
+
+
+class LRSchedule:
+    """Multiplier of the base LR at optimizer step ``s``: linear warmup, then step/cosine/constant."""
+
+    def __init__(self, cfg: SchedulerConfig, steps_per_epoch: int, total_steps: int):
+        self.name = cfg.name
+        self.warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
+        self.step_size = max(1, cfg.step_epochs * steps_per_epoch)
+        self.gamma = cfg.gamma
+        self.min_ratio = cfg.min_lr_ratio
+        self.total_steps = max(1, total_steps)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.name == "step":
+            return self.gamma ** (step // self.step_size)
+        if self.name == "cosine":
+            span = max(1, self.total_steps - self.warmup_steps)
+            progress = min(1.0, (step - self.warmup_steps) / span)
+            return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, steps_per_epoch: int,
+                    total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, LRSchedule(cfg, steps_per_epoch, total_steps))
+
+
+def build_ema(model: torch.nn.Module, decay: Optional[float]) -> Optional[AveragedModel]:
+    """An exponential moving average of weights and BN statistics, or None when disabled."""
+    if not decay:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)

@@ -1,0 +1,441 @@
+"""Weights & Biases tracking that can never stop or slow down training, and secret redaction.
+
+W&B is a convenience on top of the local run folder (config.yaml, logs, metrics, report),
+which stays the source of truth. So every failure here - wandb not installed, no network,
+a bad entity, an exception inside a log call - turns into ONE warning line and tracking
+goes quiet; the training loop never sees an exception from this module.
+
+Modes (``tracking.wandb``): ``online``, ``offline``, ``disabled`` and ``auto`` (online when an
+API key is configured - ``WANDB_API_KEY`` or a netrc entry for the W&B host - else offline;
+``WANDB_MODE`` in the environment wins over ``auto``). Online falls back to offline, offline
+to disabled. ``disabled`` never imports wandb.
+
+We call ``wandb.init(config=...)`` ourselves instead of going through Accelerate's tracker,
+whose offline mode has dropped the config (accelerate #3607). The W&B files live inside the
+run folder (``RUN/wandb/offline-run-*``); upload an offline run later with ``wandb sync``.
+
+What W&B keeps on disk: the key is never written in offline mode (tested), console capture is
+off (our own log file already has the console, and a stray secret printed there stays out of
+W&B), code and requirements saving are off. Git state and system metadata (host, GPU, the
+command line) are kept: do not pass secrets on the command line.
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
+from urllib.parse import urlparse
+
+MODES = ("auto", "online", "offline", "disabled")
+REDACTED = "***"
+
+# How long an online wandb.init may take before we give up and log offline instead.
+ONLINE_INIT_TIMEOUT_S = 20.0
+OFFLINE_INIT_TIMEOUT_S = 60.0
+
+# ---------------------------------------------------------------------------------------------
+# Secret redaction
+# ---------------------------------------------------------------------------------------------
+
+# A key names a secret when one of its words is one of these (api_key, hf_token, db_password,
+# client_secret, private-key, apiKey, ...). "key" alone is NOT a secret: samples have keys.
+_SECRET_KEY_RE = re.compile(
+    r"(^|[_\-.\s])(api[_\-]?key|apikey|token|auth[_\-]?token|access[_\-]?token|password|passwd"
+    r"|secret|credentials?)($|[_\-.\s])"
+    r"|[_\-.](key)$",
+    re.IGNORECASE,
+)
+_SECRET_ENV_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+_ALWAYS_SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+# Env vars whose name says "key" but whose value is a location, not a secret.
+_LOCATION_SUFFIXES = ("_FILE", "_PATH", "_DIR", "_HOME")
+_MIN_SECRET_LEN = 8
+
+
+def _split_camel(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name)
+
+
+def is_secret_key(name: str) -> bool:
+    """True for dict keys whose value should never be written anywhere."""
+    return bool(_SECRET_KEY_RE.search(_split_camel(str(name))))
+
+
+def secret_values(environ: Optional[Mapping[str, str]] = None) -> list[str]:
+    """Secret strings found in the environment, longest first (so replacement is greedy)."""
+    environ = os.environ if environ is None else environ
+    found = set()
+    for name, value in environ.items():
+        upper = name.upper()
+        named_secret = upper in _ALWAYS_SECRET_ENV or (
+            any(word in upper for word in _SECRET_ENV_WORDS) and not upper.endswith(_LOCATION_SUFFIXES)
+        )
+        if named_secret and value and len(value) >= _MIN_SECRET_LEN:
+            found.add(value)
+    return sorted(found, key=len, reverse=True)
+
+
+def redact_secrets(obj: Any, *, environ: Optional[Mapping[str, str]] = None) -> Any:
+    """A copy of ``obj`` with secrets replaced by ``"***"``.
+
+    Recurses through dicts, lists and tuples. Values under secret-looking keys are replaced
+    (``None``/empty values are kept: they hide nothing), and every occurrence of a secret from
+    the environment inside any string is replaced too, so log lines and URLs are covered.
+    Apply it to everything the run writes: config, logs, metrics, reports, file metadata.
+    """
+    return _redact(obj, secret_values(environ))
+
+
+def _redact(obj: Any, secrets: Sequence[str]) -> Any:
+    if isinstance(obj, str):
+        for secret in secrets:
+            if secret in obj:
+                obj = obj.replace(secret, REDACTED)
+        return obj
+    if isinstance(obj, Mapping):
+        out = {}
+        for key, value in obj.items():
+            if isinstance(key, str) and is_secret_key(key) and value not in (None, "", False):
+                out[key] = REDACTED
+            else:
+                out[key] = _redact(value, secrets)
+        return out
+    if isinstance(obj, tuple):
+        return tuple(_redact(value, secrets) for value in obj)
+    if isinstance(obj, list):
+        return [_redact(value, secrets) for value in obj]
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# Mode resolution
+# ---------------------------------------------------------------------------------------------
+
+
+def wandb_host() -> str:
+    return urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or "api.wandb.ai"
+
+
+def has_api_key() -> bool:
+    """True when W&B could log in without asking: WANDB_API_KEY or a netrc entry for its host."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    candidates = [os.environ.get("NETRC"), Path.home() / ".netrc", Path.home() / "_netrc"]
+    for path in candidates:
+        if not path or not Path(path).is_file():
+            continue
+        try:
+            entry = netrc.netrc(str(path)).authenticators(wandb_host())
+        except (netrc.NetrcParseError, OSError):
+            continue
+        if entry and entry[2]:
+            return True
+    return False
+
+
+def resolve_mode(setting: str) -> str:
+    """Turn ``tracking.wandb`` into online/offline/disabled (never imports wandb)."""
+    setting = str(setting).lower()
+    if setting not in MODES:
+        raise ValueError(f"tracking.wandb must be one of {', '.join(MODES)}, got {setting!r}")
+    if setting != "auto":
+        return setting
+    env_mode = os.environ.get("WANDB_MODE", "").lower()
+    if env_mode in ("offline", "dryrun"):
+        return "offline"
+    if env_mode == "disabled":
+        return "disabled"
+    return "online" if has_api_key() else "offline"
+
+
+# ---------------------------------------------------------------------------------------------
+# Tracker
+# ---------------------------------------------------------------------------------------------
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _short(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    text = redact_secrets(text)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+class Tracker:
+    """One W&B run per training run, on the main process only; a no-op everywhere else.
+
+    Every public method is safe to call in any state: when tracking is off it returns at once,
+    and an exception inside W&B is caught, warned about once per method, and counted.
+    """
+
+    def __init__(self, cfg: Any, run_dir: Path, config: dict, *, is_main: bool, run_name: str,
+                 echo: Callable[[str], None] = _stderr,
+                 init_timeout: float = ONLINE_INIT_TIMEOUT_S) -> None:
+        self.run_dir = Path(run_dir)
+        self.mode = "disabled"
+        self._echo = echo
+        self._wandb = None
+        self._run = None
+        self._last_step = -1
+        self._failed: dict[str, int] = {}
+        self._result: Optional[dict] = None
+        self.init_seconds = 0.0
+        self.finish_seconds = 0.0
+        if not is_main:
+            return
+        try:
+            wanted = resolve_mode(cfg.wandb)
+        except ValueError as err:
+            self._warn(f"{err}; W&B tracking is off, local logs continue")
+            return
+        if wanted == "disabled":
+            return
+        started = time.perf_counter()
+        self._start(wanted, cfg, config, run_name, init_timeout)
+        self.init_seconds = time.perf_counter() - started
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def active(self) -> bool:
+        return self._run is not None
+
+    def _warn(self, message: str) -> None:
+        self._echo(f"warning: {message}")
+
+    def _start(self, wanted: str, cfg: Any, config: dict, run_name: str, init_timeout: float) -> None:
+        try:
+            import wandb
+        except ImportError:
+            self._warn("W&B is not installed (pip install wandb); tracking is off, local logs continue")
+            return
+        self._wandb = wandb
+        wandb_dir = self.run_dir / "wandb"
+        try:
+            wandb_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            self._warn(f"cannot create {wandb_dir} ({_short(err)}); W&B tracking is off, local logs continue")
+            return
+
+        online_error = None
+        for mode in (["online", "offline"] if wanted == "online" else ["offline"]):
+            try:
+                self._run = self._init(mode, cfg, config, run_name,
+                                       init_timeout if mode == "online" else OFFLINE_INIT_TIMEOUT_S)
+                self.mode = mode
+                break
+            except Exception as err:  # wandb raises CommError, UsageError, TimeoutError, ...
+                if mode == "online":
+                    online_error = err
+                    continue
+                reason = f"online: {_short(online_error)}; offline: {_short(err)}" if online_error else _short(err)
+                self._warn(f"W&B could not start ({reason}); tracking is off, local logs continue")
+                return
+        if online_error is not None:
+            self._warn(f"W&B online init failed ({_short(online_error)}); logging offline to "
+                       f"{self.sync_dir} instead, upload later with: wandb sync {self.sync_dir}")
+
+    def _init(self, mode: str, cfg: Any, config: dict, run_name: str, timeout: float):
+        wandb = self._wandb
+        settings = wandb.Settings(
+            init_timeout=timeout,
+            silent=True,              # no banner or per-step chatter; we print what matters
+            console="off",            # our log file has the console; keeps stray secrets out of W&B
+            disable_code=True,
+            save_code=False,
+            x_save_requirements=False,
+        )
+        return wandb.init(
+            mode=mode,
+            project=cfg.project,
+            entity=getattr(cfg, "entity", None) or None,
+            tags=list(getattr(cfg, "tags", None) or []) or None,
+            name=run_name,
+            dir=str(self.run_dir.resolve()),
+            config=redact_secrets(dict(config)),
+            job_type="train",
+            settings=settings,
+        )
+
+    @property
+    def sync_dir(self) -> Optional[Path]:
+        """The W&B run folder (``RUN/wandb/offline-run-*`` when offline)."""
+        if self._run is None:
+            return None
+        try:
+            return Path(self._run.settings.sync_dir).resolve()
+        except Exception:
+            return None
+
+    def finish(self) -> dict:
+        """Close the run (idempotent) and say where it went: mode, run_dir, sync_command, url."""
+        if self._result is not None:
+            return self._result
+        run_dir = self.sync_dir
+        url = None
+        if self._run is not None and self.mode == "online":
+            url = self._call("finish", lambda: self._run.url)
+        if self._run is not None:
+            started = time.perf_counter()
+            self._call("finish", lambda: self._run.finish())
+            self.finish_seconds = time.perf_counter() - started
+            self._run = None
+        failed = sum(self._failed.values())
+        if failed:
+            self._warn(f"{failed} W&B logging call(s) failed ("
+                       + ", ".join(f"{name}: {n}" for name, n in sorted(self._failed.items()))
+                       + "); the local run folder has everything")
+        offline = self.mode == "offline" and run_dir is not None
+        self._result = {
+            "mode": self.mode,
+            "run_dir": str(run_dir) if run_dir is not None else None,
+            "sync_command": f"wandb sync {run_dir}" if offline else None,
+            "url": url,
+            "failed_calls": failed,
+        }
+        return self._result
+
+    # -- logging ----------------------------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        """Run one W&B call; an exception becomes one warning per kind of call, never a crash."""
+        if self._run is None:
+            return None
+        try:
+            return fn()
+        except Exception as err:
+            self._failed[what] = self._failed.get(what, 0) + 1
+            if self._failed[what] == 1:
+                self._warn(f"W&B {what} failed ({_short(err)}); later failures of this call are "
+                           "counted, not printed, and training continues")
+            return None
+
+    def log(self, metrics: dict, step: int) -> None:
+        """Log scalars at ``step`` (the optimizer step, so the axis is monotonic)."""
+        if self._run is None:
+            return
+        if step < self._last_step:
+            self._failed["log (step went backwards)"] = self._failed.get("log (step went backwards)", 0) + 1
+            if self._failed["log (step went backwards)"] == 1:
+                self._warn(f"W&B log at step {step} after step {self._last_step} was dropped: "
+                           "log with the optimizer step, which only grows")
+            return
+        self._last_step = step
+        self._call("log", lambda: self._run.log(_plain(metrics), step=step))
+
+    def _log_at_last_step(self, what: str, data: Callable[[], dict]) -> None:
+        step = max(self._last_step, 0)
+        self._last_step = step
+        self._call(what, lambda: self._run.log(data(), step=step))
+
+    def log_images(self, images: Mapping[str, Path]) -> None:
+        """Log PNG files (plots from the report) as W&B images."""
+        if self._run is None:
+            return
+        wandb = self._wandb
+        self._log_at_last_step("log_images", lambda: {
+            name: wandb.Image(str(path)) for name, path in images.items()})
+
+    def log_curves(self, labels: Sequence[int], prob_dog: Sequence[float], class_names: Sequence[str],
+                   split: str) -> None:
+        """Native W&B ROC, precision-recall and confusion-matrix charts for one split."""
+        if self._run is None:
+            return
+        plot = self._wandb.plot
+
+        def charts() -> dict:
+            import numpy as np
+
+            y_true = np.asarray(labels, dtype=np.int64)
+            p_dog = np.asarray(prob_dog, dtype=np.float64)
+            probas = np.stack([1.0 - p_dog, p_dog], axis=1)  # W&B wants a probability per class
+            names = list(class_names)
+            return {
+                f"{split}/roc_curve": plot.roc_curve(y_true, probas, labels=names, title=f"{split} ROC"),
+                f"{split}/pr_curve": plot.pr_curve(y_true, probas, labels=names,
+                                                   title=f"{split} precision-recall"),
+                f"{split}/confusion_matrix": plot.confusion_matrix(
+                    y_true=y_true.tolist(), preds=(p_dog >= 0.5).astype(np.int64).tolist(),
+                    class_names=names, title=f"{split} confusion matrix"),
+            }
+
+        self._log_at_last_step("log_curves", charts)
+
+    def log_predictions_table(self, rows: Sequence[dict], images: Optional[Sequence[Any]] = None,
+                              key: str = "test/predictions") -> None:
+        """A W&B table of predictions (one row per image), with the image when given."""
+        if self._run is None:
+            return
+        wandb = self._wandb
+
+        def table() -> dict:
+            if images is not None and len(images) != len(rows):
+                raise ValueError(f"{len(rows)} rows but {len(images)} images")
+            columns: list[str] = []
+            for row in rows:
+                columns.extend(name for name in row if name not in columns)
+            data = []
+            for i, row in enumerate(rows):
+                values = [_plain(row.get(name)) for name in columns]
+                if images is not None:
+                    values.insert(0, wandb.Image(images[i]))
+                data.append(values)
+            return {key: wandb.Table(columns=(["image"] if images is not None else []) + columns, data=data)}
+
+        self._log_at_last_step("log_predictions_table", table)
+
+    def log_dataset_summary(self, info: dict) -> None:
+        """The shard manifest summary (counts per split, hashes) as part of the run config."""
+        self._call("log_dataset_summary", lambda: self._run.config.update(
+            {"dataset": _plain(redact_secrets(info))}, allow_val_change=True))
+
+    def log_model(self, path: Path, metadata: dict) -> None:
+        """Attach model.safetensors as a model artifact.
+
+        The file is referenced, not copied ("immutable" policy): an offline run uploads it at
+        ``wandb sync`` time, so keep RUN/model.safetensors until then.
+        """
+        if self._run is None:
+            return
+        wandb = self._wandb
+
+        def upload() -> None:
+            artifact = wandb.Artifact(name=f"model-{self._run.id}", type="model",
+                                      metadata=_plain(redact_secrets(metadata)))
+            artifact.add_file(str(path), name=Path(path).name, policy="immutable")
+            self._run.log_artifact(artifact)
+
+        self._call("log_model", upload)
+
+    def summary(self, values: dict) -> None:
+        """Final figures (best epoch, test metrics) in the run summary."""
+        self._call("summary", lambda: self._run.summary.update(_plain(redact_secrets(values))))
+
+
+def _plain(obj: Any) -> Any:
+    """Numpy/torch scalars, arrays and Paths -> plain Python values W&B can serialize."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (bool, int, float, str)) or obj is None:
+        return obj
+    item = getattr(obj, "item", None)
+    if callable(item):
+        try:
+            return item()
+        except (ValueError, RuntimeError):  # an array with more than one element
+            pass
+    tolist = getattr(obj, "tolist", None)
+    if callable(tolist):
+        return tolist()
+    return obj
