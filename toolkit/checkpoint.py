@@ -37,9 +37,11 @@ _CHECKPOINT_RE = re.compile(r"^step-(\d{8})$")
 
 def model_metadata(cfg, *, mean, std, class_names, extra: Optional[dict] = None) -> dict:
     """Everything needed to rebuild the model and preprocess images for it."""
-    from toolkit.models import resolve_architecture
+    from toolkit.models.resnet import MODEL_SPECS
 
-    block, blocks = resolve_architecture(cfg.model.arch, cfg.model.blocks_per_stage, cfg.model.block)
+    preset = MODEL_SPECS[cfg.model.arch]
+    block = cfg.model.block or preset.block
+    blocks = cfg.model.blocks_per_stage or preset.blocks_per_stage
     meta = {
         "format": FORMAT_NAME,
         "arch": cfg.model.arch,

@@ -137,8 +137,6 @@ def train_step_differences(ours: nn.Module, ref: nn.Module, x: torch.Tensor, y: 
 
 
 def compare(args: argparse.Namespace) -> dict:
-    import timm
-
     device = resolve_device(args.device)
     image_size = args.image_size or (224 if device.type == "cuda" else 128)
     check_input_size(args.batch_size, image_size)
@@ -146,6 +144,7 @@ def compare(args: argparse.Namespace) -> dict:
         raise UsageError(f"--num-classes must be at least 1, got {args.num_classes}")
     if args.steps < 0 or args.warmup < 0:
         raise UsageError(f"--steps and --warmup must be 0 or more, got {args.steps} and {args.warmup}")
+    import timm  # slow to import (it pulls in torchvision): only once the arguments are known good
 
     torch.manual_seed(args.seed)
     ref = timm.create_model(args.arch, pretrained=False, num_classes=args.num_classes)

@@ -100,7 +100,7 @@ class TrainConfig:
     checkpoint_every_epochs: int = field(default=1, metadata=_range(0))
     keep_checkpoints: int = field(default=2, metadata=_range(1))
     skip_nonfinite: bool = False
-    max_steps: int = field(default=0, metadata=_range(0))  # 0: no limit; stops early (for smoke runs)
+    max_steps: int = field(default=0, metadata=_range(0))  # 0: no limit; else checkpoint and stop after N steps (resumable)
     log_every_steps: int = field(default=10, metadata=_range(1))
 
 

@@ -78,8 +78,17 @@ def gradcam(model: nn.Module, images: torch.Tensor, layer: str = "layer4", targe
     """Grad-CAM heat maps [B,H,W] in [0, 1] at the input resolution.
 
     ``target``: None explains each image's predicted class; an int or one class per image
-    explains that class instead. The hook hands the layer's output on as a detached leaf,
-    so gradients stop there and the earlier layers cost no backward pass.
+    explains that class instead.
+    """
+    return explain(model, images, layer, target)[0]
+
+
+def explain(model: nn.Module, images: torch.Tensor, layer: str = "layer4",
+            target: Target = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grad-CAM maps and P(dog) from the same forward pass, as (cams [B,H,W], prob_dog [B]).
+
+    The hook hands the layer's output on as a detached leaf, so gradients stop there and
+    the earlier layers cost no backward pass.
     """
     module = get_layer(model, layer)
     captured: dict[str, torch.Tensor] = {}
@@ -88,7 +97,7 @@ def gradcam(model: nn.Module, images: torch.Tensor, layer: str = "layer4", targe
         if not isinstance(output, torch.Tensor):
             raise TypeError(f"Grad-CAM needs layer {layer!r} to return one tensor, got {type(output).__name__}")
         captured["activation"] = output.detach().requires_grad_(True)
-        return captured["activation"]
+        return captured["activation"].clone()  # a copy, so a following in-place op (ReLU) cannot touch the leaf
 
     handle = module.register_forward_hook(keep_activation)
     try:
@@ -112,8 +121,10 @@ def gradcam(model: nn.Module, images: torch.Tensor, layer: str = "layer4", targe
     flat = cam.flatten(1)
     low, high = flat.min(dim=1).values[:, None, None], flat.max(dim=1).values[:, None, None]
     span = high - low
-    cam = torch.where(span > 0, (cam - low) / span.clamp_min(1e-12), torch.zeros_like(cam))
-    return cam.float().cpu()
+    # a flat map (e.g. a 1x1 layer) has no location to show; rounding noise must not be stretched into one
+    flat_map = span <= 1e-5 * high.abs().clamp_min(1e-12)
+    cam = torch.where(flat_map, torch.zeros_like(cam), (cam - low) / span.clamp_min(1e-12))
+    return cam.float().cpu(), probabilities(logits.detach()).cpu()
 
 
 def select_examples(labels: Sequence[int], prob_dog: Sequence[float], n: int = 8, *, threshold: float = 0.5,
@@ -176,7 +187,7 @@ def feature_maps(model: nn.Module, image: torch.Tensor,
     try:
         for name in layers:
             def keep(_module: nn.Module, _inputs: Any, output: Any, name: str = name) -> None:
-                outputs[name] = output[0].detach().float().cpu()
+                outputs[name] = output[0].detach().float().cpu().clone()  # later in-place ops must not change it
             handles.append(get_layer(model, name).register_forward_hook(keep))
         with inspection_mode(model):
             model(image.to(_device(model)))
@@ -205,14 +216,15 @@ def plot_feature_maps(maps: dict[str, torch.Tensor], path: PathLike, *, image: O
         shown = _normalize_each(act[:channels])
         offset = 0
         if image is not None:
-            ax = fig.add_subplot(rows, cols, r * cols + 1)
-            ax.imshow(image)
-            ax.set_title("input", fontsize=7)
-            ax.axis("off")
             offset = 1
+            if r == 0:  # the input once, top left; the column stays empty below it
+                ax = fig.add_subplot(rows, cols, 1)
+                ax.imshow(image)
+                ax.set_title("input", fontsize=7)
+                ax.axis("off")
         for c in range(min(channels, len(shown))):
             ax = fig.add_subplot(rows, cols, r * cols + offset + c + 1)
-            ax.imshow(shown[c], cmap="viridis")
+            ax.imshow(shown[c], cmap="viridis", vmin=0.0, vmax=1.0)
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:
@@ -248,12 +260,12 @@ def plot_filters(model: nn.Module, path: PathLike, *, layer: str = "conv1", max_
     rgb = weight.shape[1] == 3
     tiles = _normalize_each(weight.transpose(0, 2, 3, 1) if rgb else weight.mean(axis=1))
     rows, cols = _tile_grid(len(tiles))
-    fig = new_figure(max(3.0, 0.55 * cols + 0.4), max(2.0, 0.55 * rows + 0.6))
+    fig = new_figure(max(3.6, 0.55 * cols + 0.4), max(2.2, 0.55 * rows + 0.8))
     for i, tile in enumerate(tiles):
         ax = fig.add_subplot(rows, cols, i + 1)
-        ax.imshow(tile, cmap=None if rgb else "gray", interpolation="nearest")
+        ax.imshow(tile, cmap=None if rgb else "gray", vmin=0.0, vmax=1.0, interpolation="nearest")
         ax.axis("off")
     kind = "RGB" if rgb else f"mean over {conv.weight.shape[1]} input channels"
     k = "x".join(str(s) for s in conv.kernel_size)
-    fig.suptitle(f"{full_name}: first {len(tiles)} of {conv.weight.shape[0]} filters ({k}, {kind})", fontsize=9)
+    fig.suptitle(f"{full_name}: first {len(tiles)} of {conv.weight.shape[0]} filters\n({k}, {kind})", fontsize=9)
     return save_figure(fig, path)

@@ -35,7 +35,7 @@ SEED_RESULTS: dict[str, Any] = {
     "weighted_f1": 0.8318,
     "note": (
         "Measured on the seed's own 736-image val split (random 80/20 of trainval, seed 42), "
-        "which it also used to pick the best epoch, and normalized with statistics that "
+        "which it also used for model selection (picking the best epoch), and normalized with statistics that "
         "included that split: optimistic, not a held-out test result. The official test "
         "list was never evaluated."
     ),

@@ -302,13 +302,13 @@ def _draw_pet(rng: np.random.Generator, species: str, colour: tuple, size: int) 
     shape.ellipse((cx - rx, cy - ry, cx + rx, cy + ry), fill=255)
     ear = rng.uniform(0.35, 0.5) * ry
     for side in (-1, 1):
-        ex = cx + side * rx * 0.55
         if species == "cat":
+            ex = cx + side * rx * 0.55
             shape.polygon([(ex - ear * 0.6, cy - ry * 0.7), (ex + ear * 0.6, cy - ry * 0.7),
                            (ex + side * ear * 0.3, cy - ry - ear * 1.2)], fill=255)
-        else:
-            shape.ellipse((ex + side * ear * 0.2 - ear * 0.45, cy - ry * 0.9, ex + side * ear * 0.2 + ear * 0.45,
-                           cy - ry * 0.1 + ear), fill=255)
+        else:  # hanging outside the body's sides
+            hx = cx + side * rx * 0.95
+            shape.ellipse((hx - ear * 0.45, cy - ry * 0.75, hx + ear * 0.45, cy - ry * 0.1 + ear), fill=255)
 
     # Coat texture: stripes at a random angle for cats, round spots for dogs; sometimes faint.
     strength = rng.uniform(35, 70) if rng.random() < 0.85 else rng.uniform(8, 20)

@@ -36,7 +36,7 @@ def save_figure(fig: Figure, path: PathLike) -> Path:
     """Render to PNG in memory, then write atomically."""
     path = Path(path)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=DPI)
     atomic_write_bytes(path, buffer.getvalue())
     return path
 

@@ -17,7 +17,9 @@ run folder (``RUN/wandb/offline-run-*``); upload an offline run later with ``wan
 What W&B keeps on disk: the key is never written in offline mode (tested), console capture is
 off (our own log file already has the console, and a stray secret printed there stays out of
 W&B), code and requirements saving are off. Git state and system metadata (host, GPU, the
-command line) are kept: do not pass secrets on the command line.
+command line) are kept: do not pass secrets on the command line. ``finish()`` also shuts
+W&B's background service down, because in offline mode ``run.finish()`` can return before the
+run's ``.wandb`` file is written; afterwards the folder is complete and ready for ``wandb sync``.
 """
 
 from __future__ import annotations
@@ -31,12 +33,16 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 from urllib.parse import urlparse
 
+import numpy as np
+
 MODES = ("auto", "online", "offline", "disabled")
 REDACTED = "***"
 
 # How long an online wandb.init may take before we give up and log offline instead.
 ONLINE_INIT_TIMEOUT_S = 20.0
 OFFLINE_INIT_TIMEOUT_S = 60.0
+# How long finish() may wait for an online run's last uploads (the model file included).
+FINISH_TIMEOUT_S = 900.0
 
 # ---------------------------------------------------------------------------------------------
 # Secret redaction
@@ -45,8 +51,7 @@ OFFLINE_INIT_TIMEOUT_S = 60.0
 # A key names a secret when one of its words is one of these (api_key, hf_token, db_password,
 # client_secret, private-key, apiKey, ...). "key" alone is NOT a secret: samples have keys.
 _SECRET_KEY_RE = re.compile(
-    r"(^|[_\-.\s])(api[_\-]?key|apikey|token|auth[_\-]?token|access[_\-]?token|password|passwd"
-    r"|secret|credentials?)($|[_\-.\s])"
+    r"(^|[_\-.\s])(api[_\-]?key|token|password|passwd|secret|credentials?)($|[_\-.\s])"
     r"|[_\-.](key)$",
     re.IGNORECASE,
 )
@@ -100,7 +105,8 @@ def _redact(obj: Any, secrets: Sequence[str]) -> Any:
     if isinstance(obj, Mapping):
         out = {}
         for key, value in obj.items():
-            if isinstance(key, str) and is_secret_key(key) and value not in (None, "", False):
+            hides_nothing = value is None or value is False or (isinstance(value, str) and not value)
+            if isinstance(key, str) and is_secret_key(key) and not hides_nothing:
                 out[key] = REDACTED
             else:
                 out[key] = _redact(value, secrets)
@@ -163,8 +169,9 @@ def _stderr(message: str) -> None:
 
 
 def _short(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    text = redact_secrets(text)
+    """One line naming the exception, secrets removed, at most 200 characters."""
+    text = " ".join(str(err).split())
+    text = redact_secrets(f"{type(err).__name__}: {text}" if text else type(err).__name__)
     return text if len(text) <= 200 else text[:197] + "..."
 
 
@@ -211,10 +218,20 @@ class Tracker:
         self._echo(f"warning: {message}")
 
     def _start(self, wanted: str, cfg: Any, config: dict, run_name: str, init_timeout: float) -> None:
+        # Before wandb is imported: no console chatter (we print what matters), and no error
+        # telemetry to the W&B server - after a failed online init it probes the unreachable
+        # server at exit and delays it by ~20 s. An explicit user setting wins.
+        os.environ.setdefault("WANDB_SILENT", "true")
+        os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
         try:
             import wandb
-        except ImportError:
-            self._warn("W&B is not installed (pip install wandb); tracking is off, local logs continue")
+        except ImportError as err:
+            missing = "W&B is not installed (pip install wandb)" if err.name in (None, "wandb") else \
+                f"W&B cannot be imported ({_short(err)})"
+            self._warn(f"{missing}; tracking is off, local logs continue")
+            return
+        except Exception as err:  # a broken install (e.g. a protobuf mismatch) must not stop training
+            self._warn(f"W&B cannot be imported ({_short(err)}); tracking is off, local logs continue")
             return
         self._wandb = wandb
         wandb_dir = self.run_dir / "wandb"
@@ -224,7 +241,11 @@ class Tracker:
             self._warn(f"cannot create {wandb_dir} ({_short(err)}); W&B tracking is off, local logs continue")
             return
 
-        online_error = None
+        online_error: Optional[str] = None
+        if wanted == "online" and not has_api_key():
+            # wandb.init would prompt for a key on a terminal and wait forever.
+            online_error = "no API key: set WANDB_API_KEY or run `wandb login`"
+            wanted = "offline"
         for mode in (["online", "offline"] if wanted == "online" else ["offline"]):
             try:
                 self._run = self._init(mode, cfg, config, run_name,
@@ -233,25 +254,28 @@ class Tracker:
                 break
             except Exception as err:  # wandb raises CommError, UsageError, TimeoutError, ...
                 if mode == "online":
-                    online_error = err
+                    online_error = _short(err)
                     continue
-                reason = f"online: {_short(online_error)}; offline: {_short(err)}" if online_error else _short(err)
+                reason = f"online: {online_error}; offline: {_short(err)}" if online_error else _short(err)
                 self._warn(f"W&B could not start ({reason}); tracking is off, local logs continue")
                 return
         if online_error is not None:
-            self._warn(f"W&B online init failed ({_short(online_error)}); logging offline to "
+            self._warn(f"W&B online init failed ({online_error}); logging offline to "
                        f"{self.sync_dir} instead, upload later with: wandb sync {self.sync_dir}")
 
     def _init(self, mode: str, cfg: Any, config: dict, run_name: str, timeout: float):
         wandb = self._wandb
-        settings = wandb.Settings(
-            init_timeout=timeout,
-            silent=True,              # no banner or per-step chatter; we print what matters
-            console="off",            # our log file has the console; keeps stray secrets out of W&B
-            disable_code=True,
-            save_code=False,
-            x_save_requirements=False,
-        )
+        wanted = {
+            "init_timeout": timeout,
+            "finish_timeout": FINISH_TIMEOUT_S,  # online: stop waiting for uploads; `wandb sync` redoes them
+            "silent": True,                      # no banner or per-step chatter; we print what matters
+            "console": "off",                    # our log file has the console; keeps stray secrets out of W&B
+            "disable_code": True,
+            "save_code": False,
+            "x_save_requirements": False,
+        }
+        known = getattr(wandb.Settings, "model_fields", None)  # older wandb lacks some of these
+        settings = wandb.Settings(**{k: v for k, v in wanted.items() if known is None or k in known})
         return wandb.init(
             mode=mode,
             project=cfg.project,
@@ -285,6 +309,10 @@ class Tracker:
         if self._run is not None:
             started = time.perf_counter()
             self._call("finish", lambda: self._run.finish())
+            # In offline mode run.finish() can return before wandb-core has written the run's
+            # .wandb file; shutting the service down waits for it, so the run folder is complete
+            # (and `wandb sync`-able) when we return. The toolkit has one W&B run per process.
+            self._call("finish", self._wandb.teardown)
             self.finish_seconds = time.perf_counter() - started
             self._run = None
         failed = sum(self._failed.values())
@@ -304,17 +332,20 @@ class Tracker:
 
     # -- logging ----------------------------------------------------------------------------
 
+    def _failure(self, what: str, message: str) -> None:
+        """Count a failed or dropped call; only the first of each kind is printed."""
+        self._failed[what] = self._failed.get(what, 0) + 1
+        if self._failed[what] == 1:
+            self._warn(f"{message}; later ones are counted, not printed, and training continues")
+
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
-        """Run one W&B call; an exception becomes one warning per kind of call, never a crash."""
+        """Run one W&B call; an exception becomes a counted failure, never a crash."""
         if self._run is None:
             return None
         try:
             return fn()
         except Exception as err:
-            self._failed[what] = self._failed.get(what, 0) + 1
-            if self._failed[what] == 1:
-                self._warn(f"W&B {what} failed ({_short(err)}); later failures of this call are "
-                           "counted, not printed, and training continues")
+            self._failure(what, f"W&B {what} failed ({_short(err)})")
             return None
 
     def log(self, metrics: dict, step: int) -> None:
@@ -322,10 +353,8 @@ class Tracker:
         if self._run is None:
             return
         if step < self._last_step:
-            self._failed["log (step went backwards)"] = self._failed.get("log (step went backwards)", 0) + 1
-            if self._failed["log (step went backwards)"] == 1:
-                self._warn(f"W&B log at step {step} after step {self._last_step} was dropped: "
-                           "log with the optimizer step, which only grows")
+            self._failure("log (step went backwards)", f"W&B log at step {step} after step {self._last_step} "
+                          "was dropped: log with the optimizer step, which only grows")
             return
         self._last_step = step
         self._call("log", lambda: self._run.log(_plain(metrics), step=step))
@@ -344,26 +373,42 @@ class Tracker:
             name: wandb.Image(str(path)) for name, path in images.items()})
 
     def log_curves(self, labels: Sequence[int], prob_dog: Sequence[float], class_names: Sequence[str],
-                   split: str) -> None:
-        """Native W&B ROC, precision-recall and confusion-matrix charts for one split."""
+                   split: str, threshold: float = 0.5) -> None:
+        """Native W&B ROC, precision-recall and confusion-matrix charts for one split.
+
+        The confusion matrix calls "dog" when ``prob_dog >= threshold`` (pass the tuned one).
+
+        The curves are the charts ``wandb.plot.roc_curve``/``pr_curve`` draw (same Vega spec),
+        computed here with scikit-learn because those two functions require pandas, which the
+        toolkit does not otherwise need.
+        """
         if self._run is None:
             return
-        plot = self._wandb.plot
+        wandb = self._wandb
 
         def charts() -> dict:
-            import numpy as np
-
             y_true = np.asarray(labels, dtype=np.int64)
             p_dog = np.asarray(prob_dog, dtype=np.float64)
-            probas = np.stack([1.0 - p_dog, p_dog], axis=1)  # W&B wants a probability per class
+            probas = np.stack([1.0 - p_dog, p_dog], axis=1)  # a probability per class, as W&B wants
             names = list(class_names)
+            roc, pr = _curve_rows(y_true, probas, names)
+            if not roc:
+                raise ValueError(f"{split} has a single class, ROC and PR curves are undefined")
             return {
-                f"{split}/roc_curve": plot.roc_curve(y_true, probas, labels=names, title=f"{split} ROC"),
-                f"{split}/pr_curve": plot.pr_curve(y_true, probas, labels=names,
-                                                   title=f"{split} precision-recall"),
-                f"{split}/confusion_matrix": plot.confusion_matrix(
-                    y_true=y_true.tolist(), preds=(p_dog >= 0.5).astype(np.int64).tolist(),
-                    class_names=names, title=f"{split} confusion matrix"),
+                f"{split}/roc_curve": wandb.plot_table(
+                    "wandb/area-under-curve/v0", wandb.Table(columns=["class", "fpr", "tpr"], data=roc),
+                    {"x": "fpr", "y": "tpr", "class": "class"},
+                    {"title": f"{split} ROC", "x-axis-title": "False positive rate",
+                     "y-axis-title": "True positive rate"}),
+                f"{split}/pr_curve": wandb.plot_table(
+                    "wandb/area-under-curve/v0",
+                    wandb.Table(columns=["class", "recall", "precision"], data=pr),
+                    {"x": "recall", "y": "precision", "class": "class"},
+                    {"title": f"{split} precision-recall", "x-axis-title": "Recall",
+                     "y-axis-title": "Precision"}),
+                f"{split}/confusion_matrix": wandb.plot.confusion_matrix(
+                    y_true=y_true.tolist(), preds=(p_dog >= threshold).astype(np.int64).tolist(),
+                    class_names=names, title=f"{split} confusion matrix (threshold {threshold:g})"),
             }
 
         self._log_at_last_step("log_curves", charts)
@@ -417,6 +462,38 @@ class Tracker:
     def summary(self, values: dict) -> None:
         """Final figures (best epoch, test metrics) in the run summary."""
         self._call("summary", lambda: self._run.summary.update(_plain(redact_secrets(values))))
+
+
+MAX_CURVE_POINTS = 1000  # per class; keeps the logged tables small for any split size
+
+
+def _curve_rows(y_true, probas, class_names: Sequence[str]) -> tuple[list, list]:
+    """One-vs-rest ROC and PR points per class as [class, x, y] rows (empty for a single class)."""
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    roc: list = []
+    pr: list = []
+    for index, name in enumerate(class_names):
+        positive = y_true == index
+        if positive.all() or not positive.any():
+            return [], []
+        fpr, tpr, _ = roc_curve(positive, probas[:, index])
+        precision, recall, _ = precision_recall_curve(positive, probas[:, index])
+        roc += _thin(name, fpr, tpr)
+        pr += _thin(name, recall[::-1], precision[::-1])
+    return roc, pr
+
+
+def _thin(name: str, x, y) -> list:
+    """Round to 3 decimals, drop repeated points and keep at most MAX_CURVE_POINTS (ends kept)."""
+
+    points = np.round(np.stack([x, y], axis=1), 3)
+    keep = np.ones(len(points), dtype=bool)
+    keep[1:] = np.any(points[1:] != points[:-1], axis=1)
+    points = points[keep]
+    if len(points) > MAX_CURVE_POINTS:
+        points = points[np.unique(np.linspace(0, len(points) - 1, MAX_CURVE_POINTS).round().astype(int))]
+    return [[name, float(px), float(py)] for px, py in points]
 
 
 def _plain(obj: Any) -> Any:

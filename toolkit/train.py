@@ -104,6 +104,8 @@ def make_accelerator(cfg: Config):
 
     try:
         accelerator = Accelerator(
+            # Without CUDA, cpu=True turns a torchrun-style launch (accelerate launch --multi_gpu) into gloo DDP.
+            cpu=not torch.cuda.is_available(),
             mixed_precision=cfg.train.mixed_precision,  # None: whatever the launcher says (else "no")
             kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
         )
@@ -299,6 +301,7 @@ def train(cfg: Config) -> dict:
             data_wait, pending_losses = 0.0, []
             loss_sum = torch.zeros((), device=device)
             first_batch = state.batch_in_epoch
+            interrupted: Optional[str] = None
             batches = iter(train_loader)
             bar = progress(range(first_batch, batches_per_epoch), total=batches_per_epoch, initial=first_batch,
                            desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch")
@@ -346,6 +349,7 @@ def train(cfg: Config) -> dict:
                     if hasattr(bar, "set_postfix"):
                         bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
                     if _any_process(accelerator, stop.requested):
+                        interrupted = "a stop signal"
                         break
                 if (cfg.train.checkpoint_every_steps and state.global_step % cfg.train.checkpoint_every_steps == 0
                         and state.batch_in_epoch < batches_per_epoch):
@@ -355,6 +359,7 @@ def train(cfg: Config) -> dict:
                     loss_sum.zero_()
                     save_training_state(accelerator, run_dir, state, scheduler, ema, cfg.train.keep_checkpoints)
                 if cfg.train.max_steps and state.global_step >= cfg.train.max_steps:
+                    interrupted = f"train.max_steps={cfg.train.max_steps}"
                     break
             _check_losses(pending_losses)
             if torch.cuda.is_available():
@@ -363,13 +368,16 @@ def train(cfg: Config) -> dict:
             if hasattr(bar, "close"):
                 bar.close()
 
-            if stop.requested or _any_process(accelerator, stop.requested):
+            if interrupted is None and _any_process(accelerator, stop.requested):
+                interrupted = "a stop signal"
+            if interrupted is not None:  # checkpoint where we are and leave; resume continues exactly here
                 state.epoch_loss_sum += float(accelerator.reduce(loss_sum.clone(), "sum").item()) / world
                 path = save_training_state(accelerator, run_dir, state, scheduler, ema, cfg.train.keep_checkpoints)
-                log(f"stopped by signal at epoch {epoch + 1}, step {state.global_step}; checkpoint {path}. "
+                log(f"stopped by {interrupted} at epoch {epoch + 1}, step {state.global_step}; checkpoint {path}. "
                     f"Resume with the same command plus train.resume=auto output.run_name={cfg.output.run_name}")
                 tracker.finish()
-                return {"run_dir": str(run_dir), "stopped": True}
+                accelerator.end_training()
+                return {"run_dir": str(run_dir), "stopped": interrupted, "global_step": state.global_step}
 
             # epoch summary: train loss and skips summed over processes, then full validation
             batches_done = state.batch_in_epoch - first_batch
@@ -408,17 +416,31 @@ def train(cfg: Config) -> dict:
             last_epoch = state.epoch == cfg.train.epochs
             if cfg.train.checkpoint_every_epochs and (state.epoch % cfg.train.checkpoint_every_epochs == 0 or last_epoch):
                 save_training_state(accelerator, run_dir, state, scheduler, ema, cfg.train.keep_checkpoints)
-            if cfg.train.max_steps and state.global_step >= cfg.train.max_steps:
-                break
 
-    # the end: evaluate the best model on val (threshold tuning) and test, then plots and report
-    accelerator.wait_for_everyone()
+    # the end: check the ranks agree, evaluate the best model on val (threshold tuning) and test, report
+    checksums = rank_weight_checksums(accelerator, raw_model)
+    if len(set(checksums)) > 1:
+        log(f"warning: model weights differ across processes (checksums {checksums}); distributed training diverged")
+    if main_process:
+        atomic_write_json(run_dir / "final.json", {"global_step": state.global_step, "best_val_auc": state.best_val_auc,
+                                                   "best_epoch": state.best_epoch, "num_processes": world,
+                                                   "rank_weight_checksums": checksums})
     summary = finish_run_evaluation(accelerator, cfg, info, run_dir, mean, std, tracker)
     tracker_info = tracker.finish()
     if main_process:
         _print_final(run_dir, state, summary, tracker_info)
     accelerator.end_training()
     return {"run_dir": str(run_dir), "best_val_auc": state.best_val_auc, "best_epoch": state.best_epoch, **summary}
+
+
+def rank_weight_checksums(accelerator, model: torch.nn.Module) -> list[float]:
+    """One number per process summarising its weights: equal on every rank unless DDP went wrong."""
+    from accelerate.utils import gather_object
+
+    with torch.no_grad():
+        total = sum(float(p.detach().double().sum()) + 1e-3 * float(p.detach().double().abs().sum())
+                    for p in model.parameters())
+    return gather_object([total]) if accelerator.num_processes > 1 else [total]
 
 
 def _all_finite(accelerator, loss: torch.Tensor) -> bool:

@@ -1,0 +1,225 @@
+"""Our hand-written ResNet against timm and torchvision: names, shapes, counts and numbers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from toolkit.cli import UsageError
+from toolkit.compare_timm import max_abs_diff, perturb_norms, train_step_differences
+from toolkit.models import MODEL_ARCHS, BasicBlock, Bottleneck, create_model, model_summary
+
+REPO = Path(__file__).resolve().parents[1]
+RESNET101_PARAMS = 44_549_160  # torchvision and timm resnet101 with a 1000-class head
+
+
+def run_module(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def timm_pair(arch: str, image_size: int, num_classes: int = 10) -> tuple[nn.Module, nn.Module]:
+    """timm's model with perturbed norms (so every branch matters) and ours holding its weights."""
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    reference = timm.create_model(arch, pretrained=False, num_classes=num_classes)
+    perturb_norms(reference, torch.randn(4, 3, image_size, image_size, generator=generator), generator)
+    ours = create_model(arch, num_classes=num_classes)
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    return ours, reference
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "resnet101"])
+def test_eval_outputs_match_timm(arch):
+    ours, reference = timm_pair(arch, image_size=32)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert max_abs_diff(ours.eval()(x), reference.eval()(x)) <= 1e-5
+        assert max_abs_diff(ours.forward_features(x), reference.forward_features(x)) <= 1e-5
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_train_step_matches_timm(arch):
+    ours, reference = timm_pair(arch, image_size=48)
+    x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([3, 7])
+    diffs = train_step_differences(ours, reference, x, y)
+    assert diffs["grad_max_abs"] > 0  # the branches really got gradients
+    assert diffs["loss_abs_diff"] <= 1e-5
+    assert diffs["grad_max_abs_diff"] <= 1e-5 * max(1.0, diffs["grad_max_abs"])
+    assert diffs["after_step_max_abs_diff"] <= 1e-5
+
+
+def test_parity_check_catches_stride_on_the_1x1_conv():
+    """The seed experiment's v1 block (stride on conv1) keeps every shape but must fail the comparison."""
+    ours, reference = timm_pair("resnet50", image_size=64)
+    block = ours.layer2[0]
+    block.conv1.stride, block.conv2.stride = (2, 2), (1, 1)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert ours.eval()(x).shape == reference.eval()(x).shape
+        assert max_abs_diff(ours(x), reference(x)) > 1e-3
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet101"])
+def test_state_dicts_load_strictly_both_ways_with_timm(arch):
+    with torch.device("meta"):
+        ours, reference = create_model(arch), timm.create_model(arch, pretrained=False)
+    ours_sd, ref_sd = ours.state_dict(), reference.state_dict()
+    assert list(ours_sd) == list(ref_sd)
+    assert all(ours_sd[k].shape == ref_sd[k].shape for k in ref_sd)
+    assert "conv1.weight" in ours_sd and "bn1.running_mean" in ours_sd and "fc.bias" in ours_sd
+    assert "layer2.0.downsample.0.weight" in ours_sd and "layer2.0.downsample.1.running_var" in ours_sd
+    ours.load_state_dict(ref_sd, strict=True, assign=True)
+    reference.load_state_dict(ours_sd, strict=True, assign=True)
+
+
+def test_torchvision_resnet50_weights_load_both_ways():
+    tv = torchvision.models.resnet50(weights=None)
+    ours = create_model("resnet50")
+    ours.load_state_dict(tv.state_dict(), strict=True)
+    tv.load_state_dict(ours.state_dict(), strict=True)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert max_abs_diff(ours.eval()(x), tv.eval()(x)) <= 1e-5
+
+
+@pytest.mark.parametrize("arch", MODEL_ARCHS)
+def test_parameter_count_equals_timm(arch):
+    with torch.device("meta"):
+        ours, reference = create_model(arch), timm.create_model(arch, pretrained=False)
+    assert model_summary(ours)["num_params"] == sum(p.numel() for p in reference.parameters())
+
+
+def test_resnet101_parameter_count():
+    with torch.device("meta"):
+        model = create_model("resnet101")
+    summary = model_summary(model)
+    assert summary["num_params"] == RESNET101_PARAMS
+    assert summary["arch"] == "resnet101" and summary["blocks_per_stage"] == [3, 4, 23, 3]
+    assert summary["block"] == "bottleneck" and summary["num_features"] == 2048
+
+
+@pytest.mark.parametrize("arch", MODEL_ARCHS)
+def test_preset_output_shapes(arch):
+    model = create_model(arch, num_classes=2).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        features = model.forward_features(x)
+        assert features.shape == (1, model.num_features, 2, 2)
+        assert model.forward_head(features, pre_logits=True).shape == (1, model.num_features)
+        assert model(x).shape == (1, 2)
+    assert isinstance(model.layer4, nn.Sequential)  # Grad-CAM hooks here
+
+
+@pytest.mark.parametrize("block, stages, width, chans, features", [
+    ("basic", (1, 1, 1, 1), 8, 1, 64),
+    ("bottleneck", (1, 2, 1, 1), 8, 4, 256),
+    ("bottleneck", (2, 1, 1, 3), 16, 3, 512),
+])
+def test_custom_depth_width_and_channels(block, stages, width, chans, features):
+    model = create_model("resnet50", num_classes=5, block=block, blocks_per_stage=stages,
+                         base_width=width, in_chans=chans).eval()
+    assert [len(getattr(model, f"layer{i}")) for i in range(1, 5)] == list(stages)
+    assert model.conv1.weight.shape == (width, chans, 7, 7)
+    with torch.no_grad():
+        assert model.forward_features(torch.randn(2, chans, 40, 40)).shape == (2, features, 2, 2)
+        assert model(torch.randn(2, chans, 40, 40)).shape == (2, 5)
+    assert model_summary(model)["arch"] == "custom"
+
+
+def test_projection_shortcut_only_where_shape_changes():
+    model = create_model("resnet50", blocks_per_stage=(2, 2, 2, 2), base_width=8)
+    assert all(getattr(model, f"layer{i}")[0].downsample is not None for i in range(1, 5))
+    assert all(getattr(model, f"layer{i}")[1].downsample is None for i in range(1, 5))
+    basic = create_model("resnet18", base_width=8)
+    assert basic.layer1[0].downsample is None and basic.layer2[0].downsample is not None
+    assert basic.layer2[0].conv1.stride == (2, 2) and model.layer2[0].conv2.stride == (2, 2)
+    assert model.layer2[0].conv1.stride == (1, 1)  # v1.5: the stride is on the 3x3 conv
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_zero_init_residual_zeroes_the_last_norm_of_every_branch(arch):
+    model = create_model(arch, base_width=8, zero_init_residual=True)
+    blocks = [m for m in model.modules() if isinstance(m, (BasicBlock, Bottleneck))]
+    assert len(blocks) == sum(model.blocks_per_stage)
+    for block in blocks:
+        last = block.bn2 if isinstance(block, BasicBlock) else block.bn3
+        assert torch.count_nonzero(last.weight) == 0
+        assert torch.all(block.bn1.weight == 1)
+    default = create_model(arch, base_width=8)
+    assert all(torch.all(b.last_norm.weight == 1) for b in default.modules() if isinstance(b, (BasicBlock, Bottleneck)))
+
+
+def test_kaiming_fan_out_init():
+    model = create_model("resnet50", base_width=8)
+    weight = model.layer3[0].conv2.weight  # fan_out = out_channels * 3 * 3
+    expected_std = (2.0 / (weight.shape[0] * 9)) ** 0.5
+    assert abs(weight.std().item() / expected_std - 1) < 0.1
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"arch": "resnet99"}, "resnet18, resnet34, resnet50, resnet101, resnet152"),
+    ({"arch": "resnet50", "block": "wide"}, "basic, bottleneck"),
+    ({"arch": "resnet50", "blocks_per_stage": (1, 1, 1)}, "four positive integers"),
+    ({"arch": "resnet50", "blocks_per_stage": (1, 0, 1, 1)}, "four positive integers"),
+    ({"arch": "resnet50", "num_classes": 0}, "num_classes"),
+])
+def test_bad_arguments_raise_usage_error(kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        create_model(**kwargs)
+
+
+@pytest.mark.slow
+def test_compare_timm_cli_on_resnet18():
+    result = run_module("toolkit.compare_timm", "--arch", "resnet18", "--image-size", "64",
+                        "--steps", "1", "--warmup", "0", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is True and all(report["checks"].values())
+    assert report["params"] == {"ours": 11_689_512, "timm": 11_689_512}
+    assert report["stage_shapes"]["ours"]["layer4"] == [2, 512, 2, 2]
+    assert report["eval_max_abs_diff"] <= 1e-5
+    assert report["throughput"]["ours_img_per_s"] > 0 and report["throughput"]["ratio_ours_over_timm"] > 0
+
+
+def test_compare_timm_cli_rejects_bad_input():
+    result = run_module("toolkit.compare_timm", "--arch", "resnet18", "--image-size", "32", "--batch-size", "1")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_bench_model_on_cpu(tmp_path):
+    output = tmp_path / "bench.json"
+    result = run_module("toolkit.bench", "model", "--arch", "resnet18", "--device", "cpu", "--image-size", "32",
+                        "--batch-size", "2", "--steps", "2", "--warmup", "0", "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report == json.loads(output.read_text())
+    for key in ("ours_img_per_s", "timm_img_per_s", "ratio_ours_over_timm", "peak_gpu_mem_gib", "torch_version",
+                "device_name", "dtype", "channels_last", "compile", "batch_size", "image_size", "steps", "warmup"):
+        assert key in report
+    assert report["ours_img_per_s"] > 0 and report["timm_img_per_s"] > 0
+    assert report["device"] == "cpu" and report["peak_gpu_mem_gib"] is None and report["num_params"] == 11_689_512
+
+
+def test_bench_dispatcher_reports_missing_subcommand_module(monkeypatch, capsys):
+    from toolkit.bench import __main__ as bench
+
+    monkeypatch.setitem(bench.SUBCOMMANDS, "ghost", "toolkit.bench.no_such_module")
+    with pytest.raises(UsageError, match="toolkit.bench.no_such_module does not exist"):
+        bench.main(["ghost"])
+    with pytest.raises(UsageError, match="unknown bench subcommand 'nope'"):
+        bench.main(["nope"])
+    assert set(bench.SUBCOMMANDS) >= {"model", "data", "shards", "e2e"}

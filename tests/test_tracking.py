@@ -1,0 +1,365 @@
+"""W&B tracking never hurts training, and secrets never reach a file.
+
+The offline run is read back from W&B's own transaction log (``run-*.wandb``: LevelDB-style
+framed records holding ``wandb.proto`` Records), because wandb 0.31 writes no config.yaml or
+wandb-summary.json for offline runs and no longer ships a Python reader for that file.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import sys
+import zlib
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from toolkit.tracking import (REDACTED, Tracker, has_api_key, is_secret_key, redact_secrets, resolve_mode,
+                              secret_values)
+
+FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # 40 hex chars, the shape of a real W&B key
+
+
+def tracking_cfg(mode: str, **extra) -> SimpleNamespace:
+    values = {"wandb": mode, "project": "pets-toolkit-tests", "entity": None, "tags": ["test"],
+              "log_every_steps": 10}
+    values.update(extra)
+    return SimpleNamespace(**values)
+
+
+def isolate_wandb(mp: pytest.MonkeyPatch, home: Path) -> None:
+    """Keep W&B's caches, settings and credentials out of the real home folder."""
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL", "NETRC", "WANDB_DISABLED"):
+        mp.delenv(name, raising=False)
+    mp.setenv("HOME", str(home))
+    for name, sub in (("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data"), ("WANDB_CONFIG_DIR", "config")):
+        mp.setenv(name, str(home / sub))
+    mp.setenv("WANDB_SILENT", "true")
+    mp.setenv("WANDB_ERROR_REPORTING", "false")
+
+
+class Echo(list):
+    """Collects the tracker's messages (it prints to stderr by default)."""
+
+    def __call__(self, message: str) -> None:
+        self.append(message)
+
+    @property
+    def warnings(self) -> list[str]:
+        return [m for m in self if m.startswith("warning:")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading an offline run back
+
+
+def read_wandb_records(path: Path) -> list:
+    """Decode a ``.wandb`` file: 7-byte header, then 32 KiB blocks of crc32/length/type-framed chunks."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B transaction log"
+    block, pos, pending, records = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # block trailer too small for a header: zero padding
+            pos += block - pos % block
+            continue
+        crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        chunk = data[pos + 7:pos + 7 + length]
+        if kind == 0 and length == 0:
+            break
+        assert zlib.crc32(bytes([kind]) + chunk) == crc, f"corrupt chunk at byte {pos} of {path}"
+        pos += 7 + length
+        if kind == 1:        # full
+            records.append(chunk)
+        elif kind == 2:      # first
+            pending = chunk
+        elif kind == 3:      # middle
+            pending += chunk
+        elif kind == 4:      # last
+            records.append(pending + chunk)
+    parsed = []
+    for raw in records:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        parsed.append(record)
+    return parsed
+
+
+def _item_key(item) -> str:
+    return "/".join(item.nested_key) if item.nested_key else item.key
+
+
+def offline_run_contents(run_folder: Path) -> dict:
+    """Config, history rows by step, summary and artifacts recorded in an offline run."""
+    (log_file,) = run_folder.glob("run-*.wandb")
+    config, history, summary, artifacts = {}, {}, {}, []
+    for record in read_wandb_records(log_file):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            updates = record.run.config.update
+        elif kind == "config":
+            updates = record.config.update
+        else:
+            updates = []
+        for item in updates:
+            config[_item_key(item)] = json.loads(item.value_json)
+        if kind == "history":
+            row = {_item_key(item): json.loads(item.value_json) for item in record.history.item}
+            history[row["_step"]] = row
+        elif kind == "summary":
+            for item in record.summary.update:
+                summary[_item_key(item)] = json.loads(item.value_json)
+        elif kind == "artifact":
+            artifacts.append({"type": record.artifact.type, "name": record.artifact.name,
+                              "metadata": json.loads(record.artifact.metadata or "{}")})
+    return {"config": config, "history": history, "summary": summary, "artifacts": artifacts}
+
+
+# ---------------------------------------------------------------------------------------------
+# One shared offline run (W&B init costs about a second)
+
+
+@pytest.fixture(scope="module")
+def offline_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tracking")
+    run_dir = root / "RUN"
+    run_dir.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        isolate_wandb(mp, root / "home")
+        mp.setenv("WANDB_API_KEY", FAKE_KEY)
+        mp.setenv("PETS_TEST_TOKEN", "hunter2-hunter2")
+        Image.new("RGB", (16, 16), (200, 30, 30)).save(run_dir / "roc.png")
+        (run_dir / "model.safetensors").write_bytes(b"stand-in weights")
+        config = {"optimizer": {"lr": 0.001, "api_key": FAKE_KEY},
+                  "output": {"dir": "runs", "note": f"login with {FAKE_KEY}"},
+                  "data": {"shards": "shards", "image_size": 224}}
+        echo = Echo()
+        tracker = Tracker(tracking_cfg("offline"), run_dir, config, is_main=True, run_name="unit-test", echo=echo)
+        assert tracker.active and tracker.mode == "offline", echo
+
+        for step in range(1, 6):
+            tracker.log({"train/loss": 1.0 / step, "train/lr": np.float32(0.001)}, step=step)
+        tracker.log({"epoch/val_acc": 0.75}, step=5)
+        tracker.log({"train/loss": 9.0}, step=3)  # backwards: dropped with one warning
+        tracker.log({"train/loss": 9.0}, step=2)
+        labels = np.array([0, 0, 1, 1, 1, 0, 1, 1])
+        prob_dog = np.array([0.1, 0.4, 0.8, 0.6, 0.3, 0.2, 0.9, 0.7])
+        tracker.log_curves(labels, prob_dog, ["cat", "dog"], "val", threshold=0.35)
+        tracker.log_images({"plots/roc": run_dir / "roc.png"})
+        tracker.log_images({"plots/missing": run_dir / "missing.png"})  # fails: one warning
+        tracker.log_images({"plots/missing2": run_dir / "missing2.png"})  # fails again: counted only
+        pictures = [Image.new("RGB", (8, 8), (0, 0, 255)), np.zeros((8, 8, 3), dtype=np.uint8)]
+        tracker.log_predictions_table([{"key": "cat_1", "label": 0, "prob_dog": 0.2, "pred": 0},
+                                       {"key": "dog_1", "label": 1, "prob_dog": np.float64(0.9), "pred": 1}],
+                                      pictures)
+        tracker.log_dataset_summary({"train": 2944, "val": 736, "auth_token": FAKE_KEY})
+        tracker.log_model(run_dir / "model.safetensors", {"arch": "resnet101", "num_classes": 2,
+                                                          "config": {"password": "hunter2-hunter2"}})
+        tracker.summary({"best/val_auc": 0.91, "best/epoch": 3})
+        result = tracker.finish()
+        again = tracker.finish()
+    return SimpleNamespace(run_dir=run_dir, result=result, again=again, echo=echo, tracker=tracker)
+
+
+def test_offline_run_lives_in_the_run_folder(offline_run):
+    result = offline_run.result
+    assert result["mode"] == "offline" and result["url"] is None
+    folder = Path(result["run_dir"])
+    assert folder.parent == (offline_run.run_dir / "wandb").resolve()
+    assert folder.name.startswith("offline-run-") and list(folder.glob("run-*.wandb"))
+    assert result["sync_command"] == f"wandb sync {folder}"
+    assert offline_run.again == result  # finish is idempotent
+
+
+def test_offline_run_records_config_metrics_and_artifacts(offline_run):
+    contents = offline_run_contents(Path(offline_run.result["run_dir"]))
+    config, history, summary = contents["config"], contents["history"], contents["summary"]
+    assert config["optimizer"] == {"lr": 0.001, "api_key": REDACTED}
+    assert config["output"]["note"] == f"login with {REDACTED}"
+    assert config["data"] == {"shards": "shards", "image_size": 224}
+    assert config["dataset"] == {"train": 2944, "val": 736, "auth_token": REDACTED}
+    assert [history[s]["train/loss"] for s in range(1, 6)] == pytest.approx([1, 1 / 2, 1 / 3, 1 / 4, 1 / 5])
+    assert history[5]["epoch/val_acc"] == 0.75 and history[5]["train/lr"] == pytest.approx(0.001)
+    assert all(row.get("train/loss") != 9.0 for row in history.values())
+    for chart in ("val/roc_curve", "val/pr_curve", "val/confusion_matrix"):
+        assert f"_wandb/visualize/{chart}" in config, f"{chart} chart missing"
+    assert summary["best/val_auc"] == 0.91 and summary["best/epoch"] == 3
+    models = [a for a in contents["artifacts"] if a["type"] == "model"]
+    assert len(models) == 1
+    assert models[0]["metadata"] == {"arch": "resnet101", "num_classes": 2, "config": {"password": REDACTED}}
+    tables = [a["name"] for a in contents["artifacts"] if a["type"] == "run_table"]
+    assert any("predictions" in name for name in tables) and any("roc_curve" in name for name in tables)
+    media = Path(offline_run.result["run_dir"]) / "files" / "media"
+    assert list(media.glob("images/plots/roc_*.png"))
+    roc_table = json.loads(next(media.glob("table/val/roc_curve_table_*.table.json")).read_text())
+    assert roc_table["columns"] == ["class", "fpr", "tpr"]
+    assert {row[0] for row in roc_table["data"]} == {"cat", "dog"}
+    assert roc_table["data"][0][1:] == [0.0, 0.0] and roc_table["data"][-1][1:] == [1.0, 1.0]
+    matrix = json.loads(next(media.glob("table/val/confusion_matrix_table_*.table.json")).read_text())
+    assert {(a, p): n for a, p, n in matrix["data"]} == {  # dog when prob_dog >= 0.35
+        ("cat", "cat"): 2, ("cat", "dog"): 1, ("dog", "cat"): 1, ("dog", "dog"): 4}
+
+
+def test_planted_api_key_is_in_no_file_of_the_run_folder(offline_run):
+    files = [p for p in offline_run.run_dir.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".wandb" for p in files)
+    for secret in (FAKE_KEY, "hunter2-hunter2"):
+        leaks = [str(p) for p in files if secret.encode() in p.read_bytes()]
+        assert not leaks, f"secret found in {leaks}"
+
+
+def test_failed_and_dropped_log_calls_warn_once_each_and_are_counted(offline_run):
+    warnings = offline_run.echo.warnings
+    assert len([w for w in warnings if "log_images failed" in w]) == 1
+    assert len([w for w in warnings if "step 3 after step 5" in w]) == 1
+    assert offline_run.result["failed_calls"] == 4  # two images, two backwards steps
+    assert len([w for w in warnings if "4 W&B logging call(s) failed" in w]) == 1
+    assert len(warnings) == 3, warnings
+
+
+# ---------------------------------------------------------------------------------------------
+# Disabled, not installed, unreachable
+
+
+def all_calls(tracker: Tracker, run_dir: Path) -> dict:
+    tracker.log({"loss": 1.0}, step=1)
+    tracker.log_images({"x": run_dir / "x.png"})
+    tracker.log_curves([0, 1], [0.2, 0.8], ["cat", "dog"], "val")
+    tracker.log_predictions_table([{"key": "a"}], None)
+    tracker.log_dataset_summary({"train": 1})
+    tracker.log_model(run_dir / "model.safetensors", {})
+    tracker.summary({"a": 1})
+    return tracker.finish()
+
+
+NOTHING = {"mode": "disabled", "run_dir": None, "sync_command": None, "url": None, "failed_calls": 0}
+
+
+@pytest.mark.parametrize("mode, is_main", [("disabled", True), ("offline", False), ("online", False)])
+def test_disabled_or_non_main_does_nothing_and_never_imports_wandb(tmp_path, monkeypatch, capsys, mode, is_main):
+    isolate_wandb(monkeypatch, tmp_path / "home")
+    monkeypatch.setitem(sys.modules, "wandb", None)  # any `import wandb` would now raise ImportError
+    tracker = Tracker(tracking_cfg(mode), tmp_path, {"a": 1}, is_main=is_main, run_name="x")
+    assert not tracker.active
+    assert all_calls(tracker, tmp_path) == NOTHING
+    assert capsys.readouterr() == ("", "")
+    assert not (tmp_path / "wandb").exists()
+
+
+@pytest.mark.parametrize("mode", ["auto", "offline", "online"])
+def test_wandb_not_installed_gives_exactly_one_warning(tmp_path, monkeypatch, capsys, mode):
+    isolate_wandb(monkeypatch, tmp_path / "home")
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    tracker = Tracker(tracking_cfg(mode), tmp_path, {"a": 1}, is_main=True, run_name="x")
+    assert all_calls(tracker, tmp_path) == NOTHING
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: W&B is not installed"), lines
+
+
+def test_bad_mode_warns_once_and_disables(tmp_path, capsys):
+    tracker = Tracker(tracking_cfg("sometimes"), tmp_path, {}, is_main=True, run_name="x")
+    assert all_calls(tracker, tmp_path) == NOTHING
+    assert len(capsys.readouterr().err.splitlines()) == 1
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_server_falls_back_to_offline_with_one_warning(tmp_path, monkeypatch):
+    isolate_wandb(monkeypatch, tmp_path / "home")
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
+    echo = Echo()
+    tracker = Tracker(tracking_cfg("auto"), tmp_path, {"a": 1}, is_main=True, run_name="x", echo=echo,
+                      init_timeout=2.0)
+    tracker.log({"loss": 0.5}, step=1)
+    result = tracker.finish()
+    assert result["mode"] == "offline" and result["sync_command"].startswith("wandb sync ")
+    assert len(echo) == 1 and "online init failed" in echo[0] and "offline" in echo[0], echo
+    assert FAKE_KEY not in echo[0]
+    written = [p for p in (tmp_path / "wandb").rglob("*") if p.is_file()]
+    assert written and not [str(p) for p in written if FAKE_KEY.encode() in p.read_bytes()]
+
+
+def test_online_without_api_key_goes_offline_without_prompting(tmp_path, monkeypatch):
+    isolate_wandb(monkeypatch, tmp_path / "home")
+    echo = Echo()
+    tracker = Tracker(tracking_cfg("online"), tmp_path, {}, is_main=True, run_name="x", echo=echo)
+    result = tracker.finish()
+    assert result["mode"] == "offline"
+    assert len(echo) == 1 and "no API key" in echo[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Mode resolution
+
+
+def test_auto_mode_follows_the_configured_credentials(tmp_path, monkeypatch):
+    isolate_wandb(monkeypatch, tmp_path)
+    assert not has_api_key() and resolve_mode("auto") == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    assert resolve_mode("auto") == "online"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert resolve_mode("auto") == "offline"
+    assert resolve_mode("online") == "online"  # an explicit setting wins over WANDB_MODE
+    monkeypatch.delenv("WANDB_API_KEY")
+    monkeypatch.delenv("WANDB_MODE")
+    netrc = tmp_path / ".netrc"
+    netrc.write_text(f"machine api.wandb.ai\n  login user\n  password {FAKE_KEY}\n")
+    netrc.chmod(0o600)
+    assert resolve_mode("auto") == "online"
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.com")
+    assert resolve_mode("auto") == "offline"  # the netrc entry is for another host
+    with pytest.raises(ValueError, match="one of auto, online, offline, disabled"):
+        resolve_mode("sometimes")
+
+
+# ---------------------------------------------------------------------------------------------
+# Secret redaction
+
+
+def test_redact_secrets_by_key_name_in_nested_structures():
+    original = {
+        "api_key": "abc", "hf_token": "abc", "db_password": "abc", "client_secret": "abc",
+        "private_key": "abc", "apiKey": "abc", "credentials": {"user": "u", "pass": "p"},
+        "key": "Abyssinian_1", "__key__": "Abyssinian_1", "num_tokens": 3, "keys": ["a"],
+        "token": None, "password": "",
+        "runs": [{"name": "a", "access_token": "abc"}, ("tuple", {"secret": 1})],
+    }
+    redacted = redact_secrets(original)
+    for name in ("api_key", "hf_token", "db_password", "client_secret", "private_key", "apiKey", "credentials"):
+        assert redacted[name] == REDACTED, name
+    assert redacted["key"] == redacted["__key__"] == "Abyssinian_1"
+    assert redacted["num_tokens"] == 3 and redacted["keys"] == ["a"]
+    assert redacted["token"] is None and redacted["password"] == ""  # nothing hidden, kept as is
+    assert redacted["runs"] == [{"name": "a", "access_token": REDACTED}, ("tuple", {"secret": REDACTED})]
+    assert original["api_key"] == "abc" and original["runs"][0]["access_token"] == "abc"  # input untouched
+
+
+def test_redact_secrets_replaces_environment_secrets_inside_any_string():
+    environ = {"WANDB_API_KEY": FAKE_KEY, "MY_SERVICE_TOKEN": "s3cr3t-value", "HF_TOKEN": "hf_abcdefgh",
+               "SHORT_KEY": "abc", "SSH_KEY_PATH": "/home/me/.ssh/id_rsa", "HOME": "/home/me/secret-place",
+               "TOKENIZERS_PARALLELISM": "false"}
+    assert set(secret_values(environ)) == {FAKE_KEY, "s3cr3t-value", "hf_abcdefgh"}
+    obj = {"log": [f"wandb login {FAKE_KEY}", "curl -H s3cr3t-value", "abc", "/home/me/.ssh/id_rsa"],
+           "n": 1.5, "flag": True, "url": "https://hf_abcdefgh@huggingface.co"}
+    assert redact_secrets(obj, environ=environ) == {
+        "log": [f"wandb login {REDACTED}", f"curl -H {REDACTED}", "abc", "/home/me/.ssh/id_rsa"],
+        "n": 1.5, "flag": True, "url": f"https://{REDACTED}@huggingface.co"}
+
+
+def test_secret_key_names():
+    assert all(is_secret_key(k) for k in ("API_KEY", "wandb-api-key", "github.token", "refreshToken", "passwd"))
+    assert not any(is_secret_key(k) for k in ("key", "sort_keys", "monkey", "tokens_per_s", "keyframe"))

@@ -1,0 +1,212 @@
+"""Input pipeline img/s: the shard loader against one original JPEG file per image.
+
+Both sides decode and apply the same train augmentation (random resized crop, flip, colour
+jitter, normalize) in a DataLoader with the same worker count and batch size. The baseline is
+the usual ImageFolder-style Dataset over the ORIGINAL files (PIL open, convert RGB, transform);
+the shard loader reads make_shards' pre-resized JPEGs from a few sequential tars and lets PIL's
+draft mode decode at 1/2, 1/4 or 1/8 scale when the stored image is at least twice the target.
+Each pair is measured in A-B-B-A order ``--repeats`` times and the best run of each side is
+kept, because other processes sharing the cores only ever make a run slower. A decode-only
+section (one core, no augmentation) shows where the difference comes from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from toolkit import data
+from toolkit.cli import UsageError
+from toolkit.config import DataConfig
+
+# ../shared/data/oxford-pets-mini beside the repository root (942 real images)
+DEFAULT_SOURCE = Path(__file__).resolve().parents[3] / "shared/data/oxford-pets-mini"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shards", default=None,
+                        help="packed shards of --source (default: pack it now into a temporary folder with "
+                             "make_shards' defaults)")
+    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE,
+                        help="the Oxford-layout folder of original JPEGs (default: %(default)s)")
+    parser.add_argument("--image-size", type=int, default=224, help="training crop size (default: %(default)s)")
+    parser.add_argument("--resize-size", type=int, default=None,
+                        help="decode hint / eval resize (default: image size x 255/224, i.e. 255 for 224)")
+    parser.add_argument("--batch-size", type=int, default=32, help="default: %(default)s")
+    parser.add_argument("--workers", default="0,1,2", help="comma-separated loader worker counts (default: %(default)s)")
+    parser.add_argument("--num-batches", type=int, default=20, help="timed batches per run (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each side per worker count (default: %(default)s)")
+    parser.add_argument("--no-color-jitter", action="store_true",
+                        help="leave ColorJitter out of the augmentation on both sides; its hue shift alone costs "
+                             "~5 ms per 224 px image, as much as decoding an original JPEG, and hides the difference")
+
+
+class OriginalFiles(Dataset):
+    """The file-per-image baseline: what torchvision's ImageFolder does with each item."""
+
+    def __init__(self, paths: list[Path], labels: list[int], transform: Callable):
+        self.paths, self.labels, self.transform = paths, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        with Image.open(self.paths[index]) as image:
+            return self.transform(image.convert("RGB")), self.labels[index]
+
+
+def _endless_shards(loader: data.TrainLoader) -> Iterator[int]:
+    for epoch in itertools.count():
+        loader.set_epoch(epoch)
+        for batch in loader:
+            yield len(batch["key"])
+
+
+def _endless_files(loader: DataLoader) -> Iterator[int]:
+    while True:
+        for images, _ in loader:
+            yield len(images)
+
+
+def _images_per_s(batches: Iterator[int], warmup: int, num_batches: int) -> float:
+    """Skip the batches that include worker start-up, then time ``num_batches``."""
+    for _ in range(warmup):
+        next(batches)
+    start, images = time.perf_counter(), 0
+    for _ in range(num_batches):
+        images += next(batches)
+    return images / (time.perf_counter() - start)
+
+
+def _decode_rate(blobs: list[bytes], hint: int, seconds: float = 3.0) -> float:
+    """Images/s of ``decode_jpeg`` alone on this core, cycling over ``blobs`` for about ``seconds``."""
+    start, done = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        for blob in blobs:
+            data.decode_jpeg(blob, hint)
+        done += len(blobs)
+    return done / (time.perf_counter() - start)
+
+
+def _parse_workers(text: str) -> list[int]:
+    try:
+        counts = sorted({int(w) for w in text.split(",") if w.strip()})
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 0:
+        raise UsageError(f"--workers {text!r} must be comma-separated counts >= 0, e.g. 0,1,2")
+    return counts
+
+
+def run(args: argparse.Namespace) -> dict:
+    from toolkit.oxford import read_source
+
+    workers = _parse_workers(args.workers)
+    if min(args.image_size, args.batch_size, args.num_batches, args.repeats) < 1:
+        raise UsageError("--image-size, --batch-size, --num-batches and --repeats must be >= 1")
+    if not (Path(args.source) / "annotations").is_dir():
+        raise UsageError(f"--source {args.source} is not an Oxford-layout folder; point it at one "
+                         "(e.g. ../shared/data/oxford-pets-mini)")
+    source = read_source(Path(args.source))
+    paths = [source.images / e.filename for e in source.trainval]
+    labels = [e.label for e in source.trainval]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in DataLoader workers; with workers=0 the main process does the work
+    try:
+        return _measure(args, workers, paths, labels)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure(args: argparse.Namespace, workers: list[int], paths: list[Path], labels: list[int]) -> dict:
+    resize = args.resize_size or round(args.image_size * 255 / 224)
+    load_before = round(os.getloadavg()[0], 2)
+    with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
+        shards = args.shards
+        pack_seconds = None
+        if shards is None:
+            from toolkit.make_shards import pack_dataset
+
+            shards, start = str(Path(tmp) / "shards"), time.perf_counter()
+            pack_dataset(args.source, Path(shards), show_progress=False)
+            pack_seconds = round(time.perf_counter() - start, 1)
+        info = data.load_info(shards)
+        data.check_shards_exist(shards, info, ["train"])
+        base = DataConfig(shards=shards, image_size=args.image_size, resize_size=resize, pin_memory=False,
+                          persistent_workers=True)
+        if args.no_color_jitter:
+            base.color_jitter = None
+        mean, std = data.resolve_normalization(base, info)
+        transform = data.build_train_transform(base, mean, std)
+        files = OriginalFiles(paths, labels, transform)
+
+        runs = []
+        for count in workers:
+            cfg = dataclasses.replace(base, num_workers=count)
+            warmup = max(1, count)
+
+            def shard_run() -> float:
+                loader = data.make_train_loader(cfg, info, batch_size=args.batch_size, rank=0, world_size=1, seed=0)
+                return _images_per_s(_endless_shards(loader), warmup, args.num_batches)
+
+            def file_run() -> float:
+                extra = {"persistent_workers": True, "prefetch_factor": cfg.prefetch_factor} if count else {}
+                loader = DataLoader(files, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                                    num_workers=count, **extra)
+                return _images_per_s(_endless_files(loader), warmup, args.num_batches)
+
+            shard_rates, file_rates = [], []
+            for _ in range(args.repeats):  # A B B A: drifts in machine load hit both sides alike
+                shard_rates.append(shard_run())
+                file_rates += [file_run(), file_run()]
+                shard_rates.append(shard_run())
+            best_shards, best_files = max(shard_rates), max(file_rates)
+            cores = min(max(1, count), os.cpu_count() or 1)
+            runs.append({"workers": count, "cores": cores,
+                         "shards_img_s": round(best_shards, 1), "files_img_s": round(best_files, 1),
+                         "shards_img_s_per_core": round(best_shards / cores, 1),
+                         "files_img_s_per_core": round(best_files / cores, 1),
+                         "ratio": round(best_shards / best_files, 2),
+                         "all_shards_img_s": [round(r, 1) for r in shard_rates],
+                         "all_files_img_s": [round(r, 1) for r in file_rates]})
+
+        # where the difference comes from: decoding alone, one core
+        originals = [p.read_bytes() for p in paths[:64]]
+        stored = [s["jpg"] for s in itertools.islice(data.raw_samples(shards, "train", info), 64) if "jpg" in s]
+        decode = {"originals_full_img_s": round(_decode_rate(originals, 0), 1),
+                  "originals_draft_img_s": round(_decode_rate(originals, resize), 1),
+                  "shards_img_s": round(_decode_rate(stored, resize), 1),
+                  "originals_mean_kb": round(sum(map(len, originals)) / len(originals) / 1024, 1),
+                  "shards_mean_kb": round(sum(map(len, stored)) / len(stored) / 1024, 1),
+                  "shards_first_stored_size": list(data.decode_jpeg(stored[0]).size)}
+
+    return {
+        "benchmark": "data",
+        "source": str(Path(args.source).resolve()),
+        "shards": args.shards or f"packed into a temporary folder with make_shards defaults ({pack_seconds} s)",
+        "train_samples": data.split_size(info, "train"),
+        "baseline_files": len(paths),
+        "image_size": args.image_size,
+        "color_jitter": None if args.no_color_jitter else DataConfig().color_jitter,
+        "resize_size": resize,
+        "batch_size": args.batch_size,
+        "num_batches": args.num_batches,
+        "repeats": args.repeats,
+        "cpu_count": os.cpu_count(),
+        "torch_threads_per_process": 1,
+        "load_average_1min_before": load_before,
+        "load_average_1min_after": round(os.getloadavg()[0], 2),
+        "runs": runs,
+        "decode_one_core": decode,
+    }
+

@@ -1,0 +1,146 @@
+"""Classify image files with a trained model: one JSON line per image on stdout.
+
+    python -m toolkit.predict --model runs/NAME/model.safetensors cat.jpg dog.png
+    {"file": "cat.jpg", "pred": "cat", "label": 0, "prob": {"cat": 0.93, "dog": 0.07}}
+
+Images are decoded exactly as ``make_shards`` decodes them (Pillow, strict about truncated
+files, transparency on white, RGB) and preprocessed with the model's own eval transform and
+normalization from the file's metadata. An image that cannot be read gets an error line
+``{"file": ..., "error": ...}`` and the rest are still classified; the exit code is then 1.
+stdout carries only JSON lines, so the output can be piped to ``jq`` or a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable, Optional, Sequence
+
+import torch
+from PIL import Image
+
+from toolkit.cli import UsageError, run_cli
+from toolkit.make_shards import decode_error, strict_decoding, to_rgb
+
+
+class ImageReadError(Exception):
+    """One input image cannot be used; the message goes into its error line."""
+
+
+def read_image(path: Path) -> Image.Image:
+    """Decode ``path`` to an RGB image, or raise ImageReadError saying why not."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ImageReadError("missing: no such file") from None
+    except IsADirectoryError:
+        raise ImageReadError("unreadable: is a directory, pass image files") from None
+    except OSError as err:
+        raise ImageReadError(f"unreadable: {type(err).__name__}: {err.strerror or err}") from None
+    with strict_decoding():
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                return to_rgb(image)
+        except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, ... for broken files
+            raise ImageReadError(decode_error(err)) from None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    return torch.device(name)
+
+
+def eval_transform(meta: dict) -> Callable[[Image.Image], torch.Tensor]:
+    """The training run's eval preprocessing, rebuilt from the model file's metadata."""
+    from toolkit.data import build_eval_transform
+
+    missing = [key for key in ("image_size", "resize_size", "mean", "std") if key not in meta]
+    if missing:
+        raise UsageError(f"the model file's metadata lacks {', '.join(missing)}; re-export it with toolkit.train")
+    sizes = SimpleNamespace(image_size=int(meta["image_size"]), resize_size=int(meta["resize_size"]))
+    return build_eval_transform(sizes, meta["mean"], meta["std"])
+
+
+@torch.inference_mode()
+def predict_batch(model: torch.nn.Module, batch: torch.Tensor, class_names: Sequence[str]) -> list[dict]:
+    probs = torch.softmax(model(batch).float(), dim=1).cpu()
+    results = []
+    for row in probs:
+        label = int(row.argmax())
+        results.append({
+            "pred": class_names[label],
+            "label": label,
+            "prob": {name: round(float(p), 6) for name, p in zip(class_names, row)},
+        })
+    return results
+
+
+def predict_files(model: torch.nn.Module, meta: dict, files: Sequence[Path], device: torch.device,
+                  batch_size: int, emit: Callable[[dict], None]) -> int:
+    """Classify ``files`` in batches, emitting one result per file in input order; return #failed."""
+    transform = eval_transform(meta)
+    class_names = list(meta.get("class_names") or [str(i) for i in range(int(meta["num_classes"]))])
+    failed = 0
+    for start in range(0, len(files), batch_size):
+        chunk = files[start:start + batch_size]
+        results: list[dict] = [{"file": str(path)} for path in chunk]
+        tensors, positions = [], []
+        for position, path in enumerate(chunk):
+            try:
+                tensors.append(transform(read_image(path)))
+                positions.append(position)
+            except ImageReadError as err:
+                results[position]["error"] = str(err)
+                failed += 1
+        if tensors:
+            batch = torch.stack(tensors).to(device)
+            for position, prediction in zip(positions, predict_batch(model, batch, class_names)):
+                results[position].update(prediction)
+        for result in results:
+            emit(result)
+    return failed
+
+
+def print_json_line(obj: dict) -> None:
+    print(json.dumps(obj), flush=True)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="toolkit.predict",
+        description="Classify images as cat or dog with a trained model; prints one JSON line per image.",
+        epilog="Exit code: 0 all images classified, 1 some could not be read (see their error lines), "
+               "2 bad arguments or model file.",
+    )
+    parser.add_argument("--model", required=True, type=Path, metavar="MODEL",
+                        help="RUN/model.safetensors written by toolkit.train (safetensors only)")
+    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files (JPEG, PNG, GIF, ...)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where to run the model (default: auto = cuda when available)")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+
+    from toolkit.checkpoint import load_model_file
+
+    device = resolve_device(args.device)
+    model, meta = load_model_file(args.model)  # UsageError (exit 2) for a missing or non-safetensors file
+    model.to(device).eval()
+    failed = predict_files(model, meta, args.images, device, args.batch_size, print_json_line)
+    if failed:
+        print(f"{failed} of {len(args.images)} images could not be read (see their error lines)",
+              file=sys.stderr, flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
