@@ -7,11 +7,14 @@ can be deliberately uneven or broken; one test also reads what ``toolkit.make_sh
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import http.server
 import io
 import json
 import logging
 import tarfile
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -25,7 +28,6 @@ from toolkit.cli import DataError, UsageError
 from toolkit.config import DataConfig
 
 MEAN, STD = [0.25, 0.5, 0.75], [0.5, 0.25, 0.125]
-SHARED = Path(__file__).resolve().parents[2] / "shared/data/oxford-pets-mini"
 
 
 def jpeg(rng: np.random.Generator, width: int = 48, height: int = 40) -> bytes:
@@ -82,10 +84,6 @@ def config(folder, **overrides) -> DataConfig:
     return DataConfig(**(defaults | overrides))
 
 
-def epoch_batches(loader) -> list[dict]:
-    return list(loader)
-
-
 def keys_of(batches) -> list[str]:
     return [k for b in batches for k in b["key"]]
 
@@ -114,7 +112,7 @@ def test_every_rank_gets_the_same_number_of_full_batches(uneven, world, workers)
     expected = 52 // (batch * world)
     for rank in range(world):
         loader = data.make_train_loader(cfg, info, batch_size=batch, rank=rank, world_size=world, seed=1)
-        batches = epoch_batches(loader)
+        batches = list(loader)
         assert len(loader) == len(batches) == expected
         assert all(b["image"].shape == (batch, 3, 32, 32) and b["image"].dtype == torch.float32 for b in batches)
         assert all(b["label"].dtype == torch.long and len(b["key"]) == batch for b in batches)
@@ -137,7 +135,7 @@ def test_an_epoch_covers_every_sample_once_when_shards_are_even(tmp_path, layout
     keys = []
     for rank in range(2):
         loader = data.make_train_loader(cfg, info, batch_size=4, rank=rank, world_size=2, seed=3)
-        keys += keys_of(epoch_batches(loader))
+        keys += keys_of(list(loader))
     assert len(keys) == len(set(keys)) == 48
 
 
@@ -165,10 +163,10 @@ def test_same_seed_same_batches_and_a_new_epoch_reorders(uneven):
     folder, info = uneven
     make = lambda: data.make_train_loader(config(folder), info, batch_size=4, rank=0, world_size=1, seed=5)
     first, second = make(), make()
-    epoch0 = epoch_batches(first)
-    assert same_batches(epoch0, epoch_batches(second))
+    epoch0 = list(first)
+    assert same_batches(epoch0, list(second))
     second.set_epoch(1)
-    epoch1 = epoch_batches(second)
+    epoch1 = list(second)
     assert len(epoch1) == len(epoch0) and keys_of(epoch1) != keys_of(epoch0)
 
 
@@ -178,7 +176,7 @@ def test_loading_leaves_the_main_process_rng_alone(uneven):
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    epoch_batches(loader)
+    list(loader)
     assert torch.equal(torch.rand(3), expected)
 
 
@@ -186,13 +184,13 @@ def test_loading_leaves_the_main_process_rng_alone(uneven):
 def test_resuming_mid_epoch_gives_the_same_remaining_batches(uneven, workers):
     folder, info = uneven
     cfg = config(folder, num_workers=workers)
-    whole = epoch_batches(data.make_train_loader(cfg, info, batch_size=3, rank=1, world_size=2, seed=7, epoch=2))
+    whole = list(data.make_train_loader(cfg, info, batch_size=3, rank=1, world_size=2, seed=7, epoch=2))
     assert len(whole) == 8
     for start in (3, 4):
         resumed = data.make_train_loader(cfg, info, batch_size=3, rank=1, world_size=2, seed=7, epoch=2,
                                          start_step=start)
         assert len(resumed) == 8
-        assert same_batches(epoch_batches(resumed), whole[start:])
+        assert same_batches(list(resumed), whole[start:])
 
 
 @pytest.mark.parametrize("persistent", [True, False])
@@ -200,12 +198,12 @@ def test_worker_processes_see_the_new_epoch(uneven, persistent):
     folder, info = uneven
     cfg = config(folder, num_workers=2, persistent_workers=persistent)
     loader = data.make_train_loader(cfg, info, batch_size=4, rank=0, world_size=1, seed=9)
-    epoch0 = epoch_batches(loader)
+    epoch0 = list(loader)
     loader.set_epoch(1)
-    epoch1 = epoch_batches(loader)
+    epoch1 = list(loader)
     loader.set_epoch(1, start_step=5)
-    tail = epoch_batches(loader)
-    fresh = epoch_batches(data.make_train_loader(cfg, info, batch_size=4, rank=0, world_size=1, seed=9, epoch=1))
+    tail = list(loader)
+    fresh = list(data.make_train_loader(cfg, info, batch_size=4, rank=0, world_size=1, seed=9, epoch=1))
     assert keys_of(epoch1) != keys_of(epoch0)
     assert same_batches(epoch1, fresh)
     assert same_batches(tail, fresh[5:])
@@ -223,7 +221,7 @@ def test_eval_yields_every_sample_exactly_once(uneven, world, workers):
     keys, breeds = [], []
     for rank in range(world):
         loader = data.make_eval_loader(cfg, info, "val", batch_size=4, rank=rank, world_size=world)
-        batches = epoch_batches(loader)
+        batches = list(loader)
         assert len(loader) == len(batches)
         assert all(len(b["key"]) == len(b["breed"]) == len(b["label"]) == b["image"].shape[0] <= 4 for b in batches)
         keys += keys_of(batches)
@@ -265,14 +263,14 @@ def test_bad_samples_are_skipped_and_counted(broken, workers):
     cfg = config(folder, num_workers=workers)
     keys, skipped = [], 0
     for rank in range(2):
-        batches = epoch_batches(data.make_eval_loader(cfg, info, "val", batch_size=3, rank=rank, world_size=2))
+        batches = list(data.make_eval_loader(cfg, info, "val", batch_size=3, rank=rank, world_size=2))
         keys += keys_of(batches)
         skipped += sum(b["skipped"] for b in batches)
     assert skipped == len(BAD) and len(keys) == len(set(keys)) == 18 - len(BAD)
     assert not set(keys) & set(BAD)
 
     train = data.make_train_loader(cfg, info, batch_size=4, rank=0, world_size=1, seed=0)
-    batches = epoch_batches(train)
+    batches = list(train)
     assert len(batches) == 6 and all(len(b["key"]) == 4 for b in batches)  # quota filled from later samples
     assert train.skipped == sum(b["skipped"] for b in batches) >= 1
     assert not set(keys_of(batches)) & {"train1_2", "train3_0"}
@@ -284,7 +282,7 @@ def test_strict_mode_names_the_shard_and_the_key(broken, workers):
     loader = data.make_eval_loader(config(folder, strict=True, num_workers=workers), info, "val", batch_size=3,
                                    rank=0, world_size=1)
     with pytest.raises(DataError, match=r"val-00000\d\.tar: sample val\d_\d+: .*strict") as caught:
-        epoch_batches(loader)
+        list(loader)
     assert "\n" not in str(caught.value)
 
 
@@ -302,7 +300,7 @@ def test_truncated_and_missing_shards_are_counted(tmp_path):
         for rank in range(world):
             loader = data.make_eval_loader(config(tmp_path, num_workers=workers), info, "val", batch_size=4,
                                            rank=rank, world_size=world)
-            batches = epoch_batches(loader)
+            batches = list(loader)
             keys += keys_of(batches)
             skipped += loader.skipped
         assert len(keys) == len(set(keys)) and len(keys) + skipped == 24
@@ -321,13 +319,31 @@ def test_brace_pattern_and_pipe_urls(uneven):
     assert data.split_urls(pattern, "val", info) == data.split_urls(str(folder), "val", info)  # from info.json
     loader = data.make_train_loader(config(pattern), info, batch_size=2, rank=0, world_size=1, seed=0)
     assert len(loader) == (7 + 13 + 3) // 2
-    assert {k[:6] for k in keys_of(epoch_batches(loader))} <= {"train0", "train1", "train2"}
+    assert {k[:6] for k in keys_of(list(loader))} <= {"train0", "train1", "train2"}
 
     pipe = f"pipe:cat {folder}/{{split}}-{{000000..000002}}.tar"
     assert data.load_info(pipe) == info
-    every = lambda shards: sorted(keys_of(epoch_batches(
+    every = lambda shards: sorted(keys_of(list(
         data.make_eval_loader(config(shards), info, "val", batch_size=4, rank=0, world_size=1))))
     assert every(pipe) == every(str(folder))
+
+
+def test_http_urls(uneven):
+    folder, info = uneven
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        assert data.load_info(base) == info
+        assert data.split_urls(base, "val", info)[0] == f"{base}/val-000000.tar"
+        loader = data.make_eval_loader(config(base), info, "val", batch_size=4, rank=0, world_size=1)
+        assert len(keys_of(list(loader))) == 18
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_missing_or_invalid_info_json_is_a_usage_error(tmp_path):
@@ -376,4 +392,4 @@ def test_reads_what_make_shards_packs(tmp_path):
     data.check_shards_exist(folder, info, ["train", "val", "test"])
     for split in ("train", "val", "test"):
         loader = data.make_eval_loader(config(folder), info, split, batch_size=4, rank=0, world_size=1)
-        assert len(keys_of(epoch_batches(loader))) == data.split_size(info, split)
+        assert len(keys_of(list(loader))) == data.split_size(info, split)

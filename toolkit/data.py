@@ -464,11 +464,11 @@ def _collate(images: list, labels: list, keys: list, skipped: int, image_size: i
             "label": torch.tensor(labels, dtype=torch.long), "key": keys, "skipped": skipped}
 
 
-def _loader_kwargs(cfg) -> dict:
+def _loader_kwargs(cfg, persistent: bool) -> dict:
     kwargs = {"batch_size": None, "num_workers": cfg.num_workers,
               "pin_memory": bool(cfg.pin_memory and torch.cuda.is_available())}
     if cfg.num_workers > 0:
-        kwargs.update(persistent_workers=bool(cfg.persistent_workers), prefetch_factor=cfg.prefetch_factor)
+        kwargs.update(persistent_workers=persistent, prefetch_factor=cfg.prefetch_factor)
     return kwargs
 
 
@@ -642,13 +642,13 @@ def make_train_loader(cfg, info: dict, *, batch_size: int, rank: int, world_size
                          image_size=cfg.image_size, batch_size=batch_size, rank=rank, world_size=world_size,
                          num_workers=cfg.num_workers, seed=seed, shuffle_buffer=cfg.shuffle_buffer,
                          strict=cfg.strict)
-    if stream.sample_level and not _layout_warned and is_main_process():
+    if stream.sample_level and not _layout_warned and rank == 0 and is_main_process():
         _layout_warned = True
         log.warning("only %d training shard(s) for %d process(es) x %d loader worker(s): every worker reads every "
                     "shard and keeps 1/%d of it (slower); re-pack with a smaller --shard-size so there are at least "
                     "%d shards", len(shard_list), world_size, stream.num_workers,
                     world_size * stream.num_workers, world_size * stream.num_workers)
-    loader = TrainLoader(stream, _loader_kwargs(cfg))
+    loader = TrainLoader(stream, _loader_kwargs(cfg, persistent=bool(cfg.persistent_workers)))
     loader.set_epoch(epoch, start_step)
     return loader
 
@@ -759,7 +759,7 @@ def make_eval_loader(cfg, info: dict, split: str, *, batch_size: int, rank: int,
                         num_classes=len(info.get("classes") or [0, 1]), transform=build_eval_transform(cfg, mean, std),
                         decode_hint=_decode_hint(cfg), image_size=cfg.image_size, batch_size=batch_size, rank=rank,
                         world_size=world_size, num_workers=cfg.num_workers, strict=cfg.strict)
-    return EvalLoader(stream, _loader_kwargs(cfg))
+    return EvalLoader(stream, _loader_kwargs(cfg, persistent=False))  # one pass: idle workers would only hold memory
 
 
 # ---------------------------------------------------------------------------------------------

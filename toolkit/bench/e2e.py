@@ -1,0 +1,132 @@
+"""Training img/s reading real shards against synthetic in-memory input, same model, same run.
+
+The ratio says whether the input pipeline starves the model: 1.0 means the loader keeps up;
+0.6 means the accelerator waits for data 40% of the time. ``data_wait_frac`` is the share of
+wall time the loop spent waiting for the next batch, as the training loop logs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import time
+
+import torch
+
+from toolkit.bench.model import (AUTOCAST_DTYPES, TrainStep, check_dtype, check_input_size, device_name,
+                                 resolve_device, synchronize, synthetic_batch)
+from toolkit.cli import UsageError, progress
+from toolkit.models import MODEL_ARCHS, create_model
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shards", default="shards", help="shards folder with info.json (default: %(default)s)")
+    parser.add_argument("--split", default="train", help="split to read (default: %(default)s)")
+    parser.add_argument("--arch", default="resnet101", choices=MODEL_ARCHS, help="default: %(default)s")
+    parser.add_argument("--blocks-per-stage", type=int, nargs=4, default=None, help="override the preset's depth")
+    parser.add_argument("--base-width", type=int, default=64, help="default: %(default)s")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: %(default)s")
+    parser.add_argument("--dtype", default="fp32", choices=tuple(AUTOCAST_DTYPES), help="default: %(default)s")
+    parser.add_argument("--channels-last", action="store_true", help="NHWC model and input")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (warmup absorbs compile time)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 256 on CUDA, 8 on CPU")
+    parser.add_argument("--image-size", type=int, default=224, help="default: %(default)s")
+    parser.add_argument("--workers", type=int, default=None, help="loader workers (default: all cores)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per input (default: 30 on CUDA, 4 on CPU)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 5 on CUDA, 1 on CPU)")
+
+
+def run(args: argparse.Namespace) -> dict:
+    from toolkit.config import load_config
+    from toolkit.data import load_info, make_train_loader, resolve_normalization
+
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    batch_size = args.batch_size or (256 if cuda else 8)
+    steps = args.steps or (30 if cuda else 4)
+    warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
+    workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    check_input_size(batch_size, args.image_size)
+    check_dtype(args.dtype, device)
+    if steps < 1 or warmup < 0 or workers < 0:
+        raise UsageError("--steps must be >= 1, --warmup and --workers >= 0")
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+
+    cfg = load_config(None, [f"data.shards={args.shards}", f"data.image_size={args.image_size}",
+                             f"data.resize_size={max(args.image_size, round(args.image_size * 255 / 224))}",
+                             f"data.num_workers={workers}", "data.persistent_workers=true"]).data
+    info = load_info(args.shards)
+    resolve_normalization(cfg, info)
+    loader = make_train_loader(cfg, info, batch_size=batch_size, rank=0, world_size=1, seed=0)
+
+    torch.manual_seed(0)
+    model = create_model(args.arch, num_classes=2, blocks_per_stage=args.blocks_per_stage, base_width=args.base_width)
+    images, labels = synthetic_batch(batch_size, args.image_size, 2, device)
+    step = TrainStep(model, images, labels, dtype=args.dtype, channels_last=args.channels_last, compile=args.compile)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+
+    # synthetic: the same batch every step, already on the device
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in progress(range(steps), desc="synthetic input", unit="step"):
+        step()
+    synchronize(device)
+    synthetic_s = time.perf_counter() - start
+
+    # real: decode + augment in the loader workers, copy to the device, same step
+    def real_batches():
+        epoch = 0
+        while True:
+            loader.set_epoch(epoch)
+            yield from loader
+            epoch += 1
+
+    batches = real_batches()
+    wait, done = 0.0, 0
+    for index in progress(range(warmup + steps), desc="real shards", unit="step"):
+        if index == warmup:
+            synchronize(device)
+            start, wait = time.perf_counter(), 0.0
+        t0 = time.perf_counter()
+        batch = next(batches)
+        wait += time.perf_counter() - t0
+        step.images = batch["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        step.labels = batch["label"].to(device, non_blocking=True)
+        step()
+        done += index >= warmup
+    synchronize(device)
+    real_s = time.perf_counter() - start
+
+    synthetic_ips = steps * batch_size / synthetic_s
+    real_ips = done * batch_size / real_s
+    return {
+        "benchmark": "e2e",
+        "arch": args.arch,
+        "real_img_per_s": round(real_ips, 2),
+        "synthetic_img_per_s": round(synthetic_ips, 2),
+        "ratio_real_over_synthetic": round(real_ips / synthetic_ips, 4),
+        "data_wait_frac": round(wait / real_s, 4),
+        "steps_per_epoch": len(loader),
+        "batch_size": batch_size,
+        "image_size": args.image_size,
+        "workers": workers,
+        "dtype": args.dtype,
+        "channels_last": args.channels_last,
+        "compile": args.compile,
+        "steps": steps,
+        "warmup": warmup,
+        "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if cuda else None,
+        "shards": args.shards,
+        "dataset": info.get("dataset"),
+        "device": device.type,
+        "device_name": device_name(device),
+        "cpu_count": os.cpu_count(),
+        "torch_version": torch.__version__,
+        "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
