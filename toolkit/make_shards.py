@@ -166,7 +166,9 @@ def map_ordered(fn: Callable, items: Sequence, workers: int) -> Iterator:
     if workers <= 1 or len(items) <= 1:
         yield from map(fn, items)
         return
-    with multiprocessing.Pool(min(workers, len(items))) as pool:
+    # Not fork: forking a process that runs threads (tqdm, torch, a logger) can deadlock the child.
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    with multiprocessing.get_context(method).Pool(min(workers, len(items))) as pool:
         yield from pool.imap(fn, items, chunksize=max(1, min(16, len(items) // (workers * 8))))
 
 

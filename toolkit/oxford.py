@@ -234,7 +234,7 @@ def make_synthetic_dataset(root: Path, num_images: int, seed: int = 0, image_siz
     for index, entry in enumerate(entries):
         b = entry.class_id - 1
         picture = _draw_pet(rng, breeds[b][2], breeds[b][1], image_size)
-        data = _encode(picture, odd.get(index, "jpeg"), rng)
+        data = _encode(picture, odd.get(index, "jpeg"))
         if data is not None:
             (images / entry.filename).write_bytes(data)
 
@@ -242,7 +242,7 @@ def make_synthetic_dataset(root: Path, num_images: int, seed: int = 0, image_siz
     unlisted = []
     if odd_files:
         extra = Entry(f"{CAT_BREEDS[0][0]}_{counts[0] + 1}", 1, 1, 1)
-        (images / extra.filename).write_bytes(_encode(_draw_pet(rng, "cat", CAT_BREEDS[0][1], image_size), "jpeg", rng))
+        (images / extra.filename).write_bytes(_encode(_draw_pet(rng, "cat", CAT_BREEDS[0][1], image_size), "jpeg"))
         unlisted.append(extra.filename)
 
     entries.sort(key=lambda e: (e.class_id, int(e.name.rpartition("_")[2])))
@@ -296,7 +296,7 @@ def _draw_pet(rng: np.random.Generator, species: str, colour: tuple, size: int) 
 
     # Silhouette: a body ellipse with ears on top.
     cx, cy = rng.uniform(0.4, 0.6) * width, rng.uniform(0.45, 0.65) * height
-    rx, ry = rng.uniform(0.22, 0.32) * size, rng.uniform(0.2, 0.28) * size
+    rx, ry = rng.uniform(0.28, 0.38) * size, rng.uniform(0.25, 0.32) * size
     mask = Image.new("L", (width, height), 0)
     shape = ImageDraw.Draw(mask)
     shape.ellipse((cx - rx, cy - ry, cx + rx, cy + ry), fill=255)
@@ -313,14 +313,14 @@ def _draw_pet(rng: np.random.Generator, species: str, colour: tuple, size: int) 
     # Coat texture: stripes at a random angle for cats, round spots for dogs; sometimes faint.
     strength = rng.uniform(35, 70) if rng.random() < 0.85 else rng.uniform(8, 20)
     if species == "cat":
-        angle, period = rng.uniform(0, np.pi), rng.uniform(0.08, 0.14) * size
+        angle, period = rng.uniform(0, np.pi), rng.uniform(0.15, 0.24) * size
         wave = np.sin(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / period + rng.uniform(0, 2 * np.pi))
         pattern = np.where(wave > 0, -strength, strength * 0.3)
     else:
         spots = Image.new("L", (width, height), 0)
         spot_draw = ImageDraw.Draw(spots)
-        radius = rng.uniform(0.035, 0.06) * size
-        for _ in range(rng.integers(8, 15)):
+        radius = rng.uniform(0.055, 0.08) * size
+        for _ in range(rng.integers(5, 10)):
             sx, sy = cx + rng.uniform(-rx, rx), cy + rng.uniform(-ry, ry)
             spot_draw.ellipse((sx - radius, sy - radius, sx + radius, sy + radius), fill=255)
         pattern = np.where(np.asarray(spots) > 0, -strength, strength * 0.3)
@@ -331,7 +331,7 @@ def _draw_pet(rng: np.random.Generator, species: str, colour: tuple, size: int) 
     return Image.fromarray(np.uint8(np.clip(noisy, 0, 255)))
 
 
-def _encode(picture: Image.Image, kind: str, rng: np.random.Generator) -> Optional[bytes]:
+def _encode(picture: Image.Image, kind: str) -> Optional[bytes]:
     """File bytes for one image: a plain JPEG, or one of the odd kinds; None for a missing file."""
     buffer = io.BytesIO()
     if kind in ("jpeg", "trailing_byte", "truncated"):
