@@ -277,6 +277,17 @@ def test_bad_samples_are_skipped_and_counted(broken, workers):
 
 
 @pytest.mark.parametrize("workers", [0, 2])
+def test_bad_samples_after_the_last_batch_are_still_counted(tmp_path, workers):
+    bad = {"val0_4": "corrupt", "val0_5": "no_cls", "val1_0": "corrupt", "val1_1": "no_jpg"}
+    info = write_shards(tmp_path, {"val": [6, 2]}, bad=bad)  # the second shard has nothing usable
+    loader = data.make_eval_loader(config(tmp_path, num_workers=workers), info, "val", batch_size=4, rank=0,
+                                   world_size=1)
+    batches = list(loader)
+    assert sum(b["skipped"] for b in batches) == loader.skipped == 4
+    assert sorted(keys_of(batches)) == [f"val0_{i}" for i in range(4)]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
 def test_strict_mode_names_the_shard_and_the_key(broken, workers):
     folder, info = broken
     loader = data.make_eval_loader(config(folder, strict=True, num_workers=workers), info, "val", batch_size=3,

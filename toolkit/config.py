@@ -24,6 +24,7 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("step", "cosine", "constant")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+AUGMENTS = ("none", "trivialaugment", "randaugment")
 BLOCKS = ("basic", "bottleneck")
 
 
@@ -50,7 +51,10 @@ class DataConfig:
     crop_scale: list[float] = field(default_factory=lambda: [0.6, 1.0])
     hflip: bool = True
     color_jitter: Optional[list[float]] = field(default_factory=lambda: [0.2, 0.2, 0.2, 0.1])
+    augment: str = field(default="none", metadata=_choice(*AUGMENTS))  # policy applied after crop/flip/jitter
+    random_erasing: float = field(default=0.0, metadata=_range(0.0, 1.0))  # probability of erasing one random box
     strict: bool = False  # stop at the first bad sample instead of skipping and counting it
+    decode: str = field(default="cpu", metadata=_choice("cpu", "gpu"))  # gpu: workers ship JPEG bytes, the accelerator decodes + augments (training)
 
 
 @dataclass
@@ -74,6 +78,7 @@ class OptimizerConfig:
     momentum: float = field(default=0.9, metadata=_range(0.0, 1.0))
     nesterov: bool = False
     weight_decay: float = field(default=1e-4, metadata=_range(0.0))
+    decay_norm_and_bias: bool = True  # false: no weight decay on 1-D parameters (norm weights, biases)
 
 
 @dataclass
@@ -165,7 +170,8 @@ def read_yaml_mapping(path: Union[str, Path]) -> dict:
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         where = getattr(err, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
-        raise UsageError(f"config file {str(path)!r} is not valid YAML{at}: {getattr(err, 'problem', None) or err}") from None
+        detail = " ".join(str(getattr(err, "problem", None) or err).split())  # PyYAML's messages span lines
+        raise UsageError(f"config file {str(path)!r} is not valid YAML{at}: {detail}") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):

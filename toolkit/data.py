@@ -252,8 +252,14 @@ def build_train_transform(cfg, mean: Sequence[float], std: Sequence[float]):
         steps.append(v2.RandomHorizontalFlip())
     if cfg.color_jitter:
         steps.append(v2.ColorJitter(*cfg.color_jitter))
-    steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std)),
-              v2.ToPureTensor()]
+    if cfg.augment == "trivialaugment":  # one random op per image at a random strength, on the small crop
+        steps.append(v2.TrivialAugmentWide())
+    elif cfg.augment == "randaugment":
+        steps.append(v2.RandAugment())
+    steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    if cfg.random_erasing > 0:  # on the normalized tensor, so erased pixels are noise around the mean
+        steps.append(v2.RandomErasing(p=cfg.random_erasing, value="random"))
+    steps.append(v2.ToPureTensor())
     return v2.Compose(steps)
 
 
@@ -460,8 +466,10 @@ def _worker() -> tuple[int, int]:
 
 
 def _collate(images: list, labels: list, keys: list, skipped: int, image_size: int) -> dict:
-    return {"image": torch.stack(images) if images else torch.empty(0, 3, image_size, image_size),
-            "label": torch.tensor(labels, dtype=torch.long), "key": keys, "skipped": skipped}
+    batch = {"label": torch.tensor(labels, dtype=torch.long), "key": keys, "skipped": skipped}
+    if images and images[0].dim() == 1:  # data.decode=gpu: undecoded JPEG bytes, decoded by toolkit.gpu_augment
+        return batch | {"jpeg": images}
+    return batch | {"image": torch.stack(images) if images else torch.empty(0, 3, image_size, image_size)}
 
 
 def _loader_kwargs(cfg, persistent: bool) -> dict:
@@ -570,9 +578,14 @@ class TrainStream(IterableDataset):
                 torch.manual_seed(_seed(self.seed, "augment", epoch, self.rank, j))
                 while len(images) < self.batch_size:
                     sample = next(raw)
-                    image = _decode(sample, self.decode_hint, skips)
+                    if self.transform is None:  # data.decode=gpu: ship the bytes, the accelerator decodes
+                        image = torch.frombuffer(bytearray(sample["jpg"]), dtype=torch.uint8) \
+                            if _header_ok(sample, skips) else None
+                    else:
+                        image = _decode(sample, self.decode_hint, skips)
+                        image = None if image is None else self.transform(image)
                     if image is not None:
-                        images.append(self.transform(image))
+                        images.append(image)
                         labels.append(sample["__label__"])
                         keys.append(sample["__key__"])
             yield _collate(images, labels, keys, skips.take(), self.image_size)
@@ -638,7 +651,8 @@ def make_train_loader(cfg, info: dict, *, batch_size: int, rank: int, world_size
                          f"{num_samples} training samples; lower the batch size")
     mean, std = resolve_normalization(cfg, info)
     stream = TrainStream(shard_list, num_samples=num_samples, num_classes=len(info.get("classes") or [0, 1]),
-                         transform=build_train_transform(cfg, mean, std), decode_hint=_decode_hint(cfg),
+                         transform=None if getattr(cfg, "decode", "cpu") == "gpu" else build_train_transform(cfg, mean, std),
+                         decode_hint=_decode_hint(cfg),
                          image_size=cfg.image_size, batch_size=batch_size, rank=rank, world_size=world_size,
                          num_workers=cfg.num_workers, seed=seed, shuffle_buffer=cfg.shuffle_buffer,
                          strict=cfg.strict)
@@ -706,10 +720,14 @@ class EvalStream(IterableDataset):
                     yield pending
                 pending = _collate(images, labels, keys, skips.take(), self.image_size) | {"breed": breeds}
                 images, labels, keys, breeds = [], [], [], []
-        if pending is not None:
-            yield pending
-        if images or skips.count:  # the last, partial batch (possibly empty, to carry a skip count)
+        if images or (pending is None and skips.count):
+            if pending is not None:
+                yield pending
+            # the last, partial batch; empty only when this worker found nothing but bad samples
             yield _collate(images, labels, keys, skips.take(), self.image_size) | {"breed": breeds}
+        elif pending is not None:
+            pending["skipped"] += skips.take()
+            yield pending
 
     def __iter__(self) -> Iterator[dict]:
         worker, num_workers = _worker()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import sys
 from dataclasses import dataclass, field
@@ -59,7 +60,8 @@ def evaluate_split(accelerator, model: torch.nn.Module, cfg, info: dict, split: 
 
     from toolkit.data import make_eval_loader, split_size
 
-    loader = make_eval_loader(cfg.data, info, split, batch_size=cfg.eval.batch_size,
+    data_cfg = dataclasses.replace(cfg.data, mean=list(mean), std=list(std))  # the model's own normalization
+    loader = make_eval_loader(data_cfg, info, split, batch_size=cfg.eval.batch_size,
                               rank=accelerator.process_index, world_size=accelerator.num_processes)
     was_training = model.training
     model.eval()
@@ -237,6 +239,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              f"data.num_workers={args.num_workers}", f"eval.batch_size={args.batch_size}",
                              f"model.num_classes={meta['num_classes']}"])
     info = load_info(args.shards)
+    classes = info.get("classes") or ["cat", "dog"]
+    if int(meta["num_classes"]) != len(classes):
+        raise UsageError(f"{str(args.model)!r} predicts {meta['num_classes']} classes but the shards have {len(classes)} "
+                         f"({', '.join(map(str, classes))}); evaluate a model trained on these shards")
     tuning_split = None if args.tuning_split.lower() == "none" or args.tuning_split == args.split else args.tuning_split
     check_shards_exist(args.shards, info, [args.split] + ([tuning_split] if tuning_split else []))
     accelerator = Accelerator()

@@ -32,6 +32,7 @@ from toolkit.checkpoint import (latest_checkpoint, list_checkpoints, load_state_
 from toolkit.cli import DataError, UsageError, progress, run_cli
 from toolkit.config import Config, dump_yaml, load_config, split_config_args, to_dict, to_yaml, validate
 from toolkit.fileio import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from toolkit.gpu_augment import batch_to_device
 
 TRAINER_STATE = "trainer_state.json"
 EMA_FILE = "ema.safetensors"
@@ -311,7 +312,8 @@ def train(cfg: Config) -> dict:
                 batch = next(batches)
                 data_wait += time.perf_counter() - t_wait
                 state.epoch_skipped += int(batch.get("skipped", 0))
-                images = batch["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
+                images = batch_to_device(batch, cfg.data, mean, std, device, memory_format=memory_format,
+                                         seed=hash((cfg.train.seed, epoch, rank, batch_index)) % 2**63)
                 labels = batch["label"].to(device, non_blocking=True)
                 sync_now = (batch_index + 1) % accum == 0
                 with contextlib.nullcontext() if sync_now else accelerator.no_sync(model):

@@ -17,6 +17,7 @@ import torch
 from toolkit.bench.model import (AUTOCAST_DTYPES, TrainStep, check_dtype, check_input_size, device_name,
                                  resolve_device, synchronize, synthetic_batch)
 from toolkit.cli import UsageError, progress
+from toolkit.gpu_augment import batch_to_device
 from toolkit.models import MODEL_ARCHS, create_model
 
 
@@ -33,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="default: 256 on CUDA, 8 on CPU")
     parser.add_argument("--image-size", type=int, default=224, help="default: %(default)s")
     parser.add_argument("--workers", type=int, default=None, help="loader workers (default: all cores)")
+    parser.add_argument("--decode", default="cpu", choices=("cpu", "gpu"),
+                        help="cpu: workers decode + augment; gpu: workers ship JPEG bytes, nvJPEG decodes (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per input (default: 30 on CUDA, 4 on CPU)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 5 on CUDA, 1 on CPU)")
 
@@ -56,9 +59,9 @@ def run(args: argparse.Namespace) -> dict:
 
     cfg = load_config(None, [f"data.shards={args.shards}", f"data.image_size={args.image_size}",
                              f"data.resize_size={max(args.image_size, round(args.image_size * 255 / 224))}",
-                             f"data.num_workers={workers}", "data.persistent_workers=true"]).data
+                             f"data.num_workers={workers}", "data.persistent_workers=true", f"data.decode={args.decode}"]).data
     info = load_info(args.shards)
-    resolve_normalization(cfg, info)
+    mean, std = resolve_normalization(cfg, info)
     loader = make_train_loader(cfg, info, batch_size=batch_size, rank=0, world_size=1, seed=0)
 
     torch.manual_seed(0)
@@ -96,7 +99,7 @@ def run(args: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         batch = next(batches)
         wait += time.perf_counter() - t0
-        step.images = batch["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        step.images = batch_to_device(batch, cfg, mean, std, device, memory_format=memory_format, seed=index)
         step.labels = batch["label"].to(device, non_blocking=True)
         step()
         done += index >= warmup
@@ -116,6 +119,7 @@ def run(args: argparse.Namespace) -> dict:
         "batch_size": batch_size,
         "image_size": args.image_size,
         "workers": workers,
+        "decode": args.decode,
         "dtype": args.dtype,
         "channels_last": args.channels_last,
         "compile": args.compile,
