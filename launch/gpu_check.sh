@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Every GPU measurement and GPU correctness check, in one run of a few minutes, printing JSON.
 #
-#   launch/gpu_check.sh [OUT_DIR]            (env: SHARDS=packed shards folder, QUICK=1 skips torch.compile)
+#   launch/gpu_check.sh [OUT_DIR]
+#   env: SHARDS=packed shards folder (default shards/mini), QUICK=1 skips torch.compile,
+#        SKIP_MODEL=1 skips the model-vs-timm benchmarks (already measured on this kind of machine)
 #
 # Meant for a fresh GPU machine that has torch, timm and accelerate but maybe not webdataset or
 # wandb and no network: put wheels in .whl/ (see docs/benchmarks.md) and they are installed
@@ -34,15 +36,19 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 python3 -c "import torch, timm, accelerate; print({'torch': torch.__version__, 'timm': timm.__version__, 'accelerate': accelerate.__version__, 'cuda': torch.version.cuda})" | tee "$out/versions.txt"
 
 # 1. our ResNet-101 vs timm's, train step at batch 256, 224 px, in the configurations of REFERENCE.md
+[[ -z "${SKIP_MODEL:-}" ]] && {
 check model_fp32           120 python3 -m toolkit.bench model --device cuda --dtype fp32 --steps 10 --warmup 3
 check model_bf16           120 python3 -m toolkit.bench model --device cuda --dtype bf16 --steps 15 --warmup 3
 check model_bf16_cl        120 python3 -m toolkit.bench model --device cuda --dtype bf16 --channels-last --steps 20 --warmup 5
 check model_fp16_cl        120 python3 -m toolkit.bench model --device cuda --dtype fp16 --channels-last --steps 20 --warmup 5
+}
 
 # 2. end to end: real shards (decode + augment in 16 CPU workers) vs synthetic input, same run
 if [[ -f "$shards/info.json" ]]; then
   check e2e_bf16_cl        180 python3 -m toolkit.bench e2e --shards "$shards" --device cuda --dtype bf16 --channels-last \
                                  --batch-size 128 --workers 16 --steps 30 --warmup 5
+  check e2e_bf16_cl_gpudecode 180 python3 -m toolkit.bench e2e --shards "$shards" --device cuda --dtype bf16 --channels-last \
+                                 --batch-size 128 --workers 16 --steps 30 --warmup 5 --decode gpu
   # 3. the training loop on the GPU: bf16 and fp16 (GradScaler) steps, eval, safetensors, report
   for precision in bf16 fp16; do
     check "train_$precision" 180 python3 -m toolkit.train --config configs/smoke.yaml "data.shards=$shards" \
