@@ -7,6 +7,7 @@ Users see a single line that says what is wrong and how to fix it, never a trace
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from typing import Callable, Iterable, NoReturn, Optional, Sequence, TypeVar
@@ -25,6 +26,13 @@ class UsageError(Exception):
 
 class DataError(Exception):
     """The data is broken in a way the user must fix: printed as one line, exit code 1."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports bad arguments as one ``error:`` line (exit 2) instead of usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see --help)")
 
 
 def is_main_process() -> bool:

@@ -35,7 +35,7 @@ from toolkit.bench.model import (
     synthetic_batch,
     time_interleaved,
 )
-from toolkit.cli import UsageError, run_cli
+from toolkit.cli import ArgumentParser, UsageError, run_cli
 from toolkit.models import MODEL_ARCHS, count_parameters, create_model
 
 STAGES = ("maxpool", "layer1", "layer2", "layer3", "layer4")  # "maxpool" output = the stem's output
@@ -43,7 +43,7 @@ SGD_LR = 0.1
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m toolkit.compare_timm", description=__doc__,
+    parser = ArgumentParser(prog="python -m toolkit.compare_timm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="resnet101", choices=MODEL_ARCHS, help="default: %(default)s")
     parser.add_argument("--num-classes", type=int, default=1000, help="classifier width (default: %(default)s)")

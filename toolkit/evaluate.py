@@ -11,7 +11,6 @@ was counted twice is an error, not a silently wrong metric.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import io
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from toolkit.cli import DataError, UsageError, progress, run_cli
+from toolkit.cli import ArgumentParser, DataError, UsageError, progress, run_cli
 from toolkit.fileio import atomic_write_json, atomic_write_text
 
 PREDICTIONS_FILE = "predictions.csv"
@@ -211,7 +210,7 @@ def _log_prediction_table(tracker, cfg, result: Optional[EvalResult], limit: int
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="toolkit.evaluate", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="toolkit.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, type=Path, help="a model.safetensors from a training run")
     parser.add_argument("--shards", required=True, help="shards folder (with info.json) or URL pattern")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
@@ -245,7 +244,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          f"({', '.join(map(str, classes))}); evaluate a model trained on these shards")
     tuning_split = None if args.tuning_split.lower() == "none" or args.tuning_split == args.split else args.tuning_split
     check_shards_exist(args.shards, info, [args.split] + ([tuning_split] if tuning_split else []))
-    accelerator = Accelerator()
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())  # without CUDA: gloo across launched processes
     model.to(accelerator.device)
     result = evaluate_split(accelerator, model, cfg, info, args.split, meta["mean"], meta["std"])
     tuning = evaluate_split(accelerator, model, cfg, info, tuning_split, meta["mean"], meta["std"]) if tuning_split else None

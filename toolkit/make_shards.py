@@ -34,7 +34,7 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from toolkit.cli import DataError, UsageError, is_main_process, progress, run_cli
+from toolkit.cli import ArgumentParser, DataError, UsageError, is_main_process, progress, run_cli
 from toolkit.fileio import TMP_PREFIX, atomic_write_bytes, atomic_write_json, fsync_dir
 from toolkit.oxford import SPECIES, Entry, make_synthetic_dataset, read_source
 
@@ -603,13 +603,6 @@ def download_dataset(root: Path) -> Path:
 # Command line
 # --------------------------------------------------------------------------------------------
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports bad arguments as one ``error:`` line (exit 2) instead of usage + error."""
-
-    def error(self, message: str):
-        raise UsageError(f"{message} (see --help)")
-
-
 def parse_bytes(text: str) -> int:
     """``67108864``, ``64M``, ``1.5G``: a byte count."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?)i?B?\s*", text, re.IGNORECASE)
@@ -619,7 +612,7 @@ def parse_bytes(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(
+    parser = ArgumentParser(
         prog="python -m toolkit.make_shards",
         description="Pack Oxford-IIIT Pet (official folder layout) into reproducible webdataset shards "
                     "plus an info.json manifest, or verify shards made before.",

@@ -12,7 +12,6 @@ stdout carries only JSON lines, so the output can be piped to ``jq`` or a file.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import sys
@@ -23,7 +22,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from PIL import Image
 
-from toolkit.cli import UsageError, run_cli
+from toolkit.cli import ArgumentParser, UsageError, run_cli
 from toolkit.make_shards import decode_error, strict_decoding, to_rgb
 
 
@@ -114,7 +113,7 @@ def print_json_line(obj: dict) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="toolkit.predict",
         description="Classify images as cat or dog with a trained model; prints one JSON line per image.",
         epilog="Exit code: 0 all images classified, 1 some could not be read (see their error lines), "

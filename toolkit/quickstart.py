@@ -11,11 +11,10 @@ key can be overridden after the flags (``train.epochs=2``).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Optional, Sequence
 
-from toolkit.cli import UsageError, run_cli
+from toolkit.cli import ArgumentParser, UsageError, run_cli
 from toolkit.config import load_config, split_config_args, validate
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
@@ -24,7 +23,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quickstart.y
 def main(argv: Optional[Sequence[str]] = None) -> int:
     import sys
 
-    parser = argparse.ArgumentParser(prog="toolkit.quickstart", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="toolkit.quickstart", description=__doc__.split("\n\n")[0])
     data = parser.add_mutually_exclusive_group()
     data.add_argument("--source", type=Path, help="a local Oxford-IIIT Pet folder in the official layout")
     data.add_argument("--download", type=Path, metavar="DIR", help="download the official dataset into DIR first")

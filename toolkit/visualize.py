@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from toolkit.cli import DataError, UsageError, run_cli
+from toolkit.cli import ArgumentParser, DataError, UsageError, run_cli
 from toolkit.fileio import read_jsonl
 
 FILE_PLOTS = ("roc", "pr", "confusion", "curves")
@@ -288,7 +288,7 @@ def parse_what(text: str) -> set[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="toolkit.visualize", description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser(prog="toolkit.visualize", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--run", required=True, type=Path, help="run folder written by training (runs/NAME)")

@@ -15,7 +15,7 @@ import sys
 from types import ModuleType
 from typing import Optional, Sequence
 
-from toolkit.cli import UsageError, run_cli
+from toolkit.cli import ArgumentParser, UsageError, run_cli
 from toolkit.fileio import atomic_write_json
 
 SUBCOMMANDS: dict[str, str] = {
@@ -55,7 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         listing = "\n".join(f"  {name:<8} {summary(name)}" for name in SUBCOMMANDS)
-        parser = argparse.ArgumentParser(prog="python -m toolkit.bench", formatter_class=argparse.RawDescriptionHelpFormatter,
+        parser = ArgumentParser(prog="python -m toolkit.bench", formatter_class=argparse.RawDescriptionHelpFormatter,
                                          description="Run one benchmark and print its result as JSON.",
                                          epilog=f"subcommands:\n{listing}\n\n"
                                                 "`python -m toolkit.bench <subcommand> --help` lists its options.")
@@ -69,7 +69,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if name not in SUBCOMMANDS:
         raise UsageError(f"unknown bench subcommand {name!r}; choose one of: {', '.join(SUBCOMMANDS)}")
     module = load_subcommand(name)
-    parser = argparse.ArgumentParser(prog=f"python -m toolkit.bench {name}",
+    parser = ArgumentParser(prog=f"python -m toolkit.bench {name}",
                                      description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     module.add_arguments(parser)
     parser.add_argument("--output", default=None, help="also write the JSON result to this file")
