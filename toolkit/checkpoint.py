@@ -178,10 +178,13 @@ def save_checkpoint(accelerator, folder: Path, global_step: int, keep: int,
         if write_extras is not None:
             write_extras(tmp)
         _fsync_tree(tmp)
-        if final.exists():
-            shutil.rmtree(final)
+        previous = folder / f"{TMP_PREFIX}old-{final.name}"
+        if final.exists():  # same step saved twice (a stop on an epoch's last batch): keep it until the new one is in
+            shutil.rmtree(previous, ignore_errors=True)
+            os.replace(final, previous)
         os.replace(tmp, final)
         fsync_dir(folder)
+        shutil.rmtree(previous, ignore_errors=True)
         for old in list_checkpoints(folder)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
         for stale in folder.glob(f"{TMP_PREFIX}*"):

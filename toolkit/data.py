@@ -426,6 +426,9 @@ def _header_ok(sample: dict, skips: _Skips) -> bool:
 
 def _shuffled(samples: Iterator[dict], size: int, rng: random.Random) -> Iterator[dict]:
     """A shuffle buffer of ``size`` raw samples: each incoming sample swaps out a random resident."""
+    if size <= 1:  # no buffer: the shards' own (seeded, shuffled) order
+        yield from samples
+        return
     buffer: list[dict] = []
     for sample in samples:
         if len(buffer) < size:

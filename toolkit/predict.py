@@ -86,7 +86,10 @@ def predict_files(model: torch.nn.Module, meta: dict, files: Sequence[Path], dev
                   batch_size: int, emit: Callable[[dict], None]) -> int:
     """Classify ``files`` in batches, emitting one result per file in input order; return #failed."""
     transform = eval_transform(meta)
-    class_names = list(meta.get("class_names") or [str(i) for i in range(int(meta["num_classes"]))])
+    num_classes = int(meta["num_classes"])
+    class_names = list(meta.get("class_names") or [])
+    if len(class_names) != num_classes:  # a foreign or older file: number the classes rather than guess names
+        class_names = [str(i) for i in range(num_classes)]
     failed = 0
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]

@@ -13,8 +13,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import json
 import math
+import pickle
+import shutil
 import signal
 import sys
 import time
@@ -25,16 +28,16 @@ if __package__ in (None, ""):  # run as a script (accelerate launch toolkit/trai
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
-import torch.nn.functional as F
 
-from toolkit.checkpoint import (latest_checkpoint, list_checkpoints, load_state_strict, model_metadata,
+from toolkit.checkpoint import (latest_checkpoint, list_checkpoints, model_metadata,
                                 save_checkpoint, save_model_file)
-from toolkit.cli import DataError, UsageError, progress, run_cli
+from toolkit.cli import ArgumentParser, DataError, UsageError, progress, run_cli
 from toolkit.config import Config, dump_yaml, load_config, split_config_args, to_dict, to_yaml, validate
-from toolkit.fileio import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from toolkit.fileio import TMP_PREFIX, append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from toolkit.gpu_augment import batch_to_device
 
 TRAINER_STATE = "trainer_state.json"
+DISK_FULL_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 EMA_FILE = "ema.safetensors"
 
 
@@ -61,6 +64,7 @@ class StopRequested:
 
     def __init__(self):
         self.requested = False
+        self.signum: Optional[int] = None
         self._previous = {}
 
     def __enter__(self):
@@ -74,7 +78,7 @@ class StopRequested:
     def _handle(self, signum, frame):
         if self.requested:  # second signal: stop now
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.signum = True, signum
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -86,7 +90,7 @@ class StopRequested:
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="toolkit.train",
         description="Train a ResNet on webdataset shards with Hugging Face Accelerate. "
                     "Override any config key with section.key=value after the flags.",
@@ -142,9 +146,19 @@ def resolve_run_dir(cfg: Config, accelerator) -> Path:
             probe.unlink()
         except OSError as err:
             raise UsageError(f"output folder {str(run_dir)!r} is not writable ({err.strerror}); set output.dir to a writable folder") from None
+        remove_stale_temporaries(run_dir)
     accelerator.wait_for_everyone()
     cfg.output.run_name = names[0]
     return run_dir
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete what a killed run left half-written under temporary names (never read, only in the way)."""
+    for stale in (*run_dir.glob(f"{TMP_PREFIX}*"), *run_dir.glob(f"*/{TMP_PREFIX}*"), *run_dir.glob(f"*/*/{TMP_PREFIX}*")):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
 
 
 def build_model(cfg: Config) -> torch.nn.Module:
@@ -191,8 +205,15 @@ def _scheduler_state(scheduler) -> dict:
 
 
 def load_training_state(accelerator, folder: Path, scheduler, ema) -> TrainerState:
-    accelerator.load_state(str(folder))
-    saved = json.loads((folder / TRAINER_STATE).read_text())
+    try:  # pickles (optimizer, RNG) are read with weights_only=True: a foreign one fails here, unexecuted
+        accelerator.load_state(str(folder))
+        saved = json.loads((folder / TRAINER_STATE).read_text())
+    except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, KeyError) as err:
+        detail = (str(err).strip().splitlines() or [""])[0][:200]
+        if isinstance(err, pickle.UnpicklingError):
+            detail = "a pickled file in it holds more than tensors and was refused unread"
+        raise UsageError(f"cannot resume from {str(folder)!r} ({type(err).__name__}: {detail}); pass another checkpoint "
+                         "folder as train.resume, or move this one away to resume from the one before") from None
     sched = saved["scheduler"]
     scheduler.last_epoch = sched["last_epoch"]
     scheduler._step_count = sched["_step_count"]
@@ -219,7 +240,7 @@ def find_resume_checkpoint(cfg: Config, run_dir: Path) -> Optional[Path]:
 
 
 def train(cfg: Config) -> dict:
-    from toolkit.data import check_shards_exist, load_info, make_eval_loader, make_train_loader, resolve_normalization
+    from toolkit.data import check_shards_exist, load_info, make_train_loader, resolve_normalization
     from toolkit.evaluate import evaluate_split, finish_run_evaluation
     from toolkit.optim import build_ema, build_optimizer, build_scheduler
     from toolkit.tracking import Tracker, redact_secrets
@@ -379,7 +400,8 @@ def train(cfg: Config) -> dict:
                     f"Resume with the same command plus train.resume=auto output.run_name={cfg.output.run_name}")
                 tracker.finish()
                 accelerator.end_training()
-                return {"run_dir": str(run_dir), "stopped": interrupted, "global_step": state.global_step}
+                return {"run_dir": str(run_dir), "stopped": interrupted, "global_step": state.global_step,
+                        "signal": stop.signum}
 
             # epoch summary: train loss and skips summed over processes, then full validation
             batches_done = state.batch_in_epoch - first_batch
@@ -513,9 +535,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(to_yaml(cfg), end="")
         return 0
     try:
-        train(cfg)
+        result = train(cfg)
     except TrainingError as err:
         raise DataError(str(err)) from None
+    except OSError as err:  # disk full mid-run: files are written atomically, so nothing finished is damaged
+        if err.errno not in DISK_FULL_ERRORS:
+            raise
+        where = f" writing {err.filename}" if err.filename else ""
+        raise DataError(f"{err.strerror}{where}; the last good checkpoint is kept. Free some space, then run the same "
+                        f"command with train.resume=auto output.run_name={cfg.output.run_name}") from None
+    if result.get("stopped") and result.get("signal"):  # checkpointed, not finished: 128 + signal, as a shell does
+        return 128 + int(result["signal"])
     return 0
 
 
