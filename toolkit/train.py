@@ -268,6 +268,8 @@ def train(cfg: Config) -> dict:
 
     # model, optimizer, schedule
     seed_everything(cfg.train.seed, rank)
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN time its kernels once
     model = build_model(cfg)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
