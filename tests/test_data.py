@@ -123,9 +123,40 @@ def test_each_worker_fills_its_quota(uneven):
     loader = data.make_train_loader(config(folder, num_workers=2), info, batch_size=4, rank=0, world_size=1, seed=0)
     stream = loader.stream
     assert stream.steps == 52 // 4 == 13
-    produced = [list(stream.worker_batches(w, epoch=0)) for w in range(2)]
-    assert [len(p) for p in produced] == [stream.quota(w) for w in range(2)] == [7, 6]
-    assert all(len(b["key"]) == 4 for p in produced for b in p)
+    assert (stream.chunk_size, stream.chunks_per_batch, stream.chunks) == (2, 2, 26)
+    produced = [list(stream.worker_chunks(w, epoch=0)) for w in range(2)]
+    assert [len(p) for p in produced] == [stream.quota(w) for w in range(2)] == [13, 13]
+    assert all(len(c["key"]) == 2 for p in produced for c in p)
+
+
+@pytest.mark.parametrize(("batch", "workers", "chunk"),
+                         [(128, 16, 8), (256, 16, 16), (64, 2, 16), (3, 2, 1), (4, 0, 4), (127, 16, 1), (6, 4, 1)])
+def test_chunk_size_divides_the_batch_and_spreads_it_over_the_workers(batch, workers, chunk):
+    assert data._chunk_size(batch, workers) == chunk
+
+
+def test_chunk_c_comes_from_worker_c_mod_w_and_every_worker_helps_with_the_first_batch(uneven):
+    folder, info = uneven
+    loader = data.make_train_loader(config(folder, num_workers=2), info, batch_size=4, rank=0, world_size=1, seed=2)
+    stream = loader.stream
+    produced = [list(stream.worker_chunks(w, epoch=0)) for w in range(2)]
+    in_order = [produced[c % 2][c // 2] for c in range(stream.chunks)]
+    batches = list(loader)  # two real worker processes, joined in the main process
+    assert keys_of(batches) == keys_of(in_order)
+    assert torch.equal(torch.cat([b["image"] for b in batches]), torch.cat([c["image"] for c in in_order]))
+    first = set(batches[0]["key"])
+    assert all(first & set(keys_of(p[:1])) for p in produced)
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # no worker process is started here
+@pytest.mark.parametrize(("train", "batch", "workers"), [([3], 2, 4), ([12, 12, 12, 12], 4, 3)])
+def test_producing_workers_per_epoch_is_min_of_workers_and_chunks(tmp_path, train, batch, workers):
+    info = write_shards(tmp_path, {"train": train})
+    loader = data.make_train_loader(config(tmp_path, num_workers=workers), info, batch_size=batch, rank=0,
+                                    world_size=1, seed=0)
+    stream = loader.stream
+    producers = [w for w in range(workers) if list(stream.worker_chunks(w, epoch=0))]
+    assert len(producers) == min(workers, stream.chunks) == (2 if train == [3] else 3)
 
 
 @pytest.mark.parametrize("layout", [[12, 12, 12, 12], [24, 24]], ids=["shard-level", "sample-level"])

@@ -6,12 +6,16 @@ different numbers of batches and distributed training deadlocks at the next coll
 iterable dataset duplicates or drops samples. So the splitting is explicit here:
 
 * every rank runs ``steps_per_epoch = train samples // (batch_size * world_size)`` batches;
-* the shards of an epoch are dealt to (rank, worker) slots, sized to what each slot must
+* workers do not build whole batches: a batch is ``chunks_per_batch`` consecutive CHUNKS of
+  ``chunk_size`` samples (see ``_chunk_size``), which the main process concatenates, so up to
+  ``chunks_per_batch`` workers share each batch and an epoch's first batch waits for one chunk's
+  decode, not one whole batch's;
+* the shards of an epoch are dealt to (rank, worker) slots, sized to the chunks each slot must
   produce; with fewer shards than slots every slot reads everything and keeps every n-th sample;
-* loader worker ``w`` produces the rank's global batches ``j = w, w + W, ...`` (the order in
+* loader worker ``w`` produces the rank's global chunks ``c = w, w + W, ...`` (the order in
   which ``DataLoader`` collects them), cycling over its shards if they run short;
-* the key order and the augmentation of batch ``j`` depend only on (seed, epoch, rank, j), so
-  ``start_step=k`` can skip the first k batches without decoding them and resume bit for bit.
+* the key order and the augmentation of chunk ``c`` depend only on (seed, epoch, rank, c), so
+  ``start_step=k`` can skip the first k batches' chunks without decoding them and resume bit for bit.
 
 Bad samples (undecodable JPEG, missing ``jpg``/``cls``, truncated or missing shard) are skipped,
 warned about and counted in ``batch["skipped"]``; with ``strict`` they raise ``DataError``.
@@ -494,8 +498,24 @@ def _check_rank(rank: int, world_size: int, batch_size: int) -> None:
 # Training: equal steps on every rank, deterministic, resumable
 
 
+MAX_CHUNK = 16  # samples per worker task at most
+
+
+def _chunk_size(batch_size: int, num_workers: int) -> int:
+    """Samples per worker task: the largest divisor of the batch that is <= ``MAX_CHUNK`` and
+    still leaves at least one chunk per worker in every batch (when the batch is big enough).
+
+    With whole batches per worker, a 4-step epoch kept 4 of 16 workers busy and every epoch
+    started by waiting for one worker to decode a whole batch; small chunks spread each batch
+    over all workers. Much smaller chunks would only add per-task overhead (a prime batch size
+    falls back to chunks of one sample).
+    """
+    limit = max(1, min(MAX_CHUNK, batch_size // max(1, num_workers)))
+    return max(d for d in range(1, limit + 1) if batch_size % d == 0)
+
+
 class TrainStream(IterableDataset):
-    """The per-worker batch generator behind ``TrainLoader`` (runs inside the loader workers)."""
+    """The per-worker chunk generator behind ``TrainLoader`` (runs inside the loader workers)."""
 
     def __init__(self, shards: Sequence[Shard], *, num_samples: int, num_classes: int, transform, decode_hint: int,
                  image_size: int, batch_size: int, rank: int, world_size: int, num_workers: int, seed: int,
@@ -512,6 +532,9 @@ class TrainStream(IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.strict = strict
         self.steps = num_samples // (batch_size * world_size)
+        self.chunk_size = _chunk_size(batch_size, self.num_workers)
+        self.chunks_per_batch = batch_size // self.chunk_size
+        self.chunks = self.steps * self.chunks_per_batch  # per rank and epoch
         self.sample_level = len(self.shards) < world_size * self.num_workers
         self.sizes = _sizes(self.shards, num_samples)
         # (epoch, start_step) in shared memory: persistent workers hold a copy of this object
@@ -521,8 +544,8 @@ class TrainStream(IterableDataset):
         self._state[0], self._state[1] = epoch, start_step
 
     def quota(self, worker: int) -> int:
-        """Batches worker ``worker`` produces in a whole epoch: global batches j with j % W == worker."""
-        return len(range(worker, self.steps, self.num_workers))
+        """Chunks worker ``worker`` produces in a whole epoch: global chunks c with c % W == worker."""
+        return len(range(worker, self.chunks, self.num_workers))
 
     def plan(self, epoch: int) -> Optional[list[list[int]]]:
         """Shard indices per slot (rank * W + worker) for ``epoch``; None means sample-level splitting.
@@ -533,7 +556,7 @@ class TrainStream(IterableDataset):
             return None
         order = list(range(len(self.shards)))
         random.Random(_seed(self.seed, "shards", epoch)).shuffle(order)
-        targets = [self.quota(slot % self.num_workers) * self.batch_size
+        targets = [self.quota(slot % self.num_workers) * self.chunk_size
                    for slot in range(self.world_size * self.num_workers)]
         return _assign_shards(self.sizes, order, targets)
 
@@ -562,24 +585,24 @@ class TrainStream(IterableDataset):
                                 f"{', '.join(url for url, _ in mine[:3])}{' ...' if len(mine) > 3 else ''}; "
                                 "check the shards with `python -m toolkit.make_shards --verify`")
 
-    def worker_batches(self, worker: int, epoch: int, start_step: int = 0) -> Iterator[dict]:
-        """Global batches j = worker, worker + W, ... with j >= start_step, each exactly full."""
+    def worker_chunks(self, worker: int, epoch: int, start_chunk: int = 0) -> Iterator[dict]:
+        """Global chunks c = worker, worker + W, ... with c >= start_chunk, each exactly full."""
         skips = _Skips(self.strict)
         raw = self._raw(epoch, worker, skips)
         resumed = False
-        for j in range(worker, self.steps, self.num_workers):
-            if j < start_step:  # consume the same raw samples without decoding them
+        for c in range(worker, self.chunks, self.num_workers):
+            if c < start_chunk:  # consume the same raw samples without decoding them
                 taken = 0
-                while taken < self.batch_size:
+                while taken < self.chunk_size:
                     taken += _header_ok(next(raw), skips)
                 continue
-            if not resumed:  # skips before start_step were reported by the run that made those batches
+            if not resumed:  # skips before start_chunk were reported by the run that made those chunks
                 skips.take()
                 resumed = True
             images, labels, keys = [], [], []
             with torch.random.fork_rng(devices=[]):  # with num_workers=0 this is the main process
-                torch.manual_seed(_seed(self.seed, "augment", epoch, self.rank, j))
-                while len(images) < self.batch_size:
+                torch.manual_seed(_seed(self.seed, "augment", epoch, self.rank, c))
+                while len(images) < self.chunk_size:
                     sample = next(raw)
                     if self.transform is None:  # data.decode=gpu: ship the bytes, the accelerator decodes
                         image = torch.frombuffer(bytearray(sample["jpg"]), dtype=torch.uint8) \
@@ -598,22 +621,49 @@ class TrainStream(IterableDataset):
         if num_workers != self.num_workers:
             raise RuntimeError(f"TrainStream was planned for {self.num_workers} workers, runs in {num_workers}")
         epoch, start_step = int(self._state[0]), int(self._state[1])
-        # DataLoader asks worker 0 first; on resuming at k, batch k belongs to worker k % W
-        worker = (loader_worker + start_step) % self.num_workers
+        start_chunk = start_step * self.chunks_per_batch
+        # DataLoader asks worker 0 first; on resuming at chunk s, chunk s belongs to worker s % W
+        worker = (loader_worker + start_chunk) % self.num_workers
         try:
-            yield from self.worker_batches(worker, epoch, start_step)
+            yield from self.worker_chunks(worker, epoch, start_chunk)
         except DataError as err:  # travels as data: the main process re-raises it as one clean line
             yield {"error": str(err)}
 
 
+def _join_chunks(chunks: list[dict], pin: bool) -> dict:
+    """One batch from consecutive chunks: a single copy, straight into page-locked memory when pinning."""
+    def cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+        out = torch.empty((sum(len(t) for t in tensors), *tensors[0].shape[1:]), dtype=tensors[0].dtype,
+                          pin_memory=pin)
+        return torch.cat(tensors, out=out)
+
+    batch = {"label": cat([c["label"] for c in chunks]), "key": [k for c in chunks for k in c["key"]],
+             "skipped": sum(c["skipped"] for c in chunks)}
+    if "jpeg" in chunks[0]:  # data.decode=gpu: one 1-D uint8 tensor per image, decoded on the accelerator
+        return batch | {"jpeg": [j for c in chunks for j in c["jpeg"]]}
+    return batch | {"image": cat([c["image"] for c in chunks])}
+
+
 class TrainLoader:
-    """Iterate for one epoch of ``len(self)`` full batches; ``set_epoch`` before each epoch."""
+    """Iterate for one epoch of ``len(self)`` full batches; ``set_epoch`` before each epoch.
+
+    The ``DataLoader`` underneath yields chunks; this joins ``chunks_per_batch`` of them per batch.
+    ``pin_memory`` applies to the joined batch (pinning each chunk first would copy twice), and
+    the per-worker ``prefetch_factor`` (counted in chunks) is raised so that at least that many
+    whole batches are in flight.
+    """
 
     def __init__(self, stream: TrainStream, loader_kwargs: dict):
         self.stream = stream
         self.steps_per_epoch = stream.steps
+        kwargs = dict(loader_kwargs)
+        self.pin = bool(kwargs.pop("pin_memory", False))
+        if kwargs.get("num_workers", 0) > 0:
+            batches_ahead = kwargs.get("prefetch_factor") or 2
+            kwargs["prefetch_factor"] = max(batches_ahead,
+                                            math.ceil(batches_ahead * stream.chunks_per_batch / stream.num_workers))
         # its own generator: drawing the workers' base seed must not consume the global RNG
-        self.loader = DataLoader(stream, generator=torch.Generator().manual_seed(stream.seed), **loader_kwargs)
+        self.loader = DataLoader(stream, generator=torch.Generator().manual_seed(stream.seed), **kwargs)
         self.epoch, self.start_step = 0, 0
         self.skipped = 0  # bad samples this rank skipped during the last pass
 
@@ -630,11 +680,19 @@ class TrainLoader:
     def __iter__(self) -> Iterator[dict]:
         """Batches start_step .. steps_per_epoch - 1 of the epoch."""
         self.skipped = 0
-        for batch in self.loader:
-            if "error" in batch:
-                raise DataError(batch["error"])
-            self.skipped += batch["skipped"]
-            yield batch
+        chunks: list[dict] = []
+        for chunk in self.loader:
+            if "error" in chunk:
+                raise DataError(chunk["error"])
+            chunks.append(chunk)
+            if len(chunks) == self.stream.chunks_per_batch:
+                batch = _join_chunks(chunks, self.pin)
+                chunks = []
+                self.skipped += batch["skipped"]
+                yield batch
+        if chunks:  # cannot happen while every worker fills its quota; never drop samples quietly
+            raise RuntimeError(f"the loader ended inside a batch ({len(chunks)} of "
+                               f"{self.stream.chunks_per_batch} chunks)")
 
 
 ShardLoader = TrainLoader  # the name used in the design notes
