@@ -297,6 +297,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if hint is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool):  # YAML 1.1 reads a bare `no` / `yes` as a boolean (train.mixed_precision=no)
+            return "yes" if value else "no"
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
         raise wrong
@@ -349,6 +351,9 @@ def validate(cfg: Config) -> Config:
             raise UsageError(f"data.{name} = {stats} must hold {cfg.model.in_chans} numbers (std > 0), or be null to use info.json")
     if cfg.data.color_jitter is not None and len(cfg.data.color_jitter) != 4:
         raise UsageError(f"data.color_jitter = {cfg.data.color_jitter} must be [brightness, contrast, saturation, hue] or null")
+    if cfg.data.decode == "gpu" and (cfg.data.augment != "none" or cfg.data.random_erasing > 0):
+        raise UsageError(f"data.augment = {cfg.data.augment!r} and data.random_erasing = {cfg.data.random_erasing} run on "
+                         "the CPU path only; with data.decode=gpu set them to none and 0, or use data.decode=cpu")
     if len(cfg.optimizer.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.optimizer.betas):
         raise UsageError(f"optimizer.betas = {cfg.optimizer.betas} must be two numbers in [0, 1)")
     if cfg.data.resize_size < cfg.data.image_size:

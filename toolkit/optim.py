@@ -16,7 +16,7 @@ from toolkit.config import OptimizerConfig, SchedulerConfig
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
+    params = parameter_groups(params, cfg.weight_decay, cfg.decay_norm_and_bias)
     if cfg.name == "adam":  # weight decay as L2 in the gradient, as the seed experiment did
         return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     if cfg.name == "adamw":  # decoupled weight decay
@@ -25,6 +25,21 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig) 
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                                weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optimizer {cfg.name!r}")
+
+
+def parameter_groups(params: Iterable[torch.nn.Parameter], weight_decay: float, decay_norm_and_bias: bool) -> list:
+    """Trainable parameters, optionally with 1-D ones (norm scales and shifts, biases) exempt from decay.
+
+    A BatchNorm scale feeds the next BatchNorm, which undoes its size, so decaying it mostly shifts
+    effective learning rates instead of regularizing; a decayed bias is only pulled towards zero.
+    timm and the common ImageNet recipes exempt both. Returns a flat list when everything decays
+    alike, so the optimizer state keeps its single group.
+    """
+    params = [p for p in params if p.requires_grad]
+    if decay_norm_and_bias or weight_decay == 0:
+        return params
+    return [{"params": [p for p in params if p.ndim > 1]},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
 
 
 class LRSchedule:

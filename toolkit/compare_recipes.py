@@ -1,0 +1,359 @@
+"""Train recipes on the same shards, with the same budget and several seeds, and compare them on test.
+
+    python -m toolkit.compare_recipes --shards shards/pets --epochs 30 --seeds 0 1 2 \\
+        train.mixed_precision=bf16 model.channels_last=true                  # a GPU
+    python -m toolkit.compare_recipes --shards /tmp/mini-shards --epochs 16 --seeds 0 1 2 \\
+        data.image_size=48 data.resize_size=55 data.num_workers=1 eval.plots=false   # a small CPU
+
+Every run is ``python -m toolkit.train`` in its own process (a fresh Accelerate state, its memory
+given back, its log in ``OUT/runs/<recipe>-seed<N>/train.log``), one after another. The overrides
+after the flags apply to both recipes, then the tool sets what makes the comparison fair: the
+shards, the epochs, the seed and the test split. Each recipe picks its best epoch on val; the
+official test split, which neither recipe trains on, gives the numbers. The table shows the mean
+and the standard deviation over seeds, so a margin can be read against the spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from toolkit.cli import DataError, UsageError, run_cli
+from toolkit.config import load_config, split_config_args, validate
+from toolkit.fileio import atomic_write_json, atomic_write_text, read_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIGS = (ROOT / "configs/oxford_pets_binary_resnet101.yaml",
+                   ROOT / "configs/oxford_pets_binary_resnet101_strong.yaml")
+DEFAULT_NAMES = ("seed", "strong")
+# Before the user's overrides, so they can be changed: a machine without W&B must just work, and runs that are
+# never resumed need no resumable checkpoints (ResNet-101 + Adam state is ~0.5 GB per save).
+DEFAULT_OVERRIDES = ("tracking.wandb=disabled", "train.checkpoint_every_epochs=0")
+TABLE_MD, TABLE_JSON = "comparison.md", "comparison.json"
+LOG_TAIL_LINES = 15
+
+# (key in the summary, label) for the headline table; per-class rows come from the classification report
+HEADLINE = (
+    ("roc_auc", "{split} ROC-AUC"),
+    ("accuracy", "{split} accuracy"),
+    ("balanced_accuracy", "{split} balanced accuracy"),
+    ("loss", "{split} loss"),
+    ("macro_f1", "macro avg F1"),
+    ("weighted_f1", "weighted avg F1"),
+    ("best_val_auc", "val ROC-AUC (model selection)"),
+    ("best_epoch", "best epoch (on val)"),
+    ("train_minutes", "training time per run (min)"),
+    ("wall_minutes", "wall time per run (min)"),
+)
+
+
+@dataclass
+class Recipe:
+    name: str
+    config: Path
+
+
+@dataclass
+class RunResult:
+    recipe: str
+    seed: int
+    run_dir: str
+    values: dict  # flat numbers for the table
+    per_class: dict  # classification-report rows: {row: {"precision", "recall", "f1", "support"}}
+    test_metrics: dict  # the run's eval/<split>/metrics.json, minus per-breed rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+
+
+def run_overrides(args: argparse.Namespace, shared: Sequence[str], seed: int, run_name: str) -> list[str]:
+    """Defaults <- the user's shared overrides <- what the comparison must hold fixed."""
+    return [*DEFAULT_OVERRIDES, *shared, f"data.shards={args.shards}", f"train.epochs={args.epochs}",
+            f"train.seed={seed}", f"eval.test_split={args.split}", "train.resume=null",
+            f"output.dir={args.out / 'runs'}", f"output.run_name={run_name}"]
+
+
+def check_plan(args: argparse.Namespace, recipes: Sequence[Recipe], shared: Sequence[str]) -> None:
+    """Fail in seconds, not after the first hour of training: every config resolves, the shards are there."""
+    from toolkit.data import check_shards_exist, load_info
+
+    info = load_info(args.shards)
+    if args.split not in info["splits"]:
+        raise UsageError(f"--split {args.split!r} is not in the shards (they have: {', '.join(info['splits'])})")
+    check_shards_exist(args.shards, info, ["train", "val", args.split])
+    for recipe in recipes:
+        validate(load_config(recipe.config, run_overrides(args, shared, args.seeds[0], f"{recipe.name}-check")))
+
+
+def train_one(args: argparse.Namespace, recipe: Recipe, seed: int, shared: Sequence[str], label: str) -> RunResult:
+    """One training run in a child process; its output goes to train.log, its epoch lines to the console."""
+    run_name = f"{recipe.name}-seed{seed}"
+    run_dir = args.out / "runs" / run_name
+    if run_dir.exists():  # a fresh run: never resume or mix with an older one of the same name
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    command = [sys.executable, "-m", "toolkit.train", "--config", str(recipe.config),
+               *run_overrides(args, shared, seed, run_name)]
+    # the child imports this checkout's toolkit whatever the working folder (relative paths stay the user's)
+    python_path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, TQDM_DISABLE="1", PYTHONUNBUFFERED="1", PYTHONPATH=python_path)
+    log_path = run_dir / "train.log"
+    print(f"[{label}] {recipe.name} seed {seed}: training ({log_path})", flush=True)
+    started = time.perf_counter()
+    tail: list[str] = []
+    # line-buffered log, so that `tail -f train.log` follows the run
+    with open(log_path, "w", encoding="utf-8", buffering=1) as log, subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as child:
+        log.write(" ".join(command) + "\n")
+        for line in child.stdout:
+            log.write(line)
+            tail = (tail + [line.rstrip()])[-LOG_TAIL_LINES:]
+            if line.startswith(("epoch ", "warning", "error")):
+                print(f"    {line.rstrip()}", flush=True)
+        code = child.wait()
+    wall = time.perf_counter() - started
+    if code != 0:
+        print("\n".join(f"    | {line}" for line in tail), file=sys.stderr, flush=True)
+        raise DataError(f"{recipe.name} seed {seed} failed (exit {code}); its last lines are above, "
+                        f"the whole log is {log_path}")
+    result = collect_run(run_dir, recipe.name, seed, args.split, wall)
+    print(f"[{label}] {recipe.name} seed {seed}: test ROC-AUC {_num(result.values['roc_auc'])} "
+          f"accuracy {_num(result.values['accuracy'])} (best val epoch {result.values['best_epoch']}) "
+          f"in {wall / 60:.1f} min", flush=True)
+    return result
+
+
+def collect_run(run_dir: Path, recipe: str, seed: int, split: str, wall_seconds: float) -> RunResult:
+    """The numbers of one finished run, from the files the training run wrote."""
+    metrics_file = run_dir / "eval" / split / "metrics.json"
+    if not metrics_file.is_file():
+        raise DataError(f"{run_dir} has no {metrics_file.relative_to(run_dir)}: the run did not evaluate {split!r}")
+    test = json.loads(metrics_file.read_text())
+    final = json.loads((run_dir / "final.json").read_text())
+    epochs = read_jsonl(run_dir / "metrics.jsonl")
+    per_class = {name: test["per_class"][name] for name in test["class_names"]}
+    per_class["macro avg"] = test["macro_avg"]
+    per_class["weighted avg"] = test["weighted_avg"]
+    values = {
+        "roc_auc": test.get("roc_auc"), "accuracy": test["accuracy"], "balanced_accuracy": test["balanced_accuracy"],
+        "loss": test.get("loss"), "macro_f1": test["macro_avg"]["f1"], "weighted_f1": test["weighted_avg"]["f1"],
+        "best_val_auc": final.get("best_val_auc"), "best_epoch": final.get("best_epoch"),
+        "train_minutes": sum(row["epoch_seconds"] for row in epochs) / 60, "wall_minutes": wall_seconds / 60,
+    }
+    return RunResult(recipe, seed, str(run_dir), values, per_class,
+                     {k: v for k, v in test.items() if k != "per_breed"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Summaries and tables
+
+
+def mean_std(values: Sequence[Optional[float]]) -> dict:
+    """Mean and sample standard deviation (n - 1) over seeds; std is None for a single seed."""
+    values = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return {"mean": None, "std": None, "n": 0, "values": []}
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
+            "n": len(values), "values": values}
+
+
+def summarize(runs: Sequence[RunResult]) -> dict:
+    summary = {key: mean_std([r.values[key] for r in runs]) for key, _ in HEADLINE}
+    per_class = {}
+    for row in runs[0].per_class:
+        per_class[row] = {m: mean_std([r.per_class[row][m] for r in runs]) for m in ("precision", "recall", "f1")}
+        per_class[row]["support"] = runs[0].per_class[row]["support"]
+    summary["per_class"] = per_class
+    return summary
+
+
+def verdicts(names: Sequence[str], summaries: dict, split: str = "test") -> list[str]:
+    """Plain statements: does the last recipe beat the first by more than the spread over seeds?"""
+    if len(names) < 2:
+        return []
+    base, other = names[0], names[-1]
+    lines = []
+    for key, label in (("roc_auc", f"{split} ROC-AUC"), ("accuracy", f"{split} accuracy")):
+        a, b = summaries[base][key], summaries[other][key]
+        if a["mean"] is None or b["mean"] is None:
+            lines.append(f"{label}: not available")
+            continue
+        margin = b["mean"] - a["mean"]
+        spreads = [s for s in (a["std"], b["std"]) if s is not None]
+        if not spreads:
+            lines.append(f"{label}: {other} - {base} = {margin:+.4f} (one seed: no spread to compare with)")
+            continue
+        spread = max(spreads)
+        if margin > spread:
+            word = f"{other} is better by more than the spread"
+        elif margin < -spread:
+            word = f"{base} is better by more than the spread"
+        else:
+            word = "within the spread over seeds: no clear winner"
+        lines.append(f"{label}: {other} - {base} = {margin:+.4f}, largest std over seeds {spread:.4f}: {word}")
+    return lines
+
+
+def _num(value: Optional[float], digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _cell(stat: dict, digits: int = 4) -> str:
+    if stat["mean"] is None:
+        return "n/a"
+    if stat["std"] is None:
+        return _num(stat["mean"], digits)
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def markdown_tables(report: dict) -> str:
+    """The side-by-side tables: headline metrics, the classification report, and every run."""
+    names = list(report["recipes"])
+    summaries = {n: report["recipes"][n]["summary"] for n in names}
+    split = report["split"]
+    lines = [f"Test split `{split}` ({report['test_samples']} images), {report['epochs']} epochs, "
+             f"seeds {', '.join(map(str, report['seeds']))}; mean ± std over seeds (std: sample, n - 1). "
+             f"Model selection on val; threshold 0.5.", ""]
+    delta = len(names) == 2
+    lines.append("| metric | " + " | ".join(names) + (f" | {names[1]} - {names[0]} |" if delta else " |"))
+    lines.append("|---" * (len(names) + 1 + int(delta)) + "|")
+    for key, label in HEADLINE:
+        digits = 1 if key == "best_epoch" else (2 if key.endswith("minutes") else 4)
+        cells = [_cell(summaries[n][key], digits) for n in names]
+        if delta:
+            a, b = summaries[names[0]][key]["mean"], summaries[names[1]][key]["mean"]
+            cells.append("n/a" if a is None or b is None else f"{b - a:+.{digits}f}")
+        lines.append(f"| {label.format(split=split)} | " + " | ".join(cells) + " |")
+    lines += ["", f"Per class on the {split} split (the classification report's layout):", ""]
+    header = "| | " + " | ".join(f"{n} precision | {n} recall | {n} F1" for n in names) + " | support |"
+    lines += [header, "|---" * (3 * len(names) + 2) + "|"]
+    for row in summaries[names[0]]["per_class"]:
+        cells = [_cell(summaries[n]["per_class"][row][m]) for n in names for m in ("precision", "recall", "f1")]
+        lines.append(f"| {row} | " + " | ".join(cells) + f" | {summaries[names[0]]['per_class'][row]['support']} |")
+    lines += ["", "Every run:", "",
+              f"| recipe | seed | {split} ROC-AUC | {split} accuracy | val ROC-AUC | best epoch | wall (min) |",
+              "|---|---|---|---|---|---|---|"]
+    for name in names:
+        for run in report["recipes"][name]["runs"]:
+            v = run["values"]
+            lines.append(f"| {name} | {run['seed']} | {_num(v['roc_auc'])} | {_num(v['accuracy'])} | "
+                         f"{_num(v['best_val_auc'])} | {v['best_epoch']} | {v['wall_minutes']:.2f} |")
+    lines += [""] + [f"- {line}" for line in report["verdicts"]]
+    return "\n".join(lines) + "\n"
+
+
+def machine_description() -> dict:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu_count": os.cpu_count(), "gpu": gpu}
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        prog="toolkit.compare_recipes",
+        description="Train two recipes (default: the seed reproduction and the strong recipe) on the same shards "
+                    "with the same epochs and seeds, then compare them on the test split side by side. "
+                    "Config overrides (section.key=value) after the flags apply to every run.",
+        epilog="example: python -m toolkit.compare_recipes --shards shards/pets --epochs 30 --seeds 0 1 2 "
+               "train.mixed_precision=bf16 model.channels_last=true",
+    )
+    parser.add_argument("--shards", required=True, help="shard folder with info.json (the same for every run)")
+    parser.add_argument("--epochs", type=int, required=True, help="epochs for every run (the same budget for both)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default: 0 1 2)")
+    parser.add_argument("--configs", type=Path, nargs="+", default=list(DEFAULT_CONFIGS),
+                        help="recipe configs, baseline first (default: the seed and the strong ResNet-101 configs)")
+    parser.add_argument("--names", nargs="+", default=None,
+                        help="a short name per config for the table (default: seed strong for the default configs, "
+                             "else the file names)")
+    parser.add_argument("--split", default="test", help="split the table reports (default: test)")
+    parser.add_argument("--out", type=Path, default=Path("runs/compare"),
+                        help="output folder: runs/ (replaced run by run), comparison.md, comparison.json "
+                             "(default: runs/compare)")
+    flags, overrides = split_config_args(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(flags)
+    if args.epochs < 1:
+        raise UsageError(f"--epochs {args.epochs} must be >= 1")
+    if len(set(args.seeds)) != len(args.seeds):
+        raise UsageError(f"--seeds {' '.join(map(str, args.seeds))} repeats a seed; give distinct seeds")
+    if args.names is None:
+        is_default = [c.resolve() for c in args.configs] == [c.resolve() for c in DEFAULT_CONFIGS]
+        args.names = list(DEFAULT_NAMES) if is_default else [c.stem for c in args.configs]
+    if len(args.names) != len(args.configs):
+        raise UsageError(f"--names gives {len(args.names)} name(s) for {len(args.configs)} config(s); "
+                         "give one per config")
+    if len(set(args.names)) != len(args.names) or any(not n or "/" in n for n in args.names):
+        raise UsageError(f"--names {' '.join(args.names)} must be distinct and contain no '/'")
+    for path in args.configs:
+        if not path.is_file():
+            raise UsageError(f"config {str(path)!r} not found; pass existing YAML files to --configs")
+    args.configs = [c.resolve() for c in args.configs]
+    args.out = args.out.resolve()
+    if "://" not in args.shards and not args.shards.startswith("pipe:"):  # a local folder: the same for every run
+        args.shards = str(Path(args.shards).resolve())
+    return args, overrides
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args, shared = parse_args(argv)
+    recipes = [Recipe(name, config) for name, config in zip(args.names, args.configs)]
+    check_plan(args, recipes, shared)
+    args.out.mkdir(parents=True, exist_ok=True)
+    total = len(recipes) * len(args.seeds)
+    print(f"comparing {', '.join(r.name for r in recipes)} on {args.shards}: {args.epochs} epochs x seeds "
+          f"{' '.join(map(str, args.seeds))} = {total} runs, one at a time; results in {args.out}", flush=True)
+    started = time.perf_counter()
+    results: dict[str, list[RunResult]] = {r.name: [] for r in recipes}
+    done = 0
+    for seed in args.seeds:  # seed-major: an interrupted comparison still has pairs of runs
+        for recipe in recipes:
+            done += 1
+            results[recipe.name].append(train_one(args, recipe, seed, shared, f"{done}/{total}"))
+
+    from toolkit.data import load_info, split_size
+
+    report = {
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "command": "python -m toolkit.compare_recipes " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": machine_description(),
+        "shards": args.shards, "split": args.split, "test_samples": split_size(load_info(args.shards), args.split),
+        "epochs": args.epochs, "seeds": list(args.seeds), "overrides": list(shared),
+        "total_minutes": (time.perf_counter() - started) / 60,
+        "recipes": {r.name: {"config": str(r.config), "summary": summarize(results[r.name]),
+                             "runs": [{"seed": x.seed, "run_dir": x.run_dir, "values": x.values,
+                                       "per_class": x.per_class, "test_metrics": x.test_metrics}
+                                      for x in results[r.name]]}
+                    for r in recipes},
+    }
+    report["verdicts"] = verdicts(args.names, {n: report["recipes"][n]["summary"] for n in args.names}, args.split)
+    table = markdown_tables(report)
+    atomic_write_json(args.out / TABLE_JSON, report)
+    atomic_write_text(args.out / TABLE_MD, table)
+    print("\n" + table, flush=True)
+    print(f"wrote {args.out / TABLE_MD} and {args.out / TABLE_JSON} ({report['total_minutes']:.1f} min in all)",
+          flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
