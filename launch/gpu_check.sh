@@ -46,7 +46,7 @@ check model_fp16_cl        120 python3 -m toolkit.bench model --device cuda --dt
 # 2. end to end: real shards (decode + augment in 16 CPU workers) vs synthetic input, same run
 if [[ -f "$shards/info.json" ]]; then
   check e2e_bf16_cl        180 python3 -m toolkit.bench e2e --shards "$shards" --device cuda --dtype bf16 --channels-last \
-                                 --batch-size 128 --workers 16 --steps 30 --warmup 5
+                                 --batch-size 128 --workers 16 --steps 30 --warmup 5 --profile "$out/e2e_bf16_cl.profile.txt"
   check e2e_bf16_cl_gpudecode 180 python3 -m toolkit.bench e2e --shards "$shards" --device cuda --dtype bf16 --channels-last \
                                  --batch-size 128 --workers 16 --steps 30 --warmup 5 --decode gpu
   # 3. the training loop on the GPU: bf16 and fp16 (GradScaler) steps, eval, safetensors, report

@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decode", default="cpu", choices=("cpu", "gpu"),
                         help="cpu: workers decode + augment; gpu: workers ship JPEG bytes, nvJPEG decodes (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per input (default: 30 on CUDA, 4 on CPU)")
+    parser.add_argument("--profile", default=None, metavar="FILE",
+                        help="also profile 10 real-input steps with torch.profiler and write the top ops table to FILE")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 5 on CUDA, 1 on CPU)")
 
 
@@ -105,6 +107,8 @@ def run(args: argparse.Namespace) -> dict:
         done += index >= warmup
     synchronize(device)
     real_s = time.perf_counter() - start
+    if args.profile:
+        profile_steps(step, batches, cfg, mean, std, device, memory_format, args.profile)
 
     synthetic_ips = steps * batch_size / synthetic_s
     real_ips = done * batch_size / real_s
@@ -134,3 +138,24 @@ def run(args: argparse.Namespace) -> dict:
         "torch_version": torch.__version__,
         "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def profile_steps(step: TrainStep, batches, cfg, mean, std, device: torch.device, memory_format, path: str,
+                  num_steps: int = 10) -> None:
+    """Where a real-input step spends its time: loader wait, copies, kernels (torch.profiler table)."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for index in range(num_steps):
+            with record_function("wait_for_batch"):
+                batch = next(batches)
+            with record_function("batch_to_device"):
+                step.images = batch_to_device(batch, cfg, mean, std, device, memory_format=memory_format, seed=index)
+                step.labels = batch["label"].to(device, non_blocking=True)
+            with record_function("train_step"):
+                step()
+        synchronize(device)
+    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(prof.key_averages().table(sort_by=sort, row_limit=40))
