@@ -447,7 +447,10 @@ def bad_shards(tiny_shards, tmp_path_factory) -> tuple[Path, dict]:
     return folder, {"no_cls": no_cls, "corrupt": corrupt, "cut": cut_key}
 
 
-def test_bad_samples_are_skipped_counted_and_reported(bad_shards, tmp_path, capsys, caplog):
+def test_bad_samples_are_skipped_counted_and_reported(bad_shards, tmp_path, capsys, caplog, monkeypatch):
+    import toolkit.data
+
+    monkeypatch.setattr(toolkit.data, "_warnings_given", 0)  # the cap is per process; earlier tests used it up
     folder, damaged = bad_shards
     # batch 7: 9 batches = 63 samples, exactly the usable ones, so every epoch reads all 64 and skips 1
     assert train_cli(train_args(folder, tmp_path, "run", "train.batch_size=7")) == 0
