@@ -248,13 +248,13 @@ def train(cfg: Config) -> dict:
     accelerator = make_accelerator(cfg)
     main_process = accelerator.is_main_process
     rank, world = accelerator.process_index, accelerator.num_processes
-    run_dir = resolve_run_dir(cfg, accelerator)
     log = (lambda msg: print(msg, flush=True)) if main_process else (lambda msg: None)
 
-    # data: sizes and normalization come from the shards' manifest
+    # data: sizes and normalization come from the shards' manifest (checked before any folder is made)
     info = load_info(cfg.data.shards)
     splits = ["train", "val"] + ([cfg.eval.test_split] if cfg.eval.test_split else [])
     check_shards_exist(cfg.data.shards, info, splits)
+    run_dir = resolve_run_dir(cfg, accelerator)
     mean, std = resolve_normalization(cfg.data, info)
     cfg.data.mean, cfg.data.std = list(mean), list(std)
     train_loader = make_train_loader(cfg.data, info, batch_size=cfg.train.batch_size, rank=rank, world_size=world,
