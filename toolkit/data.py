@@ -514,12 +514,11 @@ def _chunk_size(batch_size: int, num_workers: int) -> int:
     return max(d for d in range(1, limit + 1) if batch_size % d == 0)
 
 
-class TrainStream(IterableDataset):
-    """The per-worker chunk generator behind ``TrainLoader`` (runs inside the loader workers)."""
+class _ShardStream(IterableDataset):
+    """What the training and evaluation streams share: their shards, decoding and place among the slots."""
 
-    def __init__(self, shards: Sequence[Shard], *, num_samples: int, num_classes: int, transform, decode_hint: int,
-                 image_size: int, batch_size: int, rank: int, world_size: int, num_workers: int, seed: int,
-                 shuffle_buffer: int, strict: bool):
+    def __init__(self, shards: Sequence[Shard], *, num_classes: int, transform, decode_hint: int, image_size: int,
+                 batch_size: int, rank: int, world_size: int, num_workers: int, strict: bool):
         self.shards = list(shards)
         self.num_classes = num_classes
         self.transform = transform
@@ -528,9 +527,20 @@ class TrainStream(IterableDataset):
         self.batch_size = batch_size
         self.rank, self.world_size = rank, world_size
         self.num_workers = max(1, num_workers)
+        self.strict = strict
+
+
+class TrainStream(_ShardStream):
+    """The per-worker chunk generator behind ``TrainLoader`` (runs inside the loader workers)."""
+
+    def __init__(self, shards: Sequence[Shard], *, num_samples: int, num_classes: int, transform, decode_hint: int,
+                 image_size: int, batch_size: int, rank: int, world_size: int, num_workers: int, seed: int,
+                 shuffle_buffer: int, strict: bool):
+        super().__init__(shards, num_classes=num_classes, transform=transform, decode_hint=decode_hint,
+                         image_size=image_size, batch_size=batch_size, rank=rank, world_size=world_size,
+                         num_workers=num_workers, strict=strict)
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
-        self.strict = strict
         self.steps = num_samples // (batch_size * world_size)
         self.chunk_size = _chunk_size(batch_size, self.num_workers)
         self.chunks_per_batch = batch_size // self.chunk_size
@@ -732,20 +742,14 @@ def make_train_loader(cfg, info: dict, *, batch_size: int, rank: int, world_size
 # Evaluation: every sample exactly once over all ranks and workers
 
 
-class EvalStream(IterableDataset):
+class EvalStream(_ShardStream):
     """The per-worker batch generator behind ``EvalLoader``."""
 
     def __init__(self, shards: Sequence[Shard], *, num_samples: int, num_classes: int, transform, decode_hint: int,
                  image_size: int, batch_size: int, rank: int, world_size: int, num_workers: int, strict: bool):
-        self.shards = list(shards)
-        self.num_classes = num_classes
-        self.transform = transform
-        self.decode_hint = decode_hint
-        self.image_size = image_size
-        self.batch_size = batch_size
-        self.rank, self.world_size = rank, world_size
-        self.num_workers = max(1, num_workers)
-        self.strict = strict
+        super().__init__(shards, num_classes=num_classes, transform=transform, decode_hint=decode_hint,
+                         image_size=image_size, batch_size=batch_size, rank=rank, world_size=world_size,
+                         num_workers=num_workers, strict=strict)
         n_slots = world_size * self.num_workers
         self.sizes = _sizes(self.shards, num_samples)
         self.num_samples = num_samples
