@@ -114,7 +114,7 @@ def test_every_rank_gets_the_same_number_of_full_batches(uneven, world, workers)
         loader = data.make_train_loader(cfg, info, batch_size=batch, rank=rank, world_size=world, seed=1)
         batches = list(loader)
         assert len(loader) == len(batches) == expected
-        assert all(b["image"].shape == (batch, 3, 32, 32) and b["image"].dtype == torch.float32 for b in batches)
+        assert all(b["image"].shape == (batch, 3, 32, 32) and b["image"].dtype == torch.uint8 for b in batches)
         assert all(b["label"].dtype == torch.long and len(b["key"]) == batch for b in batches)
 
 

@@ -246,24 +246,25 @@ def _check_transform_config(cfg) -> None:
                          "(brightness, contrast, saturation, hue) or null")
 
 
-def build_train_transform(cfg, mean: Sequence[float], std: Sequence[float]):
-    """PIL image -> normalized float tensor; random crop, flip and colour jitter (on the PIL image, cheaper)."""
+def build_train_transform(cfg):
+    """PIL image -> uint8 [3, S, S] crop: random crop, flip, and the augmentation that needs PIL.
+
+    Float conversion, normalization, random erasing and (with ``data.jitter_on=device``) colour
+    jitter happen on the whole batch on the training device: ``toolkit.device_augment.batch_to_device``.
+    """
     from torchvision.transforms import v2
 
     _check_transform_config(cfg)
     steps = [v2.RandomResizedCrop(cfg.image_size, scale=tuple(cfg.crop_scale), antialias=True)]
     if cfg.hflip:
         steps.append(v2.RandomHorizontalFlip())
-    if cfg.color_jitter:
+    if cfg.color_jitter and cfg.jitter_on == "workers":
         steps.append(v2.ColorJitter(*cfg.color_jitter))
     if cfg.augment == "trivialaugment":  # one random op per image at a random strength, on the small crop
         steps.append(v2.TrivialAugmentWide())
     elif cfg.augment == "randaugment":
         steps.append(v2.RandAugment())
-    steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-    if cfg.random_erasing > 0:  # on the normalized tensor, so erased pixels are noise around the mean
-        steps.append(v2.RandomErasing(p=cfg.random_erasing, value="random"))
-    steps.append(v2.ToPureTensor())
+    steps += [v2.ToImage(), v2.ToPureTensor()]
     return v2.Compose(steps)
 
 
@@ -474,9 +475,9 @@ def _worker() -> tuple[int, int]:
 
 def _collate(images: list, labels: list, keys: list, skipped: int, image_size: int) -> dict:
     batch = {"label": torch.tensor(labels, dtype=torch.long), "key": keys, "skipped": skipped}
-    if images and images[0].dim() == 1:  # data.decode=gpu: undecoded JPEG bytes, decoded by toolkit.gpu_augment
+    if images and images[0].dim() == 1:  # data.decode=gpu: undecoded JPEG bytes, decoded by toolkit.device_augment
         return batch | {"jpeg": images}
-    return batch | {"image": torch.stack(images) if images else torch.empty(0, 3, image_size, image_size)}
+    return batch | {"image": torch.stack(images) if images else torch.empty(0, 3, image_size, image_size, dtype=torch.uint8)}
 
 
 def _loader_kwargs(cfg, persistent: bool) -> dict:
@@ -720,9 +721,8 @@ def make_train_loader(cfg, info: dict, *, batch_size: int, rank: int, world_size
     if num_samples < batch_size * world_size:
         raise UsageError(f"batch size {batch_size} x {world_size} process(es) = {batch_size * world_size} exceeds the "
                          f"{num_samples} training samples; lower the batch size")
-    mean, std = resolve_normalization(cfg, info)
     stream = TrainStream(shard_list, num_samples=num_samples, num_classes=len(info.get("classes") or [0, 1]),
-                         transform=None if getattr(cfg, "decode", "cpu") == "gpu" else build_train_transform(cfg, mean, std),
+                         transform=None if cfg.decode == "gpu" else build_train_transform(cfg),
                          decode_hint=_decode_hint(cfg),
                          image_size=cfg.image_size, batch_size=batch_size, rank=rank, world_size=world_size,
                          num_workers=cfg.num_workers, seed=seed, shuffle_buffer=cfg.shuffle_buffer,
@@ -897,14 +897,14 @@ def read_samples(shards: str, split: str, keys: Optional[set[str]] = None,
 
 
 class SyntheticBatches:
-    """``steps`` batches of random input in the loaders' format, generated once and reused.
+    """``steps`` batches of random uint8 crops in the training loader's format, generated once and reused.
 
     For measuring the model alone: the same tensors every step, so no time goes into making them.
     """
 
     def __init__(self, batch_size: int, image_size: int, steps: int, num_classes: int = 2, seed: int = 0):
         generator = torch.Generator().manual_seed(seed)
-        self.image = torch.randn(batch_size, 3, image_size, image_size, generator=generator)
+        self.image = torch.randint(256, (batch_size, 3, image_size, image_size), generator=generator, dtype=torch.uint8)
         self.label = torch.randint(num_classes, (batch_size,), generator=generator)
         self.steps = steps
 

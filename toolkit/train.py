@@ -34,7 +34,7 @@ from toolkit.checkpoint import (latest_checkpoint, list_checkpoints, model_metad
 from toolkit.cli import ArgumentParser, DataError, UsageError, progress, run_cli
 from toolkit.config import Config, dump_yaml, load_config, split_config_args, to_dict, to_yaml, validate
 from toolkit.fileio import TMP_PREFIX, append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
-from toolkit.gpu_augment import batch_to_device
+from toolkit.device_augment import batch_to_device
 
 TRAINER_STATE = "trainer_state.json"
 DISK_FULL_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)

@@ -1,10 +1,14 @@
 """Input pipeline img/s: the shard loader against one original JPEG file per image.
 
 Both sides decode and apply the same train augmentation (random resized crop, flip, colour
-jitter, normalize) in a DataLoader with the same worker count and batch size. The baseline is
-the usual ImageFolder-style Dataset over the ORIGINAL files (PIL open, convert RGB, transform);
-the shard loader reads make_shards' pre-resized JPEGs from a few sequential tars and lets PIL's
-draft mode decode at 1/2, 1/4 or 1/8 scale when the stored image is at least twice the target.
+jitter, normalize) with the same worker count and batch size, ending in a normalized float
+batch. The baseline is the usual ImageFolder-style Dataset over the ORIGINAL files (PIL open,
+convert RGB, torchvision's RandomResizedCrop, RandomHorizontalFlip, ColorJitter, ToImage,
+ToDtype, Normalize in the DataLoader workers). The shard loader reads make_shards' pre-resized
+JPEGs from a few sequential tars, lets PIL's draft mode decode at 1/2, 1/4 or 1/8 scale when the
+stored image is at least twice the target, ships uint8 crops, and finishes each batch with
+``batch_to_device`` (colour jitter with ``--jitter-on device``, normalization) in the main
+process, on this CPU, where a GPU run would do it on the GPU: that cost is counted here.
 Each pair is measured in A-B-B-A order ``--repeats`` times and the best run of each side is
 kept, because other processes sharing the cores only ever make a run slower. A decode-only
 section (one core, no augmentation) shows where the difference comes from.
@@ -46,9 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", default="0,1,2", help="comma-separated loader worker counts (default: %(default)s)")
     parser.add_argument("--num-batches", type=int, default=20, help="timed batches per run (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each side per worker count (default: %(default)s)")
+    parser.add_argument("--jitter-on", choices=("device", "workers"), default="device",
+                        help="the shard loader's colour jitter: batched on the device (here the CPU main process) "
+                             "or torchvision's ColorJitter in the workers, as the baseline does (default: %(default)s)")
     parser.add_argument("--no-color-jitter", action="store_true",
                         help="leave ColorJitter out of the augmentation on both sides; its hue shift alone costs "
-                             "~5 ms per 224 px image, as much as decoding an original JPEG, and hides the difference")
+                             "~2 ms per 224 px image on one core of this CPU, more than decoding a pre-resized JPEG")
 
 
 class OriginalFiles(Dataset):
@@ -65,10 +72,25 @@ class OriginalFiles(Dataset):
             return self.transform(image.convert("RGB")), self.labels[index]
 
 
-def _endless_shards(loader: data.TrainLoader) -> Iterator[int]:
+def baseline_transform(cfg: DataConfig, mean: list[float], std: list[float]):
+    """The usual torchvision train transform, all of it in the loader workers."""
+    from torchvision.transforms import v2
+
+    steps = [v2.RandomResizedCrop(cfg.image_size, scale=tuple(cfg.crop_scale), antialias=True)]
+    if cfg.hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    if cfg.color_jitter:
+        steps.append(v2.ColorJitter(*cfg.color_jitter))
+    return v2.Compose(steps + [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+
+
+def _endless_shards(loader: data.TrainLoader, cfg: DataConfig, mean: list[float], std: list[float]) -> Iterator[int]:
+    from toolkit.device_augment import batch_to_device
+
     for epoch in itertools.count():
         loader.set_epoch(epoch)
-        for batch in loader:
+        for index, batch in enumerate(loader):
+            batch_to_device(batch, cfg, mean, std, torch.device("cpu"), seed=index)
             yield len(batch["key"])
 
 
@@ -143,12 +165,11 @@ def _measure(args: argparse.Namespace, workers: list[int], paths: list[Path], la
         info = data.load_info(shards)
         data.check_shards_exist(shards, info, ["train"])
         base = DataConfig(shards=shards, image_size=args.image_size, resize_size=resize, pin_memory=False,
-                          persistent_workers=True)
+                          persistent_workers=True, jitter_on=args.jitter_on)
         if args.no_color_jitter:
             base.color_jitter = None
         mean, std = data.resolve_normalization(base, info)
-        transform = data.build_train_transform(base, mean, std)
-        files = OriginalFiles(paths, labels, transform)
+        files = OriginalFiles(paths, labels, baseline_transform(base, mean, std))
 
         runs = []
         for count in workers:
@@ -157,7 +178,7 @@ def _measure(args: argparse.Namespace, workers: list[int], paths: list[Path], la
 
             def shard_run() -> float:
                 loader = data.make_train_loader(cfg, info, batch_size=args.batch_size, rank=0, world_size=1, seed=0)
-                return _images_per_s(_endless_shards(loader), warmup, args.num_batches)
+                return _images_per_s(_endless_shards(loader, cfg, mean, std), warmup, args.num_batches)
 
             def file_run() -> float:
                 extra = {"persistent_workers": True, "prefetch_factor": cfg.prefetch_factor} if count else {}
@@ -200,6 +221,7 @@ def _measure(args: argparse.Namespace, workers: list[int], paths: list[Path], la
         "baseline_files": len(paths),
         "image_size": args.image_size,
         "color_jitter": None if args.no_color_jitter else DataConfig().color_jitter,
+        "jitter_on": args.jitter_on,
         "resize_size": resize,
         "batch_size": args.batch_size,
         "num_batches": args.num_batches,

@@ -17,7 +17,7 @@ import torch
 from toolkit.bench.model import (AUTOCAST_DTYPES, TrainStep, check_dtype, check_input_size, device_name,
                                  resolve_device, synchronize, synthetic_batch)
 from toolkit.cli import UsageError, progress
-from toolkit.gpu_augment import batch_to_device
+from toolkit.device_augment import batch_to_device
 from toolkit.models import MODEL_ARCHS, create_model
 
 
