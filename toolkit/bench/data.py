@@ -10,7 +10,9 @@ stored image is at least twice the target, ships uint8 crops, and finishes each 
 ``batch_to_device`` (colour jitter with ``--jitter-on device``, normalization) in the main
 process, on this CPU, where a GPU run would do it on the GPU: that cost is counted here.
 Each pair is measured in A-B-B-A order ``--repeats`` times and the best run of each side is
-kept, because other processes sharing the cores only ever make a run slower. A decode-only
+kept, because other processes sharing the cores only ever make a run slower. Per core is
+images per CPU second: the user + system time of the main process and its loader workers over the
+timed batches (from /proc), which stays fair when workers wait on busy cores. A decode-only
 section (one core, no augmentation) shows where the difference comes from.
 """
 
@@ -100,14 +102,31 @@ def _endless_files(loader: DataLoader) -> Iterator[int]:
             yield len(images)
 
 
-def _images_per_s(batches: Iterator[int], warmup: int, num_batches: int) -> float:
-    """Skip the batches that include worker start-up, then time ``num_batches``."""
+def _cpu_seconds() -> float:
+    """CPU time of this process and its children (the loader workers) so far: user + system, all threads.
+
+    Workers are alive children, so their time is read from /proc (Linux); elsewhere only this process counts.
+    """
+    total = time.process_time()
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[1]) == os.getpid():  # fields after the name: state, ppid, ..., utime (12), stime (13)
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def _images_per_s(batches: Iterator[int], warmup: int, num_batches: int) -> tuple[float, float]:
+    """Skip the batches that include worker start-up, then time ``num_batches``: (img/s, img per CPU second)."""
     for _ in range(warmup):
         next(batches)
-    start, images = time.perf_counter(), 0
+    start, cpu_start, images = time.perf_counter(), _cpu_seconds(), 0
     for _ in range(num_batches):
         images += next(batches)
-    return images / (time.perf_counter() - start)
+    return images / (time.perf_counter() - start), images / max(1e-9, _cpu_seconds() - cpu_start)
 
 
 def _decode_rate(blobs: list[bytes], hint: int, seconds: float = 2.0) -> float:
@@ -118,6 +137,15 @@ def _decode_rate(blobs: list[bytes], hint: int, seconds: float = 2.0) -> float:
             data.decode_jpeg(blob, hint)
         done += len(blobs)
     return done / (time.perf_counter() - start)
+
+
+def _opens(path: Path) -> bool:
+    try:
+        with Image.open(path) as image:
+            image.convert("RGB")
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def _parse_workers(text: str) -> list[int]:
@@ -140,12 +168,14 @@ def run(args: argparse.Namespace) -> dict:
         raise UsageError(f"--source {args.source} is not an Oxford-layout folder; point it at one "
                          "(e.g. ../shared/data/oxford-pets-mini)")
     source = read_source(Path(args.source))
-    paths = [source.images / e.filename for e in source.trainval]
-    labels = [e.label for e in source.trainval]
+    entries = [e for e in source.trainval if _opens((source.images / e.filename))]
+    unreadable = len(source.trainval) - len(entries)  # an ImageFolder-style loader would crash on these
+    paths = [source.images / e.filename for e in entries]
+    labels = [e.label for e in entries]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in DataLoader workers; with workers=0 the main process does the work
     try:
-        return _measure(args, workers, paths, labels)
+        return _measure(args, workers, paths, labels) | {"baseline_unreadable_skipped": unreadable}
     finally:
         torch.set_num_threads(threads)
 
@@ -176,11 +206,11 @@ def _measure(args: argparse.Namespace, workers: list[int], paths: list[Path], la
             cfg = dataclasses.replace(base, num_workers=count)
             warmup = max(1, count)
 
-            def shard_run() -> float:
+            def shard_run() -> tuple[float, float]:
                 loader = data.make_train_loader(cfg, info, batch_size=args.batch_size, rank=0, world_size=1, seed=0)
                 return _images_per_s(_endless_shards(loader, cfg, mean, std), warmup, args.num_batches)
 
-            def file_run() -> float:
+            def file_run() -> tuple[float, float]:
                 extra = {"persistent_workers": True, "prefetch_factor": cfg.prefetch_factor} if count else {}
                 loader = DataLoader(files, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                     num_workers=count, **extra)
@@ -191,15 +221,15 @@ def _measure(args: argparse.Namespace, workers: list[int], paths: list[Path], la
                 shard_rates.append(shard_run())
                 file_rates += [file_run(), file_run()]
                 shard_rates.append(shard_run())
-            best_shards, best_files = max(shard_rates), max(file_rates)
-            cores = min(max(1, count), os.cpu_count() or 1)
-            runs.append({"workers": count, "cores": cores,
+            best_shards, best_files = max(r[0] for r in shard_rates), max(r[0] for r in file_rates)
+            per_cpu_shards, per_cpu_files = max(r[1] for r in shard_rates), max(r[1] for r in file_rates)
+            runs.append({"workers": count,
                          "shards_img_s": round(best_shards, 1), "files_img_s": round(best_files, 1),
-                         "shards_img_s_per_core": round(best_shards / cores, 1),
-                         "files_img_s_per_core": round(best_files / cores, 1),
                          "ratio": round(best_shards / best_files, 2),
-                         "all_shards_img_s": [round(r, 1) for r in shard_rates],
-                         "all_files_img_s": [round(r, 1) for r in file_rates]})
+                         "shards_img_per_cpu_s": round(per_cpu_shards, 1), "files_img_per_cpu_s": round(per_cpu_files, 1),
+                         "ratio_per_core": round(per_cpu_shards / per_cpu_files, 2),
+                         "all_shards": [[round(a, 1), round(b, 1)] for a, b in shard_rates],
+                         "all_files": [[round(a, 1), round(b, 1)] for a, b in file_rates]})
 
         # where the difference comes from: decoding alone, one core
         originals = [p.read_bytes() for p in paths[:64]]
