@@ -363,3 +363,26 @@ def test_redact_secrets_replaces_environment_secrets_inside_any_string():
 def test_secret_key_names():
     assert all(is_secret_key(k) for k in ("API_KEY", "wandb-api-key", "github.token", "refreshToken", "passwd"))
     assert not any(is_secret_key(k) for k in ("key", "sort_keys", "monkey", "tokens_per_s", "keyframe"))
+
+
+def test_a_resumed_run_continues_its_w_and_b_run(tmp_path, monkeypatch):
+    isolate_wandb(monkeypatch, tmp_path / "home")
+    run_dir = tmp_path / "RUN"
+    run_dir.mkdir()
+
+    def start(resume: bool) -> tuple[str, dict]:
+        echo = Echo()
+        tracker = Tracker(tracking_cfg("offline"), run_dir, {}, is_main=True, run_name="resume-test", resume=resume,
+                          echo=echo)
+        assert tracker.active, echo
+        run_id = tracker._run.id
+        return run_id, tracker.finish()
+
+    first, _ = start(resume=False)
+    assert (run_dir / "wandb" / "run_id.txt").read_text() == first
+    resumed, result = start(resume=True)
+    assert resumed == first and result["mode"] == "offline"
+    fresh, _ = start(resume=False)  # a new run in the same folder (train.resume unset) starts a new W&B run
+    assert fresh != first
+    (run_dir / "wandb" / "run_id.txt").write_text("../../etc x")  # garbage is ignored, not passed to W&B
+    assert start(resume=True)[0] not in (first, fresh)

@@ -35,6 +35,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from toolkit.fileio import atomic_write_text
+
 MODES = ("auto", "online", "offline", "disabled")
 REDACTED = "***"
 
@@ -183,9 +185,10 @@ class Tracker:
     """
 
     def __init__(self, cfg: Any, run_dir: Path, config: dict, *, is_main: bool, run_name: str,
-                 echo: Callable[[str], None] = _stderr,
+                 resume: bool = False, echo: Callable[[str], None] = _stderr,
                  init_timeout: float = ONLINE_INIT_TIMEOUT_S) -> None:
         self.run_dir = Path(run_dir)
+        self._resume_id = self._saved_run_id() if resume else None
         self.mode = "disabled"
         self._echo = echo
         self._wandb = None
@@ -259,9 +262,26 @@ class Tracker:
                 reason = f"online: {online_error}; offline: {_short(err)}" if online_error else _short(err)
                 self._warn(f"W&B could not start ({reason}); tracking is off, local logs continue")
                 return
+        try:
+            atomic_write_text(self._run_id_file, self._run.id)
+        except Exception as err:  # only resuming into the same W&B run depends on it
+            self._warn(f"cannot record the W&B run id in {self._run_id_file} ({_short(err)}); a resumed run "
+                       "will start a new W&B run")
         if online_error is not None:
             self._warn(f"W&B online init failed ({online_error}); logging offline to "
                        f"{self.sync_dir} instead, upload later with: wandb sync {self.sync_dir}")
+
+    @property
+    def _run_id_file(self) -> Path:
+        return self.run_dir / "wandb" / "run_id.txt"
+
+    def _saved_run_id(self) -> Optional[str]:
+        """The W&B run id this run folder logged to before, so a resumed run continues that W&B run."""
+        try:
+            run_id = self._run_id_file.read_text(encoding="utf-8").strip()
+        except OSError:
+            return None
+        return run_id if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", run_id) else None
 
     def _init(self, mode: str, cfg: Any, config: dict, run_name: str, timeout: float):
         wandb = self._wandb
@@ -286,6 +306,8 @@ class Tracker:
             config=redact_secrets(dict(config)),
             job_type="train",
             settings=settings,
+            # a resumed run appends to its W&B run (offline too: `wandb sync` replays both parts in order)
+            **({"id": self._resume_id, "resume": "allow"} if self._resume_id else {}),
         )
 
     @property

@@ -299,7 +299,8 @@ def train(cfg: Config) -> dict:
         # keep only rows of completed epochs that the resumed state knows about
         rows = read_jsonl(metrics_path) if metrics_path.exists() else []
         atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows if r["epoch"] <= state.epoch))
-    tracker = Tracker(cfg.tracking, run_dir, config_dict, is_main=main_process, run_name=cfg.output.run_name)
+    tracker = Tracker(cfg.tracking, run_dir, config_dict, is_main=main_process, run_name=cfg.output.run_name,
+                      resume=resume_from is not None)
     tracker.log_dataset_summary(info)
 
     num_params = sum(p.numel() for p in raw_model.parameters())
