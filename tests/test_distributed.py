@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from test_reliability import ENV, ROOT, SMOKE, rewrite_shard, save_tiny_model, shard_keys, wait_for
+from helpers import ENV, ROOT, SMOKE, rewrite_shard, save_tiny_model, shard_keys, wait_for
 
 LAUNCH_2 = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_reliability import ENV, ROOT, error_line, pack_tiny, rewrite_shard, run_in_process, train_args, train_cli
+from helpers import ENV, ROOT, error_line, pack_tiny, rewrite_shard, run_in_process, train_args, train_cli
 from toolkit.checkpoint import list_checkpoints
 
 FAKE_KEY = "f0e1d2c3b4a5968778695a4b3c2d1e0f12345678"  # 40 hex chars, the shape of a real W&B key

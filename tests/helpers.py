@@ -1,0 +1,118 @@
+"""Helpers shared by the reliability, distributed and security tests: tiny shards, in-process CLI runs,
+one-line error checks, shard surgery, tiny model files."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import pytest
+
+from toolkit.checkpoint import model_metadata, save_model_file
+from toolkit.cli import run_cli
+from toolkit.config import load_config, validate
+from toolkit.make_shards import pack_dataset
+from toolkit.oxford import make_synthetic_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "configs" / "smoke.yaml"
+# subprocesses: CPU (gloo for 2 processes, also on a machine with one GPU), one thread each (2 cores,
+# other tests running), no W&B, output as it happens
+ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled",
+       "PYTHONUNBUFFERED": "1"}
+
+
+def pack_tiny(root: Path, seed: int = 3) -> Path:
+    """120 synthetic 32 px images: train 64 (4 shards of 16), val 17 (16 + 1), test 36 (16 + 16 + 4)."""
+    source = make_synthetic_dataset(root / "source", 120, seed=seed, image_size=32)
+    pack_dataset(source, root / "shards", resize_shorter=32, shard_size=16, workers=1, show_progress=False)
+    return root / "shards"
+
+
+def train_args(shards: Path, out_dir: Path, name: str, *overrides: str) -> list[str]:
+    """A smoke-config command line: 2 epochs of 8 batches of 8 on the tiny shards, no plots, no W&B."""
+    return ["--config", str(SMOKE), f"data.shards={shards}", f"output.dir={out_dir}", f"output.run_name={name}",
+            "tracking.wandb=disabled", "eval.plots=false", "train.epochs=2", "train.batch_size=8", *overrides]
+
+
+def run_in_process(main: Callable, argv: Sequence[str]) -> int:
+    """``python -m toolkit.<tool> argv`` in this process; returns the exit code.
+
+    Accelerate keeps process-wide state; it is reset around the call so runs do not leak into each other.
+    """
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    try:
+        run_cli(main, list(argv))
+    except SystemExit as exit_:
+        return exit_.code
+    finally:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+    raise AssertionError("run_cli returned without exiting")
+
+
+def train_cli(argv: Sequence[str]) -> int:
+    from toolkit.train import main
+
+    return run_in_process(main, argv)
+
+
+def error_line(stderr: str) -> str:
+    """The one ``error: ...`` line of a failed command; no traceback around it."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, stderr[-3000:]
+    return lines[0]
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def rewrite_shard(path: Path, edit: Callable[[str, bytes], Optional[list[tuple[str, bytes]]]]) -> None:
+    """Rewrite a tar member by member: ``edit(name, data)`` returns the members to write instead (None: keep)."""
+    with tarfile.open(path) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            replacement = edit(name, data)
+            for new_name, new_data in [(name, data)] if replacement is None else replacement:
+                info = tarfile.TarInfo(new_name)
+                info.size = len(new_data)
+                tar.addfile(info, io.BytesIO(new_data))
+    path.write_bytes(buffer.getvalue())
+
+
+def shard_keys(path: Path) -> list[str]:
+    with tarfile.open(path) as tar:
+        return list(dict.fromkeys(m.name.split(".")[0] for m in tar if m.isfile()))
+
+
+def wait_for(proc: subprocess.Popen, timeout: float = 300) -> tuple[str, str]:
+    """The process's (stdout, stderr); killed and failed after ``timeout`` s, so a hang cannot stall the suite."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"no result after {timeout} s (hang?)\n{out[-2000:]}\n{err[-3000:]}")
+
+
+def save_tiny_model(path: Path, *overrides: str, meta: Optional[dict] = None) -> None:
+    """A tiny model file as training writes it; ``meta`` changes what its metadata claims."""
+    from toolkit.train import build_model
+
+    cfg = validate(load_config(SMOKE, list(overrides)))
+    names = ["cat", "dog", "bird"][:cfg.model.num_classes]
+    metadata = model_metadata(cfg, mean=[0.5] * 3, std=[0.25] * 3, class_names=names)
+    save_model_file(build_model(cfg), path, metadata | (meta or {}))
