@@ -56,6 +56,10 @@ if [[ -f "$shards/info.json" ]]; then
       "train.mixed_precision=$precision" model.channels_last=true tracking.wandb=disabled \
       output.dir="$out/runs" "output.run_name=smoke-$precision"
   done
+  # the real loop at the recipe's settings (ResNet-101, 224 px, batch 32, bf16 CL): per-epoch img/s and data_wait
+  check train_r101_strong  180 python3 -m toolkit.train --config configs/oxford_pets_binary_resnet101_strong.yaml \
+      "data.shards=$shards" data.num_workers=12 train.epochs=3 eval.plots=false eval.test_split=null \
+      tracking.wandb=disabled output.dir="$out/runs" output.run_name=r101-strong
   python3 -c "from PIL import Image; Image.new('RGB', (320, 240), (180, 120, 60)).save('$out/probe.jpg')"
   check predict_cuda        60 python3 -m toolkit.predict --model "$out/runs/smoke-bf16/model.safetensors" --device cuda \
                                  "$out/probe.jpg"
