@@ -65,6 +65,29 @@ def test_compares_both_recipes_over_seeds(synthetic_shards: Path, tmp_path: Path
     assert sum(line.startswith(("| seed | ", "| strong | ")) for line in table.splitlines()) == 4  # one row per run
 
 
+def test_reuse_keeps_finished_runs_with_the_same_config(synthetic_shards: Path, tmp_path: Path, capsys):
+    out = tmp_path / "compare"
+    args = ["--shards", str(synthetic_shards), "--epochs", "1", "--out", str(out)]
+    assert main([*args, "--seeds", "0", *TINY]) == 0
+    first = {name: (out / "runs" / f"{name}-seed0" / "model.safetensors").stat().st_mtime_ns for name in ("seed", "strong")}
+    capsys.readouterr()
+
+    assert main([*args, "--seeds", "0", "1", "--reuse", *TINY]) == 0  # add a seed: only its runs are trained
+    printed = capsys.readouterr().out
+    assert "[1/4] seed seed 0: reused the finished run" in printed and "[2/4] strong seed 0: reused" in printed
+    assert "[3/4] seed seed 1: training" in printed and "[4/4] strong seed 1: training" in printed
+    assert {n: (out / "runs" / f"{n}-seed0" / "model.safetensors").stat().st_mtime_ns for n in first} == first
+    report = json.loads((out / "comparison.json").read_text())
+    assert [r["seed"] for r in report["recipes"]["strong"]["runs"]] == [0, 1]
+    assert all(r["values"]["wall_minutes"] > 0 for r in report["recipes"]["seed"]["runs"])  # kept from the first run
+
+    saved = out / "runs" / "strong-seed0" / "config.yaml"  # a run made with other settings is not reused
+    saved.write_text(saved.read_text().replace("label_smoothing: 0.1", "label_smoothing: 0.2"))
+    assert main([*args, "--seeds", "0", "--reuse", *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "seed seed 0: reused" in printed and "strong seed 0: training" in printed
+
+
 def test_rejects_bad_plans_before_training(synthetic_shards: Path, tmp_path: Path):
     base = ["--epochs", "3", "--out", str(tmp_path / "out")]
     with pytest.raises(UsageError, match="no info.json"):

@@ -10,7 +10,9 @@ given back, its log in ``OUT/runs/<recipe>-seed<N>/train.log``), one after anoth
 after the flags apply to both recipes, then the tool sets what makes the comparison fair: the
 shards, the epochs, the seed and the test split. Each recipe picks its best epoch on val; the
 official test split, which neither recipe trains on, gives the numbers. The table shows the mean
-and the standard deviation over seeds, so a margin can be read against the spread.
+and the standard deviation over seeds, so a margin can be read against the spread. ``--reuse``
+keeps finished runs whose saved config equals the planned one: an interrupted comparison goes on
+where it stopped, and a third recipe or another seed costs only its own runs.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from toolkit.cli import DataError, UsageError, run_cli
-from toolkit.config import load_config, split_config_args, validate
+from toolkit.config import load_config, split_config_args, to_dict, validate
 from toolkit.fileio import atomic_write_json, atomic_write_text, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +44,7 @@ DEFAULT_NAMES = ("seed", "strong")
 # never resumed need no resumable checkpoints (ResNet-101 + Adam state is ~0.5 GB per save).
 DEFAULT_OVERRIDES = ("tracking.wandb=disabled", "train.checkpoint_every_epochs=0")
 TABLE_MD, TABLE_JSON = "comparison.md", "comparison.json"
+RUN_RECORD = "compare_run.json"  # per run: the wall time, for a later --reuse
 LOG_TAIL_LINES = 15
 
 # (key in the summary, label) for the headline table; per-class rows come from the classification report
@@ -98,15 +101,43 @@ def check_plan(args: argparse.Namespace, recipes: Sequence[Recipe], shared: Sequ
         validate(load_config(recipe.config, run_overrides(args, shared, args.seeds[0], f"{recipe.name}-check")))
 
 
+def planned_config(recipe: Recipe, overrides: Sequence[str], shards: str) -> dict:
+    """The config as the run will save it: normalization statistics resolved from the shards as training does."""
+    from toolkit.data import load_info, resolve_normalization
+
+    cfg = validate(load_config(recipe.config, overrides))
+    mean, std = resolve_normalization(cfg.data, load_info(shards))
+    cfg.data.mean, cfg.data.std = list(mean), list(std)
+    return to_dict(cfg)
+
+
+def reusable(run_dir: Path, planned: dict, split: str) -> bool:
+    """Whether an earlier run in ``run_dir`` can stand for this one: it finished and evaluated ``split``
+    with exactly the resolved config this run would get (recipe, overrides, seed, epochs, shards)."""
+    if not ((run_dir / "final.json").is_file() and (run_dir / "eval" / split / "metrics.json").is_file()):
+        return False
+    try:
+        return to_dict(load_config(run_dir / "config.yaml")) == planned
+    except (UsageError, OSError, ValueError):  # unreadable, or written by a version with other keys
+        return False
+
+
 def train_one(args: argparse.Namespace, recipe: Recipe, seed: int, shared: Sequence[str], label: str) -> RunResult:
     """One training run in a child process; its output goes to train.log, its epoch lines to the console."""
     run_name = f"{recipe.name}-seed{seed}"
     run_dir = args.out / "runs" / run_name
+    overrides = run_overrides(args, shared, seed, run_name)
+    if args.reuse and reusable(run_dir, planned_config(recipe, overrides, args.shards), args.split):
+        record = run_dir / RUN_RECORD
+        wall = json.loads(record.read_text())["wall_seconds"] if record.is_file() else None
+        result = collect_run(run_dir, recipe.name, seed, args.split, wall)
+        print(f"[{label}] {recipe.name} seed {seed}: reused the finished run in {run_dir} (same config): test "
+              f"ROC-AUC {_num(result.values['roc_auc'])} accuracy {_num(result.values['accuracy'])}", flush=True)
+        return result
     if run_dir.exists():  # a fresh run: never resume or mix with an older one of the same name
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
-    command = [sys.executable, "-m", "toolkit.train", "--config", str(recipe.config),
-               *run_overrides(args, shared, seed, run_name)]
+    command = [sys.executable, "-m", "toolkit.train", "--config", str(recipe.config), *overrides]
     # the child imports this checkout's toolkit whatever the working folder (relative paths stay the user's)
     python_path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, TQDM_DISABLE="1", PYTHONUNBUFFERED="1", PYTHONPATH=python_path)
@@ -129,6 +160,7 @@ def train_one(args: argparse.Namespace, recipe: Recipe, seed: int, shared: Seque
         print("\n".join(f"    | {line}" for line in tail), file=sys.stderr, flush=True)
         raise DataError(f"{recipe.name} seed {seed} failed (exit {code}); its last lines are above, "
                         f"the whole log is {log_path}")
+    atomic_write_json(run_dir / RUN_RECORD, {"wall_seconds": wall})
     result = collect_run(run_dir, recipe.name, seed, args.split, wall)
     print(f"[{label}] {recipe.name} seed {seed}: test ROC-AUC {_num(result.values['roc_auc'])} "
           f"accuracy {_num(result.values['accuracy'])} (best val epoch {result.values['best_epoch']}) "
@@ -136,7 +168,7 @@ def train_one(args: argparse.Namespace, recipe: Recipe, seed: int, shared: Seque
     return result
 
 
-def collect_run(run_dir: Path, recipe: str, seed: int, split: str, wall_seconds: float) -> RunResult:
+def collect_run(run_dir: Path, recipe: str, seed: int, split: str, wall_seconds: Optional[float]) -> RunResult:
     """The numbers of one finished run, from the files the training run wrote."""
     metrics_file = run_dir / "eval" / split / "metrics.json"
     if not metrics_file.is_file():
@@ -151,7 +183,8 @@ def collect_run(run_dir: Path, recipe: str, seed: int, split: str, wall_seconds:
         "roc_auc": test.get("roc_auc"), "accuracy": test["accuracy"], "balanced_accuracy": test["balanced_accuracy"],
         "loss": test.get("loss"), "macro_f1": test["macro_avg"]["f1"], "weighted_f1": test["weighted_avg"]["f1"],
         "best_val_auc": final.get("best_val_auc"), "best_epoch": final.get("best_epoch"),
-        "train_minutes": sum(row["epoch_seconds"] for row in epochs) / 60, "wall_minutes": wall_seconds / 60,
+        "train_minutes": sum(row["epoch_seconds"] for row in epochs) / 60,
+        "wall_minutes": None if wall_seconds is None else wall_seconds / 60,
     }
     return RunResult(recipe, seed, str(run_dir), values, per_class,
                      {k: v for k, v in test.items() if k != "per_breed"})
@@ -252,7 +285,7 @@ def markdown_tables(report: dict) -> str:
         for run in report["recipes"][name]["runs"]:
             v = run["values"]
             lines.append(f"| {name} | {run['seed']} | {_num(v['roc_auc'])} | {_num(v['accuracy'])} | "
-                         f"{_num(v['best_val_auc'])} | {v['best_epoch']} | {v['wall_minutes']:.2f} |")
+                         f"{_num(v['best_val_auc'])} | {v['best_epoch']} | {_num(v['wall_minutes'], 2)} |")
     lines += [""] + [f"- {line}" for line in report["verdicts"]]
     return "\n".join(lines) + "\n"
 
@@ -290,6 +323,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> tuple[argparse.Namespace, list[
     parser.add_argument("--out", type=Path, default=Path("runs/compare"),
                         help="output folder: runs/ (replaced run by run), comparison.md, comparison.json "
                              "(default: runs/compare)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the finished runs in --out whose saved config equals the one planned (to finish "
+                             "an interrupted comparison, or add a recipe or a seed); the others are trained afresh")
     flags, overrides = split_config_args(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(flags)
     if args.epochs < 1:
