@@ -53,7 +53,8 @@ class BasicBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        out += identity  # in place, as torchvision and timm: one activation-sized buffer less per block
+        return self.relu(out)
 
 
 class Bottleneck(nn.Module):
@@ -88,7 +89,8 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        out += identity  # in place, as torchvision and timm: one activation-sized buffer less per block
+        return self.relu(out)
 
 
 Block = Union[Type[BasicBlock], Type[Bottleneck]]
