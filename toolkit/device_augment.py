@@ -152,11 +152,16 @@ def random_erase(images: torch.Tensor, probability: float, generator: torch.Gene
     top = (torch.rand(n, generator=generator) * (height - box_h + 1)).floor()
     left = (torch.rand(n, generator=generator) * (width - box_w + 1)).floor()
     erase = torch.rand(n, generator=generator) < probability
-    rows, cols = torch.arange(height).view(1, height, 1), torch.arange(width).view(1, 1, width)
-    inside = ((rows >= top.view(n, 1, 1)) & (rows < (top + box_h).view(n, 1, 1))
-              & (cols >= left.view(n, 1, 1)) & (cols < (left + box_w).view(n, 1, 1)) & erase.view(n, 1, 1))
-    noise = torch.randn(images.shape, generator=generator).to(images.device, images.dtype)
-    return torch.where(inside.unsqueeze(1).to(images.device), noise, images)
+    # the per-image numbers are drawn on the CPU (reproducible anywhere); masks and noise are made where
+    # the images are, so a GPU batch costs no host-side tensor of its size
+    device = images.device
+    top, bottom, left, right, erase = (t.to(device).view(n, 1, 1) for t in (top, top + box_h, left, left + box_w, erase))
+    rows = torch.arange(height, device=device).view(1, height, 1)
+    cols = torch.arange(width, device=device).view(1, 1, width)
+    inside = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right) & erase
+    noise_generator = torch.Generator(device=device).manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+    noise = torch.randn(images.shape, generator=noise_generator, device=device, dtype=images.dtype)
+    return torch.where(inside.unsqueeze(1), noise, images)
 
 
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
