@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.make_shards import pack_dataset
-from toolkit.oxford import make_synthetic_dataset
+from toolkit.data.shards import pack_dataset
+from toolkit.data.oxford import make_synthetic_dataset
 
 # ../shared/data/oxford-pets-mini beside the repository: 942 real images in the official layout.
 SHARED_MINI = Path(__file__).resolve().parents[2] / "shared/data/oxford-pets-mini"

@@ -13,11 +13,11 @@ from typing import Callable, Optional, Sequence
 
 import pytest
 
-from toolkit.checkpoint import model_metadata, save_model_file
+from toolkit.training.checkpoint import model_metadata, save_model_file
 from toolkit.cli import run_cli
 from toolkit.config import load_config, validate
-from toolkit.make_shards import pack_dataset
-from toolkit.oxford import make_synthetic_dataset
+from toolkit.data.shards import pack_dataset
+from toolkit.data.oxford import make_synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -60,7 +60,7 @@ def run_in_process(main: Callable, argv: Sequence[str]) -> int:
 
 
 def train_cli(argv: Sequence[str]) -> int:
-    from toolkit.train import main
+    from toolkit.training.loop import main
 
     return run_in_process(main, argv)
 
@@ -110,7 +110,7 @@ def wait_for(proc: subprocess.Popen, timeout: float = 300) -> tuple[str, str]:
 
 def save_tiny_model(path: Path, *overrides: str, meta: Optional[dict] = None) -> None:
     """A tiny model file as training writes it; ``meta`` changes what its metadata claims."""
-    from toolkit.train import build_model
+    from toolkit.training.loop import build_model
 
     cfg = validate(load_config(SMOKE, list(overrides)))
     names = ["cat", "dog", "bird"][:cfg.model.num_classes]

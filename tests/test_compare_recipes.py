@@ -128,7 +128,7 @@ def test_train_transform_options():
     from PIL import Image
 
     from toolkit.config import DataConfig
-    from toolkit.data import build_train_transform
+    from toolkit.data.loader import build_train_transform
 
     image = Image.new("RGB", (48, 40), (120, 80, 40))
     names = lambda cfg: [type(t).__name__ for t in build_train_transform(cfg).transforms]
@@ -150,7 +150,7 @@ def test_train_transform_options():
 def test_no_weight_decay_on_norm_and_bias():
     from toolkit.config import OptimizerConfig
     from toolkit.models import create_model
-    from toolkit.optim import build_optimizer
+    from toolkit.training.optim import build_optimizer
 
     model = create_model("resnet18", 2, blocks_per_stage=[1, 1, 1, 1], base_width=8)
     params = list(model.parameters())

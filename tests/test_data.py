@@ -23,7 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
-from toolkit import data
+from toolkit.data import loader as data
 from toolkit.cli import DataError, UsageError
 from toolkit.config import DataConfig
 
@@ -173,7 +173,7 @@ def test_an_epoch_covers_every_sample_once_when_shards_are_even(tmp_path, layout
 def test_too_few_shards_warns_once_and_says_how_to_fix(tmp_path, caplog, monkeypatch):
     info = write_shards(tmp_path, {"train": [10]})
     monkeypatch.setattr(data, "_layout_warned", False)
-    with caplog.at_level(logging.WARNING, logger="toolkit.data"):
+    with caplog.at_level(logging.WARNING, logger="toolkit.data.loader"):
         for rank in range(2):
             data.make_train_loader(config(tmp_path), info, batch_size=2, rank=rank, world_size=2, seed=0)
     warnings = [r for r in caplog.records if "--shard-size" in r.getMessage()]
@@ -425,8 +425,8 @@ def test_synthetic_batches_match_the_loader_format():
 
 
 def test_reads_what_make_shards_packs(tmp_path):
-    make_shards = pytest.importorskip("toolkit.make_shards")
-    from toolkit.oxford import make_synthetic_dataset
+    make_shards = pytest.importorskip("toolkit.data.shards")
+    from toolkit.data.oxford import make_synthetic_dataset
 
     source = make_synthetic_dataset(tmp_path / "source", 40, image_size=32)
     info = make_shards.pack_dataset(source, tmp_path / "shards", shard_size=6, workers=1, show_progress=False)

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from toolkit.config import load_config
-from toolkit.data import build_eval_transform
-from toolkit.device_augment import center_boxes, gpu_transform, random_resized_boxes
+from toolkit.data.loader import build_eval_transform
+from toolkit.data.device_augment import center_boxes, gpu_transform, random_resized_boxes
 
 
 def jpeg_tensor(width: int, height: int, seed: int) -> tuple[torch.Tensor, Image.Image]:
@@ -60,8 +60,8 @@ def test_crop_boxes_follow_random_resized_crop_bounds():
 
 
 def test_loader_ships_jpeg_bytes_when_decoding_on_the_accelerator(synthetic_shards):
-    from toolkit.data import load_info, make_train_loader, resolve_normalization
-    from toolkit.device_augment import batch_to_device
+    from toolkit.data.loader import load_info, make_train_loader, resolve_normalization
+    from toolkit.data.device_augment import batch_to_device
 
     cfg = load_config(None, [f"data.shards={synthetic_shards}", "data.image_size=32", "data.resize_size=36",
                              "data.num_workers=0", "data.decode=gpu"]).data
@@ -83,7 +83,7 @@ def smooth_batch(n: int = 4, size: int = 32, seed: int = 0) -> torch.Tensor:
 def test_hue_turn_keeps_luma_and_turns_the_way_torchvision_does():
     from torchvision.transforms.v2 import functional as F
 
-    from toolkit.device_augment import saturation_hue_matrix
+    from toolkit.data.device_augment import saturation_hue_matrix
 
     luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
     images = smooth_batch()
@@ -102,7 +102,7 @@ def test_hue_turn_keeps_luma_and_turns_the_way_torchvision_does():
 def test_device_color_jitter_matches_torchvision_for_brightness_contrast_saturation():
     from torchvision.transforms.v2 import functional as F
 
-    from toolkit.device_augment import color_jitter, saturation_hue_matrix
+    from toolkit.data.device_augment import color_jitter, saturation_hue_matrix
 
     images = smooth_batch()
     torch.testing.assert_close(color_jitter(images, [0, 0, 0, 0], torch.Generator()), images)
@@ -121,7 +121,7 @@ def test_device_color_jitter_matches_torchvision_for_brightness_contrast_saturat
 
 
 def test_random_erase_boxes_follow_torchvision_bounds():
-    from toolkit.device_augment import random_erase
+    from toolkit.data.device_augment import random_erase
 
     images = torch.full((200, 3, 40, 40), 7.0)  # noise is standard normal: never exactly 7
     erased = random_erase(images, 1.0, torch.Generator().manual_seed(0)) != 7.0
@@ -136,7 +136,7 @@ def test_random_erase_boxes_follow_torchvision_bounds():
 
 
 def test_uint8_batches_become_normalized_model_input():
-    from toolkit.device_augment import batch_to_device
+    from toolkit.data.device_augment import batch_to_device
 
     cfg = load_config(None, ["data.color_jitter=null"]).data
     crops = torch.randint(256, (2, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))

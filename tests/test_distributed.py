@@ -145,7 +145,7 @@ def group_norm_init(self, *args, **kwargs):
 
 resnet.ResNet.__init__ = group_norm_init
 from toolkit.cli import run_cli
-from toolkit.train import main
+from toolkit.training.loop import main
 run_cli(main, sys.argv[1:])
 '''
 
@@ -189,7 +189,7 @@ def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path, mo
     # ... and the runs did move: the weights are far from where both started
     from toolkit.models import resnet
     from toolkit.config import load_config, validate
-    from toolkit.train import build_model
+    from toolkit.training.loop import build_model
 
     init = resnet.ResNet.__init__
     monkeypatch.setattr(resnet.ResNet, "__init__",

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image, UnidentifiedImageError
 
-import toolkit.make_shards as make_shards
+import toolkit.data.shards as make_shards
 from toolkit.cli import UsageError, run_cli
-from toolkit.make_shards import (SPLITS, Job, main, pack_dataset, process_image, read_info, split_trainval,
+from toolkit.data.shards import (SPLITS, Job, main, pack_dataset, process_image, read_info, split_trainval,
                                  verify_shards)
-from toolkit.oxford import Entry, make_synthetic_dataset, synthetic_info
+from toolkit.data.oxford import Entry, make_synthetic_dataset, synthetic_info
 
 REPO = Path(__file__).resolve().parents[1]
 

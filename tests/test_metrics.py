@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from toolkit.metrics import SEED_RESULTS, classification_report_table, compute_metrics, threshold_metrics
+from toolkit.evaluation.metrics import SEED_RESULTS, classification_report_table, compute_metrics, threshold_metrics
 
 
 def _fake_predictions(n: int, seed: int = 0):

@@ -28,7 +28,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from toolkit.checkpoint import list_checkpoints, read_model_file
+from toolkit.training.checkpoint import list_checkpoints, read_model_file
 from toolkit.cli import run_cli
 from toolkit.config import Config, load_config, to_dict, validate
 from toolkit.fileio import TMP_PREFIX
@@ -74,7 +74,7 @@ from pathlib import Path
 sys.path.insert(0, {root!r})
 point, sig, nth = sys.argv[1], getattr(signal, "SIG" + sys.argv[2]), int(sys.argv[3])
 import torch
-import toolkit.train
+import toolkit.training.loop
 from toolkit.cli import run_cli
 
 seen = 0
@@ -87,7 +87,7 @@ def fire():
     os.kill(os.getpid(), sig)
 
 if point in ("train-step", "eval"):  # a forward pass in training / evaluation mode
-    build = toolkit.train.build_model
+    build = toolkit.training.loop.build_model
     def build_model(cfg):
         model = build(cfg)
         def hook(module, args):
@@ -95,7 +95,7 @@ if point in ("train-step", "eval"):  # a forward pass in training / evaluation m
                 fire()
         model.register_forward_pre_hook(hook)
         return model
-    toolkit.train.build_model = build_model
+    toolkit.training.loop.build_model = build_model
 elif point == "checkpoint-write":  # half of a checkpoint's torch.save file is on disk
     real_save = torch.save
     def save(obj, f, *args, **kwargs):
@@ -115,7 +115,7 @@ elif point == "model-write":  # last.safetensors half written under its temporar
         return real_replace(src, dst)
     os.replace = replace
 elif point == "metrics-append":  # half a line of metrics.jsonl on disk
-    real_append = toolkit.train.append_jsonl
+    real_append = toolkit.training.loop.append_jsonl
     def append_jsonl(path, obj):
         if due():
             line = json.dumps(obj) + "\n"
@@ -123,9 +123,9 @@ elif point == "metrics-append":  # half a line of metrics.jsonl on disk
                 handle.write(line[: len(line) // 2])
             fire()
         return real_append(path, obj)
-    toolkit.train.append_jsonl = append_jsonl
+    toolkit.training.loop.append_jsonl = append_jsonl
 
-run_cli(toolkit.train.main, sys.argv[4:])
+run_cli(toolkit.training.loop.main, sys.argv[4:])
 '''
 
 # (what happens, driver point, signal, nth time the point is reached, expected exit code);
@@ -277,9 +277,9 @@ def test_full_disk_keeps_the_last_good_checkpoint_and_resumes_after(one_epoch_ru
 
 def _poison_training_forward(monkeypatch, nth: int) -> None:
     """The nth training-mode forward pass of the next run returns NaN logits."""
-    import toolkit.train
+    import toolkit.training.loop
 
-    build, seen = toolkit.train.build_model, [0]
+    build, seen = toolkit.training.loop.build_model, [0]
 
     def build_model(cfg):
         model = build(cfg)
@@ -294,7 +294,7 @@ def _poison_training_forward(monkeypatch, nth: int) -> None:
         model.register_forward_hook(hook)
         return model
 
-    monkeypatch.setattr(toolkit.train, "build_model", build_model)
+    monkeypatch.setattr(toolkit.training.loop, "build_model", build_model)
 
 
 def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_checkpoint(one_epoch_run, tiny_shards, tmp_path,
@@ -354,9 +354,9 @@ def bad_shards(tiny_shards, tmp_path_factory) -> tuple[Path, dict]:
 
 
 def test_bad_samples_are_skipped_counted_and_reported(bad_shards, tmp_path, capsys, caplog, monkeypatch):
-    import toolkit.data
+    import toolkit.data.loader
 
-    monkeypatch.setattr(toolkit.data, "_warnings_given", 0)  # the cap is per process; earlier tests used it up
+    monkeypatch.setattr(toolkit.data.loader, "_warnings_given", 0)  # the cap is per process; earlier tests used it up
     folder, damaged = bad_shards
     # batch 7: 9 batches = 63 samples, exactly the usable ones, so every epoch reads all 64 and skips 1
     assert train_cli(train_args(folder, tmp_path, "run", "train.batch_size=7")) == 0
@@ -390,7 +390,7 @@ def test_strict_mode_stops_at_the_first_bad_sample_naming_shard_and_key(bad_shar
 
 
 def test_missing_shard_and_unreadable_info_json_are_refused_before_training(tiny_shards, tmp_path, capsys):
-    from toolkit.evaluate import main as evaluate_main
+    from toolkit.evaluation.evaluate import main as evaluate_main
 
     folder = tmp_path / "shards"
     shutil.copytree(tiny_shards, folder)
@@ -444,7 +444,7 @@ MODEL_PROBLEMS = ["not-safetensors", "pickle", "foreign-safetensors", "wrong-arc
 @pytest.mark.parametrize("tool", ["evaluate", "predict"])
 @pytest.mark.parametrize("kind", MODEL_PROBLEMS)
 def test_model_file_that_does_not_fit_is_one_line_naming_the_mismatch(tiny_shards, tmp_path, capsys, tool, kind):
-    from toolkit.evaluate import main as evaluate_main
+    from toolkit.evaluation.evaluate import main as evaluate_main
     from toolkit.predict import main as predict_main
 
     model = tmp_path / "model.safetensors"
@@ -463,7 +463,7 @@ def test_model_file_that_does_not_fit_is_one_line_naming_the_mismatch(tiny_shard
 
 
 def test_model_with_other_classes_than_the_shards_is_refused_by_evaluate(tiny_shards, tmp_path, capsys):
-    from toolkit.evaluate import main as evaluate_main
+    from toolkit.evaluation.evaluate import main as evaluate_main
 
     model = tmp_path / "model.safetensors"
     save_tiny_model(model, "model.num_classes=3")
@@ -497,7 +497,7 @@ def _random_command_line(rng: random.Random) -> list[str]:
 
 
 def test_fuzzed_train_command_lines_print_a_config_or_one_error_line(tmp_path, capsys):
-    from toolkit.train import main
+    from toolkit.training.loop import main
 
     rng, printed = random.Random(1234), tmp_path / "printed.yaml"
     codes = []
@@ -521,7 +521,7 @@ def test_fuzzed_train_command_lines_print_a_config_or_one_error_line(tmp_path, c
 
 
 def test_fuzzed_config_files_load_or_give_one_error_line(tmp_path, capsys):
-    from toolkit.train import main
+    from toolkit.training.loop import main
 
     rng = random.Random(99)
     fragments = ["data:", "  shards: x", "model: [1, 2]", "train:", "  epochs: 0", "  epochs: 3", "optimizer: {lr: -1}",

@@ -17,10 +17,10 @@ import yaml
 from PIL import Image
 from torch import nn
 
-from toolkit import interpret, plots, visualize
+from toolkit.reporting import interpret, plots, visualize
 from toolkit.fileio import append_jsonl, atomic_write_json
-from toolkit.metrics import compute_metrics
-from toolkit.report import build_report
+from toolkit.evaluation.metrics import compute_metrics
+from toolkit.reporting.report import build_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,7 +95,7 @@ def write_run(run_dir: Path, *, splits=("val", "test"), shards: str = "shards/no
 
 
 def save_tiny_model(run_dir: Path) -> nn.Module:
-    from toolkit.checkpoint import model_metadata, save_model_file
+    from toolkit.training.checkpoint import model_metadata, save_model_file
     from toolkit.config import load_config
 
     cfg = load_config(None, ["model.arch=resnet18", "model.blocks_per_stage=[1,1,1,1]", "model.base_width=8",
@@ -304,8 +304,8 @@ def test_model_plots_are_skipped_with_one_warning_each_without_shards(tmp_path, 
 
 
 def test_visualize_everything_from_real_shards(tmp_path, capsys):
-    from toolkit import make_shards
-    from toolkit.data import read_samples
+    from toolkit.data import shards as make_shards
+    from toolkit.data.loader import read_samples
 
     shards = tmp_path / "shards"
     make_shards.main(["--synthetic", "24", "--source", str(tmp_path / "src"), "--out", str(shards),

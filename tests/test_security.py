@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from helpers import ENV, ROOT, error_line, pack_tiny, rewrite_shard, run_in_process, train_args, train_cli
-from toolkit.checkpoint import list_checkpoints
+from toolkit.training.checkpoint import list_checkpoints
 
 FAKE_KEY = "f0e1d2c3b4a5968778695a4b3c2d1e0f12345678"  # 40 hex chars, the shape of a real W&B key
 
@@ -52,7 +52,7 @@ def ema_run(tiny_shards, tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("tool", ["evaluate", "predict"])
 def test_a_pickled_model_file_is_refused_without_being_unpickled(tiny_shards, tmp_path, capsys, tool):
-    from toolkit.evaluate import main as evaluate_main
+    from toolkit.evaluation.evaluate import main as evaluate_main
     from toolkit.predict import main as predict_main
 
     model, marker = tmp_path / "model.safetensors", tmp_path / "pwned"
@@ -141,7 +141,7 @@ EVIL_NAMES = ["../../evil-up", "/{abs}/evil-abs", "nested/../../../evil-nested"]
 
 
 def test_shard_member_names_are_never_used_as_paths(tiny_shards, tmp_path, monkeypatch, capsys):
-    from toolkit import data
+    from toolkit.data import loader as data
 
     shards = tmp_path / "shards"
     shutil.copytree(tiny_shards, shards)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from toolkit.tracking import (REDACTED, Tracker, has_api_key, is_secret_key, redact_secrets, resolve_mode,
+from toolkit.reporting.tracking import (REDACTED, Tracker, has_api_key, is_secret_key, redact_secrets, resolve_mode,
                               secret_values)
 
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # 40 hex chars, the shape of a real W&B key

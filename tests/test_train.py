@@ -12,11 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from toolkit.checkpoint import list_checkpoints, load_model_file
+from toolkit.training.checkpoint import list_checkpoints, load_model_file
 from toolkit.config import load_config, validate
 from toolkit.fileio import read_jsonl
-from toolkit.make_shards import pack_dataset
-from toolkit.oxford import make_synthetic_dataset
+from toolkit.data.shards import pack_dataset
+from toolkit.data.oxford import make_synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -36,7 +36,7 @@ def run_training(shards: Path, out_dir: Path, *overrides: str) -> dict:
     """Train in this process, resetting Accelerate's process-wide state between runs."""
     from accelerate.state import AcceleratorState, GradientState
 
-    from toolkit.train import train
+    from toolkit.training.loop import train
 
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
@@ -75,7 +75,7 @@ def test_cpu_run_learns_and_writes_every_output(learnable_shards, tmp_path):
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in load_file(run / "model.safetensors"))
 
     # ... and gives the predictions the run's own evaluation wrote
-    from toolkit.data import build_eval_transform, read_samples
+    from toolkit.data.loader import build_eval_transform, read_samples
 
     test_metrics = json.loads((run / "eval/test/metrics.json").read_text())
     assert test_metrics["num_samples"] > 0 and result["best_epoch"] >= 1

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from toolkit.cli import ArgumentParser, UsageError, run_cli
-from toolkit.make_shards import decode_error, strict_decoding, to_rgb
+from toolkit.data.shards import decode_error, strict_decoding, to_rgb
 
 
 class ImageReadError(Exception):
@@ -59,7 +59,7 @@ def resolve_device(name: str) -> torch.device:
 
 def eval_transform(meta: dict) -> Callable[[Image.Image], torch.Tensor]:
     """The training run's eval preprocessing, rebuilt from the model file's metadata."""
-    from toolkit.data import build_eval_transform
+    from toolkit.data.loader import build_eval_transform
 
     missing = [key for key in ("image_size", "resize_size", "mean", "std") if key not in meta]
     if missing:
@@ -132,7 +132,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
 
-    from toolkit.checkpoint import load_model_file
+    from toolkit.training.checkpoint import load_model_file
 
     device = resolve_device(args.device)
     model, meta = load_model_file(args.model)  # UsageError (exit 2) for a missing or non-safetensors file

@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from toolkit import data
+from toolkit.data import loader as data
 from toolkit.cli import UsageError
 from toolkit.config import DataConfig
 
@@ -87,7 +87,7 @@ def baseline_transform(cfg: DataConfig, mean: list[float], std: list[float]):
 
 
 def _endless_shards(loader: data.TrainLoader, cfg: DataConfig, mean: list[float], std: list[float]) -> Iterator[int]:
-    from toolkit.device_augment import batch_to_device
+    from toolkit.data.device_augment import batch_to_device
 
     for epoch in itertools.count():
         loader.set_epoch(epoch)
@@ -159,7 +159,7 @@ def _parse_workers(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from toolkit.oxford import read_source
+    from toolkit.data.oxford import read_source
 
     workers = _parse_workers(args.workers)
     if min(args.image_size, args.batch_size, args.num_batches, args.repeats) < 1:
@@ -187,7 +187,7 @@ def _measure(args: argparse.Namespace, workers: list[int], paths: list[Path], la
         shards = args.shards
         pack_seconds = None
         if shards is None:
-            from toolkit.make_shards import pack_dataset
+            from toolkit.data.shards import pack_dataset
 
             shards, start = str(Path(tmp) / "shards"), time.perf_counter()
             pack_dataset(args.source, Path(shards), show_progress=False)

@@ -17,7 +17,7 @@ import torch
 from toolkit.bench.model import (AUTOCAST_DTYPES, TrainStep, check_dtype, check_input_size, device_name,
                                  resolve_device, synchronize, synthetic_batch)
 from toolkit.cli import UsageError, progress
-from toolkit.device_augment import batch_to_device
+from toolkit.data.device_augment import batch_to_device
 from toolkit.models import MODEL_ARCHS, create_model
 
 
@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     from toolkit.config import load_config
-    from toolkit.data import load_info, make_train_loader, resolve_normalization
+    from toolkit.data.loader import load_info, make_train_loader, resolve_normalization
 
     device = resolve_device(args.device)
     cuda = device.type == "cuda"

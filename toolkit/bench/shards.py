@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from toolkit.cli import UsageError
-from toolkit.make_shards import DEFAULTS, pack_dataset, read_info, verify_shards
+from toolkit.data.shards import DEFAULTS, pack_dataset, read_info, verify_shards
 
 # ../shared/data/oxford-pets-mini beside the repository root (942 real images)
 DEFAULT_SOURCE = Path(__file__).resolve().parents[3] / "shared/data/oxford-pets-mini"

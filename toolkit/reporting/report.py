@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from toolkit.fileio import atomic_write_text, read_jsonl
-from toolkit.metrics import SEED_RESULTS, classification_report_table, compute_metrics
+from toolkit.evaluation.metrics import SEED_RESULTS, classification_report_table, compute_metrics
 
 REPORT_FILE = "report.html"
 SPLIT_ORDER = ("val", "test")

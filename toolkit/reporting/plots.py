@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
 from toolkit.fileio import atomic_write_bytes
-from toolkit.metrics import CLASS_NAMES, predict
+from toolkit.evaluation.metrics import CLASS_NAMES, predict
 
 DPI = 110
 WRONG_COLOR = "#c62828"

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from toolkit.metrics import CLASS_NAMES, predict
-from toolkit.plots import PathLike, denormalize, new_figure, prediction_title, save_figure, to_numpy, \
+from toolkit.evaluation.metrics import CLASS_NAMES, predict
+from toolkit.reporting.plots import PathLike, denormalize, new_figure, prediction_title, save_figure, to_numpy, \
     RIGHT_COLOR, WRONG_COLOR
 
 DEFAULT_FEATURE_LAYERS = ("conv1", "layer1", "layer2", "layer3", "layer4")

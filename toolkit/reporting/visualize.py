@@ -1,0 +1,312 @@
+"""Regenerate a finished run's plots, then its HTML report.
+
+    python -m toolkit.visualize --run runs/NAME                      # everything, then report.html
+    python -m toolkit.visualize --run runs/NAME --what roc,pr --split val --no-report
+
+ROC, precision-recall, confusion matrix and training curves need only the run folder's files.
+The prediction grid, Grad-CAM, feature maps and filters also need RUN/model.safetensors, and
+all but the filters need the images, read from the shards named in config.yaml (or --shards).
+A plot whose inputs are missing is skipped with one warning line; the others are still made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+
+from toolkit.cli import ArgumentParser, DataError, UsageError, run_cli
+from toolkit.fileio import read_jsonl
+
+FILE_PLOTS = ("roc", "pr", "confusion", "curves")
+MODEL_PLOTS = ("grid", "gradcam", "features", "filters")
+ALL_PLOTS = FILE_PLOTS + MODEL_PLOTS
+NEEDS_PREDICTIONS = ("roc", "pr", "confusion", "grid", "gradcam", "features")
+NEEDS_IMAGES = ("grid", "gradcam", "features")
+DEEP_FILTER_LAYER = "layer1"
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def skip(name: str, why: str) -> None:
+    warn(f"skipped {name} plot: {why}")
+
+
+@dataclass
+class Predictions:
+    keys: list[str]
+    labels: list[int]
+    prob_dog: list[float]
+    breeds: list[str]
+
+
+def read_predictions(path: Path) -> Predictions:
+    """RUN/eval/<split>/predictions.csv (key,label,prob_dog,pred,breed)."""
+    out = Predictions([], [], [], [])
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"key", "label", "prob_dog"} - set(reader.fieldnames or [])
+        if missing:
+            raise DataError(f"{path} lacks column(s) {', '.join(sorted(missing))}; rerun python -m toolkit.evaluate")
+        for line, row in enumerate(reader, start=2):
+            try:
+                out.labels.append(int(row["label"]))
+                out.prob_dog.append(float(row["prob_dog"]))
+            except (TypeError, ValueError):
+                raise DataError(f"{path}:{line}: bad label or prob_dog ({row.get('label')!r}, {row.get('prob_dog')!r})") from None
+            out.keys.append(row["key"])
+            out.breeds.append(row.get("breed") or "")
+    return out
+
+
+def read_run_config(run_dir: Path) -> dict:
+    """config.yaml as a plain dict ({} when absent: file-only plots still work)."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return {}
+    from toolkit.config import read_yaml_mapping
+
+    return read_yaml_mapping(path)
+
+
+def _section(config: dict, name: str) -> dict:
+    value = config.get(name)
+    return value if isinstance(value, dict) else {}
+
+
+def _threshold(run_dir: Path, split: str, config: dict) -> float:
+    """The threshold the evaluation used: metrics.json's, else the config's, else 0.5."""
+    import json
+
+    try:
+        value = json.loads((run_dir / "eval" / split / "metrics.json").read_text(encoding="utf-8")).get("threshold")
+        if isinstance(value, (int, float)):
+            return float(value)
+    except (OSError, ValueError, AttributeError):
+        pass
+    value = _section(config, "eval").get("threshold")
+    return float(value) if isinstance(value, (int, float)) else 0.5
+
+
+def _shards_problem(shards: Optional[str]) -> Optional[str]:
+    if not shards:
+        return "no shards given (config.yaml has no data.shards); pass --shards DIR"
+    remote = "://" in shards or shards.startswith("pipe:") or "{" in shards
+    if not remote and not Path(shards).exists():
+        return f"shards {shards!r} not found; pass --shards DIR"
+    return None
+
+
+# The two steps that need other modules, kept apart so tests can stand in for them.
+
+
+def load_model(run_dir: Path) -> tuple[Any, dict]:
+    from toolkit.training.checkpoint import load_model_file
+
+    return load_model_file(run_dir / "model.safetensors")
+
+
+def load_images(shards: str, split: str, keys: set[str], meta: dict, config: dict) -> dict[str, Any]:
+    """Eval-transformed image tensors [3,H,W] by key, preprocessed exactly as the model saw them."""
+    from toolkit.config import load_config
+    from toolkit.data.loader import build_eval_transform, read_samples
+
+    image_size = int(meta.get("image_size") or _section(config, "data").get("image_size") or 224)
+    resize_size = int(meta.get("resize_size") or _section(config, "data").get("resize_size") or image_size)
+    data_cfg = load_config(None, [f"data.image_size={image_size}", f"data.resize_size={resize_size}"]).data
+    transform = build_eval_transform(data_cfg, meta["mean"], meta["std"])
+    return {sample["key"]: transform(sample["image"]) for sample in read_samples(shards, split, keys=set(keys))}
+
+
+def make_plots(run_dir: Path, *, what: Optional[set[str]] = None, split: str = "test", num_images: int = 8,
+               shards: Optional[str] = None) -> list[Path]:
+    """Write the requested plots into RUN/plots and return their paths; unmakeable ones are skipped with a warning."""
+    from toolkit.reporting import plots
+    from toolkit.evaluation.metrics import threshold_metrics
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"run folder {str(run_dir)!r} not found; pass a folder written by a training run (runs/NAME)")
+    what = set(ALL_PLOTS) if what is None else set(what)
+    unknown = what - set(ALL_PLOTS)
+    if unknown:
+        raise UsageError(f"unknown plot(s) {', '.join(sorted(unknown))}; choose from {','.join(ALL_PLOTS)} or all")
+    config = read_run_config(run_dir)
+    out_dir = run_dir / "plots"
+    made: list[Path] = []
+
+    predictions: Optional[Predictions] = None
+    if what & set(NEEDS_PREDICTIONS):
+        path = run_dir / "eval" / split / "predictions.csv"
+        problem = None
+        if path.is_file():
+            try:
+                predictions = read_predictions(path)
+                if not predictions.labels:
+                    predictions, problem = None, f"{path} has no rows"
+            except DataError as err:
+                problem = str(err)
+        else:
+            evaluated = sorted(p.parent.name for p in (run_dir / "eval").glob("*/predictions.csv"))
+            hint = f" (evaluated splits: {', '.join(evaluated)}; use --split)" if evaluated else \
+                " (run python -m toolkit.evaluate first)"
+            problem = f"{path} not found{hint}"
+        if problem:
+            for name in sorted(what & set(NEEDS_PREDICTIONS), key=ALL_PLOTS.index):
+                skip(name, problem)
+            what -= set(NEEDS_PREDICTIONS)
+    threshold = _threshold(run_dir, split, config)
+
+    if "roc" in what:
+        made.append(plots.plot_roc(predictions.labels, predictions.prob_dog, out_dir / f"roc_{split}.png",
+                                   title=f"ROC curve ({split})"))
+    if "pr" in what:
+        made.append(plots.plot_pr(predictions.labels, predictions.prob_dog, out_dir / f"pr_{split}.png",
+                                  title=f"Precision-recall curve ({split}, positive = dog)"))
+    if "confusion" in what:
+        try:
+            matrix = threshold_metrics(predictions.labels, predictions.prob_dog, threshold)["confusion_matrix"]
+            made.append(plots.plot_confusion(matrix, out_dir / f"confusion_{split}.png",
+                                             title=f"Confusion matrix ({split}, threshold {threshold:g})"))
+        except ValueError as err:
+            skip("confusion", str(err))
+    if "curves" in what:
+        path = run_dir / "metrics.jsonl"
+        rows = read_jsonl(path) if path.is_file() else []
+        if rows:
+            made.append(plots.plot_training_curves(rows, out_dir / "training_curves.png",
+                                                   title=f"Training curves ({run_dir.name})"))
+        else:
+            skip("curves", f"{path} {'is empty' if path.is_file() else 'not found'}")
+
+    wanted = what & set(MODEL_PLOTS)
+    if not wanted:
+        return made
+    try:
+        model, meta = load_model(run_dir)
+    except (UsageError, DataError, OSError, KeyError, ValueError) as err:
+        for name in sorted(wanted, key=ALL_PLOTS.index):
+            skip(name, f"cannot load the model: {err}")
+        return made
+    class_names = tuple(meta.get("class_names") or ("cat", "dog"))
+    if "filters" in what:
+        from toolkit.reporting import interpret
+
+        made.append(interpret.plot_filters(model, out_dir / "filters_conv1.png", layer="conv1"))
+        try:
+            made.append(interpret.plot_filters(model, out_dir / f"filters_{DEEP_FILTER_LAYER}.png",
+                                               layer=DEEP_FILTER_LAYER, spatial=True, max_filters=32))
+        except ValueError as err:
+            skip("deep filters", str(err))
+
+    image_plots = sorted(wanted & set(NEEDS_IMAGES), key=ALL_PLOTS.index)
+    if not image_plots:
+        return made
+    shards = shards or _section(config, "data").get("shards")
+    problem = _shards_problem(shards)
+    if num_images < 1:
+        problem = "num_images is 0"
+    if problem is not None:
+        for name in image_plots:
+            skip(name, problem)
+        return made
+    made.extend(_image_plots(run_dir, model, meta, config, image_plots, predictions, split, num_images,
+                             threshold, class_names, str(shards), out_dir))
+    return made
+
+
+def _image_plots(run_dir: Path, model: Any, meta: dict, config: dict, names: list[str], predictions: Predictions,
+                 split: str, num_images: int, threshold: float, class_names: tuple, shards: str,
+                 out_dir: Path) -> list[Path]:
+    """Prediction grid, Grad-CAM and feature maps: pick examples, read just those images, plot."""
+    import torch
+
+    from toolkit.reporting import interpret, plots
+
+    picks = {
+        "grid": interpret.select_examples(predictions.labels, predictions.prob_dog, num_images,
+                                          threshold=threshold, max_wrong=num_images // 2),
+        "gradcam": interpret.select_examples(predictions.labels, predictions.prob_dog, num_images, threshold=threshold),
+        "features": interpret.select_examples(predictions.labels, predictions.prob_dog, 1, threshold=threshold, max_wrong=0),
+    }
+    keys = {predictions.keys[i] for name in names for i in picks[name]}
+    try:
+        tensors = load_images(shards, split, keys, meta, config)
+    except (UsageError, DataError, OSError, ValueError, ImportError) as err:
+        for name in names:
+            skip(name, f"cannot read images from {shards!r}: {err}")
+        return []
+    absent = sorted(keys - set(tensors))
+    if absent:
+        warn(f"{len(absent)} of {len(keys)} chosen {split} images not found in {shards!r} (e.g. {absent[0]}); "
+             "they are left out of the image plots")
+    mean, std = meta["mean"], meta["std"]
+    made = []
+    for name in names:
+        chosen = [i for i in picks[name] if predictions.keys[i] in tensors]
+        if not chosen:
+            skip(name, "none of its images were found")
+            continue
+        batch = torch.stack([tensors[predictions.keys[i]] for i in chosen])
+        labels = [predictions.labels[i] for i in chosen]
+        captions = [f"{predictions.keys[i]}" for i in chosen]
+        if name == "grid":
+            made.append(plots.plot_prediction_grid(
+                batch, labels, [predictions.prob_dog[i] for i in chosen], out_dir / f"predictions_{split}.png",
+                mean=mean, std=std, threshold=threshold, class_names=class_names, captions=captions,
+                title=f"{split}: predictions (most confident mistakes and correct ones; wrong in red)"))
+        elif name == "gradcam":
+            layer = str(_section(config, "eval").get("gradcam_layer") or "layer4")
+            cams, probs = interpret.explain(model, batch, layer=layer)  # titles: the model's view of these tensors
+            made.append(interpret.plot_gradcam(batch, cams, labels, probs.tolist(), out_dir / f"gradcam_{split}.png",
+                                               mean=mean, std=std, threshold=threshold, class_names=class_names,
+                                               layer=layer, captions=captions))
+        else:
+            maps = interpret.feature_maps(model, batch[0])
+            made.append(interpret.plot_feature_maps(
+                maps, out_dir / f"feature_maps_{split}.png", image=plots.denormalize(batch[0], mean, std)[0],
+                title=f"Feature maps for {captions[0]} (first channels, each scaled on its own)"))
+    return made
+
+
+def parse_what(text: str) -> set[str]:
+    names = {part.strip() for part in text.split(",") if part.strip()}
+    if not names or "all" in names:
+        return set(ALL_PLOTS)
+    unknown = names - set(ALL_PLOTS)
+    if unknown:
+        raise UsageError(f"--what: unknown plot(s) {', '.join(sorted(unknown))}; choose from {','.join(ALL_PLOTS)} or all")
+    return names
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = ArgumentParser(prog="toolkit.visualize", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--run", required=True, type=Path, help="run folder written by training (runs/NAME)")
+    parser.add_argument("--what", default="all", help=f"comma-separated plots: {','.join(ALL_PLOTS)} or all (default)")
+    parser.add_argument("--split", default="test", help="evaluated split to plot (default: test)")
+    parser.add_argument("--num-images", type=int, default=8, help="images in the prediction grid and Grad-CAM (default 8)")
+    parser.add_argument("--shards", default=None, help="shards folder (default: data.shards from the run's config.yaml)")
+    parser.add_argument("--no-report", action="store_true", help="do not rebuild RUN/report.html")
+    args = parser.parse_args(argv)
+    if not args.run.is_dir():
+        raise UsageError(f"run folder {str(args.run)!r} not found; pass a folder written by a training run (runs/NAME)")
+    if args.num_images < 0:
+        raise UsageError(f"--num-images {args.num_images} must be >= 0")
+    made = make_plots(args.run, what=parse_what(args.what), split=args.split, num_images=args.num_images,
+                      shards=args.shards)
+    for path in made:
+        print(path)
+    if not args.no_report:
+        from toolkit.reporting.report import build_report
+
+        print(build_report(args.run))
+    return 0
+
