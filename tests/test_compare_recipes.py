@@ -128,7 +128,7 @@ def test_train_transform_options():
     from PIL import Image
 
     from toolkit.config import DataConfig
-    from toolkit.data.loader import build_train_transform
+    from toolkit.data import build_train_transform
 
     image = Image.new("RGB", (48, 40), (120, 80, 40))
     names = lambda cfg: [type(t).__name__ for t in build_train_transform(cfg).transforms]

@@ -23,7 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
-from toolkit.data import loader as data
+from toolkit import data
 from toolkit.cli import DataError, UsageError
 from toolkit.config import DataConfig
 
@@ -132,7 +132,7 @@ def test_each_worker_fills_its_quota(uneven):
 @pytest.mark.parametrize(("batch", "workers", "chunk"),
                          [(128, 16, 8), (256, 16, 16), (64, 2, 16), (3, 2, 1), (4, 0, 4), (127, 16, 1), (6, 4, 1)])
 def test_chunk_size_divides_the_batch_and_spreads_it_over_the_workers(batch, workers, chunk):
-    assert data._chunk_size(batch, workers) == chunk
+    assert data.loader._chunk_size(batch, workers) == chunk
 
 
 def test_chunk_c_comes_from_worker_c_mod_w_and_every_worker_helps_with_the_first_batch(uneven):
@@ -172,7 +172,7 @@ def test_an_epoch_covers_every_sample_once_when_shards_are_even(tmp_path, layout
 
 def test_too_few_shards_warns_once_and_says_how_to_fix(tmp_path, caplog, monkeypatch):
     info = write_shards(tmp_path, {"train": [10]})
-    monkeypatch.setattr(data, "_layout_warned", False)
+    monkeypatch.setattr(data.loader, "_layout_warned", False)
     with caplog.at_level(logging.WARNING, logger="toolkit.data.loader"):
         for rank in range(2):
             data.make_train_loader(config(tmp_path), info, batch_size=2, rank=rank, world_size=2, seed=0)

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from toolkit.config import load_config
-from toolkit.data.loader import build_eval_transform
+from toolkit.data import build_eval_transform
 from toolkit.data.device_augment import center_boxes, gpu_transform, random_resized_boxes
 
 
@@ -60,7 +60,7 @@ def test_crop_boxes_follow_random_resized_crop_bounds():
 
 
 def test_loader_ships_jpeg_bytes_when_decoding_on_the_accelerator(synthetic_shards):
-    from toolkit.data.loader import load_info, make_train_loader, resolve_normalization
+    from toolkit.data import load_info, make_train_loader, resolve_normalization
     from toolkit.data.device_augment import batch_to_device
 
     cfg = load_config(None, [f"data.shards={synthetic_shards}", "data.image_size=32", "data.resize_size=36",

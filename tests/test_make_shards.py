@@ -17,7 +17,8 @@ from PIL import Image, UnidentifiedImageError
 
 import toolkit.data.shards as make_shards
 from toolkit.cli import UsageError, run_cli
-from toolkit.data.shards import (SPLITS, Job, main, pack_dataset, process_image, read_info, split_trainval,
+from toolkit.formats import read_manifest
+from toolkit.data.shards import (SPLITS, Job, main, pack_dataset, process_image, split_trainval,
                                  verify_shards)
 from toolkit.data.oxford import Entry, make_synthetic_dataset, synthetic_info
 
@@ -37,7 +38,7 @@ def annotation(root: Path, filename: str) -> dict[str, list[int]]:
 def read_split(folder: Path, split: str) -> list[tuple[str, dict[str, bytes]]]:
     """(key, {ext: bytes}) for every sample of a split, in shard order, read with plain tarfile."""
     samples: dict[str, dict[str, bytes]] = {}
-    for shard in read_info(folder)["splits"][split]["shards"]:
+    for shard in read_manifest(folder)["splits"][split]["shards"]:
         with tarfile.open(folder / shard["name"]) as tar:
             for member in tar:
                 key, _, ext = member.name.partition(".")
@@ -100,7 +101,7 @@ def test_synthetic_dataset_is_deterministic_and_has_every_odd_file(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 def test_counts_labels_and_splits_match_the_annotation_files(synthetic_source, synthetic_shards):
-    info = read_info(synthetic_shards)
+    info = read_manifest(synthetic_shards)
     trainval, test = annotation(synthetic_source, "trainval.txt"), annotation(synthetic_source, "test.txt")
     listed = trainval | test
     skipped = {s["name"]: s for s in info["skipped"]}
@@ -140,7 +141,7 @@ def test_counts_labels_and_splits_match_the_annotation_files(synthetic_source, s
 
 
 def test_normalization_is_the_mean_and_std_of_the_stored_train_pixels(synthetic_shards):
-    info = read_info(synthetic_shards)
+    info = read_manifest(synthetic_shards)
     pixels = np.concatenate([np.asarray(Image.open(io.BytesIO(m["jpg"])).convert("RGB"), np.float64).reshape(-1, 3)
                              for _, m in read_split(synthetic_shards, "train")]) / 255
     norm = info["normalization"]
@@ -150,7 +151,7 @@ def test_normalization_is_the_mean_and_std_of_the_stored_train_pixels(synthetic_
 
 
 def test_tar_headers_are_deterministic(synthetic_shards):
-    shard = read_info(synthetic_shards)["splits"]["test"]["shards"][0]["name"]
+    shard = read_manifest(synthetic_shards)["splits"]["test"]["shards"][0]["name"]
     with tarfile.open(synthetic_shards / shard) as tar:
         members = tar.getmembers()
     assert [m.name.partition(".")[2] for m in members[:3]] == ["cls", "jpg", "json"]
@@ -160,7 +161,7 @@ def test_tar_headers_are_deterministic(synthetic_shards):
 def test_plain_webdataset_reads_the_shards(synthetic_shards):
     import webdataset as wds
 
-    info = read_info(synthetic_shards)
+    info = read_manifest(synthetic_shards)
     for split in SPLITS:
         urls = [str(synthetic_shards / s["name"]) for s in info["splits"][split]["shards"]]
         samples = list(wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode("pil"))
@@ -306,7 +307,7 @@ def test_verify_catches_a_flipped_byte(synthetic_shards, tmp_path, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and out[0].startswith("OK") and "SYNTHETIC" in out[0]
 
-    shard = folder / read_info(folder)["splits"]["val"]["shards"][0]["name"]
+    shard = folder / read_manifest(folder)["splits"]["val"]["shards"][0]["name"]
     data = bytearray(shard.read_bytes())
     data[len(data) // 3] ^= 0x01
     shard.write_bytes(bytes(data))
@@ -325,7 +326,7 @@ def test_verify_catches_a_flipped_byte(synthetic_shards, tmp_path, capsys):
 def test_verify_catches_mislabelled_and_undecodable_samples(synthetic_shards, tmp_path):
     folder = tmp_path / "shards"
     shutil.copytree(synthetic_shards, folder)
-    info = read_info(folder)
+    info = read_manifest(folder)
     shard = info["splits"]["test"]["shards"][0]
     buffer = io.BytesIO()
     with tarfile.open(folder / shard["name"]) as src, tarfile.open(fileobj=buffer, mode="w") as dst:
@@ -406,7 +407,7 @@ def test_cli_synthetic_in_a_subprocess(tmp_path):
     assert pack.returncode == 0, pack.stderr
     summary = pack.stdout.strip().splitlines()[-1]
     assert "[SYNTHETIC data]" in summary and "train" in summary and "skipped" in summary
-    assert read_info(tmp_path / "out")["synthetic"] is True and verify_shards(tmp_path / "out") == []
+    assert read_manifest(tmp_path / "out")["synthetic"] is True and verify_shards(tmp_path / "out") == []
 
 
 # --------------------------------------------------------------------------------------------
@@ -418,7 +419,7 @@ def test_cli_synthetic_in_a_subprocess(tmp_path):
 def test_mini_pets_packs_to_the_readme_counts(mini_pets, tmp_path, capsys):
     out = tmp_path / "shards"
     assert run_main(["--source", str(mini_pets), "--out", str(out), "--resize-shorter", "64", "--workers", "2"]) == 0
-    info = read_info(out)
+    info = read_manifest(out)
     splits, skipped = info["splits"], info["skipped"]
     listed = {split: splits[split]["num_samples"] + sum(s["split"] == split for s in skipped) for split in SPLITS}
     assert listed["train"] + listed["val"] == 642 and listed["test"] == 298  # README's table

@@ -14,7 +14,7 @@ from PIL import Image
 from toolkit.training.checkpoint import model_metadata, save_model_file
 from toolkit.cli import run_cli
 from toolkit.config import Config
-from toolkit.data.loader import build_eval_transform
+from toolkit.data import build_eval_transform
 from toolkit.data.shards import to_rgb
 from toolkit.models import create_model
 from toolkit.predict import main

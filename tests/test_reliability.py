@@ -74,6 +74,7 @@ from pathlib import Path
 sys.path.insert(0, {root!r})
 point, sig, nth = sys.argv[1], getattr(signal, "SIG" + sys.argv[2]), int(sys.argv[3])
 import torch
+import toolkit.formats
 import toolkit.training.loop
 from toolkit.cli import run_cli
 
@@ -115,7 +116,7 @@ elif point == "model-write":  # last.safetensors half written under its temporar
         return real_replace(src, dst)
     os.replace = replace
 elif point == "metrics-append":  # half a line of metrics.jsonl on disk
-    real_append = toolkit.training.loop.append_jsonl
+    real_append = toolkit.formats.append_jsonl
     def append_jsonl(path, obj):
         if due():
             line = json.dumps(obj) + "\n"
@@ -123,7 +124,7 @@ elif point == "metrics-append":  # half a line of metrics.jsonl on disk
                 handle.write(line[: len(line) // 2])
             fire()
         return real_append(path, obj)
-    toolkit.training.loop.append_jsonl = append_jsonl
+    toolkit.formats.append_jsonl = append_jsonl
 
 run_cli(toolkit.training.loop.main, sys.argv[4:])
 '''
@@ -354,9 +355,9 @@ def bad_shards(tiny_shards, tmp_path_factory) -> tuple[Path, dict]:
 
 
 def test_bad_samples_are_skipped_counted_and_reported(bad_shards, tmp_path, capsys, caplog, monkeypatch):
-    import toolkit.data.loader
+    import toolkit.data.reading
 
-    monkeypatch.setattr(toolkit.data.loader, "_warnings_given", 0)  # the cap is per process; earlier tests used it up
+    monkeypatch.setattr(toolkit.data.reading, "_warnings_given", 0)  # the cap is per process; earlier tests used it up
     folder, damaged = bad_shards
     # batch 7: 9 batches = 63 samples, exactly the usable ones, so every epoch reads all 64 and skips 1
     assert train_cli(train_args(folder, tmp_path, "run", "train.batch_size=7")) == 0

@@ -141,7 +141,7 @@ EVIL_NAMES = ["../../evil-up", "/{abs}/evil-abs", "nested/../../../evil-nested"]
 
 
 def test_shard_member_names_are_never_used_as_paths(tiny_shards, tmp_path, monkeypatch, capsys):
-    from toolkit.data import loader as data
+    from toolkit import data
 
     shards = tmp_path / "shards"
     shutil.copytree(tiny_shards, shards)

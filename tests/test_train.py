@@ -75,7 +75,7 @@ def test_cpu_run_learns_and_writes_every_output(learnable_shards, tmp_path):
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in load_file(run / "model.safetensors"))
 
     # ... and gives the predictions the run's own evaluation wrote
-    from toolkit.data.loader import build_eval_transform, read_samples
+    from toolkit.data import build_eval_transform, read_samples
 
     test_metrics = json.loads((run / "eval/test/metrics.json").read_text())
     assert test_metrics["num_samples"] > 0 and result["best_epoch"] >= 1

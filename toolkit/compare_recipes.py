@@ -91,7 +91,7 @@ def run_overrides(args: argparse.Namespace, shared: Sequence[str], seed: int, ru
 
 def check_plan(args: argparse.Namespace, recipes: Sequence[Recipe], shared: Sequence[str]) -> None:
     """Fail in seconds, not after the first hour of training: every config resolves, the shards are there."""
-    from toolkit.data.loader import check_shards_exist, load_info
+    from toolkit.data import check_shards_exist, load_info
 
     info = load_info(args.shards)
     if args.split not in info["splits"]:
@@ -103,7 +103,7 @@ def check_plan(args: argparse.Namespace, recipes: Sequence[Recipe], shared: Sequ
 
 def planned_config(recipe: Recipe, overrides: Sequence[str], shards: str) -> dict:
     """The config as the run will save it: normalization statistics resolved from the shards as training does."""
-    from toolkit.data.loader import load_info, resolve_normalization
+    from toolkit.data import load_info, resolve_normalization
 
     cfg = validate(load_config(recipe.config, overrides))
     mean, std = resolve_normalization(cfg.data, load_info(shards))
@@ -366,7 +366,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             done += 1
             results[recipe.name].append(train_one(args, recipe, seed, shared, f"{done}/{total}"))
 
-    from toolkit.data.loader import load_info, split_size
+    from toolkit.data import load_info, split_size
 
     report = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),

@@ -379,7 +379,7 @@ def to_dict(cfg: Config) -> dict:
 
 
 def dump_yaml(obj: dict) -> str:
-    return yaml.safe_dump(obj, sort_keys=False, default_flow_style=None)
+    return yaml.safe_dump(obj, sort_keys=False, default_flow_style=False)
 
 
 def to_yaml(cfg: Config) -> str:

@@ -59,7 +59,7 @@ def resolve_device(name: str) -> torch.device:
 
 def eval_transform(meta: dict) -> Callable[[Image.Image], torch.Tensor]:
     """The training run's eval preprocessing, rebuilt from the model file's metadata."""
-    from toolkit.data.loader import build_eval_transform
+    from toolkit.data import build_eval_transform
 
     missing = [key for key in ("image_size", "resize_size", "mean", "std") if key not in meta]
     if missing:

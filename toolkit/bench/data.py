@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from toolkit.data import loader as data
+from toolkit import data
 from toolkit.cli import UsageError
 from toolkit.config import DataConfig
 

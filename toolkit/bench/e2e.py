@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     from toolkit.config import load_config
-    from toolkit.data.loader import load_info, make_train_loader, resolve_normalization
+    from toolkit.data import load_info, make_train_loader, resolve_normalization
 
     device = resolve_device(args.device)
     cuda = device.type == "cuda"

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from toolkit.cli import UsageError
-from toolkit.data.shards import DEFAULTS, pack_dataset, read_info, verify_shards
+from toolkit.formats import read_manifest
+from toolkit.data.shards import DEFAULTS, pack_dataset, verify_shards
 
 # ../shared/data/oxford-pets-mini beside the repository root (942 real images)
 DEFAULT_SOURCE = Path(__file__).resolve().parents[3] / "shared/data/oxford-pets-mini"
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> dict:
         start = time.perf_counter()
         problems = verify_shards(out, workers=1)
         verify_seconds = time.perf_counter() - start
-        samples = sum(s["num_samples"] for s in read_info(out)["splits"].values())
+        samples = sum(s["num_samples"] for s in read_manifest(out)["splits"].values())
     best = {w: max((r for r in runs if r["workers"] == w), key=lambda r: r["images_per_s"]) for w in counts}
     return {
         "benchmark": "shards",

@@ -1,1 +1,18 @@
-"""data"""
+"""The data stage: Oxford folder -> shards -> batches.
+
+``oxford`` reads the official layout (or makes a synthetic stand-in), ``shards`` packs and
+``verify`` re-checks the tar shards, ``locations`` finds them, ``reading`` turns tars into raw
+samples, ``transforms`` decodes and crops, ``loader`` plans equal work for every rank and worker,
+``device_augment`` finishes each batch on the training device, ``samples`` serves the plots.
+The names below are the stage's public API.
+"""
+
+from toolkit.data.loader import EvalLoader, TrainLoader, make_eval_loader, make_train_loader
+from toolkit.data.locations import check_shards_exist, load_info, resolve_normalization, split_urls
+from toolkit.data.samples import raw_samples, read_samples, synthetic_batches
+from toolkit.data.transforms import build_eval_transform, build_train_transform, decode_jpeg
+from toolkit.formats import split_size
+
+__all__ = ["TrainLoader", "EvalLoader", "make_eval_loader", "make_train_loader", "check_shards_exist", "load_info",
+           "resolve_normalization", "split_urls", "raw_samples", "read_samples", "synthetic_batches",
+           "build_eval_transform", "build_train_transform", "decode_jpeg", "split_size"]

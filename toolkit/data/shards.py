@@ -34,15 +34,13 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from toolkit.cli import ArgumentParser, DataError, UsageError, is_main_process, progress, run_cli
-from toolkit.fileio import TMP_PREFIX, atomic_write_bytes, atomic_write_json, fsync_dir
+from toolkit.cli import ArgumentParser, DataError, UsageError, is_main_process, progress
+from toolkit.fileio import TMP_PREFIX, atomic_write_bytes, fsync_dir
+from toolkit.formats import (MANIFEST_NAME, MANIFEST_VERSION, SHARD_NAME, SPLITS, read_manifest, shard_name,
+                             write_manifest)
 from toolkit.data.oxford import SPECIES, Entry, make_synthetic_dataset, read_source
 
-FORMAT_VERSION = 1
-INFO_FILE = "info.json"
-SPLITS = ("train", "val", "test")
-SHARD_PATTERN = re.compile(r"^(train|val|test)-\d{6}\.tar$")
-FOREIGN_OK = {INFO_FILE, "README.md", ".gitignore", ".gitkeep"}  # may sit beside our shards
+FOREIGN_OK = {MANIFEST_NAME, "README.md", ".gitignore", ".gitkeep"}  # may sit beside our shards
 SAMPLE_FIELDS = ("breed", "class_id", "species", "breed_id", "width", "height", "orig_width", "orig_height", "source")
 
 DEFAULTS = {
@@ -237,7 +235,7 @@ class ShardWriter:
                 for ext in sorted(members):
                     tar.addfile(tar_member(f"{key}.{ext}", members[ext]), io.BytesIO(members[ext]))
         data = buffer.getvalue()
-        name = f"{self.split}-{len(self.shards):06d}.tar"
+        name = shard_name(self.split, len(self.shards))
         atomic_write_bytes(self.folder / name, data)
         self.shards.append({"name": name, "num_samples": len(self.samples), "bytes": len(data),
                             "sha256": hashlib.sha256(data).hexdigest()})
@@ -281,7 +279,7 @@ def check_out_folder(out: Path, source_root: Path) -> None:
 
 
 def is_ours(name: str) -> bool:
-    return bool(SHARD_PATTERN.match(name)) or name in FOREIGN_OK or name.startswith(TMP_PREFIX)
+    return bool(SHARD_NAME.match(name)) or name in FOREIGN_OK or name.startswith(TMP_PREFIX)
 
 
 def remove_leftovers(out: Path) -> None:
@@ -299,16 +297,16 @@ def install(staging: Path, out: Path, info: dict) -> None:
     A crash in between leaves a folder without info.json, which readers reject, never a
     manifest that points at shards of another run.
     """
-    (out / INFO_FILE).unlink(missing_ok=True)
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
     fsync_dir(out)
     new = {shard["name"] for split in info["splits"].values() for shard in split["shards"]}
     for stale in out.iterdir():
-        if SHARD_PATTERN.match(stale.name) and stale.name not in new:
+        if SHARD_NAME.match(stale.name) and stale.name not in new:
             stale.unlink()
     for name in sorted(new):
         os.replace(staging / name, out / name)
     fsync_dir(out)
-    atomic_write_json(out / INFO_FILE, info)
+    write_manifest(out, info)
 
 
 # --------------------------------------------------------------------------------------------
@@ -370,7 +368,7 @@ def pack_dataset(source: Path, out: Path, *, val_fraction: float = DEFAULTS["val
         order = {split: {e.name: i for i, e in enumerate(listed[split])} for split in SPLITS}
         skipped.sort(key=lambda s: (SPLITS.index(s["split"]), order[s["split"]][s["name"]]))
         info = {
-            "format_version": FORMAT_VERSION,
+            "format_version": MANIFEST_VERSION,
             "dataset": "synthetic-pets" if dataset.synthetic else "oxford-iiit-pet",
             "synthetic": dataset.synthetic,
             "classes": list(SPECIES),
@@ -420,40 +418,6 @@ def summary_line(info: dict, out: Path) -> str:
 # --------------------------------------------------------------------------------------------
 # Read and verify
 # --------------------------------------------------------------------------------------------
-
-def read_info(folder: Path) -> dict:
-    """Load ``folder/info.json``, rejecting anything that is not a complete manifest of ours."""
-    path = Path(folder) / INFO_FILE
-    hint = f"make shards with: python -m toolkit.make_shards --source DIR --out {folder}"
-    if not path.is_file():
-        raise UsageError(f"no {INFO_FILE} in {folder}: not a shard folder, or an unfinished run; {hint}")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UsageError(f"{path} is unreadable ({err}); {hint}") from None
-    missing = [key for key in ("format_version", "dataset", "synthetic", "classes", "splits", "normalization",
-                               "skipped", "unlisted", "options") if not isinstance(info, dict) or key not in info]
-    if missing:
-        raise UsageError(f"{path} lacks {', '.join(missing)}; {hint}")
-    if info["format_version"] != FORMAT_VERSION:
-        raise UsageError(f"{path} has format_version {info['format_version']}, this toolkit reads {FORMAT_VERSION}; "
-                         f"{hint}")
-    if not isinstance(info["splits"], dict) or sorted(info["splits"]) != sorted(SPLITS):
-        raise UsageError(f"{path} must describe the splits {', '.join(SPLITS)}; {hint}")
-    for split, meta in info["splits"].items():
-        if not well_formed_split(meta):
-            raise UsageError(f"{path}: split {split!r} lacks num_samples, class_counts or a shard list with name, "
-                             f"num_samples, bytes and sha256; {hint}")
-    return info
-
-
-def well_formed_split(meta: object) -> bool:
-    fields = {"name": str, "num_samples": int, "bytes": int, "sha256": str}
-    return (isinstance(meta, dict) and isinstance(meta.get("num_samples"), int)
-            and isinstance(meta.get("class_counts"), dict) and isinstance(meta.get("shards"), list)
-            and all(isinstance(shard, dict) and all(isinstance(shard.get(k), t) for k, t in fields.items())
-                    for shard in meta["shards"]))
-
 
 @dataclass(frozen=True)
 class ShardCheck:
@@ -527,7 +491,7 @@ def check_sample(members: dict[str, bytes]) -> Optional[str]:
 def verify_shards(folder: Path, workers: int = 1, show_progress: bool = False) -> list[str]:
     """Re-read every shard against info.json; the problems found (empty = OK)."""
     folder = Path(folder)
-    info = read_info(folder)
+    info = read_manifest(folder)
     problems = []
     tasks = [ShardCheck(str(folder / shard["name"]), shard)
              for split in SPLITS for shard in info["splits"][split]["shards"]]
@@ -696,7 +660,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def run_verify(folder: Path, workers: int) -> int:
     problems = verify_shards(folder, workers=workers, show_progress=True)
-    info = read_info(folder)
+    info = read_manifest(folder)
     if problems:
         for problem in problems[:50]:
             print(problem, file=sys.stderr)

@@ -11,10 +11,7 @@ was counted twice is an error, not a silently wrong metric.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -23,12 +20,15 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import gather_object
 
-from toolkit.cli import ArgumentParser, DataError, UsageError, progress, run_cli
-from toolkit.fileio import atomic_write_json, atomic_write_text
-
-PREDICTIONS_FILE = "predictions.csv"
-METRICS_FILE = "metrics.json"
+from toolkit.cli import ArgumentParser, DataError, UsageError, progress
+from toolkit.config import load_config
+from toolkit.data import check_shards_exist, load_info, make_eval_loader
+from toolkit.evaluation.metrics import compute_metrics, roc_auc
+from toolkit.formats import Predictions, RunDir, class_names, split_size
+from toolkit.training.checkpoint import load_model_file
 
 
 @dataclass
@@ -48,15 +48,14 @@ class EvalResult:
     def prob_dog(self) -> np.ndarray:
         return torch.softmax(torch.from_numpy(self.logits), dim=1)[:, 1].numpy()
 
+    def predictions(self) -> Predictions:
+        return Predictions(keys=list(self.keys), labels=[int(v) for v in self.labels],
+                           prob_dog=[float(v) for v in self.prob_dog], breeds=list(self.breeds))
+
 
 @torch.no_grad()
 def evaluate_split(accelerator, model: torch.nn.Module, cfg, info: dict, split: str, mean, std) -> EvalResult:
     """Predict every sample of ``split`` once across all processes; every process gets the result."""
-    from accelerate.utils import gather_object
-    from sklearn.metrics import roc_auc_score
-
-    from toolkit.data.loader import make_eval_loader, split_size
-
     data_cfg = dataclasses.replace(cfg.data, mean=list(mean), std=list(std))  # the model's own normalization
     loader = make_eval_loader(data_cfg, info, split, batch_size=cfg.eval.batch_size,
                               rank=accelerator.process_index, world_size=accelerator.num_processes)
@@ -88,7 +87,7 @@ def evaluate_split(accelerator, model: torch.nn.Module, cfg, info: dict, split: 
     labels_t = torch.from_numpy(result.labels).long()
     result.loss = float(F.cross_entropy(logits_t, labels_t)) if len(labels_t) else float("nan")
     result.accuracy = float((logits_t.argmax(1) == labels_t).float().mean()) if len(labels_t) else float("nan")
-    result.auc = float(roc_auc_score(result.labels, result.prob_dog)) if len(set(result.labels.tolist())) == 2 else None
+    result.auc = roc_auc(result.labels, result.prob_dog)
     return result
 
 
@@ -120,20 +119,9 @@ def merge_predictions(split: str, parts: list[dict], expected: int) -> EvalResul
     )
 
 
-def predictions_csv(result: EvalResult, threshold: float) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["key", "label", "prob_dog", "pred", "breed"])
-    for key, label, prob, breed in zip(result.keys, result.labels, result.prob_dog, result.breeds):
-        writer.writerow([key, int(label), f"{prob:.6f}", int(prob >= threshold), breed])
-    return buffer.getvalue()
-
-
-def write_evaluation(result: EvalResult, out_dir: Path, *, threshold: float, class_names,
-                     tuning: Optional[EvalResult] = None, extra: Optional[dict] = None) -> dict:
-    """``metrics.json`` + ``predictions.csv`` for one split (main process only)."""
-    from toolkit.evaluation.metrics import compute_metrics
-
+def score(result: EvalResult, *, threshold: float, class_names, tuning: Optional[EvalResult] = None,
+          extra: Optional[dict] = None) -> dict:
+    """Every reported metric of one split, computed once by ``toolkit.evaluation.metrics``."""
     metrics = compute_metrics(
         result.labels, result.prob_dog, threshold=threshold, breeds=result.breeds, loss=result.loss,
         class_names=tuple(class_names),
@@ -145,62 +133,7 @@ def write_evaluation(result: EvalResult, out_dir: Path, *, threshold: float, cla
     if tuning is not None:
         metrics["threshold_tuned_on"] = tuning.split
     metrics.update(extra or {})
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / PREDICTIONS_FILE, predictions_csv(result, threshold))
-    atomic_write_json(out_dir / METRICS_FILE, metrics)
     return metrics
-
-
-def finish_run_evaluation(accelerator, cfg, info: dict, run_dir: Path, mean, std, tracker) -> dict:
-    """After training: the best model on val (for the threshold) and test, then plots, report, W&B."""
-    from toolkit.training.checkpoint import load_model_file
-
-    model, meta = load_model_file(run_dir / "model.safetensors")
-    model.to(accelerator.device)
-    class_names = meta.get("class_names", ["cat", "dog"])
-    splits = {"val": evaluate_split(accelerator, model, cfg, info, "val", mean, std)}
-    if cfg.eval.test_split:
-        splits[cfg.eval.test_split] = evaluate_split(accelerator, model, cfg, info, cfg.eval.test_split, mean, std)
-    summary: dict = {"splits": {}}
-    if not accelerator.is_main_process:
-        return summary
-    for name, result in splits.items():
-        tuning = splits["val"] if name != "val" else None
-        metrics = write_evaluation(result, run_dir / "eval" / name, threshold=cfg.eval.threshold,
-                                   class_names=class_names, tuning=tuning,
-                                   extra={"model_epoch": meta.get("epoch"), "synthetic": bool(info.get("synthetic"))})
-        summary["splits"][name] = metrics
-        tracker.log_curves(result.labels, result.prob_dog, class_names, name)
-        tracker.summary({f"{name}/{k}": metrics.get(k) for k in ("accuracy", "roc_auc", "average_precision", "loss")})
-    plots = []
-    if cfg.eval.plots:
-        from toolkit.reporting.visualize import make_plots
-
-        plots = make_plots(run_dir, split=cfg.eval.test_split or "val", num_images=cfg.eval.num_images,
-                           shards=cfg.data.shards)
-        tracker.log_images({p.stem: p for p in plots})
-    _log_prediction_table(tracker, cfg, splits.get(cfg.eval.test_split or "val"))
-    from toolkit.reporting.report import build_report
-
-    summary["report"] = str(build_report(run_dir))
-    tracker.log_model(run_dir / "model.safetensors", {k: v for k, v in meta.items() if k != "config"})
-    return summary
-
-
-def _log_prediction_table(tracker, cfg, result: Optional[EvalResult], limit: int = 64) -> None:
-    if result is None or not len(result.keys):
-        return
-    from toolkit.data.loader import read_samples
-
-    wanted = set(result.keys[:limit])
-    images = {s["key"]: s["image"] for s in read_samples(cfg.data.shards, result.split, keys=wanted)}
-    rows, pictures = [], []
-    for key, label, prob, breed in zip(result.keys[:limit], result.labels, result.prob_dog, result.breeds):
-        if key in images:
-            rows.append({"key": key, "label": int(label), "prob_dog": float(prob),
-                         "pred": int(prob >= cfg.eval.threshold), "breed": breed})
-            pictures.append(images[key])
-    tracker.log_predictions_table(rows, pictures)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,19 +157,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size} must be >= 1")
 
-    from accelerate import Accelerator
-
-    from toolkit.training.checkpoint import load_model_file
-    from toolkit.config import load_config
-    from toolkit.data.loader import check_shards_exist, load_info
-
     model, meta = load_model_file(args.model)
     cfg = load_config(None, [f"data.shards={args.shards}", f"data.image_size={meta['image_size']}",
                              f"data.resize_size={meta.get('resize_size', meta['image_size'])}",
                              f"data.num_workers={args.num_workers}", f"eval.batch_size={args.batch_size}",
                              f"model.num_classes={meta['num_classes']}"])
     info = load_info(args.shards)
-    classes = info.get("classes") or ["cat", "dog"]
+    classes = class_names(info)
     if int(meta["num_classes"]) != len(classes):
         raise UsageError(f"{str(args.model)!r} predicts {meta['num_classes']} classes but the shards have {len(classes)} "
                          f"({', '.join(map(str, classes))}); evaluate a model trained on these shards")
@@ -247,13 +174,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result = evaluate_split(accelerator, model, cfg, info, args.split, meta["mean"], meta["std"])
     tuning = evaluate_split(accelerator, model, cfg, info, tuning_split, meta["mean"], meta["std"]) if tuning_split else None
     if accelerator.is_main_process:
-        out = args.out or args.model.resolve().parent / "eval" / args.split
-        metrics = write_evaluation(result, out, threshold=args.threshold, class_names=meta.get("class_names", ["cat", "dog"]),
-                                   tuning=tuning, extra={"model": str(args.model), "model_epoch": meta.get("epoch"),
-                                                         "synthetic": bool(info.get("synthetic"))})
+        run = RunDir(args.model.resolve().parent)
+        out = args.out or run.eval_dir(args.split)
+        metrics = score(result, threshold=args.threshold, class_names=meta.get("class_names", ["cat", "dog"]),
+                        tuning=tuning, extra={"model": str(args.model), "model_epoch": meta.get("epoch"),
+                                              "synthetic": bool(info.get("synthetic"))})
+        run.write_evaluation(args.split, metrics, result.predictions(), args.threshold, out_dir=out)
         auc = metrics.get("roc_auc")
         print(f"{args.split}: n={metrics['num_samples']} loss {metrics['loss']:.4f} acc {metrics['accuracy']:.4f} "
-              f"auc {'n/a' if auc is None else f'{auc:.4f}'} -> {out / METRICS_FILE}", flush=True)
+              f"auc {'n/a' if auc is None else f'{auc:.4f}'} -> {out}", flush=True)
     accelerator.end_training()
     return 0
 

@@ -56,6 +56,14 @@ def _as_arrays(labels: Sequence[int], prob_dog: Sequence[float], what: str) -> t
     return y.astype(np.int64), p
 
 
+def roc_auc(labels: Sequence[int], prob_dog: Sequence[float]) -> Optional[float]:
+    """ROC-AUC, or None when the split holds one class only (it is undefined then)."""
+    y = np.asarray(labels)
+    if len(np.unique(y)) < 2:
+        return None
+    return float(skm.roc_auc_score(y, np.asarray(prob_dog, dtype=np.float64)))
+
+
 def predict(prob_dog: np.ndarray, threshold: float) -> np.ndarray:
     """The one prediction rule: dog (1) when prob_dog >= threshold."""
     return (np.asarray(prob_dog) >= threshold).astype(np.int64)
@@ -172,7 +180,7 @@ def compute_metrics(labels: Sequence[int], prob_dog: Sequence[float], *, thresho
         result["average_precision"] = None
         notes.append(f"only one class ({only}) in this split: ROC-AUC and average precision are undefined")
     else:
-        result["roc_auc"] = float(skm.roc_auc_score(y, p))
+        result["roc_auc"] = roc_auc(y, p)
         result["average_precision"] = float(skm.average_precision_score(y, p))
 
     result["best_threshold"] = None

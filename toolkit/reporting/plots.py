@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
 from toolkit.fileio import atomic_write_bytes
-from toolkit.evaluation.metrics import CLASS_NAMES, predict
+from toolkit.evaluation.metrics import CLASS_NAMES, predict, roc_auc
 
 DPI = 110
 WRONG_COLOR = "#c62828"
@@ -72,7 +72,7 @@ def plot_roc(labels: Sequence[int], prob_dog: Sequence[float], path: PathLike, *
     ax = fig.add_subplot()
     if _two_classes(y):
         fpr, tpr, _ = skm.roc_curve(y, p)
-        ax.plot(fpr, tpr, lw=2, label=f"dog vs cat (AUC = {skm.roc_auc_score(y, p):.4f})")
+        ax.plot(fpr, tpr, lw=2, label=f"dog vs cat (AUC = {roc_auc(y, p):.4f})")
         ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance (AUC = 0.5)")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.01)

@@ -9,7 +9,6 @@ that are still going or were cut short. All text from files is HTML-escaped.
 from __future__ import annotations
 
 import base64
-import csv
 import datetime as dt
 import html
 import json
@@ -18,10 +17,11 @@ import statistics
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-from toolkit.fileio import atomic_write_text, read_jsonl
+from toolkit.cli import DataError
+from toolkit.fileio import atomic_write_text
+from toolkit.formats import RunDir
 from toolkit.evaluation.metrics import SEED_RESULTS, classification_report_table, compute_metrics
 
-REPORT_FILE = "report.html"
 SPLIT_ORDER = ("val", "test")
 PLOT_ORDER = ("training_curves", "roc_", "pr_", "confusion_", "predictions_", "gradcam_", "feature_maps_", "filters_")
 PLOT_CAPTIONS = {
@@ -138,29 +138,18 @@ def _render_value(value: Any) -> str:
 # Inputs
 
 
-def _read_predictions(path: Path) -> tuple[list[int], list[float], list[str]]:
-    labels, probs, breeds = [], [], []
-    with open(path, newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            labels.append(int(row["label"]))
-            probs.append(float(row["prob_dog"]))
-            breeds.append(row.get("breed") or "")
-    return labels, probs, breeds
-
-
 def load_split_metrics(run_dir: Path, split: str) -> tuple[Optional[dict], list[str]]:
     """metrics.json of a split; when only predictions.csv exists, metrics computed from it."""
-    folder = run_dir / "eval" / split
-    data, problem = _load_json(folder / "metrics.json")
+    run = RunDir(run_dir)
+    data, problem = _load_json(run.eval_metrics(split))
     if isinstance(data, dict) and "per_class" in data:
         return data, []
     notes = [problem or "metrics.json has an unexpected layout"]
-    predictions = folder / "predictions.csv"
-    if predictions.is_file():
+    if run.predictions(split).is_file():
         try:
-            labels, probs, breeds = _read_predictions(predictions)
-            metrics = compute_metrics(labels, probs, breeds=breeds if any(breeds) else None)
-        except (OSError, KeyError, ValueError) as err:
+            found = run.read_predictions(split)
+            metrics = compute_metrics(found.labels, found.prob_dog, breeds=found.breeds if any(found.breeds) else None)
+        except (OSError, KeyError, ValueError, DataError) as err:
             return None, notes + [f"predictions.csv could not be used ({err})"]
         return metrics, notes + ["metrics computed here from predictions.csv (no loss, default threshold 0.5)"]
     return None, notes
@@ -373,7 +362,7 @@ def _plot_sort_key(path: Path) -> tuple[int, str]:
 
 
 def _plots_section(run_dir: Path) -> str:
-    folder = run_dir / "plots"
+    folder = RunDir(run_dir).plots
     pngs = sorted(folder.glob("*.png"), key=_plot_sort_key) if folder.is_dir() else []
     if not pngs:
         return _missing("No plots yet. Make them with python -m toolkit.visualize --run RUN.")
@@ -395,7 +384,7 @@ def _plots_section(run_dir: Path) -> str:
 
 
 def _config_section(run_dir: Path) -> str:
-    path = run_dir / "config.yaml"
+    path = RunDir(run_dir).config
     if not path.is_file():
         return _missing("config.yaml not found.")
     try:
@@ -409,7 +398,7 @@ def _run_name(run_dir: Path) -> str:
     try:
         import yaml
 
-        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        config = yaml.safe_load(RunDir(run_dir).config.read_text(encoding="utf-8"))
         name = ((config or {}).get("output") or {}).get("run_name")
         if name:
             return str(name)
@@ -424,10 +413,11 @@ def _run_name(run_dir: Path) -> str:
 def render_report(run_dir: Path) -> str:
     """The report page as a string (``build_report`` writes it)."""
     run_dir = Path(run_dir)
-    dataset, dataset_problem = _load_json(run_dir / "dataset.json")
+    run = RunDir(run_dir)
+    dataset, dataset_problem = _load_json(run.dataset)
     try:
-        rows = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
-        rows_problem = None if rows or (run_dir / "metrics.jsonl").is_file() else "metrics.jsonl not found"
+        rows = run.read_history()
+        rows_problem = None if rows or run.history.is_file() else "metrics.jsonl not found"
     except (OSError, UnicodeDecodeError) as err:
         rows, rows_problem = [], f"metrics.jsonl could not be read ({err})"
     rows = [r for r in rows if isinstance(r, dict)]
@@ -478,6 +468,6 @@ def render_report(run_dir: Path) -> str:
 def build_report(run_dir: Path) -> Path:
     """Write RUN/report.html and return its path."""
     run_dir = Path(run_dir)
-    path = run_dir / REPORT_FILE
+    path = RunDir(run_dir).report
     atomic_write_text(path, render_report(run_dir))
     return path

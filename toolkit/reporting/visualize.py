@@ -12,15 +12,13 @@ A plot whose inputs are missing is skipped with one warning line; the others are
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 
-from toolkit.cli import ArgumentParser, DataError, UsageError, run_cli
-from toolkit.fileio import read_jsonl
+from toolkit.cli import ArgumentParser, DataError, UsageError
+from toolkit.formats import Predictions, RunDir
 
 FILE_PLOTS = ("roc", "pr", "confusion", "curves")
 MODEL_PLOTS = ("grid", "gradcam", "features", "filters")
@@ -38,54 +36,15 @@ def skip(name: str, why: str) -> None:
     warn(f"skipped {name} plot: {why}")
 
 
-@dataclass
-class Predictions:
-    keys: list[str]
-    labels: list[int]
-    prob_dog: list[float]
-    breeds: list[str]
-
-
-def read_predictions(path: Path) -> Predictions:
-    """RUN/eval/<split>/predictions.csv (key,label,prob_dog,pred,breed)."""
-    out = Predictions([], [], [], [])
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"key", "label", "prob_dog"} - set(reader.fieldnames or [])
-        if missing:
-            raise DataError(f"{path} lacks column(s) {', '.join(sorted(missing))}; rerun python -m toolkit.evaluate")
-        for line, row in enumerate(reader, start=2):
-            try:
-                out.labels.append(int(row["label"]))
-                out.prob_dog.append(float(row["prob_dog"]))
-            except (TypeError, ValueError):
-                raise DataError(f"{path}:{line}: bad label or prob_dog ({row.get('label')!r}, {row.get('prob_dog')!r})") from None
-            out.keys.append(row["key"])
-            out.breeds.append(row.get("breed") or "")
-    return out
-
-
-def read_run_config(run_dir: Path) -> dict:
-    """config.yaml as a plain dict ({} when absent: file-only plots still work)."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        return {}
-    from toolkit.config import read_yaml_mapping
-
-    return read_yaml_mapping(path)
-
-
 def _section(config: dict, name: str) -> dict:
     value = config.get(name)
     return value if isinstance(value, dict) else {}
 
 
-def _threshold(run_dir: Path, split: str, config: dict) -> float:
+def _threshold(run: RunDir, split: str, config: dict) -> float:
     """The threshold the evaluation used: metrics.json's, else the config's, else 0.5."""
-    import json
-
     try:
-        value = json.loads((run_dir / "eval" / split / "metrics.json").read_text(encoding="utf-8")).get("threshold")
+        value = run.read_metrics(split).get("threshold")
         if isinstance(value, (int, float)):
             return float(value)
     except (OSError, ValueError, AttributeError):
@@ -109,13 +68,13 @@ def _shards_problem(shards: Optional[str]) -> Optional[str]:
 def load_model(run_dir: Path) -> tuple[Any, dict]:
     from toolkit.training.checkpoint import load_model_file
 
-    return load_model_file(run_dir / "model.safetensors")
+    return load_model_file(RunDir(run_dir).model)
 
 
 def load_images(shards: str, split: str, keys: set[str], meta: dict, config: dict) -> dict[str, Any]:
     """Eval-transformed image tensors [3,H,W] by key, preprocessed exactly as the model saw them."""
     from toolkit.config import load_config
-    from toolkit.data.loader import build_eval_transform, read_samples
+    from toolkit.data import build_eval_transform, read_samples
 
     image_size = int(meta.get("image_size") or _section(config, "data").get("image_size") or 224)
     resize_size = int(meta.get("resize_size") or _section(config, "data").get("resize_size") or image_size)
@@ -125,8 +84,13 @@ def load_images(shards: str, split: str, keys: set[str], meta: dict, config: dic
 
 
 def make_plots(run_dir: Path, *, what: Optional[set[str]] = None, split: str = "test", num_images: int = 8,
-               shards: Optional[str] = None) -> list[Path]:
-    """Write the requested plots into RUN/plots and return their paths; unmakeable ones are skipped with a warning."""
+               shards: Optional[str] = None, predictions: Optional[Predictions] = None,
+               model_and_meta: Optional[tuple[Any, dict]] = None) -> list[Path]:
+    """Write the requested plots into RUN/plots and return their paths; unmakeable ones are skipped with a warning.
+
+    After training, ``finish_run`` passes the predictions and the model it already holds; the
+    command reads them from the run folder.
+    """
     from toolkit.reporting import plots
     from toolkit.evaluation.metrics import threshold_metrics
 
@@ -137,23 +101,23 @@ def make_plots(run_dir: Path, *, what: Optional[set[str]] = None, split: str = "
     unknown = what - set(ALL_PLOTS)
     if unknown:
         raise UsageError(f"unknown plot(s) {', '.join(sorted(unknown))}; choose from {','.join(ALL_PLOTS)} or all")
-    config = read_run_config(run_dir)
-    out_dir = run_dir / "plots"
+    run = RunDir(run_dir)
+    config = run.read_config()
+    out_dir = run.plots
     made: list[Path] = []
 
-    predictions: Optional[Predictions] = None
-    if what & set(NEEDS_PREDICTIONS):
-        path = run_dir / "eval" / split / "predictions.csv"
+    if what & set(NEEDS_PREDICTIONS) and predictions is None:
+        path = run.predictions(split)
         problem = None
         if path.is_file():
             try:
-                predictions = read_predictions(path)
+                predictions = run.read_predictions(split)
                 if not predictions.labels:
                     predictions, problem = None, f"{path} has no rows"
             except DataError as err:
                 problem = str(err)
         else:
-            evaluated = sorted(p.parent.name for p in (run_dir / "eval").glob("*/predictions.csv"))
+            evaluated = run.evaluated_splits()
             hint = f" (evaluated splits: {', '.join(evaluated)}; use --split)" if evaluated else \
                 " (run python -m toolkit.evaluate first)"
             problem = f"{path} not found{hint}"
@@ -161,7 +125,7 @@ def make_plots(run_dir: Path, *, what: Optional[set[str]] = None, split: str = "
             for name in sorted(what & set(NEEDS_PREDICTIONS), key=ALL_PLOTS.index):
                 skip(name, problem)
             what -= set(NEEDS_PREDICTIONS)
-    threshold = _threshold(run_dir, split, config)
+    threshold = _threshold(run, split, config)
 
     if "roc" in what:
         made.append(plots.plot_roc(predictions.labels, predictions.prob_dog, out_dir / f"roc_{split}.png",
@@ -177,8 +141,8 @@ def make_plots(run_dir: Path, *, what: Optional[set[str]] = None, split: str = "
         except ValueError as err:
             skip("confusion", str(err))
     if "curves" in what:
-        path = run_dir / "metrics.jsonl"
-        rows = read_jsonl(path) if path.is_file() else []
+        path = run.history
+        rows = run.read_history()
         if rows:
             made.append(plots.plot_training_curves(rows, out_dir / "training_curves.png",
                                                    title=f"Training curves ({run_dir.name})"))
@@ -189,7 +153,7 @@ def make_plots(run_dir: Path, *, what: Optional[set[str]] = None, split: str = "
     if not wanted:
         return made
     try:
-        model, meta = load_model(run_dir)
+        model, meta = model_and_meta if model_and_meta is not None else load_model(run_dir)
     except (UsageError, DataError, OSError, KeyError, ValueError) as err:
         for name in sorted(wanted, key=ALL_PLOTS.index):
             skip(name, f"cannot load the model: {err}")

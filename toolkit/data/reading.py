@@ -1,0 +1,166 @@
+"""Reading tars into raw samples (bytes), counting every sample that cannot be used.
+
+Shards open with webdataset's ``gopen`` (``pipe:``, ``gs:``, ``hf:``, ``ais:`` and the other schemes
+it knows); local files with ``open`` and http(s) with ``urllib`` (a timeout and an HTTP error we
+can name, where gopen's curl pipe only reports an exit status). Members are grouped into
+samples with webdataset's key convention (``base_plus_ext``) by our own loop, because it must
+count a shard that ends early as lost samples for the rank that owned them, which
+``tar_file_expander``'s exception handler cannot tell.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tarfile
+import urllib.request
+from typing import Callable, Iterator, Optional, Sequence
+
+from PIL import Image
+from webdataset.gopen import gopen
+from webdataset.tariterators import base_plus_ext
+
+from toolkit.cli import DataError
+from toolkit.data.locations import URL_TIMEOUT_S, Shard, is_local, is_remote
+from toolkit.data.transforms import decode_jpeg
+
+log = logging.getLogger(__name__)
+
+MAX_WARNINGS = 20  # per process; further bad samples are still counted
+
+_warnings_given = 0
+
+
+class Skips:
+    """Counts bad samples (or, in strict mode, stops at the first one)."""
+
+    def __init__(self, strict: bool):
+        self.strict = strict
+        self.count = 0
+
+    def report(self, url: str, key: str, reason: str, n: int = 1) -> None:
+        global _warnings_given
+        message = f"{url}: sample {key}: {reason}"
+        if self.strict:
+            raise DataError(f"{message} (data.strict=true; set it to false to skip and count bad samples)")
+        self.count += n
+        _warnings_given += 1
+        if _warnings_given <= MAX_WARNINGS:
+            log.warning("skipping %d bad sample(s): %s", n, message)
+        elif _warnings_given == MAX_WARNINGS + 1:
+            log.warning("more bad samples: counted in the skipped totals, no longer warned about one by one")
+
+    def take(self) -> int:
+        count, self.count = self.count, 0
+        return count
+
+
+def open_shard(url: str):
+    if is_local(url):
+        return open(url, "rb")
+    if is_remote(url):
+        return urllib.request.urlopen(url, timeout=URL_TIMEOUT_S)
+    return gopen(url, "rb")
+
+
+def tar_samples(stream) -> Iterator[dict]:
+    """Group consecutive tar members sharing a key into ``{"__key__": key, ext: bytes}``.
+
+    Member names are only ever used as strings, never as paths on disk.
+    """
+    current: Optional[dict] = None
+    with tarfile.open(fileobj=stream, mode="r|*") as tar:
+        for member in tar:
+            key, ext = base_plus_ext(member.name) if member.isfile() else (None, None)
+            if key is None:
+                continue
+            data = tar.extractfile(member).read()
+            if current is not None and current["__key__"] != key:
+                yield current
+                current = None
+            if current is None:
+                current = {"__key__": key}
+            current[ext] = data
+    if current is not None:
+        yield current
+
+
+def read_shards(shards: Sequence[Shard], skips: Skips,
+                 owner: Optional[Callable[[int], bool]] = None) -> Iterator[dict]:
+    """Raw samples of ``shards`` in order, tagged with ``__url__``; with ``owner``, only indices it accepts.
+
+    A shard that cannot be opened or ends early loses the samples info.json says it still
+    had; they count as skipped (for their owner), so sample indices stay the same in every slot.
+    """
+    index = 0
+    for url, expected in shards:
+        read, last_key, error = 0, None, None
+        stream = None
+        try:
+            stream = open_shard(url)
+            for sample in tar_samples(stream):
+                read, last_key = read + 1, sample["__key__"]
+                index += 1
+                if owner is None or owner(index - 1):
+                    sample["__url__"] = url
+                    yield sample
+        except (OSError, tarfile.TarError, EOFError) as err:
+            error = f"shard unreadable ({type(err).__name__}: {err})"
+        finally:
+            if stream is not None:
+                with contextlib.suppress(Exception):  # a pipe closed early reports SIGPIPE
+                    stream.close()
+        if error is None and expected is not None and read < expected:
+            error = f"shard ends early (a tar cut inside a header reads as a clean end), {read} of {expected} read"
+        if error is None:
+            continue
+        lost = max(expected - read, 0) if expected is not None else 1
+        mine = sum(1 for i in range(index, index + lost) if owner is None or owner(i))
+        index += lost
+        if mine or skips.strict:
+            where = f"after {last_key}" if last_key is not None else "(whole shard)"
+            skips.report(url, where, f"{error}; {lost} of its samples lost", n=mine)
+
+
+def bad_reason(sample: dict, num_classes: int) -> Optional[str]:
+    """Why a raw sample cannot be used (checks that need no decoding), or None; sets ``__label__``."""
+    if "jpg" not in sample:
+        return "no jpg"
+    if "cls" not in sample:
+        return "no cls"
+    try:
+        label = int(sample["cls"].decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        return f"cls {sample['cls'][:16]!r} is not an integer"
+    if not 0 <= label < num_classes:
+        return f"label {label} outside 0..{num_classes - 1}"
+    sample["__label__"] = label
+    return None
+
+
+def usable(samples: Iterator[dict], skips: Skips, num_classes: int) -> Iterator[dict]:
+    for sample in samples:
+        reason = bad_reason(sample, num_classes)
+        if reason is None:
+            yield sample
+        else:
+            skips.report(sample["__url__"], sample["__key__"], reason)
+
+
+def decode_sample(sample: dict, hint: int, skips: Skips) -> Optional[Image.Image]:
+    try:
+        return decode_jpeg(sample["jpg"], hint)
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... on broken files
+        skips.report(sample["__url__"], sample["__key__"], f"cannot decode jpg ({type(err).__name__}: {err})")
+        return None
+
+
+def header_ok(sample: dict, skips: Skips) -> bool:
+    """What a skipped (not decoded) batch can check cheaply: that the bytes open as an image."""
+    try:
+        Image.open(io.BytesIO(sample["jpg"]))
+        return True
+    except Exception as err:
+        skips.report(sample["__url__"], sample["__key__"], f"cannot decode jpg ({type(err).__name__}: {err})")
+        return False

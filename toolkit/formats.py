@@ -1,0 +1,300 @@
+"""The two on-disk formats that connect the stages, each defined once.
+
+* The **shard manifest** (``info.json`` beside the tar shards) is what training trusts blindly:
+  sample counts give every rank the same number of steps, class names size the model's head,
+  normalization comes from the train split. ``make_shards`` writes it, the loader, evaluation,
+  ``--verify`` and the tools read it, all through the functions here.
+* The **run folder** (``runs/NAME/``) is what training leaves behind and what evaluation,
+  reports, ``visualize``, ``compare_recipes`` and W&B read. ``RunDir`` names every file in it and
+  reads and writes the typed results, so no module spells a file name of its own.
+
+The layout of both is described for users in ``docs/architecture.md`` and ``shards/README.md``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from toolkit.cli import DataError, UsageError
+from toolkit.config import dump_yaml, read_yaml_mapping
+from toolkit.fileio import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+
+# ---------------------------------------------------------------------------------------------
+# The shard manifest
+
+MANIFEST_NAME = "info.json"
+MANIFEST_VERSION = 1
+SPLITS = ("train", "val", "test")
+SHARD_NAME = re.compile(r"^(train|val|test)-\d{6}\.tar$")
+PACK_HINT = "create them with `python -m toolkit.make_shards --source <Oxford-IIIT Pet folder> --out <shard folder>`"
+MANIFEST_KEYS = ("format_version", "dataset", "synthetic", "classes", "splits", "normalization", "skipped",
+                 "unlisted", "options")
+_SHARD_FIELDS = {"name": str, "num_samples": int, "bytes": int, "sha256": str}
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:06d}.tar"
+
+
+def manifest_problem(info: Any, *, complete: bool = False) -> Optional[str]:
+    """What is wrong with a manifest, or None.
+
+    Readers of the data need only the version and each split's shard list (``complete=False``);
+    the packer and ``--verify`` insist on every key and the per-shard sha256 and byte counts.
+    """
+    if not isinstance(info, dict):
+        return "not a JSON object"
+    if complete:
+        missing = [key for key in MANIFEST_KEYS if key not in info]
+        if missing:
+            return f"lacks {', '.join(missing)}"
+    if info.get("format_version") != MANIFEST_VERSION:
+        return f"format_version is {info.get('format_version')!r}, this toolkit reads {MANIFEST_VERSION}"
+    splits = info.get("splits")
+    if not isinstance(splits, dict) or not splits:
+        return "no 'splits'"
+    if complete and sorted(splits) != sorted(SPLITS):
+        return f"must describe the splits {', '.join(SPLITS)}"
+    for name, split in splits.items():
+        if complete and not _complete_split(split):
+            return (f"split {name!r} lacks num_samples, class_counts or a shard list with name, num_samples, "
+                    "bytes and sha256")
+        try:
+            int(split["num_samples"])
+            for shard in split["shards"]:
+                str(shard["name"]), int(shard["num_samples"])
+        except (KeyError, TypeError, ValueError):
+            return f"split {name!r} lacks num_samples or a shard list with name and num_samples"
+    return None
+
+
+def _complete_split(meta: object) -> bool:
+    return (isinstance(meta, dict) and isinstance(meta.get("num_samples"), int)
+            and isinstance(meta.get("class_counts"), dict) and isinstance(meta.get("shards"), list)
+            and all(isinstance(shard, dict) and all(isinstance(shard.get(k), t) for k, t in _SHARD_FIELDS.items())
+                    for shard in meta["shards"]))
+
+
+def parse_manifest(text: str, where: str, *, complete: bool = False, hint: str = PACK_HINT) -> dict:
+    """A manifest from its JSON text; ``where`` and ``hint`` go into the one-line error."""
+    try:
+        info = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{where} is not valid JSON ({err}); re-create the shards: {hint}") from None
+    problem = manifest_problem(info, complete=complete)
+    if problem:
+        raise UsageError(f"{where}: {problem}; re-create the shards: {hint}")
+    return info
+
+
+def read_manifest(folder: Union[str, Path]) -> dict:
+    """The complete manifest of a local shard folder (for ``--verify`` and the packer's own checks)."""
+    path = Path(folder) / MANIFEST_NAME
+    hint = f"make shards with: python -m toolkit.make_shards --source DIR --out {folder}"
+    if not path.is_file():
+        raise UsageError(f"no {MANIFEST_NAME} in {folder}: not a shard folder, or an unfinished run; {hint}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"{path} is unreadable ({err}); {hint}") from None
+    return parse_manifest(text, str(path), complete=True, hint=hint)
+
+
+def write_manifest(folder: Path, info: dict) -> None:
+    problem = manifest_problem(info, complete=True)
+    if problem:  # a bug in the packer, never user input
+        raise ValueError(f"refusing to write an incomplete manifest: {problem}")
+    atomic_write_json(Path(folder) / MANIFEST_NAME, info)
+
+
+def split_info(info: dict, split: str) -> dict:
+    if split not in info["splits"]:
+        raise UsageError(f"split {split!r} is not in the shards (they have: {', '.join(info['splits'])})")
+    return info["splits"][split]
+
+
+def split_size(info: dict, split: str) -> int:
+    return int(split_info(info, split)["num_samples"])
+
+
+def class_names(info: dict) -> list[str]:
+    return list(info.get("classes") or ["cat", "dog"])
+
+
+def dataset_summary(info: dict, shards: str) -> dict:
+    """What a run records about its data (``RUN/dataset.json``, the report, W&B)."""
+    return {
+        "shards": shards,
+        "dataset": info.get("dataset"),
+        "synthetic": bool(info.get("synthetic")),
+        "classes": info.get("classes"),
+        "splits": {name: {"num_samples": s.get("num_samples"), "class_counts": s.get("class_counts"),
+                          "num_shards": len(s.get("shards", []))} for name, s in info.get("splits", {}).items()},
+        "normalization": info.get("normalization"),
+        "skipped": info.get("skipped", []),
+        "unlisted": info.get("unlisted"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The run folder
+
+
+@dataclass
+class Predictions:
+    """One split's per-sample predictions, as ``eval/<split>/predictions.csv`` stores them."""
+
+    keys: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    prob_dog: list[float] = field(default_factory=list)
+    breeds: list[str] = field(default_factory=list)
+
+    def to_csv(self, threshold: float) -> str:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["key", "label", "prob_dog", "pred", "breed"])
+        for key, label, prob, breed in zip(self.keys, self.labels, self.prob_dog, self.breeds):
+            writer.writerow([key, int(label), f"{prob:.6f}", int(prob >= threshold), breed])
+        return buffer.getvalue()
+
+    @classmethod
+    def from_csv(cls, path: Path) -> "Predictions":
+        out = cls()
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = {"key", "label", "prob_dog"} - set(reader.fieldnames or [])
+            if missing:
+                raise DataError(f"{path} lacks column(s) {', '.join(sorted(missing))}; rerun python -m toolkit.evaluate")
+            for line, row in enumerate(reader, start=2):
+                try:
+                    out.labels.append(int(row["label"]))
+                    out.prob_dog.append(float(row["prob_dog"]))
+                except (TypeError, ValueError):
+                    raise DataError(f"{path}:{line}: bad label or prob_dog "
+                                    f"({row.get('label')!r}, {row.get('prob_dog')!r})") from None
+                out.keys.append(row["key"])
+                out.breeds.append(row.get("breed") or "")
+        return out
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Every file of a run folder, and the typed reads and writes of its results."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    # what training writes
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"  # the resolved config, secrets redacted
+
+    @property
+    def dataset(self) -> Path:
+        return self.root / "dataset.json"  # the manifest's summary (see dataset_summary)
+
+    @property
+    def history(self) -> Path:
+        return self.root / "metrics.jsonl"  # one row per finished epoch
+
+    @property
+    def final(self) -> Path:
+        return self.root / "final.json"  # step, best epoch, per-rank weight checksums
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model.safetensors"  # the best epoch's weights (by val ROC-AUC)
+
+    @property
+    def last_model(self) -> Path:
+        return self.root / "last.safetensors"  # the last epoch's weights
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"  # step-XXXXXXXX/ folders for resuming
+
+    @property
+    def wandb(self) -> Path:
+        return self.root / "wandb"
+
+    @property
+    def wandb_run_id(self) -> Path:
+        return self.wandb / "run_id.txt"  # a resumed run continues the same W&B run
+
+    # what evaluation and reporting write
+    def eval_dir(self, split: str) -> Path:
+        return self.root / "eval" / split
+
+    def eval_metrics(self, split: str) -> Path:
+        return self.eval_dir(split) / "metrics.json"
+
+    def predictions(self, split: str) -> Path:
+        return self.eval_dir(split) / "predictions.csv"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    # typed reads and writes
+    def evaluated_splits(self) -> list[str]:
+        return sorted(p.parent.name for p in (self.root / "eval").glob("*/predictions.csv"))
+
+    def write_config(self, config: dict) -> None:
+        atomic_write_text(self.config, dump_yaml(config))
+
+    def read_config(self) -> dict:
+        """config.yaml as a plain dict ({} when absent, so file-only plots still work)."""
+        return read_yaml_mapping(self.config) if self.config.is_file() else {}
+
+    def write_dataset(self, summary: dict) -> None:
+        atomic_write_json(self.dataset, summary)
+
+    def read_dataset(self) -> dict:
+        return json.loads(self.dataset.read_text(encoding="utf-8"))
+
+    def read_history(self) -> list[dict]:
+        return read_jsonl(self.history) if self.history.is_file() else []
+
+    def append_history(self, row: dict) -> None:
+        append_jsonl(self.history, row)
+
+    def keep_history_until(self, epoch: int) -> None:
+        """Drop rows of epochs a resumed run will redo (they were written after its checkpoint)."""
+        rows = self.read_history()
+        atomic_write_text(self.history, "".join(json.dumps(r) + "\n" for r in rows if r["epoch"] <= epoch))
+
+    def write_final(self, final: dict) -> None:
+        atomic_write_json(self.final, final)
+
+    def read_final(self) -> dict:
+        return json.loads(self.final.read_text(encoding="utf-8"))
+
+    def write_evaluation(self, split: str, metrics: dict, predictions: Predictions, threshold: float,
+                         out_dir: Optional[Path] = None) -> None:
+        """``metrics.json`` + ``predictions.csv`` of one split (into ``out_dir`` when given)."""
+        folder = Path(out_dir) if out_dir is not None else self.eval_dir(split)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / "predictions.csv", predictions.to_csv(threshold))
+        atomic_write_json(folder / "metrics.json", metrics)
+
+    def read_metrics(self, split: str) -> dict:
+        return json.loads(self.eval_metrics(split).read_text(encoding="utf-8"))
+
+    def read_predictions(self, split: str) -> Predictions:
+        return Predictions.from_csv(self.predictions(split))
+
+    def has_results(self, split: str) -> bool:
+        return self.final.is_file() and self.eval_metrics(split).is_file()
+

@@ -1,0 +1,63 @@
+"""The end of a training run: evaluate the best model, then plots, the HTML report and W&B.
+
+Evaluation hands back in-memory results; everything here presents them. The best model is
+loaded once and the predictions are passed on, not written and read back.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from toolkit.data.samples import read_samples
+from toolkit.evaluation.evaluate import EvalResult, evaluate_split, score
+from toolkit.formats import RunDir
+from toolkit.reporting.report import build_report
+from toolkit.reporting.tracking import Tracker
+from toolkit.reporting.visualize import make_plots
+from toolkit.training.checkpoint import load_model_file
+
+PREDICTION_TABLE_ROWS = 64
+
+
+def finish_run(accelerator, cfg, info: dict, run: RunDir, mean, std, tracker: Tracker) -> dict:
+    """The best model on val (which also tunes the threshold reported beside) and test; then report."""
+    model, meta = load_model_file(run.model)
+    model.to(accelerator.device)
+    class_names = meta.get("class_names", ["cat", "dog"])
+    results = {"val": evaluate_split(accelerator, model, cfg, info, "val", mean, std)}
+    if cfg.eval.test_split:
+        results[cfg.eval.test_split] = evaluate_split(accelerator, model, cfg, info, cfg.eval.test_split, mean, std)
+    summary: dict = {"splits": {}}
+    if not accelerator.is_main_process:
+        return summary
+    for name, result in results.items():
+        metrics = score(result, threshold=cfg.eval.threshold, class_names=class_names,
+                        tuning=results["val"] if name != "val" else None,
+                        extra={"model_epoch": meta.get("epoch"), "synthetic": bool(info.get("synthetic"))})
+        run.write_evaluation(name, metrics, result.predictions(), cfg.eval.threshold)
+        summary["splits"][name] = metrics
+        tracker.log_curves(result.labels, result.prob_dog, class_names, name)
+        tracker.summary({f"{name}/{k}": metrics.get(k) for k in ("accuracy", "roc_auc", "average_precision", "loss")})
+    shown = results.get(cfg.eval.test_split or "val")
+    if cfg.eval.plots and shown is not None:
+        plots = make_plots(run.root, split=shown.split, num_images=cfg.eval.num_images, shards=cfg.data.shards,
+                           predictions=shown.predictions(), model_and_meta=(model.cpu(), meta))
+        tracker.log_images({p.stem: p for p in plots})
+    log_prediction_table(tracker, cfg, shown)
+    summary["report"] = str(build_report(run.root))
+    tracker.log_model(run.model, {k: v for k, v in meta.items() if k != "config"})
+    return summary
+
+
+def log_prediction_table(tracker: Tracker, cfg, result: Optional[EvalResult], limit: int = PREDICTION_TABLE_ROWS) -> None:
+    if result is None or not len(result.keys):
+        return
+    wanted = set(result.keys[:limit])
+    images = {s["key"]: s["image"] for s in read_samples(cfg.data.shards, result.split, keys=wanted)}
+    rows, pictures = [], []
+    for key, label, prob, breed in zip(result.keys[:limit], result.labels, result.prob_dog, result.breeds):
+        if key in images:
+            rows.append({"key": key, "label": int(label), "prob_dog": float(prob),
+                         "pred": int(prob >= cfg.eval.threshold), "breed": breed})
+            pictures.append(images[key])
+    tracker.log_predictions_table(rows, pictures)

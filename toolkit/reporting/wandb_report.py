@@ -1,0 +1,747 @@
+"""Build a Weights & Biases Report from local training runs, for review in W&B.
+
+    python -m toolkit.wandb_report --project pets-toolkit --group strong --runs-dir runs/compare/runs
+    python -m toolkit.wandb_report --project pets-toolkit --runs 1a2b3c4d 5e6f7g8h --dry-run
+    python -m toolkit.wandb_report --publish runs/wandb-report.json
+
+The runs are found on disk: every run folder that logged to W&B holds ``wandb/run_id.txt`` and
+the W&B run log ``wandb/*run-*/run-ID.wandb``, which is read back to learn which keys the run
+really logged. The report has a header (model, recipe, data), the headline table of test metrics
+(mean ± std over seeds when runs named ``<recipe>-seed<N>`` form a group, as ``compare_recipes``
+names them), and panels over the runs: validation curves per epoch, loss and learning rate per
+step, throughput, the ROC/PR/confusion charts per split, the predictions table and a run comparer.
+A panel is only added when some selected run logged its keys, so no panel is ever empty by typo.
+
+With an API key and a network the report is saved and its URL printed. Otherwise (no key,
+``WANDB_MODE=offline``, no network, ``--dry-run``) the report's specification is written as JSON
+with the commands that upload the runs and publish it later (``--publish FILE``). Nothing here
+writes to a run folder or touches training; the spec file is the only output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import struct
+import sys
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+from toolkit.cli import ArgumentParser, DataError, UsageError
+from toolkit.compare_recipes import mean_std
+from toolkit.config import read_yaml_mapping
+from toolkit.fileio import atomic_write_json
+from toolkit.reporting.tracking import has_api_key, redact_secrets
+
+SPEC_FORMAT = "pets-toolkit/wandb-report/1"
+SPEC_FILE = "wandb-report.json"
+INSTALL_HINT = 'pip install -e ".[report]"'
+# W&B refuses these characters in a project name, and names longer than this.
+BAD_PROJECT_CHARS = "/\\#?%:"
+MAX_PROJECT_LEN = 128
+MAX_TITLE_LEN = 128  # wandb_workspaces' Report.title limit
+RUN_SEARCH_DEPTH = 3  # runs/NAME, runs/compare/runs/NAME: run folders sit at most this deep under --runs-dir
+SEED_SUFFIX = re.compile(r"-seed\d+$")  # compare_recipes names its runs <recipe>-seed<N>
+RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+# Run-folder files this module reads (what training writes; see toolkit/training/loop.py).
+CONFIG_FILE, DATASET_FILE, FINAL_FILE = "config.yaml", "dataset.json", "final.json"
+RUN_ID_FILE = Path("wandb") / "run_id.txt"
+
+# Keys as toolkit.reporting.tracking.Tracker logs them: the loop logs train/* every few steps and
+# epoch/<metrics.jsonl column> once per epoch at the optimizer step; evaluation logs summaries,
+# charts (<split>/roc_curve, ...) and the predictions table.
+STEP_X = "Step"            # W&B's name for the history step (the optimizer step here)
+EPOCH_X = "epoch/epoch"    # the epoch number logged in every epoch row
+LINE_SECTIONS = (
+    ("Validation per epoch", EPOCH_X, (("val ROC-AUC", "epoch/val_auc"), ("val loss", "epoch/val_loss"),
+                                       ("val accuracy", "epoch/val_acc"))),
+    ("Training per step", STEP_X, (("train loss", "train/loss"), ("learning rate", "train/lr"))),
+    ("Throughput per epoch", EPOCH_X, (("images per second", "epoch/img_per_s"),
+                                       ("fraction of time waiting for data", "epoch/data_wait_frac"))),
+)
+CHART_SUFFIXES = {"roc_curve": "ROC", "pr_curve": "precision-recall", "confusion_matrix": "confusion matrix"}
+PREDICTIONS_SUFFIX = "/predictions"
+SUMMARY_COLUMNS = ("roc_auc", "accuracy", "average_precision", "loss")  # <split>/<name> in the run summary
+# (metrics.json key, label) of the headline table; per-class rows follow in the classification-report layout
+HEADLINE = (("roc_auc", "ROC-AUC"), ("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
+            ("average_precision", "average precision (dog)"), ("loss", "loss"))
+# Grid sizes (24 columns): three line plots or charts a row, tables and comparer full width.
+LAYOUT = {"line": (8, 6), "chart": (8, 8), "table": (24, 14), "media": (24, 10), "run_comparer": (24, 12)}
+
+# ---------------------------------------------------------------------------------------------
+# Reading a W&B run log back (offline or online runs write the same file)
+
+_BLOCK = 32 * 1024  # LevelDB log: 32 KiB blocks of crc32/length/type-framed chunks
+_HEADER = 7         # ":W&B" + 2-byte magic + 1-byte version, and the size of every chunk header
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+def _raw_records(data: bytes) -> Iterator[bytes]:
+    """The record payloads of a ``.wandb`` file; stops at a torn tail (a run still writing or killed)."""
+    pos, pending = _HEADER, b""
+    while pos + _HEADER <= len(data):
+        left_in_block = _BLOCK - pos % _BLOCK
+        if left_in_block < _HEADER:  # too small for a chunk header: zero padding
+            pos += left_in_block
+            continue
+        crc, length, kind = struct.unpack("<IHB", data[pos:pos + _HEADER])
+        chunk = data[pos + _HEADER:pos + _HEADER + length]
+        if (kind == 0 and length == 0) or len(chunk) < length or zlib.crc32(bytes([kind]) + chunk) != crc:
+            return
+        pos += _HEADER + length
+        if kind == _FULL:
+            yield chunk
+        elif kind == _FIRST:
+            pending = chunk
+        elif kind == _MIDDLE:
+            pending += chunk
+        elif kind == _LAST:
+            yield pending + chunk
+
+
+def read_wandb_records(path: Path) -> Iterator[Any]:
+    """``wandb.proto`` Records of one ``.wandb`` file, in the order W&B wrote them."""
+    from wandb.proto import wandb_internal_pb2  # heavy; only needed when reading logs
+
+    data = Path(path).read_bytes()
+    if data[:4] != b":W&B":
+        raise DataError(f"{path} is not a W&B run log (no :W&B header); was it truncated or replaced?")
+    for raw in _raw_records(data):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        yield record
+
+
+@dataclass
+class RunLog:
+    """What one W&B run logged: keys with their kind, summary scalars, chart specs, where it went."""
+
+    run_id: str
+    project: str = ""
+    entity: str = ""
+    keys: dict[str, str] = field(default_factory=dict)  # key -> scalar | table | image | chart | <W&B type>
+    summary: dict[str, Any] = field(default_factory=dict)
+    charts: dict[str, dict] = field(default_factory=dict)  # chart key -> W&B panel config
+
+
+_MEDIA_KINDS = {"table-file": "table", "image-file": "image"}
+
+
+def _note_item(log: RunLog, item: Any, summary: bool) -> None:
+    """One history/summary item. Media arrive flattened: nested_key [key, field] with a ``_type`` field."""
+    path = list(item.nested_key) or [item.key]
+    key = path[0]
+    if key.startswith("_"):  # _step, _runtime, _timestamp, _wandb: W&B's own
+        return
+    value = json.loads(item.value_json)
+    if len(path) > 1:
+        if path[1] == "_type":
+            log.keys[key] = _MEDIA_KINDS.get(value, value)
+        return
+    if isinstance(value, dict) and "_type" in value:
+        log.keys[key] = _MEDIA_KINDS.get(value["_type"], value["_type"])
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        log.keys.setdefault(key, "scalar")
+        if summary:
+            log.summary[key] = value
+
+
+def _note_config(log: RunLog, items: Any) -> None:
+    """Custom charts live in the config as ``_wandb.visualize.<key>``: the panel W&B draws."""
+    for item in items:
+        path = list(item.nested_key) or [item.key]
+        if path[:2] == ["_wandb", "visualize"] and len(path) == 3:
+            spec = json.loads(item.value_json)
+            log.charts[path[2]] = spec.get("panel_config", {})
+            log.keys[path[2]] = "chart"
+
+
+def read_run_log(files: Sequence[Path], run_id: str) -> RunLog:
+    """Merge the ``.wandb`` files of one W&B run (a resumed run has one per part)."""
+    log = RunLog(run_id)
+    for path in files:
+        for record in read_wandb_records(path):
+            kind = record.WhichOneof("record_type")
+            if kind == "run":
+                log.project, log.entity = record.run.project, record.run.entity
+                _note_config(log, record.run.config.update)
+            elif kind == "config":
+                _note_config(log, record.config.update)
+            elif kind == "history":
+                for item in record.history.item:
+                    _note_item(log, item, summary=False)
+            elif kind == "summary":
+                for item in record.summary.update:
+                    _note_item(log, item, summary=True)
+    return log
+
+
+def read_logged_keys(run_dir: Path) -> dict[str, str]:
+    """Every key the W&B run of a run folder logged, with its kind (scalar, table, image, chart)."""
+    run = load_run(Path(run_dir))
+    if run is None:
+        raise UsageError(f"{run_dir} has no W&B run ({RUN_ID_FILE} and wandb/*run-*/run-ID.wandb); "
+                         "train with tracking.wandb=offline or online")
+    return read_run_log(run.log_files, run.run_id).keys
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding the runs
+
+
+@dataclass
+class LocalRun:
+    """A training run folder that logged to W&B."""
+
+    run_dir: Path
+    run_id: str
+    log_files: list[Path]
+    config: dict
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def group(self) -> str:
+        """The recipe: ``strong-seed1`` belongs to ``strong``; other names stand alone."""
+        return SEED_SUFFIX.sub("", self.name) or self.name
+
+    @property
+    def needs_sync(self) -> list[Path]:
+        """Offline W&B folders not uploaded yet (``wandb sync`` leaves ``run-ID.wandb.synced``)."""
+        return [p.parent for p in self.log_files
+                if p.parent.name.startswith("offline-run-") and not p.with_suffix(".wandb.synced").exists()]
+
+
+def load_run(run_dir: Path) -> Optional[LocalRun]:
+    """The run in ``run_dir``, or None when it never logged to W&B (tracking disabled or failed)."""
+    try:
+        run_id = (run_dir / RUN_ID_FILE).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    if not RUN_ID.fullmatch(run_id):
+        return None
+    files = sorted((run_dir / "wandb").glob(f"*run-*-{run_id}/run-{run_id}.wandb"))
+    if not files:
+        return None
+    config_file = run_dir / CONFIG_FILE
+    return LocalRun(run_dir, run_id, files, read_yaml_mapping(config_file) if config_file.is_file() else {})
+
+
+def find_runs(runs_dir: Path) -> list[LocalRun]:
+    """W&B runs in ``runs_dir`` itself or in folders up to RUN_SEARCH_DEPTH levels below it."""
+    runs: dict[str, LocalRun] = {}
+    for depth in range(RUN_SEARCH_DEPTH + 1):
+        for id_file in sorted(runs_dir.glob("/".join(["*"] * depth + [str(RUN_ID_FILE)]))):
+            run = load_run(id_file.parent.parent)
+            if run is not None:
+                runs.setdefault(run.run_id, run)
+    return list(runs.values())
+
+
+def select_runs(runs: Sequence[LocalRun], runs_dir: Path, groups: Optional[Sequence[str]],
+                ids: Optional[Sequence[str]]) -> list[LocalRun]:
+    """The runs asked for, or a one-line UsageError that says what is there instead."""
+    if not runs:
+        raise UsageError(f"no W&B runs found in {runs_dir} (a run that logged to W&B has {RUN_ID_FILE} and "
+                         "wandb/*run-*/run-ID.wandb; train with tracking.wandb=offline or online, or pass --runs-dir)")
+    if groups:
+        there = sorted({run.group for run in runs})
+        missing = [g for g in groups if g not in there]
+        if missing:
+            raise UsageError(f"no runs of group {', '.join(map(repr, missing))} in {runs_dir} "
+                             f"(groups there: {', '.join(there)})")
+        return [run for g in groups for run in runs if run.group == g]
+    by_id = {**{run.name: run for run in runs}, **{run.run_id: run for run in runs}}
+    missing = [i for i in ids or [] if i not in by_id]
+    if missing:
+        shown = ", ".join(f"{run.name} ({run.run_id})" for run in runs[:10]) + (" ..." if len(runs) > 10 else "")
+        raise UsageError(f"run(s) {', '.join(missing)} not found in {runs_dir} (runs there: {shown})")
+    return list({by_id[i].run_id: by_id[i] for i in ids or []}.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Report content: header and headline tables from the run folders
+
+
+def _section(config: dict, name: str) -> dict:
+    value = config.get(name)
+    return value if isinstance(value, dict) else {}
+
+
+def _read_json(path: Path) -> Optional[Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def headline_split(run: LocalRun) -> str:
+    """The split the run's headline numbers come from: eval.test_split, else val."""
+    return _section(run.config, "eval").get("test_split") or "val"
+
+
+def describe_recipe(config: dict) -> str:
+    """One line on what was trained, from config.yaml."""
+    model, opt, sched = _section(config, "model"), _section(config, "optimizer"), _section(config, "scheduler")
+    train, data = _section(config, "train"), _section(config, "data")
+    blocks = "-".join(map(str, model.get("blocks_per_stage") or [])) or "default"
+    return (f"{model.get('arch', '?')} (blocks {blocks}, width {model.get('base_width', '?')}, "
+            f"{model.get('num_classes', '?')} classes), {opt.get('name', '?')} lr {opt.get('lr', '?')} "
+            f"weight decay {opt.get('weight_decay', '?')}, {sched.get('name', '?')} schedule, "
+            f"{train.get('epochs', '?')} epoch(s) x batch {train.get('batch_size', '?')}, "
+            f"precision {train.get('mixed_precision') or 'fp32'}, {data.get('image_size', '?')} px images")
+
+
+def describe_data(run: LocalRun) -> str:
+    """One line on the data, from the run's dataset.json (the shard manifest summary)."""
+    info = _read_json(run.run_dir / DATASET_FILE)
+    if not isinstance(info, dict):
+        return f"dataset summary missing ({run.run_dir / DATASET_FILE})"
+    splits = info.get("splits") or {}
+    sizes = " / ".join(f"{name} {s.get('num_samples', '?')}" for name, s in splits.items() if isinstance(s, dict))
+    kind = " (SYNTHETIC stand-in data)" if info.get("synthetic") else ""
+    return (f"{info.get('dataset', '?')}{kind}: {sizes} images, classes {', '.join(info.get('classes') or [])}; "
+            f"shards `{info.get('shards', '?')}`")
+
+
+def _seeds(runs: Sequence[LocalRun]) -> str:
+    return ", ".join(str(_section(r.config, "train").get("seed", "?")) for r in runs)
+
+
+def header_markdown(groups: dict[str, list[LocalRun]]) -> str:
+    """What was trained on which data, per group, and how the numbers below were chosen."""
+    lines = ["**What was trained**", ""]
+    for name, runs in groups.items():
+        lines.append(f"- **{name}** ({len(runs)} run(s), seeds {_seeds(runs)}): {describe_recipe(runs[0].config)}")
+    data = list(dict.fromkeys(describe_data(run) for runs in groups.values() for run in runs))
+    lines += ["", "**Data**", ""] + [f"- {line}" for line in data]
+    splits = sorted({headline_split(run) for runs in groups.values() for run in runs})
+    lines += ["", f"Each run keeps its best epoch by val ROC-AUC; the headline numbers are on the "
+              f"{', '.join(splits)} split at the run's decision threshold. Local run folders: "
+              + ", ".join(f"`{run.run_dir}`" for runs in groups.values() for run in runs)]
+    return "\n".join(lines)
+
+
+def _cell(stat: dict, digits: int = 4) -> str:
+    if stat["mean"] is None:
+        return "n/a"
+    if stat["std"] is None:
+        return f"{stat['mean']:.{digits}f}"
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def _split_metrics(run: LocalRun) -> Optional[dict]:
+    metrics = _read_json(run.run_dir / "eval" / headline_split(run) / "metrics.json")
+    return metrics if isinstance(metrics, dict) else None
+
+
+def _best_val_auc(run: LocalRun) -> Optional[float]:
+    final = _read_json(run.run_dir / FINAL_FILE)
+    return final.get("best_val_auc") if isinstance(final, dict) else None
+
+
+def headline_markdown(groups: dict[str, list[LocalRun]]) -> str:
+    """Test metrics per group (mean ± std over seeds), then each group's classification report."""
+    metrics = {name: [m for m in map(_split_metrics, runs) if m] for name, runs in groups.items()}
+    names = list(groups)
+    split = ", ".join(sorted({headline_split(run) for runs in groups.values() for run in runs}))
+    lines = [f"| {split} | " + " | ".join(f"{n} (n={len(metrics[n])})" for n in names) + " |",
+             "|---" * (len(names) + 1) + "|"]
+    for key, label in HEADLINE:
+        lines.append(f"| {label} | " + " | ".join(_cell(mean_std([m.get(key) for m in metrics[n]])) for n in names)
+                     + " |")
+    lines.append("| val ROC-AUC (model selection) | "
+                 + " | ".join(_cell(mean_std([_best_val_auc(r) for r in groups[n]])) for n in names) + " |")
+    lines.append("")
+    lines.append("Mean ± sample standard deviation over the runs of a group (seeds); one run: its value.")
+    for name in names:
+        lines += ["", f"**{name}**: classification report", ""] + classification_markdown(metrics[name])
+    return "\n".join(lines)
+
+
+def classification_markdown(runs: Sequence[dict]) -> list[str]:
+    """sklearn's classification-report layout as a markdown table, cells mean ± std over runs."""
+    if not runs:
+        return ["No evaluation found (eval/<split>/metrics.json): the runs did not finish."]
+    first = runs[0]
+    total = first.get("num_samples", "")
+    rows = [(name, [r["per_class"][name] for r in runs], first["per_class"][name].get("support", ""))
+            for name in first.get("class_names", [])]
+    lines = ["| | precision | recall | f1-score | support |", "|---|---|---|---|---|"]
+    for name, stats, support in rows:
+        lines.append(f"| {name} | " + " | ".join(_cell(mean_std([s.get(k) for s in stats]))
+                                                 for k in ("precision", "recall", "f1")) + f" | {support} |")
+    lines.append(f"| accuracy | | | {_cell(mean_std([r.get('accuracy') for r in runs]))} | {total} |")
+    for key, label in (("macro_avg", "macro avg"), ("weighted_avg", "weighted avg")):
+        lines.append(f"| {label} | " + " | ".join(_cell(mean_std([r[key].get(k) for r in runs]))
+                                                  for k in ("precision", "recall", "f1")) + f" | {total} |")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# The spec: the report as plain JSON, checked against what the runs logged
+
+
+def _group(runs: Sequence[LocalRun]) -> dict[str, list[LocalRun]]:
+    groups: dict[str, list[LocalRun]] = {}
+    for run in runs:
+        groups.setdefault(run.group, []).append(run)
+    return groups
+
+
+def panel_references(panel: dict) -> list[tuple[str, str]]:
+    """(key, kind) pairs a panel reads from the runs; each must have been logged for the panel to draw."""
+    kind = panel["type"]
+    if kind == "line":
+        return [(k, "scalar") for k in ([panel["x"]] if panel["x"] != STEP_X else []) + list(panel["y"])]
+    if kind == "chart":
+        return [(panel["chart"], "chart"), (panel["table"], "table")]
+    if kind == "table":
+        return [(panel["table"], "table")]
+    if kind == "media":
+        return [(k, "image") for k in panel["images"]]
+    return []  # run_comparer: the config, which every run has
+
+
+def _by_split(keys: Sequence[str]) -> list[str]:
+    """Splits in the order a reader wants: val first, then the rest as logged."""
+    splits = list(dict.fromkeys(k.rsplit("/", 1)[0] for k in keys))
+    return sorted(splits, key=lambda s: (s != "val", splits.index(s)))
+
+
+def candidate_sections(logs: Sequence[RunLog]) -> list[tuple[str, list[dict]]]:
+    """Every section the report could have: fixed line plots, plus the charts, tables and images logged."""
+    sections = [(title, [{"type": "line", "title": f"{label} per {'step' if x == STEP_X else 'epoch'}", "x": x,
+                          "y": [y]} for label, y in panels])
+                for title, x, panels in LINE_SECTIONS]
+    charts: dict[str, dict] = {}
+    for log in logs:
+        for key, config in log.charts.items():
+            charts.setdefault(key, config)
+    for split in _by_split([k for k in charts if k.rsplit("/", 1)[-1] in CHART_SUFFIXES]):
+        panels = []
+        for suffix in CHART_SUFFIXES:
+            config = charts.get(f"{split}/{suffix}")
+            if config is not None:
+                table = _chart_table(config) or f"{split}/{suffix}_table"
+                panels.append({"type": "chart", "title": f"{split} {CHART_SUFFIXES[suffix]}",
+                               "chart": f"{split}/{suffix}", "table": table,
+                               "vega": config.get("panelDefId", ""), "fields": config.get("fieldSettings", {}),
+                               "strings": config.get("stringSettings", {})})
+        sections.append((f"Curves on {split}", panels))
+    keys = {k: v for log in logs for k, v in log.keys.items()}
+    tables = [{"type": "table", "title": f"{k.rsplit('/', 1)[0]} predictions with images", "table": k}
+              for k in sorted(keys) if k.endswith(PREDICTIONS_SUFFIX) and keys[k] == "table"]
+    images = sorted(k for k, kind in keys.items() if kind == "image")
+    media = [{"type": "media", "title": "plots from the runs' reports", "images": images}] if images else []
+    sections.append(("Predictions", tables + media))
+    sections.append(("Where the configs differ", [{"type": "run_comparer", "title": "config and summary per run"}]))
+    return sections
+
+
+def _chart_table(config: dict) -> Optional[str]:
+    """The table key a logged chart reads (``summaryTable(tableKey=...)`` in its query)."""
+    for query in config.get("userQuery", {}).get("queryFields", []):
+        for sub in query.get("fields", []):
+            if sub.get("name") == "summaryTable":
+                for arg in sub.get("args", []):
+                    if arg.get("name") == "tableKey":
+                        return arg.get("value")
+    return None
+
+
+def missing_references(panel: dict, logged: dict[str, str]) -> list[str]:
+    return [f"{key} ({kind})" for key, kind in panel_references(panel) if logged.get(key) != kind]
+
+
+def check_spec(spec: dict, logged_by_run: dict[str, dict[str, str]]) -> list[str]:
+    """Problems: a panel or column that reads a key none of its runs logged (with that kind)."""
+    logged: dict[str, str] = {}
+    for run_id in (i for rs in spec["runsets"] for i in rs["runs"]):
+        for key, kind in logged_by_run.get(run_id, {}).items():
+            logged.setdefault(key, kind)
+    problems = [f"column {key}: not logged" for key in spec["columns"] if logged.get(key) != "scalar"]
+    for block in spec["blocks"]:
+        for panel in block.get("panels", []):
+            missing = missing_references(panel, logged)
+            if missing:
+                problems.append(f"panel {panel.get('title')!r}: {', '.join(missing)} not logged")
+    return problems
+
+
+def default_title(groups: dict[str, list[LocalRun]]) -> str:
+    first = groups[next(iter(groups))][0]
+    info = _read_json(first.run_dir / DATASET_FILE)
+    dataset = info.get("dataset") if isinstance(info, dict) else None
+    title = (f"{_section(first.config, 'model').get('arch', 'model')} on {dataset or 'the pets data'}: "
+             + " vs ".join(groups))
+    return title if len(title) <= MAX_TITLE_LEN else title[:MAX_TITLE_LEN - 3] + "..."
+
+
+def build_spec(runs: Sequence[LocalRun], logs: dict[str, RunLog], *, project: str, entity: Optional[str],
+               title: Optional[str]) -> tuple[dict, list[str]]:
+    """The report as JSON, and notes on the panels left out because no selected run logged their keys."""
+    groups = _group(runs)
+    logged: dict[str, str] = {}
+    for log in logs.values():
+        for key, kind in log.keys.items():
+            logged.setdefault(key, kind)
+    splits = list(dict.fromkeys(headline_split(run) for run in runs))
+    columns = [f"{s}/{m}" for s in splits for m in SUMMARY_COLUMNS if logged.get(f"{s}/{m}") == "scalar"]
+    blocks: list[dict] = [{"type": "markdown", "text": header_markdown(groups)},
+                          {"type": "h2", "text": "Headline"},
+                          {"type": "markdown", "text": headline_markdown(groups)}]
+    notes = []
+    for section, panels in candidate_sections(list(logs.values())):
+        kept = []
+        for panel in panels:
+            missing = missing_references(panel, logged)
+            if missing:
+                notes.append(f"left out panel {panel['title']!r}: no selected run logged {', '.join(missing)}")
+            else:
+                kept.append(panel)
+        if kept:
+            blocks += [{"type": "h2", "text": section}, {"type": "panel_grid", "panels": kept}]
+    spec = {
+        "format": SPEC_FORMAT,
+        "entity": entity,
+        "project": project,
+        "title": title or default_title(groups),
+        "description": f"{len(runs)} run(s) in {len(groups)} group(s), built by python -m toolkit.wandb_report",
+        "runsets": [{"name": name, "runs": [r.run_id for r in members]} for name, members in groups.items()],
+        "columns": columns,
+        "runs": [{"id": r.run_id, "name": r.name, "group": r.group, "run_dir": str(r.run_dir),
+                  "logged_to_project": logs[r.run_id].project,
+                  "needs_sync": [str(p) for p in r.needs_sync]} for r in runs],
+        "blocks": blocks,
+    }
+    return redact_secrets(spec), notes
+
+
+# ---------------------------------------------------------------------------------------------
+# The spec as a W&B Report (wandb-workspaces), saving it, and the spec file
+
+
+def reports_api() -> Any:
+    """``wandb_workspaces.reports.v2``, or a one-line UsageError saying how to install it."""
+    os.environ.setdefault("WANDB_SILENT", "true")  # our own lines say what happened
+    os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
+    try:
+        import wandb_workspaces.reports.v2 as wr  # optional extra: only this command needs it
+    except ImportError:
+        raise UsageError(f"W&B Reports need the wandb-workspaces package: {INSTALL_HINT}") from None
+    return wr
+
+
+def _wr_panel(wr: Any, panel: dict) -> Any:
+    w, h = LAYOUT[panel["type"]]
+    layout = wr.Layout(w=w, h=h)
+    kind = panel["type"]
+    if kind == "line":
+        return wr.LinePlot(title=panel["title"], x=panel["x"], y=list(panel["y"]), layout=layout)
+    if kind == "chart":
+        return wr.CustomChart(query={"summaryTable": {"tableKey": panel["table"]}}, chart_name=panel["vega"],
+                              chart_fields=panel["fields"], chart_strings=panel["strings"], layout=layout)
+    if kind == "table":
+        return wr.WeavePanelSummaryTable(table_name=panel["table"], layout=layout)
+    if kind == "media":
+        return wr.MediaBrowser(title=panel["title"], media_keys=list(panel["images"]), layout=layout)
+    return wr.RunComparer(diff_only="split", layout=layout)
+
+
+def to_wandb_report(spec: dict, entity: str = "") -> Any:
+    """A ``wr.Report`` built from the spec; nothing is sent until ``.save()``.
+
+    Each runset selects its runs by W&B run id, so the report shows exactly the runs chosen here.
+    """
+    wr = reports_api()
+
+    def runsets() -> list:
+        return [wr.Runset(entity=entity, project=spec["project"], name=rs["name"],
+                          filters=f"Metric('ID') in {list(rs['runs'])!r}",
+                          pinned_columns=[f"summary:{key}" for key in spec["columns"]]) for rs in spec["runsets"]]
+
+    blocks = []
+    for block in spec["blocks"]:
+        kind = block["type"]
+        if kind == "h2":
+            blocks.append(wr.H2(block["text"]))
+        elif kind == "markdown":
+            blocks.append(wr.MarkdownBlock(block["text"]))
+        elif kind == "panel_grid":
+            blocks.append(wr.PanelGrid(runsets=runsets(), panels=[_wr_panel(wr, p) for p in block["panels"]]))
+        else:
+            raise UsageError(f"unknown block type {kind!r} in the report spec; rebuild it with this toolkit")
+    return wr.Report(project=spec["project"], entity=entity, title=spec["title"],
+                     description=spec["description"], blocks=blocks, width="fluid")
+
+
+def save_report(spec: dict, entity: Optional[str]) -> str:
+    """Save the report to W&B (network) and return its URL."""
+    import wandb  # heavy; only for the default entity of the logged-in user
+
+    entity = entity or spec.get("entity") or wandb.Api().default_entity
+    report = to_wandb_report(spec, entity)
+    report.save()
+    return report.url
+
+
+def offline_reason(dry_run: bool) -> Optional[str]:
+    """Why the report cannot be saved now (so the spec is written instead), or None."""
+    if dry_run:
+        return "--dry-run"
+    mode = os.environ.get("WANDB_MODE", "").lower()
+    if mode in ("offline", "dryrun", "disabled"):
+        return f"WANDB_MODE={mode}"
+    if not has_api_key():
+        return "no W&B API key (set WANDB_API_KEY or run `wandb login`)"
+    return None
+
+
+def read_spec(path: Path) -> dict:
+    hint = "write one with python -m toolkit.wandb_report --project P --group G --dry-run"
+    spec = _read_json(path) if path.is_file() else None
+    if spec is None:
+        raise UsageError(f"{path} is not a readable JSON report spec; {hint}")
+    if not isinstance(spec, dict) or spec.get("format") != SPEC_FORMAT:
+        raise UsageError(f"{path} is not a report spec of this toolkit (format {SPEC_FORMAT}); {hint}")
+    for key in ("project", "title", "description", "runsets", "columns", "blocks"):
+        if key not in spec:
+            raise UsageError(f"report spec {path} lacks {key!r}; {hint}")
+    return spec
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(f"{type(err).__name__}: {err}".split())
+    return redact_secrets(text if len(text) <= 200 else text[:197] + "...")
+
+
+def sync_commands(spec: dict) -> list[str]:
+    """``wandb sync`` for the offline runs not uploaded yet, into the report's project."""
+    target = f"-p {spec['project']}" + (f" -e {spec['entity']}" if spec.get("entity") else "")
+    return [f"wandb sync {target} {folder}" for run in spec["runs"] for folder in run["needs_sync"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def check_project(name: str) -> str:
+    bad = sorted({c for c in name if c in BAD_PROJECT_CHARS})
+    if not name or bad or len(name) > MAX_PROJECT_LEN:
+        why = (f"contains {' '.join(bad)}" if bad else "is empty" if not name else f"is {len(name)} characters long")
+        raise UsageError(f"--project {name[:40]!r} is not a valid W&B project name: it {why} (W&B project names have "
+                         f"no {' '.join(BAD_PROJECT_CHARS)} and at most {MAX_PROJECT_LEN} characters)")
+    return name
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> Any:
+    parser = ArgumentParser(prog="toolkit.wandb_report", description=__doc__.split("\n\n")[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog="examples:\n" + __doc__.split("\n\n")[1])
+    parser.add_argument("--project", metavar="P", help="W&B project the runs are (or will be synced) in")
+    parser.add_argument("--entity", default=None, metavar="E", help="W&B entity (default: the logged-in user's)")
+    parser.add_argument("--group", nargs="+", default=None, metavar="G",
+                        help="recipe name(s): the runs named <group>-seed<N> (compare_recipes) or named <group>")
+    parser.add_argument("--runs", nargs="+", default=None, metavar="ID", help="W&B run ids or run folder names")
+    parser.add_argument("--title", default=None, metavar="T", help="report title (default: model, data and groups)")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), metavar="DIR", help="where the run folders are (default: runs)")
+    parser.add_argument("--dry-run", action="store_true", help="write the report spec, do not contact W&B")
+    parser.add_argument("--out", type=Path, default=None, metavar="FILE", help=f"spec file (default: RUNS_DIR/{SPEC_FILE})")
+    parser.add_argument("--publish", type=Path, default=None, metavar="FILE",
+                        help="save a report spec written earlier to W&B (after `wandb sync` of its runs)")
+    args = parser.parse_args(argv)
+    if args.publish is not None:
+        if args.group or args.runs or args.dry_run:
+            raise UsageError("--publish FILE saves a spec as it is; drop --group/--runs/--dry-run")
+    else:
+        if args.project is None:
+            raise UsageError("--project is required (the W&B project of the runs)")
+        if bool(args.group) == bool(args.runs):
+            raise UsageError("give exactly one of --group G or --runs ID ... (see --help)")
+    if args.project is not None:
+        check_project(args.project)
+    if args.title is not None and not 0 < len(args.title) <= MAX_TITLE_LEN:
+        raise UsageError(f"--title must have 1 to {MAX_TITLE_LEN} characters")
+    return args
+
+
+def publish(path: Path, project: Optional[str], entity: Optional[str]) -> int:
+    """Rebuild the report from a spec file and save it."""
+    spec = read_spec(path)
+    reports_api()
+    check_project(project or spec["project"])
+    spec = {**spec, "project": project or spec["project"], "entity": entity or spec.get("entity")}
+    reason = offline_reason(False)
+    if reason is not None:
+        raise UsageError(f"cannot publish: {reason}")
+    try:
+        url = save_report(spec, spec["entity"])
+    except UsageError:
+        raise
+    except Exception as err:  # network, permissions, a project without the runs
+        commands = sync_commands(spec)
+        hint = f"; upload the runs first: {commands[0]} (and the others)" if commands else ""
+        raise DataError(f"could not save the report to W&B ({_one_line(err)}){hint}") from None
+    print(f"saved the W&B report: {url}")
+    return 0
+
+
+def write_spec(spec: dict, path: Path, reason: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, spec)
+    panels = sum(len(b.get("panels", [])) for b in spec["blocks"])
+    print(f"wrote the W&B report spec to {path} ({panels} panels over {len(spec['runs'])} run(s); not saved to W&B: "
+          f"{reason})")
+    commands = sync_commands(spec)
+    if commands:
+        print("upload the offline runs:")
+        print("\n".join(f"  {c}" for c in commands))
+    print(f"then publish the report: python -m toolkit.wandb_report --publish {path}")
+
+
+def collect(args: argparse.Namespace) -> dict:
+    """The spec for the runs asked for, with notes and warnings printed."""
+    runs = select_runs(find_runs(args.runs_dir), args.runs_dir, args.group, args.runs)
+    logs = {run.run_id: read_run_log(run.log_files, run.run_id) for run in runs}
+    spec, notes = build_spec(runs, logs, project=args.project, entity=args.entity, title=args.title)
+    problems = check_spec(spec, {i: log.keys for i, log in logs.items()})
+    if problems:  # build_spec only keeps logged keys: this is a bug, never user input
+        raise AssertionError("; ".join(problems))
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    for run in runs:  # an uploaded run stays in its project; offline ones are synced into ours
+        logged_to = logs[run.run_id].project
+        if logged_to and logged_to != args.project and not run.needs_sync:
+            print(f"warning: run {run.name} ({run.run_id}) is in W&B project {logged_to!r}, the report looks in "
+                  f"{args.project!r}: it will not show there", file=sys.stderr)
+    return spec
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.publish is not None:
+        return publish(args.publish, args.project, args.entity)
+    reason = offline_reason(args.dry_run)
+    if reason is None:
+        reports_api()  # saving needs the extra: say so before any work
+    spec = collect(args)
+    if reason is None:
+        try:
+            print(f"saved the W&B report: {save_report(spec, args.entity)}")
+            commands = sync_commands(spec)
+            if commands:
+                print("its panels fill in once the offline runs are uploaded:\n"
+                      + "\n".join(f"  {c}" for c in commands))
+            return 0
+        except Exception as err:  # no network, permissions: keep the spec for later
+            reason = f"saving failed: {_one_line(err)}"
+    write_spec(spec, args.out or args.runs_dir / SPEC_FILE, reason)
+    return 0
