@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from toolkit.bench.model import (
-    TrainStep,
+    BenchStep,
+    bench_accelerator,
     check_input_size,
     device_name,
     resolve_device,
@@ -109,7 +110,11 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def train_step_differences(ours: nn.Module, ref: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
-    """One SGD step on both models; how far apart are loss, gradients and the outputs afterwards?"""
+    """One SGD step on both models; how far apart are loss, gradients and the outputs afterwards?
+
+    Not a training step: it stops between backward and update to compare the gradients, which
+    ``TrainStep`` (timed below, as the loop runs it) never exposes.
+    """
     results = {}
     for name, model in (("ours", ours), ("timm", ref)):
         model.train()
@@ -192,9 +197,9 @@ def compare(args: argparse.Namespace) -> dict:
 
     report["throughput"] = None
     if args.steps > 0:
-        step_options = {"dtype": "fp32"}
+        accelerator = bench_accelerator("fp32", device)
         timed = time_interleaved(
-            {"ours": TrainStep(ours, x, y, **step_options), "timm": TrainStep(ref, x, y, **step_options)},
+            {"ours": BenchStep(accelerator, ours, x, y), "timm": BenchStep(accelerator, ref, x, y)},
             images_per_step=args.batch_size, iters=args.steps, warmup=args.warmup, device=device,
             desc=f"timing {args.arch}")
         report["throughput"] = {

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from toolkit.bench.model import (AUTOCAST_DTYPES, TrainStep, check_dtype, check_input_size, device_name,
+from toolkit.bench.model import (AUTOCAST_DTYPES, BenchStep, bench_accelerator, check_dtype, check_input_size, device_name,
                                  resolve_device, synchronize, synthetic_batch)
 from toolkit.cli import UsageError, progress
 from toolkit.data.device_augment import batch_to_device
@@ -69,7 +69,8 @@ def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     model = create_model(args.arch, num_classes=2, blocks_per_stage=args.blocks_per_stage, base_width=args.base_width)
     images, labels = synthetic_batch(batch_size, args.image_size, 2, device)
-    step = TrainStep(model, images, labels, dtype=args.dtype, channels_last=args.channels_last, compile=args.compile)
+    step = BenchStep(bench_accelerator(args.dtype, device), model, images, labels, channels_last=args.channels_last,
+                     compile=args.compile)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
 
     # synthetic: the same batch every step, already on the device
@@ -140,7 +141,7 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
-def profile_steps(step: TrainStep, batches, cfg, mean, std, device: torch.device, memory_format, path: str,
+def profile_steps(step: BenchStep, batches, cfg, mean, std, device: torch.device, memory_format, path: str,
                   num_steps: int = 10) -> None:
     """Where a real-input step spends its time: loader wait, copies, kernels (torch.profiler table)."""
     from torch.profiler import ProfilerActivity, profile, record_function

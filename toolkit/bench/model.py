@@ -14,15 +14,17 @@ import datetime as dt
 import platform
 import statistics
 import time
-from contextlib import nullcontext
 from typing import Callable, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from accelerate import Accelerator
+
 from toolkit.cli import UsageError, progress
 from toolkit.models import MODEL_ARCHS, count_parameters, create_model
+from toolkit.training.step import TrainStep
 
 AUTOCAST_DTYPES: dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 SGD_LR = 0.01
@@ -82,38 +84,32 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class TrainStep:
-    """One SGD step of ``model`` on a fixed batch: forward under autocast, backward, update.
+PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}  # our --dtype names -> Accelerate's
+
+
+def bench_accelerator(dtype: str, device: torch.device) -> Accelerator:
+    """The Accelerator a training run on ``device`` would have (mixed precision, fp16 loss scaling)."""
+    return Accelerator(mixed_precision=PRECISION[dtype], cpu=device.type == "cpu")
+
+
+class BenchStep:
+    """The training loop's own ``TrainStep`` (SGD here) on a batch that can be swapped between calls.
 
     Callable with no arguments so that several models can be timed by the same loop.
     """
 
-    def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
-                 dtype: str = "fp32", channels_last: bool = False, compile: bool = False) -> None:
-        self.device = images.device
-        memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.model = model.to(self.device, memory_format=memory_format).train()
-        self.images = images.contiguous(memory_format=memory_format)
-        self.labels = labels
-        self.autocast_dtype = AUTOCAST_DTYPES[dtype]
-        self.forward = torch.compile(self.model) if compile else self.model
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=SGD_LR, momentum=SGD_MOMENTUM)
-        # fp16 needs loss scaling on a GPU to train at all; include its cost like a real loop would.
-        self.scaler = torch.amp.GradScaler("cuda") if dtype == "fp16" and self.device.type == "cuda" else None
+    def __init__(self, accelerator: Accelerator, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
+                 channels_last: bool = False, compile: bool = False) -> None:
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        model = model.to(images.device, memory_format=self.memory_format).train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=SGD_LR, momentum=SGD_MOMENTUM)
+        prepared, optimizer = accelerator.prepare(model, optimizer)
+        forward = torch.compile(prepared) if compile else prepared
+        self.step = TrainStep(accelerator, forward, optimizer, F.cross_entropy)
+        self.images, self.labels = images.contiguous(memory_format=self.memory_format), labels
 
     def __call__(self) -> None:
-        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
-                    if self.autocast_dtype is not None else nullcontext())
-        with autocast:
-            loss = F.cross_entropy(self.forward(self.images), self.labels)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.step(self.images, self.labels)
 
 
 def synthetic_batch(batch_size: int, image_size: int, num_classes: int, device: torch.device,
@@ -200,10 +196,11 @@ def run(args: argparse.Namespace) -> dict:
     ours = create_model(args.arch, num_classes=args.num_classes)
     ours.load_state_dict(reference.state_dict(), strict=True)  # same weights, same numerics
     images, labels = synthetic_batch(batch_size, args.image_size, args.num_classes, device, seed=args.seed)
-    step_options = {"dtype": args.dtype, "channels_last": args.channels_last, "compile": args.compile}
+    accelerator = bench_accelerator(args.dtype, device)
+    step_options = {"channels_last": args.channels_last, "compile": args.compile}
     results = time_interleaved(
-        {"ours": TrainStep(ours, images, labels, **step_options),
-         "timm": TrainStep(reference, images, labels, **step_options)},
+        {"ours": BenchStep(accelerator, ours, images, labels, **step_options),
+         "timm": BenchStep(accelerator, reference, images, labels, **step_options)},
         images_per_step=batch_size, iters=steps, warmup=warmup, device=device, desc=f"bench model {args.arch}",
     )
     return {
