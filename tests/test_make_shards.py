@@ -18,8 +18,9 @@ from PIL import Image, UnidentifiedImageError
 import toolkit.data.shards as make_shards
 from toolkit.cli import UsageError, run_cli
 from toolkit.formats import read_manifest
-from toolkit.data.shards import (SPLITS, Job, main, pack_dataset, process_image, split_trainval,
-                                 verify_shards)
+from toolkit.data.shards import SPLITS, Job, pack_dataset, process_image, split_trainval
+from toolkit.data.verify import verify_shards
+from toolkit.make_shards import main
 from toolkit.data.oxford import Entry, make_synthetic_dataset, synthetic_info
 
 REPO = Path(__file__).resolve().parents[1]

@@ -304,7 +304,7 @@ def test_model_plots_are_skipped_with_one_warning_each_without_shards(tmp_path, 
 
 
 def test_visualize_everything_from_real_shards(tmp_path, capsys):
-    from toolkit.data import shards as make_shards
+    from toolkit import make_shards
     from toolkit.data import read_samples
 
     shards = tmp_path / "shards"

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from toolkit.cli import UsageError
 from toolkit.formats import read_manifest
-from toolkit.data.shards import DEFAULTS, pack_dataset, verify_shards
+from toolkit.data.shards import DEFAULTS, pack_dataset
+from toolkit.data.verify import verify_shards
 
 # ../shared/data/oxford-pets-mini beside the repository root (942 real images)
 DEFAULT_SOURCE = Path(__file__).resolve().parents[3] / "shared/data/oxford-pets-mini"

@@ -13,7 +13,6 @@ every skipped image is recorded with its reason, and ``--verify`` re-checks it a
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import io
@@ -21,7 +20,6 @@ import json
 import math
 import multiprocessing
 import os
-import re
 import shutil
 import socket
 import sys
@@ -33,12 +31,13 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
+from webdataset import TarWriter
 
-from toolkit.cli import ArgumentParser, DataError, UsageError, is_main_process, progress
+from toolkit.cli import DataError, UsageError, is_main_process, progress
 from toolkit.fileio import TMP_PREFIX, atomic_write_bytes, fsync_dir
-from toolkit.formats import (MANIFEST_NAME, MANIFEST_VERSION, SHARD_NAME, SPLITS, read_manifest, shard_name,
+from toolkit.formats import (MANIFEST_NAME, MANIFEST_VERSION, SHARD_NAME, SPLITS, shard_name,
                              write_manifest)
-from toolkit.data.oxford import SPECIES, Entry, make_synthetic_dataset, read_source
+from toolkit.data.oxford import SPECIES, Entry, read_source
 
 FOREIGN_OK = {MANIFEST_NAME, "README.md", ".gitignore", ".gitkeep"}  # may sit beside our shards
 SAMPLE_FIELDS = ("breed", "class_id", "species", "breed_id", "width", "height", "orig_width", "orig_height", "source")
@@ -193,15 +192,6 @@ def split_trainval(entries: list[Entry], val_fraction: float, seed: int, mode: s
     return list(train), list(val)
 
 
-def tar_member(name: str, data: bytes) -> tarfile.TarInfo:
-    """A header with nothing that varies between runs or machines."""
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o444
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info
-
-
 def tar_bytes(member_bytes: int) -> int:
     """Size of a tar holding members of ``member_bytes`` (headers included): end blocks, record padding."""
     return math.ceil((member_bytes + 2 * tarfile.BLOCKSIZE) / tarfile.RECORDSIZE) * tarfile.RECORDSIZE
@@ -230,10 +220,10 @@ class ShardWriter:
         if not self.samples:
             return
         buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        # nothing that varies between runs or machines: fixed mtime, owner and mode; members sorted by extension
+        with TarWriter(buffer, encoder=False, user="", group="", mode=0o444, mtime=0) as tar:
             for key, members in self.samples:
-                for ext in sorted(members):
-                    tar.addfile(tar_member(f"{key}.{ext}", members[ext]), io.BytesIO(members[ext]))
+                tar.write({"__key__": key, **members})
         data = buffer.getvalue()
         name = shard_name(self.split, len(self.shards))
         atomic_write_bytes(self.folder / name, data)
@@ -416,112 +406,6 @@ def summary_line(info: dict, out: Path) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Read and verify
-# --------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ShardCheck:
-    path: str
-    shard: dict
-
-
-def check_shard(task: ShardCheck) -> tuple[list[str], list[str], dict[str, int]]:
-    """Problems found in one shard, its keys in order, and its class counts."""
-    name, shard = Path(task.path).name, task.shard
-    try:
-        data = Path(task.path).read_bytes()
-    except OSError as err:
-        return [f"{name}: cannot read ({err.strerror or err})"], [], {}
-    problems = []
-    if len(data) != shard["bytes"]:
-        problems.append(f"{name}: {len(data)} bytes, info.json says {shard['bytes']}")
-    if hashlib.sha256(data).hexdigest() != shard["sha256"]:
-        problems.append(f"{name}: sha256 differs from info.json (file changed or damaged)")
-    samples: dict[str, dict[str, bytes]] = {}
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-            for member in tar:
-                key, _, ext = member.name.partition(".")
-                if not member.isfile() or not key or not ext:
-                    problems.append(f"{name}: unexpected member {member.name!r}")
-                    continue
-                if key in samples and (ext in samples[key] or key != next(reversed(samples))):
-                    problems.append(f"{name}: {member.name} repeated or not next to the rest of its sample")
-                samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
-    except (tarfile.TarError, OSError, EOFError) as err:
-        return problems + [f"{name}: not a readable tar ({err})"], list(samples), {}
-    counts = {species: 0 for species in SPECIES}
-    for key, members in samples.items():
-        problem = check_sample(members)
-        if problem:
-            problems.append(f"{name}/{key}: {problem}")
-        else:
-            counts[SPECIES[int(members["cls"])]] += 1
-    if len(samples) != shard["num_samples"]:
-        problems.append(f"{name}: {len(samples)} samples, info.json says {shard['num_samples']}")
-    return problems, list(samples), counts
-
-
-def check_sample(members: dict[str, bytes]) -> Optional[str]:
-    if sorted(members) != ["cls", "jpg", "json"]:
-        return f"has {', '.join(sorted(members))}, expected cls, jpg, json"
-    if members["cls"] not in (b"0", b"1"):
-        return f"cls is {members['cls'][:20]!r}, expected b'0' or b'1'"
-    try:
-        meta = json.loads(members["json"])
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return "json is not valid JSON"
-    if not isinstance(meta, dict) or any(f not in meta for f in SAMPLE_FIELDS):
-        return f"json lacks some of {', '.join(SAMPLE_FIELDS)}"
-    if meta["species"] != SPECIES[int(members["cls"])]:
-        return f"cls {members['cls'].decode()} disagrees with species {meta['species']!r}"
-    with strict_decoding():
-        try:
-            with Image.open(io.BytesIO(members["jpg"])) as image:
-                image.load()
-                if image.format != "JPEG" or image.mode != "RGB":
-                    return f"jpg is {image.format} {image.mode}, expected an RGB JPEG"
-                if image.size != (meta["width"], meta["height"]):
-                    return f"jpg is {image.size[0]}x{image.size[1]}, json says {meta['width']}x{meta['height']}"
-        except Exception as err:
-            return f"jpg does not decode ({decode_error(err)})"
-    return None
-
-
-def verify_shards(folder: Path, workers: int = 1, show_progress: bool = False) -> list[str]:
-    """Re-read every shard against info.json; the problems found (empty = OK)."""
-    folder = Path(folder)
-    info = read_manifest(folder)
-    problems = []
-    tasks = [ShardCheck(str(folder / shard["name"]), shard)
-             for split in SPLITS for shard in info["splits"][split]["shards"]]
-    listed = {Path(t.path).name for t in tasks}
-    problems += [f"{p.name}: not listed in info.json (left over from another run?)"
-                 for p in sorted(folder.glob("*.tar")) if p.name not in listed]
-    results = iter(progress(map_ordered(check_shard, tasks, workers), total=len(tasks), desc="verifying",
-                            unit="shard", enabled=show_progress and is_main_process()))
-    seen: dict[str, str] = {}
-    for split in SPLITS:
-        meta = info["splits"][split]
-        total, counts = 0, {species: 0 for species in SPECIES}
-        for shard in meta["shards"]:
-            shard_problems, keys, shard_counts = next(results)
-            problems += shard_problems
-            total += len(keys)
-            for species, n in shard_counts.items():
-                counts[species] += n
-            for key in keys:
-                if key in seen:
-                    problems.append(f"{shard['name']}/{key}: key also in {seen[key]}")
-                seen[key] = shard["name"]
-        if total != meta["num_samples"] or sum(s["num_samples"] for s in meta["shards"]) != meta["num_samples"]:
-            problems.append(f"{split}: {total} samples in its shards, info.json says {meta['num_samples']}")
-        if counts != meta["class_counts"]:
-            problems.append(f"{split}: class counts {counts}, info.json says {meta['class_counts']}")
-    return problems
-
-
-# --------------------------------------------------------------------------------------------
 # Download
 # --------------------------------------------------------------------------------------------
 
@@ -561,117 +445,3 @@ def download_dataset(root: Path) -> Path:
         raise UsageError(f"downloading Oxford-IIIT Pet into {root} failed ({type(err).__name__}: {err}); "
                          f"retry, or unpack a local copy into {layout} and use --source {layout}") from None
     return layout
-
-
-# --------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------
-
-def parse_bytes(text: str) -> int:
-    """``67108864``, ``64M``, ``1.5G``: a byte count."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?)i?B?\s*", text, re.IGNORECASE)
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 67108864, 64M or 1G)")
-    return int(float(match.group(1)) * 1024 ** " KMG".index(match.group(2).upper() or " "))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(
-        prog="python -m toolkit.make_shards",
-        description="Pack Oxford-IIIT Pet (official folder layout) into reproducible webdataset shards "
-                    "plus an info.json manifest, or verify shards made before.",
-        epilog="Every decodable image is kept (as RGB; transparency composited on white); undecodable, "
-               "missing or mislabelled ones are skipped and listed in info.json with the reason. "
-               "Same input and options give byte-identical shards, whatever --workers.")
-    what = parser.add_argument_group("what to do (pick one)")
-    what.add_argument("--source", type=Path, metavar="DIR",
-                      help="Oxford-IIIT Pet folder with images/ and annotations/ (or torchvision's root above it); "
-                           f"with --synthetic, where the synthetic set is written (default {DEFAULT_SYNTHETIC_ROOT})")
-    what.add_argument("--download", type=Path, metavar="DIR",
-                      help="download with torchvision into DIR/oxford-iiit-pet (about 800 MB; fails after a "
-                           "5 s check when offline), then pack it")
-    what.add_argument("--synthetic", type=int, metavar="N",
-                      help="generate a synthetic stand-in of N images (96 px, seed 0, with odd files) in the "
-                           "official layout, then pack it; everything made from it is marked synthetic")
-    what.add_argument("--verify", type=Path, metavar="DIR",
-                      help="re-read the shards in DIR against its info.json; exit 1 on any problem")
-
-    pack = parser.add_argument_group("packing")
-    pack.add_argument("--out", type=Path, default=Path("shards"), metavar="DIR",
-                      help="output folder (default: shards/); the previous run's shards there are replaced")
-    pack.add_argument("--val-fraction", type=float, default=DEFAULTS["val_fraction"],
-                      help="share of trainval held out as val (default: %(default)s); test is the official list")
-    pack.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="train/val split seed (default: %(default)s)")
-    pack.add_argument("--split-mode", choices=("stratified", "seed"), default=DEFAULTS["split_mode"],
-                      help="stratified: keep the cat/dog ratio in train and val (default); seed: the seed "
-                           "experiment's plain random split (2,944/736 on the full dataset)")
-    pack.add_argument("--resize-shorter", type=int, default=DEFAULTS["resize_shorter"], metavar="PX",
-                      help="shrink images so the shorter side is PX (never upscale; 0 keeps the original size). "
-                           "Default %(default)s: the training pipeline resizes to 255 then crops 224, so 288 keeps "
-                           "every pixel it uses with headroom, and decoding is ~1.7x cheaper than at 500x375")
-    pack.add_argument("--quality", type=int, default=DEFAULTS["quality"],
-                      help="JPEG quality for re-encoded images (default: %(default)s); clean RGB JPEGs that need "
-                           "no resize are copied unchanged")
-    pack.add_argument("--shard-size", type=int, default=DEFAULTS["shard_size"], metavar="N",
-                      help="max samples per shard (default: %(default)s, so the full train split makes 46 "
-                           "shards: enough for 8 GPUs x 4 loader workers)")
-    pack.add_argument("--shard-bytes", type=parse_bytes, default=DEFAULTS["shard_bytes"], metavar="SIZE",
-                      help="max bytes per shard, e.g. 64M (default: 64M)")
-    pack.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
-                      help="processes that decode and encode images (default: all %(default)s cores)")
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    modes = [flag for flag, value in (("--download", args.download), ("--synthetic", args.synthetic),
-                                      ("--verify", args.verify)) if value is not None]
-    if len(modes) > 1 or (args.verify is not None and args.source is not None) \
-            or (args.download is not None and args.source is not None):
-        raise UsageError("give one of --source DIR, --download DIR, --synthetic N or --verify DIR "
-                         "(--source may only accompany --synthetic, as its target folder)")
-    if args.workers < 1:
-        raise UsageError(f"--workers must be at least 1, got {args.workers}")
-
-    if args.verify is not None:
-        return run_verify(args.verify, args.workers)
-    if args.download is not None:
-        source = download_dataset(args.download)
-    elif args.synthetic is not None:
-        source = make_synthetic_dataset(args.source or DEFAULT_SYNTHETIC_ROOT, args.synthetic)
-        print(f"wrote a synthetic dataset of {args.synthetic} images to {source}")
-    elif args.source is not None:
-        source = args.source
-    else:
-        raise UsageError("nothing to do: give --source DIR, --download DIR, --synthetic N or --verify DIR (see --help)")
-
-    info = pack_dataset(source, args.out, val_fraction=args.val_fraction, seed=args.seed,
-                        split_mode=args.split_mode, resize_shorter=args.resize_shorter, quality=args.quality,
-                        shard_size=args.shard_size, shard_bytes=args.shard_bytes, workers=args.workers)
-    for item in info["skipped"]:
-        print(f"skipped {item['split']}/{item['name']}: {item['reason']}")
-    if info["unlisted"]["count"]:
-        names = info["unlisted"]["names"]
-        more = f" and {len(names) - 10} more" if len(names) > 10 else ""
-        print(f"unlisted (on disk, in no split list, not packed): {', '.join(names[:10])}{more}")
-    print(summary_line(info, Path(args.out)))
-    return 0
-
-
-def run_verify(folder: Path, workers: int) -> int:
-    problems = verify_shards(folder, workers=workers, show_progress=True)
-    info = read_manifest(folder)
-    if problems:
-        for problem in problems[:50]:
-            print(problem, file=sys.stderr)
-        if len(problems) > 50:
-            print(f"... and {len(problems) - 50} more", file=sys.stderr)
-        raise DataError(f"{len(problems)} problem(s) in {folder}; rebuild it with python -m toolkit.make_shards")
-    splits = info["splits"]
-    shards = sum(len(s["shards"]) for s in splits.values())
-    tag = " [SYNTHETIC data]" if info["synthetic"] else ""
-    print(f"OK {folder}{tag}: " + ", ".join(f"{split} {splits[split]['num_samples']}" for split in SPLITS)
-          + f" samples in {shards} shards; sha256, counts, labels and every JPEG checked")
-    return 0
-
-
