@@ -71,6 +71,8 @@ class ModelConfig:
     zero_init_residual: bool = False
     channels_last: bool = False
     compile: bool = False
+    # ImageNet weights to start from: a timm name (resnet101.a1h_in1k), hf-hub:ID, or a local .safetensors file
+    init: Optional[str] = None
 
 
 @dataclass

@@ -122,7 +122,8 @@ def download_timm_state(init: str) -> dict[str, torch.Tensor]:
                   else f"{type(err).__name__}: {_one_line(err)[:120]}")
         raise UsageError(
             f"model.init={init}: cannot download {filename} of https://huggingface.co/{repo} ({reason}); "
-            f"save timm's {name} weights as a .safetensors file and set model.init=/path/file.safetensors") from None
+            f"save timm's {name} weights as a .safetensors file and set model.init=/path/file.safetensors "
+            f"(where there is network: hf download {repo} {filename} --local-dir DIR)") from None
 
 
 def check_pretrained_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:
@@ -146,7 +147,8 @@ def pretrained_normalization(init: str) -> Optional[tuple[list[float], list[floa
 
     ImageNet weights expect their own input normalization; fine-tuning is usually best with it.
     """
-    if _looks_like_path(init.strip()):
+    init = init.strip()
+    if _looks_like_path(init):
         return None
     if init.startswith(HUB_PREFIX):
         from timm.models import load_model_config_from_hf  # heavy optional dependency, see above

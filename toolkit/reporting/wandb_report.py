@@ -109,6 +109,8 @@ def read_wandb_records(path: Path) -> Iterator[Any]:
     from wandb.proto import wandb_internal_pb2  # heavy; only needed when reading logs
 
     data = Path(path).read_bytes()
+    if not data:  # a run that has only just started
+        return
     if data[:4] != b":W&B":
         raise DataError(f"{path} is not a W&B run log (no :W&B header); was it truncated or replaced?")
     for raw in _raw_records(data):
@@ -119,20 +121,18 @@ def read_wandb_records(path: Path) -> Iterator[Any]:
 
 @dataclass
 class RunLog:
-    """What one W&B run logged: keys with their kind, summary scalars, chart specs, where it went."""
+    """What one W&B run logged: keys with their kind, chart specs, and the project it was logged to."""
 
     run_id: str
     project: str = ""
-    entity: str = ""
     keys: dict[str, str] = field(default_factory=dict)  # key -> scalar | table | image | chart | <W&B type>
-    summary: dict[str, Any] = field(default_factory=dict)
     charts: dict[str, dict] = field(default_factory=dict)  # chart key -> W&B panel config
 
 
 _MEDIA_KINDS = {"table-file": "table", "image-file": "image"}
 
 
-def _note_item(log: RunLog, item: Any, summary: bool) -> None:
+def _note_item(log: RunLog, item: Any) -> None:
     """One history/summary item. Media arrive flattened: nested_key [key, field] with a ``_type`` field."""
     path = list(item.nested_key) or [item.key]
     key = path[0]
@@ -147,8 +147,6 @@ def _note_item(log: RunLog, item: Any, summary: bool) -> None:
         log.keys[key] = _MEDIA_KINDS.get(value["_type"], value["_type"])
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         log.keys.setdefault(key, "scalar")
-        if summary:
-            log.summary[key] = value
 
 
 def _note_config(log: RunLog, items: Any) -> None:
@@ -168,16 +166,16 @@ def read_run_log(files: Sequence[Path], run_id: str) -> RunLog:
         for record in read_wandb_records(path):
             kind = record.WhichOneof("record_type")
             if kind == "run":
-                log.project, log.entity = record.run.project, record.run.entity
+                log.project = record.run.project
                 _note_config(log, record.run.config.update)
             elif kind == "config":
                 _note_config(log, record.config.update)
             elif kind == "history":
                 for item in record.history.item:
-                    _note_item(log, item, summary=False)
+                    _note_item(log, item)
             elif kind == "summary":
                 for item in record.summary.update:
-                    _note_item(log, item, summary=True)
+                    _note_item(log, item)
     return log
 
 
@@ -248,6 +246,8 @@ def find_runs(runs_dir: Path) -> list[LocalRun]:
 def select_runs(runs: Sequence[LocalRun], runs_dir: Path, groups: Optional[Sequence[str]],
                 ids: Optional[Sequence[str]]) -> list[LocalRun]:
     """The runs asked for, or a one-line UsageError that says what is there instead."""
+    if not runs_dir.is_dir():
+        raise UsageError(f"--runs-dir {runs_dir} not found; pass the folder that holds the run folders (output.dir)")
     if not runs:
         raise UsageError(f"no W&B runs found in {runs_dir} (a run that logged to W&B has {RUN_ID_FILE} and "
                          "wandb/*run-*/run-ID.wandb; train with tracking.wandb=offline or online, or pass --runs-dir)")
@@ -352,15 +352,15 @@ def headline_markdown(groups: dict[str, list[LocalRun]]) -> str:
     metrics = {name: [m for m in map(_split_metrics, runs) if m] for name, runs in groups.items()}
     names = list(groups)
     split = ", ".join(sorted({headline_split(run) for runs in groups.values() for run in runs}))
-    lines = [f"| {split} | " + " | ".join(f"{n} (n={len(metrics[n])})" for n in names) + " |",
+    lines = [f"| {split} split | " + " | ".join(f"{n} (n={len(metrics[n])})" for n in names) + " |",
              "|---" * (len(names) + 1) + "|"]
     for key, label in HEADLINE:
         lines.append(f"| {label} | " + " | ".join(_cell(mean_std([m.get(key) for m in metrics[n]])) for n in names)
                      + " |")
     lines.append("| val ROC-AUC (model selection) | "
                  + " | ".join(_cell(mean_std([_best_val_auc(r) for r in groups[n]])) for n in names) + " |")
-    lines.append("")
-    lines.append("Mean ± sample standard deviation over the runs of a group (seeds); one run: its value.")
+    if any(len(m) > 1 for m in metrics.values()):
+        lines += ["", "Mean ± sample standard deviation over the runs of a group (seeds); one run: its value."]
     for name in names:
         lines += ["", f"**{name}**: classification report", ""] + classification_markdown(metrics[name])
     return "\n".join(lines)
@@ -370,18 +370,17 @@ def classification_markdown(runs: Sequence[dict]) -> list[str]:
     """sklearn's classification-report layout as a markdown table, cells mean ± std over runs."""
     if not runs:
         return ["No evaluation found (eval/<split>/metrics.json): the runs did not finish."]
-    first = runs[0]
-    total = first.get("num_samples", "")
-    rows = [(name, [r["per_class"][name] for r in runs], first["per_class"][name].get("support", ""))
-            for name in first.get("class_names", [])]
+    total = runs[0].get("num_samples", "")
+    rows = [(name, [r.get("per_class", {}).get(name, {}) for r in runs]) for name in runs[0].get("class_names", [])]
+    rows += [(label, [r.get(key, {}) for r in runs]) for key, label in (("macro_avg", "macro avg"),
+                                                                          ("weighted_avg", "weighted avg"))]
     lines = ["| | precision | recall | f1-score | support |", "|---|---|---|---|---|"]
-    for name, stats, support in rows:
-        lines.append(f"| {name} | " + " | ".join(_cell(mean_std([s.get(k) for s in stats]))
-                                                 for k in ("precision", "recall", "f1")) + f" | {support} |")
-    lines.append(f"| accuracy | | | {_cell(mean_std([r.get('accuracy') for r in runs]))} | {total} |")
-    for key, label in (("macro_avg", "macro avg"), ("weighted_avg", "weighted avg")):
-        lines.append(f"| {label} | " + " | ".join(_cell(mean_std([r[key].get(k) for r in runs]))
-                                                  for k in ("precision", "recall", "f1")) + f" | {total} |")
+    for name, stats in rows:
+        support = stats[0].get("support", total) if not name.endswith(" avg") else total
+        cells = " | ".join(_cell(mean_std([s.get(k) for s in stats])) for k in ("precision", "recall", "f1"))
+        lines.append(f"| {name} | {cells} | {support} |")
+        if name == "macro avg":  # sklearn prints accuracy between the classes and the averages
+            lines.insert(-1, f"| accuracy | | | {_cell(mean_std([r.get('accuracy') for r in runs]))} | {total} |")
     return lines
 
 
@@ -541,9 +540,9 @@ def reports_api() -> Any:
 
 
 def _wr_panel(wr: Any, panel: dict) -> Any:
-    w, h = LAYOUT[panel["type"]]
-    layout = wr.Layout(w=w, h=h)
     kind = panel["type"]
+    w, h = LAYOUT[kind]
+    layout = wr.Layout(w=w, h=h)
     if kind == "line":
         return wr.LinePlot(title=panel["title"], x=panel["x"], y=list(panel["y"]), layout=layout)
     if kind == "chart":
@@ -652,9 +651,11 @@ def parse_args(argv: Optional[Sequence[str]]) -> Any:
                         help="recipe name(s): the runs named <group>-seed<N> (compare_recipes) or named <group>")
     parser.add_argument("--runs", nargs="+", default=None, metavar="ID", help="W&B run ids or run folder names")
     parser.add_argument("--title", default=None, metavar="T", help="report title (default: model, data and groups)")
-    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), metavar="DIR", help="where the run folders are (default: runs)")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), metavar="DIR",
+                        help="where the run folders are (default: runs)")
     parser.add_argument("--dry-run", action="store_true", help="write the report spec, do not contact W&B")
-    parser.add_argument("--out", type=Path, default=None, metavar="FILE", help=f"spec file (default: RUNS_DIR/{SPEC_FILE})")
+    parser.add_argument("--out", type=Path, default=None, metavar="FILE",
+                        help=f"spec file (default: DIR/{SPEC_FILE})")
     parser.add_argument("--publish", type=Path, default=None, metavar="FILE",
                         help="save a report spec written earlier to W&B (after `wandb sync` of its runs)")
     args = parser.parse_args(argv)

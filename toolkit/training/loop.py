@@ -34,6 +34,7 @@ from toolkit.data import TrainLoader, check_shards_exist, load_info, make_train_
 from toolkit.evaluation.evaluate import EvalResult, evaluate_split
 from toolkit.formats import RunDir, class_names, dataset_summary
 from toolkit.models import create_model
+from toolkit.models.pretrained import load_pretrained
 from toolkit.reporting.finish import finish_run
 from toolkit.reporting.tracking import Tracker, redact_secrets
 from toolkit.training.checkpoint import model_metadata, save_model_file
@@ -140,6 +141,10 @@ def setup(cfg: Config) -> Session:
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN time its kernels once
     raw_model = build_model(cfg)
+    if cfg.model.init:  # every rank loads; rank 0 first, so only it downloads into the Hugging Face cache
+        with accelerator.main_process_first():
+            kept = load_pretrained(raw_model, cfg.model.init)
+        log(f"model.init={cfg.model.init}: loaded; fresh for this dataset: {', '.join(kept) or 'nothing'}")
     if cfg.model.channels_last:
         raw_model = raw_model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(raw_model.parameters(), cfg.optimizer)

@@ -1,0 +1,227 @@
+"""model.init: ImageNet weights in timm naming load into our ResNet, the head is kept, every mismatch is one line.
+
+timm's randomly initialised resnet18 stands in for ImageNet weights (no download); the network is
+blocked in every test, so the "by name" cases exercise the offline path for real.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from toolkit.cli import UsageError
+from toolkit.models import create_model
+from toolkit.models.pretrained import HEAD_KEYS, load_pretrained, pretrained_normalization
+
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Any connection attempt fails at once, as on a machine without network."""
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+@pytest.fixture(scope="module")
+def timm_state() -> dict[str, torch.Tensor]:
+    """timm's resnet18 (1000 classes) with every tensor randomised, so nothing matches a fresh init by chance."""
+    torch.manual_seed(0)
+    state = timm.create_model("resnet18", pretrained=False).state_dict()
+    for key, value in state.items():
+        if value.is_floating_point():
+            state[key] = torch.rand_like(value) + 0.5 if key.endswith("running_var") else torch.randn_like(value)
+        else:
+            state[key] = torch.randint_like(value, 1, 100)
+    return state
+
+
+@pytest.fixture(scope="module")
+def timm_file(timm_state, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("pretrained") / "resnet18-timm.safetensors"
+    save_file(timm_state, str(path))
+    return path
+
+
+def save_variant(state: dict[str, torch.Tensor], path: Path) -> Path:
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
+def one_line(err: pytest.ExceptionInfo) -> str:
+    message = str(err.value)
+    assert "\n" not in message and message
+    return message
+
+
+def test_timm_weights_load_and_head_is_kept(timm_file, timm_state):
+    model = create_model("resnet18", num_classes=2)
+    fresh_head = {k: v.clone() for k, v in model.state_dict().items() if k in HEAD_KEYS}
+    skipped = load_pretrained(model, str(timm_file))
+    assert skipped == list(HEAD_KEYS)
+    loaded = model.state_dict()
+    for key, value in loaded.items():
+        if key in HEAD_KEYS:
+            assert torch.equal(value, fresh_head[key]), key
+        else:
+            assert torch.equal(value, timm_state[key]), key
+    # and the features are timm's own, number for number
+    reference = timm.create_model("resnet18", pretrained=False)
+    reference.load_state_dict(timm_state)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.eval().forward_features(x), reference.eval().forward_features(x))
+
+
+def test_same_head_shape_loads_the_head_too(timm_file, timm_state):
+    model = create_model("resnet18", num_classes=1000)
+    assert load_pretrained(model, str(timm_file)) == []
+    assert torch.equal(model.fc.weight, timm_state["fc.weight"])
+
+
+def test_torchvision_style_file_without_bn_counters_loads(timm_state, tmp_path):
+    state = {k: v for k, v in timm_state.items() if not k.endswith("num_batches_tracked")}
+    model = create_model("resnet18", num_classes=2)
+    assert load_pretrained(model, str(save_variant(state, tmp_path / "tv.safetensors"))) == list(HEAD_KEYS)
+    assert torch.equal(model.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
+
+
+def test_renamed_key_is_named(timm_state, tmp_path):
+    state = dict(timm_state)
+    state["layer2.0.conv1.weight_renamed"] = state.pop("layer2.0.conv1.weight")
+    model = create_model("resnet18", num_classes=2)
+    before = model.conv1.weight.clone()
+    with pytest.raises(UsageError) as err:
+        load_pretrained(model, str(save_variant(state, tmp_path / "renamed.safetensors")))
+    message = one_line(err)
+    assert "1 missing (layer2.0.conv1.weight)" in message
+    assert "1 unexpected (layer2.0.conv1.weight_renamed)" in message
+    assert torch.equal(model.conv1.weight, before)  # nothing half-loaded
+
+
+def test_many_missing_keys_are_counted_not_listed(timm_state, tmp_path):
+    state = {k: v for k, v in timm_state.items() if not k.startswith("layer4.")}
+    with pytest.raises(UsageError) as err:
+        load_pretrained(create_model("resnet18", num_classes=2), str(save_variant(state, tmp_path / "cut.safetensors")))
+    message = one_line(err)
+    count = sum(1 for k in timm_state if k.startswith("layer4.") and not k.endswith("num_batches_tracked"))
+    assert f"{count} missing (layer4." in message and ", ...)" in message
+
+
+def test_wrong_shape_conv_is_named(timm_state, tmp_path):
+    state = dict(timm_state)
+    state["layer1.0.conv2.weight"] = torch.randn(64, 64, 1, 1)
+    with pytest.raises(UsageError) as err:
+        load_pretrained(create_model("resnet18", num_classes=2), str(save_variant(state, tmp_path / "shape.safetensors")))
+    assert "layer1.0.conv2.weight (64, 64, 1, 1) vs ours (64, 64, 3, 3)" in one_line(err)
+
+
+def test_other_architecture_is_refused(timm_file):
+    with pytest.raises(UsageError) as err:
+        load_pretrained(create_model("resnet34", num_classes=2), str(timm_file))
+    assert "missing (layer1.2." in one_line(err)
+
+
+def test_missing_and_foreign_files(tmp_path, monkeypatch):
+    model = create_model("resnet18", num_classes=2)
+    with pytest.raises(UsageError) as err:
+        load_pretrained(model, str(tmp_path / "nope.safetensors"))
+    assert "no such file" in one_line(err)
+
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(UsageError) as err:
+        load_pretrained(model, str(junk))
+    assert "is not a safetensors file" in one_line(err)
+
+    def no_pickles(*args, **kwargs):
+        raise AssertionError("torch.load must never be called")
+
+    monkeypatch.setattr(torch, "load", no_pickles)
+    pickle = tmp_path / "weights.pth"
+    pickle.write_bytes(b"\x80\x04pickled")
+    with pytest.raises(UsageError) as err:
+        load_pretrained(model, str(pickle))
+    assert "is a pickle" in one_line(err)
+
+
+def test_timm_name_offline_says_what_to_download(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    model = create_model("resnet18", num_classes=2)
+    for init, name in (("resnet18.tv_in1k", "resnet18.tv_in1k"), ("resnet18", "resnet18.a1_in1k"),
+                       ("hf-hub:timm/resnet18.a1_in1k", "timm/resnet18.a1_in1k")):
+        with pytest.raises(UsageError) as err:
+            load_pretrained(model, init)
+        message = one_line(err)
+        assert f"save timm's {name} weights as a .safetensors file and set model.init=/path/file.safetensors" in message
+        assert "offline" in message
+
+
+def test_bad_names(monkeypatch):
+    model = create_model("resnet18", num_classes=2)
+    with pytest.raises(UsageError) as err:
+        load_pretrained(model, "resnet18.no_such_tag")
+    assert "resnet18.tv_in1k" in one_line(err)  # the known tags are listed
+    with pytest.raises(UsageError) as err:
+        load_pretrained(model, "no_such_model")
+    assert "not a timm model name" in one_line(err)
+
+
+def test_pretrained_normalization():
+    assert pretrained_normalization("resnet18.tv_in1k") == (IMAGENET_MEAN, IMAGENET_STD)
+    assert pretrained_normalization("/some/file.safetensors") is None
+
+
+# ---------------------------------------------------------------------------------------------
+# model.init in a training run
+
+
+def test_training_starts_from_the_init_file_and_only_the_head_is_fresh(tmp_path, capsys):
+    """A run with model.init begins from the file's weights (seen in the epoch-0 checkpoint-free model file)."""
+    from safetensors.torch import load_file, save_file
+
+    from helpers import pack_tiny, train_args, train_cli
+    from toolkit.models import create_model
+    from toolkit.training.checkpoint import read_model_file
+
+    shards = pack_tiny(tmp_path)
+    source = create_model("resnet18", num_classes=1000, blocks_per_stage=[1, 1, 1, 1])
+    weights = tmp_path / "imagenet.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(weights))
+    overrides = ["model.base_width=64", f"model.init={weights}", "train.epochs=1", "optimizer.lr=1e-12",
+                 "optimizer.weight_decay=0", "scheduler.warmup_epochs=0"]
+    assert train_cli(train_args(shards, tmp_path / "runs", "init", *overrides)) == 0
+    assert "model.init=" in capsys.readouterr().out
+    trained, _ = read_model_file(tmp_path / "runs" / "init" / "last.safetensors")
+    original = load_file(str(weights))
+    convs = [k for k in original if k.endswith("conv1.weight") or k.endswith("conv2.weight")]
+    assert convs and all(torch.allclose(trained[k], original[k], atol=1e-9) for k in convs)  # lr ~0: the file
+    assert trained["fc.weight"].shape == (2, 512)  # the head was made for the dataset's two classes
+
+
+def test_training_with_a_mismatched_init_file_is_one_line(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from helpers import pack_tiny, train_args, train_cli
+    from toolkit.models import create_model
+
+    shards = pack_tiny(tmp_path)
+    other = create_model("resnet18", num_classes=1000)  # [2, 2, 2, 2] blocks: layer1.1.* is unexpected
+    weights = tmp_path / "deeper.safetensors"
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(weights))
+    code = train_cli(train_args(shards, tmp_path / "runs", "bad", "model.base_width=64", f"model.init={weights}"))
+    assert code == 2
+    assert "layer1.1" in capsys.readouterr().err

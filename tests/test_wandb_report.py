@@ -1,0 +1,249 @@
+"""The W&B Report command: every panel reads a key the runs really logged, and it all works offline.
+
+Two tiny runs (``tiny-seed0``, ``tiny-seed1``: one group of two seeds) are trained with W&B
+offline; their ``.wandb`` logs are read back and compared with what training wrote to its own
+files, then the report spec is built with ``--dry-run`` and checked panel by panel against them.
+No network is used: saving is only exercised with ``Report.save`` replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from helpers import error_line, run_in_process, train_args, train_cli
+from toolkit.fileio import read_jsonl
+from toolkit.reporting import wandb_report
+from toolkit.reporting.wandb_report import SPEC_FILE, STEP_X, main, read_logged_keys
+
+PROJECT = "pets-toolkit-tests"
+FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # the shape of a real W&B key
+
+
+def isolate_wandb(mp: pytest.MonkeyPatch, home: Path, mode: str = "offline") -> None:
+    """No key, no network, W&B's caches and settings out of the real home folder."""
+    for name in ("WANDB_API_KEY", "WANDB_BASE_URL", "NETRC", "WANDB_DISABLED"):
+        mp.delenv(name, raising=False)
+    mp.setenv("HOME", str(home))
+    for name, sub in (("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data"), ("WANDB_CONFIG_DIR", "config")):
+        mp.setenv(name, str(home / sub))
+    mp.setenv("WANDB_MODE", mode)
+    mp.setenv("WANDB_SILENT", "true")
+    mp.setenv("WANDB_ERROR_REPORTING", "false")
+
+
+def report_cli(*argv: str) -> int:
+    return run_in_process(main, list(argv))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, synthetic_shards) -> SimpleNamespace:
+    """Two one-epoch offline runs of one recipe; the first also logs its plots as images."""
+    root = tmp_path_factory.mktemp("wandb-report")
+    with pytest.MonkeyPatch.context() as mp:
+        isolate_wandb(mp, root / "home")
+        for seed, plots in ((0, "true"), (1, "false")):
+            code = train_cli(train_args(synthetic_shards, root / "runs", f"tiny-seed{seed}", "train.epochs=1",
+                                        f"train.seed={seed}", "tracking.wandb=offline", f"tracking.project={PROJECT}",
+                                        f"eval.plots={plots}", "eval.num_images=2"))
+            assert code == 0
+    folders = [root / "runs" / f"tiny-seed{seed}" for seed in (0, 1)]
+    ids = [(f / "wandb" / "run_id.txt").read_text().strip() for f in folders]
+    return SimpleNamespace(root=root, dir=root / "runs", folders=folders, ids=ids)
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path) -> None:
+    isolate_wandb(monkeypatch, tmp_path / "home")
+
+
+def spec_references(panel: dict) -> list[tuple[str, str]]:
+    """What a spec panel reads, by its own fields (independent of the module's panel_references)."""
+    if panel["type"] == "line":
+        return [(panel["x"], "scalar")] * (panel["x"] != STEP_X) + [(y, "scalar") for y in panel["y"]]
+    if panel["type"] == "chart":
+        return [(panel["chart"], "chart"), (panel["table"], "table")]
+    if panel["type"] == "table":
+        return [(panel["table"], "table")]
+    if panel["type"] == "media":
+        return [(key, "image") for key in panel["images"]]
+    assert panel["type"] == "run_comparer", panel
+    return []
+
+
+def spec_panels(spec: dict) -> list[dict]:
+    return [panel for block in spec["blocks"] if block["type"] == "panel_grid" for panel in block["panels"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the runs back
+
+
+@pytest.mark.slow
+def test_logged_keys_read_back_match_what_training_wrote(runs):
+    for folder in runs.folders:
+        keys = read_logged_keys(folder)
+        epoch_columns = {k for row in read_jsonl(folder / "metrics.jsonl") for k, v in row.items() if v is not None}
+        assert {f"epoch/{k}" for k in epoch_columns} <= {k for k, kind in keys.items() if kind == "scalar"}
+        assert keys["train/loss"] == keys["train/lr"] == "scalar"
+        for split in ("val", "test"):
+            metrics = json.loads((folder / "eval" / split / "metrics.json").read_text())
+            for name in ("roc_auc", "accuracy", "average_precision", "loss"):
+                assert keys[f"{split}/{name}"] == "scalar" and metrics[name] is not None
+            for chart in ("roc_curve", "pr_curve", "confusion_matrix"):
+                assert keys[f"{split}/{chart}"] == "chart" and keys[f"{split}/{chart}_table"] == "table"
+        assert keys["test/predictions"] == "table"
+        assert not any(key.startswith("_") for key in keys)  # W&B's own _step, _runtime, _wandb
+    with_plots, without = (read_logged_keys(f) for f in runs.folders)
+    assert "roc_test" in with_plots and with_plots["roc_test"] == "image"
+    assert not any(kind == "image" for kind in without.values())
+
+
+@pytest.mark.slow
+def test_a_torn_run_log_is_read_up_to_the_tear(runs, tmp_path):
+    """A run still writing (or killed) has a half-written last chunk: read what is complete, no error."""
+    (log,) = (runs.folders[1] / "wandb").glob("offline-run-*/run-*.wandb")
+    data = log.read_bytes()
+    torn = tmp_path / "run-torn.wandb"
+    torn.write_bytes(data[:len(data) // 2])
+    full, part = (set(wandb_report.read_run_log([f], "x").keys) for f in (log, torn))
+    assert part and part < full  # the run record and early summaries, not the last history row
+
+
+# ---------------------------------------------------------------------------------------------
+# The spec, offline
+
+
+@pytest.mark.slow
+def test_dry_run_spec_panels_read_only_logged_keys(runs, offline, capsys):
+    assert report_cli("--project", PROJECT, "--group", "tiny", "--runs-dir", str(runs.dir), "--dry-run") == 0
+    out = capsys.readouterr().out
+    path = runs.dir / SPEC_FILE
+    spec = json.loads(path.read_text())
+    assert f"python -m toolkit.wandb_report --publish {path}" in out
+    for folder in runs.folders:  # the offline runs are uploaded into the report's project first
+        (sync_dir,) = (folder / "wandb").glob("offline-run-*")
+        assert f"wandb sync -p {PROJECT} {sync_dir}" in out
+
+    assert spec["project"] == PROJECT and spec["runsets"] == [{"name": "tiny", "runs": runs.ids}]
+    logged = [read_logged_keys(folder) for folder in runs.folders]
+    for panel in spec_panels(spec):
+        for key, kind in spec_references(panel):
+            assert any(keys.get(key) == kind for keys in logged), f"{panel['title']!r} reads {key} ({kind}): not logged"
+    for column in spec["columns"]:
+        assert all(keys.get(column) == "scalar" for keys in logged), column
+
+    lines = {y for p in spec_panels(spec) if p["type"] == "line" for y in p["y"]}
+    assert lines == {"epoch/val_auc", "epoch/val_loss", "epoch/val_acc", "train/loss", "train/lr",
+                     "epoch/img_per_s", "epoch/data_wait_frac"}
+    charts = {p["chart"] for p in spec_panels(spec) if p["type"] == "chart"}
+    assert charts == {f"{s}/{c}" for s in ("val", "test") for c in ("roc_curve", "pr_curve", "confusion_matrix")}
+    kinds = [p["type"] for p in spec_panels(spec)]
+    assert kinds.count("table") == 1 and kinds.count("media") == 1 and kinds.count("run_comparer") == 1
+    assert "test/roc_auc" in spec["columns"]
+
+
+@pytest.mark.slow
+def test_headline_is_mean_and_std_over_the_seeds_in_the_classification_report_layout(runs, offline, capsys):
+    out_file = runs.root / "headline.json"
+    assert report_cli("--project", PROJECT, "--group", "tiny", "--runs-dir", str(runs.dir), "--out", str(out_file)) == 0
+    spec = json.loads(out_file.read_text())
+    text = "\n".join(b["text"] for b in spec["blocks"] if b["type"] == "markdown")
+    metrics = [json.loads((f / "eval" / "test" / "metrics.json").read_text()) for f in runs.folders]
+    aucs = [m["roc_auc"] for m in metrics]
+    assert f"| ROC-AUC | {statistics.fmean(aucs):.4f} ± {statistics.stdev(aucs):.4f} |" in text
+    for row in ("| cat |", "| dog |", "| accuracy | | |", "| macro avg |", "| weighted avg |"):
+        assert row in text
+    assert "| | precision | recall | f1-score | support |" in text
+    assert "resnet18" in text and "synthetic-pets" in text  # what was trained, on which data
+
+
+@pytest.mark.slow
+def test_runs_by_id_and_the_spec_becomes_a_wandb_report_offline(runs, offline, capsys):
+    wr = pytest.importorskip("wandb_workspaces.reports.v2")
+    out_file = runs.root / "one.json"
+    assert report_cli("--project", PROJECT, "--runs", runs.ids[1], "--runs-dir", str(runs.dir), "--dry-run",
+                      "--out", str(out_file)) == 0
+    spec = json.loads(out_file.read_text())
+    assert [r["id"] for r in spec["runs"]] == [runs.ids[1]]
+    assert not any(p["type"] == "media" for p in spec_panels(spec))  # this run logged no images
+    assert "±" not in "".join(b.get("text", "") for b in spec["blocks"])  # one run: its values
+
+    report = wandb_report.to_wandb_report(spec)
+    assert isinstance(report, wr.Report)
+    view = report._to_model().spec.model_dump_json(by_alias=True)  # W&B's own report JSON; no network with no entity
+    for panel in spec_panels(spec):
+        for key, _ in spec_references(panel):
+            assert json.dumps(key)[1:-1] in view, key
+    assert runs.ids[1] in view and runs.ids[0] not in view
+
+
+@pytest.mark.slow
+def test_publish_rebuilds_the_report_from_the_spec_and_saves_it(runs, offline, monkeypatch, capsys):
+    wr = pytest.importorskip("wandb_workspaces.reports.v2")
+    path = runs.root / "publish.json"
+    assert report_cli("--project", PROJECT, "--group", "tiny", "--runs-dir", str(runs.dir), "--dry-run",
+                      "--out", str(path)) == 0
+    spec = json.loads(path.read_text())
+
+    assert report_cli("--publish", str(path)) == 2  # still offline: one line, nothing sent
+    assert "cannot publish: WANDB_MODE=offline" in error_line(capsys.readouterr().err)
+
+    saved = []
+    monkeypatch.setattr(wr.Report, "save", lambda self, *a, **k: saved.append(self) or self)
+    monkeypatch.setattr(wr.Report, "url", property(lambda self: f"https://wandb.test/{self.entity}/{self.project}"))
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    assert report_cli("--publish", str(path), "--entity", "team") == 0
+    assert f"saved the W&B report: https://wandb.test/team/{PROJECT}" in capsys.readouterr().out
+    (report,) = saved
+    assert report.title == spec["title"]
+    grids = [b for b in report.blocks if isinstance(b, wr.PanelGrid)]
+    assert [len(g.panels) for g in grids] == [len(b["panels"]) for b in spec["blocks"] if b["type"] == "panel_grid"]
+    assert all(rs.entity == "team" and rs.project == PROJECT and all(i in rs.filters for i in runs.ids)
+               for g in grids for rs in g.runsets)
+
+
+# ---------------------------------------------------------------------------------------------
+# One-line errors
+
+
+@pytest.mark.parametrize("project", ["team/pets", "pets:v2", "what?", "x" * 129, ""])
+def test_bad_project_name_is_one_line_exit_2(project, offline, tmp_path, capsys):
+    assert report_cli("--project", project, "--group", "g", "--runs-dir", str(tmp_path), "--dry-run") == 2
+    assert "not a valid W&B project name" in error_line(capsys.readouterr().err)
+
+
+def test_no_runs_is_one_line_exit_2(offline, tmp_path, capsys):
+    (tmp_path / "runs" / "untracked").mkdir(parents=True)  # a run folder without W&B
+    assert report_cli("--project", PROJECT, "--group", "g", "--runs-dir", str(tmp_path / "runs"), "--dry-run") == 2
+    assert "no W&B runs found in" in error_line(capsys.readouterr().err)
+    assert not (tmp_path / "runs" / SPEC_FILE).exists()
+
+
+@pytest.mark.slow
+def test_unknown_group_or_run_is_one_line_exit_2(runs, offline, capsys):
+    assert report_cli("--project", PROJECT, "--group", "nope", "--runs-dir", str(runs.dir), "--dry-run") == 2
+    assert "no runs of group 'nope'" in error_line(capsys.readouterr().err)
+    assert report_cli("--project", PROJECT, "--runs", "zzzz9999", "--runs-dir", str(runs.dir), "--dry-run") == 2
+    assert "zzzz9999 not found" in error_line(capsys.readouterr().err)
+
+
+def test_group_or_runs_is_required(offline, tmp_path, capsys):
+    assert report_cli("--project", PROJECT, "--runs-dir", str(tmp_path)) == 2
+    assert "exactly one of --group" in error_line(capsys.readouterr().err)
+
+
+def test_publishing_without_the_report_extra_says_how_to_install_it(offline, monkeypatch, tmp_path, capsys):
+    for name in ("wandb_workspaces", "wandb_workspaces.reports", "wandb_workspaces.reports.v2"):
+        monkeypatch.setitem(sys.modules, name, None)  # any import of it now raises ImportError
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"format": wandb_report.SPEC_FORMAT, "project": PROJECT, "title": "t",
+                                "description": "", "runsets": [], "columns": [], "blocks": [], "runs": []}))
+    assert report_cli("--publish", str(spec)) == 2
+    assert 'pip install -e ".[report]"' in error_line(capsys.readouterr().err)
