@@ -34,7 +34,8 @@ from typing import Optional, Sequence
 
 from toolkit.cli import DataError, UsageError, run_cli
 from toolkit.config import load_config, split_config_args, to_dict, validate
-from toolkit.fileio import atomic_write_json, atomic_write_text, read_jsonl
+from toolkit.fileio import atomic_write_json, atomic_write_text
+from toolkit.formats import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = (ROOT / "configs/oxford_pets_binary_resnet101.yaml",
@@ -114,10 +115,10 @@ def planned_config(recipe: Recipe, overrides: Sequence[str], shards: str) -> dic
 def reusable(run_dir: Path, planned: dict, split: str) -> bool:
     """Whether an earlier run in ``run_dir`` can stand for this one: it finished and evaluated ``split``
     with exactly the resolved config this run would get (recipe, overrides, seed, epochs, shards)."""
-    if not ((run_dir / "final.json").is_file() and (run_dir / "eval" / split / "metrics.json").is_file()):
+    if not RunDir(run_dir).has_results(split):
         return False
     try:
-        return to_dict(load_config(run_dir / "config.yaml")) == planned
+        return to_dict(load_config(RunDir(run_dir).config)) == planned
     except (UsageError, OSError, ValueError):  # unreadable, or written by a version with other keys
         return False
 
@@ -170,12 +171,13 @@ def train_one(args: argparse.Namespace, recipe: Recipe, seed: int, shared: Seque
 
 def collect_run(run_dir: Path, recipe: str, seed: int, split: str, wall_seconds: Optional[float]) -> RunResult:
     """The numbers of one finished run, from the files the training run wrote."""
-    metrics_file = run_dir / "eval" / split / "metrics.json"
+    run = RunDir(run_dir)
+    metrics_file = run.eval_metrics(split)
     if not metrics_file.is_file():
         raise DataError(f"{run_dir} has no {metrics_file.relative_to(run_dir)}: the run did not evaluate {split!r}")
     test = json.loads(metrics_file.read_text())
-    final = json.loads((run_dir / "final.json").read_text())
-    epochs = read_jsonl(run_dir / "metrics.jsonl")
+    final = run.read_final()
+    epochs = run.read_history()
     per_class = {name: test["per_class"][name] for name in test["class_names"]}
     per_class["macro avg"] = test["macro_avg"]
     per_class["weighted avg"] = test["weighted_avg"]
