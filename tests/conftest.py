@@ -6,6 +6,7 @@ The session-scoped fixtures are built once per test run and shared: treat them a
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,14 @@ def synthetic_shards(synthetic_source: Path, tmp_path_factory: pytest.TempPathFa
     pack_dataset(synthetic_source, out, resize_shorter=64, shard_size=SYNTHETIC_SHARD_SIZE, workers=1,
                  show_progress=False)
     return out
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any connection attempt fails at once, as on a machine without network."""
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)

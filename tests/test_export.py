@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -28,18 +27,9 @@ from toolkit.training.checkpoint import model_metadata, save_model_file
 MINI_IMAGES = Path(__file__).resolve().parents[2] / "shared/data/oxford-pets-mini/images"
 MEAN, STD = [0.48, 0.44, 0.40], [0.26, 0.25, 0.26]
 CLASSES = ["cat", "dog"]
+
+pytestmark = pytest.mark.usefixtures("no_network")  # tests never touch the network
 IMAGE_SIZE, RESIZE_SIZE = 64, 93  # 64 / (64 / 93) floors to 92 in floats: the crop_pct must still give 93
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Any connection attempt fails at once, as on a machine without network."""
-    def refuse(*args, **kwargs):
-        raise OSError("network disabled in tests")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
 
 
 def perturb(model: torch.nn.Module, seed: int) -> torch.nn.Module:

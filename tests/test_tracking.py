@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from toolkit.reporting.tracking import (REDACTED, Tracker, has_api_key, is_secret_key, redact_secrets, resolve_mode,
-                              secret_values)
+from toolkit.reporting.secrets import REDACTED, is_secret_key, redact_secrets, secret_values
+from toolkit.reporting.tracking import Tracker, has_api_key, resolve_mode
 
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # 40 hex chars, the shape of a real W&B key
 

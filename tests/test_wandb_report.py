@@ -19,7 +19,8 @@ import pytest
 from helpers import error_line, run_in_process, train_args, train_cli
 from toolkit.fileio import read_jsonl
 from toolkit.reporting import wandb_report
-from toolkit.reporting.wandb_report import SPEC_FILE, STEP_X, main, read_logged_keys
+from toolkit.reporting.wandb_report import SPEC_FILE, STEP_X, main
+from toolkit.reporting.wandb_runs import read_logged_keys
 
 PROJECT = "pets-toolkit-tests"
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # the shape of a real W&B key

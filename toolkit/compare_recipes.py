@@ -20,11 +20,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import math
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -34,7 +32,9 @@ from typing import Optional, Sequence
 
 from toolkit.cli import DataError, UsageError, run_cli
 from toolkit.config import load_config, split_config_args, to_dict, validate
+from toolkit.data import check_shards_exist, load_info, resolve_normalization, split_size
 from toolkit.fileio import atomic_write_json, atomic_write_text
+from toolkit.evaluation.metrics import fmt, fmt_mean_std, mean_std
 from toolkit.formats import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,8 +92,6 @@ def run_overrides(args: argparse.Namespace, shared: Sequence[str], seed: int, ru
 
 def check_plan(args: argparse.Namespace, recipes: Sequence[Recipe], shared: Sequence[str]) -> None:
     """Fail in seconds, not after the first hour of training: every config resolves, the shards are there."""
-    from toolkit.data import check_shards_exist, load_info
-
     info = load_info(args.shards)
     if args.split not in info["splits"]:
         raise UsageError(f"--split {args.split!r} is not in the shards (they have: {', '.join(info['splits'])})")
@@ -104,8 +102,6 @@ def check_plan(args: argparse.Namespace, recipes: Sequence[Recipe], shared: Sequ
 
 def planned_config(recipe: Recipe, overrides: Sequence[str], shards: str) -> dict:
     """The config as the run will save it: normalization statistics resolved from the shards as training does."""
-    from toolkit.data import load_info, resolve_normalization
-
     cfg = validate(load_config(recipe.config, overrides))
     mean, std = resolve_normalization(cfg.data, load_info(shards))
     cfg.data.mean, cfg.data.std = list(mean), list(std)
@@ -133,7 +129,7 @@ def train_one(args: argparse.Namespace, recipe: Recipe, seed: int, shared: Seque
         wall = json.loads(record.read_text())["wall_seconds"] if record.is_file() else None
         result = collect_run(run_dir, recipe.name, seed, args.split, wall)
         print(f"[{label}] {recipe.name} seed {seed}: reused the finished run in {run_dir} (same config): test "
-              f"ROC-AUC {_num(result.values['roc_auc'])} accuracy {_num(result.values['accuracy'])}", flush=True)
+              f"ROC-AUC {fmt(result.values['roc_auc'])} accuracy {fmt(result.values['accuracy'])}", flush=True)
         return result
     if run_dir.exists():  # a fresh run: never resume or mix with an older one of the same name
         shutil.rmtree(run_dir)
@@ -163,8 +159,8 @@ def train_one(args: argparse.Namespace, recipe: Recipe, seed: int, shared: Seque
                         f"the whole log is {log_path}")
     atomic_write_json(run_dir / RUN_RECORD, {"wall_seconds": wall})
     result = collect_run(run_dir, recipe.name, seed, args.split, wall)
-    print(f"[{label}] {recipe.name} seed {seed}: test ROC-AUC {_num(result.values['roc_auc'])} "
-          f"accuracy {_num(result.values['accuracy'])} (best val epoch {result.values['best_epoch']}) "
+    print(f"[{label}] {recipe.name} seed {seed}: test ROC-AUC {fmt(result.values['roc_auc'])} "
+          f"accuracy {fmt(result.values['accuracy'])} (best val epoch {result.values['best_epoch']}) "
           f"in {wall / 60:.1f} min", flush=True)
     return result
 
@@ -194,15 +190,6 @@ def collect_run(run_dir: Path, recipe: str, seed: int, split: str, wall_seconds:
 
 # ---------------------------------------------------------------------------------------------
 # Summaries and tables
-
-
-def mean_std(values: Sequence[Optional[float]]) -> dict:
-    """Mean and sample standard deviation (n - 1) over seeds; std is None for a single seed."""
-    values = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not values:
-        return {"mean": None, "std": None, "n": 0, "values": []}
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
-            "n": len(values), "values": values}
 
 
 def summarize(runs: Sequence[RunResult]) -> dict:
@@ -242,20 +229,6 @@ def verdicts(names: Sequence[str], summaries: dict, split: str = "test") -> list
     return lines
 
 
-def _num(value: Optional[float], digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
-def _cell(stat: dict, digits: int = 4) -> str:
-    if stat["mean"] is None:
-        return "n/a"
-    if stat["std"] is None:
-        return _num(stat["mean"], digits)
-    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
-
-
 def markdown_tables(report: dict) -> str:
     """The side-by-side tables: headline metrics, the classification report, and every run."""
     names = list(report["recipes"])
@@ -269,7 +242,7 @@ def markdown_tables(report: dict) -> str:
     lines.append("|---" * (len(names) + 1 + int(delta)) + "|")
     for key, label in HEADLINE:
         digits = 1 if key == "best_epoch" else (2 if key.endswith("minutes") else 4)
-        cells = [_cell(summaries[n][key], digits) for n in names]
+        cells = [fmt_mean_std(summaries[n][key], digits) for n in names]
         if delta:
             a, b = summaries[names[0]][key]["mean"], summaries[names[1]][key]["mean"]
             cells.append("n/a" if a is None or b is None else f"{b - a:+.{digits}f}")
@@ -278,7 +251,7 @@ def markdown_tables(report: dict) -> str:
     header = "| | " + " | ".join(f"{n} precision | {n} recall | {n} F1" for n in names) + " | support |"
     lines += [header, "|---" * (3 * len(names) + 2) + "|"]
     for row in summaries[names[0]]["per_class"]:
-        cells = [_cell(summaries[n]["per_class"][row][m]) for n in names for m in ("precision", "recall", "f1")]
+        cells = [fmt_mean_std(summaries[n]["per_class"][row][m]) for n in names for m in ("precision", "recall", "f1")]
         lines.append(f"| {row} | " + " | ".join(cells) + f" | {summaries[names[0]]['per_class'][row]['support']} |")
     lines += ["", "Every run:", "",
               f"| recipe | seed | {split} ROC-AUC | {split} accuracy | val ROC-AUC | best epoch | wall (min) |",
@@ -286,8 +259,8 @@ def markdown_tables(report: dict) -> str:
     for name in names:
         for run in report["recipes"][name]["runs"]:
             v = run["values"]
-            lines.append(f"| {name} | {run['seed']} | {_num(v['roc_auc'])} | {_num(v['accuracy'])} | "
-                         f"{_num(v['best_val_auc'])} | {v['best_epoch']} | {_num(v['wall_minutes'], 2)} |")
+            lines.append(f"| {name} | {run['seed']} | {fmt(v['roc_auc'])} | {fmt(v['accuracy'])} | "
+                         f"{fmt(v['best_val_auc'])} | {v['best_epoch']} | {fmt(v['wall_minutes'], 2)} |")
     lines += [""] + [f"- {line}" for line in report["verdicts"]]
     return "\n".join(lines) + "\n"
 
@@ -367,8 +340,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for recipe in recipes:
             done += 1
             results[recipe.name].append(train_one(args, recipe, seed, shared, f"{done}/{total}"))
-
-    from toolkit.data import load_info, split_size
 
     report = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),

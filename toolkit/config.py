@@ -19,6 +19,7 @@ from typing import Any, Optional, Sequence, Union
 import yaml
 
 from toolkit.cli import UsageError
+from toolkit.models import MODEL_ARCHS
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -338,8 +339,6 @@ def _check_metadata(value: Any, meta: typing.Mapping, key: str) -> None:
 
 def validate(cfg: Config) -> Config:
     """Checks that span several fields; called once after loading."""
-    from toolkit.models import MODEL_ARCHS
-
     if cfg.model.arch not in MODEL_ARCHS:
         close = difflib.get_close_matches(cfg.model.arch, MODEL_ARCHS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -378,6 +377,12 @@ def validate(cfg: Config) -> Config:
 
 def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def raw_section(config: dict, name: str) -> dict:
+    """``config[name]`` of a config read back as plain YAML (``{}`` when absent or not a mapping)."""
+    value = config.get(name)
+    return value if isinstance(value, dict) else {}
 
 
 def dump_yaml(obj: dict) -> str:

@@ -230,8 +230,12 @@ class RunDir:
         return self.wandb / "run_id.txt"  # a resumed run continues the same W&B run
 
     # what evaluation and reporting write
+    @property
+    def evaluations(self) -> Path:
+        return self.root / "eval"  # one folder per evaluated split
+
     def eval_dir(self, split: str) -> Path:
-        return self.root / "eval" / split
+        return self.evaluations / split
 
     def eval_metrics(self, split: str) -> Path:
         return self.eval_dir(split) / "metrics.json"
@@ -249,7 +253,7 @@ class RunDir:
 
     # typed reads and writes
     def evaluated_splits(self) -> list[str]:
-        return sorted(p.parent.name for p in (self.root / "eval").glob("*/predictions.csv"))
+        return sorted(p.parent.name for p in self.evaluations.glob("*/predictions.csv"))
 
     def write_config(self, config: dict) -> None:
         atomic_write_text(self.config, dump_yaml(config))

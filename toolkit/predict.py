@@ -23,7 +23,9 @@ import torch
 from PIL import Image
 
 from toolkit.cli import ArgumentParser, UsageError, run_cli
+from toolkit.data import build_eval_transform
 from toolkit.data.shards import decode_error, strict_decoding, to_rgb
+from toolkit.training.checkpoint import load_model_file
 
 
 class ImageReadError(Exception):
@@ -59,8 +61,6 @@ def resolve_device(name: str) -> torch.device:
 
 def eval_transform(meta: dict) -> Callable[[Image.Image], torch.Tensor]:
     """The training run's eval preprocessing, rebuilt from the model file's metadata."""
-    from toolkit.data import build_eval_transform
-
     missing = [key for key in ("image_size", "resize_size", "mean", "std") if key not in meta]
     if missing:
         raise UsageError(f"the model file's metadata lacks {', '.join(missing)}; re-export it with toolkit.train")
@@ -131,8 +131,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
-
-    from toolkit.training.checkpoint import load_model_file
 
     device = resolve_device(args.device)
     model, meta = load_model_file(args.model)  # UsageError (exit 2) for a missing or non-safetensors file

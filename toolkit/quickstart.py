@@ -16,6 +16,9 @@ from typing import Optional, Sequence
 
 from toolkit.cli import ArgumentParser, UsageError, run_cli
 from toolkit.config import load_config, split_config_args, validate
+from toolkit.data.oxford import make_synthetic_dataset
+from toolkit.data.shards import download_dataset, pack_dataset
+from toolkit.training.loop import train
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 
@@ -34,17 +37,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     flags, overrides = split_config_args(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(flags)
 
-    from toolkit.data.shards import pack_dataset
-    from toolkit.data.oxford import make_synthetic_dataset
-    from toolkit.training.loop import train
-
     cfg = validate(load_config(args.config, [f"data.shards={args.shards}", *overrides]))
     if args.source is not None:
         source = args.source
         print(f"[1/3] data: local Oxford-IIIT Pet copy at {source}", flush=True)
     elif args.download is not None:
-        from toolkit.data.shards import download_dataset
-
         print(f"[1/3] data: downloading the official Oxford-IIIT Pet into {args.download}", flush=True)
         source = download_dataset(args.download)
     else:

@@ -34,6 +34,9 @@ from torch.utils.data import DataLoader, Dataset
 from toolkit import data
 from toolkit.cli import UsageError
 from toolkit.config import DataConfig
+from toolkit.data.oxford import read_source
+from toolkit.data.device_augment import batch_to_device
+from toolkit.data.shards import pack_dataset
 
 # ../shared/data/oxford-pets-mini beside the repository root (942 real images)
 DEFAULT_SOURCE = Path(__file__).resolve().parents[3] / "shared/data/oxford-pets-mini"
@@ -87,8 +90,6 @@ def baseline_transform(cfg: DataConfig, mean: list[float], std: list[float]):
 
 
 def _endless_shards(loader: data.TrainLoader, cfg: DataConfig, mean: list[float], std: list[float]) -> Iterator[int]:
-    from toolkit.data.device_augment import batch_to_device
-
     for epoch in itertools.count():
         loader.set_epoch(epoch)
         for index, batch in enumerate(loader):
@@ -159,8 +160,6 @@ def _parse_workers(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from toolkit.data.oxford import read_source
-
     workers = _parse_workers(args.workers)
     if min(args.image_size, args.batch_size, args.num_batches, args.repeats) < 1:
         raise UsageError("--image-size, --batch-size, --num-batches and --repeats must be >= 1")
@@ -180,6 +179,51 @@ def run(args: argparse.Namespace) -> dict:
         torch.set_num_threads(threads)
 
 
+def _compare_loaders(args: argparse.Namespace, base: DataConfig, info: dict, files: Dataset, count: int,
+                     mean: list[float], std: list[float]) -> dict:
+    """Shards vs file-per-image with ``count`` workers, alternated A B B A so drifts in load hit both alike."""
+    cfg = dataclasses.replace(base, num_workers=count)
+    warmup = max(1, count)
+
+    def shard_run() -> tuple[float, float]:
+        loader = data.make_train_loader(cfg, info, batch_size=args.batch_size, rank=0, world_size=1, seed=0)
+        return _images_per_s(_endless_shards(loader, cfg, mean, std), warmup, args.num_batches)
+
+    def file_run() -> tuple[float, float]:
+        extra = {"persistent_workers": True, "prefetch_factor": cfg.prefetch_factor} if count else {}
+        loader = DataLoader(files, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=count, **extra)
+        return _images_per_s(_endless_files(loader), warmup, args.num_batches)
+
+    shard_rates, file_rates = [], []
+    for _ in range(args.repeats):
+        shard_rates.append(shard_run())
+        file_rates += [file_run(), file_run()]
+        shard_rates.append(shard_run())
+    best_shards, best_files = max(r[0] for r in shard_rates), max(r[0] for r in file_rates)
+    per_cpu_shards, per_cpu_files = max(r[1] for r in shard_rates), max(r[1] for r in file_rates)
+    return {"workers": count,
+            "shards_img_s": round(best_shards, 1), "files_img_s": round(best_files, 1),
+            "ratio": round(best_shards / best_files, 2),
+            "shards_img_per_cpu_s": round(per_cpu_shards, 1), "files_img_per_cpu_s": round(per_cpu_files, 1),
+            "ratio_per_core": round(per_cpu_shards / per_cpu_files, 2),
+            "all_shards": [[round(a, 1), round(b, 1)] for a, b in shard_rates],
+            "all_files": [[round(a, 1), round(b, 1)] for a, b in file_rates]}
+
+
+def _decode_rates(paths: list[Path], shards: str, info: dict, resize: int) -> dict:
+    """Decoding alone on one core: originals vs stored shard JPEGs, full size vs libjpeg's draft mode."""
+    originals = [p.read_bytes() for p in paths[:64]]
+    stored = [s["jpg"] for s in itertools.islice(data.raw_samples(shards, "train", info), 64) if "jpg" in s]
+    return {"originals_full_img_s": round(_decode_rate(originals, 0), 1),
+            "originals_draft_img_s": round(_decode_rate(originals, resize), 1),
+            "shards_full_img_s": round(_decode_rate(stored, 0), 1),
+            "shards_draft_img_s": round(_decode_rate(stored, resize), 1),
+            "draft_hint_px": resize,
+            "originals_mean_kb": round(sum(map(len, originals)) / len(originals) / 1024, 1),
+            "shards_mean_kb": round(sum(map(len, stored)) / len(stored) / 1024, 1),
+            "shards_first_stored_size": list(data.decode_jpeg(stored[0]).size)}
+
+
 def _measure(args: argparse.Namespace, workers: list[int], paths: list[Path], labels: list[int]) -> dict:
     resize = args.resize_size or round(args.image_size * 255 / 224)
     load_before = round(os.getloadavg()[0], 2)
@@ -187,8 +231,6 @@ def _measure(args: argparse.Namespace, workers: list[int], paths: list[Path], la
         shards = args.shards
         pack_seconds = None
         if shards is None:
-            from toolkit.data.shards import pack_dataset
-
             shards, start = str(Path(tmp) / "shards"), time.perf_counter()
             pack_dataset(args.source, Path(shards), show_progress=False)
             pack_seconds = round(time.perf_counter() - start, 1)
@@ -201,47 +243,9 @@ def _measure(args: argparse.Namespace, workers: list[int], paths: list[Path], la
         mean, std = data.resolve_normalization(base, info)
         files = OriginalFiles(paths, labels, baseline_transform(base, mean, std))
 
-        runs = []
-        for count in workers:
-            cfg = dataclasses.replace(base, num_workers=count)
-            warmup = max(1, count)
+        runs = [_compare_loaders(args, base, info, files, count, mean, std) for count in workers]
 
-            def shard_run() -> tuple[float, float]:
-                loader = data.make_train_loader(cfg, info, batch_size=args.batch_size, rank=0, world_size=1, seed=0)
-                return _images_per_s(_endless_shards(loader, cfg, mean, std), warmup, args.num_batches)
-
-            def file_run() -> tuple[float, float]:
-                extra = {"persistent_workers": True, "prefetch_factor": cfg.prefetch_factor} if count else {}
-                loader = DataLoader(files, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                                    num_workers=count, **extra)
-                return _images_per_s(_endless_files(loader), warmup, args.num_batches)
-
-            shard_rates, file_rates = [], []
-            for _ in range(args.repeats):  # A B B A: drifts in machine load hit both sides alike
-                shard_rates.append(shard_run())
-                file_rates += [file_run(), file_run()]
-                shard_rates.append(shard_run())
-            best_shards, best_files = max(r[0] for r in shard_rates), max(r[0] for r in file_rates)
-            per_cpu_shards, per_cpu_files = max(r[1] for r in shard_rates), max(r[1] for r in file_rates)
-            runs.append({"workers": count,
-                         "shards_img_s": round(best_shards, 1), "files_img_s": round(best_files, 1),
-                         "ratio": round(best_shards / best_files, 2),
-                         "shards_img_per_cpu_s": round(per_cpu_shards, 1), "files_img_per_cpu_s": round(per_cpu_files, 1),
-                         "ratio_per_core": round(per_cpu_shards / per_cpu_files, 2),
-                         "all_shards": [[round(a, 1), round(b, 1)] for a, b in shard_rates],
-                         "all_files": [[round(a, 1), round(b, 1)] for a, b in file_rates]})
-
-        # where the difference comes from: decoding alone, one core
-        originals = [p.read_bytes() for p in paths[:64]]
-        stored = [s["jpg"] for s in itertools.islice(data.raw_samples(shards, "train", info), 64) if "jpg" in s]
-        decode = {"originals_full_img_s": round(_decode_rate(originals, 0), 1),
-                  "originals_draft_img_s": round(_decode_rate(originals, resize), 1),
-                  "shards_full_img_s": round(_decode_rate(stored, 0), 1),
-                  "shards_draft_img_s": round(_decode_rate(stored, resize), 1),
-                  "draft_hint_px": resize,
-                  "originals_mean_kb": round(sum(map(len, originals)) / len(originals) / 1024, 1),
-                  "shards_mean_kb": round(sum(map(len, stored)) / len(stored) / 1024, 1),
-                  "shards_first_stored_size": list(data.decode_jpeg(stored[0]).size)}
+        decode = _decode_rates(paths, shards, info, resize)  # where the difference comes from
 
     return {
         "benchmark": "data",

@@ -11,12 +11,15 @@ import argparse
 import datetime as dt
 import os
 import time
+from typing import Iterator
 
 import torch
 
 from toolkit.bench.model import (AUTOCAST_DTYPES, BenchStep, bench_accelerator, check_dtype, check_input_size, device_name,
                                  resolve_device, synchronize, synthetic_batch)
 from toolkit.cli import UsageError, progress
+from toolkit.config import load_config
+from toolkit.data import load_info, make_train_loader, resolve_normalization
 from toolkit.data.device_augment import batch_to_device
 from toolkit.models import MODEL_ARCHS, create_model
 
@@ -43,9 +46,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from toolkit.config import load_config
-    from toolkit.data import load_info, make_train_loader, resolve_normalization
-
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
     batch_size = args.batch_size or (256 if cuda else 8)
@@ -71,45 +71,11 @@ def run(args: argparse.Namespace) -> dict:
     images, labels = synthetic_batch(batch_size, args.image_size, 2, device)
     step = BenchStep(bench_accelerator(args.dtype, device), model, images, labels, channels_last=args.channels_last,
                      compile=args.compile)
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-
-    # synthetic: the same batch every step, already on the device
-    for _ in range(warmup):
-        step()
-    synchronize(device)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    for _ in progress(range(steps), desc="synthetic input", unit="step"):
-        step()
-    synchronize(device)
-    synthetic_s = time.perf_counter() - start
-
-    # real: decode + augment in the loader workers, copy to the device, same step
-    def real_batches():
-        epoch = 0
-        while True:
-            loader.set_epoch(epoch)
-            yield from loader
-            epoch += 1
-
-    batches = real_batches()
-    wait, done = 0.0, 0
-    for index in progress(range(warmup + steps), desc="real shards", unit="step"):
-        if index == warmup:
-            synchronize(device)
-            start, wait = time.perf_counter(), 0.0
-        t0 = time.perf_counter()
-        batch = next(batches)
-        wait += time.perf_counter() - t0
-        step.images = batch_to_device(batch, cfg, mean, std, device, memory_format=memory_format, seed=index)
-        step.labels = batch["label"].to(device, non_blocking=True)
-        step()
-        done += index >= warmup
-    synchronize(device)
-    real_s = time.perf_counter() - start
+    synthetic_s = time_synthetic(step, device, warmup, steps)
+    batches = endless(loader)
+    real_s, wait, done = time_real(step, batches, cfg, mean, std, device, warmup, steps)
     if args.profile:
-        profile_steps(step, batches, cfg, mean, std, device, memory_format, args.profile)
+        profile_steps(step, batches, cfg, mean, std, device, step.memory_format, args.profile)
 
     synthetic_ips = steps * batch_size / synthetic_s
     real_ips = done * batch_size / real_s
@@ -139,6 +105,48 @@ def run(args: argparse.Namespace) -> dict:
         "torch_version": torch.__version__,
         "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def time_synthetic(step: BenchStep, device: torch.device, warmup: int, steps: int) -> float:
+    """Seconds for ``steps`` steps on the same batch, already on the device (warmup untimed)."""
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in progress(range(steps), desc="synthetic input", unit="step"):
+        step()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def endless(loader) -> Iterator[dict]:
+    """The loader's batches, epoch after epoch."""
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def time_real(step: BenchStep, batches: Iterator[dict], cfg, mean, std, device: torch.device, warmup: int,
+              steps: int) -> tuple[float, float, int]:
+    """(seconds, of which waiting for data, steps timed): decode and augment in the loader, the loop's copy."""
+    wait, done, start = 0.0, 0, time.perf_counter()
+    for index in progress(range(warmup + steps), desc="real shards", unit="step"):
+        if index == warmup:
+            synchronize(device)
+            start, wait = time.perf_counter(), 0.0
+        t0 = time.perf_counter()
+        batch = next(batches)
+        wait += time.perf_counter() - t0
+        step.images = batch_to_device(batch, cfg, mean, std, device, memory_format=step.memory_format, seed=index)
+        step.labels = batch["label"].to(device, non_blocking=True)
+        step()
+        done += index >= warmup
+    synchronize(device)
+    return time.perf_counter() - start, wait, done
 
 
 def profile_steps(step: BenchStep, batches, cfg, mean, std, device: torch.device, memory_format, path: str,

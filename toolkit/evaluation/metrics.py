@@ -9,6 +9,7 @@ rule ``sklearn.metrics.roc_curve`` uses for its thresholds).
 from __future__ import annotations
 
 import math
+import statistics
 import warnings
 from collections import defaultdict
 from typing import Any, Optional, Sequence
@@ -208,8 +209,29 @@ def compute_metrics(labels: Sequence[int], prob_dog: Sequence[float], *, thresho
     return result
 
 
-def _fmt(value: Any, digits: int) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+def fmt(value: Any, digits: int = 4) -> str:
+    """A number for logs and tables: n/a when missing or NaN, integers as they are."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def mean_std(values: Sequence[Optional[float]]) -> dict:
+    """Mean and sample standard deviation (n - 1) over seeds; std is None for a single seed."""
+    values = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return {"mean": None, "std": None, "n": 0, "values": []}
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
+            "n": len(values), "values": values}
+
+
+def fmt_mean_std(stat: dict, digits: int = 4) -> str:
+    """``0.8123 ± 0.0150``; one value alone when there is no spread; n/a when there is none."""
+    if stat["mean"] is None:
+        return "n/a"
+    if stat["std"] is None:
+        return fmt(stat["mean"], digits)
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
 def classification_report_table(metrics: dict[str, Any], digits: int = 4) -> str:
@@ -238,6 +260,6 @@ def classification_report_table(metrics: dict[str, Any], digits: int = 4) -> str
 
 def summary_line(metrics: dict[str, Any]) -> str:
     """One line for logs: n, loss, accuracy, ROC-AUC, AP."""
-    return (f"n={metrics['num_samples']} loss={_fmt(metrics.get('loss'), 4)} "
-            f"acc={_fmt(metrics.get('accuracy'), 4)} auc={_fmt(metrics.get('roc_auc'), 4)} "
-            f"ap={_fmt(metrics.get('average_precision'), 4)}")
+    return (f"n={metrics['num_samples']} loss={fmt(metrics.get('loss'))} "
+            f"acc={fmt(metrics.get('accuracy'))} auc={fmt(metrics.get('roc_auc'))} "
+            f"ap={fmt(metrics.get('average_precision'))}")

@@ -66,6 +66,16 @@ def _two_classes(labels: np.ndarray) -> bool:
     return len(np.unique(labels)) == 2
 
 
+def _unit_square(ax, xlabel: str, ylabel: str, legend_loc: str) -> None:
+    """Axes of a curve between 0 and 1 on both sides (ROC, precision-recall)."""
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(loc=legend_loc, fontsize=8)
+    ax.grid(alpha=0.3)
+
+
 def plot_roc(labels: Sequence[int], prob_dog: Sequence[float], path: PathLike, *, title: str = "ROC curve") -> Path:
     y, p = np.asarray(labels), np.asarray(prob_dog, dtype=np.float64)
     fig = new_figure(4.6, 4.2)
@@ -74,12 +84,7 @@ def plot_roc(labels: Sequence[int], prob_dog: Sequence[float], path: PathLike, *
         fpr, tpr, _ = skm.roc_curve(y, p)
         ax.plot(fpr, tpr, lw=2, label=f"dog vs cat (AUC = {roc_auc(y, p):.4f})")
         ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance (AUC = 0.5)")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.01)
-        ax.set_xlabel("False positive rate (cats called dog)")
-        ax.set_ylabel("True positive rate (dogs found)")
-        ax.legend(loc="lower right", fontsize=8)
-        ax.grid(alpha=0.3)
+        _unit_square(ax, "False positive rate (cats called dog)", "True positive rate (dogs found)", "lower right")
     else:
         _empty_note(ax, "ROC undefined: only one class present")
     ax.set_title(title)
@@ -97,12 +102,7 @@ def plot_pr(labels: Sequence[int], prob_dog: Sequence[float], path: PathLike, *,
         ax.step(recall, precision, where="post", lw=2, label=f"dog (AP = {ap:.4f})")
         prevalence = float(y.mean())
         ax.axhline(prevalence, ls="--", color="grey", lw=1, label=f"chance (dog share = {prevalence:.3f})")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.01)
-        ax.set_xlabel("Recall")
-        ax.set_ylabel("Precision")
-        ax.legend(loc="lower left", fontsize=8)
-        ax.grid(alpha=0.3)
+        _unit_square(ax, "Recall", "Precision", "lower left")
     else:
         _empty_note(ax, "Precision-recall undefined: only one class present")
     ax.set_title(title)

@@ -156,7 +156,8 @@ def load_split_metrics(run_dir: Path, split: str) -> tuple[Optional[dict], list[
 
 
 def evaluated_splits(run_dir: Path) -> list[str]:
-    found = {p.name for p in (run_dir / "eval").iterdir() if p.is_dir()} if (run_dir / "eval").is_dir() else set()
+    folder = RunDir(run_dir).evaluations
+    found = {p.name for p in folder.iterdir() if p.is_dir()} if folder.is_dir() else set()
     return [s for s in SPLIT_ORDER] + sorted(found - set(SPLIT_ORDER))
 
 

@@ -1,4 +1,4 @@
-"""Weights & Biases tracking that can never stop or slow down training, and secret redaction.
+"""Weights & Biases tracking that can never stop or slow down training.
 
 W&B is a convenience on top of the local run folder (config.yaml, logs, metrics, report),
 which stays the source of truth. So every failure here - wandb not installed, no network,
@@ -35,90 +35,17 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from toolkit.config import WANDB_MODES
 from toolkit.fileio import atomic_write_text
+from toolkit.formats import RunDir
+from toolkit.reporting.secrets import redact_secrets
 
-MODES = ("auto", "online", "offline", "disabled")
-REDACTED = "***"
 
 # How long an online wandb.init may take before we give up and log offline instead.
 ONLINE_INIT_TIMEOUT_S = 20.0
 OFFLINE_INIT_TIMEOUT_S = 60.0
 # How long finish() may wait for an online run's last uploads (the model file included).
 FINISH_TIMEOUT_S = 900.0
-
-# ---------------------------------------------------------------------------------------------
-# Secret redaction
-# ---------------------------------------------------------------------------------------------
-
-# A key names a secret when one of its words is one of these (api_key, hf_token, db_password,
-# client_secret, private-key, apiKey, ...). "key" alone is NOT a secret: samples have keys.
-_SECRET_KEY_RE = re.compile(
-    r"(^|[_\-.\s])(api[_\-]?key|token|password|passwd|secret|credentials?)($|[_\-.\s])"
-    r"|[_\-.](key)$",
-    re.IGNORECASE,
-)
-_SECRET_ENV_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
-_ALWAYS_SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
-# Env vars whose name says "key" but whose value is a location, not a secret.
-_LOCATION_SUFFIXES = ("_FILE", "_PATH", "_DIR", "_HOME")
-_MIN_SECRET_LEN = 8
-
-
-def _split_camel(name: str) -> str:
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name)
-
-
-def is_secret_key(name: str) -> bool:
-    """True for dict keys whose value should never be written anywhere."""
-    return bool(_SECRET_KEY_RE.search(_split_camel(str(name))))
-
-
-def secret_values(environ: Optional[Mapping[str, str]] = None) -> list[str]:
-    """Secret strings found in the environment, longest first (so replacement is greedy)."""
-    environ = os.environ if environ is None else environ
-    found = set()
-    for name, value in environ.items():
-        upper = name.upper()
-        named_secret = upper in _ALWAYS_SECRET_ENV or (
-            any(word in upper for word in _SECRET_ENV_WORDS) and not upper.endswith(_LOCATION_SUFFIXES)
-        )
-        if named_secret and value and len(value) >= _MIN_SECRET_LEN:
-            found.add(value)
-    return sorted(found, key=len, reverse=True)
-
-
-def redact_secrets(obj: Any, *, environ: Optional[Mapping[str, str]] = None) -> Any:
-    """A copy of ``obj`` with secrets replaced by ``"***"``.
-
-    Recurses through dicts, lists and tuples. Values under secret-looking keys are replaced
-    (``None``/empty values are kept: they hide nothing), and every occurrence of a secret from
-    the environment inside any string is replaced too, so log lines and URLs are covered.
-    Apply it to everything the run writes: config, logs, metrics, reports, file metadata.
-    """
-    return _redact(obj, secret_values(environ))
-
-
-def _redact(obj: Any, secrets: Sequence[str]) -> Any:
-    if isinstance(obj, str):
-        for secret in secrets:
-            if secret in obj:
-                obj = obj.replace(secret, REDACTED)
-        return obj
-    if isinstance(obj, Mapping):
-        out = {}
-        for key, value in obj.items():
-            hides_nothing = value is None or value is False or (isinstance(value, str) and not value)
-            if isinstance(key, str) and is_secret_key(key) and not hides_nothing:
-                out[key] = REDACTED
-            else:
-                out[key] = _redact(value, secrets)
-        return out
-    if isinstance(obj, tuple):
-        return tuple(_redact(value, secrets) for value in obj)
-    if isinstance(obj, list):
-        return [_redact(value, secrets) for value in obj]
-    return obj
-
 
 # ---------------------------------------------------------------------------------------------
 # Mode resolution
@@ -149,8 +76,8 @@ def has_api_key() -> bool:
 def resolve_mode(setting: str) -> str:
     """Turn ``tracking.wandb`` into online/offline/disabled (never imports wandb)."""
     setting = str(setting).lower()
-    if setting not in MODES:
-        raise ValueError(f"tracking.wandb must be one of {', '.join(MODES)}, got {setting!r}")
+    if setting not in WANDB_MODES:
+        raise ValueError(f"tracking.wandb must be one of {', '.join(WANDB_MODES)}, got {setting!r}")
     if setting != "auto":
         return setting
     env_mode = os.environ.get("WANDB_MODE", "").lower()
@@ -237,7 +164,7 @@ class Tracker:
             self._warn(f"W&B cannot be imported ({_short(err)}); tracking is off, local logs continue")
             return
         self._wandb = wandb
-        wandb_dir = self.run_dir / "wandb"
+        wandb_dir = RunDir(self.run_dir).wandb
         try:
             wandb_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -273,7 +200,7 @@ class Tracker:
 
     @property
     def _run_id_file(self) -> Path:
-        return self.run_dir / "wandb" / "run_id.txt"
+        return RunDir(self.run_dir).wandb_run_id
 
     def _saved_run_id(self) -> Optional[str]:
         """The W&B run id this run folder logged to before, so a resumed run continues that W&B run."""

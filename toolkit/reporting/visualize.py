@@ -16,9 +16,16 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import torch
 
 from toolkit.cli import ArgumentParser, DataError, UsageError
+from toolkit.config import load_config, raw_section
+from toolkit.data import build_eval_transform, read_samples
+from toolkit.evaluation.metrics import threshold_metrics
 from toolkit.formats import Predictions, RunDir
+from toolkit.reporting import interpret, plots
+from toolkit.reporting.report import build_report
+from toolkit.training.checkpoint import load_model_file
 
 FILE_PLOTS = ("roc", "pr", "confusion", "curves")
 MODEL_PLOTS = ("grid", "gradcam", "features", "filters")
@@ -36,11 +43,6 @@ def skip(name: str, why: str) -> None:
     warn(f"skipped {name} plot: {why}")
 
 
-def _section(config: dict, name: str) -> dict:
-    value = config.get(name)
-    return value if isinstance(value, dict) else {}
-
-
 def _threshold(run: RunDir, split: str, config: dict) -> float:
     """The threshold the evaluation used: metrics.json's, else the config's, else 0.5."""
     try:
@@ -49,7 +51,7 @@ def _threshold(run: RunDir, split: str, config: dict) -> float:
             return float(value)
     except (OSError, ValueError, AttributeError):
         pass
-    value = _section(config, "eval").get("threshold")
+    value = raw_section(config, "eval").get("threshold")
     return float(value) if isinstance(value, (int, float)) else 0.5
 
 
@@ -66,18 +68,13 @@ def _shards_problem(shards: Optional[str]) -> Optional[str]:
 
 
 def load_model(run_dir: Path) -> tuple[Any, dict]:
-    from toolkit.training.checkpoint import load_model_file
-
     return load_model_file(RunDir(run_dir).model)
 
 
 def load_images(shards: str, split: str, keys: set[str], meta: dict, config: dict) -> dict[str, Any]:
     """Eval-transformed image tensors [3,H,W] by key, preprocessed exactly as the model saw them."""
-    from toolkit.config import load_config
-    from toolkit.data import build_eval_transform, read_samples
-
-    image_size = int(meta.get("image_size") or _section(config, "data").get("image_size") or 224)
-    resize_size = int(meta.get("resize_size") or _section(config, "data").get("resize_size") or image_size)
+    image_size = int(meta.get("image_size") or raw_section(config, "data").get("image_size") or 224)
+    resize_size = int(meta.get("resize_size") or raw_section(config, "data").get("resize_size") or image_size)
     data_cfg = load_config(None, [f"data.image_size={image_size}", f"data.resize_size={resize_size}"]).data
     transform = build_eval_transform(data_cfg, meta["mean"], meta["std"])
     return {sample["key"]: transform(sample["image"]) for sample in read_samples(shards, split, keys=set(keys))}
@@ -91,9 +88,6 @@ def make_plots(run_dir: Path, *, what: Optional[set[str]] = None, split: str = "
     After training, ``finish_run`` passes the predictions and the model it already holds; the
     command reads them from the run folder.
     """
-    from toolkit.reporting import plots
-    from toolkit.evaluation.metrics import threshold_metrics
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UsageError(f"run folder {str(run_dir)!r} not found; pass a folder written by a training run (runs/NAME)")
@@ -103,30 +97,62 @@ def make_plots(run_dir: Path, *, what: Optional[set[str]] = None, split: str = "
         raise UsageError(f"unknown plot(s) {', '.join(sorted(unknown))}; choose from {','.join(ALL_PLOTS)} or all")
     run = RunDir(run_dir)
     config = run.read_config()
-    out_dir = run.plots
-    made: list[Path] = []
-
     if what & set(NEEDS_PREDICTIONS) and predictions is None:
-        path = run.predictions(split)
-        problem = None
-        if path.is_file():
-            try:
-                predictions = run.read_predictions(split)
-                if not predictions.labels:
-                    predictions, problem = None, f"{path} has no rows"
-            except DataError as err:
-                problem = str(err)
-        else:
-            evaluated = run.evaluated_splits()
-            hint = f" (evaluated splits: {', '.join(evaluated)}; use --split)" if evaluated else \
-                " (run python -m toolkit.evaluate first)"
-            problem = f"{path} not found{hint}"
-        if problem:
-            for name in sorted(what & set(NEEDS_PREDICTIONS), key=ALL_PLOTS.index):
-                skip(name, problem)
+        predictions = _read_predictions(run, split, sorted(what & set(NEEDS_PREDICTIONS), key=ALL_PLOTS.index))
+        if predictions is None:
             what -= set(NEEDS_PREDICTIONS)
     threshold = _threshold(run, split, config)
+    made = _file_plots(run, what, split, predictions, threshold)
+    wanted = sorted(what & set(MODEL_PLOTS), key=ALL_PLOTS.index)
+    if not wanted:
+        return made
+    try:
+        model, meta = model_and_meta if model_and_meta is not None else load_model(run_dir)
+    except (UsageError, DataError, OSError, KeyError, ValueError) as err:
+        for name in wanted:
+            skip(name, f"cannot load the model: {err}")
+        return made
+    if "filters" in what:
+        made += _filter_plots(model, run.plots)
+    image_plots = [name for name in wanted if name in NEEDS_IMAGES]
+    if not image_plots:
+        return made
+    shards = shards or raw_section(config, "data").get("shards")
+    problem = "num_images is 0" if num_images < 1 else _shards_problem(shards)
+    if problem is not None:
+        for name in image_plots:
+            skip(name, problem)
+        return made
+    class_names = tuple(meta.get("class_names") or ("cat", "dog"))
+    return made + _image_plots(run_dir, model, meta, config, image_plots, predictions, split, num_images,
+                               threshold, class_names, str(shards), run.plots)
 
+
+def _read_predictions(run: RunDir, split: str, needing: list[str]) -> Optional[Predictions]:
+    """The split's predictions from the run folder, or None after saying which plots that skips and why."""
+    path = run.predictions(split)
+    if path.is_file():
+        try:
+            found = run.read_predictions(split)
+            problem = None if found.labels else f"{path} has no rows"
+        except DataError as err:
+            found, problem = None, str(err)
+    else:
+        evaluated = run.evaluated_splits()
+        hint = f" (evaluated splits: {', '.join(evaluated)}; use --split)" if evaluated else \
+            " (run python -m toolkit.evaluate first)"
+        found, problem = None, f"{path} not found{hint}"
+    if problem is None:
+        return found
+    for name in needing:
+        skip(name, problem)
+    return None
+
+
+def _file_plots(run: RunDir, what: set[str], split: str, predictions: Optional[Predictions],
+                threshold: float) -> list[Path]:
+    """ROC, PR, confusion matrix and training curves: numbers only, no model or images."""
+    made, out_dir = [], run.plots
     if "roc" in what:
         made.append(plots.plot_roc(predictions.labels, predictions.prob_dog, out_dir / f"roc_{split}.png",
                                    title=f"ROC curve ({split})"))
@@ -141,47 +167,22 @@ def make_plots(run_dir: Path, *, what: Optional[set[str]] = None, split: str = "
         except ValueError as err:
             skip("confusion", str(err))
     if "curves" in what:
-        path = run.history
         rows = run.read_history()
         if rows:
             made.append(plots.plot_training_curves(rows, out_dir / "training_curves.png",
-                                                   title=f"Training curves ({run_dir.name})"))
+                                                   title=f"Training curves ({run.root.name})"))
         else:
-            skip("curves", f"{path} {'is empty' if path.is_file() else 'not found'}")
+            skip("curves", f"{run.history} {'is empty' if run.history.is_file() else 'not found'}")
+    return made
 
-    wanted = what & set(MODEL_PLOTS)
-    if not wanted:
-        return made
+
+def _filter_plots(model: Any, out_dir: Path) -> list[Path]:
+    made = [interpret.plot_filters(model, out_dir / "filters_conv1.png", layer="conv1")]
     try:
-        model, meta = model_and_meta if model_and_meta is not None else load_model(run_dir)
-    except (UsageError, DataError, OSError, KeyError, ValueError) as err:
-        for name in sorted(wanted, key=ALL_PLOTS.index):
-            skip(name, f"cannot load the model: {err}")
-        return made
-    class_names = tuple(meta.get("class_names") or ("cat", "dog"))
-    if "filters" in what:
-        from toolkit.reporting import interpret
-
-        made.append(interpret.plot_filters(model, out_dir / "filters_conv1.png", layer="conv1"))
-        try:
-            made.append(interpret.plot_filters(model, out_dir / f"filters_{DEEP_FILTER_LAYER}.png",
-                                               layer=DEEP_FILTER_LAYER, spatial=True, max_filters=32))
-        except ValueError as err:
-            skip("deep filters", str(err))
-
-    image_plots = sorted(wanted & set(NEEDS_IMAGES), key=ALL_PLOTS.index)
-    if not image_plots:
-        return made
-    shards = shards or _section(config, "data").get("shards")
-    problem = _shards_problem(shards)
-    if num_images < 1:
-        problem = "num_images is 0"
-    if problem is not None:
-        for name in image_plots:
-            skip(name, problem)
-        return made
-    made.extend(_image_plots(run_dir, model, meta, config, image_plots, predictions, split, num_images,
-                             threshold, class_names, str(shards), out_dir))
+        made.append(interpret.plot_filters(model, out_dir / f"filters_{DEEP_FILTER_LAYER}.png",
+                                           layer=DEEP_FILTER_LAYER, spatial=True, max_filters=32))
+    except ValueError as err:
+        skip("deep filters", str(err))
     return made
 
 
@@ -189,10 +190,6 @@ def _image_plots(run_dir: Path, model: Any, meta: dict, config: dict, names: lis
                  split: str, num_images: int, threshold: float, class_names: tuple, shards: str,
                  out_dir: Path) -> list[Path]:
     """Prediction grid, Grad-CAM and feature maps: pick examples, read just those images, plot."""
-    import torch
-
-    from toolkit.reporting import interpret, plots
-
     picks = {
         "grid": interpret.select_examples(predictions.labels, predictions.prob_dog, num_images,
                                           threshold=threshold, max_wrong=num_images // 2),
@@ -226,7 +223,7 @@ def _image_plots(run_dir: Path, model: Any, meta: dict, config: dict, names: lis
                 mean=mean, std=std, threshold=threshold, class_names=class_names, captions=captions,
                 title=f"{split}: predictions (most confident mistakes and correct ones; wrong in red)"))
         elif name == "gradcam":
-            layer = str(_section(config, "eval").get("gradcam_layer") or "layer4")
+            layer = str(raw_section(config, "eval").get("gradcam_layer") or "layer4")
             cams, probs = interpret.explain(model, batch, layer=layer)  # titles: the model's view of these tensors
             made.append(interpret.plot_gradcam(batch, cams, labels, probs.tolist(), out_dir / f"gradcam_{split}.png",
                                                mean=mean, std=std, threshold=threshold, class_names=class_names,
@@ -269,8 +266,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for path in made:
         print(path)
     if not args.no_report:
-        from toolkit.reporting.report import build_report
-
         print(build_report(args.run))
     return 0
 

@@ -23,19 +23,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import struct
 import sys
-import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from toolkit.cli import ArgumentParser, DataError, UsageError
-from toolkit.compare_recipes import mean_std
-from toolkit.config import read_yaml_mapping
+from toolkit.config import raw_section
+from toolkit.evaluation.metrics import fmt_mean_std, mean_std
 from toolkit.fileio import atomic_write_json
-from toolkit.reporting.tracking import has_api_key, redact_secrets
+from toolkit.formats import RunDir
+from toolkit.reporting.wandb_runs import LocalRun, RunLog, find_runs, read_run_log, select_runs
+from toolkit.reporting.secrets import redact_secrets
+from toolkit.reporting.tracking import has_api_key
 
 SPEC_FORMAT = "pets-toolkit/wandb-report/1"
 SPEC_FILE = "wandb-report.json"
@@ -44,13 +43,7 @@ INSTALL_HINT = 'pip install -e ".[report]"'
 BAD_PROJECT_CHARS = "/\\#?%:"
 MAX_PROJECT_LEN = 128
 MAX_TITLE_LEN = 128  # wandb_workspaces' Report.title limit
-RUN_SEARCH_DEPTH = 3  # runs/NAME, runs/compare/runs/NAME: run folders sit at most this deep under --runs-dir
-SEED_SUFFIX = re.compile(r"-seed\d+$")  # compare_recipes names its runs <recipe>-seed<N>
-RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
-# Run-folder files this module reads (what training writes; see toolkit/training/loop.py).
-CONFIG_FILE, DATASET_FILE, FINAL_FILE = "config.yaml", "dataset.json", "final.json"
-RUN_ID_FILE = Path("wandb") / "run_id.txt"
 
 # Keys as toolkit.reporting.tracking.Tracker logs them: the loop logs train/* every few steps and
 # epoch/<metrics.jsonl column> once per epoch at the optimizer step; evaluation logs summaries,
@@ -74,205 +67,7 @@ HEADLINE = (("roc_auc", "ROC-AUC"), ("accuracy", "accuracy"), ("balanced_accurac
 LAYOUT = {"line": (8, 6), "chart": (8, 8), "table": (24, 14), "media": (24, 10), "run_comparer": (24, 12)}
 
 # ---------------------------------------------------------------------------------------------
-# Reading a W&B run log back (offline or online runs write the same file)
-
-_BLOCK = 32 * 1024  # LevelDB log: 32 KiB blocks of crc32/length/type-framed chunks
-_HEADER = 7         # ":W&B" + 2-byte magic + 1-byte version, and the size of every chunk header
-_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
-
-
-def _raw_records(data: bytes) -> Iterator[bytes]:
-    """The record payloads of a ``.wandb`` file; stops at a torn tail (a run still writing or killed)."""
-    pos, pending = _HEADER, b""
-    while pos + _HEADER <= len(data):
-        left_in_block = _BLOCK - pos % _BLOCK
-        if left_in_block < _HEADER:  # too small for a chunk header: zero padding
-            pos += left_in_block
-            continue
-        crc, length, kind = struct.unpack("<IHB", data[pos:pos + _HEADER])
-        chunk = data[pos + _HEADER:pos + _HEADER + length]
-        if (kind == 0 and length == 0) or len(chunk) < length or zlib.crc32(bytes([kind]) + chunk) != crc:
-            return
-        pos += _HEADER + length
-        if kind == _FULL:
-            yield chunk
-        elif kind == _FIRST:
-            pending = chunk
-        elif kind == _MIDDLE:
-            pending += chunk
-        elif kind == _LAST:
-            yield pending + chunk
-
-
-def read_wandb_records(path: Path) -> Iterator[Any]:
-    """``wandb.proto`` Records of one ``.wandb`` file, in the order W&B wrote them."""
-    from wandb.proto import wandb_internal_pb2  # heavy; only needed when reading logs
-
-    data = Path(path).read_bytes()
-    if not data:  # a run that has only just started
-        return
-    if data[:4] != b":W&B":
-        raise DataError(f"{path} is not a W&B run log (no :W&B header); was it truncated or replaced?")
-    for raw in _raw_records(data):
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(raw)
-        yield record
-
-
-@dataclass
-class RunLog:
-    """What one W&B run logged: keys with their kind, chart specs, and the project it was logged to."""
-
-    run_id: str
-    project: str = ""
-    keys: dict[str, str] = field(default_factory=dict)  # key -> scalar | table | image | chart | <W&B type>
-    charts: dict[str, dict] = field(default_factory=dict)  # chart key -> W&B panel config
-
-
-_MEDIA_KINDS = {"table-file": "table", "image-file": "image"}
-
-
-def _note_item(log: RunLog, item: Any) -> None:
-    """One history/summary item. Media arrive flattened: nested_key [key, field] with a ``_type`` field."""
-    path = list(item.nested_key) or [item.key]
-    key = path[0]
-    if key.startswith("_"):  # _step, _runtime, _timestamp, _wandb: W&B's own
-        return
-    value = json.loads(item.value_json)
-    if len(path) > 1:
-        if path[1] == "_type":
-            log.keys[key] = _MEDIA_KINDS.get(value, value)
-        return
-    if isinstance(value, dict) and "_type" in value:
-        log.keys[key] = _MEDIA_KINDS.get(value["_type"], value["_type"])
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        log.keys.setdefault(key, "scalar")
-
-
-def _note_config(log: RunLog, items: Any) -> None:
-    """Custom charts live in the config as ``_wandb.visualize.<key>``: the panel W&B draws."""
-    for item in items:
-        path = list(item.nested_key) or [item.key]
-        if path[:2] == ["_wandb", "visualize"] and len(path) == 3:
-            spec = json.loads(item.value_json)
-            log.charts[path[2]] = spec.get("panel_config", {})
-            log.keys[path[2]] = "chart"
-
-
-def read_run_log(files: Sequence[Path], run_id: str) -> RunLog:
-    """Merge the ``.wandb`` files of one W&B run (a resumed run has one per part)."""
-    log = RunLog(run_id)
-    for path in files:
-        for record in read_wandb_records(path):
-            kind = record.WhichOneof("record_type")
-            if kind == "run":
-                log.project = record.run.project
-                _note_config(log, record.run.config.update)
-            elif kind == "config":
-                _note_config(log, record.config.update)
-            elif kind == "history":
-                for item in record.history.item:
-                    _note_item(log, item)
-            elif kind == "summary":
-                for item in record.summary.update:
-                    _note_item(log, item)
-    return log
-
-
-def read_logged_keys(run_dir: Path) -> dict[str, str]:
-    """Every key the W&B run of a run folder logged, with its kind (scalar, table, image, chart)."""
-    run = load_run(Path(run_dir))
-    if run is None:
-        raise UsageError(f"{run_dir} has no W&B run ({RUN_ID_FILE} and wandb/*run-*/run-ID.wandb); "
-                         "train with tracking.wandb=offline or online")
-    return read_run_log(run.log_files, run.run_id).keys
-
-
-# ---------------------------------------------------------------------------------------------
-# Finding the runs
-
-
-@dataclass
-class LocalRun:
-    """A training run folder that logged to W&B."""
-
-    run_dir: Path
-    run_id: str
-    log_files: list[Path]
-    config: dict
-
-    @property
-    def name(self) -> str:
-        return self.run_dir.name
-
-    @property
-    def group(self) -> str:
-        """The recipe: ``strong-seed1`` belongs to ``strong``; other names stand alone."""
-        return SEED_SUFFIX.sub("", self.name) or self.name
-
-    @property
-    def needs_sync(self) -> list[Path]:
-        """Offline W&B folders not uploaded yet (``wandb sync`` leaves ``run-ID.wandb.synced``)."""
-        return [p.parent for p in self.log_files
-                if p.parent.name.startswith("offline-run-") and not p.with_suffix(".wandb.synced").exists()]
-
-
-def load_run(run_dir: Path) -> Optional[LocalRun]:
-    """The run in ``run_dir``, or None when it never logged to W&B (tracking disabled or failed)."""
-    try:
-        run_id = (run_dir / RUN_ID_FILE).read_text(encoding="utf-8").strip()
-    except OSError:
-        return None
-    if not RUN_ID.fullmatch(run_id):
-        return None
-    files = sorted((run_dir / "wandb").glob(f"*run-*-{run_id}/run-{run_id}.wandb"))
-    if not files:
-        return None
-    config_file = run_dir / CONFIG_FILE
-    return LocalRun(run_dir, run_id, files, read_yaml_mapping(config_file) if config_file.is_file() else {})
-
-
-def find_runs(runs_dir: Path) -> list[LocalRun]:
-    """W&B runs in ``runs_dir`` itself or in folders up to RUN_SEARCH_DEPTH levels below it."""
-    runs: dict[str, LocalRun] = {}
-    for depth in range(RUN_SEARCH_DEPTH + 1):
-        for id_file in sorted(runs_dir.glob("/".join(["*"] * depth + [str(RUN_ID_FILE)]))):
-            run = load_run(id_file.parent.parent)
-            if run is not None:
-                runs.setdefault(run.run_id, run)
-    return list(runs.values())
-
-
-def select_runs(runs: Sequence[LocalRun], runs_dir: Path, groups: Optional[Sequence[str]],
-                ids: Optional[Sequence[str]]) -> list[LocalRun]:
-    """The runs asked for, or a one-line UsageError that says what is there instead."""
-    if not runs_dir.is_dir():
-        raise UsageError(f"--runs-dir {runs_dir} not found; pass the folder that holds the run folders (output.dir)")
-    if not runs:
-        raise UsageError(f"no W&B runs found in {runs_dir} (a run that logged to W&B has {RUN_ID_FILE} and "
-                         "wandb/*run-*/run-ID.wandb; train with tracking.wandb=offline or online, or pass --runs-dir)")
-    if groups:
-        there = sorted({run.group for run in runs})
-        missing = [g for g in groups if g not in there]
-        if missing:
-            raise UsageError(f"no runs of group {', '.join(map(repr, missing))} in {runs_dir} "
-                             f"(groups there: {', '.join(there)})")
-        return [run for g in groups for run in runs if run.group == g]
-    by_id = {**{run.name: run for run in runs}, **{run.run_id: run for run in runs}}
-    missing = [i for i in ids or [] if i not in by_id]
-    if missing:
-        shown = ", ".join(f"{run.name} ({run.run_id})" for run in runs[:10]) + (" ..." if len(runs) > 10 else "")
-        raise UsageError(f"run(s) {', '.join(missing)} not found in {runs_dir} (runs there: {shown})")
-    return list({by_id[i].run_id: by_id[i] for i in ids or []}.values())
-
-
-# ---------------------------------------------------------------------------------------------
 # Report content: header and headline tables from the run folders
-
-
-def _section(config: dict, name: str) -> dict:
-    value = config.get(name)
-    return value if isinstance(value, dict) else {}
 
 
 def _read_json(path: Path) -> Optional[Any]:
@@ -284,13 +79,13 @@ def _read_json(path: Path) -> Optional[Any]:
 
 def headline_split(run: LocalRun) -> str:
     """The split the run's headline numbers come from: eval.test_split, else val."""
-    return _section(run.config, "eval").get("test_split") or "val"
+    return raw_section(run.config, "eval").get("test_split") or "val"
 
 
 def describe_recipe(config: dict) -> str:
     """One line on what was trained, from config.yaml."""
-    model, opt, sched = _section(config, "model"), _section(config, "optimizer"), _section(config, "scheduler")
-    train, data = _section(config, "train"), _section(config, "data")
+    model, opt, sched = raw_section(config, "model"), raw_section(config, "optimizer"), raw_section(config, "scheduler")
+    train, data = raw_section(config, "train"), raw_section(config, "data")
     blocks = "-".join(map(str, model.get("blocks_per_stage") or [])) or "default"
     return (f"{model.get('arch', '?')} (blocks {blocks}, width {model.get('base_width', '?')}, "
             f"{model.get('num_classes', '?')} classes), {opt.get('name', '?')} lr {opt.get('lr', '?')} "
@@ -301,9 +96,9 @@ def describe_recipe(config: dict) -> str:
 
 def describe_data(run: LocalRun) -> str:
     """One line on the data, from the run's dataset.json (the shard manifest summary)."""
-    info = _read_json(run.run_dir / DATASET_FILE)
+    info = _read_json(RunDir(run.run_dir).dataset)
     if not isinstance(info, dict):
-        return f"dataset summary missing ({run.run_dir / DATASET_FILE})"
+        return f"dataset summary missing ({RunDir(run.run_dir).dataset})"
     splits = info.get("splits") or {}
     sizes = " / ".join(f"{name} {s.get('num_samples', '?')}" for name, s in splits.items() if isinstance(s, dict))
     kind = " (SYNTHETIC stand-in data)" if info.get("synthetic") else ""
@@ -312,7 +107,7 @@ def describe_data(run: LocalRun) -> str:
 
 
 def _seeds(runs: Sequence[LocalRun]) -> str:
-    return ", ".join(str(_section(r.config, "train").get("seed", "?")) for r in runs)
+    return ", ".join(str(raw_section(r.config, "train").get("seed", "?")) for r in runs)
 
 
 def header_markdown(groups: dict[str, list[LocalRun]]) -> str:
@@ -329,21 +124,13 @@ def header_markdown(groups: dict[str, list[LocalRun]]) -> str:
     return "\n".join(lines)
 
 
-def _cell(stat: dict, digits: int = 4) -> str:
-    if stat["mean"] is None:
-        return "n/a"
-    if stat["std"] is None:
-        return f"{stat['mean']:.{digits}f}"
-    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
-
-
 def _split_metrics(run: LocalRun) -> Optional[dict]:
-    metrics = _read_json(run.run_dir / "eval" / headline_split(run) / "metrics.json")
+    metrics = _read_json(RunDir(run.run_dir).eval_metrics(headline_split(run)))
     return metrics if isinstance(metrics, dict) else None
 
 
 def _best_val_auc(run: LocalRun) -> Optional[float]:
-    final = _read_json(run.run_dir / FINAL_FILE)
+    final = _read_json(RunDir(run.run_dir).final)
     return final.get("best_val_auc") if isinstance(final, dict) else None
 
 
@@ -355,10 +142,10 @@ def headline_markdown(groups: dict[str, list[LocalRun]]) -> str:
     lines = [f"| {split} split | " + " | ".join(f"{n} (n={len(metrics[n])})" for n in names) + " |",
              "|---" * (len(names) + 1) + "|"]
     for key, label in HEADLINE:
-        lines.append(f"| {label} | " + " | ".join(_cell(mean_std([m.get(key) for m in metrics[n]])) for n in names)
+        lines.append(f"| {label} | " + " | ".join(fmt_mean_std(mean_std([m.get(key) for m in metrics[n]])) for n in names)
                      + " |")
     lines.append("| val ROC-AUC (model selection) | "
-                 + " | ".join(_cell(mean_std([_best_val_auc(r) for r in groups[n]])) for n in names) + " |")
+                 + " | ".join(fmt_mean_std(mean_std([_best_val_auc(r) for r in groups[n]])) for n in names) + " |")
     if any(len(m) > 1 for m in metrics.values()):
         lines += ["", "Mean ± sample standard deviation over the runs of a group (seeds); one run: its value."]
     for name in names:
@@ -377,10 +164,10 @@ def classification_markdown(runs: Sequence[dict]) -> list[str]:
     lines = ["| | precision | recall | f1-score | support |", "|---|---|---|---|---|"]
     for name, stats in rows:
         support = stats[0].get("support", total) if not name.endswith(" avg") else total
-        cells = " | ".join(_cell(mean_std([s.get(k) for s in stats])) for k in ("precision", "recall", "f1"))
+        cells = " | ".join(fmt_mean_std(mean_std([s.get(k) for s in stats])) for k in ("precision", "recall", "f1"))
         lines.append(f"| {name} | {cells} | {support} |")
         if name == "macro avg":  # sklearn prints accuracy between the classes and the averages
-            lines.insert(-1, f"| accuracy | | | {_cell(mean_std([r.get('accuracy') for r in runs]))} | {total} |")
+            lines.insert(-1, f"| accuracy | | | {fmt_mean_std(mean_std([r.get('accuracy') for r in runs]))} | {total} |")
     return lines
 
 
@@ -477,9 +264,9 @@ def check_spec(spec: dict, logged_by_run: dict[str, dict[str, str]]) -> list[str
 
 def default_title(groups: dict[str, list[LocalRun]]) -> str:
     first = groups[next(iter(groups))][0]
-    info = _read_json(first.run_dir / DATASET_FILE)
+    info = _read_json(RunDir(first.run_dir).dataset)
     dataset = info.get("dataset") if isinstance(info, dict) else None
-    title = (f"{_section(first.config, 'model').get('arch', 'model')} on {dataset or 'the pets data'}: "
+    title = (f"{raw_section(first.config, 'model').get('arch', 'model')} on {dataset or 'the pets data'}: "
              + " vs ".join(groups))
     return title if len(title) <= MAX_TITLE_LEN else title[:MAX_TITLE_LEN - 3] + "..."
 

@@ -25,6 +25,8 @@ from safetensors.torch import save as save_safetensors_bytes
 
 from toolkit.cli import UsageError
 from toolkit.fileio import TMP_PREFIX, atomic_write_bytes, fsync_dir
+from toolkit.models import create_model
+from toolkit.models.resnet import MODEL_SPECS
 
 FORMAT_NAME = "pets-toolkit/resnet"
 CHECKPOINT_PREFIX = "step-"
@@ -37,8 +39,6 @@ _CHECKPOINT_RE = re.compile(r"^step-(\d{8})$")
 
 def model_metadata(cfg, *, mean, std, class_names, extra: Optional[dict] = None) -> dict:
     """Everything needed to rebuild the model and preprocess images for it."""
-    from toolkit.models.resnet import MODEL_SPECS
-
     preset = MODEL_SPECS[cfg.model.arch]
     block = cfg.model.block or preset.block
     blocks = cfg.model.blocks_per_stage or preset.blocks_per_stage
@@ -92,8 +92,6 @@ def read_model_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
 
 
 def build_model_from_metadata(meta: dict) -> torch.nn.Module:
-    from toolkit.models import create_model
-
     return create_model(
         meta["arch"],
         num_classes=int(meta["num_classes"]),

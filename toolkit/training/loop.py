@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
-import math
 import random
 import sys
 import time
@@ -32,11 +31,13 @@ from toolkit.config import validate as validate_config
 from toolkit.data.device_augment import batch_to_device
 from toolkit.data import TrainLoader, check_shards_exist, load_info, make_train_loader, resolve_normalization
 from toolkit.evaluation.evaluate import EvalResult, evaluate_split
+from toolkit.evaluation.metrics import fmt
 from toolkit.formats import RunDir, class_names, dataset_summary
 from toolkit.models import create_model
 from toolkit.models.pretrained import load_pretrained
 from toolkit.reporting.finish import finish_run
-from toolkit.reporting.tracking import Tracker, redact_secrets
+from toolkit.reporting.secrets import redact_secrets
+from toolkit.reporting.tracking import Tracker
 from toolkit.training.checkpoint import model_metadata, save_model_file
 from toolkit.training.optim import build_ema, build_optimizer, build_scheduler
 from toolkit.training.state import (StopRequested, TrainerState, TrainingError, find_resume_checkpoint,
@@ -140,9 +141,10 @@ def setup(cfg: Config) -> Session:
     seed_everything(cfg.train.seed, rank)
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN time its kernels once
+    resumed_from = find_resume_checkpoint(cfg, run)
     raw_model = build_model(cfg)
-    if cfg.model.init:  # every rank loads; rank 0 first, so only it downloads into the Hugging Face cache
-        with accelerator.main_process_first():
+    if cfg.model.init and resumed_from is None:  # a resumed run's checkpoint holds the weights already
+        with accelerator.main_process_first():  # every rank loads; rank 0 first, so only it downloads
             kept = load_pretrained(raw_model, cfg.model.init)
         log(f"model.init={cfg.model.init}: loaded; fresh for this dataset: {', '.join(kept) or 'nothing'}")
     if cfg.model.channels_last:
@@ -159,7 +161,6 @@ def setup(cfg: Config) -> Session:
     step = TrainStep(accelerator, model, optimizer, criterion, scheduler=scheduler, ema=ema, raw_model=raw_model,
                      grad_clip=cfg.train.grad_clip, accum_steps=accum)
 
-    resumed_from = find_resume_checkpoint(cfg, run)
     config_dict = redact_secrets(to_dict(cfg))
     tracker = Tracker(cfg.tracking, run.root, config_dict, is_main=accelerator.is_main_process,
                       run_name=cfg.output.run_name, resume=resumed_from is not None)
@@ -401,10 +402,6 @@ def any_process(accelerator, value: bool) -> bool:
         return value
     flag = torch.tensor([1.0 if value else 0.0], device=accelerator.device)
     return bool(accelerator.reduce(flag, "max").item() > 0)
-
-
-def fmt(value: Optional[float]) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
 
 def print_final(run: RunDir, state: TrainerState, summary: dict, tracker_info: dict) -> None:
