@@ -116,3 +116,16 @@ def save_tiny_model(path: Path, *overrides: str, meta: Optional[dict] = None) ->
     names = ["cat", "dog", "bird"][:cfg.model.num_classes]
     metadata = model_metadata(cfg, mean=[0.5] * 3, std=[0.25] * 3, class_names=names)
     save_model_file(build_model(cfg), path, metadata | (meta or {}))
+
+
+def isolate_wandb(mp: pytest.MonkeyPatch, home: Path, mode: Optional[str] = "offline") -> None:
+    """No key, W&B's caches and settings out of the real home folder; ``WANDB_MODE`` = mode (None: unset)."""
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL", "NETRC", "WANDB_DISABLED"):
+        mp.delenv(name, raising=False)
+    mp.setenv("HOME", str(home))
+    for name, sub in (("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data"), ("WANDB_CONFIG_DIR", "config")):
+        mp.setenv(name, str(home / sub))
+    if mode is not None:
+        mp.setenv("WANDB_MODE", mode)
+    mp.setenv("WANDB_SILENT", "true")
+    mp.setenv("WANDB_ERROR_REPORTING", "false")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import isolate_wandb
 from toolkit.cli import UsageError
 from toolkit.compare_recipes import main, mean_std, verdicts
 
@@ -88,6 +89,24 @@ def test_reuse_keeps_finished_runs_with_the_same_config(synthetic_shards: Path, 
     assert "seed seed 0: reused" in printed and "strong seed 0: training" in printed
 
 
+@pytest.mark.slow
+def test_ends_with_the_wandb_report_of_the_comparison(synthetic_shards: Path, tmp_path: Path, monkeypatch, capsys):
+    """--wandb-report P: the runs log to W&B (offline here, grouped by recipe), then the Report's spec is written."""
+    isolate_wandb(monkeypatch, tmp_path / "home")
+    out = tmp_path / "compare"
+    args = ["--shards", str(synthetic_shards), "--epochs", "1", "--seeds", "0", "--out", str(out),
+            "--wandb-report", "pets-compare"]
+    assert main([*args, *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote the W&B report spec to {out / 'wandb-report.json'}" in printed
+    assert "python -m toolkit.wandb_report --publish" in printed
+    spec = json.loads((out / "wandb-report.json").read_text())
+    assert spec["project"] == "pets-compare"
+    assert [(rs["name"], len(rs["runs"])) for rs in spec["runsets"]] == [("seed", 1), ("strong", 1)]
+    used = yaml.safe_load((out / "runs" / "strong-seed0" / "config.yaml").read_text())
+    assert used["tracking"]["group"] == "strong" and used["tracking"]["project"] == "pets-compare"
+
+
 def test_rejects_bad_plans_before_training(synthetic_shards: Path, tmp_path: Path):
     base = ["--epochs", "3", "--out", str(tmp_path / "out")]
     with pytest.raises(UsageError, match="no info.json"):
@@ -96,6 +115,8 @@ def test_rejects_bad_plans_before_training(synthetic_shards: Path, tmp_path: Pat
         main(["--shards", str(synthetic_shards), "--names", "only-one", *base])
     with pytest.raises(UsageError, match="repeats a seed"):
         main(["--shards", str(synthetic_shards), "--seeds", "1", "1", *base])
+    with pytest.raises(UsageError, match="not a valid W&B project name"):
+        main(["--shards", str(synthetic_shards), *base, "--wandb-report", "a/b"])
     with pytest.raises(UsageError, match="unknown config key train.epoch"):
         main(["--shards", str(synthetic_shards), *base, "train.epoch=3"])
     assert not (tmp_path / "out").exists()

@@ -131,3 +131,15 @@ def test_train_cli_reports_config_errors_in_one_line_with_exit_code_2():
     proc = subprocess.run([sys.executable, "-m", "toolkit.train", "--config", str(ROOT / "configs/smoke.yaml"),
                            "--print-config", "train.epochs=9"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0 and "epochs: 9" in proc.stdout
+
+
+def test_gradient_accumulation_comes_from_the_launcher_unless_the_config_sets_it(monkeypatch):
+    smoke = ROOT / "configs/smoke.yaml"
+    monkeypatch.delenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", raising=False)
+    assert validate(load_config(smoke)).train.grad_accum_steps == 1
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "4")  # accelerate launch --gradient_accumulation_steps 4
+    assert validate(load_config(smoke)).train.grad_accum_steps == 4
+    assert validate(load_config(smoke, ["train.grad_accum_steps=2"])).train.grad_accum_steps == 2  # ours wins
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "four")
+    with pytest.raises(UsageError, match="ACCELERATE_GRADIENT_ACCUMULATION_STEPS='four'"):
+        validate(load_config(smoke))

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
-import struct
 import sys
-import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,28 +17,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import isolate_wandb
 from toolkit.reporting.secrets import REDACTED, is_secret_key, redact_secrets, secret_values
 from toolkit.reporting.tracking import Tracker, has_api_key, resolve_mode
+from toolkit.reporting.wandb_runs import read_wandb_records
 
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # 40 hex chars, the shape of a real W&B key
 
 
 def tracking_cfg(mode: str, **extra) -> SimpleNamespace:
     values = {"wandb": mode, "project": "pets-toolkit-tests", "entity": None, "tags": ["test"],
-              "log_every_steps": 10}
+              "group": None}
     values.update(extra)
     return SimpleNamespace(**values)
-
-
-def isolate_wandb(mp: pytest.MonkeyPatch, home: Path) -> None:
-    """Keep W&B's caches, settings and credentials out of the real home folder."""
-    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL", "NETRC", "WANDB_DISABLED"):
-        mp.delenv(name, raising=False)
-    mp.setenv("HOME", str(home))
-    for name, sub in (("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data"), ("WANDB_CONFIG_DIR", "config")):
-        mp.setenv(name, str(home / sub))
-    mp.setenv("WANDB_SILENT", "true")
-    mp.setenv("WANDB_ERROR_REPORTING", "false")
 
 
 class Echo(list):
@@ -56,39 +45,6 @@ class Echo(list):
 
 # ---------------------------------------------------------------------------------------------
 # Reading an offline run back
-
-
-def read_wandb_records(path: Path) -> list:
-    """Decode a ``.wandb`` file: 7-byte header, then 32 KiB blocks of crc32/length/type-framed chunks."""
-    from wandb.proto import wandb_internal_pb2
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B", f"{path} is not a W&B transaction log"
-    block, pos, pending, records = 32768, 7, b"", []
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # block trailer too small for a header: zero padding
-            pos += block - pos % block
-            continue
-        crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        chunk = data[pos + 7:pos + 7 + length]
-        if kind == 0 and length == 0:
-            break
-        assert zlib.crc32(bytes([kind]) + chunk) == crc, f"corrupt chunk at byte {pos} of {path}"
-        pos += 7 + length
-        if kind == 1:        # full
-            records.append(chunk)
-        elif kind == 2:      # first
-            pending = chunk
-        elif kind == 3:      # middle
-            pending += chunk
-        elif kind == 4:      # last
-            records.append(pending + chunk)
-    parsed = []
-    for raw in records:
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(raw)
-        parsed.append(record)
-    return parsed
 
 
 def _item_key(item) -> str:
@@ -131,7 +87,7 @@ def offline_run(tmp_path_factory):
     run_dir = root / "RUN"
     run_dir.mkdir()
     with pytest.MonkeyPatch.context() as mp:
-        isolate_wandb(mp, root / "home")
+        isolate_wandb(mp, root / "home", mode=None)
         mp.setenv("WANDB_API_KEY", FAKE_KEY)
         mp.setenv("PETS_TEST_TOKEN", "hunter2-hunter2")
         Image.new("RGB", (16, 16), (200, 30, 30)).save(run_dir / "roc.png")
@@ -243,7 +199,7 @@ NOTHING = {"mode": "disabled", "run_dir": None, "sync_command": None, "url": Non
 
 @pytest.mark.parametrize("mode, is_main", [("disabled", True), ("offline", False), ("online", False)])
 def test_disabled_or_non_main_does_nothing_and_never_imports_wandb(tmp_path, monkeypatch, capsys, mode, is_main):
-    isolate_wandb(monkeypatch, tmp_path / "home")
+    isolate_wandb(monkeypatch, tmp_path / "home", mode=None)
     monkeypatch.setitem(sys.modules, "wandb", None)  # any `import wandb` would now raise ImportError
     tracker = Tracker(tracking_cfg(mode), tmp_path, {"a": 1}, is_main=is_main, run_name="x")
     assert not tracker.active
@@ -254,7 +210,7 @@ def test_disabled_or_non_main_does_nothing_and_never_imports_wandb(tmp_path, mon
 
 @pytest.mark.parametrize("mode", ["auto", "offline", "online"])
 def test_wandb_not_installed_gives_exactly_one_warning(tmp_path, monkeypatch, capsys, mode):
-    isolate_wandb(monkeypatch, tmp_path / "home")
+    isolate_wandb(monkeypatch, tmp_path / "home", mode=None)
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
     monkeypatch.setitem(sys.modules, "wandb", None)
     tracker = Tracker(tracking_cfg(mode), tmp_path, {"a": 1}, is_main=True, run_name="x")
@@ -278,7 +234,7 @@ def closed_port() -> int:
 
 
 def test_unreachable_server_falls_back_to_offline_with_one_warning(tmp_path, monkeypatch):
-    isolate_wandb(monkeypatch, tmp_path / "home")
+    isolate_wandb(monkeypatch, tmp_path / "home", mode=None)
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
     echo = Echo()
@@ -294,7 +250,7 @@ def test_unreachable_server_falls_back_to_offline_with_one_warning(tmp_path, mon
 
 
 def test_online_without_api_key_goes_offline_without_prompting(tmp_path, monkeypatch):
-    isolate_wandb(monkeypatch, tmp_path / "home")
+    isolate_wandb(monkeypatch, tmp_path / "home", mode=None)
     echo = Echo()
     tracker = Tracker(tracking_cfg("online"), tmp_path, {}, is_main=True, run_name="x", echo=echo)
     result = tracker.finish()
@@ -307,7 +263,7 @@ def test_online_without_api_key_goes_offline_without_prompting(tmp_path, monkeyp
 
 
 def test_auto_mode_follows_the_configured_credentials(tmp_path, monkeypatch):
-    isolate_wandb(monkeypatch, tmp_path)
+    isolate_wandb(monkeypatch, tmp_path, mode=None)
     assert not has_api_key() and resolve_mode("auto") == "offline"
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
     assert resolve_mode("auto") == "online"
@@ -366,7 +322,7 @@ def test_secret_key_names():
 
 
 def test_a_resumed_run_continues_its_w_and_b_run(tmp_path, monkeypatch):
-    isolate_wandb(monkeypatch, tmp_path / "home")
+    isolate_wandb(monkeypatch, tmp_path / "home", mode=None)
     run_dir = tmp_path / "RUN"
     run_dir.mkdir()
 

@@ -11,31 +11,18 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from helpers import error_line, run_in_process, train_args, train_cli
+from helpers import error_line, isolate_wandb, run_in_process, train_args, train_cli
 from toolkit.fileio import read_jsonl
 from toolkit.reporting import wandb_report
 from toolkit.reporting.wandb_report import SPEC_FILE, STEP_X, main
-from toolkit.reporting.wandb_runs import read_logged_keys
+from toolkit.reporting.wandb_runs import read_logged_keys, read_wandb_records
 
 PROJECT = "pets-toolkit-tests"
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # the shape of a real W&B key
-
-
-def isolate_wandb(mp: pytest.MonkeyPatch, home: Path, mode: str = "offline") -> None:
-    """No key, no network, W&B's caches and settings out of the real home folder."""
-    for name in ("WANDB_API_KEY", "WANDB_BASE_URL", "NETRC", "WANDB_DISABLED"):
-        mp.delenv(name, raising=False)
-    mp.setenv("HOME", str(home))
-    for name, sub in (("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data"), ("WANDB_CONFIG_DIR", "config")):
-        mp.setenv(name, str(home / sub))
-    mp.setenv("WANDB_MODE", mode)
-    mp.setenv("WANDB_SILENT", "true")
-    mp.setenv("WANDB_ERROR_REPORTING", "false")
 
 
 def report_cli(*argv: str) -> int:
@@ -51,7 +38,7 @@ def runs(tmp_path_factory, synthetic_shards) -> SimpleNamespace:
         for seed, plots in ((0, "true"), (1, "false")):
             code = train_cli(train_args(synthetic_shards, root / "runs", f"tiny-seed{seed}", "train.epochs=1",
                                         f"train.seed={seed}", "tracking.wandb=offline", f"tracking.project={PROJECT}",
-                                        f"eval.plots={plots}", "eval.num_images=2"))
+                                        "tracking.group=tiny", f"eval.plots={plots}", "eval.num_images=2"))
             assert code == 0
     folders = [root / "runs" / f"tiny-seed{seed}" for seed in (0, 1)]
     ids = [(f / "wandb" / "run_id.txt").read_text().strip() for f in folders]
@@ -103,6 +90,26 @@ def test_logged_keys_read_back_match_what_training_wrote(runs):
     with_plots, without = (read_logged_keys(f) for f in runs.folders)
     assert "roc_test" in with_plots and with_plots["roc_test"] == "image"
     assert not any(kind == "image" for kind in without.values())
+
+
+@pytest.mark.slow
+def test_runs_follow_the_wandb_conventions_users_look_for(runs):
+    """Epoch x-axis and best-of-run summaries, the recipe as group, model aliases, the shards as a dataset artifact."""
+    for folder in runs.folders:
+        records = [r for f in sorted((folder / "wandb").glob("offline-run-*/run-*.wandb")) for r in read_wandb_records(f)]
+        kinds = [r.WhichOneof("record_type") for r in records]
+        metrics = {r.metric.name or r.metric.glob_name: r.metric for r, k in zip(records, kinds) if k == "metric"}
+        assert metrics["epoch/*"].step_metric == "epoch/epoch"
+        assert metrics["epoch/val_auc"].summary.max and metrics["epoch/val_acc"].summary.max
+        assert metrics["epoch/val_loss"].summary.min
+        assert next(r.run for r, k in zip(records, kinds) if k == "run").run_group == "tiny"
+        artifacts = [r.artifact for r, k in zip(records, kinds) if k == "artifact"]
+        dataset = [a for a in artifacts if a.type == "dataset"]
+        model = [a for a in artifacts if a.type == "model"]
+        assert len(dataset) == 1 and dataset[0].name.startswith("shards-synthetic")
+        assert any(entry.path == "info.json" for entry in dataset[0].manifest.contents)
+        assert len(model) == 1 and {"best", "latest"} <= set(model[0].aliases)
+        assert json.loads(model[0].metadata)["dataset_artifact"] == dataset[0].name
 
 
 @pytest.mark.slow

@@ -30,12 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from toolkit.cli import DataError, UsageError, run_cli
+from toolkit.cli import ArgumentParser, DataError, UsageError, run_cli
 from toolkit.config import load_config, split_config_args, to_dict, validate
 from toolkit.data import check_shards_exist, load_info, resolve_normalization, split_size
 from toolkit.fileio import atomic_write_json, atomic_write_text
 from toolkit.evaluation.metrics import fmt, fmt_mean_std, mean_std
 from toolkit.formats import RunDir
+from toolkit.reporting import wandb_report
+from toolkit.reporting.wandb_report import check_project
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = (ROOT / "configs/oxford_pets_binary_resnet101.yaml",
@@ -83,11 +85,16 @@ class RunResult:
 # Running
 
 
-def run_overrides(args: argparse.Namespace, shared: Sequence[str], seed: int, run_name: str) -> list[str]:
-    """Defaults <- the user's shared overrides <- what the comparison must hold fixed."""
-    return [*DEFAULT_OVERRIDES, *shared, f"data.shards={args.shards}", f"train.epochs={args.epochs}",
+def run_overrides(args: argparse.Namespace, shared: Sequence[str], recipe: str, seed: int) -> list[str]:
+    """Defaults <- the user's shared overrides <- what the comparison must hold fixed (W&B groups runs by recipe)."""
+    tracking = ["tracking.wandb=auto", f"tracking.project={args.wandb_report}"] if args.wandb_report else []
+    return [*DEFAULT_OVERRIDES, *tracking, *shared, f"data.shards={args.shards}", f"train.epochs={args.epochs}",
             f"train.seed={seed}", f"eval.test_split={args.split}", "train.resume=null",
-            f"output.dir={args.out / 'runs'}", f"output.run_name={run_name}"]
+            f"output.dir={args.out / 'runs'}", f"output.run_name={run_name(recipe, seed)}", f"tracking.group={recipe}"]
+
+
+def run_name(recipe: str, seed: int) -> str:
+    return f"{recipe}-seed{seed}"  # wandb_report groups runs by this name
 
 
 def check_plan(args: argparse.Namespace, recipes: Sequence[Recipe], shared: Sequence[str]) -> None:
@@ -97,7 +104,7 @@ def check_plan(args: argparse.Namespace, recipes: Sequence[Recipe], shared: Sequ
         raise UsageError(f"--split {args.split!r} is not in the shards (they have: {', '.join(info['splits'])})")
     check_shards_exist(args.shards, info, ["train", "val", args.split])
     for recipe in recipes:
-        validate(load_config(recipe.config, run_overrides(args, shared, args.seeds[0], f"{recipe.name}-check")))
+        validate(load_config(recipe.config, run_overrides(args, shared, recipe.name, args.seeds[0])))
 
 
 def planned_config(recipe: Recipe, overrides: Sequence[str], shards: str) -> dict:
@@ -121,9 +128,8 @@ def reusable(run_dir: Path, planned: dict, split: str) -> bool:
 
 def train_one(args: argparse.Namespace, recipe: Recipe, seed: int, shared: Sequence[str], label: str) -> RunResult:
     """One training run in a child process; its output goes to train.log, its epoch lines to the console."""
-    run_name = f"{recipe.name}-seed{seed}"
-    run_dir = args.out / "runs" / run_name
-    overrides = run_overrides(args, shared, seed, run_name)
+    run_dir = args.out / "runs" / run_name(recipe.name, seed)
+    overrides = run_overrides(args, shared, recipe.name, seed)
     if args.reuse and reusable(run_dir, planned_config(recipe, overrides, args.shards), args.split):
         record = run_dir / RUN_RECORD
         wall = json.loads(record.read_text())["wall_seconds"] if record.is_file() else None
@@ -278,7 +284,7 @@ def machine_description() -> dict:
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="toolkit.compare_recipes",
         description="Train two recipes (default: the seed reproduction and the strong recipe) on the same shards "
                     "with the same epochs and seeds, then compare them on the test split side by side. "
@@ -301,8 +307,13 @@ def parse_args(argv: Optional[Sequence[str]]) -> tuple[argparse.Namespace, list[
     parser.add_argument("--reuse", action="store_true",
                         help="keep the finished runs in --out whose saved config equals the one planned (to finish "
                              "an interrupted comparison, or add a recipe or a seed); the others are trained afresh")
+    parser.add_argument("--wandb-report", default=None, metavar="PROJECT",
+                        help="log the runs to this W&B project (offline without a key) and end by building the W&B "
+                             "Report of the comparison (python -m toolkit.wandb_report; saved online, else its spec)")
     flags, overrides = split_config_args(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(flags)
+    if args.wandb_report is not None:
+        check_project(args.wandb_report)
     if args.epochs < 1:
         raise UsageError(f"--epochs {args.epochs} must be >= 1")
     if len(set(args.seeds)) != len(args.seeds):
@@ -361,7 +372,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print("\n" + table, flush=True)
     print(f"wrote {args.out / TABLE_MD} and {args.out / TABLE_JSON} ({report['total_minutes']:.1f} min in all)",
           flush=True)
+    if args.wandb_report:
+        build_wandb_report(args)
     return 0
+
+
+def build_wandb_report(args: argparse.Namespace) -> None:
+    """The comparison's W&B Report, one group per recipe; a problem here is a warning, the table stands."""
+    try:
+        wandb_report.main(["--project", args.wandb_report, "--group", *args.names, "--runs-dir", str(args.out / "runs"),
+                           "--out", str(args.out / wandb_report.SPEC_FILE)])
+    except (UsageError, DataError) as err:
+        print(f"warning: no W&B Report: {err}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

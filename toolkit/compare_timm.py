@@ -45,7 +45,8 @@ SGD_LR = 0.1
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = ArgumentParser(prog="python -m toolkit.compare_timm", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog="example: python -m toolkit.compare_timm --arch resnet101 --device cpu --steps 0")
     parser.add_argument("--arch", default="resnet101", choices=MODEL_ARCHS, help="default: %(default)s")
     parser.add_argument("--num-classes", type=int, default=1000, help="classifier width (default: %(default)s)")
     parser.add_argument("--image-size", type=int, default=None, help="input side in px (default: 224 on CUDA, 128 on CPU)")

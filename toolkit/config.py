@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from toolkit.models import MODEL_ARCHS
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("step", "cosine", "constant")
+ACCELERATE_GRAD_ACCUM_ENV = "ACCELERATE_GRADIENT_ACCUMULATION_STEPS"
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 AUGMENTS = ("none", "trivialaugment", "randaugment")
 BLOCKS = ("basic", "bottleneck")
@@ -102,7 +104,8 @@ class TrainConfig:
     batch_size: int = field(default=32, metadata=_range(1))  # per process
     seed: int = 42
     mixed_precision: Optional[str] = field(default=None, metadata=_choice(*MIXED_PRECISION))  # None: the launcher's
-    grad_accum_steps: int = field(default=1, metadata=_range(1))
+    # None: the launcher's (accelerate launch --gradient_accumulation_steps N), else 1; a number here wins
+    grad_accum_steps: Optional[int] = field(default=None, metadata=_range(1))
     grad_clip: Optional[float] = field(default=None, metadata=_range(0.0, low_open=True))
     label_smoothing: float = field(default=0.0, metadata=_range(0.0, 1.0))
     ema_decay: Optional[float] = field(default=None, metadata=_range(0.0, 1.0))
@@ -131,7 +134,7 @@ class TrackingConfig:
     project: str = "pets-toolkit"
     entity: Optional[str] = None
     tags: list[str] = field(default_factory=list)
-    log_every_steps: int = field(default=10, metadata=_range(1))
+    group: Optional[str] = None  # W&B run group: compare_recipes sets the recipe's name
 
 
 @dataclass
@@ -369,10 +372,25 @@ def validate(cfg: Config) -> Config:
         raise UsageError(f"data.resize_size = {cfg.data.resize_size} must be >= data.image_size = {cfg.data.image_size}")
     if cfg.scheduler.warmup_epochs >= cfg.train.epochs:
         raise UsageError(f"scheduler.warmup_epochs = {cfg.scheduler.warmup_epochs} must be shorter than train.epochs = {cfg.train.epochs}")
+    if cfg.train.grad_accum_steps is None:
+        cfg.train.grad_accum_steps = launcher_grad_accum_steps()
     resume = cfg.train.resume
     if resume not in (None, "auto") and not Path(resume).is_dir():
         raise UsageError(f"train.resume = {resume!r} is neither 'auto' nor an existing checkpoint folder")
     return cfg
+
+
+def launcher_grad_accum_steps() -> int:
+    """Gradient accumulation asked of ``accelerate launch`` (it exports it for the script), else 1."""
+    text = os.environ.get(ACCELERATE_GRAD_ACCUM_ENV, "1")
+    try:
+        steps = int(text)
+    except ValueError:
+        raise UsageError(f"{ACCELERATE_GRAD_ACCUM_ENV}={text!r} from the launcher is not a whole number; "
+                         "set train.grad_accum_steps instead") from None
+    if steps < 1:
+        raise UsageError(f"{ACCELERATE_GRAD_ACCUM_ENV}={steps} from the launcher must be >= 1")
+    return steps
 
 
 def to_dict(cfg: Config) -> dict:

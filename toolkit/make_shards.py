@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "plus an info.json manifest, or verify shards made before.",
         epilog="Every decodable image is kept (as RGB; transparency composited on white); undecodable, "
                "missing or mislabelled ones are skipped and listed in info.json with the reason. "
-               "Same input and options give byte-identical shards, whatever --workers.")
+               "Same input and options give byte-identical shards, whatever --workers. "
+               "example: python -m toolkit.make_shards --source data/oxford-iiit-pet --out shards/pets")
     what = parser.add_argument_group("what to do (pick one)")
     what.add_argument("--source", type=Path, metavar="DIR",
                       help="Oxford-IIIT Pet folder with images/ and annotations/ (or torchvision's root above it); "

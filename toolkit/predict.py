@@ -119,7 +119,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = ArgumentParser(
         prog="toolkit.predict",
         description="Classify images as cat or dog with a trained model; prints one JSON line per image.",
-        epilog="Exit code: 0 all images classified, 1 some could not be read (see their error lines), "
+        epilog="example: python -m toolkit.predict --model runs/NAME/model.safetensors my_cat.jpg. "
+               "Exit code: 0 all images classified, 1 some could not be read (see their error lines), "
                "2 bad arguments or model file.",
     )
     parser.add_argument("--model", required=True, type=Path, metavar="MODEL",

@@ -26,7 +26,8 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quickstart.y
 def main(argv: Optional[Sequence[str]] = None) -> int:
     import sys
 
-    parser = ArgumentParser(prog="toolkit.quickstart", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="toolkit.quickstart", description=__doc__.split("\n\n")[0],
+                            epilog="example: python -m toolkit.quickstart --source data/oxford-iiit-pet train.epochs=5")
     data = parser.add_mutually_exclusive_group()
     data.add_argument("--source", type=Path, help="a local Oxford-IIIT Pet folder in the official layout")
     data.add_argument("--download", type=Path, metavar="DIR", help="download the official dataset into DIR first")

@@ -58,7 +58,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser = ArgumentParser(prog="python -m toolkit.bench", formatter_class=argparse.RawDescriptionHelpFormatter,
                                          description="Run one benchmark and print its result as JSON.",
                                          epilog=f"subcommands:\n{listing}\n\n"
-                                                "`python -m toolkit.bench <subcommand> --help` lists its options.")
+                                                "`python -m toolkit.bench <subcommand> --help` lists its options.\n"
+                                                "example: python -m toolkit.bench model --arch resnet101 --device cuda "
+                                                "--dtype bf16 --channels-last")
         parser.add_argument("subcommand", choices=list(SUBCOMMANDS))
         parser.add_argument("options", nargs=argparse.REMAINDER, help="options of the subcommand")
         if not argv:

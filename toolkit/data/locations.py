@@ -66,9 +66,14 @@ def _shard_name(url: str) -> str:
     return _location_part(url).rstrip("/").rpartition("/")[2]
 
 
+def manifest_location(shards: str) -> str:
+    """Where the shards' info.json is: a local path or a URL."""
+    return _join(_base_of(shards), MANIFEST_NAME)
+
+
 def load_info(shards: str) -> dict:
     """Read and check the shards' manifest (local file, or fetched over http(s))."""
-    where = _join(_base_of(shards), MANIFEST_NAME)
+    where = manifest_location(shards)
     try:
         if is_remote(where):
             with urllib.request.urlopen(where, timeout=URL_TIMEOUT_S) as response:

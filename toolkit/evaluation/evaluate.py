@@ -141,7 +141,9 @@ def score(result: EvalResult, *, threshold: float, class_names, tuning: Optional
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = ArgumentParser(prog="toolkit.evaluate", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="toolkit.evaluate", description=__doc__.split("\n\n")[0],
+                            epilog="example: python -m toolkit.evaluate --model runs/NAME/model.safetensors "
+                                   "--shards shards/pets --split test")
     parser.add_argument("--model", required=True, type=Path, help="a model.safetensors from a training run")
     parser.add_argument("--shards", required=True, help="shards folder (with info.json) or URL pattern")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")

@@ -46,6 +46,9 @@ ONLINE_INIT_TIMEOUT_S = 20.0
 OFFLINE_INIT_TIMEOUT_S = 60.0
 # How long finish() may wait for an online run's last uploads (the model file included).
 FINISH_TIMEOUT_S = 900.0
+EPOCH_STEP = "epoch/epoch"  # the x-axis of every epoch/* chart
+BEST_OF_RUN = {"epoch/val_auc": "max", "epoch/val_acc": "max", "epoch/val_loss": "min"}  # run summary: best, not last
+MODEL_ALIASES = ("best", "latest")  # the model file is the best epoch's; it is also this run's newest version
 
 # ---------------------------------------------------------------------------------------------
 # Mode resolution
@@ -120,6 +123,7 @@ class Tracker:
         self._echo = echo
         self._wandb = None
         self._run = None
+        self._dataset_artifact: Optional[str] = None
         self._last_step = -1
         self._failed: dict[str, int] = {}
         self._result: Optional[dict] = None
@@ -189,6 +193,7 @@ class Tracker:
                 reason = f"online: {online_error}; offline: {_short(err)}" if online_error else _short(err)
                 self._warn(f"W&B could not start ({reason}); tracking is off, local logs continue")
                 return
+        self._call("define_metric", self._define_metrics)
         try:
             atomic_write_text(self._run_id_file, self._run.id)
         except Exception as err:  # only resuming into the same W&B run depends on it
@@ -197,6 +202,14 @@ class Tracker:
         if online_error is not None:
             self._warn(f"W&B online init failed ({online_error}); logging offline to "
                        f"{self.sync_dir} instead, upload later with: wandb sync {self.sync_dir}")
+
+    def _define_metrics(self) -> None:
+        """Epoch charts over the epoch number; the run summary keeps the best val figures, not the last."""
+        run = self._run
+        run.define_metric(EPOCH_STEP)
+        run.define_metric("epoch/*", step_metric=EPOCH_STEP)
+        for key, best in BEST_OF_RUN.items():
+            run.define_metric(key, step_metric=EPOCH_STEP, summary=best)
 
     @property
     def _run_id_file(self) -> Path:
@@ -228,6 +241,7 @@ class Tracker:
             project=cfg.project,
             entity=getattr(cfg, "entity", None) or None,
             tags=list(getattr(cfg, "tags", None) or []) or None,
+            group=getattr(cfg, "group", None) or None,
             name=run_name,
             dir=str(self.run_dir.resolve()),
             config=redact_secrets(dict(config)),
@@ -390,6 +404,30 @@ class Tracker:
         self._call("log_dataset_summary", lambda: self._run.config.update(
             {"dataset": _plain(redact_secrets(info))}, allow_val_change=True))
 
+    def log_dataset_artifact(self, summary: dict, manifest: Optional[Path]) -> None:
+        """The shards as a ``dataset`` artifact (their info.json, with sha256 of every shard) this run trained on.
+
+        Online it is the run's input (``use_artifact``), so W&B draws the lineage shards -> run ->
+        model. W&B cannot record an input offline, so an offline run logs it as an output instead and
+        the model artifact names it in its metadata.
+        """
+        if self._run is None:
+            return
+        wandb = self._wandb
+
+        def log() -> None:
+            name = "shards-" + re.sub(r"[^A-Za-z0-9_.-]", "-", str(summary.get("dataset") or "pets"))
+            artifact = wandb.Artifact(name=name, type="dataset", metadata=_plain(redact_secrets(summary)))
+            if manifest is not None:
+                artifact.add_file(str(manifest), name=manifest.name)
+            if self.mode == "online":
+                self._run.use_artifact(artifact)
+            else:
+                self._run.log_artifact(artifact)
+            self._dataset_artifact = name
+
+        self._call("log_dataset_artifact", log)
+
     def log_model(self, path: Path, metadata: dict) -> None:
         """Attach model.safetensors as a model artifact.
 
@@ -401,10 +439,11 @@ class Tracker:
         wandb = self._wandb
 
         def upload() -> None:
+            extra = {"dataset_artifact": self._dataset_artifact} if self._dataset_artifact else {}
             artifact = wandb.Artifact(name=f"model-{self._run.id}", type="model",
-                                      metadata=_plain(redact_secrets(metadata)))
+                                      metadata=_plain(redact_secrets({**metadata, **extra})))
             artifact.add_file(str(path), name=Path(path).name, policy="immutable")
-            self._run.log_artifact(artifact)
+            self._run.log_artifact(artifact, aliases=list(MODEL_ALIASES))
 
         self._call("log_model", upload)
 

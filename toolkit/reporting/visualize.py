@@ -249,7 +249,7 @@ def parse_what(text: str) -> set[str]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = ArgumentParser(prog="toolkit.visualize", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
+                                     epilog="examples:\n" + __doc__.split("\n\n", 1)[1])
     parser.add_argument("--run", required=True, type=Path, help="run folder written by training (runs/NAME)")
     parser.add_argument("--what", default="all", help=f"comma-separated plots: {','.join(ALL_PLOTS)} or all (default)")
     parser.add_argument("--split", default="test", help="evaluated split to plot (default: test)")

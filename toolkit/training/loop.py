@@ -29,6 +29,7 @@ from toolkit.cli import ArgumentParser, DataError, UsageError, progress
 from toolkit.config import Config, load_config, split_config_args, to_dict, to_yaml
 from toolkit.config import validate as validate_config
 from toolkit.data.device_augment import batch_to_device
+from toolkit.data.locations import is_local, manifest_location
 from toolkit.data import TrainLoader, check_shards_exist, load_info, make_train_loader, resolve_normalization
 from toolkit.evaluation.evaluate import EvalResult, evaluate_split
 from toolkit.evaluation.metrics import fmt
@@ -184,6 +185,9 @@ def start(s: Session) -> TrainerState:
         s.run.write_dataset(dataset_summary(s.info, cfg.data.shards))
         s.run.keep_history_until(state.epoch)  # rows of epochs after the checkpoint are redone
     s.tracker.log_dataset_summary(s.info)
+    manifest = manifest_location(cfg.data.shards)
+    s.tracker.log_dataset_artifact(dataset_summary(s.info, cfg.data.shards),
+                                   manifest=Path(manifest) if is_local(manifest) else None)
     num_params = sum(p.numel() for p in s.raw_model.parameters())
     s.log(f"run {s.run.root} | {cfg.model.arch} {num_params / 1e6:.2f}M params | {s.world} process(es) on "
           f"{s.accelerator.device.type} | precision {s.accelerator.mixed_precision} | {s.batches_per_epoch} batches x "
