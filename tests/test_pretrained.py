@@ -215,3 +215,20 @@ def test_training_with_a_mismatched_init_file_is_one_line(tmp_path, capsys):
     code = train_cli(train_args(shards, tmp_path / "runs", "bad", "model.base_width=64", f"model.init={weights}"))
     assert code == 2
     assert "layer1.1" in capsys.readouterr().err
+
+
+def test_fine_tuning_gives_the_backbone_a_smaller_learning_rate_than_the_new_head():
+    from toolkit.config import OptimizerConfig, load_config, validate
+    from toolkit.training.optim import build_optimizer
+
+    model = create_model("resnet18", num_classes=2, blocks_per_stage=[1, 1, 1, 1])
+    optimizer = build_optimizer(model, OptimizerConfig(name="adamw", lr=1e-3, backbone_lr_scale=0.1,
+                                                       weight_decay=0.05, decay_norm_and_bias=False))
+    lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    assert len(lr_of) == sum(1 for _ in model.parameters())  # every parameter in exactly one group
+    for name, param in model.named_parameters():
+        assert lr_of[id(param)] == pytest.approx(1e-3 if name in HEAD_KEYS else 1e-4), name
+    assert len(build_optimizer(model, OptimizerConfig()).param_groups) == 1  # scale 1: one group, as before
+
+    recipe = validate(load_config(Path(__file__).resolve().parents[1] / "configs/oxford_pets_binary_resnet101_finetune.yaml"))
+    assert recipe.model.init and recipe.optimizer.backbone_lr_scale < 1 and recipe.data.mean == IMAGENET_MEAN

@@ -87,6 +87,7 @@ class OptimizerConfig:
     nesterov: bool = False
     weight_decay: float = field(default=1e-4, metadata=_range(0.0))
     decay_norm_and_bias: bool = True  # false: no weight decay on 1-D parameters (norm weights, biases)
+    backbone_lr_scale: float = field(default=1.0, metadata=_range(0.0, 1.0, low_open=True))  # < 1: fine-tuning
 
 
 @dataclass

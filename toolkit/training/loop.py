@@ -150,7 +150,7 @@ def setup(cfg: Config) -> Session:
         log(f"model.init={cfg.model.init}: loaded; fresh for this dataset: {', '.join(kept) or 'nothing'}")
     if cfg.model.channels_last:
         raw_model = raw_model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(raw_model.parameters(), cfg.optimizer)
+    optimizer = build_optimizer(raw_model, cfg.optimizer)
     scheduler = build_scheduler(optimizer, cfg.scheduler, steps_per_epoch, steps_per_epoch * cfg.train.epochs)
     ema = build_ema(raw_model, cfg.train.ema_decay)  # before prepare(): a copy must not share its patched forward
     model, optimizer = accelerator.prepare(raw_model, optimizer)

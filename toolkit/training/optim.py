@@ -7,16 +7,25 @@ cosine decay behave the same whatever the batch size, accumulation or number of 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Union
 
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from toolkit.config import OptimizerConfig, SchedulerConfig
+from toolkit.models.pretrained import HEAD_KEYS
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    params = parameter_groups(params, cfg.weight_decay, cfg.decay_norm_and_bias)
+def build_optimizer(params: Union[torch.nn.Module, Iterable[torch.nn.Parameter]],
+                    cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """The configured optimizer; pass the model itself to give the backbone its own LR (``backbone_lr_scale``)."""
+    if cfg.backbone_lr_scale != 1.0:
+        if not isinstance(params, torch.nn.Module):
+            raise ValueError("optimizer.backbone_lr_scale needs the model (to tell the head from the backbone)")
+        params = backbone_and_head(params, cfg)
+    else:
+        params = params.parameters() if isinstance(params, torch.nn.Module) else params
+        params = parameter_groups(params, cfg.weight_decay, cfg.decay_norm_and_bias)
     if cfg.name == "adam":  # weight decay as L2 in the gradient, as the seed experiment did
         return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     if cfg.name == "adamw":  # decoupled weight decay
@@ -40,6 +49,22 @@ def parameter_groups(params: Iterable[torch.nn.Parameter], weight_decay: float, 
         return params
     return [{"params": [p for p in params if p.ndim > 1]},
             {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+
+
+def backbone_and_head(model: torch.nn.Module, cfg: OptimizerConfig) -> list[dict]:
+    """Groups for fine-tuning: the new head at ``lr``, the pretrained backbone at ``lr * backbone_lr_scale``.
+
+    Each keeps the weight-decay split of ``parameter_groups``; the schedule scales every group alike.
+    """
+    head = [p for name, p in model.named_parameters() if name in HEAD_KEYS]
+    backbone = [p for name, p in model.named_parameters() if name not in HEAD_KEYS]
+    groups = []
+    for members, lr in ((backbone, cfg.lr * cfg.backbone_lr_scale), (head, cfg.lr)):
+        split = parameter_groups(members, cfg.weight_decay, cfg.decay_norm_and_bias)
+        if split and not isinstance(split[0], dict):  # everything decays alike: one group
+            split = [{"params": split}]
+        groups += [{**group, "lr": lr} for group in split]
+    return groups
 
 
 class LRSchedule:
