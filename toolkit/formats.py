@@ -222,6 +222,10 @@ class RunDir:
         return self.root / "checkpoints"  # step-XXXXXXXX/ folders for resuming
 
     @property
+    def lock(self) -> Path:
+        return self.root / ".lock"  # "host pid" of the process writing the run (toolkit.training.run_folder)
+
+    @property
     def wandb(self) -> Path:
         return self.root / "wandb"
 

@@ -41,8 +41,9 @@ from toolkit.reporting.secrets import redact_secrets
 from toolkit.reporting.tracking import Tracker
 from toolkit.training.checkpoint import model_metadata, save_model_file
 from toolkit.training.optim import build_ema, build_optimizer, build_scheduler
+from toolkit.training.run_folder import resolve_run_dir, unlock
 from toolkit.training.state import (StopRequested, TrainerState, TrainingError, find_resume_checkpoint,
-                                    load_training_state, resolve_run_dir, save_training_state)
+                                    load_training_state, save_training_state)
 from toolkit.training.step import TrainStep
 
 DISK_FULL_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
@@ -120,13 +121,24 @@ def seed_everything(seed: int, rank: int) -> None:
 def setup(cfg: Config) -> Session:
     """Data, model, optimizer, schedule, run folder and tracker; resumes when ``train.resume`` says so."""
     accelerator = make_accelerator(cfg)
-    rank, world = accelerator.process_index, accelerator.num_processes
     log = (lambda msg: print(msg, flush=True)) if accelerator.is_main_process else (lambda msg: None)
 
     # data: sizes and normalization come from the shards' manifest (checked before any folder is made)
     info = load_info(cfg.data.shards)
     check_shards_exist(cfg.data.shards, info, ["train", "val"] + ([cfg.eval.test_split] if cfg.eval.test_split else []))
     run = resolve_run_dir(cfg, accelerator)
+    try:
+        return build_session(cfg, accelerator, info, run, log)
+    except BaseException:
+        if accelerator.is_main_process:
+            unlock(run)
+        raise
+
+
+def build_session(cfg: Config, accelerator: Accelerator, info: dict, run: RunDir,
+                  log: Callable[[str], None]) -> Session:
+    """Everything after the run folder is chosen (and locked): the loader, model, optimizer, tracker."""
+    rank, world = accelerator.process_index, accelerator.num_processes
     mean, std = resolve_normalization(cfg.data, info)
     cfg.data.mean, cfg.data.std = list(mean), list(std)
     loader = make_train_loader(cfg.data, info, batch_size=cfg.train.batch_size, rank=rank, world_size=world,
@@ -356,14 +368,18 @@ def end_epoch(s: Session, state: TrainerState, outcome: EpochOutcome, val: EvalR
 
 def train(cfg: Config) -> dict:
     s = setup(cfg)
-    state = start(s)
-    with StopRequested() as stop:
-        while state.epoch < cfg.train.epochs:
-            outcome = train_one_epoch(s, state, stop)
-            if outcome.stopped_by is not None:
-                return leave_early(s, state, outcome.stopped_by, stop.signum)
-            end_epoch(s, state, outcome, validate(s))
-    return finish(s, state)
+    try:
+        state = start(s)
+        with StopRequested() as stop:
+            while state.epoch < cfg.train.epochs:
+                outcome = train_one_epoch(s, state, stop)
+                if outcome.stopped_by is not None:
+                    return leave_early(s, state, outcome.stopped_by, stop.signum)
+                end_epoch(s, state, outcome, validate(s))
+        return finish(s, state)
+    finally:
+        if s.accelerator.is_main_process:
+            unlock(s.run)
 
 
 def leave_early(s: Session, state: TrainerState, why: str, signum: Optional[int]) -> dict:

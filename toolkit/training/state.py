@@ -10,20 +10,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import pickle
-import shutil
 import signal
-import time
 from pathlib import Path
 from typing import Optional
 
-from accelerate.utils import broadcast_object_list
 from safetensors.torch import load_file, save_file
 
 from toolkit.cli import UsageError
 from toolkit.config import Config
-from toolkit.fileio import TMP_PREFIX, atomic_write_json
+from toolkit.fileio import atomic_write_json
 from toolkit.formats import RunDir
-from toolkit.training.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
+from toolkit.training.checkpoint import latest_checkpoint, save_checkpoint
 
 TRAINER_STATE = "trainer_state.json"
 EMA_FILE = "ema.safetensors"
@@ -75,49 +72,6 @@ class StopRequested:
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-# ---------------------------------------------------------------------------------------------
-# The run folder
-
-
-def resolve_run_dir(cfg: Config, accelerator) -> RunDir:
-    """The run folder, agreed on by every process; ``resume=auto`` without a name picks the newest run."""
-    root = Path(cfg.output.dir)
-    name = cfg.output.run_name
-    if name is None and cfg.train.resume == "auto":
-        candidates = sorted((p for p in root.glob("*/checkpoints") if list_checkpoints(p)),
-                            key=lambda p: latest_checkpoint(p).stat().st_mtime)
-        if candidates:
-            name = candidates[-1].parent.name
-    if name is None:
-        name = time.strftime("run-%Y%m%d-%H%M%S")
-    names = [name]
-    if accelerator.num_processes > 1:
-        broadcast_object_list(names, from_process=0)
-    run = RunDir(root / names[0])
-    if accelerator.is_main_process:
-        try:
-            run.root.mkdir(parents=True, exist_ok=True)
-            probe = run.root / ".write-test"
-            probe.write_text("ok")
-            probe.unlink()
-        except OSError as err:
-            raise UsageError(f"output folder {str(run.root)!r} is not writable ({err.strerror}); "
-                             "set output.dir to a writable folder") from None
-        remove_stale_temporaries(run.root)
-    accelerator.wait_for_everyone()
-    cfg.output.run_name = names[0]
-    return run
-
-
-def remove_stale_temporaries(folder: Path) -> None:
-    """Delete what a killed run left half-written under temporary names (never read, only in the way)."""
-    for stale in (*folder.glob(f"{TMP_PREFIX}*"), *folder.glob(f"*/{TMP_PREFIX}*"), *folder.glob(f"*/*/{TMP_PREFIX}*")):
-        if stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            stale.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------
