@@ -198,3 +198,47 @@ def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path, mo
     start = build_model(validate(load_config(SMOKE))).state_dict()
     moved = max(float((one_w[k] - start[k]).abs().max()) for k in one_w)
     assert gap < 1e-5 < 1e-2 < moved, (gap, moved)  # measured: gap 2.6e-7, moved 0.41
+
+
+# ---------------------------------------------------------------------------------------------
+# BatchNorm statistics: the logged val metrics are those of the saved model
+
+
+def _last_row(run: Path) -> dict:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+
+
+def _evaluate_val(model: Path, shards: Path, out: Path) -> dict:
+    proc = _popen([sys.executable, "-m", "toolkit.evaluate", "--model", str(model), "--shards", str(shards),
+                   "--split", "val", "--tuning-split", "none", "--out", str(out), "--num-workers", "0"])
+    _finish(proc)
+    return json.loads((out / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3 * TIMEOUT_S)
+def test_val_metrics_of_two_processes_describe_the_saved_model(synthetic_shards, tmp_path):
+    """With per-rank BatchNorm statistics (train.dist_bn=none) the logged val numbers belong to no saved model."""
+    args = ["--config", str(SMOKE), f"data.shards={synthetic_shards}", f"output.dir={tmp_path}", "train.epochs=2",
+            "train.batch_size=8", "tracking.wandb=disabled", "eval.plots=false", "eval.test_split=null"]
+    synced = _popen([*LAUNCH_2, "--main_process_port", "29613", "-m", "toolkit.train", *args,
+                     "output.run_name=reduce"])
+    _finish(synced)
+    mixed = _popen([*LAUNCH_2, "--main_process_port", "29614", "-m", "toolkit.train", *args,
+                    "output.run_name=none", "train.dist_bn=none"])
+    _finish(mixed)
+    for run, should_match in (("reduce", True), ("none", False)):
+        logged = _last_row(tmp_path / run)
+        evaluated = _evaluate_val(tmp_path / run / "last.safetensors", synthetic_shards, tmp_path / f"eval-{run}")
+        matches = abs(logged["val_loss"] - evaluated["loss"]) < 1e-5
+        assert matches == should_match, (run, logged["val_loss"], evaluated["loss"])
+        if should_match:
+            assert logged["val_auc"] == pytest.approx(evaluated["roc_auc"], abs=1e-6)
+            assert logged["val_acc"] == pytest.approx(evaluated["accuracy"], abs=1e-6)
+
+
+def test_sync_bn_on_a_cpu_is_refused_in_one_line(synthetic_shards, tmp_path, capsys):
+    from helpers import error_line, train_args, train_cli
+
+    assert train_cli(train_args(synthetic_shards, tmp_path, "sync", "model.sync_bn=true")) == 2
+    assert "model.sync_bn needs CUDA GPUs" in error_line(capsys.readouterr().err)

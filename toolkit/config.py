@@ -74,6 +74,7 @@ class ModelConfig:
     zero_init_residual: bool = False
     channels_last: bool = False
     compile: bool = False
+    sync_bn: bool = False  # BatchNorm statistics over all processes each step (SyncBatchNorm; CUDA/NCCL only)
     # ImageNet weights to start from: a timm name (resnet101.a1h_in1k), hf-hub:ID, or a local .safetensors file
     init: Optional[str] = None
 
@@ -115,6 +116,9 @@ class TrainConfig:
     checkpoint_every_epochs: int = field(default=1, metadata=_range(0))
     keep_checkpoints: int = field(default=2, metadata=_range(1))
     skip_nonfinite: bool = False
+    # BatchNorm running statistics before each validation with N processes (timm's --dist-bn): the mean over
+    # processes, rank 0's, or each its own (then val metrics mix per-rank statistics the saved model lacks)
+    dist_bn: str = field(default="reduce", metadata=_choice("reduce", "broadcast", "none"))
     max_steps: int = field(default=0, metadata=_range(0))  # 0: no limit; else checkpoint and stop after N steps (resumable)
     log_every_steps: int = field(default=10, metadata=_range(1))
 

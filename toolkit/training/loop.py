@@ -160,6 +160,12 @@ def build_session(cfg: Config, accelerator: Accelerator, info: dict, run: RunDir
         with accelerator.main_process_first():  # every rank loads; rank 0 first, so only it downloads
             kept = load_pretrained(raw_model, cfg.model.init)
         log(f"model.init={cfg.model.init}: loaded; fresh for this dataset: {', '.join(kept) or 'nothing'}")
+    if cfg.model.sync_bn:
+        if accelerator.device.type != "cuda":
+            raise UsageError("model.sync_bn needs CUDA GPUs (SyncBatchNorm runs on NCCL); on CPU keep it false: "
+                             "train.dist_bn=reduce already gives every rank the same statistics for validation")
+        if world > 1:  # one process has nothing to sync with
+            raw_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(raw_model)
     if cfg.model.channels_last:
         raw_model = raw_model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(raw_model, cfg.optimizer)
@@ -321,8 +327,26 @@ def after_step(s: Session, state: TrainerState, running: RunningLoss, bar, stop:
 
 
 def validate(s: Session) -> EvalResult:
-    """The model that would be saved (the EMA's when there is one), on the whole val split."""
+    """The model that would be saved (the EMA's when there is one), on the whole val split.
+
+    With N processes its BatchNorm statistics are made the same on every rank first, so the logged
+    val metrics are those of the model file the main process writes.
+    """
+    if s.world > 1 and s.cfg.train.dist_bn != "none":
+        sync_norm_statistics(s.accelerator, s.eval_model, s.cfg.train.dist_bn)
     return evaluate_split(s.accelerator, s.eval_model, s.cfg, s.info, "val", s.mean, s.std)
+
+
+def sync_norm_statistics(accelerator, model: torch.nn.Module, how: str) -> None:
+    """Running mean/var of every norm layer: averaged over ranks ("reduce") or rank 0's ("broadcast")."""
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if not name.endswith(("running_mean", "running_var")):
+                continue
+            if how == "reduce":
+                buffer.copy_(accelerator.reduce(buffer.clone(), "mean"))
+            else:
+                torch.distributed.broadcast(buffer, src=0)
 
 
 def end_epoch(s: Session, state: TrainerState, outcome: EpochOutcome, val: EvalResult) -> None:
