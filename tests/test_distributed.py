@@ -242,3 +242,59 @@ def test_sync_bn_on_a_cpu_is_refused_in_one_line(synthetic_shards, tmp_path, cap
 
     assert train_cli(train_args(synthetic_shards, tmp_path, "sync", "model.sync_bn=true")) == 2
     assert "model.sync_bn needs CUDA GPUs" in error_line(capsys.readouterr().err)
+
+
+# ---------------------------------------------------------------------------------------------
+# One rank's failure ends every rank, with the error printed once
+
+
+POISON_ONE_RANK = r'''
+import os, sys
+sys.path.insert(0, {root!r})
+import toolkit.training.loop as loop
+
+build, seen = loop.build_model, [0]
+
+def build_model(cfg):
+    model = build(cfg)
+    def hook(module, args, output):
+        if module.training and os.environ.get("RANK") == "1":
+            seen[0] += 1
+            if seen[0] == {nth}:
+                return output * float("nan")
+        return None
+    model.register_forward_hook(hook)
+    return model
+
+loop.build_model = build_model
+from toolkit.cli import run_cli
+run_cli(loop.main, sys.argv[1:])
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(TIMEOUT_S)
+def test_a_nan_on_one_rank_stops_both_ranks_at_once(synthetic_shards, tmp_path):
+    driver = tmp_path / "poison.py"
+    driver.write_text(POISON_ONE_RANK.format(root=str(ROOT), nth=6))  # rank 1 only: step 6, in epoch 3 (2 steps each)
+    args = ["--config", str(SMOKE), f"data.shards={synthetic_shards}", f"output.dir={tmp_path}", "output.run_name=nan",
+            "train.epochs=3", "train.batch_size=8", "train.log_every_steps=1", "tracking.wandb=disabled",
+            "eval.plots=false", "eval.test_split=null"]
+    proc = _popen([*LAUNCH_2, "--main_process_port", "29615", str(driver), *args])
+    _, err = wait_for(proc, 120)  # a rank waiting for the other at a collective would hang here
+    assert proc.returncode != 0
+    assert err.count("error: loss became") == 1, err[-3000:]  # printed once, by the main process
+    assert "on another process at step 6" in err  # rank 0 learned it from rank 1
+    checkpoints = sorted(p.name for p in (tmp_path / "nan" / "checkpoints").iterdir())
+    assert checkpoints == ["step-00000002", "step-00000004"]  # the last good ones, nothing after the NaN
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(TIMEOUT_S)
+def test_an_unwritable_output_folder_stops_every_rank_with_one_line(synthetic_shards, tmp_path):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    proc = _popen([*LAUNCH_2, "--main_process_port", "29616", "-m", "toolkit.train", "--config", str(SMOKE),
+                   f"data.shards={synthetic_shards}", f"output.dir={blocked}", "tracking.wandb=disabled"])
+    _, err = wait_for(proc, 120)
+    assert proc.returncode != 0 and err.count("error: output folder") == 1, err[-3000:]

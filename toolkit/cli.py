@@ -40,8 +40,15 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") in ("0", "")
 
 
-def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr, flush=True)
+def on_every_rank(err: Exception) -> Exception:
+    """Mark an error that every process raises together, so that only the main process prints it."""
+    err.on_every_rank = True
+    return err
+
+
+def fail(message: str, code: int = EXIT_USAGE, *, quiet: bool = False) -> NoReturn:
+    if not quiet:
+        print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(code)
 
 
@@ -49,10 +56,9 @@ def run_cli(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Opti
     """Run ``main(argv)`` and turn known failures into one-line messages and exit codes."""
     try:
         code = main(argv)
-    except UsageError as err:
-        fail(str(err), EXIT_USAGE)
-    except DataError as err:
-        fail(str(err), EXIT_FAILURE)
+    except (UsageError, DataError) as err:
+        quiet = getattr(err, "on_every_rank", False) and not is_main_process()  # printed once, by rank 0
+        fail(str(err), EXIT_USAGE if isinstance(err, UsageError) else EXIT_FAILURE, quiet=quiet)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr, flush=True)
         sys.exit(EXIT_INTERRUPTED)

@@ -25,7 +25,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, gather_object
 
-from toolkit.cli import ArgumentParser, DataError, UsageError, progress
+from toolkit.cli import ArgumentParser, DataError, UsageError, on_every_rank, progress
 from toolkit.config import Config, load_config, split_config_args, to_dict, to_yaml
 from toolkit.config import validate as validate_config
 from toolkit.data.device_augment import batch_to_device
@@ -236,17 +236,26 @@ class RunningLoss:
         self.state.epoch_loss_count += 1
 
     def check(self) -> float:
-        """Mean of the pending per-step losses; stop on the first non-finite one, naming its step."""
+        """Mean of the pending per-step losses; stop on the first non-finite one, naming its step.
+
+        With N processes every rank learns whether any rank saw one (the same collective on all of
+        them, even with nothing pending), so all stop together instead of waiting for the one that left.
+        """
         pending, self.pending = self.pending, []
-        if not pending:
-            return float("nan")
-        values = torch.stack([loss for _, loss in pending]).float().cpu()
+        values = torch.stack([loss for _, loss in pending]).float().cpu() if pending else torch.zeros(0)
         bad = (~torch.isfinite(values)).nonzero()
-        if len(bad):
-            raise TrainingError(f"loss became {values[int(bad[0])].item()} at step {pending[int(bad[0])][0]}; lower "
-                                "optimizer.lr, set train.grad_clip, or set train.skip_nonfinite=true. The last good "
-                                "checkpoint is untouched.")
-        return float(values.mean())
+        first_bad = pending[int(bad[0])][0] if len(bad) else 0
+        worst = first_bad
+        if self.accelerator.num_processes > 1:
+            flag = torch.tensor([float(first_bad)], device=self.accelerator.device)
+            worst = int(self.accelerator.reduce(flag, "max").item())
+        if worst:
+            what = f"{values[int(bad[0])].item()} at step {first_bad}" if first_bad else \
+                f"non-finite on another process at step {worst}"
+            raise on_every_rank(TrainingError(
+                f"loss became {what}; lower optimizer.lr, set train.grad_clip, or set train.skip_nonfinite=true. "
+                "The last good checkpoint is untouched."))
+        return float(values.mean()) if pending else float("nan")
 
     def flush(self) -> None:
         world = self.accelerator.num_processes
@@ -490,7 +499,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         result = train(cfg)
     except TrainingError as err:
-        raise DataError(str(err)) from None
+        raise on_every_rank(DataError(str(err))) if getattr(err, "on_every_rank", False) else DataError(str(err)) \
+            from None
     except OSError as err:  # disk full mid-run: files are written atomically, so nothing finished is damaged
         if err.errno not in DISK_FULL_ERRORS:
             raise

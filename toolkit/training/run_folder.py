@@ -24,7 +24,7 @@ from typing import Optional
 
 from accelerate.utils import broadcast_object_list
 
-from toolkit.cli import UsageError
+from toolkit.cli import UsageError, on_every_rank
 from toolkit.config import Config, read_yaml_mapping, to_dict
 from toolkit.fileio import TMP_PREFIX
 from toolkit.formats import RunDir
@@ -49,7 +49,7 @@ def resolve_run_dir(cfg: Config, accelerator) -> RunDir:
         broadcast_object_list(decision, from_process=0)
     name, note, error = decision
     if error is not None:
-        raise UsageError(error)
+        raise on_every_rank(UsageError(error))
     if note and accelerator.is_main_process:
         print(note, flush=True)
     cfg.output.run_name = name
