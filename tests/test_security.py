@@ -89,6 +89,18 @@ def test_resume_reads_only_safetensors_json_and_weights_only_pickles(ema_run, ti
     assert all(weights_only is True for _, weights_only in loads), loads
 
 
+def test_resuming_reads_pickles_as_tensors_only_even_when_a_library_asks_for_more(tmp_path):
+    """An Accelerate version that loads with weights_only=False still cannot run a planted pickle."""
+    from toolkit.training.state import weights_only_loads
+
+    marker = tmp_path / "pwned"
+    plant_pickle(tmp_path / "optimizer.bin", marker)
+    with weights_only_loads(), pytest.raises(pickle.UnpicklingError):
+        torch.load(tmp_path / "optimizer.bin", weights_only=False)
+    assert not marker.exists()
+    assert torch.load.__module__.startswith("torch")  # the real one is back afterwards
+
+
 @pytest.mark.parametrize("victim", ["optimizer.bin", "random_states_0.pkl"])
 def test_a_planted_pickle_in_a_checkpoint_never_runs(ema_run, tiny_shards, tmp_path, capsys, victim):
     shutil.copytree(ema_run, tmp_path / "run")

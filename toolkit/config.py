@@ -42,8 +42,8 @@ def _range(low: Optional[float] = None, high: Optional[float] = None, *, low_ope
 @dataclass
 class DataConfig:
     shards: str = "shards"  # folder with info.json, or a brace pattern / pipe: / http(s) URL of the shards
-    image_size: int = field(default=224, metadata=_range(8))
-    resize_size: int = field(default=255, metadata=_range(8))  # eval: resize shorter side, then center crop
+    image_size: int = field(default=224, metadata=_range(8, 4096))
+    resize_size: int = field(default=255, metadata=_range(8, 4096))  # eval: resize shorter side, then center crop
     mean: Optional[list[float]] = None  # None: the train-split statistics from info.json
     std: Optional[list[float]] = None
     num_workers: int = field(default=4, metadata=_range(0))
@@ -104,7 +104,7 @@ class SchedulerConfig:
 class TrainConfig:
     epochs: int = field(default=30, metadata=_range(1))
     batch_size: int = field(default=32, metadata=_range(1))  # per process
-    seed: int = 42
+    seed: int = field(default=42, metadata=_range(0, 2**63 - 1))  # torch takes 64-bit seeds; ours derive from it
     mixed_precision: Optional[str] = field(default=None, metadata=_choice(*MIXED_PRECISION))  # None: the launcher's
     # None: the launcher's (accelerate launch --gradient_accumulation_steps N), else 1; a number here wins
     grad_accum_steps: Optional[int] = field(default=None, metadata=_range(1))

@@ -123,6 +123,19 @@ def split_size(info: dict, split: str) -> int:
     return int(split_info(info, split)["num_samples"])
 
 
+def selection_problem(info: dict) -> Optional[str]:
+    """Why the val split cannot choose the best epoch (no images, or one class: ROC-AUC undefined), or None."""
+    meta = info["splits"].get("val") or {}
+    counts = {name: int(n) for name, n in (meta.get("class_counts") or {}).items()}
+    present = [name for name, n in counts.items() if n > 0]
+    if int(meta.get("num_samples", 0)) == 0 or (counts and len(present) < 2):
+        shown = ", ".join(f"{name} {n}" for name, n in counts.items()) or "no images"
+        return (f"the val split ({shown}) needs images of at least two classes: training keeps the best epoch by val "
+                "ROC-AUC, which is undefined otherwise; re-pack with a larger --val-fraction (stratified, the default, "
+                "keeps every class in val)")
+    return None
+
+
 def class_names(info: dict) -> list[str]:
     return list(info.get("classes") or ["cat", "dog"])
 

@@ -381,8 +381,9 @@ def pack_dataset(source: Path, out: Path, *, val_fraction: float = DEFAULTS["val
 
 
 def check_options(options: dict) -> None:
-    if not 0 <= options["val_fraction"] < 1:
-        raise UsageError(f"--val-fraction must be in [0, 1), got {options['val_fraction']}")
+    if not 0 < options["val_fraction"] < 1:
+        raise UsageError(f"--val-fraction must be in (0, 1), got {options['val_fraction']}: training keeps the best "
+                         "epoch by its val ROC-AUC, so val needs images of both classes")
     if options["split_mode"] not in ("stratified", "seed"):
         raise UsageError(f"--split-mode must be 'stratified' or 'seed', got {options['split_mode']!r}")
     if options["resize_shorter"] < 0:

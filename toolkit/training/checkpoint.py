@@ -91,6 +91,33 @@ def read_model_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     return state, meta
 
 
+def check_metadata(meta: dict, state: dict[str, torch.Tensor], source: str) -> None:
+    """No size the metadata claims may exceed the stored tensors' before anything is built from them.
+
+    A hostile file could otherwise ask for a model of any size and have it allocated before the
+    shape check; this way the allocation is bounded by the file's own tensors. Smaller claims are
+    left to ``load_state_strict``, which names the keys that differ.
+    """
+    try:
+        classes, width = int(meta["num_classes"]), int(meta.get("base_width", 64))
+        channels = int(meta.get("in_chans", 3))
+        blocks = [int(b) for b in meta.get("blocks_per_stage") or MODEL_SPECS[meta["arch"]].blocks_per_stage]
+    except (KeyError, TypeError, ValueError):
+        raise UsageError(f"{source}: its metadata lacks arch, num_classes or readable sizes") from None
+    stored = {stage: len({key.split(".")[1] for key in state if key.startswith(f"layer{stage}.")})
+              for stage in range(1, 5)}
+    claims = {  # name: (what the metadata claims, what the tensors hold)
+        "num_classes": ((classes,), tuple(state["fc.weight"].shape)[:1] if "fc.weight" in state else (0,)),
+        "base_width, in_chans": ((width, channels),
+                                 tuple(state["conv1.weight"].shape)[:2] if "conv1.weight" in state else (0, 0)),
+        "blocks_per_stage": (tuple(blocks), tuple(stored[s] for s in range(1, 5))),
+    }
+    for name, (claimed, found) in claims.items():
+        if len(claimed) != len(found) or any(c > f for c, f in zip(claimed, found)):  # smaller: the strict load names it
+            raise UsageError(f"{source}: metadata claims {name} {list(claimed)} but its tensors hold {list(found)}; "
+                             "the file is damaged or not a pets-toolkit model")
+
+
 def build_model_from_metadata(meta: dict) -> torch.nn.Module:
     return create_model(
         meta["arch"],
@@ -129,6 +156,7 @@ def load_model_file(path: Path, expect: Optional[dict] = None) -> tuple[torch.nn
     for key, wanted in (expect or {}).items():
         if key in meta and meta[key] != wanted:
             raise UsageError(f"{str(path)!r} has {key}={meta[key]!r} but {wanted!r} was expected")
+    check_metadata(meta, state, str(path))
     model = build_model_from_metadata(meta)
     load_state_strict(model, state, str(path))
     model.eval()

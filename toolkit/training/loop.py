@@ -33,7 +33,7 @@ from toolkit.data.locations import is_local, manifest_location
 from toolkit.data import TrainLoader, check_shards_exist, load_info, make_train_loader, resolve_normalization
 from toolkit.evaluation.evaluate import EvalResult, evaluate_split
 from toolkit.evaluation.metrics import fmt
-from toolkit.formats import RunDir, class_names, dataset_summary
+from toolkit.formats import RunDir, class_names, dataset_summary, selection_problem
 from toolkit.models import create_model
 from toolkit.models.pretrained import load_pretrained
 from toolkit.reporting.finish import finish_run
@@ -126,6 +126,9 @@ def setup(cfg: Config) -> Session:
     # data: sizes and normalization come from the shards' manifest (checked before any folder is made)
     info = load_info(cfg.data.shards)
     check_shards_exist(cfg.data.shards, info, ["train", "val"] + ([cfg.eval.test_split] if cfg.eval.test_split else []))
+    problem = selection_problem(info)
+    if problem:
+        raise UsageError(f"{cfg.data.shards}: {problem}")
     run = resolve_run_dir(cfg, accelerator)
     try:
         return build_session(cfg, accelerator, info, run, log)

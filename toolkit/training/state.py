@@ -7,13 +7,15 @@ RNG) are read with ``weights_only=True``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pickle
 import signal
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
+import torch
 from safetensors.torch import load_file, save_file
 
 from toolkit.cli import UsageError
@@ -95,9 +97,31 @@ def _scheduler_state(scheduler) -> dict:
             "base_lrs": list(scheduler.base_lrs), "_last_lr": list(scheduler.get_last_lr())}
 
 
+@contextlib.contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """Every ``torch.load`` inside reads tensors only, whatever its caller asks.
+
+    Accelerate's pickles (optimizer, RNG, fp16 scaler) are then safe to read from a checkpoint of
+    unknown origin on any torch and Accelerate version: one that asks for ``weights_only=False``
+    gets a refusal, not an execution.
+    """
+    real_load = torch.load
+
+    def load(*args, **kwargs):
+        kwargs["weights_only"] = True
+        return real_load(*args, **kwargs)
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = real_load
+
+
 def load_training_state(accelerator, folder: Path, scheduler, ema) -> TrainerState:
-    try:  # pickles (optimizer, RNG) are read with weights_only=True: a foreign one fails here, unexecuted
-        accelerator.load_state(str(folder))
+    try:  # pickles (optimizer, RNG, scaler) are read with weights_only=True: a foreign one fails here, unexecuted
+        with weights_only_loads():
+            accelerator.load_state(str(folder))
         saved = json.loads((folder / TRAINER_STATE).read_text())
     except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, KeyError) as err:
         detail = (str(err).strip().splitlines() or [""])[0][:200]
