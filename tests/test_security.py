@@ -196,3 +196,30 @@ def test_shard_member_names_are_never_used_as_paths(tiny_shards, tmp_path, monke
     assert not stray, f"written outside the output folders: {stray}"
     assert not outside.exists()
     assert not [str(p) for p in created if "evil" in p.name]
+
+
+def test_secrets_in_a_config_value_and_inside_data_shards_appear_in_no_output(synthetic_source, tmp_path):
+    """The key in a config value, and a bearer token inside a pipe: command in data.shards."""
+    from toolkit.data.shards import pack_dataset
+
+    folder = tmp_path / "one-shard-per-split"  # so one brace pattern names every split's shards
+    pack_dataset(synthetic_source, folder, resize_shorter=48, shard_size=1000, workers=1, show_progress=False)
+    home = tmp_path / "home"
+    env = {k: v for k, v in ENV.items() if not k.startswith("WANDB_") and k != "NETRC"}
+    env.update(HOME=str(home), WANDB_API_KEY=FAKE_KEY, WANDB_CACHE_DIR=str(home / "cache"),
+               WANDB_DATA_DIR=str(home / "data"), WANDB_CONFIG_DIR=str(home / "config"), WANDB_SILENT="true",
+               WANDB_ERROR_REPORTING="false")
+    bearer = "b3arer-T0ken-0f-the-shard-server"
+    shards = f'pipe:cat {folder}/{{split}}-{{000000..000000}}.tar # -H "Authorization: Bearer {bearer}"'
+    argv = train_args(folder, tmp_path / "runs", "secret", "train.epochs=1", "tracking.wandb=offline",
+                      f"tracking.tags=[{FAKE_KEY}]", f"data.shards='{shards}'")  # quoted: YAML keeps the '#'
+    proc = subprocess.run([sys.executable, "-m", "toolkit.train", *argv], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = [p for p in (tmp_path / "runs" / "secret").rglob("*") if p.is_file()]
+    assert {"config.yaml", "dataset.json", "report.html"} <= {p.name for p in files}
+    for secret in (FAKE_KEY, bearer):
+        assert secret not in proc.stdout + proc.stderr
+        leaks = [str(p) for p in files if secret.encode() in p.read_bytes()]
+        assert not leaks, f"secret found in {leaks}"
+    assert "Authorization: ***" in (tmp_path / "runs" / "secret" / "dataset.json").read_text()

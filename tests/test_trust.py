@@ -55,3 +55,83 @@ def test_model_file_metadata_cannot_ask_for_a_huge_allocation(tmp_path, capsys, 
     code = run_in_process(predict_main, ["--model", str(model), str(image)])
     assert code == 2 and "metadata claims" in error_line(capsys.readouterr().err)
     assert built == []  # refused before any model of the claimed size was built
+
+
+# ---------------------------------------------------------------------------------------------
+# Files a user receives cannot act
+
+
+def test_a_run_folder_s_pipe_command_is_never_run_by_visualize(tmp_path, capsys):
+    from toolkit.reporting.visualize import make_plots
+    from helpers import save_tiny_model
+
+    run = tmp_path / "received-run"
+    run.mkdir()
+    marker = tmp_path / "ran"
+    (run / "config.yaml").write_text(f"data:\n  shards: 'pipe:touch {marker}; cat x-{{000000..000001}}.tar'\n")
+    save_tiny_model(run / "model.safetensors")
+    (run / "eval" / "test").mkdir(parents=True)
+    (run / "eval" / "test" / "predictions.csv").write_text("key,label,prob_dog,pred,breed\na,0,0.2,0,\nb,1,0.9,1,\n")
+    make_plots(run, what={"grid"}, split="test")
+    assert not marker.exists()
+    assert "is a pipe: command, which is never run from a run folder" in capsys.readouterr().err
+
+
+def test_a_shard_name_in_info_json_cannot_point_outside_the_folder(synthetic_shards, tmp_path):
+    import json
+    import shutil
+
+    from toolkit.data import load_info
+
+    shards = tmp_path / "shards"
+    shutil.copytree(synthetic_shards, shards)
+    info = json.loads((shards / "info.json").read_text())
+    info["splits"]["train"]["shards"][0]["name"] = "../../etc/passwd"
+    (shards / "info.json").write_text(json.dumps(info))
+    with pytest.raises(UsageError, match="not a plain file name"):
+        load_info(str(shards))
+
+
+def test_images_in_formats_that_run_programs_are_not_opened(tmp_path, capsys, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    from toolkit.predict import main as predict_main
+
+    opened = []
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: opened.append(1))
+    eps = tmp_path / "photo.jpg"  # an EPS file under a photo's name: Pillow would hand it to Ghostscript
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    model = tmp_path / "model.safetensors"
+    save_tiny_model(model)
+    assert run_in_process(predict_main, ["--model", str(model), str(eps)]) == 1
+    assert opened == [] and "not an image format" in capsys.readouterr().out
+
+
+def _tar(members: list[tuple[str, bytes]]) -> bytes:
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT, encoding="utf-8",
+                      errors="surrogateescape") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def test_oversized_members_and_non_utf8_names_are_skipped_and_counted(tmp_path, monkeypatch):
+    from toolkit.data import reading
+
+    monkeypatch.setattr(reading, "MAX_MEMBER_BYTES", 1000)
+    monkeypatch.setattr(reading, "_warnings_given", 0)
+    good = [("ok.cls", b"1"), ("ok.jpg", b"x" * 10)]
+    shard = tmp_path / "train-000000.tar"
+    shard.write_bytes(_tar([("big.cls", b"0"), ("big.jpg", b"x" * 5000), *good,
+                            ("bad\udcff.cls", b"0"), ("bad\udcff.jpg", b"y" * 10)]))
+    skips = reading.Skips(strict=False)
+    kept = list(reading.usable(reading.read_shards([(str(shard), 3)], skips), skips, num_classes=2))
+    assert [sample["__key__"] for sample in kept] == ["ok"] and skips.count == 2
+    for sample in kept:  # what is kept can be written anywhere (predictions.csv) as UTF-8
+        sample["__key__"].encode("utf-8")

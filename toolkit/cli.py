@@ -12,6 +12,8 @@ import os
 import sys
 from typing import Callable, Iterable, NoReturn, Optional, Sequence, TypeVar
 
+from toolkit.secrets import redact_text
+
 T = TypeVar("T")
 
 EXIT_OK = 0
@@ -48,7 +50,7 @@ def on_every_rank(err: Exception) -> Exception:
 
 def fail(message: str, code: int = EXIT_USAGE, *, quiet: bool = False) -> NoReturn:
     if not quiet:
-        print(f"error: {message}", file=sys.stderr, flush=True)
+        print(f"error: {redact_text(message)}", file=sys.stderr, flush=True)
     sys.exit(code)
 
 

@@ -38,6 +38,10 @@ MANIFEST_KEYS = ("format_version", "dataset", "synthetic", "classes", "splits", 
 _SHARD_FIELDS = {"name": str, "num_samples": int, "bytes": int, "sha256": str}
 
 
+def is_plain_file_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
+
+
 def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:06d}.tar"
 
@@ -71,6 +75,9 @@ def manifest_problem(info: Any, *, complete: bool = False) -> Optional[str]:
                 str(shard["name"]), int(shard["num_samples"])
         except (KeyError, TypeError, ValueError):
             return f"split {name!r} lacks num_samples or a shard list with name and num_samples"
+        strays = [shard["name"] for shard in split["shards"] if not is_plain_file_name(str(shard["name"]))]
+        if strays:  # names are joined to the shard folder: one with a path in it would point elsewhere
+            return f"split {name!r} names a shard {strays[0]!r} that is not a plain file name"
     return None
 
 

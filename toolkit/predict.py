@@ -12,7 +12,6 @@ stdout carries only JSON lines, so the output can be piped to ``jq`` or a file.
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ from PIL import Image
 from toolkit.cli import ArgumentParser, UsageError, run_cli
 from toolkit.data import build_eval_transform
 from toolkit.data.shards import decode_error, strict_decoding, to_rgb
+from toolkit.data.transforms import open_image
 from toolkit.training.checkpoint import load_model_file
 
 
@@ -44,7 +44,7 @@ def read_image(path: Path) -> Image.Image:
         raise ImageReadError(f"unreadable: {type(err).__name__}: {err.strerror or err}") from None
     with strict_decoding():
         try:
-            with Image.open(io.BytesIO(data)) as image:
+            with open_image(data) as image:
                 image.load()
                 return to_rgb(image)
         except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, ... for broken files

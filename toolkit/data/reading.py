@@ -11,7 +11,6 @@ count a shard that ends early as lost samples for the rank that owned them, whic
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import tarfile
 import urllib.request
@@ -22,12 +21,14 @@ from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext
 
 from toolkit.cli import DataError
+from toolkit.secrets import redact_text
 from toolkit.data.locations import URL_TIMEOUT_S, Shard, is_local, is_remote
-from toolkit.data.transforms import decode_jpeg
+from toolkit.data.transforms import decode_jpeg, open_image
 
 log = logging.getLogger(__name__)
 
 MAX_WARNINGS = 20  # per process; further bad samples are still counted
+MAX_MEMBER_BYTES = 64 << 20  # a stored image is ~50 KB; a bigger member is a damaged or hostile shard, never read
 
 _warnings_given = 0
 
@@ -41,7 +42,7 @@ class Skips:
 
     def report(self, url: str, key: str, reason: str, n: int = 1) -> None:
         global _warnings_given
-        message = f"{url}: sample {key}: {reason}"
+        message = redact_text(f"{url}: sample {key}: {reason}")  # a signed URL's token stays out of logs
         if self.strict:
             raise DataError(f"{message} (data.strict=true; set it to false to skip and count bad samples)")
         self.count += n
@@ -75,15 +76,31 @@ def tar_samples(stream) -> Iterator[dict]:
             key, ext = base_plus_ext(member.name) if member.isfile() else (None, None)
             if key is None:
                 continue
-            data = tar.extractfile(member).read()
+            problem = member_problem(member)
+            if problem:  # left unread (the stream skips it); the sample is counted as bad
+                key = key.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
             if current is not None and current["__key__"] != key:
                 yield current
                 current = None
             if current is None:
                 current = {"__key__": key}
-            current[ext] = data
+            if problem:
+                current["__error__"] = problem
+            else:
+                current[ext] = tar.extractfile(member).read()
     if current is not None:
         yield current
+
+
+def member_problem(member: tarfile.TarInfo) -> Optional[str]:
+    """Why a member must not be read: too large to be an image, or a name that is not UTF-8 (it could not be reported)."""
+    if member.size > MAX_MEMBER_BYTES:
+        return f"member {ascii(member.name)} is {member.size:,} bytes, over the {MAX_MEMBER_BYTES >> 20} MiB cap"
+    try:
+        member.name.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"member name {ascii(member.name)} is not UTF-8"
+    return None
 
 
 def read_shards(shards: Sequence[Shard], skips: Skips,
@@ -105,7 +122,7 @@ def read_shards(shards: Sequence[Shard], skips: Skips,
                 if owner is None or owner(index - 1):
                     sample["__url__"] = url
                     yield sample
-        except (OSError, tarfile.TarError, EOFError) as err:
+        except (OSError, tarfile.TarError, EOFError, MemoryError) as err:
             error = f"shard unreadable ({type(err).__name__}: {err})"
         finally:
             if stream is not None:
@@ -125,6 +142,8 @@ def read_shards(shards: Sequence[Shard], skips: Skips,
 
 def bad_reason(sample: dict, num_classes: int) -> Optional[str]:
     """Why a raw sample cannot be used (checks that need no decoding), or None; sets ``__label__``."""
+    if "__error__" in sample:
+        return sample["__error__"]
     if "jpg" not in sample:
         return "no jpg"
     if "cls" not in sample:
@@ -159,7 +178,7 @@ def decode_sample(sample: dict, hint: int, skips: Skips) -> Optional[Image.Image
 def header_ok(sample: dict, skips: Skips) -> bool:
     """What a skipped (not decoded) batch can check cheaply: that the bytes open as an image."""
     try:
-        Image.open(io.BytesIO(sample["jpg"]))
+        open_image(sample["jpg"])
         return True
     except Exception as err:
         skips.report(sample["__url__"], sample["__key__"], f"cannot decode jpg ({type(err).__name__}: {err})")

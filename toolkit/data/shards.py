@@ -38,6 +38,7 @@ from toolkit.fileio import TMP_PREFIX, atomic_write_bytes, fsync_dir
 from toolkit.formats import (MANIFEST_NAME, MANIFEST_VERSION, SHARD_NAME, SPLITS, shard_name,
                              write_manifest)
 from toolkit.data.oxford import SPECIES, Entry, read_source
+from toolkit.data.transforms import open_image
 
 FOREIGN_OK = {MANIFEST_NAME, "README.md", ".gitignore", ".gitkeep"}  # may sit beside our shards
 SAMPLE_FIELDS = ("breed", "class_id", "species", "breed_id", "width", "height", "orig_width", "orig_height", "source")
@@ -128,7 +129,7 @@ def process_image(job: Job) -> Union[Packed, str]:
         return f"unreadable: {type(err).__name__}: {err.strerror or err}"
     with strict_decoding():
         try:
-            with Image.open(io.BytesIO(data)) as image:
+            with open_image(data) as image:
                 original_size, source_format = image.size, image.format
                 target = target_size(original_size, job.resize_shorter)
                 if target is not None and source_format == "JPEG":
@@ -146,7 +147,7 @@ def process_image(job: Job) -> Union[Packed, str]:
             buffer = io.BytesIO()
             rgb.save(buffer, "JPEG", quality=job.quality)
             jpeg = buffer.getvalue()
-            stored = Image.open(io.BytesIO(jpeg)).convert("RGB") if job.want_stats else rgb
+            stored = open_image(jpeg).convert("RGB") if job.want_stats else rgb
     sums, squares, pixels = (0, 0, 0), (0, 0, 0), 0
     if job.want_stats:  # from the 3 x 256-bin histogram: exact integers, and far cheaper than summing pixels
         histogram = np.asarray(stored.histogram(), dtype=np.int64).reshape(3, 256)

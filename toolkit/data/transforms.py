@@ -18,6 +18,15 @@ from torchvision.transforms import v2
 from toolkit.cli import UsageError
 
 
+# What photos come as. Pillow would otherwise try every format it knows (EPS and PDF call Ghostscript).
+IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")  # JPEG also opens multi-picture (MPO) files
+
+
+def open_image(data: bytes) -> Image.Image:
+    """Image bytes opened lazily, as one of IMAGE_FORMATS only."""
+    return Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+
+
 def decode_jpeg(data: bytes, min_side_hint: int = 0) -> Image.Image:
     """Decode image bytes to RGB, letting libjpeg shrink by 2/4/8 while decoding when allowed.
 
@@ -25,7 +34,7 @@ def decode_jpeg(data: bytes, min_side_hint: int = 0) -> Image.Image:
     costs a fraction of a full decode; the shorter side stays >= ``min_side_hint`` (0: full size).
     Raises on truncated or corrupt data (the caller decides to skip or fail).
     """
-    image = Image.open(io.BytesIO(data))
+    image = open_image(data)
     if min_side_hint > 0 and image.format == "JPEG":
         width, height = image.size
         scale = min_side_hint / min(width, height)

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from PIL import Image
 
 from toolkit.cli import is_main_process, progress
 from toolkit.data.oxford import SPECIES
 from toolkit.data.shards import SAMPLE_FIELDS, decode_error, map_ordered, strict_decoding
+from toolkit.data.transforms import open_image
 from toolkit.formats import SPLITS, read_manifest
 
 
@@ -81,7 +81,7 @@ def check_sample(members: dict[str, bytes]) -> Optional[str]:
         return f"cls {members['cls'].decode()} disagrees with species {meta['species']!r}"
     with strict_decoding():
         try:
-            with Image.open(io.BytesIO(members["jpg"])) as image:
+            with open_image(members["jpg"]) as image:
                 image.load()
                 if image.format != "JPEG" or image.mode != "RGB":
                     return f"jpg is {image.format} {image.mode}, expected an RGB JPEG"

@@ -24,13 +24,14 @@ run's ``.wandb`` file is written; afterwards the folder is complete and ready fo
 
 from __future__ import annotations
 
+import contextlib
 import netrc
 import os
 import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 from urllib.parse import urlparse
 
 import numpy as np
@@ -38,7 +39,7 @@ import numpy as np
 from toolkit.config import WANDB_MODES
 from toolkit.fileio import atomic_write_text
 from toolkit.formats import RunDir
-from toolkit.reporting.secrets import redact_secrets
+from toolkit.secrets import redact_secrets, redact_text
 
 
 # How long an online wandb.init may take before we give up and log offline instead.
@@ -94,6 +95,17 @@ def resolve_mode(setting: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # Tracker
 # ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def redacted_argv() -> Iterator[None]:
+    """``sys.argv`` with secrets (a token in data.shards, a key in an override) redacted, while W&B reads it."""
+    original = list(sys.argv)
+    sys.argv[1:] = [redact_text(arg) for arg in original[1:]]
+    try:
+        yield
+    finally:
+        sys.argv[:] = original
 
 
 def _stderr(message: str) -> None:
@@ -236,13 +248,18 @@ class Tracker:
         }
         known = getattr(wandb.Settings, "model_fields", None)  # older wandb lacks some of these
         settings = wandb.Settings(**{k: v for k, v in wanted.items() if known is None or k in known})
+        with redacted_argv():  # W&B stores the command line with the run
+            return self._wandb_init(mode, cfg, config, run_name, settings)
+
+    def _wandb_init(self, mode: str, cfg: Any, config: dict, run_name: str, settings: Any):
+        wandb = self._wandb
         return wandb.init(
             mode=mode,
             project=cfg.project,
             entity=getattr(cfg, "entity", None) or None,
-            tags=list(getattr(cfg, "tags", None) or []) or None,
-            group=getattr(cfg, "group", None) or None,
-            name=run_name,
+            tags=redact_secrets(list(getattr(cfg, "tags", None) or [])) or None,
+            group=redact_text(getattr(cfg, "group", None) or "") or None,
+            name=redact_text(run_name),
             dir=str(self.run_dir.resolve()),
             config=redact_secrets(dict(config)),
             job_type="train",

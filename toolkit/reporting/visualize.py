@@ -117,8 +117,13 @@ def make_plots(run_dir: Path, *, what: Optional[set[str]] = None, split: str = "
     image_plots = [name for name in wanted if name in NEEDS_IMAGES]
     if not image_plots:
         return made
-    shards = shards or raw_section(config, "data").get("shards")
-    problem = "num_images is 0" if num_images < 1 else _shards_problem(shards)
+    problem = None
+    if shards is None:
+        shards = raw_section(config, "data").get("shards")
+        if isinstance(shards, str) and shards.startswith("pipe:"):  # a run folder may come from anyone
+            problem = (f"data.shards in {run.config} is a pipe: command, which is never run from a run folder's "
+                       "files; pass --shards to read the images")
+    problem = problem or ("num_images is 0" if num_images < 1 else _shards_problem(shards))
     if problem is not None:
         for name in image_plots:
             skip(name, problem)

@@ -37,7 +37,7 @@ from toolkit.formats import RunDir, class_names, dataset_summary, selection_prob
 from toolkit.models import create_model
 from toolkit.models.pretrained import load_pretrained
 from toolkit.reporting.finish import finish_run
-from toolkit.reporting.secrets import redact_secrets
+from toolkit.secrets import redact_secrets
 from toolkit.reporting.tracking import Tracker
 from toolkit.training.checkpoint import model_metadata, save_model_file
 from toolkit.training.optim import build_ema, build_optimizer, build_scheduler
@@ -203,7 +203,7 @@ def start(s: Session) -> TrainerState:
         s.log("train.resume=auto: no checkpoint found, starting from scratch")
     if s.accelerator.is_main_process:
         s.run.write_config(s.config_dict)
-        s.run.write_dataset(dataset_summary(s.info, cfg.data.shards))
+        s.run.write_dataset(redact_secrets(dataset_summary(s.info, cfg.data.shards)))
         s.run.keep_history_until(state.epoch)  # rows of epochs after the checkpoint are redone
     s.tracker.log_dataset_summary(s.info)
     manifest = manifest_location(cfg.data.shards)

@@ -28,7 +28,7 @@ from toolkit.cli import UsageError, on_every_rank
 from toolkit.config import Config, read_yaml_mapping, to_dict
 from toolkit.fileio import TMP_PREFIX
 from toolkit.formats import RunDir
-from toolkit.reporting.secrets import redact_secrets
+from toolkit.secrets import redact_secrets
 from toolkit.training.checkpoint import latest_checkpoint, list_checkpoints
 
 # Config keys that may differ between a run and the one that resumes it (max_steps: a time slice, not the recipe).

@@ -25,6 +25,14 @@ _ALWAYS_SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 # Env vars whose name says "key" but whose value is a location, not a secret.
 _LOCATION_SUFFIXES = ("_FILE", "_PATH", "_DIR", "_HOME")
 _MIN_SECRET_LEN = 8
+# Credentials written into a location (data.shards: a signed URL, a pipe: command with a header):
+# query parameters that sign or authorize, an Authorization header's value, user:password@ in a URL.
+_INLINE_SECRETS = (
+    (re.compile(r"(?i)([?&](?:[\w-]*token|[\w-]*sig(?:nature)?|[\w-]*key|[\w-]*secret|password|auth|"
+                r"[\w-]*credential)=)[^&#\s'\"]+"), r"\1" + REDACTED),
+    (re.compile(r"(?i)(authorization\s*:\s*)[^'\"\n]+"), r"\1" + REDACTED),
+    (re.compile(r"(://[^/\s:@]+:)[^@/\s]+@"), r"\1" + REDACTED + "@"),
+)
 
 
 def _split_camel(name: str) -> str:
@@ -55,18 +63,26 @@ def redact_secrets(obj: Any, *, environ: Optional[Mapping[str, str]] = None) -> 
 
     Recurses through dicts, lists and tuples. Values under secret-looking keys are replaced
     (``None``/empty values are kept: they hide nothing), and every occurrence of a secret from
-    the environment inside any string is replaced too, so log lines and URLs are covered.
+    the environment inside any string is replaced too, and so are credentials written inline
+    (a signed URL's signature, an ``Authorization:`` header in a ``pipe:`` command, ``user:pass@``).
     Apply it to everything the run writes: config, logs, metrics, reports, file metadata.
     """
     return _redact(obj, secret_values(environ))
 
 
+def redact_text(text: str, secrets: Optional[Sequence[str]] = None) -> str:
+    """One string with environment secrets and inline credentials (signed URLs, auth headers) replaced."""
+    for secret in secret_values() if secrets is None else secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    for pattern, replacement in _INLINE_SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
 def _redact(obj: Any, secrets: Sequence[str]) -> Any:
     if isinstance(obj, str):
-        for secret in secrets:
-            if secret in obj:
-                obj = obj.replace(secret, REDACTED)
-        return obj
+        return redact_text(obj, secrets)
     if isinstance(obj, Mapping):
         out = {}
         for key, value in obj.items():
