@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from helpers import isolate_wandb
-from toolkit.secrets import REDACTED, is_secret_key, redact_secrets, secret_values
+from toolkit.redaction import REDACTED, is_secret_key, redact_secrets, secret_values
 from toolkit.reporting.tracking import Tracker, has_api_key, resolve_mode
 from toolkit.reporting.wandb_runs import read_wandb_records
 

@@ -9,6 +9,7 @@ from helpers import error_line, run_in_process, save_tiny_model, train_args, tra
 from toolkit.cli import UsageError
 from toolkit.config import load_config, validate
 from toolkit.data.shards import pack_dataset
+from toolkit.formats import RunDir
 from toolkit.make_shards import main as make_shards_main
 
 
@@ -135,3 +136,42 @@ def test_oversized_members_and_non_utf8_names_are_skipped_and_counted(tmp_path, 
     assert [sample["__key__"] for sample in kept] == ["ok"] and skips.count == 2
     for sample in kept:  # what is kept can be written anywhere (predictions.csv) as UTF-8
         sample["__key__"].encode("utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# A really full disk: the real writers (safetensors, torch.save inside Accelerate), not a faked fsync
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs the test can fill and then grow ("free space"); skipped where mounting is not allowed."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+
+    def resize(size: str, *, first: bool = False) -> None:
+        options = f"size={size}" if first else f"remount,size={size}"
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True,
+                              text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here (needs root and mount rights): {proc.stderr.strip()}")
+
+    resize("64k", first=True)
+    yield mount, resize
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size, writer", [("800k", "safetensors"), ("1200k", "torch.save")])
+def test_a_full_disk_is_one_resumable_line_from_every_writer(synthetic_shards, small_disk, capsys, size, writer):
+    """800k: the checkpoint's model.safetensors fills it; 1200k: the optimizer's torch.save does (0.08M params)."""
+    mount, resize = small_disk
+    resize(size)
+    argv = train_args(synthetic_shards, mount, "full", "train.epochs=2")
+    assert train_cli(argv) == 1
+    line = error_line(capsys.readouterr().err)
+    assert "No space left on device" in line and "train.resume=auto output.run_name=full" in line
+    resize("32m")  # space freed: the same command plus resume=auto finishes the run
+    assert train_cli([*argv, "train.resume=auto"]) == 0
+    assert [row["epoch"] for row in RunDir(mount / "full").read_history()] == [1, 2]

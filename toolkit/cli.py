@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Callable, Iterable, NoReturn, Optional, Sequence, TypeVar
 
-from toolkit.secrets import redact_text
+from toolkit.redaction import redact_text
 
 T = TypeVar("T")
 

@@ -276,6 +276,11 @@ class RunDir:
         return self.root / "report.html"
 
     # typed reads and writes
+    def holds_a_run(self) -> bool:
+        """Whether training already wrote here (other files, such as a launcher's log, do not count)."""
+        return any(path.exists() for path in (self.config, self.history, self.model, self.last_model,
+                                               self.checkpoints, self.final))
+
     def evaluated_splits(self) -> list[str]:
         return sorted(p.parent.name for p in self.evaluations.glob("*/predictions.csv"))
 

@@ -3,8 +3,9 @@
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make `toolkit` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a script: import `toolkit` from the repository, not this folder
+    here = Path(__file__).resolve().parent  # (its modules would shadow the standard library's)
+    sys.path[:] = [str(here.parent)] + [p for p in sys.path if Path(p or ".").resolve() != here]
 
 from toolkit.cli import run_cli
 from toolkit.reporting.visualize import main

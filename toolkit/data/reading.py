@@ -21,7 +21,7 @@ from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext
 
 from toolkit.cli import DataError
-from toolkit.secrets import redact_text
+from toolkit.redaction import redact_text
 from toolkit.data.locations import URL_TIMEOUT_S, Shard, is_local, is_remote
 from toolkit.data.transforms import decode_jpeg, open_image
 

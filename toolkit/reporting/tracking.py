@@ -39,7 +39,7 @@ import numpy as np
 from toolkit.config import WANDB_MODES
 from toolkit.fileio import atomic_write_text
 from toolkit.formats import RunDir
-from toolkit.secrets import redact_secrets, redact_text
+from toolkit.redaction import redact_secrets, redact_text
 
 
 # How long an online wandb.init may take before we give up and log offline instead.

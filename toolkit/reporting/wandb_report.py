@@ -33,7 +33,7 @@ from toolkit.evaluation.metrics import fmt_mean_std, mean_std
 from toolkit.fileio import atomic_write_json
 from toolkit.formats import RunDir
 from toolkit.reporting.wandb_runs import LocalRun, RunLog, find_runs, read_run_log, select_runs
-from toolkit.secrets import redact_secrets
+from toolkit.redaction import redact_secrets
 from toolkit.reporting.tracking import has_api_key
 
 SPEC_FORMAT = "pets-toolkit/wandb-report/1"

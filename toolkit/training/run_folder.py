@@ -28,7 +28,7 @@ from toolkit.cli import UsageError, on_every_rank
 from toolkit.config import Config, read_yaml_mapping, to_dict
 from toolkit.fileio import TMP_PREFIX
 from toolkit.formats import RunDir
-from toolkit.secrets import redact_secrets
+from toolkit.redaction import redact_secrets
 from toolkit.training.checkpoint import latest_checkpoint, list_checkpoints
 
 # Config keys that may differ between a run and the one that resumes it (max_steps: a time slice, not the recipe).
@@ -73,14 +73,9 @@ def choose_run_name(cfg: Config) -> tuple[str, Optional[str]]:
     return free, None
 
 
-def holds_a_run(folder: Path) -> bool:
-    """Anything in it but a lock (a folder made by a run that failed before writing counts as free)."""
-    return folder.is_dir() and any(path != RunDir(folder).lock for path in folder.iterdir())
-
-
 def next_free_name(root: Path, base: str) -> str:
     name, version = base, 2
-    while holds_a_run(root / name):
+    while RunDir(root / name).holds_a_run():
         name, version = f"{base}-{version}", version + 1
     return name
 
