@@ -12,6 +12,8 @@ import os
 import sys
 from typing import Callable, Iterable, NoReturn, Optional, Sequence, TypeVar
 
+import torch
+
 from toolkit.redaction import redact_text
 
 T = TypeVar("T")
@@ -77,3 +79,14 @@ def progress(iterable: Iterable[T], *, total: Optional[int] = None, desc: str = 
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=desc, unit=unit, dynamic_ncols=True, **kwargs)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``--device``: ``auto`` picks CUDA when present; asking for CUDA without it is a usage error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise UsageError(f"unknown device {name!r}; use auto, cpu or cuda")
+    return torch.device(name)

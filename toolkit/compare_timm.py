@@ -32,11 +32,10 @@ from toolkit.bench.model import (
     bench_accelerator,
     check_input_size,
     device_name,
-    resolve_device,
     synthetic_batch,
     time_interleaved,
 )
-from toolkit.cli import ArgumentParser, UsageError, run_cli
+from toolkit.cli import ArgumentParser, UsageError, resolve_device, run_cli
 from toolkit.models import MODEL_ARCHS, count_parameters, create_model
 
 STAGES = ("maxpool", "layer1", "layer2", "layer3", "layer4")  # "maxpool" output = the stem's output

@@ -21,7 +21,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from PIL import Image
 
-from toolkit.cli import ArgumentParser, UsageError, run_cli
+from toolkit.cli import ArgumentParser, UsageError, resolve_device, run_cli
 from toolkit.data import build_eval_transform
 from toolkit.data.shards import decode_error, strict_decoding, to_rgb
 from toolkit.data.transforms import open_image
@@ -49,14 +49,6 @@ def read_image(path: Path) -> Image.Image:
                 return to_rgb(image)
         except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, ... for broken files
             raise ImageReadError(decode_error(err)) from None
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
-    return torch.device(name)
 
 
 def eval_transform(meta: dict) -> Callable[[Image.Image], torch.Tensor]:

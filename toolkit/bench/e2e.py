@@ -16,8 +16,8 @@ from typing import Iterator
 import torch
 
 from toolkit.bench.model import (AUTOCAST_DTYPES, BenchStep, bench_accelerator, check_dtype, check_input_size, device_name,
-                                 resolve_device, synchronize, synthetic_batch)
-from toolkit.cli import UsageError, progress
+                                 synchronize, synthetic_batch)
+from toolkit.cli import UsageError, progress, resolve_device
 from toolkit.config import load_config
 from toolkit.data import load_info, make_train_loader, resolve_normalization
 from toolkit.data.device_augment import batch_to_device

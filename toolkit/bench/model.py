@@ -22,7 +22,7 @@ from torch import nn
 
 from accelerate import Accelerator
 
-from toolkit.cli import UsageError, progress
+from toolkit.cli import UsageError, progress, resolve_device
 from toolkit.models import MODEL_ARCHS, count_parameters, create_model
 from toolkit.training.step import TrainStep
 
@@ -36,17 +36,6 @@ DEVICE_DEFAULTS = {
     "cuda": {"batch_size": 256, "steps": 20, "warmup": 5},
     "cpu": {"batch_size": 8, "steps": 5, "warmup": 2},
 }
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA without it is a usage error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was requested but no CUDA GPU is visible; use --device cpu or auto")
-    if name not in ("cpu", "cuda"):
-        raise UsageError(f"unknown device {name!r}; use auto, cpu or cuda")
-    return torch.device(name)
 
 
 def device_name(device: torch.device) -> str:
