@@ -21,7 +21,6 @@ writes to a run folder or touches training; the spec file is the only output.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -29,9 +28,9 @@ from typing import Any, Optional, Sequence
 
 from toolkit.cli import ArgumentParser, DataError, UsageError
 from toolkit.config import raw_section
-from toolkit.evaluation.metrics import fmt_mean_std, mean_std
 from toolkit.fileio import atomic_write_json
 from toolkit.formats import RunDir
+from toolkit.reporting.wandb_headline import header_markdown, headline_markdown, headline_split, read_json
 from toolkit.reporting.wandb_runs import LocalRun, RunLog, find_runs, read_run_log, select_runs
 from toolkit.redaction import redact_secrets
 from toolkit.reporting.tracking import has_api_key
@@ -60,116 +59,8 @@ LINE_SECTIONS = (
 CHART_SUFFIXES = {"roc_curve": "ROC", "pr_curve": "precision-recall", "confusion_matrix": "confusion matrix"}
 PREDICTIONS_SUFFIX = "/predictions"
 SUMMARY_COLUMNS = ("roc_auc", "accuracy", "average_precision", "loss")  # <split>/<name> in the run summary
-# (metrics.json key, label) of the headline table; per-class rows follow in the classification-report layout
-HEADLINE = (("roc_auc", "ROC-AUC"), ("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
-            ("average_precision", "average precision (dog)"), ("loss", "loss"))
 # Grid sizes (24 columns): three line plots or charts a row, tables and comparer full width.
 LAYOUT = {"line": (8, 6), "chart": (8, 8), "table": (24, 14), "media": (24, 10), "run_comparer": (24, 12)}
-
-# ---------------------------------------------------------------------------------------------
-# Report content: header and headline tables from the run folders
-
-
-def _read_json(path: Path) -> Optional[Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def headline_split(run: LocalRun) -> str:
-    """The split the run's headline numbers come from: eval.test_split, else val."""
-    return raw_section(run.config, "eval").get("test_split") or "val"
-
-
-def describe_recipe(config: dict) -> str:
-    """One line on what was trained, from config.yaml."""
-    model, opt, sched = raw_section(config, "model"), raw_section(config, "optimizer"), raw_section(config, "scheduler")
-    train, data = raw_section(config, "train"), raw_section(config, "data")
-    blocks = "-".join(map(str, model.get("blocks_per_stage") or [])) or "default"
-    return (f"{model.get('arch', '?')} (blocks {blocks}, width {model.get('base_width', '?')}, "
-            f"{model.get('num_classes', '?')} classes), {opt.get('name', '?')} lr {opt.get('lr', '?')} "
-            f"weight decay {opt.get('weight_decay', '?')}, {sched.get('name', '?')} schedule, "
-            f"{train.get('epochs', '?')} epoch(s) x batch {train.get('batch_size', '?')}, "
-            f"precision {train.get('mixed_precision') or 'fp32'}, {data.get('image_size', '?')} px images")
-
-
-def describe_data(run: LocalRun) -> str:
-    """One line on the data, from the run's dataset.json (the shard manifest summary)."""
-    info = _read_json(RunDir(run.run_dir).dataset)
-    if not isinstance(info, dict):
-        return f"dataset summary missing ({RunDir(run.run_dir).dataset})"
-    splits = info.get("splits") or {}
-    sizes = " / ".join(f"{name} {s.get('num_samples', '?')}" for name, s in splits.items() if isinstance(s, dict))
-    kind = " (SYNTHETIC stand-in data)" if info.get("synthetic") else ""
-    return (f"{info.get('dataset', '?')}{kind}: {sizes} images, classes {', '.join(info.get('classes') or [])}; "
-            f"shards `{info.get('shards', '?')}`")
-
-
-def _seeds(runs: Sequence[LocalRun]) -> str:
-    return ", ".join(str(raw_section(r.config, "train").get("seed", "?")) for r in runs)
-
-
-def header_markdown(groups: dict[str, list[LocalRun]]) -> str:
-    """What was trained on which data, per group, and how the numbers below were chosen."""
-    lines = ["**What was trained**", ""]
-    for name, runs in groups.items():
-        lines.append(f"- **{name}** ({len(runs)} run(s), seeds {_seeds(runs)}): {describe_recipe(runs[0].config)}")
-    data = list(dict.fromkeys(describe_data(run) for runs in groups.values() for run in runs))
-    lines += ["", "**Data**", ""] + [f"- {line}" for line in data]
-    splits = sorted({headline_split(run) for runs in groups.values() for run in runs})
-    lines += ["", f"Each run keeps its best epoch by val ROC-AUC; the headline numbers are on the "
-              f"{', '.join(splits)} split at the run's decision threshold. Local run folders: "
-              + ", ".join(f"`{run.run_dir}`" for runs in groups.values() for run in runs)]
-    return "\n".join(lines)
-
-
-def _split_metrics(run: LocalRun) -> Optional[dict]:
-    metrics = _read_json(RunDir(run.run_dir).eval_metrics(headline_split(run)))
-    return metrics if isinstance(metrics, dict) else None
-
-
-def _best_val_auc(run: LocalRun) -> Optional[float]:
-    final = _read_json(RunDir(run.run_dir).final)
-    return final.get("best_val_auc") if isinstance(final, dict) else None
-
-
-def headline_markdown(groups: dict[str, list[LocalRun]]) -> str:
-    """Test metrics per group (mean ± std over seeds), then each group's classification report."""
-    metrics = {name: [m for m in map(_split_metrics, runs) if m] for name, runs in groups.items()}
-    names = list(groups)
-    split = ", ".join(sorted({headline_split(run) for runs in groups.values() for run in runs}))
-    lines = [f"| {split} split | " + " | ".join(f"{n} (n={len(metrics[n])})" for n in names) + " |",
-             "|---" * (len(names) + 1) + "|"]
-    for key, label in HEADLINE:
-        lines.append(f"| {label} | " + " | ".join(fmt_mean_std(mean_std([m.get(key) for m in metrics[n]])) for n in names)
-                     + " |")
-    lines.append("| val ROC-AUC (model selection) | "
-                 + " | ".join(fmt_mean_std(mean_std([_best_val_auc(r) for r in groups[n]])) for n in names) + " |")
-    if any(len(m) > 1 for m in metrics.values()):
-        lines += ["", "Mean ± sample standard deviation over the runs of a group (seeds); one run: its value."]
-    for name in names:
-        lines += ["", f"**{name}**: classification report", ""] + classification_markdown(metrics[name])
-    return "\n".join(lines)
-
-
-def classification_markdown(runs: Sequence[dict]) -> list[str]:
-    """sklearn's classification-report layout as a markdown table, cells mean ± std over runs."""
-    if not runs:
-        return ["No evaluation found (eval/<split>/metrics.json): the runs did not finish."]
-    total = runs[0].get("num_samples", "")
-    rows = [(name, [r.get("per_class", {}).get(name, {}) for r in runs]) for name in runs[0].get("class_names", [])]
-    rows += [(label, [r.get(key, {}) for r in runs]) for key, label in (("macro_avg", "macro avg"),
-                                                                          ("weighted_avg", "weighted avg"))]
-    lines = ["| | precision | recall | f1-score | support |", "|---|---|---|---|---|"]
-    for name, stats in rows:
-        support = stats[0].get("support", total) if not name.endswith(" avg") else total
-        cells = " | ".join(fmt_mean_std(mean_std([s.get(k) for s in stats])) for k in ("precision", "recall", "f1"))
-        lines.append(f"| {name} | {cells} | {support} |")
-        if name == "macro avg":  # sklearn prints accuracy between the classes and the averages
-            lines.insert(-1, f"| accuracy | | | {fmt_mean_std(mean_std([r.get('accuracy') for r in runs]))} | {total} |")
-    return lines
-
 
 # ---------------------------------------------------------------------------------------------
 # The spec: the report as plain JSON, checked against what the runs logged
@@ -264,7 +155,7 @@ def check_spec(spec: dict, logged_by_run: dict[str, dict[str, str]]) -> list[str
 
 def default_title(groups: dict[str, list[LocalRun]]) -> str:
     first = groups[next(iter(groups))][0]
-    info = _read_json(RunDir(first.run_dir).dataset)
+    info = read_json(RunDir(first.run_dir).dataset)
     dataset = info.get("dataset") if isinstance(info, dict) else None
     title = (f"{raw_section(first.config, 'model').get('arch', 'model')} on {dataset or 'the pets data'}: "
              + " vs ".join(groups))
@@ -393,7 +284,7 @@ def offline_reason(dry_run: bool) -> Optional[str]:
 
 def read_spec(path: Path) -> dict:
     hint = "write one with python -m toolkit.wandb_report --project P --group G --dry-run"
-    spec = _read_json(path) if path.is_file() else None
+    spec = read_json(path) if path.is_file() else None
     if spec is None:
         raise UsageError(f"{path} is not a readable JSON report spec; {hint}")
     if not isinstance(spec, dict) or spec.get("format") != SPEC_FORMAT:
