@@ -60,7 +60,7 @@ def run_in_process(main: Callable, argv: Sequence[str]) -> int:
 
 
 def train_cli(argv: Sequence[str]) -> int:
-    from toolkit.training.loop import main
+    from toolkit.train import main
 
     return run_in_process(main, argv)
 

@@ -145,7 +145,7 @@ def group_norm_init(self, *args, **kwargs):
 
 resnet.ResNet.__init__ = group_norm_init
 from toolkit.cli import run_cli
-from toolkit.training.loop import main
+from toolkit.train import main
 run_cli(main, sys.argv[1:])
 '''
 
@@ -268,7 +268,8 @@ def build_model(cfg):
 
 loop.build_model = build_model
 from toolkit.cli import run_cli
-run_cli(loop.main, sys.argv[1:])
+import toolkit.train
+run_cli(toolkit.train.main, sys.argv[1:])
 '''
 
 

@@ -126,7 +126,8 @@ elif point == "metrics-append":  # half a line of metrics.jsonl on disk
         return real_append(path, obj)
     toolkit.formats.append_jsonl = append_jsonl
 
-run_cli(toolkit.training.loop.main, sys.argv[4:])
+import toolkit.train
+run_cli(toolkit.train.main, sys.argv[4:])
 '''
 
 # (what happens, driver point, signal, nth time the point is reached, expected exit code);
@@ -498,7 +499,7 @@ def _random_command_line(rng: random.Random) -> list[str]:
 
 
 def test_fuzzed_train_command_lines_print_a_config_or_one_error_line(tmp_path, capsys):
-    from toolkit.training.loop import main
+    from toolkit.train import main
 
     rng, printed = random.Random(1234), tmp_path / "printed.yaml"
     codes = []
@@ -522,7 +523,7 @@ def test_fuzzed_train_command_lines_print_a_config_or_one_error_line(tmp_path, c
 
 
 def test_fuzzed_config_files_load_or_give_one_error_line(tmp_path, capsys):
-    from toolkit.training.loop import main
+    from toolkit.train import main
 
     rng = random.Random(99)
     fragments = ["data:", "  shards: x", "model: [1, 2]", "train:", "  epochs: 0", "  epochs: 3", "optimizer: {lr: -1}",

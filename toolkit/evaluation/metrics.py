@@ -263,3 +263,33 @@ def summary_line(metrics: dict[str, Any]) -> str:
     return (f"n={metrics['num_samples']} loss={fmt(metrics.get('loss'))} "
             f"acc={fmt(metrics.get('accuracy'))} auc={fmt(metrics.get('roc_auc'))} "
             f"ap={fmt(metrics.get('average_precision'))}")
+
+
+MAX_CURVE_POINTS = 1000  # per class; keeps the logged tables small for any split size
+
+
+def curve_points(y_true, probas, class_names: Sequence[str]) -> tuple[list, list]:
+    """One-vs-rest ROC and PR points per class as [class, x, y] rows (empty for a single class)."""
+    roc: list = []
+    pr: list = []
+    for index, name in enumerate(class_names):
+        positive = y_true == index
+        if positive.all() or not positive.any():
+            return [], []
+        fpr, tpr, _ = skm.roc_curve(positive, probas[:, index])
+        precision, recall, _ = skm.precision_recall_curve(positive, probas[:, index])
+        roc += _thin(name, fpr, tpr)
+        pr += _thin(name, recall[::-1], precision[::-1])
+    return roc, pr
+
+
+def _thin(name: str, x, y) -> list:
+    """Round to 3 decimals, drop repeated points and keep at most MAX_CURVE_POINTS (ends kept)."""
+
+    points = np.round(np.stack([x, y], axis=1), 3)
+    keep = np.ones(len(points), dtype=bool)
+    keep[1:] = np.any(points[1:] != points[:-1], axis=1)
+    points = points[keep]
+    if len(points) > MAX_CURVE_POINTS:
+        points = points[np.unique(np.linspace(0, len(points) - 1, MAX_CURVE_POINTS).round().astype(int))]
+    return [[name, float(px), float(py)] for px, py in points]

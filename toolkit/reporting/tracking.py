@@ -37,6 +37,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from toolkit.config import WANDB_MODES
+from toolkit.evaluation.metrics import curve_points
 from toolkit.fileio import atomic_write_text
 from toolkit.formats import RunDir
 from toolkit.redaction import redact_secrets, redact_text
@@ -371,7 +372,7 @@ class Tracker:
             p_dog = np.asarray(prob_dog, dtype=np.float64)
             probas = np.stack([1.0 - p_dog, p_dog], axis=1)  # a probability per class, as W&B wants
             names = list(class_names)
-            roc, pr = _curve_rows(y_true, probas, names)
+            roc, pr = curve_points(y_true, probas, names)
             if not roc:
                 raise ValueError(f"{split} has a single class, ROC and PR curves are undefined")
             return {
@@ -467,38 +468,6 @@ class Tracker:
     def summary(self, values: dict) -> None:
         """Final figures (best epoch, test metrics) in the run summary."""
         self._call("summary", lambda: self._run.summary.update(_plain(redact_secrets(values))))
-
-
-MAX_CURVE_POINTS = 1000  # per class; keeps the logged tables small for any split size
-
-
-def _curve_rows(y_true, probas, class_names: Sequence[str]) -> tuple[list, list]:
-    """One-vs-rest ROC and PR points per class as [class, x, y] rows (empty for a single class)."""
-    from sklearn.metrics import precision_recall_curve, roc_curve
-
-    roc: list = []
-    pr: list = []
-    for index, name in enumerate(class_names):
-        positive = y_true == index
-        if positive.all() or not positive.any():
-            return [], []
-        fpr, tpr, _ = roc_curve(positive, probas[:, index])
-        precision, recall, _ = precision_recall_curve(positive, probas[:, index])
-        roc += _thin(name, fpr, tpr)
-        pr += _thin(name, recall[::-1], precision[::-1])
-    return roc, pr
-
-
-def _thin(name: str, x, y) -> list:
-    """Round to 3 decimals, drop repeated points and keep at most MAX_CURVE_POINTS (ends kept)."""
-
-    points = np.round(np.stack([x, y], axis=1), 3)
-    keep = np.ones(len(points), dtype=bool)
-    keep[1:] = np.any(points[1:] != points[:-1], axis=1)
-    points = points[keep]
-    if len(points) > MAX_CURVE_POINTS:
-        points = points[np.unique(np.linspace(0, len(points) - 1, MAX_CURVE_POINTS).round().astype(int))]
-    return [[name, float(px), float(py)] for px, py in points]
 
 
 def _plain(obj: Any) -> Any:
