@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -299,3 +300,19 @@ def test_an_unwritable_output_folder_stops_every_rank_with_one_line(synthetic_sh
                    f"data.shards={synthetic_shards}", f"output.dir={blocked}", "tracking.wandb=disabled"])
     _, err = wait_for(proc, 120)
     assert proc.returncode != 0 and err.count("error: output folder") == 1, err[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(TIMEOUT_S)
+def test_an_unexpected_error_on_one_rank_ends_every_rank_within_seconds(synthetic_shards, tmp_path):
+    """Not a NaN: any exception on rank 1. The launcher ends rank 0; nothing waits for a collective's timeout."""
+    driver = tmp_path / "breaks.py"
+    driver.write_text(POISON_ONE_RANK.format(root=str(ROOT), nth=3).replace(
+        'return output * float("nan")', 'raise RuntimeError("rank 1 broke")'))
+    args = ["--config", str(SMOKE), f"data.shards={synthetic_shards}", f"output.dir={tmp_path}", "output.run_name=x",
+            "train.epochs=3", "train.batch_size=8", "tracking.wandb=disabled", "eval.plots=false"]
+    started = time.monotonic()
+    proc = _popen([*LAUNCH_2, "--main_process_port", "29617", str(driver), *args])
+    _, err = wait_for(proc, 120)
+    assert proc.returncode != 0 and "rank 1 broke" in err
+    assert time.monotonic() - started < 60  # measured: about 7 s on 2 CPU cores
