@@ -175,3 +175,29 @@ def test_a_full_disk_is_one_resumable_line_from_every_writer(synthetic_shards, s
     resize("32m")  # space freed: the same command plus resume=auto finishes the run
     assert train_cli([*argv, "train.resume=auto"]) == 0
     assert [row["epoch"] for row in RunDir(mount / "full").read_history()] == [1, 2]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_full_disk_in_a_two_process_run_stops_both_processes_with_one_line(synthetic_shards, small_disk):
+    """The main process writes the files; the other rank must not wait for it at the next collective."""
+    import subprocess
+    import sys
+    import time
+
+    from helpers import ENV, ROOT, SMOKE, wait_for
+
+    mount, resize = small_disk
+    resize("800k")
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29618", "-m", "toolkit.train",
+         "--config", str(SMOKE), f"data.shards={synthetic_shards}", f"output.dir={mount}", "output.run_name=full2",
+         "train.epochs=2", "train.batch_size=8", "tracking.wandb=disabled", "eval.plots=false"],
+        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = wait_for(proc, 120)
+    assert proc.returncode != 0 and time.monotonic() - started < 90
+    assert err.count("error: No space left on device") == 1, err[-3000:]
+    assert "error: another process failed" not in err  # the rank that only waited says nothing
+    assert "SIGTERM" not in err  # both stopped on their own: the launcher did not have to end the waiting rank

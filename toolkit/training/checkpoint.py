@@ -16,14 +16,14 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
-from toolkit.cli import UsageError
+from toolkit.cli import DataError, UsageError, on_every_rank
 from toolkit.fileio import TMP_PREFIX, atomic_write_bytes, fsync_dir
 from toolkit.models import create_model
 from toolkit.models.resnet import MODEL_SPECS
@@ -31,6 +31,7 @@ from toolkit.models.resnet import MODEL_SPECS
 FORMAT_NAME = "pets-toolkit/resnet"
 CHECKPOINT_PREFIX = "step-"
 _CHECKPOINT_RE = re.compile(r"^step-(\d{8})$")
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,9 +199,9 @@ def save_checkpoint(accelerator, folder: Path, global_step: int, keep: int,
         folder.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+    together(accelerator, lambda: accelerator.save_state(str(tmp), safe_serialization=True))
+
+    def install() -> None:
         if write_extras is not None:
             write_extras(tmp)
         _fsync_tree(tmp)
@@ -215,8 +216,32 @@ def save_checkpoint(accelerator, folder: Path, global_step: int, keep: int,
             shutil.rmtree(old, ignore_errors=True)
         for stale in folder.glob(f"{TMP_PREFIX}*"):
             shutil.rmtree(stale, ignore_errors=True)
-    accelerator.wait_for_everyone()
+
+    together(accelerator, install if accelerator.is_main_process else None)
     return final
+
+
+def together(accelerator, work: Optional[Callable[[], T]]) -> Optional[T]:
+    """Run ``work`` where there is some, then let every process learn whether any of them failed.
+
+    A process that fails (a full disk while the main process writes) re-raises its own error; the
+    others stop too, quietly, instead of waiting at the next collective for one that has left.
+    """
+    result, error = None, None
+    if work is not None:
+        try:
+            result = work()
+        except Exception as err:  # re-raised below, after the others have been told
+            error = err
+    failed = error is not None
+    if accelerator.num_processes > 1:
+        flag = torch.tensor([1.0 if failed else 0.0], device=accelerator.device)
+        failed = bool(accelerator.reduce(flag, "max").item() > 0)
+    if error is not None:
+        raise error
+    if failed:
+        raise on_every_rank(DataError("another process failed while writing the run's files; its error is above"))
+    return result
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -32,7 +32,7 @@ from toolkit.models.pretrained import load_pretrained
 from toolkit.reporting.finish import finish_run
 from toolkit.redaction import redact_secrets
 from toolkit.reporting.tracking import Tracker
-from toolkit.training.checkpoint import model_metadata, save_model_file
+from toolkit.training.checkpoint import model_metadata, save_model_file, together
 from toolkit.training.optim import build_ema, build_optimizer, build_scheduler
 from toolkit.training.run_folder import resolve_run_dir, unlock
 from toolkit.training.state import (StopRequested, TrainerState, TrainingError, find_resume_checkpoint,
@@ -193,14 +193,17 @@ def start(s: Session) -> TrainerState:
         s.log(f"resumed from {s.resumed_from} (epoch {state.epoch + 1}, step {state.global_step})")
     elif cfg.train.resume == "auto":
         s.log("train.resume=auto: no checkpoint found, starting from scratch")
-    if s.accelerator.is_main_process:
+    summary = redact_secrets(dataset_summary(s.info, cfg.data.shards))
+
+    def write_run_files() -> None:
         s.run.write_config(s.config_dict)
-        s.run.write_dataset(redact_secrets(dataset_summary(s.info, cfg.data.shards)))
+        s.run.write_dataset(summary)
         s.run.keep_history_until(state.epoch)  # rows of epochs after the checkpoint are redone
+
+    together(s.accelerator, write_run_files if s.accelerator.is_main_process else None)
     s.tracker.log_dataset_summary(s.info)
     manifest = manifest_location(cfg.data.shards)
-    s.tracker.log_dataset_artifact(dataset_summary(s.info, cfg.data.shards),
-                                   manifest=Path(manifest) if is_local(manifest) else None)
+    s.tracker.log_dataset_artifact(summary, manifest=Path(manifest) if is_local(manifest) else None)
     num_params = sum(p.numel() for p in s.raw_model.parameters())
     s.log(f"run {s.run.root} | {cfg.model.arch} {num_params / 1e6:.2f}M params | {s.world} process(es) on "
           f"{s.accelerator.device.type} | precision {s.accelerator.mixed_precision} | {s.batches_per_epoch} batches x "
@@ -371,7 +374,8 @@ def end_epoch(s: Session, state: TrainerState, outcome: EpochOutcome, val: EvalR
     if improved:
         state.best_val_auc, state.best_epoch = val.auc, epoch + 1
     state.start_next_epoch()
-    if accelerator.is_main_process:
+
+    def write_epoch() -> None:
         s.run.append_history(row)
         meta = model_metadata(cfg, mean=s.mean, std=s.std, class_names=class_names(s.info),
                               extra={"epoch": epoch + 1, "val_metrics": {"loss": val.loss, "acc": val.accuracy,
@@ -380,6 +384,8 @@ def end_epoch(s: Session, state: TrainerState, outcome: EpochOutcome, val: EvalR
         save_model_file(s.eval_model, s.run.last_model, meta)
         if improved or not s.run.model.exists():
             save_model_file(s.eval_model, s.run.model, meta)
+
+    together(accelerator, write_epoch if accelerator.is_main_process else None)  # a full disk stops every rank
     s.tracker.log({f"epoch/{k}": v for k, v in row.items() if v is not None}, step=state.global_step)
     s.log(f"epoch {epoch + 1}/{cfg.train.epochs} | train_loss {train_loss:.4f} | val_loss {val.loss:.4f} | "
           f"val_acc {val.accuracy:.4f} | val_auc {fmt(val.auc)} | lr {row['lr']:.2e} | "
