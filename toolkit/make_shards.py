@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("--out", type=Path, default=Path("shards"), metavar="DIR",
                       help="output folder (default: shards/); the previous run's shards there are replaced")
     pack.add_argument("--val-fraction", type=float, default=DEFAULTS["val_fraction"],
-                      help="share of trainval held out as val (default: %(default)s); test is the official list")
+                      help="share of trainval held out as val, between 0 and 1 exclusive: training keeps the best epoch "
+                           "by val ROC-AUC (default: %(default)s); test is the official list")
     pack.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="train/val split seed (default: %(default)s)")
     pack.add_argument("--split-mode", choices=("stratified", "seed"), default=DEFAULTS["split_mode"],
                       help="stratified: keep the cat/dog ratio in train and val (default); seed: the seed "
