@@ -58,3 +58,22 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+@pytest.fixture(scope="session")
+def mini_breed_shards(mini_pets: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real mini dataset packed for the 37-breed task, shrunk to 64 px (the tests train at 32 px)."""
+    out = tmp_path_factory.mktemp("mini-breed-shards")
+    pack_dataset(mini_pets, out, labels="breed", resize_shorter=64, workers=2, show_progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def three_breed_folder(mini_pets: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three breeds of the real mini dataset as an image folder (``<breed>/<file>`` symlinks), odd files included."""
+    root = tmp_path_factory.mktemp("three-breeds") / "pets3"
+    for breed in ("Abyssinian", "Bengal", "beagle"):
+        (root / breed).mkdir(parents=True)
+        for image in sorted((mini_pets / "images").glob(f"{breed}_*.jpg")):
+            (root / breed / image.name).symlink_to(image)
+    return root

@@ -18,7 +18,8 @@ from PIL import Image, UnidentifiedImageError
 import toolkit.data.shards as make_shards
 from toolkit.cli import UsageError, run_cli
 from toolkit.formats import read_manifest
-from toolkit.data.shards import SPLITS, Job, pack_dataset, process_image, split_trainval
+from toolkit.data.shards import SPLITS, Job, pack_dataset, process_image
+from toolkit.data.sources import Item, stratified_split
 from toolkit.data.verify import verify_shards
 from toolkit.make_shards import main
 from toolkit.data.oxford import Entry, make_synthetic_dataset, synthetic_info
@@ -177,7 +178,8 @@ def test_odd_images_are_converted_resized_or_copied(synthetic_source, tmp_path):
     images = synthetic_source / "images"
 
     def job(name: str, resize: int) -> Job:
-        return Job("train", Entry(name, 1, 1, 1), str(images / f"{name}.jpg"), resize, 90, want_stats=True)
+        item = Item(key=name, path=images / f"{name}.jpg", label=0, fields=(), source=f"{name}.jpg")
+        return Job("train", item, resize, 90, want_stats=True)
 
     clean = next(p.stem for p in sorted(images.glob("*.jpg"))
                  if p.stem not in record["odd_files"].values() and Image.open(p).format == "JPEG")
@@ -222,16 +224,17 @@ def test_split_modes():
     from sklearn.model_selection import train_test_split
 
     entries = [Entry(f"{'Cat' if i % 3 == 0 else 'dog'}_{i}", 1, 1 if i % 3 == 0 else 2, 1) for i in range(1, 3681)]
-    train, val = split_trainval(entries, 0.2, 42, "seed")
+    species = [e.species for e in entries]
+    train, val = stratified_split(entries, 0.2, 42, None, "val")
     expected_train, expected_val = train_test_split([e.name for e in entries], test_size=0.2, random_state=42)
     assert ([e.name for e in train], [e.name for e in val]) == (expected_train, expected_val)
     assert (len(train), len(val)) == (2944, 736)
 
-    train, val = split_trainval(entries, 0.2, 42, "stratified")
+    train, val = stratified_split(entries, 0.2, 42, species, "val")
     assert sorted(e.name for e in train + val) == sorted(e.name for e in entries)
     cats = sum(e.species == "cat" for e in entries)
     assert abs(sum(e.species == "cat" for e in val) - 736 * cats / len(entries)) <= 1  # the trainval cat ratio
-    assert split_trainval(entries, 0.0, 42, "stratified") == (entries, [])
+    assert stratified_split(entries, 0.0, 42, species, "val") == (entries, [])
 
 
 # --------------------------------------------------------------------------------------------

@@ -65,10 +65,17 @@ def manifest_problem(info: Any, *, complete: bool = False) -> Optional[str]:
         return "no 'splits'"
     if complete and sorted(splits) != sorted(SPLITS):
         return f"must describe the splits {', '.join(SPLITS)}"
+    if complete:
+        classes = info.get("classes")
+        if (not isinstance(classes, list) or len(classes) < 2 or len(set(map(str, classes))) != len(classes)
+                or not all(isinstance(c, str) and c for c in classes)):
+            return "'classes' must list at least two distinct class names"
     for name, split in splits.items():
         if complete and not _complete_split(split):
             return (f"split {name!r} lacks num_samples, class_counts or a shard list with name, num_samples, "
                     "bytes and sha256")
+        if complete and list(split["class_counts"]) != info["classes"]:
+            return f"split {name!r} counts classes {list(split['class_counts'])}, not the manifest's classes"
         try:
             int(split["num_samples"])
             for shard in split["shards"]:
@@ -145,6 +152,11 @@ def selection_problem(info: dict) -> Optional[str]:
 
 def class_names(info: dict) -> list[str]:
     return list(info.get("classes") or ["cat", "dog"])
+
+
+def label_field(info: dict) -> str:
+    """The sample json field that names each sample's class (manifests from before it existed: species)."""
+    return str(info.get("label_field") or "species")
 
 
 def dataset_summary(info: dict, shards: str) -> dict:

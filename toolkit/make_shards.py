@@ -1,11 +1,14 @@
-"""Pack Oxford-IIIT Pet into webdataset tar shards that are byte-for-byte reproducible and verified.
+"""Pack a labelled image dataset into webdataset tar shards that are byte-for-byte reproducible and verified.
 
-    python -m toolkit.make_shards --source data/oxford-iiit-pet --out shards/
+    python -m toolkit.make_shards --source data/oxford-iiit-pet --out shards/                 # cat vs dog
+    python -m toolkit.make_shards --source data/oxford-iiit-pet --labels breed --out shards/breeds
+    python -m toolkit.make_shards --source my_images/ --out shards/mine      # my_images/<class name>/*.jpg
     python -m toolkit.make_shards --synthetic 512 --out shards/       # stand-in data, marked synthetic
     python -m toolkit.make_shards --verify shards/
 
-The packing lives in ``toolkit.data.shards``, the checks in ``toolkit.data.verify``, the manifest's
-schema in ``toolkit.formats``; this module is the command line.
+The layouts are read by ``toolkit.data.sources``, the packing lives in ``toolkit.data.shards``, the
+checks in ``toolkit.data.verify``, the manifest's schema in ``toolkit.formats``; this module is the
+command line.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ if __package__ in (None, ""):  # run as a script: import `toolkit` from the repo
 from toolkit.cli import ArgumentParser, DataError, UsageError, run_cli
 from toolkit.data.oxford import make_synthetic_dataset
 from toolkit.data.shards import DEFAULT_SYNTHETIC_ROOT, DEFAULTS, download_dataset, pack_dataset, summary_line
+from toolkit.data.sources import LAYOUTS, OXFORD_LABELS
 from toolkit.data.verify import verify_shards
-from toolkit.formats import SPLITS, read_manifest
+from toolkit.formats import SPLITS, class_names, label_field, read_manifest
 
 
 def parse_bytes(text: str) -> int:
@@ -39,15 +43,20 @@ def parse_bytes(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="python -m toolkit.make_shards",
-        description="Pack Oxford-IIIT Pet (official folder layout) into reproducible webdataset shards "
-                    "plus an info.json manifest, or verify shards made before.",
+        description="Pack Oxford-IIIT Pet (official folder layout; cat/dog or 37 breeds) or any class-per-folder "
+                    "image dataset into reproducible webdataset shards plus an info.json manifest, or verify "
+                    "shards made before.",
         epilog="Every decodable image is kept (as RGB; transparency composited on white); undecodable, "
                "missing or mislabelled ones are skipped and listed in info.json with the reason. "
                "Same input and options give byte-identical shards, whatever --workers. "
-               "example: python -m toolkit.make_shards --source data/oxford-iiit-pet --out shards/pets")
+               "examples: python -m toolkit.make_shards --source data/oxford-iiit-pet --out shards/pets; "
+               "... --source data/oxford-iiit-pet --labels breed --out shards/pets-breeds; "
+               "... --source my_images/ --out shards/mine (my_images/<class>/*.jpg, or my_images/train/<class>/... "
+               "with optional val/ and test/)")
     what = parser.add_argument_group("what to do (pick one)")
     what.add_argument("--source", type=Path, metavar="DIR",
-                      help="Oxford-IIIT Pet folder with images/ and annotations/ (or torchvision's root above it); "
+                      help="Oxford-IIIT Pet folder with images/ and annotations/ (or torchvision's root above it), "
+                           "or an image folder: DIR/<class name>/<images> or DIR/train|val|test/<class name>/<images>; "
                            f"with --synthetic, where the synthetic set is written (default {DEFAULT_SYNTHETIC_ROOT})")
     what.add_argument("--download", type=Path, metavar="DIR",
                       help="download with torchvision into DIR/oxford-iiit-pet (about 800 MB; fails after a "
@@ -58,16 +67,27 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--verify", type=Path, metavar="DIR",
                       help="re-read the shards in DIR against its info.json; exit 1 on any problem")
 
+    task = parser.add_argument_group("what the labels are")
+    task.add_argument("--labels", choices=OXFORD_LABELS, default=None,
+                      help="Oxford-IIIT Pet only: species (cat/dog, the default) or breed (37 classes). The choice is "
+                           "made here, so a shard folder holds one task and its manifest names the classes")
+    task.add_argument("--layout", choices=LAYOUTS, default="auto",
+                      help="auto (default): Oxford when --source has annotations/, else an image folder whose "
+                           "class folders name the classes (sorted)")
+
     pack = parser.add_argument_group("packing")
     pack.add_argument("--out", type=Path, default=Path("shards"), metavar="DIR",
                       help="output folder (default: shards/); the previous run's shards there are replaced")
     pack.add_argument("--val-fraction", type=float, default=DEFAULTS["val_fraction"],
                       help="share of trainval held out as val, between 0 and 1 exclusive: training keeps the best epoch "
                            "by val ROC-AUC (default: %(default)s); test is the official list")
-    pack.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="train/val split seed (default: %(default)s)")
+    pack.add_argument("--test-fraction", type=float, default=DEFAULTS["test_fraction"],
+                      help="image folders without a test/ folder: share of the images held out as test, between 0 "
+                           "and 1 exclusive (default: %(default)s); Oxford uses its official test list")
+    pack.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="split seed (default: %(default)s)")
     pack.add_argument("--split-mode", choices=("stratified", "seed"), default=DEFAULTS["split_mode"],
-                      help="stratified: keep the cat/dog ratio in train and val (default); seed: the seed "
-                           "experiment's plain random split (2,944/736 on the full dataset)")
+                      help="stratified: keep each class's share in train, val (and a held-out test) (default); seed: "
+                           "the seed experiment's plain random split (2,944/736 on the full dataset)")
     pack.add_argument("--resize-shorter", type=int, default=DEFAULTS["resize_shorter"], metavar="PX",
                       help="shrink images so the shorter side is PX (never upscale; 0 keeps the original size). "
                            "Default %(default)s: the training pipeline resizes to 255 then crops 224, so 288 keeps "
@@ -108,7 +128,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         raise UsageError("nothing to do: give --source DIR, --download DIR, --synthetic N or --verify DIR (see --help)")
 
-    info = pack_dataset(source, args.out, val_fraction=args.val_fraction, seed=args.seed,
+    info = pack_dataset(source, args.out, layout=args.layout, labels=args.labels, val_fraction=args.val_fraction,
+                        test_fraction=args.test_fraction, seed=args.seed,
                         split_mode=args.split_mode, resize_shorter=args.resize_shorter, quality=args.quality,
                         shard_size=args.shard_size, shard_bytes=args.shard_bytes, workers=args.workers)
     for item in info["skipped"]:
@@ -133,7 +154,8 @@ def run_verify(folder: Path, workers: int) -> int:
     splits = info["splits"]
     shards = sum(len(s["shards"]) for s in splits.values())
     tag = " [SYNTHETIC data]" if info["synthetic"] else ""
-    print(f"OK {folder}{tag}: " + ", ".join(f"{split} {splits[split]['num_samples']}" for split in SPLITS)
+    print(f"OK {folder}{tag} ({len(class_names(info))} classes by {label_field(info)}): "
+          + ", ".join(f"{split} {splits[split]['num_samples']}" for split in SPLITS)
           + f" samples in {shards} shards; sha256, counts, labels and every JPEG checked")
     return 0
 

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from toolkit.cli import UsageError
+from toolkit.data.sources import Item, Listing
 from toolkit.fileio import atomic_write_json, atomic_write_text
 
 SPECIES = ("cat", "dog")  # index = training label; annotation species ids are 1 and 2
@@ -121,6 +122,11 @@ class PetsSource:
     warnings: list[str] = field(default_factory=list)
 
 
+def is_oxford_layout(source: Path) -> bool:
+    """Whether ``source`` (or torchvision's root above it) has the official annotations/ folder."""
+    return (resolve_root(source) / "annotations").is_dir()
+
+
 def resolve_root(source: Path) -> Path:
     """Accept the layout folder itself or torchvision's download root that contains it."""
     source = Path(source).expanduser().resolve()
@@ -180,6 +186,42 @@ def _check_list_file(path: Path, listed: dict[str, Entry]) -> list[str]:
         warnings.append(f"{len(only_splits)} image(s) in the split files are missing from {path.name}, "
                         f"e.g. {sorted(only_splits)[0]}")
     return warnings
+
+
+def breed_classes(entries: list[Entry]) -> list[str]:
+    """The breed names in class-id order, checked: one name per id and one id per name."""
+    by_id: dict[int, str] = {}
+    for entry in entries:
+        known = by_id.setdefault(entry.class_id, entry.breed)
+        if known != entry.breed:
+            raise UsageError(f"class id {entry.class_id} is used for both {known} and {entry.breed} "
+                             f"(e.g. {entry.name}); fix the annotation files")
+    names = [by_id[class_id] for class_id in sorted(by_id)]
+    if len(set(names)) != len(names):
+        twice = next(name for name in names if names.count(name) > 1)
+        raise UsageError(f"breed {twice} has more than one class id; fix the annotation files")
+    return names
+
+
+def read_listing(source: Path, labels: str = "species") -> Listing:
+    """The folder as a ``Listing`` labelled by ``species`` (cat 0, dog 1) or ``breed`` (class-id order)."""
+    pets = read_source(source)
+    everything = pets.trainval + pets.test
+    classes = list(SPECIES) if labels == "species" else breed_classes(everything)
+    index = {name: i for i, name in enumerate(classes)}
+
+    def item(entry: Entry) -> Item:
+        fields = (("breed", entry.breed), ("class_id", entry.class_id), ("species", entry.species),
+                  ("breed_id", entry.breed_id))
+        label = index[entry.species if labels == "species" else entry.breed]
+        return Item(key=entry.name, path=pets.images / entry.filename, label=label, fields=fields,
+                    source=entry.filename, problem=entry.species_conflict())
+
+    return Listing(root=pets.root, dataset="synthetic-pets" if pets.synthetic else "oxford-iiit-pet",
+                   synthetic=pets.synthetic, classes=classes, label_field=labels,
+                   pools={"trainval": [item(e) for e in pets.trainval], "test": [item(e) for e in pets.test]},
+                   unlisted=pets.unlisted, warnings=pets.warnings,
+                   forbidden_outputs=(pets.root / "images", pets.root / "annotations"))
 
 
 # --------------------------------------------------------------------------------------------

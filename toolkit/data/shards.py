@@ -1,10 +1,11 @@
-"""Pack Oxford-IIIT Pet into webdataset tar shards that are byte-for-byte reproducible and verified.
+"""Pack a labelled image dataset into webdataset tar shards that are byte-for-byte reproducible and verified.
 
 Why shards: reading a few large sequential files feeds 8 GPUs x N loader workers far better than
 7,000 small ones, and resizing once at pack time (shorter side 288 by default) cuts the JPEG
 decode cost every epoch pays. Why so careful: training trusts ``info.json`` blindly (sample
 counts for equal per-rank steps, label counts, normalization), so every number in it is exact,
-every skipped image is recorded with its reason, and ``--verify`` re-checks it all.
+every skipped image is recorded with its reason, and ``--verify`` re-checks it all. What is packed
+(Oxford-IIIT Pet by species or breed, or any class-per-folder dataset) comes from ``sources``.
 
     python -m toolkit.make_shards --source data/oxford-iiit-pet --out shards/
     python -m toolkit.make_shards --synthetic 512 --out shards/       # stand-in data, marked synthetic
@@ -35,18 +36,19 @@ from webdataset import TarWriter
 
 from toolkit.cli import DataError, UsageError, is_main_process, progress
 from toolkit.fileio import TMP_PREFIX, atomic_write_bytes, fsync_dir
-from toolkit.formats import (MANIFEST_NAME, MANIFEST_VERSION, SHARD_NAME, SPLITS, shard_name,
-                             write_manifest)
-from toolkit.data.oxford import SPECIES, Entry, read_source
+from toolkit.formats import (MANIFEST_NAME, MANIFEST_VERSION, SHARD_NAME, SPLITS, class_names, label_field,
+                             shard_name, write_manifest)
+from toolkit.data.sources import Item, Listing, assign_splits, read_listing
 from toolkit.data.transforms import open_image
 
 FOREIGN_OK = {MANIFEST_NAME, "README.md", ".gitignore", ".gitkeep"}  # may sit beside our shards
-SAMPLE_FIELDS = ("breed", "class_id", "species", "breed_id", "width", "height", "orig_width", "orig_height", "source")
+SIZE_FIELDS = ("width", "height", "orig_width", "orig_height", "source")  # in every sample's json, after the label's
 
 DEFAULTS = {
     "val_fraction": 0.2,
     "seed": 42,
     "split_mode": "stratified",
+    "test_fraction": 0.2,  # image folders without a test/ folder only; Oxford has its official test list
     "resize_shorter": 288,
     "quality": 90,
     "shard_size": 64,
@@ -64,8 +66,7 @@ DOWNLOAD_PROBE_TIMEOUT_S = 5.0
 @dataclass(frozen=True)
 class Job:
     split: str
-    entry: Entry
-    path: str
+    item: Item
     resize_shorter: int
     quality: int
     want_stats: bool  # pixel sums for the normalization, needed on train only
@@ -121,10 +122,11 @@ def decode_error(err: Exception) -> str:
 
 def process_image(job: Job) -> Union[Packed, str]:
     """Turn one listed image into stored JPEG bytes, or return why it must be skipped."""
+    path = Path(job.item.path)
     try:
-        data = Path(job.path).read_bytes()
+        data = path.read_bytes()
     except FileNotFoundError:
-        return f"missing: images/{Path(job.path).name} does not exist"
+        return f"missing: {path.parent.name}/{path.name} does not exist"
     except OSError as err:
         return f"unreadable: {type(err).__name__}: {err.strerror or err}"
     with strict_decoding():
@@ -174,25 +176,6 @@ def map_ordered(fn: Callable, items: Sequence, workers: int) -> Iterator:
 # Splits and shards
 # --------------------------------------------------------------------------------------------
 
-def split_trainval(entries: list[Entry], val_fraction: float, seed: int, mode: str) -> tuple[list[Entry], list[Entry]]:
-    """train/val from trainval, in the shuffled order the split returns (so shards mix breeds).
-
-    ``seed`` mode is the seed experiment's plain ``train_test_split(test_size=0.2, random_state=42)``
-    over the list order (2,944/736 on the full dataset); ``stratified`` keeps the cat/dog ratio.
-    """
-    if val_fraction == 0:
-        return list(entries), []
-    from sklearn.model_selection import train_test_split
-
-    stratify = [e.species for e in entries] if mode == "stratified" else None
-    try:
-        train, val = train_test_split(entries, test_size=val_fraction, random_state=seed, stratify=stratify)
-    except ValueError as err:
-        raise UsageError(f"cannot split {len(entries)} trainval images with --val-fraction {val_fraction} "
-                         f"--split-mode {mode}: {err}") from None
-    return list(train), list(val)
-
-
 def tar_bytes(member_bytes: int) -> int:
     """Size of a tar holding members of ``member_bytes`` (headers included): end blocks, record padding."""
     return math.ceil((member_bytes + 2 * tarfile.BLOCKSIZE) / tarfile.RECORDSIZE) * tarfile.RECORDSIZE
@@ -233,11 +216,10 @@ class ShardWriter:
         self.samples, self.member_bytes = [], 0
 
 
-def sample_members(entry: Entry, packed: Packed) -> dict[str, bytes]:
-    meta = {"breed": entry.breed, "class_id": entry.class_id, "species": entry.species, "breed_id": entry.breed_id,
-            "width": packed.width, "height": packed.height, "orig_width": packed.orig_width,
-            "orig_height": packed.orig_height, "source": entry.filename}
-    return {"cls": str(entry.label).encode("ascii"), "jpg": packed.jpeg,
+def sample_members(item: Item, packed: Packed) -> dict[str, bytes]:
+    meta = {**dict(item.fields), "width": packed.width, "height": packed.height, "orig_width": packed.orig_width,
+            "orig_height": packed.orig_height, "source": item.source}
+    return {"cls": str(item.label).encode("ascii"), "jpg": packed.jpeg,
             "json": json.dumps(meta, separators=(",", ":")).encode("utf-8")}
 
 
@@ -254,10 +236,10 @@ def normalization(sums: list[int], squares: list[int], pixels: int, num_images: 
 # Output folder: safe replacement of a previous run
 # --------------------------------------------------------------------------------------------
 
-def check_out_folder(out: Path, source_root: Path) -> None:
-    if out == source_root:
+def check_out_folder(out: Path, listing: Listing) -> None:
+    if out == listing.root:
         raise UsageError(f"--out {out} is the dataset folder itself; choose a separate folder, e.g. shards/")
-    for inside in (source_root / "images", source_root / "annotations"):
+    for inside in listing.forbidden_outputs:
         if out == inside or inside in out.parents:
             raise UsageError(f"--out {out} is inside the dataset's {inside.name}/ folder; choose a folder outside it")
     if out.exists() and not out.is_dir():
@@ -304,35 +286,39 @@ def install(staging: Path, out: Path, info: dict) -> None:
 # Pack
 # --------------------------------------------------------------------------------------------
 
-def pack_dataset(source: Path, out: Path, *, val_fraction: float = DEFAULTS["val_fraction"],
+def pack_dataset(source: Path, out: Path, *, layout: str = "auto", labels: Optional[str] = None,
+                 val_fraction: float = DEFAULTS["val_fraction"], test_fraction: float = DEFAULTS["test_fraction"],
                  seed: int = DEFAULTS["seed"], split_mode: str = DEFAULTS["split_mode"],
                  resize_shorter: int = DEFAULTS["resize_shorter"], quality: int = DEFAULTS["quality"],
                  shard_size: int = DEFAULTS["shard_size"], shard_bytes: int = DEFAULTS["shard_bytes"],
                  workers: Optional[int] = None, show_progress: bool = True) -> dict:
-    """Pack an Oxford-layout folder into ``out`` and return the info.json dict written there."""
+    """Pack a dataset folder (see ``sources``) into ``out`` and return the info.json dict written there."""
     workers = workers or os.cpu_count() or 1
-    options = {"val_fraction": val_fraction, "seed": seed, "split_mode": split_mode, "resize_shorter": resize_shorter,
-               "quality": quality, "shard_size": shard_size, "shard_bytes": shard_bytes, "workers": workers}
-    check_options(options)
-    dataset = read_source(Path(source))
+    check_options({"val_fraction": val_fraction, "test_fraction": test_fraction, "split_mode": split_mode,
+                   "resize_shorter": resize_shorter, "quality": quality, "shard_size": shard_size,
+                   "shard_bytes": shard_bytes, "workers": workers})
+    listing = read_listing(Path(source), layout=layout, labels=labels)
+    held_out_test = "test" not in listing.pools
+    options = {"labels": listing.label_field, "val_fraction": val_fraction,
+               "test_fraction": test_fraction if held_out_test else None, "seed": seed, "split_mode": split_mode,
+               "resize_shorter": resize_shorter, "quality": quality, "shard_size": shard_size,
+               "shard_bytes": shard_bytes, "workers": workers}
     out = Path(out).expanduser().resolve()
-    check_out_folder(out, dataset.root)
+    check_out_folder(out, listing)
     if is_main_process():
-        for warning in dataset.warnings:
+        for warning in listing.warnings:
             print(f"warning: {warning}", file=sys.stderr)
 
-    train, val = split_trainval(dataset.trainval, val_fraction, seed, split_mode)
-    listed = {"train": train, "val": val, "test": dataset.test}
+    listed = assign_splits(listing, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                           split_mode=split_mode)
     skipped: list[dict] = []
     jobs: list[Job] = []
     for split in SPLITS:
-        for entry in listed[split]:
-            conflict = entry.species_conflict()
-            if conflict:
-                skipped.append({"name": entry.name, "split": split, "reason": conflict})
+        for item in listed[split]:
+            if item.problem:
+                skipped.append({"name": item.key, "split": split, "reason": item.problem})
             else:
-                jobs.append(Job(split, entry, str(dataset.images / entry.filename), resize_shorter, quality,
-                                want_stats=split == "train"))
+                jobs.append(Job(split, item, resize_shorter, quality, want_stats=split == "train"))
 
     out.mkdir(parents=True, exist_ok=True)
     remove_leftovers(out)
@@ -340,36 +326,38 @@ def pack_dataset(source: Path, out: Path, *, val_fraction: float = DEFAULTS["val
     staging.mkdir()
     try:
         writers = {split: ShardWriter(staging, split, shard_size, shard_bytes) for split in SPLITS}
-        counts = {split: {name: 0 for name in SPECIES} for split in SPLITS}
+        counts = {split: [0] * len(listing.classes) for split in SPLITS}
         sums, squares, pixels = [0, 0, 0], [0, 0, 0], 0
         with contextlib.closing(map_ordered(process_image, jobs, workers)) as ordered:  # closing stops the pool
             for job, result in progress(zip(jobs, ordered), total=len(jobs), desc="packing", unit="img",
                                         enabled=show_progress and is_main_process()):
                 if isinstance(result, str):
-                    skipped.append({"name": job.entry.name, "split": job.split, "reason": result})
+                    skipped.append({"name": job.item.key, "split": job.split, "reason": result})
                     continue
-                writers[job.split].add(job.entry.name, sample_members(job.entry, result))
-                counts[job.split][job.entry.species] += 1
+                writers[job.split].add(job.item.key, sample_members(job.item, result))
+                counts[job.split][job.item.label] += 1
                 if job.split == "train":
                     sums = [a + b for a, b in zip(sums, result.pixel_sum)]
                     squares = [a + b for a, b in zip(squares, result.pixel_sq_sum)]
                     pixels += result.pixels
         for writer in writers.values():
             writer.flush()
-        order = {split: {e.name: i for i, e in enumerate(listed[split])} for split in SPLITS}
+        order = {split: {item.key: i for i, item in enumerate(listed[split])} for split in SPLITS}
         skipped.sort(key=lambda s: (SPLITS.index(s["split"]), order[s["split"]][s["name"]]))
         info = {
             "format_version": MANIFEST_VERSION,
-            "dataset": "synthetic-pets" if dataset.synthetic else "oxford-iiit-pet",
-            "synthetic": dataset.synthetic,
-            "classes": list(SPECIES),
+            "dataset": listing.dataset,
+            "synthetic": listing.synthetic,
+            "classes": list(listing.classes),
+            "label_field": listing.label_field,
             "created_by": "toolkit.make_shards",
-            "source": str(dataset.root),
-            "splits": {split: {"num_samples": sum(counts[split].values()), "class_counts": counts[split],
+            "source": str(listing.root),
+            "splits": {split: {"num_samples": sum(counts[split]),
+                               "class_counts": dict(zip(listing.classes, counts[split])),
                                "shards": writers[split].shards} for split in SPLITS},
-            "normalization": normalization(sums, squares, pixels, sum(counts["train"].values())),
+            "normalization": normalization(sums, squares, pixels, sum(counts["train"])),
             "skipped": skipped,
-            "unlisted": {"count": len(dataset.unlisted), "names": dataset.unlisted},
+            "unlisted": {"count": len(listing.unlisted), "names": listing.unlisted},
             "options": options,
         }
         for split in SPLITS:  # the invariant the whole manifest rests on
@@ -385,6 +373,9 @@ def check_options(options: dict) -> None:
     if not 0 < options["val_fraction"] < 1:
         raise UsageError(f"--val-fraction must be in (0, 1), got {options['val_fraction']}: training keeps the best "
                          "epoch by its val ROC-AUC, so val needs images of both classes")
+    if not 0 < options["test_fraction"] < 1:
+        raise UsageError(f"--test-fraction must be in (0, 1), got {options['test_fraction']}: it is the share of an "
+                         "image folder without a test/ folder that is held out for the final test")
     if options["split_mode"] not in ("stratified", "seed"):
         raise UsageError(f"--split-mode must be 'stratified' or 'seed', got {options['split_mode']!r}")
     if options["resize_shorter"] < 0:
@@ -403,7 +394,8 @@ def summary_line(info: dict, out: Path) -> str:
     shards = [shard for split in splits.values() for shard in split["shards"]]
     size_mb = sum(shard["bytes"] for shard in shards) / 1e6
     tag = " [SYNTHETIC data]" if info["synthetic"] else ""
-    return (f"{info['dataset']}{tag}: {per_split}; {len(shards)} shards, {size_mb:.1f} MB in {out}; "
+    task = f" ({len(class_names(info))} classes by {label_field(info)})"
+    return (f"{info['dataset']}{tag}{task}: {per_split}; {len(shards)} shards, {size_mb:.1f} MB in {out}; "
             f"{info['unlisted']['count']} unlisted file(s) ignored")
 
 

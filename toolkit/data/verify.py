@@ -1,8 +1,9 @@
 """``make_shards --verify``: re-read every shard against its manifest.
 
 Training trusts the manifest's counts blindly, so this checks what a reader would otherwise
-discover hours in: sizes and sha256, tar structure, every sample's members, labels against
-species, and that every JPEG decodes to the size its metadata says.
+discover hours in: sizes and sha256, tar structure, every sample's members, each label against
+the class its metadata names (species, breed or class folder, as the manifest's ``label_field``
+says), and that every JPEG decodes to the size its metadata says.
 """
 
 from __future__ import annotations
@@ -17,16 +18,17 @@ from typing import Optional
 
 
 from toolkit.cli import is_main_process, progress
-from toolkit.data.oxford import SPECIES
-from toolkit.data.shards import SAMPLE_FIELDS, decode_error, map_ordered, strict_decoding
+from toolkit.data.shards import SIZE_FIELDS, decode_error, map_ordered, strict_decoding
 from toolkit.data.transforms import open_image
-from toolkit.formats import SPLITS, read_manifest
+from toolkit.formats import SPLITS, class_names, label_field, read_manifest
 
 
 @dataclass(frozen=True)
 class ShardCheck:
     path: str
     shard: dict
+    classes: tuple[str, ...]
+    label_field: str  # the sample json field that must name classes[cls]
 
 
 def check_shard(task: ShardCheck) -> tuple[list[str], list[str], dict[str, int]]:
@@ -54,31 +56,33 @@ def check_shard(task: ShardCheck) -> tuple[list[str], list[str], dict[str, int]]
                 samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError) as err:
         return problems + [f"{name}: not a readable tar ({err})"], list(samples), {}
-    counts = {species: 0 for species in SPECIES}
+    counts = {class_name: 0 for class_name in task.classes}
     for key, members in samples.items():
-        problem = check_sample(members)
+        problem = check_sample(members, task.classes, task.label_field)
         if problem:
             problems.append(f"{name}/{key}: {problem}")
         else:
-            counts[SPECIES[int(members["cls"])]] += 1
+            counts[task.classes[int(members["cls"])]] += 1
     if len(samples) != shard["num_samples"]:
         problems.append(f"{name}: {len(samples)} samples, info.json says {shard['num_samples']}")
     return problems, list(samples), counts
 
 
-def check_sample(members: dict[str, bytes]) -> Optional[str]:
+def check_sample(members: dict[str, bytes], classes: tuple[str, ...], field: str) -> Optional[str]:
     if sorted(members) != ["cls", "jpg", "json"]:
         return f"has {', '.join(sorted(members))}, expected cls, jpg, json"
-    if members["cls"] not in (b"0", b"1"):
-        return f"cls is {members['cls'][:20]!r}, expected b'0' or b'1'"
+    allowed = [str(i).encode("ascii") for i in range(len(classes))]
+    if members["cls"] not in allowed:
+        return f"cls is {members['cls'][:20]!r}, expected b'0' to {allowed[-1]!r}"
     try:
         meta = json.loads(members["json"])
     except (UnicodeDecodeError, json.JSONDecodeError):
         return "json is not valid JSON"
-    if not isinstance(meta, dict) or any(f not in meta for f in SAMPLE_FIELDS):
-        return f"json lacks some of {', '.join(SAMPLE_FIELDS)}"
-    if meta["species"] != SPECIES[int(members["cls"])]:
-        return f"cls {members['cls'].decode()} disagrees with species {meta['species']!r}"
+    wanted = (field, *SIZE_FIELDS)
+    if not isinstance(meta, dict) or any(f not in meta for f in wanted):
+        return f"json lacks some of {', '.join(wanted)}"
+    if meta[field] != classes[int(members["cls"])]:
+        return f"cls {members['cls'].decode()} ({classes[int(members['cls'])]}) disagrees with {field} {meta[field]!r}"
     with strict_decoding():
         try:
             with open_image(members["jpg"]) as image:
@@ -97,7 +101,8 @@ def verify_shards(folder: Path, workers: int = 1, show_progress: bool = False) -
     folder = Path(folder)
     info = read_manifest(folder)
     problems = []
-    tasks = [ShardCheck(str(folder / shard["name"]), shard)
+    classes, field = tuple(class_names(info)), label_field(info)
+    tasks = [ShardCheck(str(folder / shard["name"]), shard, classes, field)
              for split in SPLITS for shard in info["splits"][split]["shards"]]
     listed = {Path(t.path).name for t in tasks}
     problems += [f"{p.name}: not listed in info.json (left over from another run?)"
@@ -107,13 +112,13 @@ def verify_shards(folder: Path, workers: int = 1, show_progress: bool = False) -
     seen: dict[str, str] = {}
     for split in SPLITS:
         meta = info["splits"][split]
-        total, counts = 0, {species: 0 for species in SPECIES}
+        total, counts = 0, {class_name: 0 for class_name in classes}
         for shard in meta["shards"]:
             shard_problems, keys, shard_counts = next(results)
             problems += shard_problems
             total += len(keys)
-            for species, n in shard_counts.items():
-                counts[species] += n
+            for class_name, n in shard_counts.items():
+                counts[class_name] += n
             for key in keys:
                 if key in seen:
                     problems.append(f"{shard['name']}/{key}: key also in {seen[key]}")
