@@ -8,7 +8,6 @@ reruns, train-only statistics, and one-line errors for layouts that cannot be a 
 from __future__ import annotations
 
 import io
-import json
 import shutil
 import subprocess
 import sys

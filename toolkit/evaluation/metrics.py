@@ -4,6 +4,11 @@ Every number here comes from sklearn so that it can be checked against the usual
 this module only decides which numbers a run reports and how they are laid out.
 Predictions follow one rule everywhere: ``dog`` when ``prob_dog >= threshold`` (the same
 rule ``sklearn.metrics.roc_curve`` uses for its thresholds).
+
+N-class (e.g. 37-breed) runs use ``compute_multiclass_metrics`` instead: the prediction is
+the argmax of the softmax probabilities (no threshold), ROC-AUC and average precision are
+one-vs-rest macro averages over the classes the split can score, and the dict shares its
+key names with the binary one wherever the meaning is the same.
 """
 
 from __future__ import annotations
@@ -130,7 +135,11 @@ def best_balanced_threshold(labels: Sequence[int], prob_dog: Sequence[float],
 
 def per_breed_accuracy(labels: np.ndarray, pred: np.ndarray, breeds: Sequence[Optional[str]],
                        class_names: Sequence[str] = CLASS_NAMES) -> list[dict[str, Any]]:
-    """Accuracy per breed, worst first (ties: more samples first, then by name)."""
+    """Accuracy per breed, worst first (ties: more samples first, then by name).
+
+    ``class`` is the class most frequent among the breed's labels (ties: the lower index);
+    works for any number of classes, given one name per class.
+    """
     if len(breeds) != len(labels):
         raise ValueError(f"per_breed_accuracy: {len(breeds)} breeds for {len(labels)} labels")
     groups: dict[str, list[int]] = defaultdict(list)
@@ -140,7 +149,7 @@ def per_breed_accuracy(labels: np.ndarray, pred: np.ndarray, breeds: Sequence[Op
     rows = []
     for breed, idx in groups.items():
         idx_arr = np.asarray(idx)
-        counts = np.bincount(labels[idx_arr], minlength=2)
+        counts = np.bincount(labels[idx_arr], minlength=len(class_names))
         correct = int((labels[idx_arr] == pred[idx_arr]).sum())
         rows.append({
             "breed": breed,
@@ -209,6 +218,212 @@ def compute_metrics(labels: Sequence[int], prob_dog: Sequence[float], *, thresho
     return result
 
 
+# --- N classes (e.g. the 37 Oxford-IIIT Pet breeds) -------------------------------------------
+
+def _as_multiclass_arrays(labels: Sequence[int], probs: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Labels as int64 [N] within 0..C-1 and probabilities as float64 [N, C] within [0, 1]."""
+    y = np.asarray(labels)
+    p = np.asarray(probs, dtype=np.float64)
+    if y.ndim != 1 or p.ndim != 2 or len(y) != len(p):
+        raise ValueError(f"{what}: labels must be 1-D [N] and probabilities 2-D [N, C] with the same N, "
+                         f"got {y.shape} and {p.shape}")
+    if len(y) == 0:
+        raise ValueError(f"{what}: no samples")
+    if p.shape[1] < 2:
+        raise ValueError(f"{what}: need at least 2 classes (probability columns), got {p.shape[1]}")
+    if y.dtype.kind not in "iub":
+        if y.dtype.kind != "f" or not np.array_equal(y, np.round(y)):
+            raise ValueError(f"{what}: labels must be integer class indices, got dtype {y.dtype}")
+    y = y.astype(np.int64)
+    bad = (y < 0) | (y >= p.shape[1])
+    if bad.any():
+        raise ValueError(f"{what}: labels must lie in 0..{p.shape[1] - 1}, "
+                         f"found {sorted(set(y[bad].tolist()))[:5]}")
+    if not np.isfinite(p).all() or (p < 0).any() or (p > 1).any():
+        raise ValueError(f"{what}: probabilities must be finite and within [0, 1]")
+    return y, p
+
+
+def _scorable(y: np.ndarray, num_classes: int) -> list[int]:
+    """Classes a one-vs-rest curve is defined for: present in the split but not all of it."""
+    counts = np.bincount(y, minlength=num_classes)
+    return [c for c in range(num_classes) if 0 < counts[c] < len(y)]
+
+
+def per_class_roc_auc(labels: Sequence[int], probs: Any) -> list[Optional[float]]:
+    """One-vs-rest ROC-AUC of each class; None for a class the split cannot score.
+
+    A class with no sample in the split (or that is the whole split) has no positives (or
+    no negatives), so its curve is undefined: the split, not the model, decides which
+    classes can be scored.
+    """
+    y, p = _as_multiclass_arrays(labels, probs, "per_class_roc_auc")
+    out: list[Optional[float]] = [None] * p.shape[1]
+    for c in _scorable(y, p.shape[1]):
+        out[c] = float(skm.roc_auc_score(y == c, p[:, c]))
+    return out
+
+
+def roc_auc_ovr(labels: Sequence[int], probs: Any) -> Optional[float]:
+    """One-vs-rest ROC-AUC, macro-averaged over the classes the split can score.
+
+    Unlike ``sklearn.metrics.roc_auc_score(multi_class="ovr")``, which needs every class
+    present, classes with no sample are left out, so the number stays defined on small val
+    splits that miss some of 37 breeds. None when fewer than 2 classes are present.
+    """
+    scores = [v for v in per_class_roc_auc(labels, probs) if v is not None]
+    return float(np.mean(scores)) if scores else None
+
+
+def top_k_accuracy(labels: Sequence[int], probs: Any, k: int) -> float:
+    """Share of samples whose true class is among the k most probable (k clipped to C).
+
+    k >= C is 1.0 by definition (sklearn would warn that it is meaningless); for C == 2 and
+    k == 1 it is the argmax accuracy, since sklearn reads 2 classes as binary and refuses [N, 2].
+    """
+    y, p = _as_multiclass_arrays(labels, probs, "top_k_accuracy")
+    if k < 1:
+        raise ValueError(f"top_k_accuracy: k must be at least 1, got {k}")
+    num_classes = p.shape[1]
+    k = min(int(k), num_classes)
+    if k >= num_classes:
+        return 1.0
+    if num_classes == 2:
+        return float(skm.accuracy_score(y, np.argmax(p, axis=1)))
+    return float(skm.top_k_accuracy_score(y, p, k=k, labels=np.arange(num_classes)))
+
+
+def normalized_confusion(matrix: Any) -> np.ndarray:
+    """Row-normalised confusion matrix (each row is the true class's share per prediction).
+
+    Rows with no samples stay zero rather than NaN, so the array plots and serialises cleanly.
+    """
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise ValueError(f"normalized_confusion: expected a square matrix, got shape {m.shape}")
+    rows = m.sum(axis=1, keepdims=True)
+    return np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+
+
+def confusion_order(matrix: Any) -> list[int]:
+    """Class indices ordered for a readable large confusion plot: worst recall first.
+
+    Recall is diagonal / row sum; classes with no samples go last; ties keep index order.
+    """
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise ValueError(f"confusion_order: expected a square matrix, got shape {m.shape}")
+    support = m.sum(axis=1)
+    recall = np.divide(np.diag(m), support, out=np.zeros(len(m)), where=support > 0)
+    return sorted(range(len(m)), key=lambda i: (support[i] == 0, recall[i], i))
+
+
+def largest_confusions(matrix: Any, class_names: Sequence[str], limit: int = 10) -> list[dict[str, Any]]:
+    """The most frequent mistakes (off-diagonal cells with a count), most frequent first.
+
+    Ties: larger share of the true class first, then by true and predicted name.
+    """
+    m = np.asarray(matrix, dtype=np.int64)
+    support = m.sum(axis=1)
+    rows = []
+    for t, pr in zip(*np.nonzero(m)):
+        if t == pr:
+            continue
+        count = int(m[t, pr])
+        rows.append({"true": class_names[t], "pred": class_names[pr], "count": count,
+                     "share_of_true": count / int(support[t])})
+    rows.sort(key=lambda r: (-r["count"], -r["share_of_true"], r["true"], r["pred"]))
+    return rows[:max(int(limit), 0)]
+
+
+def per_class_accuracy(matrix: Any, class_names: Sequence[str]) -> list[dict[str, Any]]:
+    """Accuracy (recall) per true class with samples, worst first, laid out like ``per_breed``."""
+    m = np.asarray(matrix, dtype=np.int64)
+    rows = []
+    for i, name in enumerate(class_names):
+        count = int(m[i].sum())
+        if count == 0:
+            continue
+        correct = int(m[i, i])
+        rows.append({"class": name, "count": count, "correct": correct, "accuracy": correct / count})
+    rows.sort(key=lambda r: (r["accuracy"], -r["count"], r["class"]))
+    return rows
+
+
+def compute_multiclass_metrics(labels: Sequence[int], probs: Any, *, class_names: Sequence[str],
+                               breeds: Optional[Sequence[Optional[str]]] = None,
+                               loss: Optional[float] = None, max_confusions: int = 10) -> dict[str, Any]:
+    """All reported metrics of one split for N classes, as a JSON-ready dict.
+
+    The prediction is the argmax of ``probs`` ([N, C] softmax probabilities; ties go to the
+    lowest index). Keys shared with ``compute_metrics`` mean the same thing, so summary lines,
+    W&B summaries, recipe comparisons and ``classification_report_table`` work on either;
+    the threshold keys are None (thresholds are a binary notion).
+    """
+    class_names = [str(n) for n in class_names]
+    num_classes = len(class_names)
+    y, p = _as_multiclass_arrays(labels, probs, "compute_multiclass_metrics")
+    if p.shape[1] != num_classes:
+        raise ValueError(f"compute_multiclass_metrics: {num_classes} class names for "
+                         f"{p.shape[1]} probability columns")
+    label_ids = list(range(num_classes))
+    pred = np.argmax(p, axis=1).astype(np.int64)
+    notes: list[str] = []
+
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        y, pred, labels=label_ids, average=None, zero_division=0)
+    per_class = {
+        name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+        for i, name in enumerate(class_names)
+    }
+    averages = {}
+    for average in ("macro", "weighted"):
+        ap, ar, af, _ = skm.precision_recall_fscore_support(y, pred, labels=label_ids, average=average, zero_division=0)
+        averages[f"{average}_avg"] = {"precision": float(ap), "recall": float(ar), "f1": float(af), "support": int(len(y))}
+
+    top_k = min(5, num_classes)
+    per_class_auc = per_class_roc_auc(y, p)
+    scorable = _scorable(y, num_classes)
+    auc_values = [per_class_auc[c] for c in scorable]
+    ap_values = [float(skm.average_precision_score(y == c, p[:, c])) for c in scorable]
+    matrix = skm.confusion_matrix(y, pred, labels=label_ids)
+
+    missing = [class_names[c] for c in label_ids if support[c] == 0]
+    if missing:
+        shown = ", ".join(missing[:10]) + (", ..." if len(missing) > 10 else "")
+        notes.append(f"{len(missing)} of {num_classes} classes have no sample in this split ({shown}): "
+                     f"their recall is 0 by convention (it pulls the macro average down; balanced accuracy "
+                     f"averages the present classes only) and they are left out of ROC-AUC and average precision")
+    if not scorable:
+        notes.append("fewer than 2 classes in this split: ROC-AUC and average precision are undefined")
+
+    return {
+        "num_samples": int(len(y)),
+        "loss": None if loss is None else float(loss),
+        "class_names": list(class_names),
+        "num_classes": num_classes,
+        "threshold": None,
+        "accuracy": float(skm.accuracy_score(y, pred)),
+        "top5_accuracy": top_k_accuracy(y, p, top_k),
+        "top_k": top_k,
+        "balanced_accuracy": _balanced_accuracy(y, pred),
+        "per_class": per_class,
+        **averages,
+        "roc_auc": float(np.mean(auc_values)) if auc_values else None,
+        "roc_auc_classes_scored": len(scorable),
+        "per_class_roc_auc": dict(zip(class_names, per_class_auc)),
+        "average_precision": float(np.mean(ap_values)) if ap_values else None,
+        # rows = true class, columns = predicted class, both in class_names order
+        "confusion_matrix": matrix.tolist(),
+        "largest_confusions": largest_confusions(matrix, class_names, max_confusions),
+        "per_class_accuracy": per_class_accuracy(matrix, class_names),
+        "per_breed": None if breeds is None else per_breed_accuracy(y, pred, list(breeds), class_names),
+        "best_threshold": None,
+        "at_best_threshold": None,
+        "notes": notes,
+    }
+
+
 def fmt(value: Any, digits: int = 4) -> str:
     """A number for logs and tables: n/a when missing or NaN, integers as they are."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -259,10 +474,17 @@ def classification_report_table(metrics: dict[str, Any], digits: int = 4) -> str
 
 
 def summary_line(metrics: dict[str, Any]) -> str:
-    """One line for logs: n, loss, accuracy, ROC-AUC, AP."""
-    return (f"n={metrics['num_samples']} loss={fmt(metrics.get('loss'))} "
+    """One line for logs: n, loss, accuracy, ROC-AUC, AP (and top-k accuracy for N classes).
+
+    The top-k field is labelled with its k (``top5=`` unless fewer than 5 classes), so a
+    3-class run does not print a top-3 number under a top-5 name.
+    """
+    line = (f"n={metrics['num_samples']} loss={fmt(metrics.get('loss'))} "
             f"acc={fmt(metrics.get('accuracy'))} auc={fmt(metrics.get('roc_auc'))} "
             f"ap={fmt(metrics.get('average_precision'))}")
+    if "top5_accuracy" in metrics:
+        line += f" top{metrics.get('top_k') or 5}={fmt(metrics.get('top5_accuracy'))}"
+    return line
 
 
 MAX_CURVE_POINTS = 1000  # per class; keeps the logged tables small for any split size
