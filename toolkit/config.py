@@ -69,7 +69,7 @@ class ModelConfig:
     blocks_per_stage: Optional[list[int]] = None  # None: the preset's, e.g. [3, 4, 23, 3]
     block: Optional[str] = field(default=None, metadata=_choice(*BLOCKS))  # None: the preset's
     base_width: int = field(default=64, metadata=_range(1))
-    num_classes: int = field(default=2, metadata=_range(2))
+    num_classes: Optional[int] = field(default=None, metadata=_range(2))  # None: the shards' class count
     in_chans: int = field(default=3, metadata=_range(1))
     zero_init_residual: bool = False
     channels_last: bool = False

@@ -180,38 +180,76 @@ def dataset_summary(info: dict, shards: str) -> dict:
 
 @dataclass
 class Predictions:
-    """One split's per-sample predictions, as ``eval/<split>/predictions.csv`` stores them."""
+    """One split's per-sample predictions, as ``eval/<split>/predictions.csv`` stores them.
+
+    Columns: ``key, label, prob_<class 1>, pred, breed`` for two classes (``prob_dog`` for
+    cat/dog; P(class 0) is one minus it), and ``key, label, pred, breed, prob_<class>...`` with
+    one probability per class for more. ``pred`` is the class index: threshold on the positive
+    class's probability for two classes, the most probable class for more.
+    """
 
     keys: list[str] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
-    prob_dog: list[float] = field(default_factory=list)
+    probs: list[list[float]] = field(default_factory=list)  # [N][C] softmax probabilities
     breeds: list[str] = field(default_factory=list)
+    class_names: list[str] = field(default_factory=lambda: ["cat", "dog"])
+
+    @property
+    def binary(self) -> bool:
+        return len(self.class_names) == 2
+
+    @property
+    def prob_dog(self) -> list[float]:
+        """P(class 1) of a two-class run (dog for cat/dog): what the binary metrics and plots take."""
+        if not self.binary:
+            raise ValueError(f"prob_dog is a two-class notion; these predictions have {len(self.class_names)} classes")
+        return [row[1] for row in self.probs]
+
+    def predicted(self, threshold: float = 0.5) -> list[int]:
+        if self.binary:
+            return [int(row[1] >= threshold) for row in self.probs]
+        return [max(range(len(row)), key=row.__getitem__) for row in self.probs]
 
     def to_csv(self, threshold: float) -> str:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["key", "label", "prob_dog", "pred", "breed"])
-        for key, label, prob, breed in zip(self.keys, self.labels, self.prob_dog, self.breeds):
-            writer.writerow([key, int(label), f"{prob:.6f}", int(prob >= threshold), breed])
+        preds = self.predicted(threshold)
+        if self.binary:
+            writer.writerow(["key", "label", f"prob_{self.class_names[1]}", "pred", "breed"])
+            for key, label, row, pred, breed in zip(self.keys, self.labels, self.probs, preds, self.breeds):
+                writer.writerow([key, int(label), f"{row[1]:.6f}", pred, breed])
+        else:
+            writer.writerow(["key", "label", "pred", "breed"] + [f"prob_{name}" for name in self.class_names])
+            for key, label, row, pred, breed in zip(self.keys, self.labels, self.probs, preds, self.breeds):
+                writer.writerow([key, int(label), pred, breed] + [f"{p:.6f}" for p in row])
         return buffer.getvalue()
 
     @classmethod
-    def from_csv(cls, path: Path) -> "Predictions":
-        out = cls()
+    def from_csv(cls, path: Path, class_names: Optional[list[str]] = None) -> "Predictions":
+        """Read a predictions file; ``class_names`` (from metrics.json beside it) names the classes of a
+        two-class file, whose header names only the positive one."""
         with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            missing = {"key", "label", "prob_dog"} - set(reader.fieldnames or [])
-            if missing:
-                raise DataError(f"{path} lacks column(s) {', '.join(sorted(missing))}; rerun python -m toolkit.evaluate")
+            reader = csv.reader(handle)
+            header = next(reader, [])
+            prob_columns = [i for i, name in enumerate(header) if name.startswith("prob_")]
+            if not {"key", "label"} <= set(header) or not prob_columns:
+                raise DataError(f"{path} lacks key, label or prob_<class> columns; rerun python -m toolkit.evaluate")
+            names = [header[i][len("prob_"):] for i in prob_columns]
+            if len(names) == 1:
+                names = list(class_names) if class_names and len(class_names) == 2 else (
+                    ["cat", "dog"] if names == ["dog"] else [f"not {names[0]}", names[0]])
+            out = cls(class_names=names)
+            at = {name: header.index(name) for name in ("key", "label", "breed") if name in header}
             for line, row in enumerate(reader, start=2):
                 try:
-                    out.labels.append(int(row["label"]))
-                    out.prob_dog.append(float(row["prob_dog"]))
-                except (TypeError, ValueError):
-                    raise DataError(f"{path}:{line}: bad label or prob_dog "
-                                    f"({row.get('label')!r}, {row.get('prob_dog')!r})") from None
-                out.keys.append(row["key"])
-                out.breeds.append(row.get("breed") or "")
+                    label = int(row[at["label"]])
+                    probs = [float(row[i]) for i in prob_columns]
+                except (IndexError, ValueError):
+                    raise DataError(f"{path}:{line}: bad label or probability in {row[:6]!r}") from None
+                out.labels.append(label)
+                out.probs.append([1.0 - probs[0], probs[0]] if len(probs) == 1 else probs)
+                out.keys.append(row[at["key"]])
+                out.breeds.append(row[at["breed"]] if "breed" in at and at["breed"] < len(row) else "")
         return out
 
 
@@ -338,7 +376,10 @@ class RunDir:
         return json.loads(self.eval_metrics(split).read_text(encoding="utf-8"))
 
     def read_predictions(self, split: str) -> Predictions:
-        return Predictions.from_csv(self.predictions(split))
+        names = None
+        if self.eval_metrics(split).is_file():
+            names = self.read_metrics(split).get("class_names")
+        return Predictions.from_csv(self.predictions(split), names)
 
     def has_results(self, split: str) -> bool:
         return self.final.is_file() and self.eval_metrics(split).is_file()

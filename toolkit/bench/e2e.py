@@ -22,6 +22,7 @@ from toolkit.config import load_config
 from toolkit.data import load_info, make_train_loader, resolve_normalization
 from toolkit.data.device_augment import batch_to_device
 from toolkit.models import MODEL_ARCHS, create_model
+from toolkit.formats import class_names
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,8 +68,10 @@ def run(args: argparse.Namespace) -> dict:
     loader = make_train_loader(cfg, info, batch_size=batch_size, rank=0, world_size=1, seed=0)
 
     torch.manual_seed(0)
-    model = create_model(args.arch, num_classes=2, blocks_per_stage=args.blocks_per_stage, base_width=args.base_width)
-    images, labels = synthetic_batch(batch_size, args.image_size, 2, device)
+    num_classes = len(class_names(info))
+    model = create_model(args.arch, num_classes=num_classes, blocks_per_stage=args.blocks_per_stage,
+                         base_width=args.base_width)
+    images, labels = synthetic_batch(batch_size, args.image_size, num_classes, device)
     step = BenchStep(bench_accelerator(args.dtype, device), model, images, labels, channels_last=args.channels_last,
                      compile=args.compile)
     synthetic_s = time_synthetic(step, device, warmup, steps)

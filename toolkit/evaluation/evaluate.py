@@ -26,9 +26,9 @@ from accelerate.utils import gather_object
 from toolkit.cli import ArgumentParser, DataError, UsageError, progress
 from toolkit.config import load_config
 from toolkit.data import check_shards_exist, load_info, make_eval_loader
-from toolkit.evaluation.metrics import compute_metrics, roc_auc
+from toolkit.evaluation.metrics import compute_metrics, compute_multiclass_metrics, fmt, roc_auc, roc_auc_ovr
 from toolkit.formats import Predictions, RunDir, class_names, split_size
-from toolkit.training.checkpoint import load_model_file
+from toolkit.training.checkpoint import check_classes, load_model_file
 
 
 @dataclass
@@ -41,16 +41,24 @@ class EvalResult:
     skipped: int = 0
     loss: float = float("nan")
     accuracy: float = float("nan")
-    auc: Optional[float] = None
+    auc: Optional[float] = None  # the model-selection score: binary ROC-AUC, or one-vs-rest macro for N classes
+    class_names: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
     @property
+    def probs(self) -> np.ndarray:
+        """Softmax probabilities [N, C]."""
+        return torch.softmax(torch.from_numpy(self.logits), dim=1).numpy()
+
+    @property
     def prob_dog(self) -> np.ndarray:
-        return torch.softmax(torch.from_numpy(self.logits), dim=1)[:, 1].numpy()
+        """P(class 1) of a two-class model (dog for cat/dog)."""
+        return self.probs[:, 1]
 
     def predictions(self) -> Predictions:
         return Predictions(keys=list(self.keys), labels=[int(v) for v in self.labels],
-                           prob_dog=[float(v) for v in self.prob_dog], breeds=list(self.breeds))
+                           probs=[[float(p) for p in row] for row in self.probs], breeds=list(self.breeds),
+                           class_names=list(self.class_names))
 
 
 @torch.no_grad()
@@ -83,12 +91,22 @@ def evaluate_split(accelerator, model: torch.nn.Module, cfg, info: dict, split: 
     }
     parts = gather_object([local]) if accelerator.num_processes > 1 else [local]
     result = merge_predictions(split, parts, expected=split_size(info, split))
+    result.class_names = class_names(info)
     logits_t = torch.from_numpy(result.logits)
     labels_t = torch.from_numpy(result.labels).long()
     result.loss = float(F.cross_entropy(logits_t, labels_t)) if len(labels_t) else float("nan")
     result.accuracy = float((logits_t.argmax(1) == labels_t).float().mean()) if len(labels_t) else float("nan")
-    result.auc = roc_auc(result.labels, result.prob_dog)
+    result.auc = selection_auc(result.labels, result.probs)
     return result
+
+
+def selection_auc(labels: np.ndarray, probs: np.ndarray) -> Optional[float]:
+    """What picks the best epoch: ROC-AUC of P(class 1) for two classes, one-vs-rest macro for more."""
+    if len(labels) == 0:
+        return None
+    if probs.shape[1] == 2:
+        return roc_auc(labels, probs[:, 1])
+    return roc_auc_ovr(labels, probs)
 
 
 def merge_predictions(split: str, parts: list[dict], expected: int) -> EvalResult:
@@ -96,6 +114,7 @@ def merge_predictions(split: str, parts: list[dict], expected: int) -> EvalResul
     seen: dict[str, int] = {}
     keys, labels, logits, breeds = [], [], [], []
     skipped = sum(int(p["skipped"]) for p in parts)
+    width = next((p["logits"].shape[1] for p in parts if np.ndim(p["logits"]) == 2), 2)
     for part in parts:
         for i, key in enumerate(part["keys"]):
             if key in seen:
@@ -113,7 +132,7 @@ def merge_predictions(split: str, parts: list[dict], expected: int) -> EvalResul
         split=split,
         keys=[keys[i] for i in order],
         labels=np.array([labels[i] for i in order], dtype=np.int64),
-        logits=np.stack([logits[i] for i in order]) if keys else np.zeros((0, 2), dtype=np.float32),
+        logits=np.stack([logits[i] for i in order]) if keys else np.zeros((0, width), dtype=np.float32),
         breeds=[breeds[i] for i in order],
         skipped=skipped,
     )
@@ -121,13 +140,23 @@ def merge_predictions(split: str, parts: list[dict], expected: int) -> EvalResul
 
 def score(result: EvalResult, *, threshold: float, class_names, tuning: Optional[EvalResult] = None,
           extra: Optional[dict] = None) -> dict:
-    """Every reported metric of one split, computed once by ``toolkit.evaluation.metrics``."""
-    metrics = compute_metrics(
-        result.labels, result.prob_dog, threshold=threshold, breeds=result.breeds, loss=result.loss,
-        class_names=tuple(class_names),
-        tuning_labels=None if tuning is None else tuning.labels,
-        tuning_probs=None if tuning is None else tuning.prob_dog,
-    )
+    """Every reported metric of one split, computed once by ``toolkit.evaluation.metrics``.
+
+    Two classes get the binary metrics (threshold on P(class 1), tuned threshold beside); more
+    get the N-class ones (argmax, top-5, one-vs-rest ROC-AUC, largest confusions).
+    """
+    if len(class_names) == 2:
+        metrics = compute_metrics(
+            result.labels, result.prob_dog, threshold=threshold, breeds=result.breeds, loss=result.loss,
+            class_names=tuple(class_names),
+            tuning_labels=None if tuning is None else tuning.labels,
+            tuning_probs=None if tuning is None else tuning.prob_dog,
+        )
+    else:
+        breeds = result.breeds if any(result.breeds) else None
+        metrics = compute_multiclass_metrics(result.labels, result.probs, class_names=list(class_names),
+                                             breeds=breeds, loss=result.loss)
+        tuning = None  # thresholds are a two-class notion
     metrics["split"] = result.split
     metrics["skipped_samples"] = result.skipped
     if tuning is not None:
@@ -165,11 +194,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              f"data.num_workers={args.num_workers}", f"eval.batch_size={args.batch_size}",
                              f"model.num_classes={meta['num_classes']}"])
     info = load_info(args.shards)
-    classes = class_names(info)
-    if int(meta["num_classes"]) != len(classes):
-        raise UsageError(f"{str(args.model)!r} predicts {meta['num_classes']} classes but the shards have {len(classes)} "
-                         f"({', '.join(map(str, classes))}); evaluate a model trained on these shards")
+    check_classes(meta, class_names(info), str(args.model), what=f"the shards {args.shards}")
     tuning_split = None if args.tuning_split.lower() == "none" or args.tuning_split == args.split else args.tuning_split
+    if int(meta["num_classes"]) != 2:
+        tuning_split = None  # a decision threshold is a two-class notion
     check_shards_exist(args.shards, info, [args.split] + ([tuning_split] if tuning_split else []))
     accelerator = Accelerator(cpu=not torch.cuda.is_available())  # without CUDA: gloo across launched processes
     model.to(accelerator.device)
@@ -178,13 +206,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if accelerator.is_main_process:
         run = RunDir(args.model.resolve().parent)
         out = args.out or run.eval_dir(args.split)
-        metrics = score(result, threshold=args.threshold, class_names=meta.get("class_names", ["cat", "dog"]),
+        metrics = score(result, threshold=args.threshold, class_names=class_names(info),
                         tuning=tuning, extra={"model": str(args.model), "model_epoch": meta.get("epoch"),
                                               "synthetic": bool(info.get("synthetic"))})
         run.write_evaluation(args.split, metrics, result.predictions(), args.threshold, out_dir=out)
-        auc = metrics.get("roc_auc")
-        print(f"{args.split}: n={metrics['num_samples']} loss {metrics['loss']:.4f} acc {metrics['accuracy']:.4f} "
-              f"auc {'n/a' if auc is None else f'{auc:.4f}'} -> {out}", flush=True)
+        top = f" top{metrics['top_k']} {metrics['top5_accuracy']:.4f}" if "top5_accuracy" in metrics else ""
+        print(f"{args.split}: n={metrics['num_samples']} loss {metrics['loss']:.4f} acc {metrics['accuracy']:.4f}{top} "
+              f"auc {fmt(metrics.get('roc_auc'))} -> {out}", flush=True)
     accelerator.end_training()
     return 0
 

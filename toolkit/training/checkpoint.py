@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Optional, Sequence, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -117,6 +117,21 @@ def check_metadata(meta: dict, state: dict[str, torch.Tensor], source: str) -> N
         if len(claimed) != len(found) or any(c > f for c, f in zip(claimed, found)):  # smaller: the strict load names it
             raise UsageError(f"{source}: metadata claims {name} {list(claimed)} but its tensors hold {list(found)}; "
                              "the file is damaged or not a pets-toolkit model")
+
+
+def check_classes(meta: dict, classes: Sequence[str], source: str, *, what: str) -> None:
+    """Refuse a model whose classes are not ``classes`` (same names, same order), in one line.
+
+    A model predicts indices; only the names it was trained with say what they mean, so a
+    37-breed model must not score species shards, nor a folder model another folder's classes.
+    """
+    mine = [str(c) for c in meta.get("class_names") or []]
+    theirs = [str(c) for c in classes]
+    if int(meta["num_classes"]) != len(theirs) or (mine and mine != theirs):
+        shown = ", ".join(mine[:5]) + (", ..." if len(mine) > 5 else "") if mine else "unnamed"
+        wanted = ", ".join(theirs[:5]) + (", ..." if len(theirs) > 5 else "")
+        raise UsageError(f"{source} predicts {meta['num_classes']} classes ({shown}) but {what} have {len(theirs)} "
+                         f"({wanted}); use a model trained on data with these classes")
 
 
 def build_model_from_metadata(meta: dict) -> torch.nn.Module:

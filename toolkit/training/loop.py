@@ -110,6 +110,17 @@ def seed_everything(seed: int, rank: int) -> None:
     torch.manual_seed(seed)  # same initial weights on every rank
 
 
+def fit_head_to_classes(cfg: Config, classes: list[str]) -> None:
+    """The shards name the classes; ``model.num_classes`` follows them, or must agree when it is set."""
+    if cfg.model.num_classes is None:
+        cfg.model.num_classes = len(classes)
+    elif cfg.model.num_classes != len(classes):
+        shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
+        raise UsageError(f"model.num_classes={cfg.model.num_classes} but the shards {cfg.data.shards} have "
+                         f"{len(classes)} classes ({shown}); leave model.num_classes out (the shards decide) or "
+                         "point data.shards at shards packed for this task")
+
+
 def setup(cfg: Config) -> Session:
     """Data, model, optimizer, schedule, run folder and tracker; resumes when ``train.resume`` says so."""
     accelerator = make_accelerator(cfg)
@@ -121,6 +132,7 @@ def setup(cfg: Config) -> Session:
     problem = selection_problem(info)
     if problem:
         raise UsageError(f"{cfg.data.shards}: {problem}")
+    fit_head_to_classes(cfg, class_names(info))
     run = resolve_run_dir(cfg, accelerator)
     try:
         return build_session(cfg, accelerator, info, run, log)
