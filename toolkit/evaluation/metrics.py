@@ -376,9 +376,12 @@ def compute_multiclass_metrics(labels: Sequence[int], probs: Any, *, class_names
         name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
         for i, name in enumerate(class_names)
     }
+    # Averages over the classes the split has: a class with no sample has no recall to average, and
+    # counting it as 0 would make a small split that misses most breeds look far worse than it is.
+    present = [c for c in label_ids if support[c] > 0]
     averages = {}
     for average in ("macro", "weighted"):
-        ap, ar, af, _ = skm.precision_recall_fscore_support(y, pred, labels=label_ids, average=average, zero_division=0)
+        ap, ar, af, _ = skm.precision_recall_fscore_support(y, pred, labels=present, average=average, zero_division=0)
         averages[f"{average}_avg"] = {"precision": float(ap), "recall": float(ar), "f1": float(af), "support": int(len(y))}
 
     top_k = min(5, num_classes)
@@ -392,8 +395,8 @@ def compute_multiclass_metrics(labels: Sequence[int], probs: Any, *, class_names
     if missing:
         shown = ", ".join(missing[:10]) + (", ..." if len(missing) > 10 else "")
         notes.append(f"{len(missing)} of {num_classes} classes have no sample in this split ({shown}): "
-                     f"their recall is 0 by convention (it pulls the macro average down; balanced accuracy "
-                     f"averages the present classes only) and they are left out of ROC-AUC and average precision")
+                     f"their rows show support 0, and the macro averages, balanced accuracy, ROC-AUC and "
+                     f"average precision are over the {num_classes - len(missing)} classes present")
     if not scorable:
         notes.append("fewer than 2 classes in this split: ROC-AUC and average precision are undefined")
 
