@@ -1,8 +1,9 @@
-"""The data stage: Oxford folder -> shards -> batches.
+"""The data stage: dataset folder -> shards -> batches.
 
-``oxford`` reads the official layout (or makes a synthetic stand-in), ``shards`` packs and
-``verify`` re-checks the tar shards, ``locations`` finds them, ``reading`` turns tars into raw
-samples, ``transforms`` decodes and crops, ``loader`` plans equal work for every rank and worker,
+``sources`` turns a dataset folder into one labelled listing, read by ``oxford`` (the official
+layout by species or breed, or a synthetic stand-in) or ``image_folder`` (``root/<class>/*.jpg``);
+``shards`` packs and ``verify`` re-checks the tar shards, ``locations`` finds them, ``reading``
+turns tars into raw samples, ``transforms`` decodes and crops, ``loader`` plans equal work for every rank and worker,
 ``device_augment`` finishes each batch on the training device, ``samples`` serves the plots.
 The names below are the stage's public API.
 """
