@@ -87,7 +87,7 @@ def evaluate_split(accelerator, model: torch.nn.Module, cfg, info: dict, split: 
     local = {
         "keys": keys, "breeds": breeds, "skipped": skipped,
         "labels": torch.cat(labels).numpy() if labels else np.zeros(0, dtype=np.int64),
-        "logits": torch.cat(logits).numpy() if logits else np.zeros((0, cfg.model.num_classes), dtype=np.float32),
+        "logits": torch.cat(logits).numpy() if logits else np.zeros((0, len(class_names(info))), dtype=np.float32),
     }
     parts = gather_object([local]) if accelerator.num_processes > 1 else [local]
     result = merge_predictions(split, parts, expected=split_size(info, split))

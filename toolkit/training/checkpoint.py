@@ -40,6 +40,9 @@ T = TypeVar("T")
 
 def model_metadata(cfg, *, mean, std, class_names, extra: Optional[dict] = None) -> dict:
     """Everything needed to rebuild the model and preprocess images for it."""
+    num_classes = len(class_names) if cfg.model.num_classes is None else cfg.model.num_classes
+    if num_classes != len(class_names):  # a bug in the caller, never user input
+        raise ValueError(f"model_metadata: {num_classes} classes but {len(class_names)} class names")
     preset = MODEL_SPECS[cfg.model.arch]
     block = cfg.model.block or preset.block
     blocks = cfg.model.blocks_per_stage or preset.blocks_per_stage
@@ -50,7 +53,7 @@ def model_metadata(cfg, *, mean, std, class_names, extra: Optional[dict] = None)
         "blocks_per_stage": list(blocks),
         "base_width": cfg.model.base_width,
         "in_chans": cfg.model.in_chans,
-        "num_classes": cfg.model.num_classes,
+        "num_classes": num_classes,
         "class_names": list(class_names),
         "image_size": cfg.data.image_size,
         "resize_size": cfg.data.resize_size,
