@@ -376,9 +376,10 @@ class RunDir:
         return json.loads(self.eval_metrics(split).read_text(encoding="utf-8"))
 
     def read_predictions(self, split: str) -> Predictions:
-        names = None
-        if self.eval_metrics(split).is_file():
+        try:  # the class names of a two-class file; a missing or torn metrics.json leaves the header's
             names = self.read_metrics(split).get("class_names")
+        except (OSError, ValueError, AttributeError):
+            names = None
         return Predictions.from_csv(self.predictions(split), names)
 
     def has_results(self, split: str) -> bool:
