@@ -54,6 +54,7 @@ LOG_TAIL_LINES = 15
 HEADLINE = (
     ("roc_auc", "{split} ROC-AUC"),
     ("accuracy", "{split} accuracy"),
+    ("top5_accuracy", "{split} top-{top_k} accuracy"),  # runs of more than two classes only
     ("balanced_accuracy", "{split} balanced accuracy"),
     ("loss", "{split} loss"),
     ("macro_f1", "macro avg F1"),
@@ -190,6 +191,8 @@ def collect_run(run_dir: Path, recipe: str, seed: int, split: str, wall_seconds:
         "train_minutes": sum(row["epoch_seconds"] for row in epochs) / 60,
         "wall_minutes": None if wall_seconds is None else wall_seconds / 60,
     }
+    if "top5_accuracy" in test:  # more than two classes: top-k accuracy beside top-1
+        values["top5_accuracy"] = test["top5_accuracy"]
     return RunResult(recipe, seed, str(run_dir), values, per_class,
                      {k: v for k, v in test.items() if k != "per_breed"})
 
@@ -199,7 +202,8 @@ def collect_run(run_dir: Path, recipe: str, seed: int, split: str, wall_seconds:
 
 
 def summarize(runs: Sequence[RunResult]) -> dict:
-    summary = {key: mean_std([r.values[key] for r in runs]) for key, _ in HEADLINE}
+    summary = {key: mean_std([r.values.get(key) for r in runs]) for key, _ in HEADLINE
+               if any(key in r.values for r in runs)}
     per_class = {}
     for row in runs[0].per_class:
         per_class[row] = {m: mean_std([r.per_class[row][m] for r in runs]) for m in ("precision", "recall", "f1")}
@@ -240,23 +244,33 @@ def markdown_tables(report: dict) -> str:
     names = list(report["recipes"])
     summaries = {n: report["recipes"][n]["summary"] for n in names}
     split = report["split"]
+    tested = [run.get("test_metrics") or {} for n in names for run in report["recipes"][n]["runs"]]
+    multiclass = any(len(m.get("class_names") or []) > 2 for m in tested)
+    top_k = next((m.get("top_k") for m in tested if m.get("top_k")), 5)
+    rule = "prediction: the most probable class" if multiclass else "threshold 0.5"
     lines = [f"Test split `{split}` ({report['test_samples']} images), {report['epochs']} epochs, "
              f"seeds {', '.join(map(str, report['seeds']))}; mean ± std over seeds (std: sample, n - 1). "
-             f"Model selection on val; threshold 0.5.", ""]
+             f"Model selection on val; {rule}.", ""]
     delta = len(names) == 2
     lines.append("| metric | " + " | ".join(names) + (f" | {names[1]} - {names[0]} |" if delta else " |"))
     lines.append("|---" * (len(names) + 1 + int(delta)) + "|")
     for key, label in HEADLINE:
+        if any(key not in summaries[n] for n in names):  # top-k accuracy of a two-class comparison
+            continue
         digits = 1 if key == "best_epoch" else (2 if key.endswith("minutes") else 4)
         cells = [fmt_mean_std(summaries[n][key], digits) for n in names]
         if delta:
             a, b = summaries[names[0]][key]["mean"], summaries[names[1]][key]["mean"]
             cells.append("n/a" if a is None or b is None else f"{b - a:+.{digits}f}")
-        lines.append(f"| {label.format(split=split)} | " + " | ".join(cells) + " |")
-    lines += ["", f"Per class on the {split} split (the classification report's layout):", ""]
+        lines.append(f"| {label.format(split=split, top_k=top_k)} | " + " | ".join(cells) + " |")
+    per_class = summaries[names[0]]["per_class"]
+    rows = list(per_class)
+    absent = [row for row in rows if multiclass and not row.endswith(" avg") and per_class[row]["support"] == 0]
+    note = f" ({len(absent)} classes without a sample in it left out)" if absent else ""
+    lines += ["", f"Per class on the {split} split (the classification report's layout){note}:", ""]
     header = "| | " + " | ".join(f"{n} precision | {n} recall | {n} F1" for n in names) + " | support |"
     lines += [header, "|---" * (3 * len(names) + 2) + "|"]
-    for row in summaries[names[0]]["per_class"]:
+    for row in (r for r in rows if r not in absent):
         cells = [fmt_mean_std(summaries[n]["per_class"][row][m]) for n in names for m in ("precision", "recall", "f1")]
         lines.append(f"| {row} | " + " | ".join(cells) + f" | {summaries[names[0]]['per_class'][row]['support']} |")
     lines += ["", "Every run:", "",

@@ -3,6 +3,10 @@
     python -m toolkit.predict --model runs/NAME/model.safetensors cat.jpg dog.png
     {"file": "cat.jpg", "pred": "cat", "label": 0, "prob": {"cat": 0.93, "dog": 0.07}}
 
+A model of more than two classes (e.g. the 37 breeds) also lists its K most probable classes,
+most probable first (``--top-k``, default 5): ``"top": [["Bengal", 0.61], ["Egyptian_Mau", 0.2], ...]``;
+``pred`` and ``label`` are the first of them and ``prob`` still maps every class to its probability.
+
 Images are decoded exactly as ``make_shards`` decodes them (Pillow, strict about truncated
 files, transparency on white, RGB) and preprocessed with the model's own eval transform and
 normalization from the file's metadata. An image that cannot be read gets an error line
@@ -60,28 +64,46 @@ def eval_transform(meta: dict) -> Callable[[Image.Image], torch.Tensor]:
     return build_eval_transform(sizes, meta["mean"], meta["std"])
 
 
+def default_top_k(num_classes: int) -> Optional[int]:
+    """No ``top`` list for two classes (``prob`` says it all), the 5 most probable for more."""
+    return None if num_classes <= 2 else min(5, num_classes)
+
+
 @torch.inference_mode()
-def predict_batch(model: torch.nn.Module, batch: torch.Tensor, class_names: Sequence[str]) -> list[dict]:
+def predict_batch(model: torch.nn.Module, batch: torch.Tensor, class_names: Sequence[str],
+                  top_k: Optional[int] = None) -> list[dict]:
+    """One result per image: ``pred``/``label`` (the most probable class), ``prob`` (every class), and with
+    ``top_k`` the ``top`` list of the k most probable [name, prob] pairs, most probable first."""
     probs = torch.softmax(model(batch).float(), dim=1).cpu()
     results = []
     for row in probs:
         label = int(row.argmax())
-        results.append({
+        result = {
             "pred": class_names[label],
             "label": label,
             "prob": {name: round(float(p), 6) for name, p in zip(class_names, row)},
-        })
+        }
+        if top_k:
+            # ties go to the lower index, as argmax breaks them, so top[0] is always pred
+            order = sorted(range(len(row)), key=lambda i: (-float(row[i]), i))[:top_k]
+            result["top"] = [[class_names[i], round(float(row[i]), 6)] for i in order]
+        results.append(result)
     return results
 
 
 def predict_files(model: torch.nn.Module, meta: dict, files: Sequence[Path], device: torch.device,
-                  batch_size: int, emit: Callable[[dict], None]) -> int:
-    """Classify ``files`` in batches, emitting one result per file in input order; return #failed."""
+                  batch_size: int, emit: Callable[[dict], None], top_k: Optional[int] = None) -> int:
+    """Classify ``files`` in batches, emitting one result per file in input order; return #failed.
+
+    ``top_k``: how many of the most probable classes each result lists under ``top`` (None: the
+    default, 5 for more than two classes and no list for two; clipped to the number of classes).
+    """
     transform = eval_transform(meta)
     num_classes = int(meta["num_classes"])
     class_names = list(meta.get("class_names") or [])
     if len(class_names) != num_classes:  # a foreign or older file: number the classes rather than guess names
         class_names = [str(i) for i in range(num_classes)]
+    top_k = default_top_k(num_classes) if top_k is None else min(int(top_k), num_classes)
     failed = 0
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
@@ -96,7 +118,7 @@ def predict_files(model: torch.nn.Module, meta: dict, files: Sequence[Path], dev
                 failed += 1
         if tensors:
             batch = torch.stack(tensors).to(device)
-            for position, prediction in zip(positions, predict_batch(model, batch, class_names)):
+            for position, prediction in zip(positions, predict_batch(model, batch, class_names, top_k)):
                 results[position].update(prediction)
         for result in results:
             emit(result)
@@ -110,7 +132,8 @@ def print_json_line(obj: dict) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = ArgumentParser(
         prog="toolkit.predict",
-        description="Classify images as cat or dog with a trained model; prints one JSON line per image.",
+        description="Classify images with a trained model (cat or dog, breeds, your own classes); prints one JSON "
+                    "line per image.",
         epilog="example: python -m toolkit.predict --model runs/NAME/model.safetensors my_cat.jpg. "
                "Exit code: 0 all images classified, 1 some could not be read (see their error lines), "
                "2 bad arguments or model file.",
@@ -121,14 +144,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where to run the model (default: auto = cuda when available)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
+    parser.add_argument("--top-k", type=int, default=None, metavar="K",
+                        help="list the K most probable classes per image under \"top\" (default: 5 for a model of "
+                             "more than two classes; none for two, whose \"prob\" has both)")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.top_k is not None and args.top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
 
     device = resolve_device(args.device)
     model, meta = load_model_file(args.model)  # UsageError (exit 2) for a missing or non-safetensors file
     model.to(device).eval()
-    failed = predict_files(model, meta, args.images, device, args.batch_size, print_json_line)
+    failed = predict_files(model, meta, args.images, device, args.batch_size, print_json_line, args.top_k)
     if failed:
         print(f"{failed} of {len(args.images)} images could not be read (see their error lines)",
               file=sys.stderr, flush=True)

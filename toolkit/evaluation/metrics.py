@@ -494,13 +494,16 @@ MAX_CURVE_POINTS = 1000  # per class; keeps the logged tables small for any spli
 
 
 def curve_points(y_true, probas, class_names: Sequence[str]) -> tuple[list, list]:
-    """One-vs-rest ROC and PR points per class as [class, x, y] rows (empty for a single class)."""
+    """One-vs-rest ROC and PR points as [class, x, y] rows, for every class the split can score.
+
+    A class with no sample (or that is the whole split) has no curve; a split of one class has none.
+    """
     roc: list = []
     pr: list = []
     for index, name in enumerate(class_names):
         positive = y_true == index
         if positive.all() or not positive.any():
-            return [], []
+            continue
         fpr, tpr, _ = skm.roc_curve(positive, probas[:, index])
         precision, recall, _ = skm.precision_recall_curve(positive, probas[:, index])
         roc += _thin(name, fpr, tpr)

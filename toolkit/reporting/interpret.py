@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from toolkit.evaluation.metrics import CLASS_NAMES, predict
-from toolkit.reporting.plots import PathLike, denormalize, new_figure, prediction_title, save_figure, to_numpy, \
-    RIGHT_COLOR, WRONG_COLOR
+from toolkit.reporting.plots import PathLike, denormalize, is_multiclass, new_figure, save_figure, title_for, \
+    to_numpy, top_classes, RIGHT_COLOR, WRONG_COLOR
 
 DEFAULT_FEATURE_LAYERS = ("conv1", "layer1", "layer2", "layer3", "layer4")
 Target = Union[None, int, Sequence[int], torch.Tensor]
@@ -62,16 +62,40 @@ def _predicted(logits: torch.Tensor) -> torch.Tensor:
     return (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(dim=1)
 
 
+def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Probabilities [B, C] of every class: softmax, or [1 - p, p] from a single (sigmoid) logit."""
+    if logits.shape[1] == 1:
+        p = torch.sigmoid(logits[:, 0])
+        return torch.stack([1.0 - p, p], dim=1)
+    return logits.softmax(dim=1)
+
+
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """P(dog) from 2-logit (softmax) or 1-logit (sigmoid) outputs."""
+    """P(dog) [B] from 2-logit (softmax) or 1-logit (sigmoid) outputs; all class probabilities [B, C] for more.
+
+    The shape follows the task, as the plots take it: one number per image for cat/dog (the
+    threshold rule), one row per image for N classes (argmax and top-k).
+    """
+    if logits.shape[1] > 2:
+        return logits.softmax(dim=1)
     return torch.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else logits.softmax(dim=1)[:, 1]
 
 
 @torch.no_grad()
 def prob_dog(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """P(dog) per image, computed in eval mode (the model's mode is restored afterwards)."""
+    """P(dog) per image (class probabilities [B, C] for an N-class model), computed in eval mode.
+
+    The model's mode is restored afterwards.
+    """
     with inspection_mode(model):
         return probabilities(model(images.to(_device(model))).float()).cpu()
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Class probabilities [B, C] per image for any number of classes, computed in eval mode."""
+    with inspection_mode(model):
+        return class_probabilities(model(images.to(_device(model))).float()).cpu()
 
 
 def gradcam(model: nn.Module, images: torch.Tensor, layer: str = "layer4", target: Target = None) -> torch.Tensor:
@@ -85,7 +109,11 @@ def gradcam(model: nn.Module, images: torch.Tensor, layer: str = "layer4", targe
 
 def explain(model: nn.Module, images: torch.Tensor, layer: str = "layer4",
             target: Target = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Grad-CAM maps and P(dog) from the same forward pass, as (cams [B,H,W], prob_dog [B]).
+    """Grad-CAM maps and the probabilities from the same forward pass, as (cams [B,H,W], probs).
+
+    ``probs`` is P(dog) [B] for a two-class model and the class probabilities [B, C] for more
+    (see ``probabilities``). With ``target`` None each map explains the predicted class: the
+    argmax (for one logit, dog when it is positive).
 
     The hook hands the layer's output on as a detached leaf, so gradients stop there and
     the earlier layers cost no backward pass.
@@ -127,11 +155,20 @@ def explain(model: nn.Module, images: torch.Tensor, layer: str = "layer4",
     return cam.float().cpu(), probabilities(logits.detach()).cpu()
 
 
-def select_examples(labels: Sequence[int], prob_dog: Sequence[float], n: int = 8, *, threshold: float = 0.5,
+def select_examples(labels: Sequence[int], prob_dog: Any, n: int = 8, *, threshold: float = 0.5,
                     max_wrong: Optional[int] = None) -> list[int]:
-    """Indices to show: the most confident mistakes first, then confident correct ones, cats and dogs alternating."""
+    """Indices to show: the most confident mistakes first, then confident correct ones, cats and dogs alternating.
+
+    ``prob_dog`` is P(dog) per sample (or [N, 2] probabilities), predicted with the threshold
+    rule. For more than two classes pass the probabilities [N, C]: the prediction is the argmax
+    (``threshold`` is not used) and the correct ones take turns over the classes.
+    """
+    if is_multiclass(prob_dog):
+        return _select_multiclass(labels, prob_dog, n, max_wrong)
     y = np.asarray(labels).astype(np.int64)
     p = np.asarray(prob_dog, dtype=np.float64)
+    if p.ndim == 2:  # [N, 2] probabilities: P(class 1)
+        p = p[:, 1]
     pred = predict(p, threshold)
     confidence = np.where(pred == 1, p, 1.0 - p)
     order = np.lexsort((np.arange(len(y)), -confidence))  # most confident first, stable by index
@@ -147,28 +184,57 @@ def select_examples(labels: Sequence[int], prob_dog: Sequence[float], n: int = 8
     return chosen
 
 
-def plot_gradcam(images: torch.Tensor, cams: torch.Tensor, labels: Sequence[int], prob_dog: Sequence[float],
+def _select_multiclass(labels: Sequence[int], probs: Any, n: int, max_wrong: Optional[int]) -> list[int]:
+    """``select_examples`` for N classes: argmax predictions, confidence = the predicted class's probability."""
+    y = np.asarray(labels).astype(np.int64)
+    p = np.asarray(probs, dtype=np.float64)
+    pred = p.argmax(axis=1)
+    confidence = p.max(axis=1)
+    order = np.lexsort((np.arange(len(y)), -confidence))  # most confident first, stable by index
+    wrong = [int(i) for i in order if pred[i] != y[i]]
+    right_by_class: dict[int, list[int]] = {}
+    for i in order:
+        if pred[i] == y[i]:
+            right_by_class.setdefault(int(y[i]), []).append(int(i))
+    queues = [right_by_class[c] for c in sorted(right_by_class)]
+    right = [queue[r] for r in range(max(map(len, queues), default=0)) for queue in queues if r < len(queue)]
+    chosen = wrong[: n if max_wrong is None else min(n, max_wrong)]
+    chosen += right[: n - len(chosen)]
+    if len(chosen) < n:  # not enough correct ones to fill up: more mistakes
+        chosen += [i for i in wrong if i not in chosen][: n - len(chosen)]
+    return chosen
+
+
+def plot_gradcam(images: torch.Tensor, cams: torch.Tensor, labels: Sequence[int], prob_dog: Any,
                  path: PathLike, *, mean: Sequence[float], std: Sequence[float], threshold: float = 0.5,
                  class_names: Sequence[str] = CLASS_NAMES, layer: str = "layer4",
                  captions: Optional[Sequence[str]] = None) -> Path:
-    """Each image beside its Grad-CAM overlay, two examples per row; wrong predictions titled in red."""
+    """Each image beside its Grad-CAM overlay, two examples per row; wrong predictions titled in red.
+
+    ``prob_dog``: P(dog) per image, or the class probabilities [B, C] of an N-class model (what
+    ``explain`` returns); N-class titles show the argmax and the top-3 classes.
+    """
     pictures = denormalize(images, mean, std)
     heat = to_numpy(cams)
+    multiclass = is_multiclass(prob_dog)
     n = len(pictures)
     rows = max(1, (n + 1) // 2)
-    fig = new_figure(10.0, 2.6 * rows)
+    fig = new_figure(10.0, (3.1 if multiclass else 2.6) * rows)
     for i in range(n):
-        text, right = prediction_title(labels[i], float(prob_dog[i]), threshold, class_names)
+        text, right = title_for(labels[i], prob_dog[i], threshold, class_names)
         if captions is not None:
             text = f"{captions[i]}\n{text}"
         ax = fig.add_subplot(rows, 4, 2 * i + 1)
         ax.imshow(pictures[i])
-        ax.set_title(text, fontsize=7.5, color=RIGHT_COLOR if right else WRONG_COLOR)
+        ax.set_title(text, fontsize=7 if multiclass else 7.5, color=RIGHT_COLOR if right else WRONG_COLOR)
         ax.axis("off")
         ax = fig.add_subplot(rows, 4, 2 * i + 2)
         ax.imshow(pictures[i])
         ax.imshow(heat[i], cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0)
-        ax.set_title("Grad-CAM (predicted class)", fontsize=7.5)
+        cam_title = "Grad-CAM (predicted class)"
+        if multiclass:
+            cam_title = f"Grad-CAM for {class_names[top_classes(prob_dog[i], 1)[0][0]]}\n(the predicted class)"
+        ax.set_title(cam_title, fontsize=7.5)
         ax.axis("off")
     fig.suptitle(f"Grad-CAM on {layer}: most confident mistakes first, then correct predictions")
     return save_figure(fig, path)

@@ -3,27 +3,38 @@
 Figures are built with matplotlib's object API on the Agg canvas (no pyplot, no global
 backend switch, no display needed) and written atomically, so a half-written PNG never
 ends up in a report. Every function takes plain arrays and returns the path it wrote.
+
+Two-class (cat/dog) runs plot P(dog) against the decision threshold. N-class runs (e.g. the
+37 breeds) get their own functions: one-vs-rest ROC/PR curves of the worst classes with the
+macro figure in the title, a row-normalised confusion matrix ordered worst recall first, and a
+per-class accuracy bar chart; prediction titles show the top-3 classes instead of P(dog).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import math
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
 from toolkit.fileio import atomic_write_bytes
-from toolkit.evaluation.metrics import CLASS_NAMES, predict, roc_auc
+from toolkit.evaluation.metrics import (CLASS_NAMES, confusion_order, normalized_confusion, per_class_roc_auc,
+                                        predict, roc_auc)
 
 DPI = 110
 WRONG_COLOR = "#c62828"
 RIGHT_COLOR = "#1b5e20"
 PathLike = Union[str, Path]
+CURVE_CLASSES = 6        # N-class ROC/PR plots: the worst classes by one-vs-rest ROC-AUC
+ANNOTATE_MAX_CLASSES = 10  # N-class confusion matrix: cell values printed up to this many rows/columns
+TOP_PROBS = 3            # N-class prediction titles: the most probable classes listed
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -32,11 +43,11 @@ def new_figure(width: float, height: float) -> Figure:
     return fig
 
 
-def save_figure(fig: Figure, path: PathLike) -> Path:
-    """Render to PNG in memory, then write atomically."""
+def save_figure(fig: Figure, path: PathLike, metadata: Optional[dict[str, str]] = None) -> Path:
+    """Render to PNG in memory, then write atomically; ``metadata`` goes into PNG text chunks."""
     path = Path(path)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
+    fig.savefig(buffer, format="png", dpi=DPI, **({"metadata": metadata} if metadata else {}))
     atomic_write_bytes(path, buffer.getvalue())
     return path
 
@@ -135,6 +146,175 @@ def plot_confusion(confusion: Sequence[Sequence[int]], path: PathLike, *,
     return save_figure(fig, path)
 
 
+# --- N classes ----------------------------------------------------------------------------------
+
+
+def _labels_and_probs(labels: Sequence[int], probs: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(labels, dtype=np.int64).reshape(-1)
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2 or len(p) != len(y):
+        raise ValueError(f"{what}: expected labels [N] and probabilities [N, C], got {y.shape} and {p.shape}")
+    return y, p
+
+
+def worst_classes(labels: Sequence[int], probs: Any) -> list[tuple[int, float]]:
+    """(class index, one-vs-rest ROC-AUC) of every class the split can score, worst first (ties: by index)."""
+    y, p = _labels_and_probs(labels, probs, "worst_classes")
+    if len(y) == 0:
+        return []
+    scored = [(c, auc) for c, auc in enumerate(per_class_roc_auc(y, p)) if auc is not None]
+    return sorted(scored, key=lambda t: (t[1], t[0]))
+
+
+def _curve_classes_title(title: str, what: str, macro: float, scored: int, shown: int) -> str:
+    return f"{title}\n{what} = {macro:.4f} over {scored} classes\nshown: the {shown} classes with the lowest ROC-AUC"
+
+
+def plot_roc_multiclass(labels: Sequence[int], probs: Any, class_names: Sequence[str], path: PathLike, *,
+                        title: str = "ROC curves (one vs rest)", max_classes: int = CURVE_CLASSES) -> Path:
+    """One-vs-rest ROC curves of the ``max_classes`` classes with the lowest AUC; the macro AUC in the title.
+
+    The macro AUC is the mean over the classes the split can score (present, but not all of it),
+    as ``compute_multiclass_metrics`` reports it.
+    """
+    y, p = _labels_and_probs(labels, probs, "plot_roc_multiclass")
+    scored = worst_classes(y, p)
+    fig = new_figure(5.8, 4.8)
+    ax = fig.add_subplot()
+    if scored:
+        shown = scored[:max_classes]
+        for c, auc in shown:
+            fpr, tpr, _ = skm.roc_curve(y == c, p[:, c])
+            ax.plot(fpr, tpr, lw=1.6, label=f"{class_names[c]} (AUC = {auc:.3f})")
+        ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance (AUC = 0.5)")
+        _unit_square(ax, "False positive rate (other classes called this one)", "True positive rate (this class found)",
+                     "lower right")
+        title = _curve_classes_title(title, "macro one-vs-rest AUC", float(np.mean([a for _, a in scored])),
+                                     len(scored), len(shown))
+    else:
+        _empty_note(ax, "ROC undefined: fewer than two classes present")
+    ax.set_title(title, fontsize=10)
+    return save_figure(fig, path)
+
+
+def plot_pr_multiclass(labels: Sequence[int], probs: Any, class_names: Sequence[str], path: PathLike, *,
+                       title: str = "Precision-recall curves (one vs rest)", max_classes: int = CURVE_CLASSES) -> Path:
+    """One-vs-rest precision-recall curves of the same worst classes as the ROC plot; the macro AP in the title."""
+    y, p = _labels_and_probs(labels, probs, "plot_pr_multiclass")
+    scored = worst_classes(y, p)
+    fig = new_figure(5.8, 4.8)
+    ax = fig.add_subplot()
+    if scored:
+        shown = scored[:max_classes]
+        for c, _ in shown:
+            precision, recall, _ = skm.precision_recall_curve(y == c, p[:, c])
+            ap = skm.average_precision_score(y == c, p[:, c])
+            ax.step(recall, precision, where="post", lw=1.6,
+                    label=f"{class_names[c]} (AP = {ap:.3f}, share {float(np.mean(y == c)):.3f})")
+        _unit_square(ax, "Recall", "Precision", "lower left")
+        macro = float(np.mean([skm.average_precision_score(y == c, p[:, c]) for c, _ in scored]))
+        title = _curve_classes_title(title, "macro average precision", macro, len(scored), len(shown))
+    else:
+        _empty_note(ax, "Precision-recall undefined: fewer than two classes present")
+    ax.set_title(title, fontsize=10)
+    return save_figure(fig, path)
+
+
+def confusion_axes(confusion: Any) -> tuple[list[int], list[int]]:
+    """The rows and columns an N-class confusion plot shows, both in ``confusion_order`` (worst recall first).
+
+    Rows: the classes with samples. Columns: those, then the classes without samples that were
+    predicted; classes that neither occur nor are predicted are left out. Every row's own class is
+    the column at the same position, so the diagonal stays the diagonal.
+    """
+    counts = np.asarray(confusion, dtype=np.int64)
+    order = confusion_order(counts)
+    support, predicted = counts.sum(axis=1), counts.sum(axis=0)
+    rows = [i for i in order if support[i] > 0] or order
+    cols = [j for j in order if support[j] > 0 or predicted[j] > 0] or order
+    if cols[:len(rows)] != rows:  # no samples at all: show everything
+        rows, cols = order, order
+    return rows, cols
+
+
+def _tick_font(n: int) -> float:
+    return 9 if n <= ANNOTATE_MAX_CLASSES else 7 if n <= 20 else 6 if n <= 45 else 5
+
+
+def plot_confusion_multiclass(confusion: Sequence[Sequence[int]], path: PathLike, *, class_names: Sequence[str],
+                              title: str = "Confusion matrix", annotate_max: int = ANNOTATE_MAX_CLASSES) -> Path:
+    """Row-normalised confusion matrix (recall per true class) for N classes, worst recall first.
+
+    Cell values (share, and the count) are printed only while the matrix has at most
+    ``annotate_max`` rows and columns; the figure grows with the class count. The rows and
+    columns shown (see ``confusion_axes``) are stored as JSON lists in the PNG's ``Rows`` and
+    ``Columns`` text chunks.
+    """
+    counts = np.asarray(confusion, dtype=np.int64)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] != len(class_names):
+        raise ValueError(f"plot_confusion_multiclass: a {counts.shape} matrix for {len(class_names)} class names")
+    rows, cols = confusion_axes(counts)
+    shares = normalized_confusion(counts)[np.ix_(rows, cols)]
+    shown = counts[np.ix_(rows, cols)]
+    cell = 0.24
+    fig = new_figure(max(5.0, cell * len(cols) + 3.4), max(4.0, cell * len(rows) + 2.9))
+    ax = fig.add_subplot()
+    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02, label="share of the true class")
+    if len(rows) <= annotate_max and len(cols) <= annotate_max:
+        for i in range(len(rows)):
+            for j in range(len(cols)):
+                ax.text(j, i, f"{shares[i, j]:.2f}\n({shown[i, j]})", ha="center", va="center", fontsize=8,
+                        color="white" if shares[i, j] > 0.5 else "black")
+    font = _tick_font(max(len(rows), len(cols)))
+    ax.set_xticks(range(len(cols)), labels=[class_names[j] for j in cols], rotation=90, fontsize=font)
+    ax.set_yticks(range(len(rows)), labels=[class_names[i] for i in rows], fontsize=font)
+    ax.set_xlabel("Predicted")
+    ax.set_ylabel("True (worst recall first)")
+    left_out = len(class_names) - len(cols)
+    note = f"\n({left_out} of {len(class_names)} classes neither present nor predicted: left out)" if left_out else ""
+    ax.set_title(f"{title}\nshare of each true class, worst recall first{note}", fontsize=9)
+    metadata = {"Rows": json.dumps([class_names[i] for i in rows]),
+                "Columns": json.dumps([class_names[j] for j in cols])}
+    return save_figure(fig, path, metadata)
+
+
+def plot_per_class_accuracy(rows: Sequence[dict], path: PathLike, *, title: str = "Accuracy per class",
+                            overall: Optional[float] = None) -> Path:
+    """Horizontal bars of accuracy (recall) per true class, worst at the top.
+
+    ``rows`` are ``per_class_accuracy`` records ({class, count, correct, accuracy}), already worst
+    first; ``overall`` (the split's accuracy) is drawn as a dashed line.
+    """
+    rows = list(rows)
+    fig = new_figure(7.4, max(2.6, 0.22 * len(rows) + 1.5))
+    ax = fig.add_subplot()
+    if rows:
+        accuracy = np.asarray([float(r["accuracy"]) for r in rows])
+        positions = np.arange(len(rows))
+        colors = matplotlib.colormaps["RdYlGn"](0.1 + 0.8 * accuracy)
+        ax.barh(positions, accuracy, color=colors, edgecolor="#555555", linewidth=0.4)
+        for y, row in zip(positions, rows):
+            value = float(row["accuracy"])
+            ax.text(min(value, 1.0) + 0.01, y, f"{value:.2f} ({row['correct']}/{row['count']})", va="center",
+                    fontsize=_tick_font(len(rows)))
+        ax.set_yticks(positions, labels=[str(r["class"]) for r in rows], fontsize=_tick_font(len(rows)))
+        ax.set_ylim(len(rows) - 0.5, -0.5)  # worst at the top
+        ax.set_xlim(0, 1.22)
+        ax.set_xticks(np.linspace(0, 1, 6))
+        ax.set_xlabel("accuracy (recall of the true class)")
+        subtitle = f"\n{len(rows)} classes with samples, worst first"
+        if overall is not None and math.isfinite(overall):
+            ax.axvline(overall, ls="--", color="#333333", lw=1)
+            subtitle += f"; dashed: overall accuracy {overall:.3f}"
+        ax.grid(axis="x", alpha=0.3)
+        title += subtitle
+    else:
+        _empty_note(ax, "no samples")
+    ax.set_title(title, fontsize=10)
+    return save_figure(fig, path)
+
+
 def _series(rows: Sequence[dict], key: str) -> tuple[list, list]:
     xs, ys = [], []
     for i, row in enumerate(rows):
@@ -197,24 +377,76 @@ def prediction_title(label: int, prob_dog: float, threshold: float, class_names:
             pred == int(label))
 
 
-def plot_prediction_grid(images: Any, labels: Sequence[int], prob_dog: Sequence[float], path: PathLike, *,
+def top_classes(probs: Sequence[float], k: int = TOP_PROBS) -> list[tuple[int, float]]:
+    """The ``k`` most probable classes of one sample as (index, probability), most probable first.
+
+    Ties go to the lower index, as ``argmax`` breaks them, so the first entry is the prediction.
+    """
+    p = np.asarray(probs, dtype=np.float64).reshape(-1)
+    order = sorted(range(len(p)), key=lambda i: (-p[i], i))[:max(int(k), 1)]
+    return [(int(i), float(p[i])) for i in order]
+
+
+def multiclass_title(label: int, probs: Sequence[float], class_names: Sequence[str],
+                     k: int = TOP_PROBS) -> tuple[str, bool]:
+    """'true X / pred Y' and the top-k class probabilities; whether the prediction (argmax) was right."""
+    top = top_classes(probs, k)
+    pred = top[0][0]
+    head = f"true {class_names[int(label)]} / pred {class_names[pred]}"
+    if len(head) > 36:  # long breed names: one per line
+        head = f"true {class_names[int(label)]}\npred {class_names[pred]}"
+    listed = [f"{class_names[i]} {p:.2f}" for i, p in top]
+    tail = ", ".join(listed) if sum(len(t) + 2 for t in listed) <= 38 else "\n".join(listed)
+    return f"{head}\n{tail}", pred == int(label)
+
+
+def is_multiclass(probs: Any) -> bool:
+    """Whether ``probs`` are [N, C] probabilities of more than two classes (else P(dog) per sample, or [N, 2])."""
+    return np.ndim(probs) == 2 and np.shape(probs)[1] > 2
+
+
+def binary_scores(probs: Any) -> np.ndarray:
+    """P(class 1) per sample, from P(dog) values or [N, 2] probabilities."""
+    p = np.asarray(probs, dtype=np.float64)
+    return p[:, 1] if p.ndim == 2 else p
+
+
+def title_for(label: int, probs: Any, threshold: float, class_names: Sequence[str]) -> tuple[str, bool]:
+    """One sample's title: ``prediction_title`` for P(dog) (or a 2-class row), ``multiclass_title`` for more."""
+    row = np.asarray(probs, dtype=np.float64)
+    if row.ndim == 1 and len(row) > 2:
+        return multiclass_title(label, row, class_names)
+    return prediction_title(label, float(row[1] if row.ndim == 1 and len(row) == 2 else row), threshold, class_names)
+
+
+def plot_prediction_grid(images: Any, labels: Sequence[int], probs: Any, path: PathLike, *,
                          mean: Sequence[float], std: Sequence[float], threshold: float = 0.5,
                          class_names: Sequence[str] = CLASS_NAMES, captions: Optional[Iterable[str]] = None,
                          title: str = "Predictions (wrong in red)") -> Path:
-    """Images (normalized [N,3,H,W], de-normalized with the run's own mean/std) with their predictions."""
+    """Images (normalized [N,3,H,W], de-normalized with the run's own mean/std) with their predictions.
+
+    ``probs``: P(dog) per image (titled with the threshold rule), or [N, C] class probabilities
+    (more than two classes: titled with the argmax and the top-3 classes).
+    """
     pictures = denormalize(images, mean, std)
     captions = list(captions) if captions is not None else [None] * len(pictures)
-    if not (len(pictures) == len(labels) == len(prob_dog) == len(captions)):
+    if not (len(pictures) == len(labels) == len(probs) == len(captions)):
         raise ValueError("plot_prediction_grid: images, labels, probabilities and captions differ in length")
+    multiclass = is_multiclass(probs)
+    titles = []
+    for i in range(len(pictures)):
+        text, right = title_for(labels[i], probs[i], threshold, class_names)
+        titles.append((f"{captions[i]}\n{text}" if captions[i] else text, right))
     rows, cols = _grid_shape(len(pictures))
-    fig = new_figure(2.5 * cols, 2.75 * rows)
+    row_height = 2.75
+    if multiclass:  # titles of up to 7 lines (long breed names): room for the longest
+        row_height = 2.6 + 0.14 * max((text.count("\n") + 1 for text, _ in titles), default=1)
+    fig = new_figure(2.5 * cols, row_height * rows)
     for i, picture in enumerate(pictures):
         ax = fig.add_subplot(rows, cols, i + 1)
         ax.imshow(picture)
-        text, right = prediction_title(labels[i], float(prob_dog[i]), threshold, class_names)
-        if captions[i]:
-            text = f"{captions[i]}\n{text}"
-        ax.set_title(text, fontsize=8, color=RIGHT_COLOR if right else WRONG_COLOR)
+        text, right = titles[i]
+        ax.set_title(text, fontsize=7 if multiclass else 8, color=RIGHT_COLOR if right else WRONG_COLOR)
         ax.axis("off")
         if not right:
             for spine in ax.spines.values():

@@ -4,6 +4,11 @@ The page makes no external requests (inline CSS, every image embedded as base64 
 it can be mailed, attached to an issue or opened offline years later. Every section copes
 with its inputs missing or broken and says so, because reports are often built for runs
 that are still going or were cut short. All text from files is HTML-escaped.
+
+Two-class (cat/dog) runs are compared with the seed experiment and show the decision threshold;
+runs with more classes (e.g. 37 breeds) show top-1 and top-5 accuracy, macro and weighted F1,
+the one-vs-rest ROC-AUC with the number of classes it covers, the per-class table, the largest
+confusions and the per-class accuracy, worst first, instead.
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ from typing import Any, Iterable, Optional, Sequence
 from toolkit.cli import DataError
 from toolkit.fileio import atomic_write_text
 from toolkit.formats import RunDir
-from toolkit.evaluation.metrics import SEED_RESULTS, classification_report_table, compute_metrics
+from toolkit.evaluation.metrics import SEED_RESULTS, classification_report_table, compute_metrics, \
+    compute_multiclass_metrics
 
 SPLIT_ORDER = ("val", "test")
-PLOT_ORDER = ("training_curves", "roc_", "pr_", "confusion_", "predictions_", "gradcam_", "feature_maps_", "filters_")
+PLOT_ORDER = ("training_curves", "roc_", "pr_", "confusion_", "per_class_accuracy_", "predictions_", "gradcam_",
+              "feature_maps_", "filters_")
 PLOT_CAPTIONS = {
     "training_curves": "Per-epoch losses, validation accuracy and ROC-AUC, learning rate, throughput and data wait.",
     "roc_": "ROC curve of P(dog) with its AUC; the dashed diagonal is chance.",
@@ -34,7 +41,22 @@ PLOT_CAPTIONS = {
     "feature_maps_": "Activations of conv1 and each stage for one test image (first channels).",
     "filters_": "Learned convolution filters, each scaled on its own.",
 }
+# Runs with more than two classes: the plots that differ from the cat/dog ones say so.
+MULTICLASS_CAPTIONS = {
+    **PLOT_CAPTIONS,
+    "roc_": "One-vs-rest ROC curves of the classes with the lowest ROC-AUC; the title gives the macro AUC over "
+            "the classes the split can score.",
+    "pr_": "One-vs-rest precision-recall curves of the same classes; the title gives the macro average precision.",
+    "confusion_": "Confusion matrix normalised by true class, classes ordered worst recall first (cell values "
+                  "printed up to 10 classes).",
+    "per_class_accuracy_": "Accuracy (recall) per true class, worst first; the dashed line is the overall accuracy.",
+    "predictions_": "Example predictions with their top-3 classes, de-normalized with the run's own mean/std; "
+                    "mistakes in red.",
+    "gradcam_": "Grad-CAM of the predicted (most probable) class: the most confident mistakes first, then correct "
+                "predictions.",
+}
 MAX_LIST_ITEMS = 20
+WIDE_CLASS_COUNT = 10  # more classes than this: tables per class run down the page, not across
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1150px;padding:0 18px 40px;color:#1d1d1f;line-height:1.45}
@@ -147,12 +169,33 @@ def load_split_metrics(run_dir: Path, split: str) -> tuple[Optional[dict], list[
     notes = [problem or "metrics.json has an unexpected layout"]
     if run.predictions(split).is_file():
         try:
-            found = run.read_predictions(split)
-            metrics = compute_metrics(found.labels, found.prob_dog, breeds=found.breeds if any(found.breeds) else None)
+            found = run.read_predictions(split)  # a torn metrics.json beside it does not hide it
+            breeds = found.breeds if any(found.breeds) else None
+            if not found.binary:
+                metrics = compute_multiclass_metrics(found.labels, found.probs, class_names=found.class_names,
+                                                     breeds=breeds)
+                return metrics, notes + ["metrics computed here from predictions.csv (no loss)"]
+            metrics = compute_metrics(found.labels, found.prob_dog, breeds=breeds)
         except (OSError, KeyError, ValueError, DataError) as err:
             return None, notes + [f"predictions.csv could not be used ({err})"]
         return metrics, notes + ["metrics computed here from predictions.csv (no loss, default threshold 0.5)"]
     return None, notes
+
+
+def is_multiclass(metrics: Optional[dict]) -> bool:
+    """Whether a split's metrics are of more than two classes (``class_names`` tells the task)."""
+    names = metrics.get("class_names") if isinstance(metrics, dict) else None
+    return isinstance(names, list) and len(names) > 2
+
+
+def run_num_classes(split_metrics: dict[str, dict], dataset: Optional[dict]) -> int:
+    """The run's number of classes: from its evaluations, else its dataset.json; 2 when neither says."""
+    for metrics in split_metrics.values():
+        names = metrics.get("class_names")
+        if isinstance(names, list) and names:
+            return len(names)
+    classes = dataset.get("classes") if isinstance(dataset, dict) else None
+    return len(classes) if isinstance(classes, list) and len(classes) >= 2 else 2
 
 
 def evaluated_splits(run_dir: Path) -> list[str]:
@@ -174,6 +217,8 @@ def _headline(split_metrics: dict[str, dict], rows: list[dict]) -> str:
     for split in split_metrics:
         m = split_metrics[split]
         cards.append((f"{split} accuracy", m.get("accuracy")))
+        if "top5_accuracy" in m:
+            cards.append((f"{split} top-{m.get('top_k') or 5} accuracy", m.get("top5_accuracy")))
         cards.append((f"{split} ROC-AUC", m.get("roc_auc")))
     if rows:
         aucs = [(r.get("val_auc"), r.get("epoch")) for r in rows if _finite([r.get("val_auc")])]
@@ -237,6 +282,8 @@ def _split_section(split: str, metrics: Optional[dict], notes: list[str]) -> str
         return f"<h3>{esc(split)}</h3>" + _missing(
             f"No evaluation of split '{split}' yet ({'; '.join(notes)}). Run python -m toolkit.evaluate "
             f"--model RUN/model.safetensors --shards SHARDS --split {split}.")
+    if is_multiclass(metrics):
+        return _multiclass_split_section(split, metrics, notes)
     out = [f"<h3>{esc(split)}</h3>"]
     for note in notes + list(metrics.get("notes") or []):
         out.append(f'<p class="warn">{esc(note)}</p>')
@@ -269,6 +316,67 @@ def _split_section(split: str, metrics: Optional[dict], notes: list[str]) -> str
                        + esc(classification_report_table(at)) + "</pre></details>")
     breeds = metrics.get("per_breed")
     if breeds:
+        rows = [(b.get("breed"), b.get("class"), b.get("count"), b.get("correct"), b.get("accuracy")) for b in breeds]
+        out.append("<p>Per-breed accuracy, worst first:</p><div class='scroll'>"
+                   + _table(["breed", "class", "count", "correct", "accuracy"], rows, numeric_from=2) + "</div>")
+    return "".join(out)
+
+
+def _multiclass_split_section(split: str, metrics: dict, notes: list[str]) -> str:
+    """One N-class split: headline numbers, the per-class table, largest confusions, per-class accuracy."""
+    names = [str(n) for n in metrics["class_names"]]
+    num_classes = len(names)
+    out = [f"<h3>{esc(split)}</h3>"]
+    for note in notes + list(metrics.get("notes") or []):
+        out.append(f'<p class="warn">{esc(note)}</p>')
+    macro, weighted = metrics.get("macro_avg") or {}, metrics.get("weighted_avg") or {}
+    scored = metrics.get("roc_auc_classes_scored")
+    out.append(_kv_table([
+        ("samples", metrics.get("num_samples")),
+        ("skipped samples", metrics.get("skipped_samples")),
+        ("classes", num_classes),
+        ("loss (cross-entropy)", metrics.get("loss")),
+        ("top-1 accuracy", metrics.get("accuracy")),
+        (f"top-{metrics.get('top_k') or 5} accuracy", metrics.get("top5_accuracy")),
+        ("balanced accuracy", metrics.get("balanced_accuracy")),
+        ("macro F1 (over the classes present)", macro.get("f1")),
+        ("weighted F1", weighted.get("f1")),
+        (f"ROC-AUC (one vs rest, macro over {fmt(scored)} of {num_classes} classes scored)", metrics.get("roc_auc")),
+        ("average precision (one vs rest, macro)", metrics.get("average_precision")),
+        ("prediction", "the most probable class (no threshold)"),
+        ("model epoch", metrics.get("model_epoch")),
+    ]))
+    per_class, aucs = metrics.get("per_class") or {}, metrics.get("per_class_roc_auc") or {}
+    rows = [(name, (per_class.get(name) or {}).get("support"), (per_class.get(name) or {}).get("precision"),
+             (per_class.get(name) or {}).get("recall"), (per_class.get(name) or {}).get("f1"), aucs.get(name))
+            for name in names]
+    out.append("<p>Per class (the classification report; ROC-AUC one vs rest, n/a for a class the split cannot "
+               "score):</p><div class='scroll'>"
+               + _table(["class", "support", "precision", "recall", "F1", "ROC-AUC"], rows) + "</div>")
+    try:
+        out.append("<details><summary>classification report (sklearn layout)</summary><pre>"
+                   + esc(classification_report_table(metrics)) + "</pre></details>")
+    except (KeyError, TypeError) as err:
+        out.append(_missing(f"classification report unavailable ({err})"))
+    confusions = metrics.get("largest_confusions")
+    if confusions:
+        rows = [(c.get("true"), c.get("pred"), c.get("count"), c.get("share_of_true")) for c in confusions]
+        out.append("<p>Largest confusions (most frequent mistakes):</p>"
+                   + _table(["true class", "predicted as", "count", "share of the true class"], rows, numeric_from=2))
+    elif confusions is not None:
+        out.append("<p>No confusions: every sample was predicted correctly.</p>")
+    accuracy = metrics.get("per_class_accuracy")
+    if accuracy:
+        rows = [(a.get("class"), a.get("count"), a.get("correct"), a.get("accuracy")) for a in accuracy]
+        out.append("<p>Accuracy per class, worst first:</p><div class='scroll'>"
+                   + _table(["class", "count", "correct", "accuracy"], rows) + "</div>")
+    matrix = "<p>Confusion matrix (rows true, columns predicted):</p>" + _confusion_table(metrics)
+    if num_classes > WIDE_CLASS_COUNT:
+        matrix = (f"<details><summary>confusion matrix, {num_classes} x {num_classes} (rows true, columns "
+                  f"predicted)</summary><div class='scroll'>{_confusion_table(metrics)}</div></details>")
+    out.append(matrix)
+    breeds = metrics.get("per_breed")
+    if breeds and not all(b.get("breed") == b.get("class") for b in breeds):  # breeds that are not the classes
         rows = [(b.get("breed"), b.get("class"), b.get("count"), b.get("correct"), b.get("accuracy")) for b in breeds]
         out.append("<p>Per-breed accuracy, worst first:</p><div class='scroll'>"
                    + _table(["breed", "class", "count", "correct", "accuracy"], rows, numeric_from=2) + "</div>")
@@ -323,7 +431,12 @@ def _dataset_section(dataset: Optional[dict], problem: Optional[str]) -> str:
                          else (counts[i] if isinstance(counts, list) and i < len(counts) else None)
                          for i, n in enumerate(names)]
             rows.append([split, info.get("num_samples"), *per_class, info.get("num_shards")])
-        out.append(_table(["split", "samples", *names, "shards"], rows))
+        if len(names) > WIDE_CLASS_COUNT:  # one row per class instead of one column
+            columns = list(zip(*rows))
+            body = [[label, *values] for label, values in zip(["samples", *names, "shards"], columns[1:])]
+            out.append("<div class='scroll'>" + _table(["", *columns[0]], body) + "</div>")
+        else:
+            out.append(_table(["split", "samples", *names, "shards"], rows))
     if dataset.get("normalization") is not None:
         out.append("<p>Normalization:</p>" + _render_value(dataset["normalization"]))
     rest = {k: v for k, v in dataset.items()
@@ -362,7 +475,7 @@ def _plot_sort_key(path: Path) -> tuple[int, str]:
     return len(PLOT_ORDER), path.name
 
 
-def _plots_section(run_dir: Path) -> str:
+def _plots_section(run_dir: Path, multiclass: bool = False) -> str:
     folder = RunDir(run_dir).plots
     pngs = sorted(folder.glob("*.png"), key=_plot_sort_key) if folder.is_dir() else []
     if not pngs:
@@ -377,7 +490,8 @@ def _plots_section(run_dir: Path) -> str:
         if not data.startswith(b"\x89PNG\r\n\x1a\n"):
             out.append(_missing(f"{path.name} is not a PNG file; left out"))
             continue
-        caption = next((c for p, c in PLOT_CAPTIONS.items() if path.stem.startswith(p)), "")
+        captions = MULTICLASS_CAPTIONS if multiclass else PLOT_CAPTIONS
+        caption = next((c for p, c in captions.items() if path.stem.startswith(p)), "")
         encoded = base64.b64encode(data).decode("ascii")
         out.append(f'<figure><img src="data:image/png;base64,{encoded}" alt="{esc(path.stem)}">'
                    f"<figcaption><b>{esc(path.name)}</b> {esc(caption)}</figcaption></figure>")
@@ -438,29 +552,36 @@ def render_report(run_dir: Path) -> str:
 
     name = _run_name(run_dir)
     generated = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    num_classes = run_num_classes(split_metrics, dataset)
+    multiclass = num_classes > 2
+    task = (f"{num_classes} classes; each image is predicted as its most probable class." if multiclass
+            else "Cat is class 0, dog class 1 (the positive class).")
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<title>Run report: {esc(name)}</title><style>{CSS}</style></head><body>",
         f"<h1>Run report: {esc(name)}</h1>",
-        f"<p class='muted'>Run folder {esc(run_dir.resolve())}; report generated {esc(generated)}. "
-        "Cat is class 0, dog class 1 (the positive class).</p>",
+        f"<p class='muted'>Run folder {esc(run_dir.resolve())}; report generated {esc(generated)}. {esc(task)}</p>",
     ]
     if synthetic:
         parts.append("<div class='banner'>SYNTHETIC DATA: this run trained and evaluated on generated images, not on "
                      "Oxford-IIIT Pet. Its numbers test the pipeline only and say nothing about real accuracy.</div>")
     elif synthetic is None:
         parts.append('<p class="warn">Whether this run used real or synthetic data is unknown (no dataset.json).</p>')
-    parts.append("<nav>" + "".join(f"<a href='#{a}'>{t}</a>" for a, t in (
-        ("comparison", "Seed comparison"), ("evaluation", "Evaluation"), ("training", "Training"),
-        ("dataset", "Dataset"), ("skipped", "Skipped samples"), ("plots", "Plots"), ("config", "Config"))) + "</nav>")
+    links = (("comparison", "Seed comparison"), ("evaluation", "Evaluation"), ("training", "Training"),
+             ("dataset", "Dataset"), ("skipped", "Skipped samples"), ("plots", "Plots"), ("config", "Config"))
+    if multiclass:  # the seed experiment was cat vs dog: nothing to compare an N-class run with
+        links = links[1:]
+    parts.append("<nav>" + "".join(f"<a href='#{a}'>{t}</a>" for a, t in links) + "</nav>")
     parts.append(_headline(split_metrics, rows))
-    parts.append(_section("comparison", "Comparison with the seed experiment", _seed_comparison(split_metrics, synthetic)))
+    if not multiclass:
+        parts.append(_section("comparison", "Comparison with the seed experiment",
+                              _seed_comparison(split_metrics, synthetic)))
     parts.append(_section("evaluation", "Evaluation", "".join(split_parts)))
     parts.append(_section("training", "Training: throughput and memory", _training_section(rows, rows_problem)))
     parts.append(_section("dataset", "Dataset", _dataset_section(dataset, dataset_problem)))
     parts.append(_section("skipped", "Skipped samples", _skipped_section(dataset, rows, split_metrics)))
-    parts.append(_section("plots", "Plots", _plots_section(run_dir)))
+    parts.append(_section("plots", "Plots", _plots_section(run_dir, multiclass)))
     parts.append(_section("config", "Configuration", _config_section(run_dir)))
     parts.append("</body></html>\n")
     return "\n".join(parts)

@@ -353,11 +353,15 @@ class Tracker:
         self._log_at_last_step("log_images", lambda: {
             name: wandb.Image(str(path)) for name, path in images.items()})
 
-    def log_curves(self, labels: Sequence[int], prob_dog: Sequence[float], class_names: Sequence[str],
+    def log_curves(self, labels: Sequence[int], probs: Any, class_names: Sequence[str],
                    split: str, threshold: float = 0.5) -> None:
         """Native W&B ROC, precision-recall and confusion-matrix charts for one split.
 
-        The confusion matrix calls "dog" when ``prob_dog >= threshold`` (pass the tuned one).
+        ``probs``: P(dog) per sample (two classes; [N, 2] probabilities work too), or the class
+        probabilities [N, C]. Two classes: the confusion matrix calls "dog" when
+        ``prob_dog >= threshold`` (pass the tuned one). More: one ROC and one PR curve per class
+        (one vs rest) for every class the split can score (present, but not all of it), and the
+        confusion matrix of the argmax predictions; ``threshold`` is not used.
 
         The curves are the charts ``wandb.plot.roc_curve``/``pr_curve`` draw (same Vega spec),
         computed here with scikit-learn because those two functions require pandas, which the
@@ -367,14 +371,7 @@ class Tracker:
             return
         wandb = self._wandb
 
-        def charts() -> dict:
-            y_true = np.asarray(labels, dtype=np.int64)
-            p_dog = np.asarray(prob_dog, dtype=np.float64)
-            probas = np.stack([1.0 - p_dog, p_dog], axis=1)  # a probability per class, as W&B wants
-            names = list(class_names)
-            roc, pr = curve_points(y_true, probas, names)
-            if not roc:
-                raise ValueError(f"{split} has a single class, ROC and PR curves are undefined")
+        def curve_charts(roc: list, pr: list) -> dict:
             return {
                 f"{split}/roc_curve": wandb.plot_table(
                     "wandb/area-under-curve/v0", wandb.Table(columns=["class", "fpr", "tpr"], data=roc),
@@ -387,10 +384,36 @@ class Tracker:
                     {"x": "recall", "y": "precision", "class": "class"},
                     {"title": f"{split} precision-recall", "x-axis-title": "Recall",
                      "y-axis-title": "Precision"}),
+            }
+
+        def charts() -> dict:
+            y_true = np.asarray(labels, dtype=np.int64)
+            scores = np.asarray(probs, dtype=np.float64)
+            names = list(class_names)
+            if scores.ndim == 2 and scores.shape[1] > 2:
+                return multiclass_charts(y_true, scores, names)
+            p_dog = scores[:, 1] if scores.ndim == 2 else scores
+            probas = np.stack([1.0 - p_dog, p_dog], axis=1)  # a probability per class, as W&B wants
+            roc, pr = curve_points(y_true, probas, names)
+            if not roc:
+                raise ValueError(f"{split} has a single class, ROC and PR curves are undefined")
+            return {
+                **curve_charts(roc, pr),
                 f"{split}/confusion_matrix": wandb.plot.confusion_matrix(
                     y_true=y_true.tolist(), preds=(p_dog >= threshold).astype(np.int64).tolist(),
                     class_names=names, title=f"{split} confusion matrix (threshold {threshold:g})"),
             }
+
+        def multiclass_charts(y_true: np.ndarray, scores: np.ndarray, names: list[str]) -> dict:
+            if scores.shape != (len(y_true), len(names)):
+                raise ValueError(f"{split}: probabilities {scores.shape} for {len(y_true)} labels and "
+                                 f"{len(names)} classes")
+            roc, pr = curve_points(y_true, scores, names)
+            out = curve_charts(roc, pr) if roc else {}
+            out[f"{split}/confusion_matrix"] = wandb.plot.confusion_matrix(
+                y_true=y_true.tolist(), preds=scores.argmax(axis=1).tolist(), class_names=names,
+                title=f"{split} confusion matrix (most probable class)")
+            return out
 
         self._log_at_last_step("log_curves", charts)
 

@@ -7,6 +7,11 @@ ROC, precision-recall, confusion matrix and training curves need only the run fo
 The prediction grid, Grad-CAM, feature maps and filters also need RUN/model.safetensors, and
 all but the filters need the images, read from the shards named in config.yaml (or --shards).
 A plot whose inputs are missing is skipped with one warning line; the others are still made.
+
+Runs with more than two classes (e.g. 37 breeds) get one-vs-rest ROC/PR curves of the worst
+classes, a row-normalised confusion matrix ordered worst recall first, and with it the
+per-class accuracy bar chart per_class_accuracy_SPLIT.png; their prediction grid and Grad-CAM
+titles show the predicted class (argmax) and the top-3 probabilities.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import torch
 from toolkit.cli import ArgumentParser, DataError, UsageError
 from toolkit.config import load_config, raw_section
 from toolkit.data import build_eval_transform, read_samples
-from toolkit.evaluation.metrics import threshold_metrics
+from toolkit.evaluation.metrics import compute_multiclass_metrics, threshold_metrics
 from toolkit.formats import Predictions, RunDir
 from toolkit.reporting import interpret, plots
 from toolkit.reporting.report import build_report
@@ -128,7 +133,13 @@ def make_plots(run_dir: Path, *, what: Optional[set[str]] = None, split: str = "
         for name in image_plots:
             skip(name, problem)
         return made
-    class_names = tuple(meta.get("class_names") or ("cat", "dog"))
+    class_names = tuple(meta.get("class_names") or (predictions.class_names if not predictions.binary
+                                                    else ("cat", "dog")))
+    if len(class_names) != len(predictions.class_names):
+        for name in image_plots:
+            skip(name, f"the model predicts {len(class_names)} classes but the {split} predictions have "
+                       f"{len(predictions.class_names)}")
+        return made
     return made + _image_plots(run_dir, model, meta, config, image_plots, predictions, split, num_images,
                                threshold, class_names, str(shards), run.plots)
 
@@ -158,6 +169,8 @@ def _file_plots(run: RunDir, what: set[str], split: str, predictions: Optional[P
                 threshold: float) -> list[Path]:
     """ROC, PR, confusion matrix and training curves: numbers only, no model or images."""
     made, out_dir = [], run.plots
+    if predictions is not None and not predictions.binary:
+        return _multiclass_file_plots(run, what, split, predictions) + _curves_plot(run, what)
     if "roc" in what:
         made.append(plots.plot_roc(predictions.labels, predictions.prob_dog, out_dir / f"roc_{split}.png",
                                    title=f"ROC curve ({split})"))
@@ -171,13 +184,41 @@ def _file_plots(run: RunDir, what: set[str], split: str, predictions: Optional[P
                                              title=f"Confusion matrix ({split}, threshold {threshold:g})"))
         except ValueError as err:
             skip("confusion", str(err))
-    if "curves" in what:
-        rows = run.read_history()
-        if rows:
-            made.append(plots.plot_training_curves(rows, out_dir / "training_curves.png",
-                                                   title=f"Training curves ({run.root.name})"))
-        else:
-            skip("curves", f"{run.history} {'is empty' if run.history.is_file() else 'not found'}")
+    return made + _curves_plot(run, what)
+
+
+def _curves_plot(run: RunDir, what: set[str]) -> list[Path]:
+    if "curves" not in what:
+        return []
+    rows = run.read_history()
+    if not rows:
+        skip("curves", f"{run.history} {'is empty' if run.history.is_file() else 'not found'}")
+        return []
+    return [plots.plot_training_curves(rows, run.plots / "training_curves.png",
+                                       title=f"Training curves ({run.root.name})")]
+
+
+def _multiclass_file_plots(run: RunDir, what: set[str], split: str, predictions: Predictions) -> list[Path]:
+    """ROC, PR (one vs rest, worst classes), confusion matrix and per-class accuracy of an N-class split."""
+    made, out_dir = [], run.plots
+    names = list(predictions.class_names)
+    if "roc" in what:
+        made.append(plots.plot_roc_multiclass(predictions.labels, predictions.probs, names,
+                                              out_dir / f"roc_{split}.png", title=f"ROC curves ({split}, one vs rest)"))
+    if "pr" in what:
+        made.append(plots.plot_pr_multiclass(predictions.labels, predictions.probs, names, out_dir / f"pr_{split}.png",
+                                             title=f"Precision-recall curves ({split}, one vs rest)"))
+    if "confusion" in what:
+        try:
+            metrics = compute_multiclass_metrics(predictions.labels, predictions.probs, class_names=names)
+        except ValueError as err:
+            skip("confusion", str(err))
+            return made
+        made.append(plots.plot_confusion_multiclass(metrics["confusion_matrix"], out_dir / f"confusion_{split}.png",
+                                                    class_names=names, title=f"Confusion matrix ({split})"))
+        made.append(plots.plot_per_class_accuracy(metrics["per_class_accuracy"],
+                                                  out_dir / f"per_class_accuracy_{split}.png",
+                                                  title=f"Accuracy per class ({split})", overall=metrics["accuracy"]))
     return made
 
 
@@ -194,12 +235,16 @@ def _filter_plots(model: Any, out_dir: Path) -> list[Path]:
 def _image_plots(run_dir: Path, model: Any, meta: dict, config: dict, names: list[str], predictions: Predictions,
                  split: str, num_images: int, threshold: float, class_names: tuple, shards: str,
                  out_dir: Path) -> list[Path]:
-    """Prediction grid, Grad-CAM and feature maps: pick examples, read just those images, plot."""
+    """Prediction grid, Grad-CAM and feature maps: pick examples, read just those images, plot.
+
+    Two classes are shown with P(dog) and the threshold, more with the argmax and the top-3.
+    """
+    scores = predictions.prob_dog if predictions.binary else predictions.probs
     picks = {
-        "grid": interpret.select_examples(predictions.labels, predictions.prob_dog, num_images,
+        "grid": interpret.select_examples(predictions.labels, scores, num_images,
                                           threshold=threshold, max_wrong=num_images // 2),
-        "gradcam": interpret.select_examples(predictions.labels, predictions.prob_dog, num_images, threshold=threshold),
-        "features": interpret.select_examples(predictions.labels, predictions.prob_dog, 1, threshold=threshold, max_wrong=0),
+        "gradcam": interpret.select_examples(predictions.labels, scores, num_images, threshold=threshold),
+        "features": interpret.select_examples(predictions.labels, scores, 1, threshold=threshold, max_wrong=0),
     }
     keys = {predictions.keys[i] for name in names for i in picks[name]}
     try:
@@ -224,7 +269,7 @@ def _image_plots(run_dir: Path, model: Any, meta: dict, config: dict, names: lis
         captions = [f"{predictions.keys[i]}" for i in chosen]
         if name == "grid":
             made.append(plots.plot_prediction_grid(
-                batch, labels, [predictions.prob_dog[i] for i in chosen], out_dir / f"predictions_{split}.png",
+                batch, labels, [scores[i] for i in chosen], out_dir / f"predictions_{split}.png",
                 mean=mean, std=std, threshold=threshold, class_names=class_names, captions=captions,
                 title=f"{split}: predictions (most confident mistakes and correct ones; wrong in red)"))
         elif name == "gradcam":
@@ -256,7 +301,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="examples:\n" + __doc__.split("\n\n", 1)[1])
     parser.add_argument("--run", required=True, type=Path, help="run folder written by training (runs/NAME)")
-    parser.add_argument("--what", default="all", help=f"comma-separated plots: {','.join(ALL_PLOTS)} or all (default)")
+    parser.add_argument("--what", default="all", help=f"comma-separated plots: {','.join(ALL_PLOTS)} or all (default); "
+                        "for more than two classes, confusion also makes per_class_accuracy_SPLIT.png")
     parser.add_argument("--split", default="test", help="evaluated split to plot (default: test)")
     parser.add_argument("--num-images", type=int, default=8, help="images in the prediction grid and Grad-CAM (default 8)")
     parser.add_argument("--shards", default=None, help="shards folder (default: data.shards from the run's config.yaml)")

@@ -18,6 +18,14 @@ from toolkit.reporting.wandb_runs import LocalRun
 # (metrics.json key, label) of the headline table; per-class rows follow in the classification-report layout
 HEADLINE = (("roc_auc", "ROC-AUC"), ("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
             ("average_precision", "average precision (dog)"), ("loss", "loss"))
+# runs of more than two classes (e.g. 37 breeds): top-5 beside top-1, one-vs-rest macro averages
+MULTICLASS_HEADLINE = (("roc_auc", "ROC-AUC (one vs rest, macro)"), ("accuracy", "top-1 accuracy"),
+                       ("top5_accuracy", "top-5 accuracy"), ("balanced_accuracy", "balanced accuracy"),
+                       ("average_precision", "average precision (one vs rest, macro)"), ("loss", "loss"))
+
+
+def is_multiclass(metrics: dict) -> bool:
+    return len(metrics.get("class_names") or []) > 2
 
 
 def read_json(path: Path) -> Optional[Any]:
@@ -68,8 +76,10 @@ def header_markdown(groups: dict[str, list[LocalRun]]) -> str:
     data = list(dict.fromkeys(describe_data(run) for runs in groups.values() for run in runs))
     lines += ["", "**Data**", ""] + [f"- {line}" for line in data]
     splits = sorted({headline_split(run) for runs in groups.values() for run in runs})
+    multiclass = any(is_multiclass(m) for runs in groups.values() for m in map(_split_metrics, runs) if m)
+    rule = "with the most probable class as the prediction" if multiclass else "at the run's decision threshold"
     lines += ["", f"Each run keeps its best epoch by val ROC-AUC; the headline numbers are on the "
-              f"{', '.join(splits)} split at the run's decision threshold. Local run folders: "
+              f"{', '.join(splits)} split {rule}. Local run folders: "
               + ", ".join(f"`{run.run_dir}`" for runs in groups.values() for run in runs)]
     return "\n".join(lines)
 
@@ -91,7 +101,10 @@ def headline_markdown(groups: dict[str, list[LocalRun]]) -> str:
     split = ", ".join(sorted({headline_split(run) for runs in groups.values() for run in runs}))
     lines = [f"| {split} split | " + " | ".join(f"{n} (n={len(metrics[n])})" for n in names) + " |",
              "|---" * (len(names) + 1) + "|"]
-    for key, label in HEADLINE:
+    multiclass = [m for found in metrics.values() for m in found if is_multiclass(m)]
+    top_k = (multiclass[0].get("top_k") or 5) if multiclass else 5  # fewer than 5 classes: top-k of them all
+    for key, label in (MULTICLASS_HEADLINE if multiclass else HEADLINE):
+        label = label.replace("top-5", f"top-{top_k}")
         lines.append(f"| {label} | " + " | ".join(fmt_mean_std(mean_std([m.get(key) for m in metrics[n]])) for n in names)
                      + " |")
     lines.append("| val ROC-AUC (model selection) | "

@@ -58,7 +58,8 @@ LINE_SECTIONS = (
 )
 CHART_SUFFIXES = {"roc_curve": "ROC", "pr_curve": "precision-recall", "confusion_matrix": "confusion matrix"}
 PREDICTIONS_SUFFIX = "/predictions"
-SUMMARY_COLUMNS = ("roc_auc", "accuracy", "average_precision", "loss")  # <split>/<name> in the run summary
+# <split>/<name> in the run summary (top5_accuracy: runs of more than two classes only)
+SUMMARY_COLUMNS = ("roc_auc", "accuracy", "top5_accuracy", "average_precision", "loss")
 # Grid sizes (24 columns): three line plots or charts a row, tables and comparer full width.
 LAYOUT = {"line": (8, 6), "chart": (8, 8), "table": (24, 14), "media": (24, 10), "run_comparer": (24, 12)}
 
