@@ -92,7 +92,8 @@ def test_breeds_train_and_evaluate_identically_on_one_and_two_processes(mini_bre
     assert len(rows[0]) - 1 == metrics[0]["num_samples"]
 
 
-def test_models_are_refused_on_data_with_other_classes(breed_run, synthetic_shards, mini_breed_shards, tmp_path):
+def test_models_are_refused_on_data_with_other_classes(breed_run, synthetic_shards, mini_breed_shards, mini_pets,
+                                                       tmp_path):
     done = run([sys.executable, "-m", "toolkit.evaluate", "--model", str(breed_run.model),
                 "--shards", str(synthetic_shards), "--split", "test"])
     assert done.returncode == 2
@@ -101,6 +102,14 @@ def test_models_are_refused_on_data_with_other_classes(breed_run, synthetic_shar
 
     code = train_cli(train_args(mini_breed_shards, tmp_path, "wrong", "model.num_classes=2"))
     assert code == 2
+
+    image = next((mini_pets / "images").glob("Bengal_*.jpg"))
+    refused = run([sys.executable, "-m", "toolkit.predict", "--model", str(breed_run.model), "--shards",
+                   str(synthetic_shards), str(image)])
+    assert refused.returncode == 2 and "have 2 (cat, dog)" in error_line(refused.stderr) and refused.stdout == ""
+    fits = run([sys.executable, "-m", "toolkit.predict", "--model", str(breed_run.model), "--shards",
+                str(mini_breed_shards), str(image)])
+    assert fits.returncode == 0 and len(json.loads(fits.stdout)["top"]) == 5
 
 
 def test_an_image_folder_goes_from_make_shards_to_predict(three_breed_folder, tmp_path):

@@ -26,10 +26,11 @@ import torch
 from PIL import Image
 
 from toolkit.cli import ArgumentParser, UsageError, resolve_device, run_cli
-from toolkit.data import build_eval_transform
+from toolkit.data import build_eval_transform, load_info
 from toolkit.data.shards import decode_error, strict_decoding, to_rgb
 from toolkit.data.transforms import open_image
-from toolkit.training.checkpoint import load_model_file
+from toolkit.formats import class_names
+from toolkit.training.checkpoint import check_classes, load_model_file
 
 
 class ImageReadError(Exception):
@@ -147,6 +148,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--top-k", type=int, default=None, metavar="K",
                         help="list the K most probable classes per image under \"top\" (default: 5 for a model of "
                              "more than two classes; none for two, whose \"prob\" has both)")
+    parser.add_argument("--shards", default=None, metavar="DIR",
+                        help="shards (folder with info.json, or URL pattern) whose classes the model must have: "
+                             "a one-line error instead of predictions of another task (e.g. breeds for cat/dog)")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -155,6 +159,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     device = resolve_device(args.device)
     model, meta = load_model_file(args.model)  # UsageError (exit 2) for a missing or non-safetensors file
+    if args.shards is not None:
+        check_classes(meta, class_names(load_info(args.shards)), str(args.model), what=f"the shards {args.shards}")
     model.to(device).eval()
     failed = predict_files(model, meta, args.images, device, args.batch_size, print_json_line, args.top_k)
     if failed:
