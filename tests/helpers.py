@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import pytest
+import torch
+from PIL import Image
 
 from toolkit.training.checkpoint import model_metadata, save_model_file
 from toolkit.cli import run_cli
@@ -108,14 +110,50 @@ def wait_for(proc: subprocess.Popen, timeout: float = 300) -> tuple[str, str]:
         pytest.fail(f"no result after {timeout} s (hang?)\n{out[-2000:]}\n{err[-3000:]}")
 
 
-def save_tiny_model(path: Path, *overrides: str, meta: Optional[dict] = None) -> None:
-    """A tiny model file as training writes it; ``meta`` changes what its metadata claims."""
+def save_tiny_model(path: Path, *overrides: str, meta: Optional[dict] = None,
+                    class_names: Optional[Sequence[str]] = None, seed: Optional[int] = None) -> None:
+    """A tiny model file as training writes it; ``meta`` changes what its metadata claims.
+
+    ``class_names`` gives a head of that many classes (default: cat, dog, bird cut to
+    ``model.num_classes``); ``seed`` fixes the initial weights.
+    """
     from toolkit.training.loop import build_model
 
+    if class_names is not None:
+        overrides = (*overrides, f"model.num_classes={len(class_names)}")
     cfg = validate(load_config(SMOKE, list(overrides)))
-    names = ["cat", "dog", "bird"][:cfg.model.num_classes]
+    names = list(class_names) if class_names is not None else ["cat", "dog", "bird"][:cfg.model.num_classes]
     metadata = model_metadata(cfg, mean=[0.5] * 3, std=[0.25] * 3, class_names=names)
+    if seed is not None:
+        torch.manual_seed(seed)
     save_model_file(build_model(cfg), path, metadata | (meta or {}))
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path: Path, min_bytes: int = 2000) -> None:
+    data = Path(path).read_bytes()
+    assert data.startswith(PNG_SIGNATURE), f"{path} is not a PNG"
+    assert len(data) > min_bytes, f"{path} is suspiciously small ({len(data)} bytes)"
+    with Image.open(path) as image:
+        image.verify()
+
+
+def assert_json_close(a, b, path: str = "") -> None:
+    """Equal JSON values, floats to 1e-6 (a batch of another size may round differently on CPU)."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            assert_json_close(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_json_close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float):
+        assert b == pytest.approx(a, rel=1e-6, abs=1e-6), path
+    else:
+        assert a == b, path
 
 
 def isolate_wandb(mp: pytest.MonkeyPatch, home: Path, mode: Optional[str] = "offline") -> None:

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from helpers import ENV, ROOT, SMOKE, rewrite_shard, save_tiny_model, shard_keys, wait_for
+from helpers import ENV, ROOT, SMOKE, assert_json_close, rewrite_shard, save_tiny_model, shard_keys, wait_for
 
 LAUNCH_2 = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
@@ -40,22 +40,6 @@ def _popen(cmd: list[str]) -> subprocess.Popen:
 
 # ---------------------------------------------------------------------------------------------
 # Evaluation: 1 and 2 processes give the same numbers, each sample counted once
-
-
-def _close(a, b, path="") -> None:
-    """Equal JSON values, floats to 1e-6 (a batch of another size may round differently on CPU)."""
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for key in a:
-            _close(a[key], b[key], f"{path}.{key}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _close(x, y, f"{path}[{i}]")
-    elif isinstance(a, float):
-        assert b == pytest.approx(a, rel=1e-6, abs=1e-6), path
-    else:
-        assert a == b, path
 
 
 @pytest.mark.slow
@@ -80,7 +64,7 @@ def test_evaluation_with_one_and_two_processes_gives_identical_metrics(synthetic
     assert out.count("test: n=") == 1  # one report, from the main process
 
     metrics = [json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("one", "two")]
-    _close(metrics[0], metrics[1])
+    assert_json_close(metrics[0], metrics[1])
     info = json.loads((shards / "info.json").read_text())
     assert metrics[1]["num_samples"] == info["splits"]["test"]["num_samples"] - 1
     assert metrics[1]["skipped_samples"] == 1

@@ -14,26 +14,17 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 from torch import nn
 
+from helpers import assert_png
 from toolkit.reporting import interpret, plots, visualize
 from toolkit.fileio import append_jsonl, atomic_write_json
 from toolkit.evaluation.metrics import compute_metrics
 from toolkit.reporting.report import build_report
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ROOT = Path(__file__).resolve().parents[1]
 MEAN, STD = [0.48, 0.45, 0.40], [0.26, 0.25, 0.26]
 ODD_BREED = "<b>odd&breed"
-
-
-def assert_png(path: Path, min_bytes: int = 2000) -> None:
-    data = Path(path).read_bytes()
-    assert data.startswith(PNG_SIGNATURE), f"{path} is not a PNG"
-    assert len(data) > min_bytes, f"{path} is suspiciously small ({len(data)} bytes)"
-    with Image.open(path) as image:
-        image.verify()
 
 
 def tiny_model() -> nn.Module:

@@ -18,7 +18,7 @@ import torch
 import yaml
 from PIL import Image
 
-from helpers import SMOKE, isolate_wandb, run_in_process, save_tiny_model as save_binary_model, train_cli
+from helpers import SMOKE, assert_png, isolate_wandb, run_in_process, save_tiny_model, train_cli
 from toolkit.evaluation.evaluate import EvalResult
 from toolkit.evaluation.metrics import compute_multiclass_metrics, confusion_order
 from toolkit.fileio import append_jsonl, atomic_write_json
@@ -30,29 +30,9 @@ from toolkit.reporting.tracking import Tracker
 from toolkit.reporting.wandb_runs import read_wandb_records
 from toolkit.training.checkpoint import load_model_file
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ODD = "<b>odd&class"  # a class name that must be escaped in HTML
 NAMES = ["Abyssinian", ODD, "beagle", "american_pit_bull_terrier", "pug"]
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
-
-
-def assert_png(path: Path, min_bytes: int = 2000) -> None:
-    data = Path(path).read_bytes()
-    assert data.startswith(PNG_SIGNATURE), f"{path} is not a PNG"
-    assert len(data) > min_bytes, f"{path} is suspiciously small ({len(data)} bytes)"
-    with Image.open(path) as image:
-        image.verify()
-
-
-def save_tiny_model(path: Path, class_names=("cat", "dog")) -> None:
-    """A tiny model file as training writes it, for any class list (helpers' version names at most 3 classes)."""
-    from toolkit.config import load_config, validate
-    from toolkit.training.checkpoint import model_metadata, save_model_file
-    from toolkit.training.loop import build_model
-
-    cfg = validate(load_config(SMOKE, [f"model.num_classes={len(class_names)}"]))
-    torch.manual_seed(0)
-    save_model_file(build_model(cfg), path, model_metadata(cfg, mean=MEAN, std=STD, class_names=list(class_names)))
 
 
 def png_text(path: Path) -> dict:
@@ -238,7 +218,7 @@ def test_report_rebuilds_n_class_metrics_from_the_predictions(tmp_path):
 
 def test_image_plots_for_n_classes(tmp_path, monkeypatch, capsys):
     run = write_multiclass_run(tmp_path / "run", splits=("test",))
-    save_tiny_model(run / "model.safetensors", NAMES)
+    save_tiny_model(run / "model.safetensors", class_names=NAMES, seed=0)
     model, meta = load_model_file(run / "model.safetensors")
     torch.manual_seed(0)
     monkeypatch.setattr(visualize, "load_images",
@@ -255,7 +235,7 @@ def test_image_plots_for_n_classes(tmp_path, monkeypatch, capsys):
     torch.testing.assert_close(probs, interpret.predict_probs(model, images))
     torch.testing.assert_close(cams, interpret.gradcam(model, images, target=probs.argmax(dim=1)))  # the argmax
 
-    save_tiny_model(run / "model.safetensors", ["a", "b", "c"])
+    save_tiny_model(run / "model.safetensors", class_names=["a", "b", "c"], seed=0)
     assert visualize.make_plots(run, what={"grid"}, shards=str(tmp_path)) == []
     assert "the model predicts 3 classes but the test predictions have 5" in capsys.readouterr().err
 
@@ -268,7 +248,7 @@ def test_predict_lists_the_top_k_classes(tmp_path, capsys):
     from toolkit.predict import main
 
     model = tmp_path / "model.safetensors"
-    save_tiny_model(model, NAMES)
+    save_tiny_model(model, class_names=NAMES, seed=0)
     rng = np.random.default_rng(0)
     files = []
     for i in range(3):
@@ -291,7 +271,7 @@ def test_predict_lists_the_top_k_classes(tmp_path, capsys):
             assert set(line["prob"]) == set(NAMES) and sum(line["prob"].values()) == pytest.approx(1, abs=1e-4)
 
     binary = tmp_path / "binary.safetensors"
-    save_binary_model(binary)  # the helpers' tiny cat/dog model
+    save_tiny_model(binary)  # the helpers' tiny cat/dog model
     assert run_in_process(main, ["--model", str(binary), "--device", "cpu", str(files[0])]) == 0
     assert set(json.loads(capsys.readouterr().out)) == {"file", "pred", "label", "prob"}  # as before
     assert run_in_process(main, ["--model", str(model), "--top-k", "0", str(files[0])]) == 2

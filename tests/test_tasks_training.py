@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from helpers import ENV, ROOT, error_line, train_args, train_cli, wait_for
+from helpers import ENV, ROOT, assert_json_close, error_line, train_args, train_cli, wait_for
 from toolkit.formats import RunDir, read_manifest
 
 LAUNCH_2 = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -29,22 +29,6 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess:
     proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = wait_for(proc, TIMEOUT_S)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-
-
-def close(a, b, path: str = "") -> None:
-    """Equal JSON values, floats to 1e-6 (another batch size may round differently on CPU)."""
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for key in a:
-            close(a[key], b[key], f"{path}.{key}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            close(x, y, f"{path}[{i}]")
-    elif isinstance(a, float):
-        assert b == pytest.approx(a, rel=1e-6, abs=1e-6), path
-    else:
-        assert a == b, path
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +67,8 @@ def test_breeds_train_and_evaluate_identically_on_one_and_two_processes(mini_bre
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("test: n=") == 1 and " top5 " in two.stdout
     metrics = [json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("one", "two")]
-    close(metrics[0], metrics[1])
-    close({k: v for k, v in trained.items() if k not in ("model", "model_epoch")},
+    assert_json_close(metrics[0], metrics[1])
+    assert_json_close({k: v for k, v in trained.items() if k not in ("model", "model_epoch")},
           {k: v for k, v in metrics[0].items() if k not in ("model", "model_epoch")})
     rows = [list(csv.reader(io.StringIO((tmp_path / name / "predictions.csv").read_text()))) for name in ("one", "two")]
     assert rows[0][0] == ["key", "label", "pred", "breed"] + [f"prob_{c}" for c in classes]
