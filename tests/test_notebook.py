@@ -36,5 +36,7 @@ def test_the_walkthrough_runs_top_to_bottom(tmp_path, monkeypatch):
     assert "ResNet-101: 44,549,160 parameters" in text
     assert "done: best val_auc" in text and "precision    recall  f1-score   support" in text
     pictures = [output for output in outputs if {"image/png", "image/jpeg"} & set(output.get("data", {}))]
-    assert len(pictures) == 9  # samples, curves, ROC, PR, confusion, Grad-CAM, feature maps, two filter banks
+    # samples, curves, ROC, PR, confusion, Grad-CAM, feature maps, two filter banks, the 37-breed confusion matrix
+    assert len(pictures) == 10
+    assert "37 classes, e.g." in text and " top5=" in text and "largest confusions:" in text
     assert (tmp_path / "walkthrough" / "runs" / "small-resnet" / "model.safetensors").is_file()
