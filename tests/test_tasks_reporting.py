@@ -52,7 +52,8 @@ def fake_multiclass(n: int, num_classes: int, seed: int = 0, absent: tuple = ())
     return labels, probs / probs.sum(axis=1, keepdims=True)
 
 
-def write_multiclass_run(run_dir: Path, names=NAMES, splits=("val", "test"), shards: str = "shards/none") -> Path:
+def write_multiclass_run(run_dir: Path, names=NAMES, splits=("val", "test"), shards: str = "shards/none",
+                         absent: tuple = ()) -> Path:
     """A run folder as training and evaluation leave it for an N-class task, minus the model and plots."""
     run_dir.mkdir(parents=True, exist_ok=True)
     config = {"data": {"shards": shards, "image_size": 32, "resize_size": 36},
@@ -68,7 +69,7 @@ def write_multiclass_run(run_dir: Path, names=NAMES, splits=("val", "test"), sha
     run = RunDir(run_dir)
     counts = {}
     for k, split in enumerate(splits):
-        labels, probs = fake_multiclass(90, len(names), seed=k + 1)
+        labels, probs = fake_multiclass(90, len(names), seed=k + 1, absent=absent)
         predictions = Predictions(keys=[f"{split}_{i:03d}" for i in range(len(labels))], labels=labels.tolist(),
                                   probs=probs.tolist(), breeds=[""] * len(labels), class_names=list(names))
         metrics = compute_multiclass_metrics(labels, probs, class_names=names, loss=1.2)
@@ -351,13 +352,14 @@ def test_wandb_report_headline_shows_top_k_for_n_classes(tmp_path):
 
     runs = []
     for seed in (0, 1):
-        folder = write_multiclass_run(tmp_path / f"breeds-seed{seed}", splits=("test",))
+        folder = write_multiclass_run(tmp_path / f"breeds-seed{seed}", splits=("test",), absent=(2,))
         runs.append(LocalRun(folder, f"id{seed}", [], yaml.safe_load((folder / "config.yaml").read_text())))
     text = headline_markdown({"breeds": runs})
     metrics = RunDir(runs[0].run_dir).read_metrics("test")
     assert "| top-5 accuracy | " in text and f"{metrics['top5_accuracy']:.4f}" in text
     assert "(dog)" not in text and "| ROC-AUC (one vs rest, macro) |" in text
     assert "| pug |" in text and "with the most probable class as the prediction" in header_markdown({"breeds": runs})
+    assert f"| {NAMES[2]} |" not in text  # no sample in the split: no row (the averages leave it out too)
 
 
 # ---------------------------------------------------------------------------------------------

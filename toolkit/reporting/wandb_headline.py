@@ -122,6 +122,8 @@ def classification_markdown(runs: Sequence[dict]) -> list[str]:
         return ["No evaluation found (eval/<split>/metrics.json): the runs did not finish."]
     total = runs[0].get("num_samples", "")
     rows = [(name, [r.get("per_class", {}).get(name, {}) for r in runs]) for name in runs[0].get("class_names", [])]
+    if len(rows) > 2:  # N classes: a class with no sample in the split has nothing to show (the averages skip it too)
+        rows = [(name, stats) for name, stats in rows if any(s.get("support") for s in stats)]
     rows += [(label, [r.get(key, {}) for r in runs]) for key, label in (("macro_avg", "macro avg"),
                                                                           ("weighted_avg", "weighted avg"))]
     lines = ["| | precision | recall | f1-score | support |", "|---|---|---|---|---|"]
