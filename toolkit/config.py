@@ -126,7 +126,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     batch_size: int = field(default=64, metadata=_range(1))
-    threshold: float = field(default=0.5, metadata=_range(0.0, 1.0))
+    threshold: float = field(default=0.5, metadata=_range(0.0, 1.0))  # two classes: class 1 when P >= it; more: argmax
     test_split: Optional[str] = "test"  # evaluated with the best model when training ends; None: skip
     plots: bool = True
     num_images: int = field(default=8, metadata=_range(0))  # for the prediction grid and Grad-CAM
