@@ -122,6 +122,23 @@ def test_rejects_bad_plans_before_training(synthetic_shards: Path, tmp_path: Pat
     assert not (tmp_path / "out").exists()
 
 
+def test_the_shards_decide_the_class_count_so_recipes_compare_on_any_task(synthetic_source: Path,
+                                                                         synthetic_shards: Path, tmp_path: Path):
+    from toolkit.compare_recipes import DEFAULT_CONFIGS, DEFAULT_OVERRIDES, Recipe, planned_config
+    from toolkit.data.shards import pack_dataset
+
+    breeds = tmp_path / "breeds"
+    pack_dataset(synthetic_source, breeds, labels="breed", resize_shorter=48, workers=1, show_progress=False)
+    recipe = Recipe("strong", DEFAULT_CONFIGS[1])
+    overrides = [*DEFAULT_OVERRIDES, f"data.shards={breeds}"]
+    assert planned_config(recipe, overrides, str(breeds))["model"]["num_classes"] == 7  # the synthetic breeds
+    assert planned_config(recipe, [*DEFAULT_OVERRIDES, f"data.shards={synthetic_shards}"],
+                          str(synthetic_shards))["model"]["num_classes"] == 2  # what training saves, so --reuse matches
+    with pytest.raises(UsageError, match="model.num_classes=3 but the shards .* have 7 classes"):
+        main(["--shards", str(breeds), "--epochs", "1", "--out", str(tmp_path / "out"), "model.num_classes=3"])
+    assert not (tmp_path / "out").exists()
+
+
 def test_mean_std_and_verdicts():
     assert mean_std([0.8, 0.9, None]) == {"mean": pytest.approx(0.85), "std": pytest.approx(0.0707107, abs=1e-6),
                                           "n": 2, "values": [0.8, 0.9]}

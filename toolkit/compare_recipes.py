@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from toolkit.cli import ArgumentParser, DataError, UsageError, run_cli
-from toolkit.config import load_config, split_config_args, to_dict, validate
+from toolkit.config import fit_head_to_classes, load_config, split_config_args, to_dict, validate
 from toolkit.data import check_shards_exist, load_info, resolve_normalization, split_size
 from toolkit.fileio import atomic_write_json, atomic_write_text
 from toolkit.evaluation.metrics import fmt, fmt_mean_std, mean_std
-from toolkit.formats import RunDir
+from toolkit.formats import RunDir, class_names
 from toolkit.reporting import wandb_report
 from toolkit.reporting.wandb_report import check_project
 
@@ -43,9 +43,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = (ROOT / "configs/oxford_pets_binary_resnet101.yaml",
                    ROOT / "configs/oxford_pets_binary_resnet101_strong.yaml")
 DEFAULT_NAMES = ("seed", "strong")
-# Before the user's overrides, so they can be changed: a machine without W&B must just work, and runs that are
-# never resumed need no resumable checkpoints (ResNet-101 + Adam state is ~0.5 GB per save).
-DEFAULT_OVERRIDES = ("tracking.wandb=disabled", "train.checkpoint_every_epochs=0")
+# Before the user's overrides, so they can be changed: a machine without W&B must just work, runs that are
+# never resumed need no resumable checkpoints (ResNet-101 + Adam state is ~0.5 GB per save), and the shards
+# decide the class count, so the binary recipes compare as well on the 37 breeds or a team's own folder.
+DEFAULT_OVERRIDES = ("tracking.wandb=disabled", "train.checkpoint_every_epochs=0", "model.num_classes=null")
 TABLE_MD, TABLE_JSON = "comparison.md", "comparison.json"
 RUN_RECORD = "compare_run.json"  # per run: the wall time, for a later --reuse
 LOG_TAIL_LINES = 15
@@ -105,13 +106,17 @@ def check_plan(args: argparse.Namespace, recipes: Sequence[Recipe], shared: Sequ
         raise UsageError(f"--split {args.split!r} is not in the shards (they have: {', '.join(info['splits'])})")
     check_shards_exist(args.shards, info, ["train", "val", args.split])
     for recipe in recipes:
-        validate(load_config(recipe.config, run_overrides(args, shared, recipe.name, args.seeds[0])))
+        cfg = validate(load_config(recipe.config, run_overrides(args, shared, recipe.name, args.seeds[0])))
+        fit_head_to_classes(cfg, class_names(info))
 
 
 def planned_config(recipe: Recipe, overrides: Sequence[str], shards: str) -> dict:
-    """The config as the run will save it: normalization statistics resolved from the shards as training does."""
+    """The config as the run will save it: the class count and normalization statistics resolved from the
+    shards as training does."""
     cfg = validate(load_config(recipe.config, overrides))
-    mean, std = resolve_normalization(cfg.data, load_info(shards))
+    info = load_info(shards)
+    fit_head_to_classes(cfg, class_names(info))
+    mean, std = resolve_normalization(cfg.data, info)
     cfg.data.mean, cfg.data.std = list(mean), list(std)
     return to_dict(cfg)
 

@@ -345,6 +345,17 @@ def _check_metadata(value: Any, meta: typing.Mapping, key: str) -> None:
 # Cross-field checks and output
 
 
+def fit_head_to_classes(cfg: Config, classes: list[str]) -> None:
+    """The shards name the classes; ``model.num_classes`` follows them, or must agree when it is set."""
+    if cfg.model.num_classes is None:
+        cfg.model.num_classes = len(classes)
+    elif cfg.model.num_classes != len(classes):
+        shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
+        raise UsageError(f"model.num_classes={cfg.model.num_classes} but the shards {cfg.data.shards} have "
+                         f"{len(classes)} classes ({shown}); leave model.num_classes out (the shards decide) or "
+                         "point data.shards at shards packed for this task")
+
+
 def validate(cfg: Config) -> Config:
     """Checks that span several fields; called once after loading."""
     if cfg.model.arch not in MODEL_ARCHS:

@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, gather_object
 
 from toolkit.cli import UsageError, on_every_rank, progress
-from toolkit.config import Config, to_dict
+from toolkit.config import Config, fit_head_to_classes, to_dict
 from toolkit.data.device_augment import batch_to_device
 from toolkit.data.locations import is_local, manifest_location
 from toolkit.data import TrainLoader, check_shards_exist, load_info, make_train_loader, resolve_normalization
@@ -108,17 +108,6 @@ def seed_everything(seed: int, rank: int) -> None:
     random.seed(seed + rank)
     np.random.seed((seed + rank) % 2**32)
     torch.manual_seed(seed)  # same initial weights on every rank
-
-
-def fit_head_to_classes(cfg: Config, classes: list[str]) -> None:
-    """The shards name the classes; ``model.num_classes`` follows them, or must agree when it is set."""
-    if cfg.model.num_classes is None:
-        cfg.model.num_classes = len(classes)
-    elif cfg.model.num_classes != len(classes):
-        shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
-        raise UsageError(f"model.num_classes={cfg.model.num_classes} but the shards {cfg.data.shards} have "
-                         f"{len(classes)} classes ({shown}); leave model.num_classes out (the shards decide) or "
-                         "point data.shards at shards packed for this task")
 
 
 def setup(cfg: Config) -> Session:
