@@ -75,8 +75,21 @@ def predict(prob_dog: np.ndarray, threshold: float) -> np.ndarray:
     return (np.asarray(prob_dog) >= threshold).astype(np.int64)
 
 
-def _prf(y: np.ndarray, pred: np.ndarray, average: Optional[str]) -> tuple:
-    return skm.precision_recall_fscore_support(y, pred, labels=[0, 1], average=average, zero_division=0)
+def prf_tables(y: np.ndarray, pred: np.ndarray, class_names: Sequence[str],
+               average_over: Sequence[int]) -> dict[str, Any]:
+    """``per_class`` precision/recall/F1/support and the ``macro_avg`` and ``weighted_avg`` over ``average_over``,
+    in the classification-report layout (sklearn, zero_division=0)."""
+    labels = list(range(len(class_names)))
+    precision, recall, f1, support = skm.precision_recall_fscore_support(y, pred, labels=labels, average=None,
+                                                                         zero_division=0)
+    out: dict[str, Any] = {"per_class": {
+        name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+        for i, name in enumerate(class_names)}}
+    for average in ("macro", "weighted"):
+        ap, ar, af, _ = skm.precision_recall_fscore_support(y, pred, labels=list(average_over), average=average,
+                                                            zero_division=0)
+        out[f"{average}_avg"] = {"precision": float(ap), "recall": float(ar), "f1": float(af), "support": int(len(y))}
+    return out
 
 
 def _balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
@@ -90,23 +103,13 @@ def threshold_metrics(labels: Sequence[int], prob_dog: Sequence[float], threshol
     """Everything that depends on the decision threshold, in the classification-report layout."""
     y, p = _as_arrays(labels, prob_dog, "threshold_metrics")
     pred = predict(p, threshold)
-    precision, recall, f1, support = _prf(y, pred, None)
-    per_class = {
-        name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
-        for i, name in enumerate(class_names)
-    }
-    averages = {}
-    for average in ("macro", "weighted"):
-        ap, ar, af, _ = _prf(y, pred, average)
-        averages[f"{average}_avg"] = {"precision": float(ap), "recall": float(ar), "f1": float(af), "support": int(len(y))}
     return {
         "threshold": float(threshold),
         "num_samples": int(len(y)),
         "class_names": list(class_names),
         "accuracy": float(skm.accuracy_score(y, pred)),
         "balanced_accuracy": _balanced_accuracy(y, pred),
-        "per_class": per_class,
-        **averages,
+        **prf_tables(y, pred, class_names, average_over=[0, 1]),
         # rows = true class, columns = predicted class, both in class_names order
         "confusion_matrix": skm.confusion_matrix(y, pred, labels=[0, 1]).tolist(),
     }
@@ -366,39 +369,15 @@ def compute_multiclass_metrics(labels: Sequence[int], probs: Any, *, class_names
     if p.shape[1] != num_classes:
         raise ValueError(f"compute_multiclass_metrics: {num_classes} class names for "
                          f"{p.shape[1]} probability columns")
-    label_ids = list(range(num_classes))
     pred = np.argmax(p, axis=1).astype(np.int64)
-    notes: list[str] = []
-
-    precision, recall, f1, support = skm.precision_recall_fscore_support(
-        y, pred, labels=label_ids, average=None, zero_division=0)
-    per_class = {
-        name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
-        for i, name in enumerate(class_names)
-    }
-    # Averages over the classes the split has: a class with no sample has no recall to average, and
-    # counting it as 0 would make a small split that misses most breeds look far worse than it is.
-    present = [c for c in label_ids if support[c] > 0]
-    averages = {}
-    for average in ("macro", "weighted"):
-        ap, ar, af, _ = skm.precision_recall_fscore_support(y, pred, labels=present, average=average, zero_division=0)
-        averages[f"{average}_avg"] = {"precision": float(ap), "recall": float(ar), "f1": float(af), "support": int(len(y))}
-
-    top_k = min(5, num_classes)
-    per_class_auc = per_class_roc_auc(y, p)
+    support = np.bincount(y, minlength=num_classes)
+    present = [c for c in range(num_classes) if support[c] > 0]
     scorable = _scorable(y, num_classes)
+    per_class_auc = per_class_roc_auc(y, p)
     auc_values = [per_class_auc[c] for c in scorable]
     ap_values = [float(skm.average_precision_score(y == c, p[:, c])) for c in scorable]
-    matrix = skm.confusion_matrix(y, pred, labels=label_ids)
-
-    missing = [class_names[c] for c in label_ids if support[c] == 0]
-    if missing:
-        shown = ", ".join(missing[:10]) + (", ..." if len(missing) > 10 else "")
-        notes.append(f"{len(missing)} of {num_classes} classes have no sample in this split ({shown}): "
-                     f"their rows show support 0, and the macro averages, balanced accuracy, ROC-AUC and "
-                     f"average precision are over the {num_classes - len(missing)} classes present")
-    if not scorable:
-        notes.append("fewer than 2 classes in this split: ROC-AUC and average precision are undefined")
+    matrix = skm.confusion_matrix(y, pred, labels=list(range(num_classes)))
+    top_k = min(5, num_classes)
 
     return {
         "num_samples": int(len(y)),
@@ -410,8 +389,9 @@ def compute_multiclass_metrics(labels: Sequence[int], probs: Any, *, class_names
         "top5_accuracy": top_k_accuracy(y, p, top_k),
         "top_k": top_k,
         "balanced_accuracy": _balanced_accuracy(y, pred),
-        "per_class": per_class,
-        **averages,
+        # averages over the classes the split has: a class with no sample has no recall to average, and
+        # counting it as 0 would make a small split that misses most breeds look far worse than it is
+        **prf_tables(y, pred, class_names, average_over=present),
         "roc_auc": float(np.mean(auc_values)) if auc_values else None,
         "roc_auc_classes_scored": len(scorable),
         "per_class_roc_auc": dict(zip(class_names, per_class_auc)),
@@ -423,8 +403,28 @@ def compute_multiclass_metrics(labels: Sequence[int], probs: Any, *, class_names
         "per_breed": None if breeds is None else per_breed_accuracy(y, pred, list(breeds), class_names),
         "best_threshold": None,
         "at_best_threshold": None,
-        "notes": notes,
+        "notes": _multiclass_notes(class_names, present, scorable),
     }
+
+
+def _multiclass_notes(class_names: list[str], present: list[int], scorable: list[int]) -> list[str]:
+    """What a reader must know to read an N-class split's numbers: classes it lacks, curves it cannot draw."""
+    notes = []
+    missing = [name for c, name in enumerate(class_names) if c not in present]
+    if missing:
+        shown = ", ".join(missing[:10]) + (", ..." if len(missing) > 10 else "")
+        notes.append(f"{len(missing)} of {len(class_names)} classes have no sample in this split ({shown}): "
+                     f"their rows show support 0, and the macro averages, balanced accuracy, ROC-AUC and "
+                     f"average precision are over the {len(present)} classes present")
+    if not scorable:
+        notes.append("fewer than 2 classes in this split: ROC-AUC and average precision are undefined")
+    return notes
+
+
+def is_multiclass(metrics: Optional[dict]) -> bool:
+    """Whether a split's metrics dict is of more than two classes (its ``class_names`` tell the task)."""
+    names = metrics.get("class_names") if isinstance(metrics, dict) else None
+    return isinstance(names, list) and len(names) > 2
 
 
 def fmt(value: Any, digits: int = 4) -> str:
