@@ -26,7 +26,7 @@ from toolkit.cli import DataError
 from toolkit.fileio import atomic_write_text
 from toolkit.formats import RunDir
 from toolkit.evaluation.metrics import SEED_RESULTS, classification_report_table, compute_metrics, \
-    compute_multiclass_metrics
+    compute_multiclass_metrics, is_multiclass
 
 SPLIT_ORDER = ("val", "test")
 PLOT_ORDER = ("training_curves", "roc_", "pr_", "confusion_", "per_class_accuracy_", "predictions_", "gradcam_",
@@ -180,12 +180,6 @@ def load_split_metrics(run_dir: Path, split: str) -> tuple[Optional[dict], list[
             return None, notes + [f"predictions.csv could not be used ({err})"]
         return metrics, notes + ["metrics computed here from predictions.csv (no loss, default threshold 0.5)"]
     return None, notes
-
-
-def is_multiclass(metrics: Optional[dict]) -> bool:
-    """Whether a split's metrics are of more than two classes (``class_names`` tells the task)."""
-    names = metrics.get("class_names") if isinstance(metrics, dict) else None
-    return isinstance(names, list) and len(names) > 2
 
 
 def run_num_classes(split_metrics: dict[str, dict], dataset: Optional[dict]) -> int:
@@ -370,11 +364,12 @@ def _multiclass_split_section(split: str, metrics: dict, notes: list[str]) -> st
         rows = [(a.get("class"), a.get("count"), a.get("correct"), a.get("accuracy")) for a in accuracy]
         out.append("<p>Accuracy per class, worst first:</p><div class='scroll'>"
                    + _table(["class", "count", "correct", "accuracy"], rows) + "</div>")
-    matrix = "<p>Confusion matrix (rows true, columns predicted):</p>" + _confusion_table(metrics)
+    table = _confusion_table(metrics)
     if num_classes > WIDE_CLASS_COUNT:
-        matrix = (f"<details><summary>confusion matrix, {num_classes} x {num_classes} (rows true, columns "
-                  f"predicted)</summary><div class='scroll'>{_confusion_table(metrics)}</div></details>")
-    out.append(matrix)
+        out.append(f"<details><summary>confusion matrix, {num_classes} x {num_classes} (rows true, columns "
+                   f"predicted)</summary><div class='scroll'>{table}</div></details>")
+    else:
+        out.append("<p>Confusion matrix (rows true, columns predicted):</p>" + table)
     breeds = metrics.get("per_breed")
     if breeds and not all(b.get("breed") == b.get("class") for b in breeds):  # breeds that are not the classes
         rows = [(b.get("breed"), b.get("class"), b.get("count"), b.get("correct"), b.get("accuracy")) for b in breeds]

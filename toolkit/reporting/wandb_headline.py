@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from toolkit.config import raw_section
-from toolkit.evaluation.metrics import fmt_mean_std, mean_std
+from toolkit.evaluation.metrics import fmt_mean_std, is_multiclass, mean_std
 from toolkit.formats import RunDir
 from toolkit.reporting.wandb_runs import LocalRun
 
@@ -22,10 +22,6 @@ HEADLINE = (("roc_auc", "ROC-AUC"), ("accuracy", "accuracy"), ("balanced_accurac
 MULTICLASS_HEADLINE = (("roc_auc", "ROC-AUC (one vs rest, macro)"), ("accuracy", "top-1 accuracy"),
                        ("top5_accuracy", "top-5 accuracy"), ("balanced_accuracy", "balanced accuracy"),
                        ("average_precision", "average precision (one vs rest, macro)"), ("loss", "loss"))
-
-
-def is_multiclass(metrics: dict) -> bool:
-    return len(metrics.get("class_names") or []) > 2
 
 
 def read_json(path: Path) -> Optional[Any]:
