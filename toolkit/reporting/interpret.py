@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from toolkit.evaluation.metrics import CLASS_NAMES, predict
-from toolkit.reporting.plots import PathLike, denormalize, is_multiclass, new_figure, save_figure, title_for, \
+from toolkit.reporting.plots import PathLike, denormalize, is_multiclass_probs, new_figure, save_figure, title_for, \
     to_numpy, top_classes, RIGHT_COLOR, WRONG_COLOR
 
 DEFAULT_FEATURE_LAYERS = ("conv1", "layer1", "layer2", "layer3", "layer4")
@@ -76,9 +76,8 @@ def probabilities(logits: torch.Tensor) -> torch.Tensor:
     The shape follows the task, as the plots take it: one number per image for cat/dog (the
     threshold rule), one row per image for N classes (argmax and top-k).
     """
-    if logits.shape[1] > 2:
-        return logits.softmax(dim=1)
-    return torch.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else logits.softmax(dim=1)[:, 1]
+    probs = class_probabilities(logits)
+    return probs if probs.shape[1] > 2 else probs[:, 1]
 
 
 @torch.no_grad()
@@ -89,13 +88,6 @@ def prob_dog(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """
     with inspection_mode(model):
         return probabilities(model(images.to(_device(model))).float()).cpu()
-
-
-@torch.no_grad()
-def predict_probs(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Class probabilities [B, C] per image for any number of classes, computed in eval mode."""
-    with inspection_mode(model):
-        return class_probabilities(model(images.to(_device(model))).float()).cpu()
 
 
 def gradcam(model: nn.Module, images: torch.Tensor, layer: str = "layer4", target: Target = None) -> torch.Tensor:
@@ -163,7 +155,7 @@ def select_examples(labels: Sequence[int], prob_dog: Any, n: int = 8, *, thresho
     rule. For more than two classes pass the probabilities [N, C]: the prediction is the argmax
     (``threshold`` is not used) and the correct ones take turns over the classes.
     """
-    if is_multiclass(prob_dog):
+    if is_multiclass_probs(prob_dog):
         return _select_multiclass(labels, prob_dog, n, max_wrong)
     y = np.asarray(labels).astype(np.int64)
     p = np.asarray(prob_dog, dtype=np.float64)
@@ -216,7 +208,7 @@ def plot_gradcam(images: torch.Tensor, cams: torch.Tensor, labels: Sequence[int]
     """
     pictures = denormalize(images, mean, std)
     heat = to_numpy(cams)
-    multiclass = is_multiclass(prob_dog)
+    multiclass = is_multiclass_probs(prob_dog)
     n = len(pictures)
     rows = max(1, (n + 1) // 2)
     fig = new_figure(10.0, (3.1 if multiclass else 2.6) * rows)

@@ -16,7 +16,7 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import matplotlib
 import numpy as np
@@ -166,8 +166,27 @@ def worst_classes(labels: Sequence[int], probs: Any) -> list[tuple[int, float]]:
     return sorted(scored, key=lambda t: (t[1], t[0]))
 
 
-def _curve_classes_title(title: str, what: str, macro: float, scored: int, shown: int) -> str:
-    return f"{title}\n{what} = {macro:.4f} over {scored} classes\nshown: the {shown} classes with the lowest ROC-AUC"
+def _worst_class_curves(labels: Sequence[int], probs: Any, path: PathLike, *, title: str, what: str,
+                        max_classes: int, draw: Callable, score: Callable, undefined: str) -> Path:
+    """The frame both N-class curve plots share: the classes the split can score, worst ROC-AUC first.
+
+    ``draw(ax, y, p, classes)`` plots the shown classes; ``score(y, p, c)`` is one class's figure,
+    whose mean over every scored class goes into the title as ``what``.
+    """
+    y, p = _labels_and_probs(labels, probs, "one-vs-rest curves")
+    scored = worst_classes(y, p)
+    fig = new_figure(5.8, 4.8)
+    ax = fig.add_subplot()
+    if scored:
+        shown = [c for c, _ in scored[:max_classes]]
+        draw(ax, y, p, shown)
+        macro = float(np.mean([score(y, p, c) for c, _ in scored]))
+        title = (f"{title}\n{what} = {macro:.4f} over {len(scored)} classes\n"
+                 f"shown: the {len(shown)} classes with the lowest ROC-AUC")
+    else:
+        _empty_note(ax, undefined)
+    ax.set_title(title, fontsize=10)
+    return save_figure(fig, path)
 
 
 def plot_roc_multiclass(labels: Sequence[int], probs: Any, class_names: Sequence[str], path: PathLike, *,
@@ -177,47 +196,37 @@ def plot_roc_multiclass(labels: Sequence[int], probs: Any, class_names: Sequence
     The macro AUC is the mean over the classes the split can score (present, but not all of it),
     as ``compute_multiclass_metrics`` reports it.
     """
-    y, p = _labels_and_probs(labels, probs, "plot_roc_multiclass")
-    scored = worst_classes(y, p)
-    fig = new_figure(5.8, 4.8)
-    ax = fig.add_subplot()
-    if scored:
-        shown = scored[:max_classes]
-        for c, auc in shown:
+    def auc(y, p, c):
+        return skm.roc_auc_score(y == c, p[:, c])
+
+    def draw(ax, y, p, classes):
+        for c in classes:
             fpr, tpr, _ = skm.roc_curve(y == c, p[:, c])
-            ax.plot(fpr, tpr, lw=1.6, label=f"{class_names[c]} (AUC = {auc:.3f})")
+            ax.plot(fpr, tpr, lw=1.6, label=f"{class_names[c]} (AUC = {auc(y, p, c):.3f})")
         ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance (AUC = 0.5)")
         _unit_square(ax, "False positive rate (other classes called this one)", "True positive rate (this class found)",
                      "lower right")
-        title = _curve_classes_title(title, "macro one-vs-rest AUC", float(np.mean([a for _, a in scored])),
-                                     len(scored), len(shown))
-    else:
-        _empty_note(ax, "ROC undefined: fewer than two classes present")
-    ax.set_title(title, fontsize=10)
-    return save_figure(fig, path)
+
+    return _worst_class_curves(labels, probs, path, title=title, what="macro one-vs-rest AUC", max_classes=max_classes,
+                               draw=draw, score=auc, undefined="ROC undefined: fewer than two classes present")
 
 
 def plot_pr_multiclass(labels: Sequence[int], probs: Any, class_names: Sequence[str], path: PathLike, *,
                        title: str = "Precision-recall curves (one vs rest)", max_classes: int = CURVE_CLASSES) -> Path:
     """One-vs-rest precision-recall curves of the same worst classes as the ROC plot; the macro AP in the title."""
-    y, p = _labels_and_probs(labels, probs, "plot_pr_multiclass")
-    scored = worst_classes(y, p)
-    fig = new_figure(5.8, 4.8)
-    ax = fig.add_subplot()
-    if scored:
-        shown = scored[:max_classes]
-        for c, _ in shown:
+    def ap(y, p, c):
+        return skm.average_precision_score(y == c, p[:, c])
+
+    def draw(ax, y, p, classes):
+        for c in classes:
             precision, recall, _ = skm.precision_recall_curve(y == c, p[:, c])
-            ap = skm.average_precision_score(y == c, p[:, c])
             ax.step(recall, precision, where="post", lw=1.6,
-                    label=f"{class_names[c]} (AP = {ap:.3f}, share {float(np.mean(y == c)):.3f})")
+                    label=f"{class_names[c]} (AP = {ap(y, p, c):.3f}, share {float(np.mean(y == c)):.3f})")
         _unit_square(ax, "Recall", "Precision", "lower left")
-        macro = float(np.mean([skm.average_precision_score(y == c, p[:, c]) for c, _ in scored]))
-        title = _curve_classes_title(title, "macro average precision", macro, len(scored), len(shown))
-    else:
-        _empty_note(ax, "Precision-recall undefined: fewer than two classes present")
-    ax.set_title(title, fontsize=10)
-    return save_figure(fig, path)
+
+    return _worst_class_curves(labels, probs, path, title=title, what="macro average precision", max_classes=max_classes,
+                               draw=draw, score=ap,
+                               undefined="Precision-recall undefined: fewer than two classes present")
 
 
 def confusion_axes(confusion: Any) -> tuple[list[int], list[int]]:
@@ -400,7 +409,7 @@ def multiclass_title(label: int, probs: Sequence[float], class_names: Sequence[s
     return f"{head}\n{tail}", pred == int(label)
 
 
-def is_multiclass(probs: Any) -> bool:
+def is_multiclass_probs(probs: Any) -> bool:
     """Whether ``probs`` are [N, C] probabilities of more than two classes (else P(dog) per sample, or [N, 2])."""
     return np.ndim(probs) == 2 and np.shape(probs)[1] > 2
 
@@ -432,7 +441,7 @@ def plot_prediction_grid(images: Any, labels: Sequence[int], probs: Any, path: P
     captions = list(captions) if captions is not None else [None] * len(pictures)
     if not (len(pictures) == len(labels) == len(probs) == len(captions)):
         raise ValueError("plot_prediction_grid: images, labels, probabilities and captions differ in length")
-    multiclass = is_multiclass(probs)
+    multiclass = is_multiclass_probs(probs)
     titles = []
     for i in range(len(pictures)):
         text, right = title_for(labels[i], probs[i], threshold, class_names)
