@@ -286,6 +286,70 @@ def install(staging: Path, out: Path, info: dict) -> None:
 # Pack
 # --------------------------------------------------------------------------------------------
 
+class Packing:
+    """What packing one dataset accumulates: the shard writers, class counts, train pixel sums, skips."""
+
+    def __init__(self, staging: Path, classes: Sequence[str], shard_size: int, shard_bytes: int, skipped: list[dict]):
+        self.classes = list(classes)
+        self.writers = {split: ShardWriter(staging, split, shard_size, shard_bytes) for split in SPLITS}
+        self.counts = {split: [0] * len(self.classes) for split in SPLITS}
+        self.sums, self.squares, self.pixels = [0, 0, 0], [0, 0, 0], 0
+        self.skipped = skipped
+
+    def add(self, job: Job, result: Union[Packed, str]) -> None:
+        if isinstance(result, str):
+            self.skipped.append({"name": job.item.key, "split": job.split, "reason": result})
+            return
+        self.writers[job.split].add(job.item.key, sample_members(job.item, result))
+        self.counts[job.split][job.item.label] += 1
+        if job.split == "train":
+            self.sums = [a + b for a, b in zip(self.sums, result.pixel_sum)]
+            self.squares = [a + b for a, b in zip(self.squares, result.pixel_sq_sum)]
+            self.pixels += result.pixels
+
+    def finish(self) -> None:
+        for writer in self.writers.values():
+            writer.flush()
+
+
+def plan_jobs(listed: dict[str, list[Item]], resize_shorter: int, quality: int) -> tuple[list[Job], list[dict]]:
+    """One job per image to decode, and the images skipped before decoding (label conflicts)."""
+    jobs, skipped = [], []
+    for split in SPLITS:
+        for item in listed[split]:
+            if item.problem:
+                skipped.append({"name": item.key, "split": split, "reason": item.problem})
+            else:
+                jobs.append(Job(split, item, resize_shorter, quality, want_stats=split == "train"))
+    return jobs, skipped
+
+
+def build_manifest(listing: Listing, listed: dict[str, list[Item]], packing: Packing, options: dict) -> dict:
+    """info.json for the packed shards; skips in list order, and packed + skipped = listed per split."""
+    order = {split: {item.key: i for i, item in enumerate(listed[split])} for split in SPLITS}
+    skipped = sorted(packing.skipped, key=lambda s: (SPLITS.index(s["split"]), order[s["split"]][s["name"]]))
+    info = {
+        "format_version": MANIFEST_VERSION,
+        "dataset": listing.dataset,
+        "synthetic": listing.synthetic,
+        "classes": list(listing.classes),
+        "label_field": listing.label_field,
+        "created_by": "toolkit.make_shards",
+        "source": str(listing.root),
+        "splits": {split: {"num_samples": sum(packing.counts[split]),
+                           "class_counts": dict(zip(listing.classes, packing.counts[split])),
+                           "shards": packing.writers[split].shards} for split in SPLITS},
+        "normalization": normalization(packing.sums, packing.squares, packing.pixels, sum(packing.counts["train"])),
+        "skipped": skipped,
+        "unlisted": {"count": len(listing.unlisted), "names": listing.unlisted},
+        "options": options,
+    }
+    for split in SPLITS:  # the invariant the whole manifest rests on
+        packed = info["splits"][split]["num_samples"]
+        assert packed + sum(s["split"] == split for s in skipped) == len(listed[split]), split
+    return info
+
+
 def pack_dataset(source: Path, out: Path, *, layout: str = "auto", labels: Optional[str] = None,
                  val_fraction: float = DEFAULTS["val_fraction"], test_fraction: float = DEFAULTS["test_fraction"],
                  seed: int = DEFAULTS["seed"], split_mode: str = DEFAULTS["split_mode"],
@@ -298,11 +362,10 @@ def pack_dataset(source: Path, out: Path, *, layout: str = "auto", labels: Optio
                    "resize_shorter": resize_shorter, "quality": quality, "shard_size": shard_size,
                    "shard_bytes": shard_bytes, "workers": workers})
     listing = read_listing(Path(source), layout=layout, labels=labels)
-    held_out_test = "test" not in listing.pools
     options = {"labels": listing.label_field, "val_fraction": val_fraction,
-               "test_fraction": test_fraction if held_out_test else None, "seed": seed, "split_mode": split_mode,
-               "resize_shorter": resize_shorter, "quality": quality, "shard_size": shard_size,
-               "shard_bytes": shard_bytes, "workers": workers}
+               "test_fraction": None if "test" in listing.pools else test_fraction, "seed": seed,
+               "split_mode": split_mode, "resize_shorter": resize_shorter, "quality": quality,
+               "shard_size": shard_size, "shard_bytes": shard_bytes, "workers": workers}
     out = Path(out).expanduser().resolve()
     check_out_folder(out, listing)
     if is_main_process():
@@ -311,58 +374,19 @@ def pack_dataset(source: Path, out: Path, *, layout: str = "auto", labels: Optio
 
     listed = assign_splits(listing, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
                            split_mode=split_mode)
-    skipped: list[dict] = []
-    jobs: list[Job] = []
-    for split in SPLITS:
-        for item in listed[split]:
-            if item.problem:
-                skipped.append({"name": item.key, "split": split, "reason": item.problem})
-            else:
-                jobs.append(Job(split, item, resize_shorter, quality, want_stats=split == "train"))
-
+    jobs, skipped = plan_jobs(listed, resize_shorter, quality)
     out.mkdir(parents=True, exist_ok=True)
     remove_leftovers(out)
     staging = out / f"{TMP_PREFIX}make_shards-{os.getpid()}"
     staging.mkdir()
     try:
-        writers = {split: ShardWriter(staging, split, shard_size, shard_bytes) for split in SPLITS}
-        counts = {split: [0] * len(listing.classes) for split in SPLITS}
-        sums, squares, pixels = [0, 0, 0], [0, 0, 0], 0
+        packing = Packing(staging, listing.classes, shard_size, shard_bytes, skipped)
         with contextlib.closing(map_ordered(process_image, jobs, workers)) as ordered:  # closing stops the pool
             for job, result in progress(zip(jobs, ordered), total=len(jobs), desc="packing", unit="img",
                                         enabled=show_progress and is_main_process()):
-                if isinstance(result, str):
-                    skipped.append({"name": job.item.key, "split": job.split, "reason": result})
-                    continue
-                writers[job.split].add(job.item.key, sample_members(job.item, result))
-                counts[job.split][job.item.label] += 1
-                if job.split == "train":
-                    sums = [a + b for a, b in zip(sums, result.pixel_sum)]
-                    squares = [a + b for a, b in zip(squares, result.pixel_sq_sum)]
-                    pixels += result.pixels
-        for writer in writers.values():
-            writer.flush()
-        order = {split: {item.key: i for i, item in enumerate(listed[split])} for split in SPLITS}
-        skipped.sort(key=lambda s: (SPLITS.index(s["split"]), order[s["split"]][s["name"]]))
-        info = {
-            "format_version": MANIFEST_VERSION,
-            "dataset": listing.dataset,
-            "synthetic": listing.synthetic,
-            "classes": list(listing.classes),
-            "label_field": listing.label_field,
-            "created_by": "toolkit.make_shards",
-            "source": str(listing.root),
-            "splits": {split: {"num_samples": sum(counts[split]),
-                               "class_counts": dict(zip(listing.classes, counts[split])),
-                               "shards": writers[split].shards} for split in SPLITS},
-            "normalization": normalization(sums, squares, pixels, sum(counts["train"])),
-            "skipped": skipped,
-            "unlisted": {"count": len(listing.unlisted), "names": listing.unlisted},
-            "options": options,
-        }
-        for split in SPLITS:  # the invariant the whole manifest rests on
-            packed = info["splits"][split]["num_samples"]
-            assert packed + sum(s["split"] == split for s in skipped) == len(listed[split]), split
+                packing.add(job, result)
+        packing.finish()
+        info = build_manifest(listing, listed, packing, options)
         install(staging, out, info)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
