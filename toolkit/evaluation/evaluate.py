@@ -177,10 +177,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--shards", required=True, help="shards folder (with info.json) or URL pattern")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
     parser.add_argument("--tuning-split", default="val",
-                        help="split on which the balanced-accuracy threshold is found, reported beside (default: val; 'none' to skip)")
+                        help="split on which the balanced-accuracy threshold is found, reported beside (default: val; "
+                             "'none' to skip; two-class models only)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: MODEL_DIR/eval/SPLIT)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threshold", type=float, default=0.5, help="decision threshold on P(dog) (default 0.5)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="decision threshold on P(class 1), e.g. P(dog) (default 0.5); a model of more "
+                             "than two classes predicts its most probable class instead")
     parser.add_argument("--num-workers", type=int, default=2)
     args = parser.parse_args(argv)
     if not 0.0 <= args.threshold <= 1.0:
