@@ -133,8 +133,7 @@ def make_plots(run_dir: Path, *, what: Optional[set[str]] = None, split: str = "
         for name in image_plots:
             skip(name, problem)
         return made
-    class_names = tuple(meta.get("class_names") or (predictions.class_names if not predictions.binary
-                                                    else ("cat", "dog")))
+    class_names = tuple(meta.get("class_names") or predictions.class_names)
     if len(class_names) != len(predictions.class_names):
         for name in image_plots:
             skip(name, f"the model predicts {len(class_names)} classes but the {split} predictions have "
