@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from helpers import ENV, ROOT, error_line, file_hashes, rewrite_shard
+from toolkit.cli import UsageError
 from toolkit.data.shards import SPLITS, pack_dataset
 from toolkit.data.verify import verify_shards
 from toolkit.formats import read_manifest
@@ -159,6 +160,16 @@ def test_layouts_that_are_no_dataset_are_one_line_errors(tmp_path, arrange, expe
     done = subprocess.run([sys.executable, "-m", "toolkit.make_shards", "--source", str(root), "--out",
                            str(tmp_path / "out"), "--workers", "1"], cwd=ROOT, env=ENV, capture_output=True, text=True)
     assert done.returncode == 2 and expected in error_line(done.stderr)
+
+
+def test_a_test_fraction_is_refused_where_the_source_has_a_test_split(synthetic_source, tmp_path):
+    with pytest.raises(UsageError, match="has its official test list"):
+        pack_dataset(synthetic_source, tmp_path / "out", test_fraction=0.3, workers=1, show_progress=False)
+    make_folder(tmp_path / "fixed" / "train", {"a": 6, "b": 6})
+    make_folder(tmp_path / "fixed" / "test", {"a": 2, "b": 2}, seed=50)
+    with pytest.raises(UsageError, match="has a test/ folder"):
+        pack_dataset(tmp_path / "fixed", tmp_path / "out", test_fraction=0.3, workers=1, show_progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_oxford_only_options_are_refused_for_a_folder(tmp_path):

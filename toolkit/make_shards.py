@@ -81,9 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("--val-fraction", type=float, default=DEFAULTS["val_fraction"],
                       help="share of trainval held out as val, between 0 and 1 exclusive: training keeps the best epoch "
                            "by val ROC-AUC (default: %(default)s); test is the official list")
-    pack.add_argument("--test-fraction", type=float, default=DEFAULTS["test_fraction"],
+    pack.add_argument("--test-fraction", type=float, default=None,
                       help="image folders without a test/ folder: share of the images held out as test, between 0 "
-                           "and 1 exclusive (default: %(default)s); Oxford uses its official test list")
+                           f"and 1 exclusive (default: {DEFAULTS['test_fraction']}); Oxford uses its official test list, "
+                           "so it is an error there")
     pack.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="split seed (default: %(default)s)")
     pack.add_argument("--split-mode", choices=("stratified", "seed"), default=DEFAULTS["split_mode"],
                       help="stratified: keep each class's share in train, val (and a held-out test) (default); seed: "

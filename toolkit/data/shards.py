@@ -351,17 +351,27 @@ def build_manifest(listing: Listing, listed: dict[str, list[Item]], packing: Pac
 
 
 def pack_dataset(source: Path, out: Path, *, layout: str = "auto", labels: Optional[str] = None,
-                 val_fraction: float = DEFAULTS["val_fraction"], test_fraction: float = DEFAULTS["test_fraction"],
+                 val_fraction: float = DEFAULTS["val_fraction"], test_fraction: Optional[float] = None,
                  seed: int = DEFAULTS["seed"], split_mode: str = DEFAULTS["split_mode"],
                  resize_shorter: int = DEFAULTS["resize_shorter"], quality: int = DEFAULTS["quality"],
                  shard_size: int = DEFAULTS["shard_size"], shard_bytes: int = DEFAULTS["shard_bytes"],
                  workers: Optional[int] = None, show_progress: bool = True) -> dict:
-    """Pack a dataset folder (see ``sources``) into ``out`` and return the info.json dict written there."""
+    """Pack a dataset folder (see ``sources``) into ``out`` and return the info.json dict written there.
+
+    ``test_fraction`` (default 0.2) is for a source without a test split; giving it for one that has
+    one (Oxford's official list, a folder's test/) is an error rather than silently ignored.
+    """
     workers = workers or os.cpu_count() or 1
+    asked_test_fraction = test_fraction is not None
+    test_fraction = DEFAULTS["test_fraction"] if test_fraction is None else test_fraction
     check_options({"val_fraction": val_fraction, "test_fraction": test_fraction, "split_mode": split_mode,
                    "resize_shorter": resize_shorter, "quality": quality, "shard_size": shard_size,
                    "shard_bytes": shard_bytes, "workers": workers})
     listing = read_listing(Path(source), layout=layout, labels=labels)
+    if asked_test_fraction and "test" in listing.pools:
+        where = "its official test list" if "trainval" in listing.pools else "a test/ folder"
+        raise UsageError(f"--test-fraction applies to an image folder without a test/ folder; {listing.root} has "
+                         f"{where}, which is the test split: leave --test-fraction out")
     options = {"labels": listing.label_field, "val_fraction": val_fraction,
                "test_fraction": None if "test" in listing.pools else test_fraction, "seed": seed,
                "split_mode": split_mode, "resize_shorter": resize_shorter, "quality": quality,
