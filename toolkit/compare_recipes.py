@@ -34,7 +34,7 @@ from toolkit.cli import ArgumentParser, DataError, UsageError, run_cli
 from toolkit.config import fit_head_to_classes, load_config, split_config_args, to_dict, validate
 from toolkit.data import check_shards_exist, load_info, resolve_normalization, split_size
 from toolkit.fileio import atomic_write_json, atomic_write_text
-from toolkit.evaluation.metrics import fmt, fmt_mean_std, mean_std
+from toolkit.evaluation.metrics import fmt, fmt_mean_std, is_multiclass, mean_std
 from toolkit.formats import RunDir, class_names
 from toolkit.reporting import wandb_report
 from toolkit.reporting.wandb_report import check_project
@@ -250,7 +250,7 @@ def markdown_tables(report: dict) -> str:
     summaries = {n: report["recipes"][n]["summary"] for n in names}
     split = report["split"]
     tested = [run.get("test_metrics") or {} for n in names for run in report["recipes"][n]["runs"]]
-    multiclass = any(len(m.get("class_names") or []) > 2 for m in tested)
+    multiclass = any(is_multiclass(m) for m in tested)
     top_k = next((m.get("top_k") for m in tested if m.get("top_k")), 5)
     rule = "prediction: the most probable class" if multiclass else "threshold 0.5"
     lines = [f"Test split `{split}` ({report['test_samples']} images), {report['epochs']} epochs, "
