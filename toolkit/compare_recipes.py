@@ -13,6 +13,11 @@ official test split, which neither recipe trains on, gives the numbers. The tabl
 and the standard deviation over seeds, so a margin can be read against the spread. ``--reuse``
 keeps finished runs whose saved config equals the planned one: an interrupted comparison goes on
 where it stopped, and a third recipe or another seed costs only its own runs.
+
+No run folder is ever deleted or reused for another run: a run that must be trained afresh gets a
+new folder (``<recipe>-seed<N>``, else ``<recipe>-seed<N>-2``, ``-3``, ...) that this process
+created itself with an exclusive ``mkdir``, so two comparisons into the same ``--out`` at once
+never write, or remove, each other's runs.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import datetime as dt
 import json
 import os
 import platform
-import shutil
+import re
 import subprocess
 import sys
 import time
@@ -90,13 +95,38 @@ class RunResult:
 def run_overrides(args: argparse.Namespace, shared: Sequence[str], recipe: str, seed: int) -> list[str]:
     """Defaults <- the user's shared overrides <- what the comparison must hold fixed (W&B groups runs by recipe)."""
     tracking = ["tracking.wandb=auto", f"tracking.project={args.wandb_report}"] if args.wandb_report else []
+    # output.run_name: train_one then sets the folder it claimed (this name, or a -2, -3 version of it)
     return [*DEFAULT_OVERRIDES, *tracking, *shared, f"data.shards={args.shards}", f"train.epochs={args.epochs}",
             f"train.seed={seed}", f"eval.test_split={args.split}", "train.resume=null",
             f"output.dir={args.out / 'runs'}", f"output.run_name={run_name(recipe, seed)}", f"tracking.group={recipe}"]
 
 
 def run_name(recipe: str, seed: int) -> str:
-    return f"{recipe}-seed{seed}"  # wandb_report groups runs by this name
+    return f"{recipe}-seed{seed}"  # wandb_report groups runs by this name (a -2, -3 version suffix included)
+
+
+def run_versions(runs: Path, name: str) -> list[Path]:
+    """The folders of earlier runs of ``name`` in ``runs``: NAME, NAME-2, NAME-3, ..., newest first."""
+    pattern = re.compile(re.escape(name) + r"(?:-(\d+))?")
+    found = [(int(m.group(1) or 1), p) for p in runs.glob(f"{name}*") if (m := pattern.fullmatch(p.name))]
+    return [path for _, path in sorted(found, key=lambda item: item[0], reverse=True)]
+
+
+def claim_run_dir(runs: Path, name: str) -> Path:
+    """A new, empty run folder, NAME or else the first free NAME-2, NAME-3, ..., created by this process.
+
+    ``mkdir`` without ``exist_ok`` is atomic: of two comparisons asking at once, one gets the folder and
+    the other the next name. An existing folder is never emptied, replaced or written into.
+    """
+    runs.mkdir(parents=True, exist_ok=True)
+    version = 1
+    while True:
+        path = runs / (name if version == 1 else f"{name}-{version}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            version += 1
 
 
 def check_plan(args: argparse.Namespace, recipes: Sequence[Recipe], shared: Sequence[str]) -> None:
@@ -126,26 +156,36 @@ def reusable(run_dir: Path, planned: dict, split: str) -> bool:
     with exactly the resolved config this run would get (recipe, overrides, seed, epochs, shards)."""
     if not RunDir(run_dir).has_results(split):
         return False
+    planned = {**planned, "output": {**planned["output"], "run_name": run_dir.name}}  # NAME-2 is still NAME
     try:
         return to_dict(load_config(RunDir(run_dir).config)) == planned
     except (UsageError, OSError, ValueError):  # unreadable, or written by a version with other keys
         return False
 
 
+def find_reusable(args: argparse.Namespace, recipe: Recipe, seed: int, overrides: Sequence[str]) -> Optional[Path]:
+    """The newest finished run of this recipe and seed whose saved config is the planned one, if any."""
+    runs = args.out / "runs"
+    versions = run_versions(runs, run_name(recipe.name, seed)) if runs.is_dir() else []
+    if not versions:
+        return None
+    planned = planned_config(recipe, overrides, args.shards)
+    return next((path for path in versions if reusable(path, planned, args.split)), None)
+
+
 def train_one(args: argparse.Namespace, recipe: Recipe, seed: int, shared: Sequence[str], label: str) -> RunResult:
     """One training run in a child process; its output goes to train.log, its epoch lines to the console."""
-    run_dir = args.out / "runs" / run_name(recipe.name, seed)
     overrides = run_overrides(args, shared, recipe.name, seed)
-    if args.reuse and reusable(run_dir, planned_config(recipe, overrides, args.shards), args.split):
-        record = run_dir / RUN_RECORD
+    found = find_reusable(args, recipe, seed, overrides) if args.reuse else None
+    if found is not None:
+        record = found / RUN_RECORD
         wall = json.loads(record.read_text())["wall_seconds"] if record.is_file() else None
-        result = collect_run(run_dir, recipe.name, seed, args.split, wall)
-        print(f"[{label}] {recipe.name} seed {seed}: reused the finished run in {run_dir} (same config): test "
+        result = collect_run(found, recipe.name, seed, args.split, wall)
+        print(f"[{label}] {recipe.name} seed {seed}: reused the finished run in {found} (same config): test "
               f"ROC-AUC {fmt(result.values['roc_auc'])} accuracy {fmt(result.values['accuracy'])}", flush=True)
         return result
-    if run_dir.exists():  # a fresh run: never resume or mix with an older one of the same name
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
+    run_dir = claim_run_dir(args.out / "runs", run_name(recipe.name, seed))  # never an earlier run's folder
+    overrides = [*overrides, f"output.run_name={run_dir.name}"]
     command = [sys.executable, "-m", "toolkit.train", "--config", str(recipe.config), *overrides]
     # the child imports this checkout's toolkit whatever the working folder (relative paths stay the user's)
     python_path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
@@ -321,7 +361,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> tuple[argparse.Namespace, list[
                              "else the file names)")
     parser.add_argument("--split", default="test", help="split the table reports (default: test)")
     parser.add_argument("--out", type=Path, default=Path("runs/compare"),
-                        help="output folder: runs/ (replaced run by run), comparison.md, comparison.json "
+                        help="output folder: runs/ (one folder per run; earlier runs are kept, a new run of the "
+                             "same recipe and seed gets NAME-2, NAME-3, ...), comparison.md, comparison.json "
                              "(default: runs/compare)")
     parser.add_argument("--reuse", action="store_true",
                         help="keep the finished runs in --out whose saved config equals the one planned (to finish "
@@ -392,14 +433,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"wrote {args.out / TABLE_MD} and {args.out / TABLE_JSON} ({report['total_minutes']:.1f} min in all)",
           flush=True)
     if args.wandb_report:
-        build_wandb_report(args)
+        build_wandb_report(args, [Path(run.run_dir).name for name in args.names for run in results[name]])
     return 0
 
 
-def build_wandb_report(args: argparse.Namespace) -> None:
-    """The comparison's W&B Report, one group per recipe; a problem here is a warning, the table stands."""
+def build_wandb_report(args: argparse.Namespace, run_names: Sequence[str]) -> None:
+    """The comparison's W&B Report, one group per recipe; a problem here is a warning, the table stands.
+
+    The runs are named, not their groups: earlier runs of the same recipe kept in ``runs/`` stay out of it.
+    """
     try:
-        wandb_report.main(["--project", args.wandb_report, "--group", *args.names, "--runs-dir", str(args.out / "runs"),
+        wandb_report.main(["--project", args.wandb_report, "--runs", *run_names, "--runs-dir", str(args.out / "runs"),
                            "--out", str(args.out / wandb_report.SPEC_FILE)])
     except (UsageError, DataError) as err:
         print(f"warning: no W&B Report: {err}", file=sys.stderr, flush=True)

@@ -21,7 +21,7 @@ from toolkit.formats import RunDir
 
 RUN_ID_FILE = RunDir(Path()).wandb_run_id.as_posix()  # wandb/run_id.txt, relative to a run folder
 RUN_SEARCH_DEPTH = 3  # runs/NAME, runs/compare/runs/NAME: run folders sit at most this deep under --runs-dir
-SEED_SUFFIX = re.compile(r"-seed\d+$")  # compare_recipes names its runs <recipe>-seed<N>
+SEED_SUFFIX = re.compile(r"-seed\d+(-\d+)?$")  # compare_recipes names its runs <recipe>-seed<N>[-<version>]
 RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 _BLOCK = 32 * 1024  # LevelDB log: 32 KiB blocks of crc32/length/type-framed chunks
@@ -155,7 +155,7 @@ class LocalRun:
 
     @property
     def group(self) -> str:
-        """The recipe: ``strong-seed1`` belongs to ``strong``; other names stand alone."""
+        """The recipe: ``strong-seed1`` (and a later ``strong-seed1-2``) belongs to ``strong``; other names stand alone."""
         return SEED_SUFFIX.sub("", self.name) or self.name
 
     @property

