@@ -27,6 +27,7 @@ from safetensors.torch import save as save_safetensors_bytes
 
 from toolkit.cli import ArgumentParser, UsageError, run_cli
 from toolkit.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
+from toolkit.formats import RunDir
 from toolkit.models.resnet import MODEL_SPECS
 from toolkit.training.checkpoint import load_model_file
 
@@ -167,6 +168,17 @@ def model_card(meta: dict, config: dict, load_name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_not_a_run_folder(out: Path, source: Path) -> None:
+    """Refuse ``--out`` that is a training run (or the exported file's own folder): the export's plain
+    model.safetensors would replace the run's, whose metadata evaluate, predict and resume need."""
+    run = RunDir(out)
+    marks = [p.name for p in (run.config, run.history, run.final, run.last_model, run.checkpoints) if p.exists()]
+    if marks or out.resolve() == source.resolve().parent:
+        what = f"a training run folder (it has {marks[0]})" if marks else f"the folder of {source.name}"
+        raise UsageError(f"--out {str(out)!r} is {what}; the export would replace its {WEIGHTS_FILE} with one "
+                         f"without the toolkit's metadata: choose a folder of its own, e.g. exported/{out.name}")
+
+
 def prepare_out_dir(out: Path, overwrite: bool) -> None:
     """Refuse to mix an export into a folder holding other things, so nothing unrelated is replaced or uploaded."""
     if out.exists() and not out.is_dir():
@@ -219,6 +231,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     path = model_path(args)
     model, meta = load_model_file(path)
     timm_architecture(meta)  # refuse before creating anything
+    check_not_a_run_folder(args.out, path)
     prepare_out_dir(args.out, args.overwrite)
     load_name = f"hf-hub:{args.push_to_hub}" if args.push_to_hub else f"local-dir:{args.out}"
     config = write_export(model, meta, args.out, load_name)
