@@ -129,3 +129,55 @@ def test_export_into_a_run_folder_is_refused(tmp_path: Path, capsys, source: str
     code = run_in_process(export_main, ["--model", str(model), "--out", str(model.parent), "--overwrite"])
     assert code == 2 and "is the folder of model.safetensors" in error_line(capsys.readouterr().err)
     assert run_in_process(export_main, [source, given, "--out", str(tmp_path / "exported")]) == 0  # elsewhere: fine
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. predict holds the model file's image sizes to evaluate's cap
+
+
+def set_header_metadata(path: Path, **claims) -> None:
+    """Rewrite a safetensors file's ``__metadata__`` in place, as a hostile sender could (tensors untouched)."""
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    header["__metadata__"].update({key: json.dumps(value) for key, value in claims.items()})
+    text = json.dumps(header).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # keep the tensors 8-byte aligned
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + size:])
+
+
+@pytest.mark.parametrize("claims, words", [
+    ({"image_size": 60000, "resize_size": 60000}, "data.image_size = 60000 is out of range"),
+    ({"resize_size": 60000}, "data.resize_size = 60000 is out of range"),
+    ({"image_size": "224"}, "data.image_size = '224' has the wrong type"),
+    ({"image_size": 64, "resize_size": 48}, "resize_size 48 must be >= image_size 64"),
+])
+@pytest.mark.parametrize("tool", ["predict", "evaluate"])
+def test_model_file_image_sizes_are_held_to_evaluate_s_cap(synthetic_shards: Path, tmp_path: Path, capsys,
+                                                           monkeypatch, claims: dict, words: str, tool: str):
+    """One check (config.model_image_sizes) for both tools, before any image is decoded or resized."""
+    from PIL import Image
+
+    import toolkit.predict
+    from toolkit.evaluation.evaluate import main as evaluate_main
+
+    model = tmp_path / "model.safetensors"
+    save_tiny_model(model)
+    set_header_metadata(model, **claims)
+    image = tmp_path / "cat.png"
+    Image.new("RGB", (40, 40)).save(image)
+    real = toolkit.predict.build_eval_transform
+
+    def guarded(sizes, mean, std):  # without the check, fail here instead of allocating 10+ GB per image
+        assert max(sizes.image_size, sizes.resize_size) <= 4096, f"built a transform for {sizes}"
+        return real(sizes, mean, std)
+
+    monkeypatch.setattr(toolkit.predict, "build_eval_transform", guarded)
+    if tool == "predict":
+        code = run_in_process(toolkit.predict.main, ["--model", str(model), str(image)])
+    else:
+        code = run_in_process(evaluate_main, ["--model", str(model), "--shards", str(synthetic_shards),
+                                              "--num-workers", "0", "--out", str(tmp_path / "eval")])
+    line = error_line(capsys.readouterr().err)
+    assert code == 2 and str(model) in line and words in line, line
+    assert not (tmp_path / "eval").exists()

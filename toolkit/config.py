@@ -356,6 +356,24 @@ def fit_head_to_classes(cfg: Config, classes: list[str]) -> None:
                          "point data.shards at shards packed for this task")
 
 
+def model_image_sizes(meta: dict, source: str) -> tuple[int, int]:
+    """(image_size, resize_size) from a model file's metadata, held to data.image_size's and data.resize_size's
+    own ranges (at most 4096): the one check evaluate and predict share.
+
+    The sizes come from a file a user may have been sent; unchecked, a header asking for 60000 px makes
+    every image a 10+ GB allocation. A file without resize_size resizes to image_size (older files).
+    """
+    raw = {"image_size": meta.get("image_size"), "resize_size": meta.get("resize_size", meta.get("image_size"))}
+    try:
+        data = _build(DataConfig, raw, prefix="data.")
+        if data.image_size is None or data.resize_size < data.image_size:
+            raise UsageError(f"resize_size {raw['resize_size']!r} must be >= image_size {raw['image_size']!r}")
+    except (UsageError, TypeError) as err:
+        raise UsageError(f"{source}: its metadata's image sizes are unusable ({err}); the file is damaged or "
+                         "not from a toolkit training run") from None
+    return data.image_size, data.resize_size
+
+
 def validate(cfg: Config) -> Config:
     """Checks that span several fields; called once after loading."""
     if cfg.model.arch not in MODEL_ARCHS:

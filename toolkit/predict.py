@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from toolkit.cli import ArgumentParser, UsageError, resolve_device, run_cli
+from toolkit.config import model_image_sizes
 from toolkit.data import build_eval_transform, load_info
 from toolkit.data.shards import decode_error, strict_decoding, to_rgb
 from toolkit.data.transforms import open_image
@@ -61,7 +62,8 @@ def eval_transform(meta: dict) -> Callable[[Image.Image], torch.Tensor]:
     missing = [key for key in ("image_size", "resize_size", "mean", "std") if key not in meta]
     if missing:
         raise UsageError(f"the model file's metadata lacks {', '.join(missing)}; re-export it with toolkit.train")
-    sizes = SimpleNamespace(image_size=int(meta["image_size"]), resize_size=int(meta["resize_size"]))
+    image_size, resize_size = model_image_sizes(meta, "the model file")  # evaluate's cap: at most 4096 px
+    sizes = SimpleNamespace(image_size=image_size, resize_size=resize_size)
     return build_eval_transform(sizes, meta["mean"], meta["std"])
 
 
@@ -159,6 +161,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     device = resolve_device(args.device)
     model, meta = load_model_file(args.model)  # UsageError (exit 2) for a missing or non-safetensors file
+    model_image_sizes(meta, str(args.model))  # before any image: a hostile header's 60000 px is one line
     if args.shards is not None:
         check_classes(meta, class_names(load_info(args.shards)), str(args.model), what=f"the shards {args.shards}")
     model.to(device).eval()

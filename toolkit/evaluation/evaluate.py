@@ -24,7 +24,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from toolkit.cli import ArgumentParser, DataError, UsageError, progress
-from toolkit.config import load_config
+from toolkit.config import load_config, model_image_sizes
 from toolkit.data import check_shards_exist, load_info, make_eval_loader
 from toolkit.evaluation.metrics import compute_metrics, compute_multiclass_metrics, fmt, roc_auc, roc_auc_ovr
 from toolkit.formats import Predictions, RunDir, class_names, split_size
@@ -191,8 +191,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise UsageError(f"--batch-size {args.batch_size} must be >= 1")
 
     model, meta = load_model_file(args.model)
-    cfg = load_config(None, [f"data.shards={args.shards}", f"data.image_size={meta['image_size']}",
-                             f"data.resize_size={meta.get('resize_size', meta['image_size'])}",
+    image_size, resize_size = model_image_sizes(meta, str(args.model))
+    cfg = load_config(None, [f"data.shards={args.shards}", f"data.image_size={image_size}",
+                             f"data.resize_size={resize_size}",
                              f"data.num_workers={args.num_workers}", f"eval.batch_size={args.batch_size}",
                              f"model.num_classes={meta['num_classes']}"])
     info = load_info(args.shards)
