@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from helpers import ENV, ROOT, error_line, file_hashes, run_in_process, save_tiny_model, wait_for
+from toolkit.cli import UsageError
 from toolkit.compare_recipes import claim_run_dir, main as compare_main
 
 # a tiny ResNet at 32 px, one loader process: a compare_recipes run of one epoch takes seconds
@@ -181,3 +182,68 @@ def test_model_file_image_sizes_are_held_to_evaluate_s_cap(synthetic_shards: Pat
     line = error_line(capsys.readouterr().err)
     assert code == 2 and str(model) in line and words in line, line
     assert not (tmp_path / "eval").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. An empty test split is refused before training, not found after it
+
+
+def write_images(folder: Path, count: int, size: int = 24, seed: int = 0) -> None:
+    """``count`` small random JPEGs in ``folder`` (made if needed)."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"img{i}.jpg", quality=90)
+
+
+@pytest.mark.parametrize("empty", ["test", "val"])
+def test_an_empty_split_folder_is_refused_when_packing(tmp_path: Path, capsys, empty: str):
+    """train/cat, train/dog and an empty test/ (or val/): one line before anything is written, exit 2."""
+    from toolkit.make_shards import main as make_shards_main
+
+    source = tmp_path / "pets"
+    write_images(source / "train" / "cat", 6)
+    write_images(source / "train" / "dog", 6, seed=1)
+    (source / empty).mkdir()
+    (source / empty / "notes.txt").write_text("no class folders here\n")
+    code = run_in_process(make_shards_main, ["--source", str(source), "--out", str(tmp_path / "shards"),
+                                             "--workers", "1"])
+    line = error_line(capsys.readouterr().err)
+    assert code == 2 and f"the {empty} split would be empty" in line and f"--{empty}-fraction" in line, line
+    assert not (tmp_path / "shards").exists()
+
+
+def test_an_empty_test_split_is_refused_before_training_and_evaluating(tmp_path: Path, capsys):
+    """Shards whose test split is empty (packed by an older version, or edited): one line, no run folder."""
+    from toolkit.data.shards import pack_dataset
+    from toolkit.evaluation.evaluate import main as evaluate_main
+    from helpers import train_args, train_cli
+
+    source = tmp_path / "pets"
+    for split, count in (("train", 12), ("val", 4), ("test", 3)):
+        for label, name in enumerate(("cat", "dog")):
+            write_images(source / split / name, count, size=32, seed=10 * label + len(split))
+    shards = tmp_path / "shards"
+    pack_dataset(source, shards, resize_shorter=32, workers=1, show_progress=False)
+    info = json.loads((shards / "info.json").read_text())
+    for shard in info["splits"]["test"]["shards"]:
+        (shards / shard["name"]).unlink()
+    info["splits"]["test"] = {"num_samples": 0, "class_counts": {"cat": 0, "dog": 0}, "shards": []}
+    (shards / "info.json").write_text(json.dumps(info))
+
+    assert train_cli(train_args(shards, tmp_path / "runs", "x", "train.epochs=1")) == 2
+    line = error_line(capsys.readouterr().err)
+    assert "the test split" in line and "has no samples" in line and "eval.test_split" in line, line
+    assert not (tmp_path / "runs").exists()  # refused before any folder is made
+    model = tmp_path / "model.safetensors"
+    save_tiny_model(model)
+    code = run_in_process(evaluate_main, ["--model", str(model), "--shards", str(shards), "--num-workers", "0",
+                                          "--out", str(tmp_path / "eval")])
+    assert code == 2 and "has no samples" in error_line(capsys.readouterr().err)
+    with pytest.raises(UsageError, match="the test split .* has no samples, so --split=test"):
+        compare_main(["--shards", str(shards), "--epochs", "1", "--seeds", "0", "--out", str(tmp_path / "c"), *TINY])
+    assert not (tmp_path / "c").exists()

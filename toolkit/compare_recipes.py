@@ -37,7 +37,7 @@ from typing import Optional, Sequence
 
 from toolkit.cli import ArgumentParser, DataError, UsageError, run_cli
 from toolkit.config import fit_head_to_classes, load_config, split_config_args, to_dict, validate
-from toolkit.data import check_shards_exist, load_info, resolve_normalization, split_size
+from toolkit.data import check_shards_exist, check_split_has_samples, load_info, resolve_normalization, split_size
 from toolkit.fileio import atomic_write_json, atomic_write_text
 from toolkit.evaluation.metrics import fmt, fmt_mean_std, is_multiclass, mean_std
 from toolkit.formats import RunDir, class_names
@@ -135,6 +135,7 @@ def check_plan(args: argparse.Namespace, recipes: Sequence[Recipe], shared: Sequ
     if args.split not in info["splits"]:
         raise UsageError(f"--split {args.split!r} is not in the shards (they have: {', '.join(info['splits'])})")
     check_shards_exist(args.shards, info, ["train", "val", args.split])
+    check_split_has_samples(args.shards, info, args.split, "--split")
     for recipe in recipes:
         cfg = validate(load_config(recipe.config, run_overrides(args, shared, recipe.name, args.seeds[0])))
         fit_head_to_classes(cfg, class_names(info))

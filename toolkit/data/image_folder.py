@@ -51,6 +51,11 @@ def read_listing(source: Path) -> Listing:
         trees = {"train": root}
 
     found = {split: _class_files(tree, root) for split, tree in trees.items()}
+    for split in fixed[1:]:  # an empty val/ or test/ would pack a split of 0 images that fails after training
+        if not found[split]:
+            raise UsageError(f"{trees[split]} holds no class folders, so the {split} split would be empty; add "
+                             f"{split}/<class name>/<images>, or remove {split}/ to hold out --{split}-fraction of "
+                             "train/ instead")
     classes = sorted(found["train"])
     if not classes:
         raise UsageError(f"no class folders in {trees['train']}; {LAYOUT_HINT}")

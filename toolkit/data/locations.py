@@ -130,6 +130,14 @@ def check_shards_exist(shards: str, info: dict, splits: Sequence[str]) -> None:
                          f"point data.shards at a complete shard folder or {PACK_HINT}")
 
 
+def check_split_has_samples(shards: str, info: dict, split: str, option: str, skip: str = "") -> None:
+    """Refuse, before any work, a split to evaluate that holds no samples: its metrics are undefined, and
+    finding that out when training ends costs the run its report (``option`` is the setting that named it)."""
+    if split_size(info, split) == 0:
+        raise UsageError(f"the {split} split of {shards} has no samples, so {option}={split} cannot be evaluated; "
+                         f"re-pack the shards with images in {split}, or set {option} to another split{skip}")
+
+
 def resolve_normalization(cfg, info: dict) -> tuple[list[float], list[float]]:
     """The config's mean/std if given, else the train-split statistics stored with the shards."""
     stats = info.get("normalization") or {}

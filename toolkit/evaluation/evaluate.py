@@ -25,7 +25,7 @@ from accelerate.utils import gather_object
 
 from toolkit.cli import ArgumentParser, DataError, UsageError, progress
 from toolkit.config import load_config, model_image_sizes
-from toolkit.data import check_shards_exist, load_info, make_eval_loader
+from toolkit.data import check_shards_exist, check_split_has_samples, load_info, make_eval_loader
 from toolkit.evaluation.metrics import compute_metrics, compute_multiclass_metrics, fmt, roc_auc, roc_auc_ovr
 from toolkit.formats import Predictions, RunDir, class_names, split_size
 from toolkit.training.checkpoint import check_classes, load_model_file
@@ -202,6 +202,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if int(meta["num_classes"]) != 2:
         tuning_split = None  # a decision threshold is a two-class notion
     check_shards_exist(args.shards, info, [args.split] + ([tuning_split] if tuning_split else []))
+    check_split_has_samples(args.shards, info, args.split, "--split")
     accelerator = Accelerator(cpu=not torch.cuda.is_available())  # without CUDA: gloo across launched processes
     model.to(accelerator.device)
     result = evaluate_split(accelerator, model, cfg, info, args.split, meta["mean"], meta["std"])

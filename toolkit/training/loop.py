@@ -23,7 +23,8 @@ from toolkit.cli import UsageError, on_every_rank, progress
 from toolkit.config import Config, fit_head_to_classes, to_dict
 from toolkit.data.device_augment import batch_to_device
 from toolkit.data.locations import is_local, manifest_location
-from toolkit.data import TrainLoader, check_shards_exist, load_info, make_train_loader, resolve_normalization
+from toolkit.data import (TrainLoader, check_shards_exist, check_split_has_samples, load_info, make_train_loader,
+                          resolve_normalization)
 from toolkit.evaluation.evaluate import EvalResult, evaluate_split
 from toolkit.evaluation.metrics import fmt
 from toolkit.formats import RunDir, class_names, dataset_summary, selection_problem
@@ -121,6 +122,8 @@ def setup(cfg: Config) -> Session:
     problem = selection_problem(info)
     if problem:
         raise UsageError(f"{cfg.data.shards}: {problem}")
+    if cfg.eval.test_split:  # an empty one would end the finished training in a traceback, without a report
+        check_split_has_samples(cfg.data.shards, info, cfg.eval.test_split, "eval.test_split", " (null: no final test)")
     fit_head_to_classes(cfg, class_names(info))
     run = resolve_run_dir(cfg, accelerator)
     try:
