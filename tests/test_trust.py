@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from helpers import error_line, run_in_process, save_tiny_model, train_args, train_cli
-from toolkit.cli import UsageError
+from toolkit.errors import UsageError
 from toolkit.config import load_config, validate
 from toolkit.data.shards import pack_dataset
 from toolkit.formats import RunDir

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from toolkit.cli import ArgumentParser, DataError, UsageError, run_cli
+from toolkit.cli import ArgumentParser, run_cli
+from toolkit.errors import DataError, UsageError
 from toolkit.config import fit_head_to_classes, load_config, split_config_args, to_dict, validate
 from toolkit.data import check_shards_exist, load_info, resolve_normalization, split_size
 from toolkit.fileio import atomic_write_json, atomic_write_text

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from toolkit.cli import DataError, UsageError
+from toolkit.errors import DataError, UsageError
 from toolkit.config import dump_yaml, read_yaml_mapping
 from toolkit.fileio import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 

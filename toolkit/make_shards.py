@@ -24,7 +24,8 @@ if __package__ in (None, ""):  # run as a script: import `toolkit` from the repo
     here = Path(__file__).resolve().parent  # (its modules would shadow the standard library's)
     sys.path[:] = [str(here.parent)] + [p for p in sys.path if Path(p or ".").resolve() != here]
 
-from toolkit.cli import ArgumentParser, DataError, UsageError, run_cli
+from toolkit.cli import ArgumentParser, run_cli
+from toolkit.errors import DataError, UsageError
 from toolkit.data.oxford import make_synthetic_dataset
 from toolkit.data.shards import DEFAULT_SYNTHETIC_ROOT, DEFAULTS, download_dataset, pack_dataset, summary_line
 from toolkit.data.sources import LAYOUTS, OXFORD_LABELS

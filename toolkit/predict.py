@@ -25,7 +25,9 @@ from typing import Callable, Optional, Sequence
 import torch
 from PIL import Image
 
-from toolkit.cli import ArgumentParser, UsageError, resolve_device, run_cli
+from toolkit.cli import ArgumentParser, run_cli
+from toolkit.device import resolve_device
+from toolkit.errors import UsageError
 from toolkit.data import build_eval_transform, load_info
 from toolkit.data.shards import decode_error, strict_decoding, to_rgb
 from toolkit.data.transforms import open_image

@@ -34,7 +34,8 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 from webdataset import TarWriter
 
-from toolkit.cli import DataError, UsageError, is_main_process, progress
+from toolkit.cli import is_main_process, progress
+from toolkit.errors import DataError, UsageError
 from toolkit.fileio import TMP_PREFIX, atomic_write_bytes, fsync_dir
 from toolkit.formats import (MANIFEST_NAME, MANIFEST_VERSION, SHARD_NAME, SPLITS, class_names, label_field,
                              shard_name, write_manifest)

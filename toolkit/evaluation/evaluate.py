@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
-from toolkit.cli import ArgumentParser, DataError, UsageError, progress
+from toolkit.cli import ArgumentParser, progress
+from toolkit.errors import DataError, UsageError
 from toolkit.config import load_config
 from toolkit.data import check_shards_exist, load_info, make_eval_loader
 from toolkit.evaluation.metrics import compute_metrics, compute_multiclass_metrics, fmt, roc_auc, roc_auc_ovr

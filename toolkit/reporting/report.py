@@ -22,7 +22,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-from toolkit.cli import DataError
+from toolkit.errors import DataError
 from toolkit.fileio import atomic_write_text
 from toolkit.formats import RunDir
 from toolkit.evaluation.metrics import SEED_RESULTS, classification_report_table, compute_metrics, \

@@ -23,7 +23,8 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from toolkit.cli import ArgumentParser, DataError, UsageError
+from toolkit.cli import ArgumentParser
+from toolkit.errors import DataError, UsageError
 from toolkit.config import load_config, raw_section
 from toolkit.data import build_eval_transform, read_samples
 from toolkit.evaluation.metrics import compute_multiclass_metrics, threshold_metrics

@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
-from toolkit.cli import DataError, UsageError, on_every_rank
+from toolkit.errors import DataError, UsageError, on_every_rank, usage_errors
 from toolkit.fileio import TMP_PREFIX, atomic_write_bytes, fsync_dir
 from toolkit.models import create_model
 from toolkit.models.resnet import MODEL_SPECS
@@ -138,14 +138,15 @@ def check_classes(meta: dict, classes: Sequence[str], source: str, *, what: str)
 
 
 def build_model_from_metadata(meta: dict) -> torch.nn.Module:
-    return create_model(
-        meta["arch"],
-        num_classes=int(meta["num_classes"]),
-        blocks_per_stage=meta.get("blocks_per_stage"),
-        block=meta.get("block"),
-        base_width=int(meta.get("base_width", 64)),
-        in_chans=int(meta.get("in_chans", 3)),
-    )
+    with usage_errors("the model file's architecture"):
+        return create_model(
+            meta["arch"],
+            num_classes=int(meta["num_classes"]),
+            blocks_per_stage=meta.get("blocks_per_stage"),
+            block=meta.get("block"),
+            base_width=int(meta.get("base_width", 64)),
+            in_chans=int(meta.get("in_chans", 3)),
+        )
 
 
 def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

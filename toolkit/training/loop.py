@@ -19,7 +19,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, gather_object
 
-from toolkit.cli import UsageError, on_every_rank, progress
+from toolkit.cli import progress
+from toolkit.errors import UsageError, on_every_rank, usage_errors
 from toolkit.config import Config, fit_head_to_classes, to_dict
 from toolkit.data.device_augment import batch_to_device
 from toolkit.data.locations import is_local, manifest_location
@@ -97,11 +98,12 @@ def make_accelerator(cfg: Config) -> Accelerator:
 
 
 def build_model(cfg: Config) -> torch.nn.Module:
-    return create_model(
-        cfg.model.arch, num_classes=cfg.model.num_classes, blocks_per_stage=cfg.model.blocks_per_stage,
-        block=cfg.model.block, base_width=cfg.model.base_width, in_chans=cfg.model.in_chans,
-        zero_init_residual=cfg.model.zero_init_residual,
-    )
+    with usage_errors("model"):
+        return create_model(
+            cfg.model.arch, num_classes=cfg.model.num_classes, blocks_per_stage=cfg.model.blocks_per_stage,
+            block=cfg.model.block, base_width=cfg.model.base_width, in_chans=cfg.model.in_chans,
+            zero_init_residual=cfg.model.zero_init_residual,
+        )
 
 
 def seed_everything(seed: int, rank: int) -> None:
@@ -154,7 +156,8 @@ def build_session(cfg: Config, accelerator: Accelerator, info: dict, run: RunDir
     raw_model = build_model(cfg)
     if cfg.model.init and resumed_from is None:  # a resumed run's checkpoint holds the weights already
         with accelerator.main_process_first():  # every rank loads; rank 0 first, so only it downloads
-            kept = load_pretrained(raw_model, cfg.model.init)
+            with usage_errors():
+                kept = load_pretrained(raw_model, cfg.model.init)
         log(f"model.init={cfg.model.init}: loaded; fresh for this dataset: {', '.join(kept) or 'nothing'}")
     if cfg.model.sync_bn:
         if accelerator.device.type != "cuda":
