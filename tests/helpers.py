@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from toolkit.training.checkpoint import model_metadata, save_model_file
+from toolkit.formats.model_file import model_metadata, save_model_file
 from toolkit.cli import run_cli
 from toolkit.config import load_config, validate
 from toolkit.data.shards import pack_dataset

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from toolkit.training.checkpoint import model_metadata, save_model_file
+from toolkit.formats.model_file import model_metadata, save_model_file
 from toolkit.cli import run_cli
 from toolkit.config import Config
 from toolkit.data import build_eval_transform

@@ -13,7 +13,6 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from toolkit.errors import UsageError
 from toolkit.models import create_model
 from toolkit.models.pretrained import HEAD_KEYS, load_pretrained, pretrained_normalization
 
@@ -185,7 +184,7 @@ def test_training_starts_from_the_init_file_and_only_the_head_is_fresh(tmp_path,
 
     from helpers import pack_tiny, train_args, train_cli
     from toolkit.models import create_model
-    from toolkit.training.checkpoint import read_model_file
+    from toolkit.formats.model_file import read_model_file
 
     shards = pack_tiny(tmp_path)
     source = create_model("resnet18", num_classes=1000, blocks_per_stage=[1, 1, 1, 1])

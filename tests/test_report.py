@@ -86,7 +86,7 @@ def write_run(run_dir: Path, *, splits=("val", "test"), shards: str = "shards/no
 
 
 def save_tiny_model(run_dir: Path) -> nn.Module:
-    from toolkit.training.checkpoint import model_metadata, save_model_file
+    from toolkit.formats.model_file import model_metadata, save_model_file
     from toolkit.config import load_config
 
     cfg = load_config(None, ["model.arch=resnet18", "model.blocks_per_stage=[1,1,1,1]", "model.base_width=8",

@@ -28,7 +28,7 @@ from toolkit.reporting.finish import prediction_rows, summary_keys
 from toolkit.reporting.report import build_report, fmt
 from toolkit.reporting.tracking import Tracker
 from toolkit.reporting.wandb_runs import read_wandb_records
-from toolkit.training.checkpoint import load_model_file
+from toolkit.formats.model_file import load_model_file
 
 ODD = "<b>odd&class"  # a class name that must be escaped in HTML
 NAMES = ["Abyssinian", ODD, "beagle", "american_pit_bull_terrier", "pug"]

@@ -32,7 +32,7 @@ from toolkit.data import build_eval_transform, load_info
 from toolkit.data.shards import decode_error, strict_decoding, to_rgb
 from toolkit.data.transforms import open_image
 from toolkit.formats import class_names
-from toolkit.training.checkpoint import check_classes, load_model_file
+from toolkit.formats.model_file import check_classes, load_model_file
 
 
 class ImageReadError(Exception):

@@ -29,7 +29,7 @@ from toolkit.config import load_config
 from toolkit.data import check_shards_exist, load_info, make_eval_loader
 from toolkit.evaluation.metrics import compute_metrics, compute_multiclass_metrics, fmt, roc_auc, roc_auc_ovr
 from toolkit.formats import Predictions, RunDir, class_names, split_size
-from toolkit.training.checkpoint import check_classes, load_model_file
+from toolkit.formats.model_file import check_classes, load_model_file
 
 
 @dataclass

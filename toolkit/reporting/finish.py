@@ -15,7 +15,7 @@ from toolkit.reporting.plots import TOP_PROBS, top_classes
 from toolkit.reporting.report import build_report
 from toolkit.reporting.tracking import Tracker
 from toolkit.reporting.visualize import make_plots
-from toolkit.training.checkpoint import load_model_file
+from toolkit.formats.model_file import load_model_file
 
 PREDICTION_TABLE_ROWS = 64
 

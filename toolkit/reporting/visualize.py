@@ -31,7 +31,7 @@ from toolkit.evaluation.metrics import compute_multiclass_metrics, threshold_met
 from toolkit.formats import Predictions, RunDir
 from toolkit.reporting import interpret, plots
 from toolkit.reporting.report import build_report
-from toolkit.training.checkpoint import load_model_file
+from toolkit.formats.model_file import load_model_file
 
 FILE_PLOTS = ("roc", "pr", "confusion", "curves")
 MODEL_PLOTS = ("grid", "gradcam", "features", "filters")

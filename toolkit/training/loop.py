@@ -33,7 +33,8 @@ from toolkit.models.pretrained import load_pretrained
 from toolkit.reporting.finish import finish_run
 from toolkit.redaction import redact_secrets
 from toolkit.reporting.tracking import Tracker
-from toolkit.training.checkpoint import model_metadata, save_model_file, together
+from toolkit.formats.model_file import model_metadata, save_model_file
+from toolkit.training.checkpoint import together
 from toolkit.training.optim import build_ema, build_optimizer, build_scheduler
 from toolkit.training.run_folder import resolve_run_dir, unlock
 from toolkit.training.state import (StopRequested, TrainerState, TrainingError, find_resume_checkpoint,
