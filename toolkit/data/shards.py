@@ -422,7 +422,7 @@ def check_options(options: dict) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {options[name]}")
 
 
-def summary_line(info: dict, out: Path) -> str:
+def packing_summary(info: dict, out: Path) -> str:
     skipped = {split: sum(s["split"] == split for s in info["skipped"]) for split in SPLITS}
     splits = info["splits"]
     per_split = ", ".join(f"{split} {splits[split]['num_samples']} packed + {skipped[split]} skipped" for split in SPLITS)

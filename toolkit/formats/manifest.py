@@ -138,8 +138,12 @@ def selection_problem(info: dict) -> Optional[str]:
     return None
 
 
+# Manifests written before 'classes' existed held Oxford-IIIT Pet by species, in this order.
+LEGACY_CLASSES = ("cat", "dog")
+
+
 def class_names(info: dict) -> list[str]:
-    return list(info.get("classes") or ["cat", "dog"])
+    return list(info.get("classes") or LEGACY_CLASSES)
 
 
 def label_field(info: dict) -> str:

@@ -19,56 +19,38 @@ from toolkit.errors import DataError
 from toolkit.fileio import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 
 
+EVAL_FORMAT_VERSION = 2  # 2: predictions.csv has one prob_<class> column per class for any class count
+
+
 @dataclass
 class Predictions:
     """One split's per-sample predictions, as ``eval/<split>/predictions.csv`` stores them.
 
-    Columns: ``key, label, prob_<class 1>, pred, breed`` for two classes (``prob_dog`` for
-    cat/dog; P(class 0) is one minus it), and ``key, label, pred, breed, prob_<class>...`` with
-    one probability per class for more. ``pred`` is the class index: threshold on the positive
-    class's probability for two classes, the most probable class for more.
+    Columns ``key, label, pred, breed, prob_<class>...``: one probability per class, in class
+    order, for any number of classes; ``pred`` is the predicted class index (``metrics.predict``).
+    Version 1 files of two-class runs held one ``prob_<class 1>`` column after ``label``
+    (P(class 0) is one minus it); they are still read.
     """
 
     keys: list[str] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     probs: list[list[float]] = field(default_factory=list)  # [N][C] softmax probabilities
+    preds: list[int] = field(default_factory=list)
     breeds: list[str] = field(default_factory=list)
-    class_names: list[str] = field(default_factory=lambda: ["cat", "dog"])
+    class_names: list[str] = field(default_factory=list)
 
-    @property
-    def binary(self) -> bool:
-        return len(self.class_names) == 2
-
-    @property
-    def prob_dog(self) -> list[float]:
-        """P(class 1) of a two-class run (dog for cat/dog): what the binary metrics and plots take."""
-        if not self.binary:
-            raise ValueError(f"prob_dog is a two-class notion; these predictions have {len(self.class_names)} classes")
-        return [row[1] for row in self.probs]
-
-    def predicted(self, threshold: float = 0.5) -> list[int]:
-        if self.binary:
-            return [int(row[1] >= threshold) for row in self.probs]
-        return [max(range(len(row)), key=row.__getitem__) for row in self.probs]
-
-    def to_csv(self, threshold: float) -> str:
+    def to_csv(self) -> str:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        preds = self.predicted(threshold)
-        if self.binary:
-            writer.writerow(["key", "label", f"prob_{self.class_names[1]}", "pred", "breed"])
-            for key, label, row, pred, breed in zip(self.keys, self.labels, self.probs, preds, self.breeds):
-                writer.writerow([key, int(label), f"{row[1]:.6f}", pred, breed])
-        else:
-            writer.writerow(["key", "label", "pred", "breed"] + [f"prob_{name}" for name in self.class_names])
-            for key, label, row, pred, breed in zip(self.keys, self.labels, self.probs, preds, self.breeds):
-                writer.writerow([key, int(label), pred, breed] + [f"{p:.6f}" for p in row])
+        writer.writerow(["key", "label", "pred", "breed"] + [f"prob_{name}" for name in self.class_names])
+        for key, label, row, pred, breed in zip(self.keys, self.labels, self.probs, self.preds, self.breeds):
+            writer.writerow([key, int(label), int(pred), breed] + [f"{p:.6f}" for p in row])
         return buffer.getvalue()
 
     @classmethod
     def from_csv(cls, path: Path, class_names: Optional[list[str]] = None) -> "Predictions":
-        """Read a predictions file; ``class_names`` (from metrics.json beside it) names the classes of a
-        two-class file, whose header names only the positive one."""
+        """Read a predictions file; ``class_names`` (from metrics.json beside it) names both classes of a
+        version 1 two-class file, whose header names only the positive one."""
         with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.reader(handle)
             header = next(reader, [])
@@ -76,19 +58,21 @@ class Predictions:
             if not {"key", "label"} <= set(header) or not prob_columns:
                 raise DataError(f"{path} lacks key, label or prob_<class> columns; rerun python -m toolkit.evaluate")
             names = [header[i][len("prob_"):] for i in prob_columns]
-            if len(names) == 1:
-                names = list(class_names) if class_names and len(class_names) == 2 else (
-                    ["cat", "dog"] if names == ["dog"] else [f"not {names[0]}", names[0]])
+            if len(names) == 1:  # version 1, two classes: P(class 1) only
+                names = list(class_names) if class_names and len(class_names) == 2 else [f"not {names[0]}", names[0]]
             out = cls(class_names=names)
-            at = {name: header.index(name) for name in ("key", "label", "breed") if name in header}
+            at = {name: header.index(name) for name in ("key", "label", "pred", "breed") if name in header}
             for line, row in enumerate(reader, start=2):
                 try:
                     label = int(row[at["label"]])
                     probs = [float(row[i]) for i in prob_columns]
+                    pred = int(row[at["pred"]]) if "pred" in at else None
                 except (IndexError, ValueError):
-                    raise DataError(f"{path}:{line}: bad label or probability in {row[:6]!r}") from None
+                    raise DataError(f"{path}:{line}: bad label, prediction or probability in {row[:6]!r}") from None
+                probs = [1.0 - probs[0], probs[0]] if len(probs) == 1 else probs
                 out.labels.append(label)
-                out.probs.append([1.0 - probs[0], probs[0]] if len(probs) == 1 else probs)
+                out.probs.append(probs)
+                out.preds.append(pred if pred is not None else max(range(len(probs)), key=probs.__getitem__))
                 out.keys.append(row[at["key"]])
                 out.breeds.append(row[at["breed"]] if "breed" in at and at["breed"] < len(row) else "")
         return out
@@ -205,13 +189,13 @@ class RunDir:
     def read_final(self) -> dict:
         return json.loads(self.final.read_text(encoding="utf-8"))
 
-    def write_evaluation(self, split: str, metrics: dict, predictions: Predictions, threshold: float,
+    def write_evaluation(self, split: str, metrics: dict, predictions: Predictions,
                          out_dir: Optional[Path] = None) -> None:
         """``metrics.json`` + ``predictions.csv`` of one split (into ``out_dir`` when given)."""
         folder = Path(out_dir) if out_dir is not None else self.eval_dir(split)
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(folder / "predictions.csv", predictions.to_csv(threshold))
-        atomic_write_json(folder / "metrics.json", metrics)
+        atomic_write_text(folder / "predictions.csv", predictions.to_csv())
+        atomic_write_json(folder / "metrics.json", {"format_version": EVAL_FORMAT_VERSION, **metrics})
 
     def read_metrics(self, split: str) -> dict:
         return json.loads(self.eval_metrics(split).read_text(encoding="utf-8"))

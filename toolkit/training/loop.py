@@ -26,7 +26,7 @@ from toolkit.data.device_augment import batch_to_device
 from toolkit.data.locations import is_local, manifest_location
 from toolkit.data import TrainLoader, check_shards_exist, load_info, make_train_loader, resolve_normalization
 from toolkit.evaluation.evaluate import EvalResult, evaluate_split
-from toolkit.evaluation.metrics import fmt
+from toolkit.evaluation.metrics import format_number
 from toolkit.formats import RunDir, class_names, dataset_summary, selection_problem
 from toolkit.models import create_model
 from toolkit.models.pretrained import load_pretrained
@@ -393,7 +393,7 @@ def end_epoch(s: Session, state: TrainerState, outcome: EpochOutcome, val: EvalR
     together(accelerator, write_epoch if accelerator.is_main_process else None)  # a full disk stops every rank
     s.tracker.log({f"epoch/{k}": v for k, v in row.items() if v is not None}, step=state.global_step)
     s.log(f"epoch {epoch + 1}/{cfg.train.epochs} | train_loss {train_loss:.4f} | val_loss {val.loss:.4f} | "
-          f"val_acc {val.accuracy:.4f} | val_auc {fmt(val.auc)} | lr {row['lr']:.2e} | "
+          f"val_acc {val.accuracy:.4f} | val_auc {format_number(val.auc)} | lr {row['lr']:.2e} | "
           f"{row['img_per_s']:.1f} img/s | data_wait {row['data_wait_frac']:.0%}"
           + (f" | skipped {skipped}" if skipped else "") + (" | best" if improved else ""))
     every = cfg.train.checkpoint_every_epochs
@@ -464,10 +464,10 @@ def any_process(accelerator, value: bool) -> bool:
 
 
 def print_final(run: RunDir, state: TrainerState, summary: dict, tracker_info: dict) -> None:
-    print(f"done: best val_auc {fmt(state.best_val_auc)} at epoch {state.best_epoch}", flush=True)
+    print(f"done: best val_auc {format_number(state.best_val_auc)} at epoch {state.best_epoch}", flush=True)
     for split, metrics in summary.get("splits", {}).items():
-        print(f"  {split}: n={metrics.get('num_samples')} acc {fmt(metrics.get('accuracy'))} "
-              f"auc {fmt(metrics.get('roc_auc'))}", flush=True)
+        print(f"  {split}: n={metrics.get('num_samples')} acc {format_number(metrics.get('accuracy'))} "
+              f"auc {format_number(metrics.get('roc_auc'))}", flush=True)
     print(f"  model:  {run.model}", flush=True)
     if run.report.exists():
         print(f"  report: {run.report}", flush=True)
