@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from helpers import ENV, ROOT, error_line, file_hashes, run_in_process, save_tiny_model, wait_for
-from toolkit.cli import UsageError
+from toolkit.errors import UsageError
 from toolkit.compare_recipes import claim_run_dir, main as compare_main
 
 # a tiny ResNet at 32 px, one loader process: a compare_recipes run of one epoch takes seconds
