@@ -247,3 +247,109 @@ def test_an_empty_test_split_is_refused_before_training_and_evaluating(tmp_path:
     with pytest.raises(UsageError, match="the test split .* has no samples, so --split=test"):
         compare_main(["--shards", str(shards), "--epochs", "1", "--seeds", "0", "--out", str(tmp_path / "c"), *TINY])
     assert not (tmp_path / "c").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Credentials in shard locations are masked, by form
+
+
+CREDENTIAL_FORMS = [  # (id, shard location, the secret in it); one per form of curl, wget, aws/gsutil, env, URL
+    ("curl-oauth2-bearer", "pipe:curl -s --oauth2-bearer S3cr3tBearer https://h/x.tar", "S3cr3tBearer"),
+    ("curl-u", "pipe:curl -u alice:S3cr3tPass https://h/x.tar", "S3cr3tPass"),
+    ("curl-u-attached", "pipe:curl -ualice:S3cr3tPass https://h/x.tar", "S3cr3tPass"),
+    ("curl-user=", "pipe:curl --user=alice:S3cr3tPass https://h/x.tar", "S3cr3tPass"),
+    ("curl-proxy-user", "pipe:curl -U bob:S3cr3tProxy -x http://p:3128 https://h/x.tar", "S3cr3tProxy"),
+    ("curl-H-api-key", 'pipe:curl -H "X-Api-Key: S3cr3tApiKey" https://h/x.tar', "S3cr3tApiKey"),
+    ("curl-H-authorization", "pipe:curl -H 'Authorization: Bearer S3cr3tAuth' https://h/x.tar", "S3cr3tAuth"),
+    ("curl-header-token", "pipe:curl --header X-Auth-Token:S3cr3tTok https://h/x.tar", "S3cr3tTok"),
+    ("curl-cookie", 'pipe:curl --cookie "session=S3cr3tCookie" https://h/x.tar', "S3cr3tCookie"),
+    ("curl-b", "pipe:curl -b sid=S3cr3tCookie https://h/x.tar", "S3cr3tCookie"),
+    ("wget-password", "pipe:wget -qO- --user=alice --password=S3cr3tPass https://h/x.tar", "S3cr3tPass"),
+    ("wget-http-password", "pipe:wget -qO- --http-password S3cr3tPass https://h/x.tar", "S3cr3tPass"),
+    ("wget-header", "pipe:wget -qO- --header='Authorization: Bearer S3cr3tAuth' https://h/x.tar", "S3cr3tAuth"),
+    ("aws-env-secret", "pipe:AWS_SECRET_ACCESS_KEY=S3cr3t/Aws+Key aws s3 cp --profile prod s3://b/x.tar -",
+     "S3cr3t/Aws+Key"),
+    ("aws-env-session", 'pipe:env AWS_SESSION_TOKEN="S3cr3t Session" aws s3 cp s3://b/x.tar -', "S3cr3t Session"),
+    ("aws-sse-c-key", "pipe:aws s3 cp --sse-c AES256 --sse-c-key S3cr3tSseKey s3://b/x.tar -", "S3cr3tSseKey"),
+    ("gsutil-o", 'pipe:gsutil -o "Credentials:gs_oauth2_refresh_token=S3cr3tRefresh" cat gs://b/x.tar',
+     "S3cr3tRefresh"),
+    ("env-password", "pipe:PGPASSWORD=S3cr3tPg fetch-shard x.tar", "S3cr3tPg"),
+    ("env-api-key", "pipe:MY_API_KEY=S3cr3tMyKey fetch-shard x.tar", "S3cr3tMyKey"),
+    ("url-userinfo", "https://alice:S3cr3tPass@h/x.tar", "S3cr3tPass"),
+    ("url-token-user", "pipe:curl https://S3cr3tGhToken@h/x.tar", "S3cr3tGhToken"),
+    ("url-query-signature", "https://h/x.tar?X-Amz-Credential=AKIA1&X-Amz-Signature=S3cr3tSig&v=1", "S3cr3tSig"),
+    ("url-query-token", "https://h/x.tar?access_token=S3cr3tQuery", "S3cr3tQuery"),
+]
+
+
+@pytest.mark.parametrize("location, secret", [c[1:] for c in CREDENTIAL_FORMS], ids=[c[0] for c in CREDENTIAL_FORMS])
+def test_each_credential_form_in_a_shard_location_is_masked(location: str, secret: str):
+    from toolkit.redaction import REDACTED, redact_text
+
+    masked = redact_text(location, secrets=[])  # nothing from the environment: the form alone must give it away
+    assert secret not in masked and REDACTED in masked, masked
+    assert masked.endswith(location.split(secret, 1)[1])  # what follows the secret stays readable
+
+
+@pytest.mark.parametrize("text", ["pipe:aws s3 cp --profile prod s3://b/train-000000.tar -",
+                                  'pipe:curl -s -H "Accept: */*" --user-agent pets https://h/x.tar',
+                                  "key=Abyssinian_1", "optimizer.weight_decay=0.001", "shards/pets/{split}.tar"])
+def test_what_is_no_credential_stays(text: str):
+    from toolkit.redaction import redact_text
+
+    assert redact_text(text, secrets=[]) == text
+
+
+@pytest.mark.slow
+def test_credentials_in_a_pipe_command_reach_no_file_of_the_run(synthetic_source: Path, tmp_path: Path):
+    """One working pipe: command carrying a credential of every form: none in config.yaml, dataset.json,
+    report.html, the console or W&B's offline run; each file shows the masked command."""
+    from toolkit.data.shards import pack_dataset
+    from helpers import train_args
+
+    folder = tmp_path / "one-shard-per-split"
+    pack_dataset(synthetic_source, folder, resize_shorter=48, shard_size=1000, workers=1, show_progress=False)
+    secrets = ["S3cr3tAws", "S3cr3tTokenEnv", "S3cr3tBearer", "S3cr3tPass", "S3cr3tApiKey", "S3cr3tCookie",
+               "S3cr3tWget", "S3cr3tWgetHdr", "S3cr3tUserinfo", "S3cr3tSig", "S3cr3tRefresh"]
+    command = (f"pipe:AWS_SECRET_ACCESS_KEY={secrets[0]} SHARD_TOKEN={secrets[1]} cat "
+               f"{folder}/{{split}}-{{000000..000000}}.tar # curl --oauth2-bearer {secrets[2]} -u me:{secrets[3]} "
+               f'-H "X-Api-Key: {secrets[4]}" --cookie "sid={secrets[5]}" https://u:{secrets[8]}@h/x?sig={secrets[9]} '
+               f'wget --password={secrets[6]} --header="Authorization: Bearer {secrets[7]}" '
+               f'gsutil -o "Credentials:gs_oauth2_refresh_token={secrets[10]}" aws --profile prod')
+    home = tmp_path / "home"
+    env = {k: v for k, v in ENV.items() if not k.startswith("WANDB_") and k != "NETRC"}
+    env.update(HOME=str(home), WANDB_MODE="offline", WANDB_CACHE_DIR=str(home / "cache"),
+               WANDB_DATA_DIR=str(home / "data"), WANDB_CONFIG_DIR=str(home / "config"), WANDB_SILENT="true",
+               WANDB_ERROR_REPORTING="false")
+    argv = train_args(folder, tmp_path / "runs", "pipe", "train.epochs=1", "tracking.wandb=offline",
+                      f"data.shards='{command}'")  # quoted: YAML keeps the '#'
+    proc = subprocess.run([sys.executable, "-m", "toolkit.train", *argv], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=280)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "runs" / "pipe"
+    files = [p for p in run.rglob("*") if p.is_file()]
+    assert {"config.yaml", "dataset.json", "report.html"} <= {p.name for p in files}
+    assert any(p.suffix == ".wandb" for p in files)
+    for secret in secrets:
+        assert secret not in proc.stdout + proc.stderr, secret
+        leaks = [str(p.relative_to(run)) for p in files if secret.encode() in p.read_bytes()]
+        assert not leaks, f"{secret} found in {leaks}"
+    import html
+
+    import yaml
+    from toolkit.redaction import redact_text
+
+    masked = redact_text(command, secrets=[])
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["shards"] == masked
+    assert json.loads((run / "dataset.json").read_text())["shards"] == masked
+    assert masked in html.unescape((run / "report.html").read_text())
+    for kept in ("--oauth2-bearer ***", '-H "X-Api-Key: ***"', "AWS_SECRET_ACCESS_KEY=***", "--profile prod"):
+        assert kept in masked, kept
+
+
+def test_a_credential_inside_a_quoted_override_is_masked():
+    """The command line W&B copies: data.shards='pipe:AWS_SECRET_ACCESS_KEY=... aws ...' as one argument."""
+    from toolkit.redaction import redact_text
+
+    masked = redact_text("data.shards='pipe:AWS_SECRET_ACCESS_KEY=S3cr3tAws aws s3 cp s3://b/x.tar -'", secrets=[])
+    assert masked == "data.shards='pipe:AWS_SECRET_ACCESS_KEY=*** aws s3 cp s3://b/x.tar -'"

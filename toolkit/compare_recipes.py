@@ -40,6 +40,7 @@ from toolkit.errors import DataError, UsageError
 from toolkit.config import fit_head_to_classes, load_config, split_config_args, to_dict, validate
 from toolkit.data import check_shards_exist, check_split_has_samples, load_info, resolve_normalization, split_size
 from toolkit.fileio import atomic_write_json, atomic_write_text
+from toolkit.redaction import redact_secrets
 from toolkit.evaluation.metrics import decision_rule, format_mean_std, format_number, mean_std, reports_top_k
 from toolkit.formats import RunDir, class_names
 from toolkit.reporting import wandb_report
@@ -159,6 +160,7 @@ def reusable(run_dir: Path, planned: dict, split: str) -> bool:
     if not RunDir(run_dir).has_results(split):
         return False
     planned = {**planned, "output": {**planned["output"], "run_name": run_dir.name}}  # NAME-2 is still NAME
+    planned = redact_secrets(planned)  # as training saved it: a pipe: command's credentials masked
     try:
         return to_dict(load_config(RunDir(run_dir).config)) == planned
     except (UsageError, OSError, ValueError):  # unreadable, or written by a version with other keys

@@ -3,6 +3,15 @@
 A value is secret when its key names a secret (``api_key``, ``hf_token``, ``db_password``, ...) or
 when it contains the value of a secret environment variable (``WANDB_API_KEY``, ``HF_TOKEN``,
 anything ``*_KEY``/``*_TOKEN``/``*_SECRET``/``*_PASSWORD``), so a token inside a URL is caught too.
+
+Credentials written into a shard location (``data.shards``: a signed URL, a ``pipe:`` command) are
+masked by form, since they need not be in this process's environment: the argument after a
+credential flag of curl, wget, aws and the like (``-u``/``--user``, ``--oauth2-bearer``,
+``--cookie``, ``--password``, ``--http-password``, ``--sse-c-key``, any ``--*-token``/``--*-secret``),
+the value of a credential header (``-H "X-Api-Key: ..."``, ``Authorization``, ``Cookie``), the value
+of an assignment whose name says secret (``AWS_SECRET_ACCESS_KEY=...``, ``gs_oauth2_refresh_token=...``),
+a URL's userinfo (``https://user:pass@``, ``https://TOKEN@``) and signing query parameters.
+Masking a harmless argument now and then (``sort -u FILE``) is the price of never storing a real one.
 """
 
 from __future__ import annotations
@@ -28,11 +37,28 @@ _MIN_SECRET_LEN = 8
 # Credentials written into a location (data.shards: a signed URL, a pipe: command with a header):
 # query parameters that sign or authorize, an Authorization header's value, user:password@ in a URL.
 _INLINE_SECRETS = (
-    (re.compile(r"(?i)([?&](?:[\w-]*token|[\w-]*sig(?:nature)?|[\w-]*key|[\w-]*secret|password|auth|"
-                r"[\w-]*credential)=)[^&#\s'\"]+"), r"\1" + REDACTED),
-    (re.compile(r"(?i)(authorization\s*:\s*)[^'\"\n]+"), r"\1" + REDACTED),
-    (re.compile(r"(://[^/\s:@]+:)[^@/\s]+@"), r"\1" + REDACTED + "@"),
+    (re.compile(r"(?i)([?&](?:[\w-]*token|[\w-]*sig(?:nature)?|[\w-]*key|[\w-]*secret|pass(?:word|wd)?|pwd|"
+                r"[\w-]*auth[\w-]*|[\w-]*credential)=)[^&#\s'\"]+"), r"\1" + REDACTED),
+    (re.compile(r"(?i)((?:proxy-)?authorization\s*:\s*)[^'\"\n]+"), r"\1" + REDACTED),
+    (re.compile(r"(?<=://)[^/\s@'\"]+@"), REDACTED + "@"),  # userinfo: user:password, or a token as the user
 )
+
+# One shell word of a command line: a quoted string, or a run of characters up to a space or an operator.
+_WORD = r"""(?:"[^"]*"|'[^']*'|[^\s'"|;&]+)"""
+_FLAG_START = r"(?<![^\s'\"])"  # at the start of a word
+# Flags whose next argument (or =value) is a credential: curl -u/--user, -U/--proxy-user, --oauth2-bearer,
+# -b/--cookie, -E/--cert (cert:password), --pass, --tlspassword; wget --password, --http-password, --ftp-password;
+# aws --sse-c-key; and any --*-token, --*-secret, --*-password, --*-key flag (not --no-* or --ask-*, which take none).
+_LONG_CREDENTIAL_FLAG = re.compile(
+    _FLAG_START + r"(--(?!no-|ask-)(?:\w+-)*(?:user|bearer|cookie|cert|pass|password|passwd|tlspassword|secret|"
+    r"token|key|apikey|credentials?))(=|\s+)(" + _WORD + ")", re.IGNORECASE)
+_SHORT_CREDENTIAL_FLAG = re.compile(_FLAG_START + r"(-[ubUE])(\s*)(" + _WORD + ")")  # also attached: -uuser:pass
+_HEADER_FLAG = re.compile(_FLAG_START + r"(-H|--header|--proxy-header)(=|\s*)(" + _WORD + ")")
+# NAME=value in a command (AWS_SECRET_ACCESS_KEY=..., gsutil -o Credentials:gs_oauth2_refresh_token=...)
+_ASSIGNMENT = re.compile(r"(?<![\w.:/-])([A-Za-z_][\w.:-]*)=(" + _WORD + ")")
+_SECRET_NAME_PARTS = ("token", "secret", "password", "passwd", "credential", "apikey", "bearer", "cookie",
+                      "signature")
+_SECRET_NAME_WORDS = ("pwd", "pass", "auth", "authorization", "session", "sig")
 
 
 def _split_camel(name: str) -> str:
@@ -42,6 +68,48 @@ def _split_camel(name: str) -> str:
 def is_secret_key(name: str) -> bool:
     """True for dict keys whose value should never be written anywhere."""
     return bool(_SECRET_KEY_RE.search(_split_camel(str(name))))
+
+
+def is_secret_name(name: str) -> bool:
+    """True for a variable or header name that holds a credential in a command line: ``AWS_SECRET_ACCESS_KEY``,
+    ``AWS_ACCESS_KEY_ID``, ``X-Api-Key``, ``gs_oauth2_refresh_token``, ``PGPASSWORD``; not ``key`` or ``monkey``."""
+    words = [w for w in re.split(r"[_.:\-\s]+", _split_camel(name).lower()) if w]
+    return (any(part in word for word in words for part in _SECRET_NAME_PARTS)
+            or any(word in _SECRET_NAME_WORDS for word in words)
+            or any(word == "key" for word in words[1:]))  # api_key, access_key_id; a bare "key" is a sample's
+
+
+def _masked(word: str) -> str:
+    """A shell word replaced by the mask, its quotes kept."""
+    return word[0] + REDACTED + word[0] if word[:1] in ("'", '"') else REDACTED
+
+
+def _mask_header(match: re.Match) -> str:
+    """``-H "Name: value"`` with the value masked when the name says credential (Accept: stays)."""
+    flag, sep, word = match.groups()
+    quote = word[0] if word[:1] in ("'", '"') else ""
+    name, colon, value = word[len(quote):len(word) - len(quote)].partition(":")
+    if not colon or not is_secret_name(name.strip()):
+        return match.group(0)
+    space = " " if value.startswith(" ") else ""
+    return f"{flag}{sep}{quote}{name}:{space}{REDACTED}{quote}"
+
+
+def _mask_assignment(match: re.Match) -> str:
+    """``NAME=value`` with the value masked when NAME says secret; else the value is searched in turn
+    (``data.shards='pipe:AWS_SECRET_ACCESS_KEY=... aws ...'`` on a command line)."""
+    name, word = match.groups()
+    if is_secret_name(name):
+        return f"{name}={_masked(word)}"
+    return f"{name}={_ASSIGNMENT.sub(_mask_assignment, word)}"
+
+
+def redact_command(text: str) -> str:
+    """Credentials written into a command line (a ``pipe:`` shard location) replaced by the mask, by form."""
+    text = _LONG_CREDENTIAL_FLAG.sub(lambda m: f"{m.group(1)}{m.group(2)}{_masked(m.group(3))}", text)
+    text = _SHORT_CREDENTIAL_FLAG.sub(lambda m: f"{m.group(1)}{m.group(2)}{_masked(m.group(3))}", text)
+    text = _HEADER_FLAG.sub(_mask_header, text)
+    return _ASSIGNMENT.sub(_mask_assignment, text)
 
 
 def secret_values(environ: Optional[Mapping[str, str]] = None) -> list[str]:
@@ -71,13 +139,14 @@ def redact_secrets(obj: Any, *, environ: Optional[Mapping[str, str]] = None) -> 
 
 
 def redact_text(text: str, secrets: Optional[Sequence[str]] = None) -> str:
-    """One string with environment secrets and inline credentials (signed URLs, auth headers) replaced."""
+    """One string with environment secrets and inline credentials (signed URLs, auth headers, credential
+    flags and assignments in a command line) replaced."""
     for secret in secret_values() if secrets is None else secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)
     for pattern, replacement in _INLINE_SECRETS:
         text = pattern.sub(replacement, text)
-    return text
+    return redact_command(text)
 
 
 def _redact(obj: Any, secrets: Sequence[str]) -> Any:
