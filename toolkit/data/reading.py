@@ -14,6 +14,7 @@ import contextlib
 import logging
 import tarfile
 import urllib.request
+from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence
 
 from PIL import Image
@@ -29,6 +30,11 @@ log = logging.getLogger(__name__)
 
 MAX_WARNINGS = 20  # per process; further bad samples are still counted
 MAX_MEMBER_BYTES = 64 << 20  # a stored image is ~50 KB; a bigger member is a damaged or hostile shard, never read
+MAX_SAMPLE_BYTES = 64 << 20  # all members read for one key together (many members of one key: the same)
+READ_EXTENSIONS = frozenset({"jpg", "cls", "json"})  # what a sample is made of; other members are skipped unread
+# A compressed tar (which mode "r|*" would open) can expand a small download into gigabytes per worker:
+# shards are plain tar, as make_shards writes them, and a compressed one is refused unread.
+COMPRESSION_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
 
 _warnings_given = 0
 
@@ -65,37 +71,89 @@ def open_shard(url: str):
     return gopen(url, "rb")
 
 
-def tar_samples(stream) -> Iterator[dict]:
+@dataclass(frozen=True)
+class Limits:
+    """What one tar member, and one sample (all members of a key), may put in memory; beyond it the sample
+    is skipped and counted, its members unread."""
+
+    member_bytes: int
+    sample_bytes: int
+
+
+def default_limits() -> Limits:
+    return Limits(member_bytes=MAX_MEMBER_BYTES, sample_bytes=MAX_SAMPLE_BYTES)
+
+
+class CompressedShard(tarfile.ReadError):
+    """A gzip/bzip2/xz/zstd tar: refused before a byte is decompressed."""
+
+
+class _Prefixed:
+    """``stream`` with the bytes already read from it put back in front (tarfile's stream mode only reads)."""
+
+    def __init__(self, head: bytes, stream) -> None:
+        self.head, self.stream = head, stream
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            data, self.head = self.head + self.stream.read(), b""
+            return data
+        data, self.head = self.head[:size], self.head[size:]
+        return data + self.stream.read(size - len(data)) if len(data) < size else data
+
+
+def plain_tar(stream):
+    """``stream`` if it is not compressed (by its first bytes), else CompressedShard."""
+    head = stream.read(6)
+    kind = next((name for magic, name in COMPRESSION_MAGIC.items() if head.startswith(magic)), None)
+    if kind is not None:
+        raise CompressedShard(f"a {kind}-compressed tar, refused unread (it could expand to any size); shards are "
+                              "plain tar as make_shards writes them: decompress it")
+    return _Prefixed(head, stream)
+
+
+def tar_samples(stream, limits: Optional[Limits] = None) -> Iterator[dict]:
     """Group consecutive tar members sharing a key into ``{"__key__": key, ext: bytes}``.
 
+    Only jpg, cls and json members are read, each at most ``limits.member_bytes`` and together at most
+    ``limits.sample_bytes`` per key; a sample over a cap gets ``__error__`` and its bytes are dropped.
     Member names are only ever used as strings, never as paths on disk.
     """
+    limits = limits or default_limits()
     current: Optional[dict] = None
-    with tarfile.open(fileobj=stream, mode="r|*") as tar:
+    size = 0
+    with tarfile.open(fileobj=plain_tar(stream), mode="r|") as tar:
         for member in tar:
+            tar.members = []  # the stream mode still lists every member: a tar of millions must not grow memory
             key, ext = base_plus_ext(member.name) if member.isfile() else (None, None)
             if key is None:
                 continue
-            problem = member_problem(member)
+            problem = member_problem(member, limits)
             if problem:  # left unread (the stream skips it); the sample is counted as bad
                 key = key.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
             if current is not None and current["__key__"] != key:
                 yield current
                 current = None
             if current is None:
-                current = {"__key__": key}
+                current, size = {"__key__": key}, 0
+            if "__error__" in current or (ext not in READ_EXTENSIONS and not problem):
+                continue
+            size += member.size
+            if not problem and size > limits.sample_bytes:
+                problem = f"its members total over {limits.sample_bytes:,} bytes, the cap per sample"
             if problem:
-                current["__error__"] = problem
+                current = {"__key__": key, "__error__": problem}  # what was read of it is let go
             else:
                 current[ext] = tar.extractfile(member).read()
     if current is not None:
         yield current
 
 
-def member_problem(member: tarfile.TarInfo) -> Optional[str]:
+def member_problem(member: tarfile.TarInfo, limits: Optional[Limits] = None) -> Optional[str]:
     """Why a member must not be read: too large to be an image, or a name that is not UTF-8 (it could not be reported)."""
-    if member.size > MAX_MEMBER_BYTES:
-        return f"member {ascii(member.name)} is {member.size:,} bytes, over the {MAX_MEMBER_BYTES >> 20} MiB cap"
+    cap = (limits or default_limits()).member_bytes
+    if member.size > cap:
+        return f"member {ascii(member.name)} is {member.size:,} bytes, over the {cap:,}-byte cap"
     try:
         member.name.encode("utf-8")
     except UnicodeEncodeError:
@@ -103,12 +161,12 @@ def member_problem(member: tarfile.TarInfo) -> Optional[str]:
     return None
 
 
-def read_shards(shards: Sequence[Shard], skips: Skips,
-                 owner: Optional[Callable[[int], bool]] = None) -> Iterator[dict]:
+def read_shards(shards: Sequence[Shard], skips: Skips, owner: Optional[Callable[[int], bool]] = None,
+                limits: Optional[Limits] = None) -> Iterator[dict]:
     """Raw samples of ``shards`` in order, tagged with ``__url__``; with ``owner``, only indices it accepts.
 
-    A shard that cannot be opened or ends early loses the samples info.json says it still
-    had; they count as skipped (for their owner), so sample indices stay the same in every slot.
+    A shard that cannot be opened, is compressed or ends early loses the samples info.json says it
+    still had; they count as skipped (for their owner), so sample indices stay the same in every slot.
     """
     index = 0
     for url, expected in shards:
@@ -116,7 +174,7 @@ def read_shards(shards: Sequence[Shard], skips: Skips,
         stream = None
         try:
             stream = open_shard(url)
-            for sample in tar_samples(stream):
+            for sample in tar_samples(stream, limits):
                 read, last_key = read + 1, sample["__key__"]
                 index += 1
                 if owner is None or owner(index - 1):

@@ -9,7 +9,6 @@ says), and that every JPEG decodes to the size its metadata says.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import tarfile
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Optional
 
 
 from toolkit.cli import is_main_process, progress
+from toolkit.data.reading import Limits, default_limits
 from toolkit.data.shards import SIZE_FIELDS, decode_error, map_ordered, strict_decoding
 from toolkit.data.transforms import open_image
 from toolkit.formats import SPLITS, class_names, label_field, read_manifest
@@ -29,43 +29,92 @@ class ShardCheck:
     shard: dict
     classes: tuple[str, ...]
     label_field: str  # the sample json field that must name classes[cls]
+    limits: Limits  # what one member and one sample may hold in memory
+
+
+def file_sha256(path: Path) -> tuple[int, str]:
+    """(size, sha256) of a file, read in 1 MiB chunks: a shard of any size costs no more memory than that."""
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+class ShardTally:
+    """One shard's samples checked one by one as the tar is read, so at most one sample is in memory."""
+
+    def __init__(self, name: str, task: ShardCheck) -> None:
+        self.name, self.task = name, task
+        self.problems: list[str] = []
+        self.keys: list[str] = []
+        self.counts = {class_name: 0 for class_name in task.classes}
+        self.key: Optional[str] = None
+        self.members: dict[str, bytes] = {}
+        self.size, self.too_big = 0, None
+
+    def add(self, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
+        key, _, ext = member.name.partition(".")
+        if not member.isfile() or not key or not ext:
+            self.problems.append(f"{self.name}: unexpected member {member.name!r}")
+            return
+        if key != self.key:
+            self.finish()
+            if key in self.keys:
+                self.problems.append(f"{self.name}: {member.name} repeated or not next to the rest of its sample")
+            self.key, self.members, self.size, self.too_big = key, {}, 0, None
+        elif ext in self.members:
+            self.problems.append(f"{self.name}: {member.name} repeated or not next to the rest of its sample")
+        self.size += member.size
+        limits = self.task.limits
+        if self.too_big is None and (member.size > limits.member_bytes or self.size > limits.sample_bytes):
+            self.too_big = (f"{member.name} is {member.size:,} bytes ({self.size:,} with the rest of its sample), over "
+                            f"the cap of {limits.member_bytes:,} per member and {limits.sample_bytes:,} per sample; "
+                            "not read")
+            self.members = {}
+        if self.too_big is None:
+            self.members[ext] = tar.extractfile(member).read()
+
+    def finish(self) -> None:
+        """Check the sample read so far, if any."""
+        if self.key is None:
+            return
+        if self.key not in self.keys:
+            self.keys.append(self.key)
+        problem = self.too_big or check_sample(self.members, self.task.classes, self.task.label_field)
+        if problem:
+            self.problems.append(f"{self.name}/{self.key}: {problem}")
+        else:
+            self.counts[self.task.classes[int(self.members["cls"])]] += 1
+        self.key, self.members = None, {}
 
 
 def check_shard(task: ShardCheck) -> tuple[list[str], list[str], dict[str, int]]:
     """Problems found in one shard, its keys in order, and its class counts."""
     name, shard = Path(task.path).name, task.shard
     try:
-        data = Path(task.path).read_bytes()
+        size, digest = file_sha256(Path(task.path))
     except OSError as err:
         return [f"{name}: cannot read ({err.strerror or err})"], [], {}
     problems = []
-    if len(data) != shard["bytes"]:
-        problems.append(f"{name}: {len(data)} bytes, info.json says {shard['bytes']}")
-    if hashlib.sha256(data).hexdigest() != shard["sha256"]:
+    if size != shard["bytes"]:
+        problems.append(f"{name}: {size} bytes, info.json says {shard['bytes']}")
+    if digest != shard["sha256"]:
         problems.append(f"{name}: sha256 differs from info.json (file changed or damaged)")
-    samples: dict[str, dict[str, bytes]] = {}
+    tally = ShardTally(name, task)
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        with open(task.path, "rb") as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
             for member in tar:
-                key, _, ext = member.name.partition(".")
-                if not member.isfile() or not key or not ext:
-                    problems.append(f"{name}: unexpected member {member.name!r}")
-                    continue
-                if key in samples and (ext in samples[key] or key != next(reversed(samples))):
-                    problems.append(f"{name}: {member.name} repeated or not next to the rest of its sample")
-                samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+                tar.members = []  # keep no list of a hostile tar's millions of members
+                tally.add(member, tar)
+        tally.finish()
     except (tarfile.TarError, OSError, EOFError) as err:
-        return problems + [f"{name}: not a readable tar ({err})"], list(samples), {}
-    counts = {class_name: 0 for class_name in task.classes}
-    for key, members in samples.items():
-        problem = check_sample(members, task.classes, task.label_field)
-        if problem:
-            problems.append(f"{name}/{key}: {problem}")
-        else:
-            counts[task.classes[int(members["cls"])]] += 1
-    if len(samples) != shard["num_samples"]:
-        problems.append(f"{name}: {len(samples)} samples, info.json says {shard['num_samples']}")
-    return problems, list(samples), counts
+        return problems + tally.problems + [f"{name}: not a readable tar ({err})"], tally.keys, {}
+    problems += tally.problems
+    if len(tally.keys) != shard["num_samples"]:
+        problems.append(f"{name}: {len(tally.keys)} samples, info.json says {shard['num_samples']}")
+    return problems, tally.keys, tally.counts
 
 
 def check_sample(members: dict[str, bytes], classes: tuple[str, ...], field: str) -> Optional[str]:
@@ -96,13 +145,19 @@ def check_sample(members: dict[str, bytes], classes: tuple[str, ...], field: str
     return None
 
 
-def verify_shards(folder: Path, workers: int = 1, show_progress: bool = False) -> list[str]:
-    """Re-read every shard against info.json; the problems found (empty = OK)."""
+def verify_shards(folder: Path, workers: int = 1, show_progress: bool = False,
+                  limits: Optional[Limits] = None) -> list[str]:
+    """Re-read every shard against info.json; the problems found (empty = OK).
+
+    Memory stays bounded whatever the shards hold: files are hashed in chunks, tars read as a stream,
+    and a member or sample over ``limits`` (the readers' caps by default) is a problem, not read.
+    """
     folder = Path(folder)
     info = read_manifest(folder)
     problems = []
     classes, field = tuple(class_names(info)), label_field(info)
-    tasks = [ShardCheck(str(folder / shard["name"]), shard, classes, field)
+    limits = limits or default_limits()
+    tasks = [ShardCheck(str(folder / shard["name"]), shard, classes, field, limits)
              for split in SPLITS for shard in info["splits"][split]["shards"]]
     listed = {Path(t.path).name for t in tasks}
     problems += [f"{p.name}: not listed in info.json (left over from another run?)"
