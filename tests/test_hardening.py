@@ -454,3 +454,108 @@ def test_verify_reads_a_shard_in_bounded_memory_and_names_what_is_over_the_caps(
                for p in problems), problems
     assert any("sha256 differs" in p for p in problems)
     assert peak < 4 << 20, f"peak {peak:,} bytes while verifying an 8 MiB shard"
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. Image-folder packing: links, files that are not files, names that are not UTF-8
+
+
+def pack_folder(source: Path, out: Path) -> dict:
+    from toolkit.data.shards import pack_dataset
+
+    return pack_dataset(source, out, resize_shorter=32, workers=1, show_progress=False)
+
+
+def test_linked_sub_folders_are_packed_each_file_once_and_loops_are_not_followed(tmp_path: Path, capsys):
+    """A linked sub-folder used to be dropped without a word; now it is packed, a loop is named, a file
+    reached twice is packed once (not in train and test both) and its second path is a counted skip."""
+    source, elsewhere = tmp_path / "pets", tmp_path / "more-cats"
+    write_images(source / "cat", 6)
+    write_images(source / "dog", 6, seed=1)
+    write_images(elsewhere, 4, seed=2)
+    (source / "cat" / "more").symlink_to(elsewhere, target_is_directory=True)  # a linked sub-folder
+    (source / "cat" / "loop").symlink_to(source / "cat", target_is_directory=True)  # back to its own class folder
+    (source / "dog" / "same.jpg").symlink_to(source / "cat" / "img0.jpg")  # one file in two classes
+    info = pack_folder(source, tmp_path / "shards")
+    packed = {name: sum(info["splits"][split]["class_counts"][name] for split in info["splits"])
+              for name in ("cat", "dog")}
+    assert packed == {"cat": 10, "dog": 6}
+    skipped = [s for s in info["skipped"]]
+    assert len(skipped) == 1 and "the same file as cat/img0.jpg" in skipped[0]["reason"], skipped
+    assert "cat/loop links back to a folder above it: not followed" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(120)
+def test_a_fifo_and_a_dev_zero_link_named_jpg_are_skipped_unopened(tmp_path: Path):
+    """Packing used to wait forever on the FIFO and read /dev/zero until memory ran out. In a child with
+    4 GiB of address space and a deadline, so that a regression fails here instead of taking the machine."""
+    import os
+    import resource
+
+    source = tmp_path / "pets"
+    write_images(source / "cat", 6)
+    write_images(source / "dog", 6, seed=1)
+    os.mkfifo(source / "cat" / "pipe.jpg")
+    (source / "dog" / "zero.jpg").symlink_to("/dev/zero")
+    out = tmp_path / "shards"
+
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    proc = subprocess.Popen([sys.executable, "-m", "toolkit.make_shards", "--source", str(source), "--out", str(out),
+                             "--workers", "1", "--resize-shorter", "32"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=limit_memory)
+    stdout, stderr = wait_for(proc, timeout=60)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "is a FIFO, never opened" in stdout and "zero.jpg is a device, never opened" in stdout
+    info = json.loads((out / "info.json").read_text())
+    assert len(info["skipped"]) == 2 and sum(s["num_samples"] for s in info["splits"].values()) == 12
+
+
+def test_a_file_over_the_size_cap_is_skipped_unread(tmp_path: Path):
+    from toolkit.data.shards import Job, process_image
+    from toolkit.data.sources import Item
+
+    big = tmp_path / "big.jpg"
+    write_images(tmp_path, 1, size=64)
+    (tmp_path / "img0.jpg").rename(big)
+    item = Item(key="big", path=big, label=0, fields=(), source="big.jpg")
+    assert not isinstance(process_image(Job("train", item, 32, 90, False, max_file_bytes=1 << 20)), str)
+    reason = process_image(Job("train", item, 32, 90, False, max_file_bytes=100))
+    assert isinstance(reason, str) and reason.startswith("too large:") and "100-byte cap" in reason
+
+
+def test_a_class_folder_name_that_is_not_utf8_is_one_line_before_packing(tmp_path: Path, capsys):
+    """It used to pack and train, then crash writing predictions.csv."""
+    import os
+
+    from toolkit.make_shards import main as make_shards_main
+
+    source = tmp_path / "pets"
+    write_images(source / "cat", 6)
+    bad = os.path.join(os.fsencode(source), b"d\xf6g")  # Latin-1 "dög"
+    os.mkdir(bad)
+    write_images(Path(os.fsdecode(bad)), 6, seed=1)
+    code = run_in_process(make_shards_main, ["--source", str(source), "--out", str(tmp_path / "shards"),
+                                             "--workers", "1"])
+    line = error_line(capsys.readouterr().err)
+    assert code == 2 and "'d\\udcf6g'" in line and "not valid UTF-8; rename it" in line, line
+    assert not (tmp_path / "shards").exists()
+
+
+def test_an_image_file_name_that_is_not_utf8_is_a_counted_skip(tmp_path: Path, capsys):
+    import os
+
+    from toolkit.make_shards import main as make_shards_main
+
+    source = tmp_path / "pets"
+    write_images(source / "cat", 6)
+    write_images(source / "dog", 6, seed=1)
+    os.rename(source / "dog" / "img5.jpg", os.path.join(os.fsencode(source / "dog"), b"h\xfcnd.jpg"))
+    os.rename(source / "dog" / "img4.jpg", os.path.join(os.fsencode(source / "dog"), b"notes\xfc.txt"))
+    code = run_in_process(make_shards_main, ["--source", str(source), "--out", str(tmp_path / "shards"),
+                                             "--workers", "1", "--resize-shorter", "32"])
+    out = capsys.readouterr().out
+    assert code == 0 and "is not valid UTF-8: rename it" in out and "notes\ufffd.txt" in out
+    info = json.loads((tmp_path / "shards" / "info.json").read_text())
+    assert len(info["skipped"]) == 1 and sum(s["num_samples"] for s in info["splits"].values()) == 10

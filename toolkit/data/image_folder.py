@@ -13,6 +13,13 @@ Classes are the class folders' names, sorted (as torchvision's ``ImageFolder`` d
 same folder always gives the same label numbers. Files with an image extension are packed
 (odd ones converted, undecodable ones skipped and recorded, as for Oxford); other files are
 listed in the manifest as ``unlisted``; hidden files and folders are ignored.
+
+Links are followed, files and folders alike (datasets are often assembled from links), with three
+guards: a folder link back to a folder above it is not followed (a warning says so), a file reached
+twice (two links, or a link from test/ into train/) is packed once and its other paths skipped with
+the reason, and a class folder whose name is not valid UTF-8 is a one-line error (the name is
+written into info.json, the model file and predictions.csv). A FIFO, a device or a file over the size
+cap named like an image is skipped with the reason by the packer, which never opens it.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Iterator, Optional
 
 from toolkit.errors import UsageError
 from toolkit.data.sources import Item, Listing
@@ -50,7 +58,8 @@ def read_listing(source: Path) -> Listing:
     else:
         trees = {"train": root}
 
-    found = {split: _class_files(tree, root) for split, tree in trees.items()}
+    scan = Scan(root)
+    found = {split: scan.class_files(tree) for split, tree in trees.items()}
     for split in fixed[1:]:  # an empty val/ or test/ would pack a split of 0 images that fails after training
         if not found[split]:
             raise UsageError(f"{trees[split]} holds no class folders, so the {split} split would be empty; add "
@@ -78,36 +87,78 @@ def read_listing(source: Path) -> Listing:
                 where = trees[split] / name
                 raise UsageError(f"class folder {where} holds no images ({', '.join(IMAGE_EXTENSIONS)}); add images "
                                  f"or remove the folder")
-            unlisted += others
+            unlisted += [printable(other) for other in others]
             for path in images:
                 relative = path.relative_to(root).as_posix()
-                pools[split].append(Item(key=keys.make(relative), path=path, label=index[name],
-                                         fields=(("class", name),), source=relative))
+                pools[split].append(Item(key=keys.make(printable(relative)), path=path, label=index[name],
+                                         fields=(("class", name),), source=printable(relative),
+                                         problem=scan.problem(path, relative)))
     return Listing(root=root, dataset=root.name or "image-folder", synthetic=False, classes=classes,
-                   label_field="class", pools=pools, unlisted=sorted(unlisted), forbidden_outputs=(root,))
+                   label_field="class", pools=pools, unlisted=sorted(unlisted), warnings=scan.warnings,
+                   forbidden_outputs=(root,))
+
+
+def printable(name: str) -> str:
+    """A file name as UTF-8 text (bytes that are not UTF-8 shown as U+FFFD), safe to print and to store."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _visible_folders(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _class_files(tree: Path, root: Path) -> dict[str, tuple[list[Path], list[str]]]:
-    """{class name: (image files, other files relative to root)} under each class folder of ``tree``, sorted."""
-    out = {}
-    for name in _visible_folders(tree):
-        images, others = [], []
-        for folder, subfolders, files in os.walk(tree / name):
-            subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
-            for file in sorted(files):
-                if file.startswith("."):
-                    continue
-                path = Path(folder) / file
+class Scan:
+    """Walks class folders in a fixed order, following links, and remembers each real file it lists."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.first_path: dict[str, str] = {}  # real path -> the relative path it was first listed under
+        self.warnings: list[str] = []
+
+    def class_files(self, tree: Path) -> dict[str, tuple[list[Path], list[str]]]:
+        """{class name: (image files, other files relative to root)} under each class folder of ``tree``, sorted."""
+        out = {}
+        for name in _visible_folders(tree):
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                raise UsageError(f"class folder {ascii(name)} in {printable(str(tree))} has a name that is not valid "
+                                 "UTF-8; rename it (class names are written into info.json, the model file and "
+                                 "predictions.csv)") from None
+            images, others = [], []
+            for path in self.walk(tree / name, frozenset()):
                 if path.suffix.lower() in IMAGE_EXTENSIONS:
                     images.append(path)
                 else:
-                    others.append(path.relative_to(root).as_posix())
-        out[name] = (images, others)
-    return out
+                    others.append(path.relative_to(self.root).as_posix())
+            out[name] = (images, others)
+        return out
+
+    def walk(self, folder: Path, above: frozenset[str]) -> Iterator[Path]:
+        """Visible files under ``folder`` as ``os.walk`` orders them (a folder's files sorted, then its
+        sub-folders sorted), following folder links except one back to a folder above it (a loop)."""
+        real = os.path.realpath(folder)
+        if real in above:
+            self.warnings.append(f"{printable(folder.relative_to(self.root).as_posix())} links back to a folder "
+                                 "above it: not followed")
+            return
+        entries = sorted((e for e in os.scandir(folder) if not e.name.startswith(".")), key=lambda e: e.name)
+        folders = [e for e in entries if e.is_dir()]  # follows links, as os.walk sorts them
+        yield from (Path(e.path) for e in entries if not e.is_dir())
+        for entry in folders:
+            yield from self.walk(Path(entry.path), above | {real})
+
+    def problem(self, path: Path, relative: str) -> Optional[str]:
+        """Why an image path is skipped before it is opened: a name that is not UTF-8, or a file listed already."""
+        try:
+            relative.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"file name {ascii(relative)} is not valid UTF-8: rename it"
+        real = os.path.realpath(path)
+        if real in self.first_path:
+            return f"the same file as {self.first_path[real]} (reached twice through links): packed once"
+        self.first_path[real] = relative
+        return None
 
 
 class KeyMaker:

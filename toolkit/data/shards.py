@@ -23,6 +23,7 @@ import multiprocessing
 import os
 import shutil
 import socket
+import stat
 import sys
 import tarfile
 import threading
@@ -55,6 +56,7 @@ DEFAULTS = {
     "shard_size": 64,
     "shard_bytes": 64 << 20,
 }
+MAX_IMAGE_FILE_BYTES = 64 << 20  # the largest Oxford photo is under 1 MB; a bigger "image" is not read
 DEFAULT_SYNTHETIC_ROOT = Path("data/synthetic-pets")
 DOWNLOAD_PROBE = ("www.robots.ox.ac.uk", 443)  # where torchvision's OxfordIIITPet downloads from
 DOWNLOAD_PROBE_TIMEOUT_S = 5.0
@@ -71,6 +73,7 @@ class Job:
     resize_shorter: int
     quality: int
     want_stats: bool  # pixel sums for the normalization, needed on train only
+    max_file_bytes: int = MAX_IMAGE_FILE_BYTES  # a larger file is skipped unread
 
 
 @dataclass(frozen=True)
@@ -121,9 +124,30 @@ def decode_error(err: Exception) -> str:
     return f"undecodable: {type(err).__name__}: {err}"
 
 
+def file_problem(path: Path, cap: int) -> Optional[str]:
+    """Why a listed file must not be opened: missing, not a regular file (a FIFO blocks the packer forever, a
+    link to /dev/zero never ends), or larger than any photo (``cap`` bytes); None when it may be read."""
+    try:
+        info = path.stat()  # follows links: what would be read
+    except FileNotFoundError:
+        return f"missing: {path.parent.name}/{path.name} does not exist (or is a broken link)"
+    except OSError as err:
+        return f"unreadable: {type(err).__name__}: {err.strerror or err}"
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(info.st_mode) else "a device" if stat.S_ISCHR(info.st_mode)
+                or stat.S_ISBLK(info.st_mode) else "a socket" if stat.S_ISSOCK(info.st_mode) else "not a file")
+        return f"not a regular file: {path.name} is {kind}, never opened"
+    if info.st_size > cap:
+        return f"too large: {info.st_size:,} bytes, over the {cap:,}-byte cap for one image"
+    return None
+
+
 def process_image(job: Job) -> Union[Packed, str]:
     """Turn one listed image into stored JPEG bytes, or return why it must be skipped."""
     path = Path(job.item.path)
+    problem = file_problem(path, job.max_file_bytes)
+    if problem:
+        return problem
     try:
         data = path.read_bytes()
     except FileNotFoundError:
