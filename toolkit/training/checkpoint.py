@@ -190,6 +190,12 @@ def checkpoint_dir_name(global_step: int) -> str:
     return f"{CHECKPOINT_PREFIX}{global_step:08d}"
 
 
+def checkpoint_step(path: Path) -> Optional[int]:
+    """The step in a ``step-XXXXXXXX`` folder's name (None for any other name)."""
+    match = _CHECKPOINT_RE.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
 def list_checkpoints(folder: Path) -> list[Path]:
     """Complete checkpoints, oldest first (temporary folders are ignored)."""
     folder = Path(folder)

@@ -35,8 +35,8 @@ from toolkit.reporting.tracking import Tracker
 from toolkit.training.checkpoint import model_metadata, save_model_file, together
 from toolkit.training.optim import build_ema, build_optimizer, build_scheduler
 from toolkit.training.run_folder import resolve_run_dir, unlock
-from toolkit.training.state import (StopRequested, TrainerState, TrainingError, find_resume_checkpoint,
-                                    load_training_state, save_training_state)
+from toolkit.training.state import (StopRequested, TrainerState, TrainingError, load_training_state,
+                                    restore_best_model, save_training_state)
 from toolkit.training.step import TrainStep
 
 
@@ -122,16 +122,16 @@ def setup(cfg: Config) -> Session:
     if problem:
         raise UsageError(f"{cfg.data.shards}: {problem}")
     fit_head_to_classes(cfg, class_names(info))
-    run = resolve_run_dir(cfg, accelerator)
+    run, resumed_from = resolve_run_dir(cfg, accelerator)  # decided by the main process, checked by every rank
     try:
-        return build_session(cfg, accelerator, info, run, log)
+        return build_session(cfg, accelerator, info, run, resumed_from, log)
     except BaseException:
         if accelerator.is_main_process:
             unlock(run)
         raise
 
 
-def build_session(cfg: Config, accelerator: Accelerator, info: dict, run: RunDir,
+def build_session(cfg: Config, accelerator: Accelerator, info: dict, run: RunDir, resumed_from: Optional[Path],
                   log: Callable[[str], None]) -> Session:
     """Everything after the run folder is chosen (and locked): the loader, model, optimizer, tracker."""
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -150,7 +150,6 @@ def build_session(cfg: Config, accelerator: Accelerator, info: dict, run: RunDir
     seed_everything(cfg.train.seed, rank)
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN time its kernels once
-    resumed_from = find_resume_checkpoint(cfg, run)
     raw_model = build_model(cfg)
     if cfg.model.init and resumed_from is None:  # a resumed run's checkpoint holds the weights already
         with accelerator.main_process_first():  # every rank loads; rank 0 first, so only it downloads
@@ -197,6 +196,8 @@ def start(s: Session) -> TrainerState:
     summary = redact_secrets(dataset_summary(s.info, cfg.data.shards))
 
     def write_run_files() -> None:
+        if s.resumed_from is not None:
+            restore_best_model(s.run, s.resumed_from, state)
         s.run.write_config(s.config_dict)
         s.run.write_dataset(summary)
         s.run.keep_history_until(state.epoch)  # rows of epochs after the checkpoint are redone
@@ -423,6 +424,9 @@ def leave_early(s: Session, state: TrainerState, why: str, signum: Optional[int]
     s.log(f"stopped by {why} at epoch {state.epoch + 1}, step {state.global_step}; checkpoint {path}. "
           f"Resume with the same command plus train.resume=auto output.run_name={s.cfg.output.run_name}")
     s.tracker.finish()
+    if s.accelerator.is_main_process:
+        unlock(s.run)
+    s.accelerator.wait_for_everyone()  # leave together: a launcher may end the others when the first one exits
     s.accelerator.end_training()
     return {"run_dir": str(s.run.root), "stopped": why, "global_step": state.global_step, "signal": signum}
 
