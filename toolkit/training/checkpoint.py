@@ -211,10 +211,12 @@ def latest_checkpoint(folder: Path) -> Optional[Path]:
 
 
 def save_checkpoint(accelerator, folder: Path, global_step: int, keep: int,
-                    write_extras: Optional[Callable[[Path], None]] = None) -> Path:
+                    write_extras: Optional[Callable[[Path], None]] = None,
+                    write_rank_extras: Optional[Callable[[Path], None]] = None) -> Path:
     """``accelerator.save_state`` into a temporary folder, then rename it into place (all ranks call).
 
-    ``write_extras(folder)`` runs on the main process to add files of our own before the rename.
+    ``write_extras(folder)`` runs on the main process, ``write_rank_extras(folder)`` on every process,
+    to add files of our own before the rename.
     """
     folder = Path(folder)
     final = folder / checkpoint_dir_name(global_step)
@@ -224,6 +226,8 @@ def save_checkpoint(accelerator, folder: Path, global_step: int, keep: int,
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     together(accelerator, lambda: accelerator.save_state(str(tmp), safe_serialization=True))
+    if write_rank_extras is not None:
+        together(accelerator, lambda: write_rank_extras(tmp))
 
     def install() -> None:
         if write_extras is not None:

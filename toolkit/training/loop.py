@@ -189,7 +189,7 @@ def start(s: Session) -> TrainerState:
     cfg = s.cfg
     state = TrainerState()
     if s.resumed_from is not None:
-        state = load_training_state(s.accelerator, s.resumed_from, s.scheduler, s.ema)
+        state = load_training_state(s.accelerator, s.resumed_from, s.scheduler, s.ema, s.raw_model)
         s.log(f"resumed from {s.resumed_from} (epoch {state.epoch + 1}, step {state.global_step})")
     elif cfg.train.resume == "auto":
         s.log("train.resume=auto: no checkpoint found, starting from scratch")
@@ -329,7 +329,7 @@ def after_step(s: Session, state: TrainerState, running: RunningLoss, bar, stop:
             and state.batch_in_epoch < s.batches_per_epoch):
         running.check()
         running.flush()
-        save_training_state(s.accelerator, s.run, state, s.scheduler, s.ema, cfg.train.keep_checkpoints)
+        save_training_state(s.accelerator, s.run, state, s.scheduler, s.ema, cfg.train.keep_checkpoints, s.raw_model)
     if cfg.train.max_steps and state.global_step >= cfg.train.max_steps:
         return f"train.max_steps={cfg.train.max_steps}"
     return None
@@ -395,7 +395,7 @@ def end_epoch(s: Session, state: TrainerState, outcome: EpochOutcome, val: EvalR
           + (f" | skipped {skipped}" if skipped else "") + (" | best" if improved else ""))
     every = cfg.train.checkpoint_every_epochs
     if every and (state.epoch % every == 0 or state.epoch == cfg.train.epochs):
-        save_training_state(accelerator, s.run, state, s.scheduler, s.ema, cfg.train.keep_checkpoints)
+        save_training_state(accelerator, s.run, state, s.scheduler, s.ema, cfg.train.keep_checkpoints, s.raw_model)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,7 +420,8 @@ def train(cfg: Config) -> dict:
 
 def leave_early(s: Session, state: TrainerState, why: str, signum: Optional[int]) -> dict:
     """Checkpoint where the loop is and stop; resuming continues exactly here."""
-    path = save_training_state(s.accelerator, s.run, state, s.scheduler, s.ema, s.cfg.train.keep_checkpoints)
+    path = save_training_state(s.accelerator, s.run, state, s.scheduler, s.ema, s.cfg.train.keep_checkpoints,
+                               s.raw_model)
     s.log(f"stopped by {why} at epoch {state.epoch + 1}, step {state.global_step}; checkpoint {path}. "
           f"Resume with the same command plus train.resume=auto output.run_name={s.cfg.output.run_name}")
     s.tracker.finish()

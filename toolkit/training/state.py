@@ -28,7 +28,8 @@ from toolkit.training.checkpoint import save_checkpoint
 
 TRAINER_STATE = "trainer_state.json"
 EMA_FILE = "ema.safetensors"
-BEST_MODEL_FILE = "best_model.safetensors"  # RUN/model.safetensors as it was at this checkpoint
+BEST_MODEL_FILE = "best_model.safetensors"
+RANK_BUFFERS = "buffers_rank{rank}.safetensors"  # each rank's BatchNorm statistics (several processes only)  # RUN/model.safetensors as it was at this checkpoint
 
 
 class TrainingError(Exception):
@@ -96,8 +97,17 @@ class StopRequested:
 # Checkpoints of the whole training state
 
 
-def save_training_state(accelerator, run: RunDir, state: TrainerState, scheduler, ema, keep: int) -> Path:
-    """Full state for resuming: Accelerate's (model, optimizer, scaler, RNG) + ours as JSON/safetensors."""
+def save_training_state(accelerator, run: RunDir, state: TrainerState, scheduler, ema, keep: int,
+                        model: Optional[torch.nn.Module] = None) -> Path:
+    """Full state for resuming: Accelerate's (model, optimizer, scaler, RNG) + ours as JSON/safetensors.
+
+    With several processes each rank also saves its own buffers (BatchNorm running statistics):
+    they differ between ranks until the next validation averages them, and Accelerate keeps rank 0's only.
+    """
+
+    def rank_buffers(folder: Path) -> None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.named_buffers()},
+                  str(folder / RANK_BUFFERS.format(rank=accelerator.process_index)))
 
     def extras(folder: Path) -> None:
         atomic_write_json(folder / TRAINER_STATE, {"trainer": dataclasses.asdict(state),
@@ -108,7 +118,9 @@ def save_training_state(accelerator, run: RunDir, state: TrainerState, scheduler
         if ema is not None:
             save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}, str(folder / EMA_FILE))
 
-    return save_checkpoint(accelerator, run.checkpoints, state.global_step, keep, write_extras=extras)
+    per_rank = rank_buffers if model is not None and accelerator.num_processes > 1 else None
+    return save_checkpoint(accelerator, run.checkpoints, state.global_step, keep, write_extras=extras,
+                           write_rank_extras=per_rank)
 
 
 def _scheduler_state(scheduler) -> dict:
@@ -137,7 +149,8 @@ def weights_only_loads() -> Iterator[None]:
         torch.load = real_load
 
 
-def load_training_state(accelerator, folder: Path, scheduler, ema) -> TrainerState:
+def load_training_state(accelerator, folder: Path, scheduler, ema,
+                        model: Optional[torch.nn.Module] = None) -> TrainerState:
     try:  # pickles (optimizer, RNG, scaler) are read with weights_only=True: a foreign one fails here, unexecuted
         with weights_only_loads():
             accelerator.load_state(str(folder))
@@ -157,6 +170,13 @@ def load_training_state(accelerator, folder: Path, scheduler, ema) -> TrainerSta
         group["lr"] = lr
     if ema is not None:
         ema.load_state_dict(load_file(str(folder / EMA_FILE)))
+    buffers = folder / RANK_BUFFERS.format(rank=accelerator.process_index)
+    if model is not None and accelerator.num_processes > 1 and buffers.exists():
+        own = dict(model.named_buffers())
+        with torch.no_grad():
+            for name, value in load_file(str(buffers)).items():
+                if name in own and own[name].shape == value.shape:
+                    own[name].copy_(value)
     return TrainerState(**saved["trainer"])
 
 
