@@ -21,15 +21,15 @@ from typing import Iterator, Optional
 import torch
 from safetensors.torch import load_file, save_file
 
-from toolkit.cli import UsageError
+from toolkit.errors import UsageError
 from toolkit.fileio import TMP_PREFIX, atomic_write_json, fsync_dir
 from toolkit.formats import RunDir
 from toolkit.training.checkpoint import save_checkpoint
 
 TRAINER_STATE = "trainer_state.json"
 EMA_FILE = "ema.safetensors"
-BEST_MODEL_FILE = "best_model.safetensors"
-RANK_BUFFERS = "buffers_rank{rank}.safetensors"  # each rank's BatchNorm statistics (several processes only)  # RUN/model.safetensors as it was at this checkpoint
+BEST_MODEL_FILE = "best_model.safetensors"  # RUN/model.safetensors as it was at this checkpoint
+RANK_BUFFERS = "buffers_rank{rank}.safetensors"  # each rank's BatchNorm statistics (several processes only)
 
 
 class TrainingError(Exception):
