@@ -9,13 +9,16 @@ many nodes; Accelerate reads the topology from its launcher's environment.
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, gather_object
 
@@ -83,7 +86,26 @@ class EpochOutcome:
 # Setup
 
 
+def join_after_elastic_restart() -> None:
+    """Start the process group of a torchrun restart under keys of its own.
+
+    torchrun's restarted workers meet in the same agent store as the ones that died; without a
+    prefix per restart, gloo reads the dead ranks' addresses and fails to connect (torch 2.14).
+    """
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
+    if restart == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or dist.is_initialized():
+        return
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                          timeout=timedelta(minutes=30))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=rank, world_size=world,
+                            store=dist.PrefixStore(f"toolkit/restart-{restart}", store))
+
+
 def make_accelerator(cfg: Config) -> Accelerator:
+    join_after_elastic_restart()
     try:
         accelerator = Accelerator(
             # Without CUDA, cpu=True turns a torchrun-style launch (accelerate launch --multi_gpu) into gloo DDP.
