@@ -62,7 +62,8 @@ def worker_pid(out: Path, rank: int) -> int:
 def test_torchrun_elastic_restart_after_a_sigkill_finishes_with_the_uninterrupted_weights(tiny_shards, tmp_path):
     def torchrun(out: Path) -> subprocess.Popen:
         return popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--max-restarts", "1",
-                      "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--monitor-interval", "0.5",
+                      "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
+                      "--monitor-interval", "0.5",
                       "-m", "toolkit.train", *train_args(tiny_shards, out, "run", *COMMON, "train.resume=auto")])
 
     straight, killed = torchrun(tmp_path / "straight"), torchrun(tmp_path / "killed")

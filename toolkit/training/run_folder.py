@@ -168,14 +168,6 @@ def unlock(run: RunDir) -> None:
         lock.release()
 
 
-def next_free_name(root: Path, base: str) -> str:
-    """The name ``create_new`` would try first (for display; only ``create_new`` claims it)."""
-    name, version = base, 2
-    while RunDir(root / name).holds_a_run() or RunDir(root / name).lock.exists():
-        name, version = f"{base}-{version}", version + 1
-    return name
-
-
 def comparable(config: dict) -> dict:
     """A config as a resumed run would compare it: secrets redacted, NOT_COMPARED left out."""
     config = redact_secrets(config)
