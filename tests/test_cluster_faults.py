@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from slurm_cluster import free_port
 
 from helpers import ENV, ROOT, error_line, pack_tiny, train_args, wait_for
-from slurm_cluster import free_port
 from toolkit.training.checkpoint import list_checkpoints
 
 TIMEOUT_S = 240

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from slurm_cluster import Cluster, why_unavailable
 
 from helpers import ENV, ROOT, pack_tiny, train_args, wait_for
-from slurm_cluster import Cluster, why_unavailable
 from toolkit.training.checkpoint import list_checkpoints
 from toolkit.training.run_lock import read_record
 

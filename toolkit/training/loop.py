@@ -23,27 +23,32 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, gather_object
 
 from toolkit.cli import progress
-from toolkit.errors import UsageError, on_every_rank, usage_errors
 from toolkit.config import Config, fit_head_to_classes, to_dict
+from toolkit.data import TrainLoader, check_shards_exist, load_info, make_train_loader, resolve_normalization
 from toolkit.data.device_augment import batch_to_device
 from toolkit.data.locations import is_local, manifest_location
-from toolkit.data import TrainLoader, check_shards_exist, load_info, make_train_loader, resolve_normalization
+from toolkit.errors import UsageError, on_every_rank, usage_errors
 from toolkit.evaluation.evaluate import EvalResult, evaluate_split
 from toolkit.evaluation.metrics import format_number
 from toolkit.formats import RunDir, class_names, dataset_summary, selection_problem
+from toolkit.formats.model_file import model_metadata, save_model_file
 from toolkit.models import create_model
 from toolkit.models.pretrained import load_pretrained
-from toolkit.reporting.finish import finish_run
 from toolkit.redaction import redact_secrets
+from toolkit.reporting.finish import finish_run
 from toolkit.reporting.tracking import Tracker
-from toolkit.formats.model_file import model_metadata, save_model_file
 from toolkit.training.checkpoint import together
 from toolkit.training.optim import build_ema, build_optimizer, build_scheduler
 from toolkit.training.run_folder import resolve_run_dir, unlock
-from toolkit.training.state import (StopRequested, TrainerState, TrainingError, load_training_state,
-                                    restore_best_model, save_training_state)
+from toolkit.training.state import (
+    StopRequested,
+    TrainerState,
+    TrainingError,
+    load_training_state,
+    restore_best_model,
+    save_training_state,
+)
 from toolkit.training.step import TrainStep
-
 
 
 @dataclasses.dataclass

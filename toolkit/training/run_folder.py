@@ -29,8 +29,8 @@ from typing import Optional
 
 from accelerate.utils import broadcast_object_list, gather_object
 
-from toolkit.errors import UsageError, on_every_rank
 from toolkit.config import Config, read_yaml_mapping, to_dict
+from toolkit.errors import UsageError, on_every_rank
 from toolkit.fileio import TMP_PREFIX
 from toolkit.formats import RunDir
 from toolkit.redaction import redact_secrets
