@@ -2,9 +2,11 @@
 
 1. ``sbatch --nodes 2`` on CPU nodes, one gloo process per node, trains to the same weights on
    every rank as a single-host 2-process run with the same seed (bit for bit).
-2. The time-limit signal (``--signal=B:USR1``, delivered to the batch script) and then
-   ``scancel --signal=TERM --full`` (every process of the job, several times over): every rank
-   checkpoints, the job requeues itself, resumes, and finishes with case 1's weights.
+2. Three stops of one job, each landing mid-run: the time-limit signal (``--signal=B:USR1``, to the
+   batch script), which checkpoints every rank and makes the job requeue itself; a preemption's
+   TERM to every rank; and ``scancel --signal=TERM --full``, which also reaches srun, and srun
+   SIGKILLs its tasks on a TERM (its own behaviour), so that run resumes from its last periodic
+   checkpoint. The job finishes with case 1's weights, bit for bit.
 3. A job killed on n1 (its lock left behind, freshly renewed) and requeued onto n2 takes its own run back.
 
 The signals are sent while the training processes are stopped (SIGSTOP) and delivered when they
@@ -13,6 +15,7 @@ continue, so they always land mid-run, however fast or slow the machine is.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -26,7 +29,7 @@ from safetensors.torch import load_file
 from slurm_cluster import Cluster, why_unavailable
 
 from helpers import ENV, ROOT, pack_tiny, train_args, wait_for
-from toolkit.training.checkpoint import list_checkpoints
+from toolkit.training.checkpoint import checkpoint_step, latest_checkpoint, list_checkpoints
 from toolkit.training.run_lock import read_record
 
 SBATCH = ROOT / "launch" / "slurm_multi_node.sbatch"
@@ -60,12 +63,21 @@ def submit(cluster: Cluster, out: Path, *sbatch_args: str, train: list[str]) -> 
 
 
 def wait_until(cluster: Cluster, job: str, ready, what: str, timeout: float = JOB_TIMEOUT_S) -> dict:
-    """Poll the job until ``ready(info)``; a requeued job held by SLURM's begin-time delay is released at once."""
+    """Poll the job until ``ready(info)``; a requeued job held by SLURM's begin-time delay is released soon.
+
+    Not at once: slurmd refuses a job credential issued in the same second as the revoked one of
+    the job's previous run ("Job credential revoked"), which is what the delay is there for.
+    """
     deadline = time.monotonic() + timeout
+    held_since = None
     while True:
         info = cluster.job(job)
         if info.get("JobState") == "PENDING" and info.get("Reason") == "BeginTime":
-            cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+            held_since = held_since or time.monotonic()
+            if time.monotonic() - held_since > 3:
+                cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+        else:
+            held_since = None
         if ready(info):
             return info
         if time.monotonic() > deadline:
@@ -92,15 +104,20 @@ def training_pids(out: Path) -> list[int]:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"toolkit.train" in argv and f"output.dir={out}".encode() in argv:
+        if b"python" in argv[0] and b"toolkit.train" in argv and f"output.dir={out}".encode() in argv:
             pids.append(int(proc.name))
     return pids
 
 
-def signal_mid_run(cluster: Cluster, job: str, out: Path, run: Path, after: int, send) -> None:
-    """Once ``after`` checkpoints exist: stop both ranks, ``send()`` the signal, let them continue."""
+def latest_step(run: Path) -> int:
+    latest = latest_checkpoint(run / "checkpoints")
+    return checkpoint_step(latest) if latest else 0
+
+
+def signal_mid_run(cluster: Cluster, job: str, out: Path, run: Path, after_step: int, send) -> None:
+    """Once a checkpoint of step ``after_step`` or later exists: stop both ranks, ``send()`` the signal, continue."""
     deadline = time.monotonic() + JOB_TIMEOUT_S
-    while len(list_checkpoints(run / "checkpoints")) < after or len(training_pids(out)) < 2:
+    while latest_step(run) < after_step or len(training_pids(out)) < 2:
         assert time.monotonic() < deadline, f"no progress:\n{job_log(out, job)[-3000:]}"
         assert cluster.job(job)["JobState"] in ("PENDING", "RUNNING"), job_log(out, job)[-3000:]
         time.sleep(0.05)
@@ -112,7 +129,8 @@ def signal_mid_run(cluster: Cluster, job: str, out: Path, run: Path, after: int,
         time.sleep(3)  # the batch script's trap forwards TERM to the ranks: pending until they continue
     finally:
         for pid in pids:
-            os.kill(pid, signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):  # srun SIGKILLs its tasks when it gets TERM itself
+                os.kill(pid, signal.SIGCONT)
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:
@@ -167,20 +185,29 @@ def test_time_limit_and_scancel_checkpoint_requeue_and_finish_with_the_same_weig
     job = submit(cluster, out, "--nodes=2", train=train_args(shards, out, "stopped", *COMMON))
     run = out / "stopped"
     # the time-limit signal as --signal=B:USR1@120 delivers it: to the batch script only
-    signal_mid_run(cluster, job, out, run, 1,
+    signal_mid_run(cluster, job, out, run, 2,
                    lambda: cluster.run("scancel", "--batch", "--signal=USR1", job))
     wait_until(cluster, job, lambda i: int(i.get("Restarts", 0)) >= 1, "the first requeue")
     first = job_log(out, job)
     assert first.count("stopped by a stop signal") == 1, first[-3000:]  # printed by rank 0, after every rank saved
-    # preemption / scancel: TERM to every process of the job, the batch script included (and forwarded again)
+    # preemption: TERM to every process of every step (the batch script is not signalled); SLURM's
+    # PreemptMode=REQUEUE requeues the job itself, which `scontrol requeue` stands in for here
     wait_until(cluster, job, lambda i: i["JobState"] == "RUNNING", "the requeued run")
-    signal_mid_run(cluster, job, out, run, 3,
+    stop_at = latest_step(run) + 2
+    signal_mid_run(cluster, job, out, run, stop_at, lambda: cluster.run("scancel", "--signal=TERM", job))
+    wait_until(cluster, job, lambda i: i["JobState"] != "RUNNING", "the preempted run's end")
+    assert job_log(out, job).count("stopped by a stop signal") == 2
+    cluster.run("scontrol", "requeue", job)
+    # scancel --signal=TERM --full: the batch script too (it forwards TERM again) and srun, which
+    # SIGKILLs its tasks on a TERM: the job still requeues and resumes, from the last periodic checkpoint
+    wait_until(cluster, job, lambda i: i["JobState"] == "RUNNING", "the second requeued run")
+    signal_mid_run(cluster, job, out, run, latest_step(run) + 2,
                    lambda: cluster.run("scancel", "--full", "--signal=TERM", job))
-    wait_until(cluster, job, lambda i: int(i.get("Restarts", 0)) >= 2, "the second requeue")
+    wait_until(cluster, job, lambda i: int(i.get("Restarts", 0)) >= 3, "the third requeue")
     finished(cluster, job, out)
 
     log = job_log(out, job)
-    assert log.count("requeueing job") == 2 and log.count("resumed from") == 2, log[-4000:]
+    assert log.count("requeueing job") == 2 and log.count("resumed from") == 3, log[-4000:]
     assert "Traceback" not in log, log[-4000:]
     assert_same_weights(weights(run), weights(two_node_run))
     assert not (run / ".lock").exists()
