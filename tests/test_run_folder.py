@@ -62,13 +62,14 @@ def test_resume_auto_without_a_name_takes_the_newest_run_with_the_same_config(ti
 def test_two_live_writers_are_refused_and_a_dead_one_s_lock_is_taken_over(tiny_shards, tmp_path, capsys):
     run = RunDir(tmp_path / "runs" / "busy")
     run.root.mkdir(parents=True)
-    holder = f"{socket.gethostname()} {os.getppid()}"  # a live process that is not this one
+    holder = f"{socket.gethostname()} {os.getppid()}"  # a live process that is not this one (an older lock format)
     run.lock.write_text(holder + "\n")
     argv = train_args(tiny_shards, tmp_path / "runs", "busy", "train.epochs=1", "train.max_steps=1",
                       "train.resume=auto")
     assert train_cli(argv) == 2
     line = error_line(capsys.readouterr().err)
-    assert "is being written by another process" in line and holder in line
+    assert "is being written by another process" in line and f"pid {os.getppid()}" in line
+    assert "output.lock_expiry_s=300" in line
     assert run.lock.read_text().strip() == holder  # never another process's lock removed
 
     run.lock.write_text(f"{socket.gethostname()} 999999999\n")  # no such process: a killed run's lock
@@ -79,11 +80,11 @@ def test_two_live_writers_are_refused_and_a_dead_one_s_lock_is_taken_over(tiny_s
 def test_names_made_in_the_same_second_do_not_collide(tmp_path, monkeypatch):
     monkeypatch.setattr(run_folder.time, "strftime", lambda fmt: "run-20261202-120000")
     cfg = validate(load_config(None, [f"output.dir={tmp_path}"]))
-    first, _ = run_folder.choose_run_name(cfg)
-    (tmp_path / first).mkdir()
-    (tmp_path / first / "config.yaml").write_text("{}")
-    second, _ = run_folder.choose_run_name(cfg)
-    assert (first, second) == ("run-20261202-120000", "run-20261202-120000-2")
+    first, _ = run_folder.claim_run(cfg)
+    second, _ = run_folder.claim_run(cfg)  # the first still holds its lock, before writing anything else
+    assert (first.root.name, second.root.name) == ("run-20261202-120000", "run-20261202-120000-2")
+    run_folder.unlock(first)
+    run_folder.unlock(second)
 
 
 def test_an_unwritable_output_folder_is_one_line(tiny_shards, tmp_path, capsys):

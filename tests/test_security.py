@@ -72,8 +72,8 @@ def test_resume_reads_only_safetensors_json_and_weights_only_pickles(ema_run, ti
     (ckpt,) = list_checkpoints(ema_run / "checkpoints")
     # accelerate.save_state(safe_serialization=True) + ours; nothing that accelerate would load with
     # weights_only=False (custom_checkpoint_*.pkl) and no pickled model (pytorch_model.bin)
-    assert sorted(p.name for p in ckpt.iterdir()) == ["ema.safetensors", "model.safetensors", "optimizer.bin",
-                                                       "random_states_0.pkl", "trainer_state.json"]
+    assert sorted(p.name for p in ckpt.iterdir()) == ["best_model.safetensors", "ema.safetensors", "model.safetensors",
+                                                       "optimizer.bin", "random_states_0.pkl", "trainer_state.json"]
     shutil.copytree(ema_run, tmp_path / "run")
     loads, real_load = [], torch.load
 

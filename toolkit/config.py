@@ -146,6 +146,10 @@ class TrackingConfig:
 class OutputConfig:
     dir: str = "runs"
     run_name: Optional[str] = None  # None: a timestamp
+    # RUN/.lock is a lease its writer renews every lock_expiry_s / 10 s: a dead writer's lock expires after this
+    lock_expiry_s: float = field(default=300.0, metadata=_range(1.0))
+    # how long each process waits to see the run folder the main process created (shared storage caches)
+    shared_wait_s: float = field(default=30.0, metadata=_range(0.0))
 
 
 @dataclass

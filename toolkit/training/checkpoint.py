@@ -32,6 +32,12 @@ def checkpoint_dir_name(global_step: int) -> str:
     return f"{CHECKPOINT_PREFIX}{global_step:08d}"
 
 
+def checkpoint_step(path: Path) -> Optional[int]:
+    """The step in a ``step-XXXXXXXX`` folder's name (None for any other name)."""
+    match = _CHECKPOINT_RE.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
 def list_checkpoints(folder: Path) -> list[Path]:
     """Complete checkpoints, oldest first (temporary folders are ignored)."""
     folder = Path(folder)
@@ -47,10 +53,12 @@ def latest_checkpoint(folder: Path) -> Optional[Path]:
 
 
 def save_checkpoint(accelerator, folder: Path, global_step: int, keep: int,
-                    write_extras: Optional[Callable[[Path], None]] = None) -> Path:
+                    write_extras: Optional[Callable[[Path], None]] = None,
+                    write_rank_extras: Optional[Callable[[Path], None]] = None) -> Path:
     """``accelerator.save_state`` into a temporary folder, then rename it into place (all ranks call).
 
-    ``write_extras(folder)`` runs on the main process to add files of our own before the rename.
+    ``write_extras(folder)`` runs on the main process, ``write_rank_extras(folder)`` on every process,
+    to add files of our own before the rename.
     """
     folder = Path(folder)
     final = folder / checkpoint_dir_name(global_step)
@@ -60,6 +68,8 @@ def save_checkpoint(accelerator, folder: Path, global_step: int, keep: int,
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     together(accelerator, lambda: accelerator.save_state(str(tmp), safe_serialization=True))
+    if write_rank_extras is not None:
+        together(accelerator, lambda: write_rank_extras(tmp))
 
     def install() -> None:
         if write_extras is not None:

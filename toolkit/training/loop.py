@@ -9,39 +9,47 @@ many nodes; Accelerate reads the topology from its launcher's environment.
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, gather_object
 
 from toolkit.cli import progress
-from toolkit.errors import UsageError, on_every_rank, usage_errors
 from toolkit.config import Config, fit_head_to_classes, to_dict
-from toolkit.data.device_augment import batch_to_device
-from toolkit.data.locations import is_local, manifest_location
 from toolkit.data import (TrainLoader, check_shards_exist, check_split_has_samples, load_info, make_train_loader,
                           resolve_normalization)
+from toolkit.data.device_augment import batch_to_device
+from toolkit.data.locations import is_local, manifest_location
+from toolkit.errors import UsageError, on_every_rank, usage_errors
 from toolkit.evaluation.evaluate import EvalResult, evaluate_split
 from toolkit.evaluation.metrics import format_number
 from toolkit.formats import RunDir, class_names, dataset_summary, selection_problem
+from toolkit.formats.model_file import model_metadata, save_model_file
 from toolkit.models import create_model
 from toolkit.models.pretrained import load_pretrained
-from toolkit.reporting.finish import finish_run
 from toolkit.redaction import redact_secrets
+from toolkit.reporting.finish import finish_run
 from toolkit.reporting.tracking import Tracker
-from toolkit.formats.model_file import model_metadata, save_model_file
 from toolkit.training.checkpoint import together
 from toolkit.training.optim import build_ema, build_optimizer, build_scheduler
 from toolkit.training.run_folder import resolve_run_dir, unlock
-from toolkit.training.state import (StopRequested, TrainerState, TrainingError, find_resume_checkpoint,
-                                    load_training_state, save_training_state)
+from toolkit.training.state import (
+    StopRequested,
+    TrainerState,
+    TrainingError,
+    load_training_state,
+    restore_best_model,
+    save_training_state,
+)
 from toolkit.training.step import TrainStep
-
 
 
 @dataclasses.dataclass
@@ -84,7 +92,26 @@ class EpochOutcome:
 # Setup
 
 
+def join_after_elastic_restart() -> None:
+    """Start the process group of a torchrun restart under keys of its own.
+
+    torchrun's restarted workers meet in the same agent store as the ones that died; without a
+    prefix per restart, gloo reads the dead ranks' addresses and fails to connect (torch 2.14).
+    """
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
+    if restart == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or dist.is_initialized():
+        return
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                          timeout=timedelta(minutes=30))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=rank, world_size=world,
+                            store=dist.PrefixStore(f"toolkit/restart-{restart}", store))
+
+
 def make_accelerator(cfg: Config) -> Accelerator:
+    join_after_elastic_restart()
     try:
         accelerator = Accelerator(
             # Without CUDA, cpu=True turns a torchrun-style launch (accelerate launch --multi_gpu) into gloo DDP.
@@ -128,16 +155,16 @@ def setup(cfg: Config) -> Session:
     if cfg.eval.test_split:  # an empty one would end the finished training in a traceback, without a report
         check_split_has_samples(cfg.data.shards, info, cfg.eval.test_split, "eval.test_split", " (null: no final test)")
     fit_head_to_classes(cfg, class_names(info))
-    run = resolve_run_dir(cfg, accelerator)
+    run, resumed_from = resolve_run_dir(cfg, accelerator)  # decided by the main process, checked by every rank
     try:
-        return build_session(cfg, accelerator, info, run, log)
+        return build_session(cfg, accelerator, info, run, resumed_from, log)
     except BaseException:
         if accelerator.is_main_process:
             unlock(run)
         raise
 
 
-def build_session(cfg: Config, accelerator: Accelerator, info: dict, run: RunDir,
+def build_session(cfg: Config, accelerator: Accelerator, info: dict, run: RunDir, resumed_from: Optional[Path],
                   log: Callable[[str], None]) -> Session:
     """Everything after the run folder is chosen (and locked): the loader, model, optimizer, tracker."""
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -156,7 +183,6 @@ def build_session(cfg: Config, accelerator: Accelerator, info: dict, run: RunDir
     seed_everything(cfg.train.seed, rank)
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN time its kernels once
-    resumed_from = find_resume_checkpoint(cfg, run)
     raw_model = build_model(cfg)
     if cfg.model.init and resumed_from is None:  # a resumed run's checkpoint holds the weights already
         with accelerator.main_process_first():  # every rank loads; rank 0 first, so only it downloads
@@ -197,13 +223,15 @@ def start(s: Session) -> TrainerState:
     cfg = s.cfg
     state = TrainerState()
     if s.resumed_from is not None:
-        state = load_training_state(s.accelerator, s.resumed_from, s.scheduler, s.ema)
+        state = load_training_state(s.accelerator, s.resumed_from, s.scheduler, s.ema, s.raw_model)
         s.log(f"resumed from {s.resumed_from} (epoch {state.epoch + 1}, step {state.global_step})")
     elif cfg.train.resume == "auto":
         s.log("train.resume=auto: no checkpoint found, starting from scratch")
     summary = redact_secrets(dataset_summary(s.info, cfg.data.shards))
 
     def write_run_files() -> None:
+        if s.resumed_from is not None:
+            restore_best_model(s.run, s.resumed_from, state)
         s.run.write_config(s.config_dict)
         s.run.write_dataset(summary)
         s.run.keep_history_until(state.epoch)  # rows of epochs after the checkpoint are redone
@@ -335,7 +363,7 @@ def after_step(s: Session, state: TrainerState, running: RunningLoss, bar, stop:
             and state.batch_in_epoch < s.batches_per_epoch):
         running.check()
         running.flush()
-        save_training_state(s.accelerator, s.run, state, s.scheduler, s.ema, cfg.train.keep_checkpoints)
+        save_training_state(s.accelerator, s.run, state, s.scheduler, s.ema, cfg.train.keep_checkpoints, s.raw_model)
     if cfg.train.max_steps and state.global_step >= cfg.train.max_steps:
         return f"train.max_steps={cfg.train.max_steps}"
     return None
@@ -401,7 +429,7 @@ def end_epoch(s: Session, state: TrainerState, outcome: EpochOutcome, val: EvalR
           + (f" | skipped {skipped}" if skipped else "") + (" | best" if improved else ""))
     every = cfg.train.checkpoint_every_epochs
     if every and (state.epoch % every == 0 or state.epoch == cfg.train.epochs):
-        save_training_state(accelerator, s.run, state, s.scheduler, s.ema, cfg.train.keep_checkpoints)
+        save_training_state(accelerator, s.run, state, s.scheduler, s.ema, cfg.train.keep_checkpoints, s.raw_model)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,10 +454,14 @@ def train(cfg: Config) -> dict:
 
 def leave_early(s: Session, state: TrainerState, why: str, signum: Optional[int]) -> dict:
     """Checkpoint where the loop is and stop; resuming continues exactly here."""
-    path = save_training_state(s.accelerator, s.run, state, s.scheduler, s.ema, s.cfg.train.keep_checkpoints)
+    path = save_training_state(s.accelerator, s.run, state, s.scheduler, s.ema, s.cfg.train.keep_checkpoints,
+                               s.raw_model)
     s.log(f"stopped by {why} at epoch {state.epoch + 1}, step {state.global_step}; checkpoint {path}. "
           f"Resume with the same command plus train.resume=auto output.run_name={s.cfg.output.run_name}")
     s.tracker.finish()
+    if s.accelerator.is_main_process:
+        unlock(s.run)
+    s.accelerator.wait_for_everyone()  # leave together: a launcher may end the others when the first one exits
     s.accelerator.end_training()
     return {"run_dir": str(s.run.root), "stopped": why, "global_step": state.global_step, "signal": signum}
 

@@ -1,20 +1,25 @@
-"""Which run folder a training run writes, so that no finished run is ever overwritten.
+"""Which run folder a training run writes and which checkpoint it resumes: decided once, followed by every rank.
 
-* Without ``train.resume`` a run never reuses a folder that holds a run: when ``output.run_name``
-  (or the timestamp name) is taken, it gets the next free ``NAME-2``, ``NAME-3`` and says so, the
-  way Lightning numbers its versions. ``train.resume=auto`` is how to continue a named run.
-* ``train.resume=auto`` without a name resumes the newest run in ``output.dir`` whose saved config
-  equals this one (apart from the run name), never just the newest run, which may be another job's.
-* A lock file names the process that writes the folder; a second live process is refused, a
-  lock left by a dead process on this host is taken over.
+* Without ``train.resume`` a run never reuses a folder that holds a run or a lock: when
+  ``output.run_name`` (or the timestamp name) is taken, it gets the next free ``NAME-2``,
+  ``NAME-3`` and says so, the way Lightning numbers its versions. Choosing the name and taking its
+  lock are one atomic step, so two jobs started together get ``NAME`` and ``NAME-2``.
+* ``train.resume=auto`` without a name resumes the newest unfinished run in ``output.dir`` whose
+  saved config equals this one (apart from the run name); a finished run (``final.json``) is never
+  adopted: that is said, and a new run starts.
+* ``RUN/.lock`` is a lease (``toolkit.training.run_lock``): a live writer anywhere is refused, a
+  dead one's lock is taken over (at once on its own host or by its own requeued SLURM job, else
+  after ``output.lock_expiry_s``).
 
-The main process decides and tells the others, including an error, so that every rank stops
-with the same one line instead of waiting at a barrier for a rank that already failed.
+The main process decides all of it (folder, resume or not, which checkpoint) and broadcasts the
+decision, including an error, so that every rank stops with the same one line instead of waiting
+at a barrier. Every rank then checks that it sees the folder the main process locked (the lock's
+token): on node-local disks ranks would otherwise resume from different states.
 """
 
 from __future__ import annotations
 
-import errno
+import json
 import os
 import shutil
 import socket
@@ -22,62 +27,145 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import broadcast_object_list, gather_object
 
-from toolkit.errors import UsageError, on_every_rank
 from toolkit.config import Config, read_yaml_mapping, to_dict
+from toolkit.errors import UsageError, on_every_rank
 from toolkit.fileio import TMP_PREFIX
 from toolkit.formats import RunDir
 from toolkit.redaction import redact_secrets
-from toolkit.training.checkpoint import latest_checkpoint, list_checkpoints
+from toolkit.training.checkpoint import checkpoint_step, latest_checkpoint, list_checkpoints
+from toolkit.training.run_lock import RunLock, describe, read_record
+from toolkit.training.state import TRAINER_STATE
 
 # Config keys that may differ between a run and the one that resumes it (max_steps: a time slice, not the recipe).
-NOT_COMPARED = (("output", "run_name"), ("train", "resume"), ("train", "max_steps"))
+NOT_COMPARED = (("output", "run_name"), ("output", "lock_expiry_s"), ("output", "shared_wait_s"),
+                ("train", "resume"), ("train", "max_steps"))
+ABANDONED_PREFIX = "abandoned-"
+MAX_VERSIONS = 10_000
+
+_held: dict[Path, RunLock] = {}  # the locks this process holds, by run folder
 
 
-def resolve_run_dir(cfg: Config, accelerator) -> RunDir:
-    """The run folder every process agrees on, created and locked by the main process."""
-    decision: list = [None, None, None]  # name, note to print, error
+def resolve_run_dir(cfg: Config, accelerator) -> tuple[RunDir, Optional[Path]]:
+    """(the run folder, the checkpoint to resume or None): the main process's decision, on every rank."""
+    decision: list = [None, None, None, None, None]  # name, note, error, checkpoint, lock token
     if accelerator.is_main_process:
-        try:
-            name, note = choose_run_name(cfg)
-            prepare(RunDir(Path(cfg.output.dir) / name))
-            decision = [name, note, None]
-        except UsageError as err:
-            decision = [None, None, str(err)]
+        decision = decide(cfg, accelerator.num_processes)
     if accelerator.num_processes > 1:
         broadcast_object_list(decision, from_process=0)
-    name, note, error = decision
+    name, note, error, checkpoint, token = decision
     if error is not None:
         raise on_every_rank(UsageError(error))
+    run = RunDir(Path(cfg.output.dir) / name)
+    if accelerator.num_processes > 1:
+        try:
+            check_every_rank_sees(run, token, cfg, accelerator)
+        except UsageError:
+            if accelerator.is_main_process:
+                unlock(run)
+            raise
     if note and accelerator.is_main_process:
         print(note, flush=True)
     cfg.output.run_name = name
-    return RunDir(Path(cfg.output.dir) / name)
+    return run, Path(checkpoint) if checkpoint else None
 
 
-def choose_run_name(cfg: Config) -> tuple[str, Optional[str]]:
-    """(name, what to tell the user about it)."""
+def decide(cfg: Config, world: int) -> list:
+    """[name, note, error, checkpoint, token] as the main process decides them; the folder is locked."""
+    try:
+        run, notes = claim_run(cfg)
+    except UsageError as err:
+        return [None, None, str(err), None, None]
+    try:
+        checkpoint = resume_checkpoint(cfg, run)
+        if checkpoint is not None:
+            check_process_count(checkpoint, world)
+            notes += set_aside_later_checkpoints(run, checkpoint)
+    except UsageError as err:
+        unlock(run)
+        return [None, None, str(err), None, None]
+    return [run.root.name, "\n".join(notes) or None, None, str(checkpoint) if checkpoint else None,
+            _held[run.root].token]
+
+
+def claim_run(cfg: Config) -> tuple[RunDir, list[str]]:
+    """The run folder, created if new and locked; plus what to tell the user about the choice."""
     root, name = Path(cfg.output.dir), cfg.output.run_name
+    notes: list[str] = []
     if cfg.train.resume == "auto" and name is None:
-        found = newest_matching_run(root, cfg)
+        found, finished = newest_matching_run(root, cfg)
+        if finished and not found:
+            notes.append(f"train.resume=auto: {root / finished} has this config but finished (final.json); "
+                         "a finished run is not resumed, so this is a new run")
         if found is not None:
-            return found, f"train.resume=auto: resuming {root / found} (the newest run with this config)"
+            run = take_existing(RunDir(root / found), cfg)
+            return run, notes + [f"train.resume=auto: resuming {run.root} (the newest unfinished run with this config)"]
     if cfg.train.resume is not None and name is not None:
-        return name, None  # continue the named run
+        return take_existing(RunDir(root / name), cfg), notes  # continue the named run
     base = name or time.strftime("run-%Y%m%d-%H%M%S")
-    free = next_free_name(root, base)
-    if free != base and name is not None:
-        return free, (f"output.run_name={name} already holds a run in {root / name}, which is kept; this run is "
-                      f"{free} (to continue {name} instead, add train.resume=auto)")
-    return free, None
+    run = create_new(root, base, cfg.output.lock_expiry_s)
+    if run.root.name != base and name is not None:
+        notes.append(f"output.run_name={name} already holds a run in {root / name}, which is kept; this run is "
+                     f"{run.root.name} (to continue {name} instead, add train.resume=auto)")
+    return run, notes
 
 
-def next_free_name(root: Path, base: str) -> str:
-    name, version = base, 2
-    while RunDir(root / name).holds_a_run():
-        name, version = f"{base}-{version}", version + 1
-    return name
+def not_writable(folder: Path, err: OSError) -> UsageError:
+    return UsageError(f"output folder {str(folder)!r} is not writable ({err.strerror or err}); "
+                      "set output.dir to a writable folder")
+
+
+def create_new(root: Path, base: str, expiry_s: float) -> RunDir:
+    """The first of ``base``, ``base-2``, ... that holds no run and no lock, created and locked in one step."""
+    for version in range(1, MAX_VERSIONS):
+        run = RunDir(root / (base if version == 1 else f"{base}-{version}"))
+        if run.holds_a_run() or run.lock.exists():
+            continue
+        lock = RunLock(run.lock, expiry_s)
+        try:
+            run.root.mkdir(parents=True, exist_ok=True)
+            created = lock.create()
+        except OSError as err:
+            raise not_writable(run.root, err) from None
+        if not created:
+            continue  # another job took this name a moment ago
+        if run.holds_a_run():  # a run finished here between the check and the lock
+            lock.release()
+            continue
+        hold(run, lock)
+        return run
+    raise UsageError(f"{root}: {base} and {MAX_VERSIONS} versions of it are taken; choose another output.run_name")
+
+
+def take_existing(run: RunDir, cfg: Config) -> RunDir:
+    """Lock a run to continue it (created when it does not exist yet); a live writer is refused."""
+    lock = RunLock(run.lock, cfg.output.lock_expiry_s)
+    try:
+        run.root.mkdir(parents=True, exist_ok=True)
+        holder = lock.acquire()
+    except OSError as err:
+        raise not_writable(run.root, err) from None
+    if holder is not None:
+        raise UsageError(f"{run.root} is being written by another process ({describe(holder)}); wait for it, choose "
+                         f"another output.run_name, or, if that process is gone, wait output.lock_expiry_s="
+                         f"{cfg.output.lock_expiry_s:g} s after its last heartbeat or delete {run.lock}")
+    hold(run, lock)
+    return run
+
+
+def hold(run: RunDir, lock: RunLock) -> None:
+    """Clear what a killed run left half-written, then keep renewing the lock until ``unlock``."""
+    _held[run.root] = lock
+    remove_stale_temporaries(run.root)
+    lock.start_renewing()
+
+
+def unlock(run: RunDir) -> None:
+    """Release this process's lock on ``run`` (never another process's)."""
+    lock = _held.pop(run.root, None)
+    if lock is not None:
+        lock.release()
 
 
 def comparable(config: dict) -> dict:
@@ -88,11 +176,12 @@ def comparable(config: dict) -> dict:
     return config
 
 
-def newest_matching_run(root: Path, cfg: Config) -> Optional[str]:
-    """The newest run in ``root`` with a checkpoint and the same config (normalization resolved or not)."""
+def newest_matching_run(root: Path, cfg: Config) -> tuple[Optional[str], Optional[str]]:
+    """(newest unfinished run in ``root`` with a checkpoint and this config, newest finished one passed over)."""
     wanted = comparable(to_dict(cfg))
     candidates = sorted((p.parent for p in root.glob("*/checkpoints") if list_checkpoints(p)),
                         key=lambda run: latest_checkpoint(run / "checkpoints").stat().st_mtime, reverse=True)
+    finished = None
     for run in candidates:
         try:
             saved = comparable(read_yaml_mapping(RunDir(run).config))
@@ -100,76 +189,88 @@ def newest_matching_run(root: Path, cfg: Config) -> Optional[str]:
             continue
         if wanted["data"].get("mean") is None:  # training fills these in from the shards
             saved.get("data", {}).update(mean=None, std=None)
-        if saved == wanted:
-            return run.name
-    return None
-
-
-def prepare(run: RunDir) -> None:
-    """Create the folder, check it is writable, lock it, and clear what a killed run left half-written."""
-    try:
-        run.root.mkdir(parents=True, exist_ok=True)
-        probe = run.root / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise UsageError(f"output folder {str(run.root)!r} is not writable ({err.strerror}); "
-                         "set output.dir to a writable folder") from None
-    lock(run)
-    remove_stale_temporaries(run.root)
-
-
-def holder_of(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except OSError:
-        return ""
-
-
-def is_alive_here(holder: str) -> bool:
-    """Whether ``host pid`` names a live process on this host (a lock of another host counts as live)."""
-    host, _, pid = holder.partition(" ")
-    if host != socket.gethostname() or not pid.isdigit():
-        return bool(holder)
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def lock(run: RunDir) -> None:
-    path = run.lock
-    me = f"{socket.gethostname()} {os.getpid()}"
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = holder_of(path)
-            if holder == me:  # this process, e.g. an earlier run in the same Python session that failed
-                return
-            if is_alive_here(holder):
-                raise UsageError(f"{run.root} is being written by another process ({holder}); wait for it, choose "
-                                 f"another output.run_name, or delete {path} if that process is gone") from None
-            path.unlink(missing_ok=True)  # left by a process that died: take it over
+        if saved != wanted:
             continue
-        with os.fdopen(fd, "w") as handle:
-            handle.write(me + "\n")
-        return
-    raise UsageError(f"cannot lock {run.root}: {path} keeps reappearing; is another run starting there?")
+        if RunDir(run).final.exists():
+            finished = finished or run.name
+            continue
+        return run.name, finished
+    return None, finished
 
 
-def unlock(run: RunDir) -> None:
-    """Release our own lock (never another process's)."""
-    path = run.lock
-    if holder_of(path) == f"{socket.gethostname()} {os.getpid()}":
-        try:
-            path.unlink()
-        except OSError as err:
-            if err.errno != errno.ENOENT:
-                raise
+# ---------------------------------------------------------------------------------------------
+# Which checkpoint, and whether it fits this run
+
+
+def resume_checkpoint(cfg: Config, run: RunDir) -> Optional[Path]:
+    if cfg.train.resume is None:
+        return None
+    if cfg.train.resume == "auto":
+        return latest_checkpoint(run.checkpoints)
+    return Path(cfg.train.resume)
+
+
+def saved_process_count(checkpoint: Path) -> Optional[int]:
+    try:
+        count = json.loads((checkpoint / TRAINER_STATE).read_text()).get("num_processes")
+    except (OSError, ValueError, AttributeError):
+        return None  # unreadable: loading the checkpoint says so, in one line
+    return count if isinstance(count, int) else None
+
+
+def check_process_count(checkpoint: Path, world: int) -> None:
+    """Refuse to resume on another number of processes (the data split and position depend on it)."""
+    saved = saved_process_count(checkpoint)
+    if saved is not None and saved != world:
+        raise UsageError(f"{checkpoint} was saved by {saved} process(es) but this run has {world}; resuming on "
+                         f"another process count is not supported (each rank's place in the data depends on it): "
+                         f"launch {saved} process(es), or start a new run")
+
+
+def set_aside_later_checkpoints(run: RunDir, checkpoint: Path) -> list[str]:
+    """Rename this run's checkpoints after ``checkpoint`` to ``abandoned-step-*``: that future is not resumed.
+
+    Otherwise pruning (by step) would delete the checkpoints of the new line first and
+    ``resume=auto`` would later pick the abandoned future. Renamed, not deleted: they stay for the user.
+    """
+    step = checkpoint_step(checkpoint)
+    later = [p for p in list_checkpoints(run.checkpoints) if step is not None and checkpoint_step(p) > step]
+    for path in later:
+        target = path.with_name(ABANDONED_PREFIX + path.name)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(path, target)
+    if not later:
+        return []
+    return [f"resuming {checkpoint.name}: the later checkpoint(s) {', '.join(p.name for p in later)} of this run are "
+            f"an abandoned future; renamed to {ABANDONED_PREFIX}* (never resumed or pruned; delete them when done)"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Every rank sees the same folder
+
+
+def sees_token(run: RunDir, token: str, wait_s: float) -> bool:
+    """Whether this process reads ``token`` in the run's lock, retrying for ``wait_s`` (NFS caches)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        record = read_record(run.lock) if run.root.is_dir() else None
+        if record is not None and record.get("token") == token:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+
+
+def check_every_rank_sees(run: RunDir, token: str, cfg: Config, accelerator) -> None:
+    """One line on every rank when some rank does not see the run folder the main process locked."""
+    seen = sees_token(run, token, cfg.output.shared_wait_s)
+    results = gather_object([(accelerator.process_index, socket.gethostname(), seen)])
+    blind = [f"rank {rank} on {host}" for rank, host, ok in results if not ok]
+    if blind:
+        raise on_every_rank(UsageError(
+            f"output.dir={cfg.output.dir} is not shared by every process: {', '.join(blind)} cannot see {run.root} "
+            f"that rank 0 created (waited {cfg.output.shared_wait_s:g} s); put output.dir on storage every node "
+            "mounts (NFS, Lustre, ...)"))
 
 
 def remove_stale_temporaries(folder: Path) -> None:

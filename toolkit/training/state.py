@@ -10,8 +10,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import pickle
+import shutil
 import signal
+import time
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -19,13 +22,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from toolkit.errors import UsageError
-from toolkit.config import Config
-from toolkit.fileio import atomic_write_json
+from toolkit.fileio import TMP_PREFIX, atomic_write_json, fsync_dir
 from toolkit.formats import RunDir
-from toolkit.training.checkpoint import latest_checkpoint, save_checkpoint
+from toolkit.training.checkpoint import save_checkpoint
 
 TRAINER_STATE = "trainer_state.json"
 EMA_FILE = "ema.safetensors"
+BEST_MODEL_FILE = "best_model.safetensors"  # RUN/model.safetensors as it was at this checkpoint
+RANK_BUFFERS = "buffers_rank{rank}.safetensors"  # each rank's BatchNorm statistics (several processes only)
 
 
 class TrainingError(Exception):
@@ -51,11 +55,20 @@ class TrainerState:
 
 
 class StopRequested:
-    """SIGTERM / Ctrl-C: finish the current step, save a checkpoint, exit cleanly (a second signal stops now)."""
+    """SIGTERM / Ctrl-C: finish the current step, save a checkpoint, exit cleanly.
+
+    A scheduler signals every process of a job, and launchers forward signals again, so SIGTERM
+    may arrive several times: it never means more than "checkpoint and stop". Only a second
+    Ctrl-C, at least ``SECOND_INTERRUPT_S`` after the first (a person, not a launcher forwarding
+    it), stops at once without a checkpoint.
+    """
+
+    SECOND_INTERRUPT_S = 1.0
 
     def __init__(self) -> None:
         self.requested = False
         self.signum: Optional[int] = None
+        self._first_interrupt: Optional[float] = None
         self._previous: dict = {}
 
     def __enter__(self) -> "StopRequested":
@@ -67,9 +80,13 @@ class StopRequested:
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested, self.signum = True, signum
+        if signum == signal.SIGINT:
+            now = time.monotonic()
+            if self._first_interrupt is not None and now - self._first_interrupt >= self.SECOND_INTERRUPT_S:
+                raise KeyboardInterrupt
+            self._first_interrupt = self._first_interrupt or now
+        if not self.requested:
+            self.requested, self.signum = True, signum
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
@@ -80,16 +97,30 @@ class StopRequested:
 # Checkpoints of the whole training state
 
 
-def save_training_state(accelerator, run: RunDir, state: TrainerState, scheduler, ema, keep: int) -> Path:
-    """Full state for resuming: Accelerate's (model, optimizer, scaler, RNG) + ours as JSON/safetensors."""
+def save_training_state(accelerator, run: RunDir, state: TrainerState, scheduler, ema, keep: int,
+                        model: Optional[torch.nn.Module] = None) -> Path:
+    """Full state for resuming: Accelerate's (model, optimizer, scaler, RNG) + ours as JSON/safetensors.
+
+    With several processes each rank also saves its own buffers (BatchNorm running statistics):
+    they differ between ranks until the next validation averages them, and Accelerate keeps rank 0's only.
+    """
+
+    def rank_buffers(folder: Path) -> None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.named_buffers()},
+                  str(folder / RANK_BUFFERS.format(rank=accelerator.process_index)))
 
     def extras(folder: Path) -> None:
         atomic_write_json(folder / TRAINER_STATE, {"trainer": dataclasses.asdict(state),
-                                                    "scheduler": _scheduler_state(scheduler)})
+                                                    "scheduler": _scheduler_state(scheduler),
+                                                    "num_processes": accelerator.num_processes})
+        if run.model.exists():
+            link_or_copy(run.model, folder / BEST_MODEL_FILE)
         if ema is not None:
             save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}, str(folder / EMA_FILE))
 
-    return save_checkpoint(accelerator, run.checkpoints, state.global_step, keep, write_extras=extras)
+    per_rank = rank_buffers if model is not None and accelerator.num_processes > 1 else None
+    return save_checkpoint(accelerator, run.checkpoints, state.global_step, keep, write_extras=extras,
+                           write_rank_extras=per_rank)
 
 
 def _scheduler_state(scheduler) -> dict:
@@ -118,7 +149,8 @@ def weights_only_loads() -> Iterator[None]:
         torch.load = real_load
 
 
-def load_training_state(accelerator, folder: Path, scheduler, ema) -> TrainerState:
+def load_training_state(accelerator, folder: Path, scheduler, ema,
+                        model: Optional[torch.nn.Module] = None) -> TrainerState:
     try:  # pickles (optimizer, RNG, scaler) are read with weights_only=True: a foreign one fails here, unexecuted
         with weights_only_loads():
             accelerator.load_state(str(folder))
@@ -138,12 +170,37 @@ def load_training_state(accelerator, folder: Path, scheduler, ema) -> TrainerSta
         group["lr"] = lr
     if ema is not None:
         ema.load_state_dict(load_file(str(folder / EMA_FILE)))
+    buffers = folder / RANK_BUFFERS.format(rank=accelerator.process_index)
+    if model is not None and accelerator.num_processes > 1 and buffers.exists():
+        own = dict(model.named_buffers())
+        with torch.no_grad():
+            for name, value in load_file(str(buffers)).items():
+                if name in own and own[name].shape == value.shape:
+                    own[name].copy_(value)
     return TrainerState(**saved["trainer"])
 
 
-def find_resume_checkpoint(cfg: Config, run: RunDir) -> Optional[Path]:
-    if cfg.train.resume is None:
-        return None
-    if cfg.train.resume == "auto":
-        return latest_checkpoint(run.checkpoints)
-    return Path(cfg.train.resume)
+def link_or_copy(source: Path, target: Path) -> None:
+    """``target`` with ``source``'s bytes: a hard link (free; model files are replaced, never changed in place)."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def restore_best_model(run: RunDir, checkpoint: Path, state: TrainerState) -> None:
+    """Put back ``RUN/model.safetensors`` as it was at ``checkpoint``, so the best model agrees with ``state``.
+
+    The model file is written before the checkpoint of its epoch; a run killed in between left a
+    model the resumed run knows nothing of (its ``best_epoch`` is older). Checkpoints of older
+    toolkit versions hold no copy: then the file is left as it is.
+    """
+    saved = checkpoint / BEST_MODEL_FILE
+    if saved.exists():
+        tmp = run.model.with_name(f"{TMP_PREFIX}{run.model.name}.restore")
+        tmp.unlink(missing_ok=True)
+        link_or_copy(saved, tmp)
+        os.replace(tmp, run.model)
+        fsync_dir(run.root)
+    elif state.best_epoch < 0:  # no best model yet at this checkpoint: one found now is from a killed future
+        run.model.unlink(missing_ok=True)
