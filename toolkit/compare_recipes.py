@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from toolkit.cli import ArgumentParser, DataError, UsageError, run_cli
-from toolkit.config import fit_head_to_classes, load_config, split_config_args, to_dict, validate
+from toolkit.config import SHIPPED_CONFIGS, fit_head_to_classes, load_config, split_config_args, to_dict, validate
 from toolkit.data import check_shards_exist, load_info, resolve_normalization, split_size
 from toolkit.fileio import atomic_write_json, atomic_write_text
 from toolkit.evaluation.metrics import fmt, fmt_mean_std, is_multiclass, mean_std
@@ -39,9 +39,9 @@ from toolkit.formats import RunDir, class_names
 from toolkit.reporting import wandb_report
 from toolkit.reporting.wandb_report import check_project
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIGS = (ROOT / "configs/oxford_pets_binary_resnet101.yaml",
-                   ROOT / "configs/oxford_pets_binary_resnet101_strong.yaml")
+ROOT = Path(__file__).resolve().parents[1]  # the folder that holds this toolkit package (a checkout or site-packages)
+DEFAULT_CONFIGS = (SHIPPED_CONFIGS / "oxford_pets_binary_resnet101.yaml",
+                   SHIPPED_CONFIGS / "oxford_pets_binary_resnet101_strong.yaml")
 DEFAULT_NAMES = ("seed", "strong")
 # Before the user's overrides, so they can be changed: a machine without W&B must just work, runs that are
 # never resumed need no resumable checkpoints (ResNet-101 + Adam state is ~0.5 GB per save), and the shards
