@@ -25,7 +25,7 @@ from sklearn import metrics as skm
 CLASS_NAMES = ("cat", "dog")
 UNKNOWN_BREED = "(unknown)"
 
-# The seed experiment's published numbers; see docs and REFERENCE.md.
+# The seed experiment's published numbers (docs/sources.md, "The seed experiment").
 SEED_RESULTS: dict[str, Any] = {
     "source": "seed experiment: from-scratch ResNet-101 (v1 stride), Adam 1e-3, 30 epochs, fp32",
     "split": "val",
