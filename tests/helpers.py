@@ -11,11 +11,12 @@ import tarfile
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from toolkit.training.checkpoint import model_metadata, save_model_file
+from toolkit.formats.model_file import model_metadata, save_model_file
 from toolkit.cli import run_cli
 from toolkit.config import load_config, validate
 from toolkit.data.shards import pack_dataset
@@ -25,6 +26,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
 # subprocesses: CPU (gloo for 2 processes, also on a machine with one GPU), one thread each (2 cores,
 # other tests running), no W&B, output as it happens
+CAT_DOG = ["cat", "dog"]  # the class names of two-class fixtures
+
+
+def two_class_probs(prob) -> np.ndarray:
+    """[N, 2] class probabilities from P(class 1), the shape every metric and plot takes."""
+    prob = np.asarray(prob, dtype=np.float64)
+    return np.stack([1.0 - prob, prob], axis=1)
+
+
 ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled",
        "PYTHONUNBUFFERED": "1"}
 

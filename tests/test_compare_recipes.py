@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from helpers import isolate_wandb
-from toolkit.cli import UsageError
+from toolkit.errors import UsageError
 from toolkit.compare_recipes import main, mean_std, verdicts
 
 TINY = ["model.arch=resnet18", "model.blocks_per_stage=[1,1,1,1]", "model.base_width=8", "data.image_size=32",

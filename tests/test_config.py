@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from toolkit.cli import UsageError
+from toolkit.errors import UsageError
 from toolkit.config import Config, config_from_dict, load_config, parse_override, to_dict, validate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,3 +143,9 @@ def test_gradient_accumulation_comes_from_the_launcher_unless_the_config_sets_it
     monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "four")
     with pytest.raises(UsageError, match="ACCELERATE_GRADIENT_ACCUMULATION_STEPS='four'"):
         validate(load_config(smoke))
+
+
+def test_errors_and_cli_import_without_torch():
+    """Config, formats and models reach the one-line errors without pulling torch in through them."""
+    code = "import sys, toolkit.cli, toolkit.errors; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

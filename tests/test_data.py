@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from toolkit import data
-from toolkit.cli import DataError, UsageError
+from toolkit.errors import DataError, UsageError
 from toolkit.config import DataConfig
 
 MEAN, STD = [0.25, 0.5, 0.75], [0.5, 0.25, 0.125]

@@ -73,8 +73,11 @@ def test_evaluation_with_one_and_two_processes_gives_identical_metrics(synthetic
     keys = [r["key"] for r in rows[1]]
     assert len(keys) == len(set(keys)) == metrics[1]["num_samples"] and corrupt not in keys
     assert [(r["key"], r["label"], r["pred"]) for r in rows[0]] == [(r["key"], r["label"], r["pred"]) for r in rows[1]]
+    prob_columns = [name for name in rows[0][0] if name.startswith("prob_")]
+    assert len(prob_columns) == len(metrics[0]["class_names"])
     for a, b in zip(rows[0], rows[1]):
-        assert float(b["prob_dog"]) == pytest.approx(float(a["prob_dog"]), abs=2e-6)
+        for column in prob_columns:
+            assert float(b[column]) == pytest.approx(float(a[column]), abs=2e-6)
 
 
 # ---------------------------------------------------------------------------------------------

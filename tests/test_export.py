@@ -22,7 +22,7 @@ from toolkit.cli import run_cli
 from toolkit.config import Config
 from toolkit.export import EXPORT_FILES, main, timm_crop_pct
 from toolkit.models import create_model
-from toolkit.training.checkpoint import model_metadata, save_model_file
+from toolkit.formats.model_file import model_metadata, save_model_file
 
 MINI_IMAGES = Path(__file__).resolve().parents[2] / "shared/data/oxford-pets-mini/images"
 MEAN, STD = [0.48, 0.44, 0.40], [0.26, 0.25, 0.26]

@@ -16,7 +16,8 @@ import pytest
 from PIL import Image, UnidentifiedImageError
 
 import toolkit.data.shards as make_shards
-from toolkit.cli import UsageError, run_cli
+from toolkit.cli import run_cli
+from toolkit.errors import UsageError
 from toolkit.formats import read_manifest
 from toolkit.data.shards import SPLITS, Job, pack_dataset, process_image
 from toolkit.data.sources import Item, stratified_split

@@ -1,4 +1,6 @@
-"""toolkit.metrics against scikit-learn, computed independently here."""
+"""toolkit.evaluation.metrics against scikit-learn, computed independently here: two classes.
+
+The same functions serve any class count; tests/test_metrics_multiclass.py covers more than two."""
 
 from __future__ import annotations
 
@@ -8,7 +10,11 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from toolkit.evaluation.metrics import SEED_RESULTS, classification_report_table, compute_metrics, threshold_metrics
+from helpers import CAT_DOG, two_class_probs
+from toolkit.evaluation.metrics import classification_report_table, compute_metrics, decision_metrics
+from toolkit.reporting.report_metrics import SEED_RESULTS
+
+
 
 
 def _fake_predictions(n: int, seed: int = 0):
@@ -21,7 +27,7 @@ def _fake_predictions(n: int, seed: int = 0):
 
 def test_headline_metrics_equal_sklearn():
     labels, prob, breeds = _fake_predictions(300)
-    m = compute_metrics(labels, prob, threshold=0.5, breeds=breeds, loss=0.61)
+    m = compute_metrics(labels, two_class_probs(prob), class_names=CAT_DOG, threshold=0.5, breeds=breeds, loss=0.61)
     pred = (prob >= 0.5).astype(int)
 
     assert m["num_samples"] == 300 and m["loss"] == 0.61 and m["threshold"] == 0.5
@@ -43,7 +49,7 @@ def test_headline_metrics_equal_sklearn():
 
 def test_per_breed_accuracy_equals_sklearn_and_is_worst_first():
     labels, prob, breeds = _fake_predictions(200, seed=1)
-    m = compute_metrics(labels, prob, breeds=breeds)
+    m = compute_metrics(labels, two_class_probs(prob), class_names=CAT_DOG, breeds=breeds)
     pred = (prob >= 0.5).astype(int)
     assert sorted(r["breed"] for r in m["per_breed"]) == sorted(set(breeds))
     for row in m["per_breed"]:
@@ -58,7 +64,8 @@ def test_per_breed_accuracy_equals_sklearn_and_is_worst_first():
 def test_best_threshold_maximises_balanced_accuracy_on_the_tuning_split():
     test_labels, test_prob, _ = _fake_predictions(150, seed=2)
     val_labels, val_prob, _ = _fake_predictions(120, seed=3)
-    m = compute_metrics(test_labels, test_prob, tuning_labels=val_labels, tuning_probs=val_prob)
+    m = compute_metrics(test_labels, two_class_probs(test_prob), class_names=CAT_DOG, tuning_labels=val_labels,
+                        tuning_probs=two_class_probs(val_prob))
     best = m["best_threshold"]["value"]
 
     # brute force: every distinct score is a candidate cut
@@ -69,13 +76,15 @@ def test_best_threshold_maximises_balanced_accuracy_on_the_tuning_split():
     assert m["best_threshold"]["tuning_balanced_accuracy"] == pytest.approx(achieved, abs=1e-12)
 
     # reported beside on this split, never used for the headline numbers
-    assert m["at_best_threshold"] == threshold_metrics(test_labels, test_prob, best)
+    assert m["at_best_threshold"] == decision_metrics(test_labels, two_class_probs(test_prob), best, CAT_DOG)
     assert {k: v for k, v in m.items() if k not in ("best_threshold", "at_best_threshold")} == \
-        {k: v for k, v in compute_metrics(test_labels, test_prob).items() if k not in ("best_threshold", "at_best_threshold")}
+        {k: v for k, v in compute_metrics(test_labels, two_class_probs(test_prob), class_names=CAT_DOG).items()
+         if k not in ("best_threshold", "at_best_threshold")}
 
 
 def test_single_class_input_gives_null_auc_with_a_note():
-    m = compute_metrics([1, 1, 1, 1], [0.9, 0.2, 0.7, 0.6], tuning_labels=[0, 0], tuning_probs=[0.1, 0.4])
+    m = compute_metrics([1, 1, 1, 1], two_class_probs([0.9, 0.2, 0.7, 0.6]), class_names=CAT_DOG, tuning_labels=[0, 0],
+                        tuning_probs=two_class_probs([0.1, 0.4]))
     assert m["roc_auc"] is None and m["average_precision"] is None
     assert m["accuracy"] == 0.75
     assert m["confusion_matrix"] == [[0, 0], [1, 3]]
@@ -88,7 +97,7 @@ def test_single_class_input_gives_null_auc_with_a_note():
 @pytest.mark.parametrize("labels, prob", [([0, 2], [0.1, 0.2]), ([0, 1], [0.1, 1.5]), ([0, 1], [0.1]), ([], [])])
 def test_bad_input_is_rejected(labels, prob):
     with pytest.raises(ValueError):
-        compute_metrics(labels, prob)
+        compute_metrics(labels, two_class_probs(prob), class_names=CAT_DOG)
 
 
 def test_classification_report_table_matches_sklearn_layout():
@@ -96,14 +105,14 @@ def test_classification_report_table_matches_sklearn_layout():
     pred = (prob >= 0.5).astype(int)
     for digits in (2, 4):
         expected = skm.classification_report(labels, pred, target_names=["cat", "dog"], digits=digits)
-        assert classification_report_table(compute_metrics(labels, prob), digits=digits) == expected
+        assert classification_report_table(compute_metrics(labels, two_class_probs(prob), class_names=CAT_DOG), digits=digits) == expected
 
 
 def test_seed_confusion_reproduces_the_seed_report():
     # 240 cats and 496 dogs with the seed's recalls give exactly its published report
     labels = np.array([0] * 240 + [1] * 496)
     pred = np.array([0] * 210 + [1] * 30 + [0] * 97 + [1] * 399)
-    m = compute_metrics(labels, np.where(pred == 1, 0.9, 0.1))
+    m = compute_metrics(labels, two_class_probs(np.where(pred == 1, 0.9, 0.1)), class_names=CAT_DOG)
     seed = SEED_RESULTS
     assert round(m["accuracy"], 4) == seed["accuracy"]
     assert round(m["macro_avg"]["f1"], 4) == seed["macro_f1"]

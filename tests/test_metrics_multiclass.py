@@ -1,4 +1,4 @@
-"""N-class metrics in toolkit.evaluation.metrics against scikit-learn, computed independently here."""
+"""toolkit.evaluation.metrics for more than two classes (and two as a special case) against scikit-learn."""
 
 from __future__ import annotations
 
@@ -12,12 +12,11 @@ from sklearn import metrics as skm
 from toolkit.evaluation.metrics import (
     classification_report_table,
     compute_metrics,
-    compute_multiclass_metrics,
     confusion_order,
+    metrics_line,
     normalized_confusion,
     per_class_roc_auc,
-    roc_auc_ovr,
-    summary_line,
+    roc_auc,
     top_k_accuracy,
 )
 
@@ -48,7 +47,7 @@ def _fake_multiclass(n: int = 400, seed: int = 0, missing: tuple = MISSING):
 def test_37_class_metrics_equal_sklearn():
     labels, probs, _ = _fake_multiclass()
     pred = probs.argmax(axis=1)
-    m = compute_multiclass_metrics(labels, probs, class_names=NAMES, loss=1.23)
+    m = compute_metrics(labels, probs, class_names=NAMES, loss=1.23)
 
     assert m["num_samples"] == 400 and m["loss"] == 1.23 and m["num_classes"] == C
     assert m["class_names"] == NAMES and m["threshold"] is None
@@ -60,7 +59,7 @@ def test_37_class_metrics_equal_sklearn():
     expected_aucs = {c: skm.roc_auc_score(labels == c, probs[:, c]) for c in present}
     assert m["roc_auc_classes_scored"] == C - len(MISSING)
     assert m["roc_auc"] == pytest.approx(np.mean(list(expected_aucs.values())), abs=1e-12)
-    assert roc_auc_ovr(labels, probs) == pytest.approx(m["roc_auc"], abs=1e-15)
+    assert roc_auc(labels, probs) == pytest.approx(m["roc_auc"], abs=1e-15)
     listed = per_class_roc_auc(labels, probs)
     for c in range(C):
         if c in MISSING:
@@ -109,7 +108,7 @@ def test_37_class_metrics_equal_sklearn():
 
 def test_largest_confusions_and_per_class_accuracy_by_hand():
     labels, probs, _ = _fake_multiclass(seed=1)
-    m = compute_multiclass_metrics(labels, probs, class_names=NAMES, max_confusions=7)
+    m = compute_metrics(labels, probs, class_names=NAMES, max_confusions=7)
     matrix = np.array(m["confusion_matrix"])
     support = matrix.sum(axis=1)
 
@@ -149,14 +148,14 @@ def test_largest_confusions_and_per_class_accuracy_by_hand():
 def test_classification_report_table_equals_sklearn_text_for_37_classes():
     labels, probs, _ = _fake_multiclass(seed=2, missing=())  # every class present: the averages agree too
     pred = probs.argmax(axis=1)
-    m = compute_multiclass_metrics(labels, probs, class_names=NAMES)
+    m = compute_metrics(labels, probs, class_names=NAMES)
     for digits in (2, 4):
         expected = skm.classification_report(labels, pred, labels=range(C), target_names=NAMES,
                                              digits=digits, zero_division=0)
         assert classification_report_table(m, digits=digits) == expected
     # long class names widen the table the same way
     long_names = [f"american_pit_bull_terrier_{i}" for i in range(C)]
-    m = compute_multiclass_metrics(labels, probs, class_names=long_names)
+    m = compute_metrics(labels, probs, class_names=long_names)
     assert classification_report_table(m) == skm.classification_report(
         labels, pred, labels=range(C), target_names=long_names, digits=4, zero_division=0)
 
@@ -164,7 +163,7 @@ def test_classification_report_table_equals_sklearn_text_for_37_classes():
 def test_per_breed_uses_argmax_and_the_most_frequent_class():
     labels, probs, breeds = _fake_multiclass(seed=3)
     pred = probs.argmax(axis=1)
-    m = compute_multiclass_metrics(labels, probs, class_names=NAMES, breeds=breeds)
+    m = compute_metrics(labels, probs, class_names=NAMES, breeds=breeds)
     names = {"(unknown)" if b == "" else b for b in breeds}
     assert sorted(r["breed"] for r in m["per_breed"]) == sorted(names)
     for row in m["per_breed"]:
@@ -181,7 +180,7 @@ def test_three_class_perfect_prediction():
     labels = np.array([0, 1, 2, 2, 1, 0, 2])
     probs = np.full((7, 3), 0.1)
     probs[np.arange(7), labels] = 0.8
-    m = compute_multiclass_metrics(labels, probs, class_names=["a", "b", "c"])
+    m = compute_metrics(labels, probs, class_names=["a", "b", "c"])
     assert m["accuracy"] == 1.0 and m["balanced_accuracy"] == 1.0
     assert m["top_k"] == 3 and m["top5_accuracy"] == 1.0
     assert m["roc_auc"] == 1.0 and m["roc_auc_classes_scored"] == 3 and m["average_precision"] == 1.0
@@ -189,17 +188,17 @@ def test_three_class_perfect_prediction():
     assert m["confusion_matrix"] == [[2, 0, 0], [0, 2, 0], [0, 0, 3]]
     assert [r["class"] for r in m["per_class_accuracy"]] == ["c", "a", "b"]  # all 1.0: more samples, then name
     assert m["macro_avg"]["f1"] == 1.0
-    assert summary_line(m) == "n=7 loss=n/a acc=1.0000 auc=1.0000 ap=1.0000 top3=1.0000"
+    assert metrics_line(m) == "n=7 loss=n/a acc=1.0000 auc=1.0000 ap=1.0000"  # top-3 of 3 classes says nothing
 
 
 def test_ties_go_to_the_lowest_index_and_single_class_has_no_auc():
     probs = np.array([[0.4, 0.4, 0.2], [0.3, 0.3, 0.4]])
-    m = compute_multiclass_metrics([1, 1], probs, class_names=["a", "b", "c"])
+    m = compute_metrics([1, 1], probs, class_names=["a", "b", "c"])
     assert m["confusion_matrix"] == [[0, 0, 0], [1, 0, 1], [0, 0, 0]]
     assert m["accuracy"] == 0.0
     assert m["roc_auc"] is None and m["average_precision"] is None and m["roc_auc_classes_scored"] == 0
-    assert roc_auc_ovr([1, 1], probs) is None
-    assert any("fewer than 2 classes" in n for n in m["notes"])
+    assert roc_auc([1, 1], probs) is None
+    assert any("only one class (b)" in n for n in m["notes"])
     json.dumps(m, allow_nan=False)
 
 
@@ -208,11 +207,13 @@ def test_two_classes_work_and_agree_with_the_binary_auc():
     labels = rng.integers(0, 2, 120)
     p1 = np.clip(0.3 * labels + rng.uniform(0, 0.7, 120), 0, 1)
     probs = np.stack([1 - p1, p1], axis=1)
-    m = compute_multiclass_metrics(labels, probs, class_names=["cat", "dog"])
-    assert m["accuracy"] == pytest.approx(skm.accuracy_score(labels, probs.argmax(axis=1)), abs=1e-12)
+    m = compute_metrics(labels, probs, class_names=["cat", "dog"])
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(labels, (p1 >= 0.5).astype(int)), abs=1e-12)
     assert m["top_k"] == 2 and m["top5_accuracy"] == 1.0
-    # both one-vs-rest AUCs equal the binary AUC, so their mean does too
-    assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(labels, p1), abs=1e-12)
+    # the two one-vs-rest curves are one curve: the positive class alone is scored, as sklearn does for binary
+    assert m["roc_auc_classes"] == ["dog"] and m["roc_auc"] == skm.roc_auc_score(labels, p1)
+    assert m["average_precision"] == skm.average_precision_score(labels, p1)
+    assert m["per_class_roc_auc"]["cat"] == pytest.approx(m["per_class_roc_auc"]["dog"], abs=1e-12)
     assert top_k_accuracy(labels, probs, 1) == pytest.approx(skm.accuracy_score(labels, probs.argmax(axis=1)))
 
 
@@ -244,17 +245,16 @@ def test_confusion_helpers():
 ])
 def test_bad_input_is_rejected(labels, probs, names, match):
     with pytest.raises(ValueError, match=match):
-        compute_multiclass_metrics(labels, probs, class_names=names)
+        compute_metrics(labels, probs, class_names=names)
 
 
-def test_binary_summary_line_and_report_are_unchanged():
+def test_binary_metrics_line_and_report_are_unchanged():
     labels = np.array([0, 0, 1, 1, 1, 0, 1, 0])
     prob = np.array([0.1, 0.6, 0.8, 0.4, 0.9, 0.2, 0.7, 0.3])
-    m = compute_metrics(labels, prob, loss=0.5)
-    assert "top5_accuracy" not in m
-    assert summary_line(m) == "n=8 loss=0.5000 acc=0.7500 auc=0.9375 ap=0.9500"
+    m = compute_metrics(labels, np.stack([1 - prob, prob], axis=1), class_names=["cat", "dog"], loss=0.5)
+    assert metrics_line(m) == "n=8 loss=0.5000 acc=0.7500 auc=0.9375 ap=0.9500"
     assert classification_report_table(m) == skm.classification_report(
         labels, (prob >= 0.5).astype(int), target_names=["cat", "dog"], digits=4)
-    m37 = compute_multiclass_metrics(*_fake_multiclass()[:2], class_names=NAMES)
-    assert summary_line(m37).endswith(f" top5={m37['top5_accuracy']:.4f}")
-    assert summary_line(m37).startswith(f"n=400 loss=n/a acc={m37['accuracy']:.4f} auc={m37['roc_auc']:.4f} ")
+    m37 = compute_metrics(*_fake_multiclass()[:2], class_names=NAMES)
+    assert metrics_line(m37).endswith(f" top5={m37['top5_accuracy']:.4f}")
+    assert metrics_line(m37).startswith(f"n=400 loss=n/a acc={m37['accuracy']:.4f} auc={m37['roc_auc']:.4f} ")

@@ -14,7 +14,7 @@ import torch
 import torchvision
 from torch import nn
 
-from toolkit.cli import UsageError
+from toolkit.errors import UsageError
 from toolkit.compare_timm import max_abs_diff, perturb_norms, train_step_differences
 from toolkit.models import MODEL_ARCHS, BasicBlock, Bottleneck, create_model, model_summary
 
@@ -175,8 +175,9 @@ def test_kaiming_fan_out_init():
     ({"arch": "resnet50", "blocks_per_stage": (1, 0, 1, 1)}, "four positive integers"),
     ({"arch": "resnet50", "num_classes": 0}, "num_classes"),
 ])
-def test_bad_arguments_raise_usage_error(kwargs, message):
-    with pytest.raises(UsageError, match=message):
+def test_bad_arguments_raise_value_error(kwargs, message):
+    """As torchvision does: plain ValueError; the commands turn it into one line (toolkit.errors.usage_errors)."""
+    with pytest.raises(ValueError, match=message):
         create_model(**kwargs)
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from toolkit.training.checkpoint import model_metadata, save_model_file
+from toolkit.formats.model_file import model_metadata, save_model_file
 from toolkit.cli import run_cli
 from toolkit.config import Config
 from toolkit.data import build_eval_transform
@@ -78,7 +78,7 @@ def test_mixed_good_and_broken_images(workspace, capsys):
     assert "truncated" in by_name["truncated.jpg"]["error"]
     for name in ("rgb.jpg", "rgba.png", "gray.gif"):
         line = by_name[name]
-        assert set(line) == {"file", "pred", "label", "prob"}
+        assert set(line) == {"file", "pred", "label", "prob", "top"}
         assert line["pred"] == ["cat", "dog"][line["label"]]
         assert line["prob"]["dog"] + line["prob"]["cat"] == pytest.approx(1.0, abs=1e-5)
         assert line["label"] == int(line["prob"]["dog"] > line["prob"]["cat"])

@@ -13,7 +13,6 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from toolkit.cli import UsageError
 from toolkit.models import create_model
 from toolkit.models.pretrained import HEAD_KEYS, load_pretrained, pretrained_normalization
 
@@ -90,7 +89,7 @@ def test_renamed_key_is_named(timm_state, tmp_path):
     state["layer2.0.conv1.weight_renamed"] = state.pop("layer2.0.conv1.weight")
     model = create_model("resnet18", num_classes=2)
     before = model.conv1.weight.clone()
-    with pytest.raises(UsageError) as err:
+    with pytest.raises(ValueError) as err:
         load_pretrained(model, str(save_variant(state, tmp_path / "renamed.safetensors")))
     message = one_line(err)
     assert "1 missing (layer2.0.conv1.weight)" in message
@@ -100,7 +99,7 @@ def test_renamed_key_is_named(timm_state, tmp_path):
 
 def test_many_missing_keys_are_counted_not_listed(timm_state, tmp_path):
     state = {k: v for k, v in timm_state.items() if not k.startswith("layer4.")}
-    with pytest.raises(UsageError) as err:
+    with pytest.raises(ValueError) as err:
         load_pretrained(create_model("resnet18", num_classes=2), str(save_variant(state, tmp_path / "cut.safetensors")))
     message = one_line(err)
     count = sum(1 for k in timm_state if k.startswith("layer4.") and not k.endswith("num_batches_tracked"))
@@ -110,26 +109,26 @@ def test_many_missing_keys_are_counted_not_listed(timm_state, tmp_path):
 def test_wrong_shape_conv_is_named(timm_state, tmp_path):
     state = dict(timm_state)
     state["layer1.0.conv2.weight"] = torch.randn(64, 64, 1, 1)
-    with pytest.raises(UsageError) as err:
+    with pytest.raises(ValueError) as err:
         load_pretrained(create_model("resnet18", num_classes=2), str(save_variant(state, tmp_path / "shape.safetensors")))
     assert "layer1.0.conv2.weight (64, 64, 1, 1) vs ours (64, 64, 3, 3)" in one_line(err)
 
 
 def test_other_architecture_is_refused(timm_file):
-    with pytest.raises(UsageError) as err:
+    with pytest.raises(ValueError) as err:
         load_pretrained(create_model("resnet34", num_classes=2), str(timm_file))
     assert "missing (layer1.2." in one_line(err)
 
 
 def test_missing_and_foreign_files(tmp_path, monkeypatch):
     model = create_model("resnet18", num_classes=2)
-    with pytest.raises(UsageError) as err:
+    with pytest.raises(ValueError) as err:
         load_pretrained(model, str(tmp_path / "nope.safetensors"))
     assert "no such file" in one_line(err)
 
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"not a safetensors file at all")
-    with pytest.raises(UsageError) as err:
+    with pytest.raises(ValueError) as err:
         load_pretrained(model, str(junk))
     assert "is not a safetensors file" in one_line(err)
 
@@ -139,7 +138,7 @@ def test_missing_and_foreign_files(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "load", no_pickles)
     pickle = tmp_path / "weights.pth"
     pickle.write_bytes(b"\x80\x04pickled")
-    with pytest.raises(UsageError) as err:
+    with pytest.raises(ValueError) as err:
         load_pretrained(model, str(pickle))
     assert "is a pickle" in one_line(err)
 
@@ -153,7 +152,7 @@ def test_timm_name_offline_says_what_to_download(monkeypatch, tmp_path):
     model = create_model("resnet18", num_classes=2)
     for init, name in (("resnet18.tv_in1k", "resnet18.tv_in1k"), ("resnet18", "resnet18.a1_in1k"),
                        ("hf-hub:timm/resnet18.a1_in1k", "timm/resnet18.a1_in1k")):
-        with pytest.raises(UsageError) as err:
+        with pytest.raises(ValueError) as err:
             load_pretrained(model, init)
         message = one_line(err)
         assert f"save timm's {name} weights as a .safetensors file and set model.init=/path/file.safetensors" in message
@@ -162,10 +161,10 @@ def test_timm_name_offline_says_what_to_download(monkeypatch, tmp_path):
 
 def test_bad_names(monkeypatch):
     model = create_model("resnet18", num_classes=2)
-    with pytest.raises(UsageError) as err:
+    with pytest.raises(ValueError) as err:
         load_pretrained(model, "resnet18.no_such_tag")
     assert "resnet18.tv_in1k" in one_line(err)  # the known tags are listed
-    with pytest.raises(UsageError) as err:
+    with pytest.raises(ValueError) as err:
         load_pretrained(model, "no_such_model")
     assert "not a timm model name" in one_line(err)
 
@@ -185,7 +184,7 @@ def test_training_starts_from_the_init_file_and_only_the_head_is_fresh(tmp_path,
 
     from helpers import pack_tiny, train_args, train_cli
     from toolkit.models import create_model
-    from toolkit.training.checkpoint import read_model_file
+    from toolkit.formats.model_file import read_model_file
 
     shards = pack_tiny(tmp_path)
     source = create_model("resnet18", num_classes=1000, blocks_per_stage=[1, 1, 1, 1])

@@ -28,7 +28,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from toolkit.training.checkpoint import list_checkpoints, read_model_file
+from toolkit.formats.model_file import read_model_file
+
+from toolkit.training.checkpoint import list_checkpoints
 from toolkit.cli import run_cli
 from toolkit.config import Config, load_config, to_dict, validate
 from toolkit.fileio import TMP_PREFIX
@@ -116,7 +118,7 @@ elif point == "model-write":  # last.safetensors half written under its temporar
         return real_replace(src, dst)
     os.replace = replace
 elif point == "metrics-append":  # half a line of metrics.jsonl on disk
-    real_append = toolkit.formats.append_jsonl
+    real_append = toolkit.formats.run_dir.append_jsonl
     def append_jsonl(path, obj):
         if due():
             line = json.dumps(obj) + "\n"
@@ -124,7 +126,7 @@ elif point == "metrics-append":  # half a line of metrics.jsonl on disk
                 handle.write(line[: len(line) // 2])
             fire()
         return real_append(path, obj)
-    toolkit.formats.append_jsonl = append_jsonl
+    toolkit.formats.run_dir.append_jsonl = append_jsonl
 
 import toolkit.train
 run_cli(toolkit.train.main, sys.argv[4:])

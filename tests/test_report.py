@@ -16,7 +16,7 @@ import torch
 import yaml
 from torch import nn
 
-from helpers import assert_png
+from helpers import CAT_DOG, assert_png, two_class_probs
 from toolkit.reporting import interpret, plots, visualize
 from toolkit.fileio import append_jsonl, atomic_write_json
 from toolkit.evaluation.metrics import compute_metrics
@@ -47,12 +47,12 @@ def write_eval(run_dir: Path, split: str, keys, labels, prob, breeds, *, tuning=
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "predictions.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["key", "label", "prob_dog", "pred", "breed"])
+        writer.writerow(["key", "label", "pred", "breed", "prob_cat", "prob_dog"])
         for row in zip(keys, labels, prob, breeds):
-            writer.writerow([row[0], int(row[1]), f"{row[2]:.6f}", int(row[2] >= 0.5), row[3]])
-    metrics = compute_metrics(labels, prob, breeds=breeds, loss=0.55,
+            writer.writerow([row[0], int(row[1]), int(row[2] >= 0.5), row[3], f"{1 - row[2]:.6f}", f"{row[2]:.6f}"])
+    metrics = compute_metrics(labels, two_class_probs(prob), class_names=CAT_DOG, breeds=breeds, loss=0.55,
                               tuning_labels=None if tuning is None else tuning[0],
-                              tuning_probs=None if tuning is None else tuning[1])
+                              tuning_probs=None if tuning is None else two_class_probs(tuning[1]))
     metrics.update(split=split, skipped_samples=1, synthetic=True, model_epoch=3)
     atomic_write_json(folder / "metrics.json", metrics)
     return metrics
@@ -86,7 +86,7 @@ def write_run(run_dir: Path, *, splits=("val", "test"), shards: str = "shards/no
 
 
 def save_tiny_model(run_dir: Path) -> nn.Module:
-    from toolkit.training.checkpoint import model_metadata, save_model_file
+    from toolkit.formats.model_file import model_metadata, save_model_file
     from toolkit.config import load_config
 
     cfg = load_config(None, ["model.arch=resnet18", "model.blocks_per_stage=[1,1,1,1]", "model.base_width=8",
@@ -107,15 +107,15 @@ def test_every_plot_function_writes_a_valid_png(tmp_path):
              "img_per_s": 50.0, "data_wait_frac": 0.1} for e in range(1, 4)]
     images = torch.randn(5, 3, 32, 32)
     written = [
-        plots.plot_roc(labels, prob, tmp_path / "roc.png"),
-        plots.plot_pr(labels, prob, tmp_path / "pr.png"),
-        plots.plot_confusion([[30, 10], [5, 35]], tmp_path / "confusion.png"),
+        plots.plot_roc(labels, two_class_probs(prob), CAT_DOG, tmp_path / "roc.png"),
+        plots.plot_pr(labels, two_class_probs(prob), CAT_DOG, tmp_path / "pr.png"),
+        plots.plot_confusion([[30, 10], [5, 35]], tmp_path / "confusion.png", class_names=CAT_DOG),
         plots.plot_training_curves(rows, tmp_path / "curves.png"),
         plots.plot_training_curves([], tmp_path / "curves_empty.png"),
-        plots.plot_prediction_grid(images, [0, 1, 1, 0, 1], [0.1, 0.9, 0.2, 0.7, 0.5], tmp_path / "grid.png",
-                                   mean=MEAN, std=STD),
-        plots.plot_roc([1, 1, 1], [0.2, 0.5, 0.9], tmp_path / "roc_one_class.png"),
-        plots.plot_pr([0, 0], [0.2, 0.5], tmp_path / "pr_one_class.png"),
+        plots.plot_prediction_grid(images, [0, 1, 1, 0, 1], two_class_probs([0.1, 0.9, 0.2, 0.7, 0.5]), tmp_path / "grid.png",
+                                   mean=MEAN, std=STD, class_names=CAT_DOG),
+        plots.plot_roc([1, 1, 1], two_class_probs([0.2, 0.5, 0.9]), CAT_DOG, tmp_path / "roc_one_class.png"),
+        plots.plot_pr([0, 0], two_class_probs([0.2, 0.5]), CAT_DOG, tmp_path / "pr_one_class.png"),
     ]
     for path in written:
         assert_png(path)
@@ -152,7 +152,7 @@ def test_gradcam_shape_range_and_no_side_effects():
     assert all(p.grad is None for p in model.parameters())
     same_cams, probs = interpret.explain(model, images)
     torch.testing.assert_close(same_cams, cams)
-    torch.testing.assert_close(probs, interpret.prob_dog(model, images))
+    torch.testing.assert_close(probs, interpret.predict_probs(model, images))
     for target in (0, [1, 0, 1], torch.tensor([0, 0, 1])):
         assert interpret.gradcam(model, images, layer="layer3", target=target).shape == (3, 32, 32)
     assert _modes(model) == before and _hook_count(model) == 0
@@ -213,7 +213,7 @@ def test_feature_maps_and_filters(tmp_path):
 
 def test_select_examples_puts_confident_mistakes_first():
     labels = [0, 1, 1, 0, 1, 0, 0]
-    prob = [0.9, 0.45, 0.2, 0.6, 0.99, 0.05, 0.3]
+    prob = two_class_probs([0.9, 0.45, 0.2, 0.6, 0.99, 0.05, 0.3])
     assert interpret.select_examples(labels, prob, 5) == [0, 2, 3, 1, 5]  # wrong 0.9, 0.8, 0.6, then correct
     assert interpret.select_examples(labels, prob, 4, max_wrong=1) == [0, 5, 4, 6]  # cat/dog alternating
     assert interpret.select_examples(labels, prob, 20) == [0, 2, 3, 1, 5, 4, 6]
@@ -226,8 +226,8 @@ def test_select_examples_puts_confident_mistakes_first():
 def test_report_embeds_every_plot_and_compares_with_the_seed(tmp_path):
     run = write_run(tmp_path / "run")
     labels, prob, _ = fake_predictions(40, seed=2)
-    pngs = [plots.plot_roc(labels, prob, run / "plots" / "roc_test.png"),
-            plots.plot_confusion([[1, 2], [3, 4]], run / "plots" / "confusion_test.png"),
+    pngs = [plots.plot_roc(labels, two_class_probs(prob), CAT_DOG, run / "plots" / "roc_test.png"),
+            plots.plot_confusion([[1, 2], [3, 4]], run / "plots" / "confusion_test.png", class_names=CAT_DOG),
             plots.plot_training_curves([{"epoch": 1, "train_loss": 1.0}], run / "plots" / "training_curves.png")]
     page = build_report(run).read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") == len(pngs)
@@ -245,7 +245,7 @@ def test_report_survives_missing_and_broken_parts(tmp_path):
     empty.mkdir()
     page = build_report(empty).read_text(encoding="utf-8")
     assert "No evaluation of split &#x27;test&#x27; yet" in page and "No plots yet" in page
-    assert "config.yaml not found" in page and "0.9108" in page
+    assert "config.yaml not found" in page and "0.9108" not in page  # the task is unknown: no seed comparison
 
     run = write_run(tmp_path / "run", splits=("val",))
     (run / "eval" / "val" / "metrics.json").write_text("{ torn")
@@ -272,10 +272,11 @@ def test_visualize_file_plots_and_report(tmp_path, capsys):
     run = write_run(tmp_path / "run")
     assert visualize.main(["--run", str(run), "--what", "roc,pr,confusion,curves", "--split", "val"]) == 0
     names = sorted(p.name for p in (run / "plots").glob("*.png"))
-    assert names == ["confusion_val.png", "pr_val.png", "roc_val.png", "training_curves.png"]
+    assert names == ["confusion_val.png", "per_class_accuracy_val.png", "pr_val.png", "roc_val.png",
+                     "training_curves.png"]
     for path in (run / "plots").glob("*.png"):
         assert_png(path)
-    assert (run / "report.html").read_text().count("data:image/png;base64,") == 4
+    assert (run / "report.html").read_text().count("data:image/png;base64,") == len(names)
     assert "warning" not in capsys.readouterr().err
     with pytest.raises(Exception, match="unknown plot"):
         visualize.main(["--run", str(run), "--what", "roc,bogus"])
@@ -310,7 +311,8 @@ def test_visualize_everything_from_real_shards(tmp_path, capsys):
 
     assert visualize.main(["--run", str(run), "--num-images", "4"]) == 0
     names = sorted(p.name for p in (run / "plots").glob("*.png"))
-    assert names == sorted(["roc_test.png", "pr_test.png", "confusion_test.png", "training_curves.png",
+    assert names == sorted(["roc_test.png", "pr_test.png", "confusion_test.png", "per_class_accuracy_test.png",
+                            "training_curves.png",
                             "predictions_test.png", "gradcam_test.png", "feature_maps_test.png",
                             "filters_conv1.png", "filters_layer1.png"])
     for name in names:

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from helpers import ENV, ROOT, error_line, file_hashes, rewrite_shard
-from toolkit.cli import UsageError
+from toolkit.errors import UsageError
 from toolkit.data.shards import SPLITS, pack_dataset
 from toolkit.data.verify import verify_shards
 from toolkit.formats import read_manifest

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import isolate_wandb
+from helpers import CAT_DOG, isolate_wandb, two_class_probs
 from toolkit.redaction import REDACTED, is_secret_key, redact_secrets, secret_values
 from toolkit.reporting.tracking import Tracker, has_api_key, resolve_mode
 from toolkit.reporting.wandb_runs import read_wandb_records
@@ -105,14 +105,14 @@ def offline_run(tmp_path_factory):
         tracker.log({"train/loss": 9.0}, step=3)  # backwards: dropped with one warning
         tracker.log({"train/loss": 9.0}, step=2)
         labels = np.array([0, 0, 1, 1, 1, 0, 1, 1])
-        prob_dog = np.array([0.1, 0.4, 0.8, 0.6, 0.3, 0.2, 0.9, 0.7])
-        tracker.log_curves(labels, prob_dog, ["cat", "dog"], "val", threshold=0.35)
+        tracker.log_curves(labels, two_class_probs([0.1, 0.4, 0.8, 0.6, 0.3, 0.2, 0.9, 0.7]), CAT_DOG, "val",
+                           threshold=0.35)
         tracker.log_images({"plots/roc": run_dir / "roc.png"})
         tracker.log_images({"plots/missing": run_dir / "missing.png"})  # fails: one warning
         tracker.log_images({"plots/missing2": run_dir / "missing2.png"})  # fails again: counted only
         pictures = [Image.new("RGB", (8, 8), (0, 0, 255)), np.zeros((8, 8, 3), dtype=np.uint8)]
-        tracker.log_predictions_table([{"key": "cat_1", "label": 0, "prob_dog": 0.2, "pred": 0},
-                                       {"key": "dog_1", "label": 1, "prob_dog": np.float64(0.9), "pred": 1}],
+        tracker.log_predictions_table([{"key": "cat_1", "label": 0, "prob_pred": 0.8, "pred": "cat"},
+                                       {"key": "dog_1", "label": 1, "prob_pred": np.float64(0.9), "pred": "dog"}],
                                       pictures)
         tracker.log_dataset_summary({"train": 2944, "val": 736, "auth_token": FAKE_KEY})
         tracker.log_model(run_dir / "model.safetensors", {"arch": "resnet101", "num_classes": 2,
@@ -155,10 +155,10 @@ def test_offline_run_records_config_metrics_and_artifacts(offline_run):
     assert list(media.glob("images/plots/roc_*.png"))
     roc_table = json.loads(next(media.glob("table/val/roc_curve_table_*.table.json")).read_text())
     assert roc_table["columns"] == ["class", "fpr", "tpr"]
-    assert {row[0] for row in roc_table["data"]} == {"cat", "dog"}
+    assert {row[0] for row in roc_table["data"]} == {"dog"}  # two classes: one curve, the positive class's
     assert roc_table["data"][0][1:] == [0.0, 0.0] and roc_table["data"][-1][1:] == [1.0, 1.0]
     matrix = json.loads(next(media.glob("table/val/confusion_matrix_table_*.table.json")).read_text())
-    assert {(a, p): n for a, p, n in matrix["data"]} == {  # dog when prob_dog >= 0.35
+    assert {(a, p): n for a, p, n in matrix["data"]} == {  # dog when P(dog) >= 0.35
         ("cat", "cat"): 2, ("cat", "dog"): 1, ("dog", "cat"): 1, ("dog", "dog"): 4}
 
 
@@ -186,7 +186,7 @@ def test_failed_and_dropped_log_calls_warn_once_each_and_are_counted(offline_run
 def all_calls(tracker: Tracker, run_dir: Path) -> dict:
     tracker.log({"loss": 1.0}, step=1)
     tracker.log_images({"x": run_dir / "x.png"})
-    tracker.log_curves([0, 1], [0.2, 0.8], ["cat", "dog"], "val")
+    tracker.log_curves([0, 1], two_class_probs([0.2, 0.8]), CAT_DOG, "val")
     tracker.log_predictions_table([{"key": "a"}], None)
     tracker.log_dataset_summary({"train": 1})
     tracker.log_model(run_dir / "model.safetensors", {})

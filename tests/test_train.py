@@ -12,7 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from toolkit.training.checkpoint import list_checkpoints, load_model_file
+from toolkit.formats.model_file import load_model_file
+
+from toolkit.training.checkpoint import list_checkpoints
 from toolkit.config import load_config, validate
 from toolkit.fileio import read_jsonl
 from toolkit.data.shards import pack_dataset

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from helpers import error_line, run_in_process, save_tiny_model, train_args, train_cli
-from toolkit.cli import UsageError
+from toolkit.errors import UsageError
 from toolkit.config import load_config, validate
 from toolkit.data.shards import pack_dataset
 from toolkit.formats import RunDir
@@ -44,7 +44,7 @@ def test_config_values_that_would_crash_later_are_refused(override, words):
 
 @pytest.mark.parametrize("claim", [{"num_classes": 10**9}, {"base_width": 10**6}, {"blocks_per_stage": [10**5, 1, 1, 1]}])
 def test_model_file_metadata_cannot_ask_for_a_huge_allocation(tmp_path, capsys, monkeypatch, claim):
-    import toolkit.training.checkpoint as checkpoint
+    import toolkit.formats.model_file as model_file
     from toolkit.predict import main as predict_main
 
     model = tmp_path / "model.safetensors"
@@ -52,7 +52,7 @@ def test_model_file_metadata_cannot_ask_for_a_huge_allocation(tmp_path, capsys, 
     image = tmp_path / "x.png"
     Image.new("RGB", (40, 40)).save(image)
     built = []
-    monkeypatch.setattr(checkpoint, "create_model", lambda *a, **k: built.append(k) or pytest.fail(f"built {k}"))
+    monkeypatch.setattr(model_file, "create_model", lambda *a, **k: built.append(k) or pytest.fail(f"built {k}"))
     code = run_in_process(predict_main, ["--model", str(model), str(image)])
     assert code == 2 and "metadata claims" in error_line(capsys.readouterr().err)
     assert built == []  # refused before any model of the claimed size was built

@@ -2,7 +2,9 @@
 
 Users see a single line that says what is wrong and how to fix it, never a traceback:
 ``UsageError`` (bad arguments, bad config, bad input paths) exits with code 2,
-``DataError`` (the data itself is broken, e.g. a failed verification) with code 1.
+``DataError`` (the data itself is broken, e.g. a failed verification) with code 1. Both live in
+``toolkit.errors``; this module imports no torch, so config, formats and the model code can use it
+without loading torch.
 """
 
 from __future__ import annotations
@@ -13,8 +15,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable, NoReturn, Optional, Sequence, TypeVar
 
-import torch
-
+from toolkit.errors import DataError, UsageError, on_every_rank  # noqa: F401  (re-exported)
 from toolkit.redaction import redact_text
 
 T = TypeVar("T")
@@ -23,14 +24,6 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-
-
-class UsageError(Exception):
-    """The user asked for something impossible: printed as one line, exit code 2."""
-
-
-class DataError(Exception):
-    """The data is broken in a way the user must fix: printed as one line, exit code 1."""
 
 
 def program_name(prog: str) -> str:
@@ -58,11 +51,6 @@ def is_main_process() -> bool:
     """True on the process that should print and write (rank 0), also before Accelerate starts."""
     return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") in ("0", "")
 
-
-def on_every_rank(err: Exception) -> Exception:
-    """Mark an error that every process raises together, so that only the main process prints it."""
-    err.on_every_rank = True
-    return err
 
 
 def fail(message: str, code: int = EXIT_USAGE, *, quiet: bool = False) -> NoReturn:
@@ -94,14 +82,3 @@ def progress(iterable: Iterable[T], *, total: Optional[int] = None, desc: str = 
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=desc, unit=unit, dynamic_ncols=True, **kwargs)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``--device``: ``auto`` picks CUDA when present; asking for CUDA without it is a usage error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
-    if name not in ("cpu", "cuda"):
-        raise UsageError(f"unknown device {name!r}; use auto, cpu or cuda")
-    return torch.device(name)

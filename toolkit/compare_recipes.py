@@ -30,11 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from toolkit.cli import ArgumentParser, DataError, UsageError, run_cli
+from toolkit.cli import ArgumentParser, run_cli
+from toolkit.errors import DataError, UsageError
 from toolkit.config import SHIPPED_CONFIGS, fit_head_to_classes, load_config, split_config_args, to_dict, validate
 from toolkit.data import check_shards_exist, load_info, resolve_normalization, split_size
 from toolkit.fileio import atomic_write_json, atomic_write_text
-from toolkit.evaluation.metrics import fmt, fmt_mean_std, is_multiclass, mean_std
+from toolkit.evaluation.metrics import decision_rule, format_mean_std, format_number, mean_std, reports_top_k
 from toolkit.formats import RunDir, class_names
 from toolkit.reporting import wandb_report
 from toolkit.reporting.wandb_report import check_project
@@ -55,7 +56,7 @@ LOG_TAIL_LINES = 15
 HEADLINE = (
     ("roc_auc", "{split} ROC-AUC"),
     ("accuracy", "{split} accuracy"),
-    ("top5_accuracy", "{split} top-{top_k} accuracy"),  # runs of more than two classes only
+    ("top5_accuracy", "{split} top-{top_k} accuracy"),  # where k is below the class count
     ("balanced_accuracy", "{split} balanced accuracy"),
     ("loss", "{split} loss"),
     ("macro_f1", "macro avg F1"),
@@ -141,7 +142,7 @@ def train_one(args: argparse.Namespace, recipe: Recipe, seed: int, shared: Seque
         wall = json.loads(record.read_text())["wall_seconds"] if record.is_file() else None
         result = collect_run(run_dir, recipe.name, seed, args.split, wall)
         print(f"[{label}] {recipe.name} seed {seed}: reused the finished run in {run_dir} (same config): test "
-              f"ROC-AUC {fmt(result.values['roc_auc'])} accuracy {fmt(result.values['accuracy'])}", flush=True)
+              f"ROC-AUC {format_number(result.values['roc_auc'])} accuracy {format_number(result.values['accuracy'])}", flush=True)
         return result
     if run_dir.exists():  # a fresh run: never resume or mix with an older one of the same name
         shutil.rmtree(run_dir)
@@ -171,8 +172,8 @@ def train_one(args: argparse.Namespace, recipe: Recipe, seed: int, shared: Seque
                         f"the whole log is {log_path}")
     atomic_write_json(run_dir / RUN_RECORD, {"wall_seconds": wall})
     result = collect_run(run_dir, recipe.name, seed, args.split, wall)
-    print(f"[{label}] {recipe.name} seed {seed}: test ROC-AUC {fmt(result.values['roc_auc'])} "
-          f"accuracy {fmt(result.values['accuracy'])} (best val epoch {result.values['best_epoch']}) "
+    print(f"[{label}] {recipe.name} seed {seed}: test ROC-AUC {format_number(result.values['roc_auc'])} "
+          f"accuracy {format_number(result.values['accuracy'])} (best val epoch {result.values['best_epoch']}) "
           f"in {wall / 60:.1f} min", flush=True)
     return result
 
@@ -196,7 +197,7 @@ def collect_run(run_dir: Path, recipe: str, seed: int, split: str, wall_seconds:
         "train_minutes": sum(row["epoch_seconds"] for row in epochs) / 60,
         "wall_minutes": None if wall_seconds is None else wall_seconds / 60,
     }
-    if "top5_accuracy" in test:  # more than two classes: top-k accuracy beside top-1
+    if reports_top_k(test):
         values["top5_accuracy"] = test["top5_accuracy"]
     return RunResult(recipe, seed, str(run_dir), values, per_class,
                      {k: v for k, v in test.items() if k != "per_breed"})
@@ -250,9 +251,8 @@ def markdown_tables(report: dict) -> str:
     summaries = {n: report["recipes"][n]["summary"] for n in names}
     split = report["split"]
     tested = [run.get("test_metrics") or {} for n in names for run in report["recipes"][n]["runs"]]
-    multiclass = any(is_multiclass(m) for m in tested)
     top_k = next((m.get("top_k") for m in tested if m.get("top_k")), 5)
-    rule = "prediction: the most probable class" if multiclass else "threshold 0.5"
+    rule = "prediction: " + decision_rule(next((m for m in tested if m), {}))
     lines = [f"Test split `{split}` ({report['test_samples']} images), {report['epochs']} epochs, "
              f"seeds {', '.join(map(str, report['seeds']))}; mean ± std over seeds (std: sample, n - 1). "
              f"Model selection on val; {rule}.", ""]
@@ -263,20 +263,20 @@ def markdown_tables(report: dict) -> str:
         if any(key not in summaries[n] for n in names):  # top-k accuracy of a two-class comparison
             continue
         digits = 1 if key == "best_epoch" else (2 if key.endswith("minutes") else 4)
-        cells = [fmt_mean_std(summaries[n][key], digits) for n in names]
+        cells = [format_mean_std(summaries[n][key], digits) for n in names]
         if delta:
             a, b = summaries[names[0]][key]["mean"], summaries[names[1]][key]["mean"]
             cells.append("n/a" if a is None or b is None else f"{b - a:+.{digits}f}")
         lines.append(f"| {label.format(split=split, top_k=top_k)} | " + " | ".join(cells) + " |")
     per_class = summaries[names[0]]["per_class"]
     rows = list(per_class)
-    absent = [row for row in rows if multiclass and not row.endswith(" avg") and per_class[row]["support"] == 0]
+    absent = [row for row in rows if not row.endswith(" avg") and per_class[row]["support"] == 0]
     note = f" ({len(absent)} classes without a sample in it left out)" if absent else ""
     lines += ["", f"Per class on the {split} split (the classification report's layout){note}:", ""]
     header = "| | " + " | ".join(f"{n} precision | {n} recall | {n} F1" for n in names) + " | support |"
     lines += [header, "|---" * (3 * len(names) + 2) + "|"]
     for row in (r for r in rows if r not in absent):
-        cells = [fmt_mean_std(summaries[n]["per_class"][row][m]) for n in names for m in ("precision", "recall", "f1")]
+        cells = [format_mean_std(summaries[n]["per_class"][row][m]) for n in names for m in ("precision", "recall", "f1")]
         lines.append(f"| {row} | " + " | ".join(cells) + f" | {summaries[names[0]]['per_class'][row]['support']} |")
     lines += ["", "Every run:", "",
               f"| recipe | seed | {split} ROC-AUC | {split} accuracy | val ROC-AUC | best epoch | wall (min) |",
@@ -284,8 +284,8 @@ def markdown_tables(report: dict) -> str:
     for name in names:
         for run in report["recipes"][name]["runs"]:
             v = run["values"]
-            lines.append(f"| {name} | {run['seed']} | {fmt(v['roc_auc'])} | {fmt(v['accuracy'])} | "
-                         f"{fmt(v['best_val_auc'])} | {v['best_epoch']} | {fmt(v['wall_minutes'], 2)} |")
+            lines.append(f"| {name} | {run['seed']} | {format_number(v['roc_auc'])} | {format_number(v['accuracy'])} | "
+                         f"{format_number(v['best_val_auc'])} | {v['best_epoch']} | {format_number(v['wall_minutes'], 2)} |")
     lines += [""] + [f"- {line}" for line in report["verdicts"]]
     return "\n".join(lines) + "\n"
 

@@ -35,7 +35,9 @@ from toolkit.bench.model import (
     synthetic_batch,
     time_interleaved,
 )
-from toolkit.cli import ArgumentParser, UsageError, resolve_device, run_cli
+from toolkit.cli import ArgumentParser, run_cli
+from toolkit.device import resolve_device
+from toolkit.errors import UsageError
 from toolkit.models import MODEL_ARCHS, count_parameters, create_model
 
 STAGES = ("maxpool", "layer1", "layer2", "layer3", "layer4")  # "maxpool" output = the stem's output

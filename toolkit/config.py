@@ -19,7 +19,7 @@ from typing import Any, Optional, Sequence, Union
 
 import yaml
 
-from toolkit.cli import UsageError
+from toolkit.errors import UsageError
 from toolkit.models import MODEL_ARCHS
 
 MIXED_PRECISION = ("no", "fp16", "bf16")

@@ -24,9 +24,10 @@ if __package__ in (None, ""):  # run as a script: import `toolkit` from the repo
     here = Path(__file__).resolve().parent  # (its modules would shadow the standard library's)
     sys.path[:] = [str(here.parent)] + [p for p in sys.path if Path(p or ".").resolve() != here]
 
-from toolkit.cli import ArgumentParser, DataError, UsageError, run_cli
+from toolkit.cli import ArgumentParser, run_cli
+from toolkit.errors import DataError, UsageError
 from toolkit.data.oxford import make_synthetic_dataset
-from toolkit.data.shards import DEFAULT_SYNTHETIC_ROOT, DEFAULTS, download_dataset, pack_dataset, summary_line
+from toolkit.data.shards import DEFAULT_SYNTHETIC_ROOT, DEFAULTS, download_dataset, pack_dataset, packing_summary
 from toolkit.data.sources import LAYOUTS, OXFORD_LABELS
 from toolkit.data.verify import verify_shards
 from toolkit.formats import SPLITS, class_names, label_field, read_manifest
@@ -139,7 +140,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         names = info["unlisted"]["names"]
         more = f" and {len(names) - 10} more" if len(names) > 10 else ""
         print(f"unlisted (on disk, in no split list, not packed): {', '.join(names[:10])}{more}")
-    print(summary_line(info, Path(args.out)))
+    print(packing_summary(info, Path(args.out)))
     return 0
 
 

@@ -1,11 +1,11 @@
 """Classify image files with a trained model: one JSON line per image on stdout.
 
     python -m toolkit.predict --model runs/NAME/model.safetensors cat.jpg dog.png
-    {"file": "cat.jpg", "pred": "cat", "label": 0, "prob": {"cat": 0.93, "dog": 0.07}}
+    {"file": "cat.jpg", "pred": "cat", "label": 0, "prob": {"cat": 0.93, "dog": 0.07}, "top": [["cat", 0.93], ...]}
 
-A model of more than two classes (e.g. the 37 breeds) also lists its K most probable classes,
-most probable first (``--top-k``, default 5): ``"top": [["Bengal", 0.61], ["Egyptian_Mau", 0.2], ...]``;
-``pred`` and ``label`` are the first of them and ``prob`` still maps every class to its probability.
+``pred`` and ``label`` are the predicted class, ``prob`` maps every class to its probability and
+``top`` lists the K most probable classes, most probable first (``--top-k``; default 5, or every
+class of a model with fewer), e.g. ``[["Bengal", 0.61], ["Egyptian_Mau", 0.2], ...]`` for the breeds.
 
 Images are decoded exactly as ``make_shards`` decodes them (Pillow, strict about truncated
 files, transparency on white, RGB) and preprocessed with the model's own eval transform and
@@ -25,12 +25,15 @@ from typing import Callable, Optional, Sequence
 import torch
 from PIL import Image
 
-from toolkit.cli import ArgumentParser, UsageError, resolve_device, run_cli
+from toolkit.cli import ArgumentParser, run_cli
 from toolkit.data import build_eval_transform, load_info
 from toolkit.data.shards import decode_error, strict_decoding, to_rgb
 from toolkit.data.transforms import open_image
+from toolkit.device import resolve_device
+from toolkit.errors import UsageError
+from toolkit.evaluation.metrics import TOP_K, predict
 from toolkit.formats import class_names
-from toolkit.training.checkpoint import check_classes, load_model_file
+from toolkit.formats.model_file import check_classes, load_model_file
 
 
 class ImageReadError(Exception):
@@ -65,27 +68,26 @@ def eval_transform(meta: dict) -> Callable[[Image.Image], torch.Tensor]:
     return build_eval_transform(sizes, meta["mean"], meta["std"])
 
 
-def default_top_k(num_classes: int) -> Optional[int]:
-    """No ``top`` list for two classes (``prob`` says it all), the 5 most probable for more."""
-    return None if num_classes <= 2 else min(5, num_classes)
+def default_top_k(num_classes: int) -> int:
+    """The ``top`` list's length unless ``--top-k`` says otherwise: as top-k accuracy counts it."""
+    return min(TOP_K, num_classes)
 
 
 @torch.inference_mode()
 def predict_batch(model: torch.nn.Module, batch: torch.Tensor, class_names: Sequence[str],
                   top_k: Optional[int] = None) -> list[dict]:
-    """One result per image: ``pred``/``label`` (the most probable class), ``prob`` (every class), and with
-    ``top_k`` the ``top`` list of the k most probable [name, prob] pairs, most probable first."""
+    """One result per image: ``pred``/``label`` (``metrics.predict`` at threshold 0.5), ``prob`` (every class),
+    and with ``top_k`` the ``top`` list of the k most probable [name, prob] pairs, most probable first."""
     probs = torch.softmax(model(batch).float(), dim=1).cpu()
     results = []
-    for row in probs:
-        label = int(row.argmax())
+    for row, label in zip(probs, predict(probs.double().numpy()).tolist()):
         result = {
             "pred": class_names[label],
             "label": label,
             "prob": {name: round(float(p), 6) for name, p in zip(class_names, row)},
         }
         if top_k:
-            # ties go to the lower index, as argmax breaks them, so top[0] is always pred
+            # most probable first; ties go to the lower index
             order = sorted(range(len(row)), key=lambda i: (-float(row[i]), i))[:top_k]
             result["top"] = [[class_names[i], round(float(row[i]), 6)] for i in order]
         results.append(result)
@@ -146,8 +148,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="where to run the model (default: auto = cuda when available)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
     parser.add_argument("--top-k", type=int, default=None, metavar="K",
-                        help="list the K most probable classes per image under \"top\" (default: 5 for a model of "
-                             "more than two classes; none for two, whose \"prob\" has both)")
+                        help="list the K most probable classes per image under \"top\" (default: 5, or every class "
+                             "of a model with fewer)")
     parser.add_argument("--shards", default=None, metavar="DIR",
                         help="shards (folder with info.json, or URL pattern) whose classes the model must have: "
                              "a one-line error instead of predictions of another task (e.g. breeds for cat/dog)")

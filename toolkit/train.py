@@ -23,7 +23,8 @@ if __package__ in (None, ""):  # run as a script: import `toolkit` from the repo
 
 from safetensors import SafetensorError
 
-from toolkit.cli import ArgumentParser, DataError, on_every_rank, run_cli
+from toolkit.cli import ArgumentParser, run_cli
+from toolkit.errors import DataError, on_every_rank
 from toolkit.config import load_config, split_config_args, to_yaml, validate
 from toolkit.training.loop import train
 from toolkit.training.state import TrainingError

@@ -15,7 +15,8 @@ import sys
 from types import ModuleType
 from typing import Optional, Sequence
 
-from toolkit.cli import ArgumentParser, UsageError, run_cli
+from toolkit.cli import ArgumentParser, run_cli
+from toolkit.errors import UsageError
 from toolkit.fileio import atomic_write_json
 
 SUBCOMMANDS: dict[str, str] = {

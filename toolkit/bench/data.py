@@ -32,7 +32,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from toolkit import data
-from toolkit.cli import UsageError
+from toolkit.errors import UsageError
 from toolkit.config import DataConfig
 from toolkit.data.oxford import read_source
 from toolkit.data.device_augment import batch_to_device

@@ -17,7 +17,9 @@ import torch
 
 from toolkit.bench.model import (AUTOCAST_DTYPES, BenchStep, bench_accelerator, check_dtype, check_input_size, device_name,
                                  synchronize, synthetic_batch)
-from toolkit.cli import UsageError, progress, resolve_device
+from toolkit.cli import progress
+from toolkit.device import resolve_device
+from toolkit.errors import UsageError, usage_errors
 from toolkit.config import load_config
 from toolkit.data import load_info, make_train_loader, resolve_normalization
 from toolkit.data.device_augment import batch_to_device
@@ -69,8 +71,9 @@ def run(args: argparse.Namespace) -> dict:
 
     torch.manual_seed(0)
     num_classes = len(class_names(info))
-    model = create_model(args.arch, num_classes=num_classes, blocks_per_stage=args.blocks_per_stage,
-                         base_width=args.base_width)
+    with usage_errors("--blocks-per-stage/--base-width"):
+        model = create_model(args.arch, num_classes=num_classes, blocks_per_stage=args.blocks_per_stage,
+                             base_width=args.base_width)
     images, labels = synthetic_batch(batch_size, args.image_size, num_classes, device)
     step = BenchStep(bench_accelerator(args.dtype, device), model, images, labels, channels_last=args.channels_last,
                      compile=args.compile)

@@ -22,7 +22,9 @@ from torch import nn
 
 from accelerate import Accelerator
 
-from toolkit.cli import UsageError, progress, resolve_device
+from toolkit.cli import progress
+from toolkit.device import resolve_device
+from toolkit.errors import UsageError
 from toolkit.models import MODEL_ARCHS, count_parameters, create_model
 from toolkit.training.step import TrainStep
 

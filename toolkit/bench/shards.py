@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from toolkit.cli import UsageError
+from toolkit.errors import UsageError
 from toolkit.formats import read_manifest
 from toolkit.data.shards import DEFAULTS, pack_dataset
 from toolkit.data.verify import verify_shards

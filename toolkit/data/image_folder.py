@@ -21,7 +21,7 @@ import os
 import re
 from pathlib import Path
 
-from toolkit.cli import UsageError
+from toolkit.errors import UsageError
 from toolkit.data.sources import Item, Listing
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")

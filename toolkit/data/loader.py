@@ -34,7 +34,8 @@ from typing import Iterator, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from toolkit.cli import DataError, UsageError, is_main_process
+from toolkit.cli import is_main_process
+from toolkit.errors import DataError, UsageError
 from toolkit.data.locations import Shard, num_samples_of, resolve_normalization, split_shards
 from toolkit.data.reading import Skips, decode_sample, header_ok, read_shards, usable
 from toolkit.data.transforms import build_eval_transform, build_train_transform, decode_hint

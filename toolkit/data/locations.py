@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 from braceexpand import braceexpand
 
-from toolkit.cli import UsageError
+from toolkit.errors import UsageError
 from toolkit.formats import MANIFEST_NAME, PACK_HINT, parse_manifest, split_info, split_size
 
 URL_TIMEOUT_S = 60

@@ -27,7 +27,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageDraw
 
-from toolkit.cli import UsageError
+from toolkit.errors import UsageError
 from toolkit.data.sources import Item, Listing
 from toolkit.fileio import atomic_write_json, atomic_write_text
 

@@ -20,7 +20,7 @@ from PIL import Image
 from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext
 
-from toolkit.cli import DataError
+from toolkit.errors import DataError
 from toolkit.redaction import redact_text
 from toolkit.data.locations import URL_TIMEOUT_S, Shard, is_local, is_remote
 from toolkit.data.transforms import decode_jpeg, open_image

@@ -34,7 +34,8 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 from webdataset import TarWriter
 
-from toolkit.cli import DataError, UsageError, is_main_process, progress
+from toolkit.cli import is_main_process, progress
+from toolkit.errors import DataError, UsageError
 from toolkit.fileio import TMP_PREFIX, atomic_write_bytes, fsync_dir
 from toolkit.formats import (MANIFEST_NAME, MANIFEST_VERSION, SHARD_NAME, SPLITS, class_names, label_field,
                              shard_name, write_manifest)
@@ -421,7 +422,7 @@ def check_options(options: dict) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {options[name]}")
 
 
-def summary_line(info: dict, out: Path) -> str:
+def packing_summary(info: dict, out: Path) -> str:
     skipped = {split: sum(s["split"] == split for s in info["skipped"]) for split in SPLITS}
     splits = info["splits"]
     per_split = ", ".join(f"{split} {splits[split]['num_samples']} packed + {skipped[split]} skipped" for split in SPLITS)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from toolkit.cli import UsageError
+from toolkit.errors import UsageError
 
 LAYOUTS = ("auto", "oxford", "folder")
 OXFORD_LABELS = ("species", "breed")

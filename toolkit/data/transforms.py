@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from toolkit.cli import UsageError
+from toolkit.errors import UsageError
 
 
 # What photos come as. Pillow would otherwise try every format it knows (EPS and PDF call Ghostscript).

@@ -23,12 +23,13 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
-from toolkit.cli import ArgumentParser, DataError, UsageError, progress
+from toolkit.cli import ArgumentParser, progress
+from toolkit.errors import DataError, UsageError
 from toolkit.config import load_config
 from toolkit.data import check_shards_exist, load_info, make_eval_loader
-from toolkit.evaluation.metrics import compute_metrics, compute_multiclass_metrics, fmt, roc_auc, roc_auc_ovr
+from toolkit.evaluation.metrics import compute_metrics, metrics_line, predict, roc_auc
 from toolkit.formats import Predictions, RunDir, class_names, split_size
-from toolkit.training.checkpoint import check_classes, load_model_file
+from toolkit.formats.model_file import check_classes, load_model_file
 
 
 @dataclass
@@ -41,7 +42,7 @@ class EvalResult:
     skipped: int = 0
     loss: float = float("nan")
     accuracy: float = float("nan")
-    auc: Optional[float] = None  # the model-selection score: binary ROC-AUC, or one-vs-rest macro for N classes
+    auc: Optional[float] = None  # the model-selection score: one-vs-rest ROC-AUC (metrics.roc_auc)
     class_names: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
@@ -50,15 +51,13 @@ class EvalResult:
         """Softmax probabilities [N, C]."""
         return torch.softmax(torch.from_numpy(self.logits), dim=1).numpy()
 
-    @property
-    def prob_dog(self) -> np.ndarray:
-        """P(class 1) of a two-class model (dog for cat/dog)."""
-        return self.probs[:, 1]
-
-    def predictions(self) -> Predictions:
+    def predictions(self, threshold: float) -> Predictions:
+        """What ``predictions.csv`` stores, predicted by the one rule (``metrics.predict``)."""
+        probs = self.probs
+        preds = predict(probs, threshold) if len(probs) else np.zeros(0, dtype=np.int64)
         return Predictions(keys=list(self.keys), labels=[int(v) for v in self.labels],
-                           probs=[[float(p) for p in row] for row in self.probs], breeds=list(self.breeds),
-                           class_names=list(self.class_names))
+                           probs=[[float(p) for p in row] for row in probs], preds=[int(v) for v in preds],
+                           breeds=list(self.breeds), class_names=list(self.class_names))
 
 
 @torch.no_grad()
@@ -96,17 +95,8 @@ def evaluate_split(accelerator, model: torch.nn.Module, cfg, info: dict, split: 
     labels_t = torch.from_numpy(result.labels).long()
     result.loss = float(F.cross_entropy(logits_t, labels_t)) if len(labels_t) else float("nan")
     result.accuracy = float((logits_t.argmax(1) == labels_t).float().mean()) if len(labels_t) else float("nan")
-    result.auc = selection_auc(result.labels, result.probs)
+    result.auc = roc_auc(result.labels, result.probs) if len(result.labels) else None
     return result
-
-
-def selection_auc(labels: np.ndarray, probs: np.ndarray) -> Optional[float]:
-    """What picks the best epoch: ROC-AUC of P(class 1) for two classes, one-vs-rest macro for more."""
-    if len(labels) == 0:
-        return None
-    if probs.shape[1] == 2:
-        return roc_auc(labels, probs[:, 1])
-    return roc_auc_ovr(labels, probs)
 
 
 def merge_predictions(split: str, parts: list[dict], expected: int) -> EvalResult:
@@ -142,24 +132,17 @@ def score(result: EvalResult, *, threshold: float, class_names, tuning: Optional
           extra: Optional[dict] = None) -> dict:
     """Every reported metric of one split, computed once by ``toolkit.evaluation.metrics``.
 
-    Two classes get the binary metrics (threshold on P(class 1), tuned threshold beside); more
-    get the N-class ones (argmax, top-5, one-vs-rest ROC-AUC, largest confusions).
+    ``tuning`` (the val split) finds the decision threshold reported beside a two-class split's
+    numbers; for more classes it is not used.
     """
-    if len(class_names) == 2:
-        metrics = compute_metrics(
-            result.labels, result.prob_dog, threshold=threshold, breeds=result.breeds, loss=result.loss,
-            class_names=tuple(class_names),
-            tuning_labels=None if tuning is None else tuning.labels,
-            tuning_probs=None if tuning is None else tuning.prob_dog,
-        )
-    else:
-        breeds = result.breeds if any(result.breeds) else None
-        metrics = compute_multiclass_metrics(result.labels, result.probs, class_names=list(class_names),
-                                             breeds=breeds, loss=result.loss)
-        tuning = None  # thresholds are a two-class notion
+    metrics = compute_metrics(
+        result.labels, result.probs, class_names=list(class_names), threshold=threshold, breeds=result.breeds,
+        loss=result.loss, tuning_labels=None if tuning is None else tuning.labels,
+        tuning_probs=None if tuning is None else tuning.probs,
+    )
     metrics["split"] = result.split
     metrics["skipped_samples"] = result.skipped
-    if tuning is not None:
+    if metrics["best_threshold"] is not None:
         metrics["threshold_tuned_on"] = tuning.split
     metrics.update(extra or {})
     return metrics
@@ -181,7 +164,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "'none' to skip; two-class models only)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: MODEL_DIR/eval/SPLIT)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threshold", type=float, default=0.5, help="decision threshold on P(class 1), e.g. P(dog) (default 0.5); a model of more "
+    parser.add_argument("--threshold", type=float, default=0.5, help="decision threshold on P(class 1) of a two-class model (default 0.5); a model of more "
                              "than two classes predicts its most probable class instead")
     parser.add_argument("--num-workers", type=int, default=2)
     args = parser.parse_args(argv)
@@ -199,7 +182,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     check_classes(meta, class_names(info), str(args.model), what=f"the shards {args.shards}")
     tuning_split = None if args.tuning_split.lower() == "none" or args.tuning_split == args.split else args.tuning_split
     if int(meta["num_classes"]) != 2:
-        tuning_split = None  # a decision threshold is a two-class notion
+        tuning_split = None  # the tuned threshold is the two-class extra: no need to predict the split
     check_shards_exist(args.shards, info, [args.split] + ([tuning_split] if tuning_split else []))
     accelerator = Accelerator(cpu=not torch.cuda.is_available())  # without CUDA: gloo across launched processes
     model.to(accelerator.device)
@@ -211,10 +194,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         metrics = score(result, threshold=args.threshold, class_names=class_names(info),
                         tuning=tuning, extra={"model": str(args.model), "model_epoch": meta.get("epoch"),
                                               "synthetic": bool(info.get("synthetic"))})
-        run.write_evaluation(args.split, metrics, result.predictions(), args.threshold, out_dir=out)
-        top = f" top{metrics['top_k']} {metrics['top5_accuracy']:.4f}" if "top5_accuracy" in metrics else ""
-        print(f"{args.split}: n={metrics['num_samples']} loss {metrics['loss']:.4f} acc {metrics['accuracy']:.4f}{top} "
-              f"auc {fmt(metrics.get('roc_auc'))} -> {out}", flush=True)
+        run.write_evaluation(args.split, metrics, result.predictions(args.threshold), out_dir=out)
+        print(f"{args.split}: {metrics_line(metrics)} -> {out}", flush=True)
     accelerator.end_training()
     return 0
 

@@ -20,8 +20,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file as load_safetensors_file
 from torch import nn
 
-from toolkit.cli import UsageError
-
 HEAD_KEYS: tuple[str, ...] = ("fc.weight", "fc.bias")
 HUB_PREFIX = "hf-hub:"
 HUB_WEIGHTS = "model.safetensors"
@@ -38,7 +36,7 @@ def load_pretrained(model: nn.Module, init: str) -> list[str]:
 
     ``init`` is a ``.safetensors`` file in timm/torchvision naming, a timm model name with or
     without tag (``resnet101.a1h_in1k``) or a Hub id (``hf-hub:timm/resnet50.a1_in1k``). Any
-    mismatch outside the head is a one-line ``UsageError`` naming the keys.
+    mismatch outside the head is a ``ValueError`` naming the keys (one line at the command layer).
     """
     state = read_pretrained_state(init)
     skipped = check_pretrained_state(model, state, source=f"model.init={init}")
@@ -50,7 +48,7 @@ def load_pretrained(model: nn.Module, init: str) -> list[str]:
 def read_pretrained_state(init: str) -> dict[str, torch.Tensor]:
     """The state dict ``init`` names: a local file if it looks like a path, otherwise timm's Hub weights."""
     if not isinstance(init, str) or not init.strip():
-        raise UsageError("model.init must be a .safetensors file, a timm model name or an hf-hub: id")
+        raise ValueError("model.init must be a .safetensors file, a timm model name or an hf-hub: id")
     init = init.strip()
     if _looks_like_path(init):
         return read_safetensors_state(Path(init).expanduser(), label=f"model.init={init}")
@@ -67,14 +65,14 @@ def _looks_like_path(init: str) -> bool:
 def read_safetensors_state(path: Path, label: str) -> dict[str, torch.Tensor]:
     """Tensors of a local safetensors file, with one-line errors for a missing or foreign file."""
     if path.name.endswith(PICKLE_SUFFIXES):
-        raise UsageError(f"{label}: {path.name} is a pickle; only .safetensors weights are loaded (convert it first)")
+        raise ValueError(f"{label}: {path.name} is a pickle; only .safetensors weights are loaded (convert it first)")
     if not path.is_file():
-        raise UsageError(f"{label}: no such file {str(path)!r}; give a .safetensors file in timm/torchvision naming "
+        raise ValueError(f"{label}: no such file {str(path)!r}; give a .safetensors file in timm/torchvision naming "
                          f"(for a Hub repo write hf-hub:OWNER/NAME)")
     try:
         return load_safetensors_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
-        raise UsageError(f"{label}: {str(path)!r} is not a safetensors file ({_one_line(err)})") from None
+        raise ValueError(f"{label}: {str(path)!r} is not a safetensors file ({_one_line(err)})") from None
 
 
 def hub_location(init: str) -> tuple[str, str, str]:
@@ -82,15 +80,15 @@ def hub_location(init: str) -> tuple[str, str, str]:
     if init.startswith(HUB_PREFIX):
         repo = init[len(HUB_PREFIX):]
         if not repo:
-            raise UsageError(f"model.init={init}: give a Hub repo id after {HUB_PREFIX}")
+            raise ValueError(f"model.init={init}: give a Hub repo id after {HUB_PREFIX}")
         return repo, HUB_WEIGHTS, repo
     cfg = _timm_pretrained_cfg(init)
     if not cfg.hf_hub_id:
-        raise UsageError(f"model.init={init}: timm has no Hub (safetensors) weights for it; save them as a "
+        raise ValueError(f"model.init={init}: timm has no Hub (safetensors) weights for it; save them as a "
                          f".safetensors file and set model.init=/path/file.safetensors")
     filename = cfg.hf_hub_filename or HUB_WEIGHTS
     if not filename.endswith(".safetensors"):
-        raise UsageError(f"model.init={init}: timm's weights for it are {filename!r}, a pickle; only safetensors "
+        raise ValueError(f"model.init={init}: timm's weights for it are {filename!r}, a pickle; only safetensors "
                          f"weights are loaded (convert them and set model.init=/path/file.safetensors)")
     return cfg.hf_hub_id, filename, f"{cfg.architecture}.{cfg.tag}" if cfg.tag else init
 
@@ -103,9 +101,9 @@ def _timm_pretrained_cfg(name: str):
         cfg = timm.models.get_pretrained_cfg(name)
     except RuntimeError as err:  # known architecture, unknown tag
         tags = timm.list_pretrained(f"{name.split('.')[0]}.*")
-        raise UsageError(f"model.init={name}: {_one_line(err)} Known: {', '.join(tags[:8]) or 'none'}") from None
+        raise ValueError(f"model.init={name}: {_one_line(err)} Known: {', '.join(tags[:8]) or 'none'}") from None
     if cfg is None:
-        raise UsageError(f"model.init={name}: not a timm model name with pretrained weights, nor a .safetensors "
+        raise ValueError(f"model.init={name}: not a timm model name with pretrained weights, nor a .safetensors "
                          f"file (e.g. resnet101.a1h_in1k, hf-hub:timm/resnet50.a1_in1k, /path/weights.safetensors)")
     return cfg
 
@@ -120,14 +118,14 @@ def download_timm_state(init: str) -> dict[str, torch.Tensor]:
     except Exception as err:  # offline, no such repo, HTTP errors: all mean "not available here"
         reason = ("offline and not in the Hugging Face cache" if isinstance(err, FileNotFoundError)
                   else f"{type(err).__name__}: {_one_line(err)[:120]}")
-        raise UsageError(
+        raise ValueError(
             f"model.init={init}: cannot download {filename} of https://huggingface.co/{repo} ({reason}); "
             f"save timm's {name} weights as a .safetensors file and set model.init=/path/file.safetensors "
             f"(where there is network: hf download {repo} {filename} --local-dir DIR)") from None
 
 
 def check_pretrained_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:
-    """The head keys to skip (shape differs, or absent from ``state``); a one-line UsageError for any other mismatch."""
+    """The head keys to skip (shape differs, or absent from ``state``); a ValueError for any other mismatch."""
     own = model.state_dict()
     head = [key for key in HEAD_KEYS if key in own and (key not in state or state[key].shape != own[key].shape)]
     missing = [k for k in own if k not in state and k not in head and not k.endswith(OPTIONAL_SUFFIXES)]
@@ -137,7 +135,7 @@ def check_pretrained_state(model: nn.Module, state: dict[str, torch.Tensor], sou
     problems = [f"{len(keys)} {what} ({_first(keys)})" for what, keys in
                 (("missing", missing), ("unexpected", unexpected), ("with another shape", wrong)) if keys]
     if problems:
-        raise UsageError(f"{source}: weights do not fit this model: {'; '.join(problems)}; "
+        raise ValueError(f"{source}: weights do not fit this model: {'; '.join(problems)}; "
                          f"use weights of the same architecture as model.arch")
     return head
 

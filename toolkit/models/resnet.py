@@ -16,7 +16,6 @@ from typing import Callable, Optional, Sequence, Type, Union
 import torch
 from torch import Tensor, nn
 
-from toolkit.cli import UsageError
 
 NormLayer = Callable[[int], nn.Module]
 
@@ -200,20 +199,20 @@ def create_model(arch: str, num_classes: int = 1000, *, blocks_per_stage: Option
                  zero_init_residual: bool = False) -> ResNet:
     """Build a preset (``resnet18`` .. ``resnet152``), optionally overriding its block type, depth or width.
 
-    Bad arguments raise ``UsageError`` so command-line tools report them in one line.
+    Bad arguments raise ``ValueError``; the commands report them in one line (``toolkit.errors.usage_errors``).
     """
     if arch not in MODEL_SPECS:
-        raise UsageError(f"unknown model arch {arch!r}; choose one of: {', '.join(MODEL_ARCHS)}")
+        raise ValueError(f"unknown model arch {arch!r}; choose one of: {', '.join(MODEL_ARCHS)}")
     spec = MODEL_SPECS[arch]
     block_name = spec.block if block is None else block
     if block_name not in BLOCKS:
-        raise UsageError(f"unknown block {block_name!r}; choose one of: {', '.join(BLOCKS)}")
+        raise ValueError(f"unknown block {block_name!r}; choose one of: {', '.join(BLOCKS)}")
     stages = spec.blocks_per_stage if blocks_per_stage is None else tuple(blocks_per_stage)
     if len(stages) != 4 or any(not isinstance(n, int) or n < 1 for n in stages):
-        raise UsageError(f"blocks_per_stage needs four positive integers (one per stage), got {list(stages)}")
+        raise ValueError(f"blocks_per_stage needs four positive integers (one per stage), got {list(stages)}")
     for name, value in (("num_classes", num_classes), ("base_width", base_width), ("in_chans", in_chans)):
         if not isinstance(value, int) or value < 1:
-            raise UsageError(f"{name} must be a positive integer, got {value!r}")
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return ResNet(BLOCKS[block_name], stages, num_classes=num_classes, in_chans=in_chans,
                   base_width=base_width, zero_init_residual=zero_init_residual)
 

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from toolkit.evaluation.metrics import CLASS_NAMES, predict
-from toolkit.reporting.plots import PathLike, denormalize, is_multiclass_probs, new_figure, save_figure, title_for, \
-    to_numpy, top_classes, RIGHT_COLOR, WRONG_COLOR
+from toolkit.evaluation.metrics import predict
+from toolkit.reporting.plots import (RIGHT_COLOR, WRONG_COLOR, PathLike, denormalize, new_figure, prediction_title,
+                                     save_figure, to_numpy)
 
 DEFAULT_FEATURE_LAYERS = ("conv1", "layer1", "layer2", "layer3", "layer4")
 Target = Union[None, int, Sequence[int], torch.Tensor]
@@ -52,7 +52,7 @@ def _device(model: nn.Module) -> torch.device:
 
 
 def _class_scores(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The logit of each sample's target class; a single-logit model scores dog as +logit, cat as -logit."""
+    """The logit of each sample's target class; a single-logit model scores class 1 as +logit, class 0 as -logit."""
     if logits.shape[1] == 1:
         return torch.where(target == 1, logits[:, 0], -logits[:, 0])
     return logits.gather(1, target[:, None])[:, 0]
@@ -70,24 +70,11 @@ def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
     return logits.softmax(dim=1)
 
 
-def probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """P(dog) [B] from 2-logit (softmax) or 1-logit (sigmoid) outputs; all class probabilities [B, C] for more.
-
-    The shape follows the task, as the plots take it: one number per image for cat/dog (the
-    threshold rule), one row per image for N classes (argmax and top-k).
-    """
-    probs = class_probabilities(logits)
-    return probs if probs.shape[1] > 2 else probs[:, 1]
-
-
 @torch.no_grad()
-def prob_dog(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """P(dog) per image (class probabilities [B, C] for an N-class model), computed in eval mode.
-
-    The model's mode is restored afterwards.
-    """
+def predict_probs(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Class probabilities [B, C] of the images, computed in eval mode; the model's mode is restored."""
     with inspection_mode(model):
-        return probabilities(model(images.to(_device(model))).float()).cpu()
+        return class_probabilities(model(images.to(_device(model))).float()).cpu()
 
 
 def gradcam(model: nn.Module, images: torch.Tensor, layer: str = "layer4", target: Target = None) -> torch.Tensor:
@@ -103,9 +90,8 @@ def explain(model: nn.Module, images: torch.Tensor, layer: str = "layer4",
             target: Target = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Grad-CAM maps and the probabilities from the same forward pass, as (cams [B,H,W], probs).
 
-    ``probs`` is P(dog) [B] for a two-class model and the class probabilities [B, C] for more
-    (see ``probabilities``). With ``target`` None each map explains the predicted class: the
-    argmax (for one logit, dog when it is positive).
+    ``probs`` are the class probabilities [B, C] (``class_probabilities``). With ``target`` None
+    each map explains the most probable class (for one logit, class 1 when it is positive).
 
     The hook hands the layer's output on as a detached leaf, so gradients stop there and
     the earlier layers cost no backward pass.
@@ -144,44 +130,20 @@ def explain(model: nn.Module, images: torch.Tensor, layer: str = "layer4",
     # a flat map (e.g. a 1x1 layer) has no location to show; rounding noise must not be stretched into one
     flat_map = span <= 1e-5 * high.abs().clamp_min(1e-12)
     cam = torch.where(flat_map, torch.zeros_like(cam), (cam - low) / span.clamp_min(1e-12))
-    return cam.float().cpu(), probabilities(logits.detach()).cpu()
+    return cam.float().cpu(), class_probabilities(logits.detach()).cpu()
 
 
-def select_examples(labels: Sequence[int], prob_dog: Any, n: int = 8, *, threshold: float = 0.5,
+def select_examples(labels: Sequence[int], probs: Any, n: int = 8, *, threshold: float = 0.5,
                     max_wrong: Optional[int] = None) -> list[int]:
-    """Indices to show: the most confident mistakes first, then confident correct ones, cats and dogs alternating.
+    """Indices to show: the most confident mistakes first, then confident correct ones, the classes taking turns.
 
-    ``prob_dog`` is P(dog) per sample (or [N, 2] probabilities), predicted with the threshold
-    rule. For more than two classes pass the probabilities [N, C]: the prediction is the argmax
-    (``threshold`` is not used) and the correct ones take turns over the classes.
+    ``probs`` are the class probabilities [N, C]; the prediction is ``metrics.predict`` (``threshold``
+    applies to two classes) and the confidence is the predicted class's probability.
     """
-    if is_multiclass_probs(prob_dog):
-        return _select_multiclass(labels, prob_dog, n, max_wrong)
     y = np.asarray(labels).astype(np.int64)
-    p = np.asarray(prob_dog, dtype=np.float64)
-    if p.ndim == 2:  # [N, 2] probabilities: P(class 1)
-        p = p[:, 1]
+    p = np.asarray(probs, dtype=np.float64).reshape(len(y), -1)
     pred = predict(p, threshold)
-    confidence = np.where(pred == 1, p, 1.0 - p)
-    order = np.lexsort((np.arange(len(y)), -confidence))  # most confident first, stable by index
-    wrong = [int(i) for i in order if pred[i] != y[i]]
-    right_by_class = [[int(i) for i in order if pred[i] == y[i] and y[i] == c] for c in (0, 1)]
-    right = [i for pair in zip(*right_by_class) for i in pair]
-    shorter = min(len(right_by_class[0]), len(right_by_class[1]))
-    right += right_by_class[0][shorter:] + right_by_class[1][shorter:]
-    chosen = wrong[: n if max_wrong is None else min(n, max_wrong)]
-    chosen += right[: n - len(chosen)]
-    if len(chosen) < n:  # not enough correct ones to fill up: more mistakes
-        chosen += [i for i in wrong if i not in chosen][: n - len(chosen)]
-    return chosen
-
-
-def _select_multiclass(labels: Sequence[int], probs: Any, n: int, max_wrong: Optional[int]) -> list[int]:
-    """``select_examples`` for N classes: argmax predictions, confidence = the predicted class's probability."""
-    y = np.asarray(labels).astype(np.int64)
-    p = np.asarray(probs, dtype=np.float64)
-    pred = p.argmax(axis=1)
-    confidence = p.max(axis=1)
+    confidence = p[np.arange(len(y)), pred]
     order = np.lexsort((np.arange(len(y)), -confidence))  # most confident first, stable by index
     wrong = [int(i) for i in order if pred[i] != y[i]]
     right_by_class: dict[int, list[int]] = {}
@@ -197,36 +159,32 @@ def _select_multiclass(labels: Sequence[int], probs: Any, n: int, max_wrong: Opt
     return chosen
 
 
-def plot_gradcam(images: torch.Tensor, cams: torch.Tensor, labels: Sequence[int], prob_dog: Any,
-                 path: PathLike, *, mean: Sequence[float], std: Sequence[float], threshold: float = 0.5,
-                 class_names: Sequence[str] = CLASS_NAMES, layer: str = "layer4",
-                 captions: Optional[Sequence[str]] = None) -> Path:
+def plot_gradcam(images: torch.Tensor, cams: torch.Tensor, labels: Sequence[int], probs: Any,
+                 path: PathLike, *, mean: Sequence[float], std: Sequence[float], class_names: Sequence[str],
+                 threshold: float = 0.5, layer: str = "layer4", captions: Optional[Sequence[str]] = None) -> Path:
     """Each image beside its Grad-CAM overlay, two examples per row; wrong predictions titled in red.
 
-    ``prob_dog``: P(dog) per image, or the class probabilities [B, C] of an N-class model (what
-    ``explain`` returns); N-class titles show the argmax and the top-3 classes.
+    ``probs``: the class probabilities [B, C] (what ``explain`` returns); titles show the prediction
+    and the top classes.
     """
     pictures = denormalize(images, mean, std)
     heat = to_numpy(cams)
-    multiclass = is_multiclass_probs(prob_dog)
     n = len(pictures)
     rows = max(1, (n + 1) // 2)
-    fig = new_figure(10.0, (3.1 if multiclass else 2.6) * rows)
+    fig = new_figure(10.0, 3.1 * rows)
     for i in range(n):
-        text, right = title_for(labels[i], prob_dog[i], threshold, class_names)
+        text, right = prediction_title(labels[i], probs[i], class_names, threshold)
         if captions is not None:
             text = f"{captions[i]}\n{text}"
         ax = fig.add_subplot(rows, 4, 2 * i + 1)
         ax.imshow(pictures[i])
-        ax.set_title(text, fontsize=7 if multiclass else 7.5, color=RIGHT_COLOR if right else WRONG_COLOR)
+        ax.set_title(text, fontsize=7, color=RIGHT_COLOR if right else WRONG_COLOR)
         ax.axis("off")
         ax = fig.add_subplot(rows, 4, 2 * i + 2)
         ax.imshow(pictures[i])
         ax.imshow(heat[i], cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0)
-        cam_title = "Grad-CAM (predicted class)"
-        if multiclass:
-            cam_title = f"Grad-CAM for {class_names[top_classes(prob_dog[i], 1)[0][0]]}\n(the predicted class)"
-        ax.set_title(cam_title, fontsize=7.5)
+        explained = int(np.argmax(np.asarray(probs[i])))  # explain() targets the most probable class
+        ax.set_title(f"Grad-CAM for {class_names[explained]}\n(the most probable class)", fontsize=7.5)
         ax.axis("off")
     fig.suptitle(f"Grad-CAM on {layer}: most confident mistakes first, then correct predictions")
     return save_figure(fig, path)

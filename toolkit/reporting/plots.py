@@ -4,10 +4,12 @@ Figures are built with matplotlib's object API on the Agg canvas (no pyplot, no 
 backend switch, no display needed) and written atomically, so a half-written PNG never
 ends up in a report. Every function takes plain arrays and returns the path it wrote.
 
-Two-class (cat/dog) runs plot P(dog) against the decision threshold. N-class runs (e.g. the
-37 breeds) get their own functions: one-vs-rest ROC/PR curves of the worst classes with the
-macro figure in the title, a row-normalised confusion matrix ordered worst recall first, and a
-per-class accuracy bar chart; prediction titles show the top-3 classes instead of P(dog).
+One set of functions serves any number of classes, taking labels and the [N, C] class
+probabilities: one-vs-rest ROC/PR curves of the scored classes (``metrics.scored_classes``: for two
+classes the positive class's one curve; for more the worst few, with the macro figure in the
+title), a row-normalised confusion matrix, a per-class accuracy bar chart, and prediction titles
+with the top classes. To add a plot: a function here, then a name in ``visualize.FILE_PLOTS`` or
+``MODEL_PLOTS`` and its caption in ``report.PLOT_CAPTIONS``.
 """
 
 from __future__ import annotations
@@ -24,17 +26,17 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
+from toolkit.evaluation.metrics import (as_arrays, confusion_order, normalized_confusion, per_class_roc_auc, predict,
+                                        scored_classes)
 from toolkit.fileio import atomic_write_bytes
-from toolkit.evaluation.metrics import (CLASS_NAMES, confusion_order, normalized_confusion, per_class_roc_auc,
-                                        predict, roc_auc)
 
 DPI = 110
 WRONG_COLOR = "#c62828"
 RIGHT_COLOR = "#1b5e20"
 PathLike = Union[str, Path]
-CURVE_CLASSES = 6        # N-class ROC/PR plots: the worst classes by one-vs-rest ROC-AUC
-ANNOTATE_MAX_CLASSES = 10  # N-class confusion matrix: cell values printed up to this many rows/columns
-TOP_PROBS = 3            # N-class prediction titles: the most probable classes listed
+CURVE_CLASSES = 6        # ROC/PR plots: at most this many classes, the worst by one-vs-rest ROC-AUC
+ANNOTATE_MAX_CLASSES = 10  # confusion matrix: cell values printed up to this many rows/columns
+TOP_PROBS = 3            # prediction titles: the most probable classes listed
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -73,10 +75,6 @@ def _empty_note(ax, text: str) -> None:
     ax.set_yticks([])
 
 
-def _two_classes(labels: np.ndarray) -> bool:
-    return len(np.unique(labels)) == 2
-
-
 def _unit_square(ax, xlabel: str, ylabel: str, legend_loc: str) -> None:
     """Axes of a curve between 0 and 1 on both sides (ROC, precision-recall)."""
     ax.set_xlim(0, 1)
@@ -87,146 +85,75 @@ def _unit_square(ax, xlabel: str, ylabel: str, legend_loc: str) -> None:
     ax.grid(alpha=0.3)
 
 
-def plot_roc(labels: Sequence[int], prob_dog: Sequence[float], path: PathLike, *, title: str = "ROC curve") -> Path:
-    y, p = np.asarray(labels), np.asarray(prob_dog, dtype=np.float64)
-    fig = new_figure(4.6, 4.2)
-    ax = fig.add_subplot()
-    if _two_classes(y):
-        fpr, tpr, _ = skm.roc_curve(y, p)
-        ax.plot(fpr, tpr, lw=2, label=f"dog vs cat (AUC = {roc_auc(y, p):.4f})")
-        ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance (AUC = 0.5)")
-        _unit_square(ax, "False positive rate (cats called dog)", "True positive rate (dogs found)", "lower right")
-    else:
-        _empty_note(ax, "ROC undefined: only one class present")
-    ax.set_title(title)
-    return save_figure(fig, path)
-
-
-def plot_pr(labels: Sequence[int], prob_dog: Sequence[float], path: PathLike, *,
-            title: str = "Precision-recall curve (positive = dog)") -> Path:
-    y, p = np.asarray(labels), np.asarray(prob_dog, dtype=np.float64)
-    fig = new_figure(4.6, 4.2)
-    ax = fig.add_subplot()
-    if _two_classes(y):
-        precision, recall, _ = skm.precision_recall_curve(y, p)
-        ap = skm.average_precision_score(y, p)
-        ax.step(recall, precision, where="post", lw=2, label=f"dog (AP = {ap:.4f})")
-        prevalence = float(y.mean())
-        ax.axhline(prevalence, ls="--", color="grey", lw=1, label=f"chance (dog share = {prevalence:.3f})")
-        _unit_square(ax, "Recall", "Precision", "lower left")
-    else:
-        _empty_note(ax, "Precision-recall undefined: only one class present")
-    ax.set_title(title)
-    return save_figure(fig, path)
-
-
-def plot_confusion(confusion: Sequence[Sequence[int]], path: PathLike, *,
-                   class_names: Sequence[str] = CLASS_NAMES, title: str = "Confusion matrix") -> Path:
-    """Counts and row-normalized (recall per true class) side by side."""
-    counts = np.asarray(confusion, dtype=np.int64)
-    row_sums = counts.sum(axis=1, keepdims=True)
-    normalized = np.divide(counts, row_sums, out=np.zeros(counts.shape, dtype=np.float64), where=row_sums > 0)
-    fig = new_figure(8.2, 3.6)
-    for k, (data, name, fmt) in enumerate(((counts, "counts", "d"), (normalized, "normalized by true class", ".3f"))):
-        ax = fig.add_subplot(1, 2, k + 1)
-        image = ax.imshow(data, cmap="Blues", vmin=0, vmax=max(data.max(), 1e-9) if k == 0 else 1.0)
-        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-        threshold = (data.max() if k == 0 else 1.0) / 2.0
-        for i in range(data.shape[0]):
-            for j in range(data.shape[1]):
-                ax.text(j, i, format(data[i, j], fmt), ha="center", va="center",
-                        color="white" if data[i, j] > threshold else "black", fontsize=11)
-        ticks = range(len(class_names))
-        ax.set_xticks(ticks, labels=class_names)
-        ax.set_yticks(ticks, labels=class_names)
-        ax.set_xlabel("Predicted")
-        ax.set_ylabel("True")
-        ax.set_title(name, fontsize=10)
-    fig.suptitle(title)
-    return save_figure(fig, path)
-
-
-# --- N classes ----------------------------------------------------------------------------------
-
-
-def _labels_and_probs(labels: Sequence[int], probs: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
-    y = np.asarray(labels, dtype=np.int64).reshape(-1)
-    p = np.asarray(probs, dtype=np.float64)
-    if p.ndim != 2 or len(p) != len(y):
-        raise ValueError(f"{what}: expected labels [N] and probabilities [N, C], got {y.shape} and {p.shape}")
-    return y, p
-
-
 def worst_classes(labels: Sequence[int], probs: Any) -> list[tuple[int, float]]:
-    """(class index, one-vs-rest ROC-AUC) of every class the split can score, worst first (ties: by index)."""
-    y, p = _labels_and_probs(labels, probs, "worst_classes")
-    if len(y) == 0:
-        return []
-    scored = [(c, auc) for c, auc in enumerate(per_class_roc_auc(y, p)) if auc is not None]
-    return sorted(scored, key=lambda t: (t[1], t[0]))
+    """(class index, one-vs-rest ROC-AUC) of every scored class, worst first (ties: by index)."""
+    y, p = as_arrays(labels, probs, "worst_classes")
+    aucs = per_class_roc_auc(y, p)
+    return sorted(((c, aucs[c]) for c in scored_classes(y, p.shape[1])), key=lambda t: (t[1], t[0]))
 
 
-def _worst_class_curves(labels: Sequence[int], probs: Any, path: PathLike, *, title: str, what: str,
-                        max_classes: int, draw: Callable, score: Callable, undefined: str) -> Path:
-    """The frame both N-class curve plots share: the classes the split can score, worst ROC-AUC first.
+def _class_curves(labels: Sequence[int], probs: Any, class_names: Sequence[str], path: PathLike, *, title: str,
+                  what: str, max_classes: int, draw: Callable, score: Callable, undefined: str) -> Path:
+    """The frame both curve plots share: the scored classes, worst ROC-AUC first.
 
     ``draw(ax, y, p, classes)`` plots the shown classes; ``score(y, p, c)`` is one class's figure,
-    whose mean over every scored class goes into the title as ``what``.
+    whose mean over every scored class goes into the title as ``what`` when there is more than one.
     """
-    y, p = _labels_and_probs(labels, probs, "one-vs-rest curves")
-    scored = worst_classes(y, p)
     fig = new_figure(5.8, 4.8)
     ax = fig.add_subplot()
+    scored = worst_classes(labels, probs) if len(labels) else []
     if scored:
+        y, p = as_arrays(labels, probs, "class curves")
         shown = [c for c, _ in scored[:max_classes]]
         draw(ax, y, p, shown)
-        macro = float(np.mean([score(y, p, c) for c, _ in scored]))
-        title = (f"{title}\n{what} = {macro:.4f} over {len(scored)} classes\n"
-                 f"shown: the {len(shown)} classes with the lowest ROC-AUC")
+        if len(scored) > 1:
+            macro = float(np.mean([score(y, p, c) for c, _ in scored]))
+            title = f"{title}\n{what} = {macro:.4f} over {len(scored)} classes"
+            if len(shown) < len(scored):
+                title += f"\nshown: the {len(shown)} classes with the lowest ROC-AUC"
     else:
         _empty_note(ax, undefined)
     ax.set_title(title, fontsize=10)
     return save_figure(fig, path)
 
 
-def plot_roc_multiclass(labels: Sequence[int], probs: Any, class_names: Sequence[str], path: PathLike, *,
-                        title: str = "ROC curves (one vs rest)", max_classes: int = CURVE_CLASSES) -> Path:
-    """One-vs-rest ROC curves of the ``max_classes`` classes with the lowest AUC; the macro AUC in the title.
-
-    The macro AUC is the mean over the classes the split can score (present, but not all of it),
-    as ``compute_multiclass_metrics`` reports it.
-    """
+def plot_roc(labels: Sequence[int], probs: Any, class_names: Sequence[str], path: PathLike, *,
+             title: str = "ROC curves (one vs rest)", max_classes: int = CURVE_CLASSES) -> Path:
+    """One-vs-rest ROC curves of the scored classes (two classes: the positive class's one curve); with
+    more than ``max_classes``, the ones with the lowest AUC, and the macro AUC in the title."""
     def auc(y, p, c):
         return skm.roc_auc_score(y == c, p[:, c])
 
     def draw(ax, y, p, classes):
         for c in classes:
             fpr, tpr, _ = skm.roc_curve(y == c, p[:, c])
-            ax.plot(fpr, tpr, lw=1.6, label=f"{class_names[c]} (AUC = {auc(y, p, c):.3f})")
+            ax.plot(fpr, tpr, lw=1.8, label=f"{class_names[c]} vs rest (AUC = {auc(y, p, c):.4f})")
         ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance (AUC = 0.5)")
         _unit_square(ax, "False positive rate (other classes called this one)", "True positive rate (this class found)",
                      "lower right")
 
-    return _worst_class_curves(labels, probs, path, title=title, what="macro one-vs-rest AUC", max_classes=max_classes,
-                               draw=draw, score=auc, undefined="ROC undefined: fewer than two classes present")
+    return _class_curves(labels, probs, class_names, path, title=title, what="macro one-vs-rest AUC",
+                         max_classes=max_classes, draw=draw, score=auc,
+                         undefined="ROC undefined: only one class present")
 
 
-def plot_pr_multiclass(labels: Sequence[int], probs: Any, class_names: Sequence[str], path: PathLike, *,
-                       title: str = "Precision-recall curves (one vs rest)", max_classes: int = CURVE_CLASSES) -> Path:
-    """One-vs-rest precision-recall curves of the same worst classes as the ROC plot; the macro AP in the title."""
+def plot_pr(labels: Sequence[int], probs: Any, class_names: Sequence[str], path: PathLike, *,
+            title: str = "Precision-recall curves (one vs rest)", max_classes: int = CURVE_CLASSES) -> Path:
+    """One-vs-rest precision-recall curves of the same classes as ``plot_roc``; each class's share of the
+    split is its chance level."""
     def ap(y, p, c):
         return skm.average_precision_score(y == c, p[:, c])
 
     def draw(ax, y, p, classes):
         for c in classes:
             precision, recall, _ = skm.precision_recall_curve(y == c, p[:, c])
-            ax.step(recall, precision, where="post", lw=1.6,
-                    label=f"{class_names[c]} (AP = {ap(y, p, c):.3f}, share {float(np.mean(y == c)):.3f})")
+            ax.step(recall, precision, where="post", lw=1.8,
+                    label=f"{class_names[c]} (AP = {ap(y, p, c):.4f}, chance = share {float(np.mean(y == c)):.3f})")
         _unit_square(ax, "Recall", "Precision", "lower left")
 
-    return _worst_class_curves(labels, probs, path, title=title, what="macro average precision", max_classes=max_classes,
-                               draw=draw, score=ap,
-                               undefined="Precision-recall undefined: fewer than two classes present")
+    return _class_curves(labels, probs, class_names, path, title=title, what="macro average precision",
+                         max_classes=max_classes, draw=draw, score=ap,
+                         undefined="Precision-recall undefined: only one class present")
 
 
 def confusion_axes(confusion: Any) -> tuple[list[int], list[int]]:
@@ -250,9 +177,9 @@ def _tick_font(n: int) -> float:
     return 9 if n <= ANNOTATE_MAX_CLASSES else 7 if n <= 20 else 6 if n <= 45 else 5
 
 
-def plot_confusion_multiclass(confusion: Sequence[Sequence[int]], path: PathLike, *, class_names: Sequence[str],
-                              title: str = "Confusion matrix", annotate_max: int = ANNOTATE_MAX_CLASSES) -> Path:
-    """Row-normalised confusion matrix (recall per true class) for N classes, worst recall first.
+def plot_confusion(confusion: Sequence[Sequence[int]], path: PathLike, *, class_names: Sequence[str],
+                   title: str = "Confusion matrix", annotate_max: int = ANNOTATE_MAX_CLASSES) -> Path:
+    """Row-normalised confusion matrix (recall per true class), worst recall first.
 
     Cell values (share, and the count) are printed only while the matrix has at most
     ``annotate_max`` rows and columns; the figure grows with the class count. The rows and
@@ -261,7 +188,7 @@ def plot_confusion_multiclass(confusion: Sequence[Sequence[int]], path: PathLike
     """
     counts = np.asarray(confusion, dtype=np.int64)
     if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] != len(class_names):
-        raise ValueError(f"plot_confusion_multiclass: a {counts.shape} matrix for {len(class_names)} class names")
+        raise ValueError(f"plot_confusion: a {counts.shape} matrix for {len(class_names)} class names")
     rows, cols = confusion_axes(counts)
     shares = normalized_confusion(counts)[np.ix_(rows, cols)]
     shown = counts[np.ix_(rows, cols)]
@@ -379,83 +306,52 @@ def _grid_shape(n: int, max_cols: int = 4) -> tuple[int, int]:
     return math.ceil(max(n, 1) / cols), cols
 
 
-def prediction_title(label: int, prob_dog: float, threshold: float, class_names: Sequence[str]) -> tuple[str, bool]:
-    """'true dog / pred cat (p_dog 0.31)' and whether the prediction was right."""
-    pred = int(predict(np.asarray([prob_dog]), threshold)[0])
-    return (f"true {class_names[int(label)]} / pred {class_names[pred]}\np(dog) = {prob_dog:.3f}",
-            pred == int(label))
-
-
 def top_classes(probs: Sequence[float], k: int = TOP_PROBS) -> list[tuple[int, float]]:
     """The ``k`` most probable classes of one sample as (index, probability), most probable first.
 
-    Ties go to the lower index, as ``argmax`` breaks them, so the first entry is the prediction.
+    Ties go to the lower index, as ``argmax`` breaks them.
     """
     p = np.asarray(probs, dtype=np.float64).reshape(-1)
     order = sorted(range(len(p)), key=lambda i: (-p[i], i))[:max(int(k), 1)]
     return [(int(i), float(p[i])) for i in order]
 
 
-def multiclass_title(label: int, probs: Sequence[float], class_names: Sequence[str],
+def prediction_title(label: int, probs: Sequence[float], class_names: Sequence[str], threshold: float = 0.5,
                      k: int = TOP_PROBS) -> tuple[str, bool]:
-    """'true X / pred Y' and the top-k class probabilities; whether the prediction (argmax) was right."""
-    top = top_classes(probs, k)
-    pred = top[0][0]
+    """'true X / pred Y' and the top-k class probabilities; whether the prediction (``metrics.predict``) was right."""
+    row = np.asarray(probs, dtype=np.float64).reshape(1, -1)
+    pred = int(predict(row, threshold)[0])
     head = f"true {class_names[int(label)]} / pred {class_names[pred]}"
     if len(head) > 36:  # long breed names: one per line
         head = f"true {class_names[int(label)]}\npred {class_names[pred]}"
-    listed = [f"{class_names[i]} {p:.2f}" for i, p in top]
+    listed = [f"{class_names[i]} {p:.2f}" for i, p in top_classes(row[0], k)]
     tail = ", ".join(listed) if sum(len(t) + 2 for t in listed) <= 38 else "\n".join(listed)
     return f"{head}\n{tail}", pred == int(label)
 
 
-def is_multiclass_probs(probs: Any) -> bool:
-    """Whether ``probs`` are [N, C] probabilities of more than two classes (else P(dog) per sample, or [N, 2])."""
-    return np.ndim(probs) == 2 and np.shape(probs)[1] > 2
-
-
-def binary_scores(probs: Any) -> np.ndarray:
-    """P(class 1) per sample, from P(dog) values or [N, 2] probabilities."""
-    p = np.asarray(probs, dtype=np.float64)
-    return p[:, 1] if p.ndim == 2 else p
-
-
-def title_for(label: int, probs: Any, threshold: float, class_names: Sequence[str]) -> tuple[str, bool]:
-    """One sample's title: ``prediction_title`` for P(dog) (or a 2-class row), ``multiclass_title`` for more."""
-    row = np.asarray(probs, dtype=np.float64)
-    if row.ndim == 1 and len(row) > 2:
-        return multiclass_title(label, row, class_names)
-    return prediction_title(label, float(row[1] if row.ndim == 1 and len(row) == 2 else row), threshold, class_names)
-
-
 def plot_prediction_grid(images: Any, labels: Sequence[int], probs: Any, path: PathLike, *,
-                         mean: Sequence[float], std: Sequence[float], threshold: float = 0.5,
-                         class_names: Sequence[str] = CLASS_NAMES, captions: Optional[Iterable[str]] = None,
+                         mean: Sequence[float], std: Sequence[float], class_names: Sequence[str],
+                         threshold: float = 0.5, captions: Optional[Iterable[str]] = None,
                          title: str = "Predictions (wrong in red)") -> Path:
-    """Images (normalized [N,3,H,W], de-normalized with the run's own mean/std) with their predictions.
-
-    ``probs``: P(dog) per image (titled with the threshold rule), or [N, C] class probabilities
-    (more than two classes: titled with the argmax and the top-3 classes).
-    """
+    """Images (normalized [N,3,H,W], de-normalized with the run's own mean/std) titled with their
+    prediction and top classes from ``probs`` [N, C]."""
     pictures = denormalize(images, mean, std)
     captions = list(captions) if captions is not None else [None] * len(pictures)
     if not (len(pictures) == len(labels) == len(probs) == len(captions)):
         raise ValueError("plot_prediction_grid: images, labels, probabilities and captions differ in length")
-    multiclass = is_multiclass_probs(probs)
     titles = []
     for i in range(len(pictures)):
-        text, right = title_for(labels[i], probs[i], threshold, class_names)
+        text, right = prediction_title(labels[i], probs[i], class_names, threshold)
         titles.append((f"{captions[i]}\n{text}" if captions[i] else text, right))
     rows, cols = _grid_shape(len(pictures))
-    row_height = 2.75
-    if multiclass:  # titles of up to 7 lines (long breed names): room for the longest
-        row_height = 2.6 + 0.14 * max((text.count("\n") + 1 for text, _ in titles), default=1)
+    # titles of up to 7 lines (long class names): room for the longest
+    row_height = 2.6 + 0.14 * max((text.count("\n") + 1 for text, _ in titles), default=1)
     fig = new_figure(2.5 * cols, row_height * rows)
     for i, picture in enumerate(pictures):
         ax = fig.add_subplot(rows, cols, i + 1)
         ax.imshow(picture)
         text, right = titles[i]
-        ax.set_title(text, fontsize=7 if multiclass else 8, color=RIGHT_COLOR if right else WRONG_COLOR)
+        ax.set_title(text, fontsize=7, color=RIGHT_COLOR if right else WRONG_COLOR)
         ax.axis("off")
         if not right:
             for spine in ax.spines.values():

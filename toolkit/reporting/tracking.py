@@ -34,10 +34,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 from urllib.parse import urlparse
 
-import numpy as np
 
 from toolkit.config import WANDB_MODES
-from toolkit.evaluation.metrics import curve_points
+from toolkit.evaluation.metrics import as_arrays, curve_points, decision_metrics, decision_rule, predict
 from toolkit.fileio import atomic_write_text
 from toolkit.formats import RunDir
 from toolkit.redaction import redact_secrets, redact_text
@@ -357,11 +356,9 @@ class Tracker:
                    split: str, threshold: float = 0.5) -> None:
         """Native W&B ROC, precision-recall and confusion-matrix charts for one split.
 
-        ``probs``: P(dog) per sample (two classes; [N, 2] probabilities work too), or the class
-        probabilities [N, C]. Two classes: the confusion matrix calls "dog" when
-        ``prob_dog >= threshold`` (pass the tuned one). More: one ROC and one PR curve per class
-        (one vs rest) for every class the split can score (present, but not all of it), and the
-        confusion matrix of the argmax predictions; ``threshold`` is not used.
+        ``probs``: the class probabilities [N, C]. One ROC and one PR curve per scored class (one
+        vs rest; two classes: the positive class), and the confusion matrix of ``metrics.predict``
+        (``threshold`` applies to two classes).
 
         The curves are the charts ``wandb.plot.roc_curve``/``pr_curve`` draw (same Vega spec),
         computed here with scikit-learn because those two functions require pandas, which the
@@ -371,48 +368,26 @@ class Tracker:
             return
         wandb = self._wandb
 
-        def curve_charts(roc: list, pr: list) -> dict:
-            return {
-                f"{split}/roc_curve": wandb.plot_table(
+        def charts() -> dict:
+            names = list(class_names)
+            y_true, scores = as_arrays(labels, probs, f"{split} curves")
+            if scores.shape[1] != len(names):
+                raise ValueError(f"{split}: probabilities {scores.shape} for {len(names)} classes")
+            decided = decision_metrics(y_true, scores, threshold, names)
+            out = {f"{split}/confusion_matrix": wandb.plot.confusion_matrix(
+                y_true=y_true.tolist(), preds=predict(scores, threshold).tolist(), class_names=names,
+                title=f"{split} confusion matrix ({decision_rule(decided)})")}
+            roc, pr = curve_points(y_true, scores, names)
+            if roc:
+                out[f"{split}/roc_curve"] = wandb.plot_table(
                     "wandb/area-under-curve/v0", wandb.Table(columns=["class", "fpr", "tpr"], data=roc),
                     {"x": "fpr", "y": "tpr", "class": "class"},
                     {"title": f"{split} ROC", "x-axis-title": "False positive rate",
-                     "y-axis-title": "True positive rate"}),
-                f"{split}/pr_curve": wandb.plot_table(
-                    "wandb/area-under-curve/v0",
-                    wandb.Table(columns=["class", "recall", "precision"], data=pr),
+                     "y-axis-title": "True positive rate"})
+                out[f"{split}/pr_curve"] = wandb.plot_table(
+                    "wandb/area-under-curve/v0", wandb.Table(columns=["class", "recall", "precision"], data=pr),
                     {"x": "recall", "y": "precision", "class": "class"},
-                    {"title": f"{split} precision-recall", "x-axis-title": "Recall",
-                     "y-axis-title": "Precision"}),
-            }
-
-        def charts() -> dict:
-            y_true = np.asarray(labels, dtype=np.int64)
-            scores = np.asarray(probs, dtype=np.float64)
-            names = list(class_names)
-            if scores.ndim == 2 and scores.shape[1] > 2:
-                return multiclass_charts(y_true, scores, names)
-            p_dog = scores[:, 1] if scores.ndim == 2 else scores
-            probas = np.stack([1.0 - p_dog, p_dog], axis=1)  # a probability per class, as W&B wants
-            roc, pr = curve_points(y_true, probas, names)
-            if not roc:
-                raise ValueError(f"{split} has a single class, ROC and PR curves are undefined")
-            return {
-                **curve_charts(roc, pr),
-                f"{split}/confusion_matrix": wandb.plot.confusion_matrix(
-                    y_true=y_true.tolist(), preds=(p_dog >= threshold).astype(np.int64).tolist(),
-                    class_names=names, title=f"{split} confusion matrix (threshold {threshold:g})"),
-            }
-
-        def multiclass_charts(y_true: np.ndarray, scores: np.ndarray, names: list[str]) -> dict:
-            if scores.shape != (len(y_true), len(names)):
-                raise ValueError(f"{split}: probabilities {scores.shape} for {len(y_true)} labels and "
-                                 f"{len(names)} classes")
-            roc, pr = curve_points(y_true, scores, names)
-            out = curve_charts(roc, pr) if roc else {}
-            out[f"{split}/confusion_matrix"] = wandb.plot.confusion_matrix(
-                y_true=y_true.tolist(), preds=scores.argmax(axis=1).tolist(), class_names=names,
-                title=f"{split} confusion matrix (most probable class)")
+                    {"title": f"{split} precision-recall", "x-axis-title": "Recall", "y-axis-title": "Precision"})
             return out
 
         self._log_at_last_step("log_curves", charts)

@@ -8,10 +8,10 @@ The prediction grid, Grad-CAM, feature maps and filters also need RUN/model.safe
 all but the filters need the images, read from the shards named in config.yaml (or --shards).
 A plot whose inputs are missing is skipped with one warning line; the others are still made.
 
-Runs with more than two classes (e.g. 37 breeds) get one-vs-rest ROC/PR curves of the worst
-classes, a row-normalised confusion matrix ordered worst recall first, and with it the
-per-class accuracy bar chart per_class_accuracy_SPLIT.png; their prediction grid and Grad-CAM
-titles show the predicted class (argmax) and the top-3 probabilities.
+Any number of classes takes the same path: one-vs-rest ROC/PR curves (two classes: the positive
+class's curve; more: the worst few), a row-normalised confusion matrix and with it the per-class
+accuracy chart per_class_accuracy_SPLIT.png; prediction grid and Grad-CAM titles show the
+prediction and the top-3 probabilities.
 """
 
 from __future__ import annotations
@@ -23,14 +23,15 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from toolkit.cli import ArgumentParser, DataError, UsageError
+from toolkit.cli import ArgumentParser
+from toolkit.errors import DataError, UsageError
 from toolkit.config import load_config, raw_section
 from toolkit.data import build_eval_transform, read_samples
-from toolkit.evaluation.metrics import compute_multiclass_metrics, threshold_metrics
+from toolkit.evaluation.metrics import as_arrays, decision_metrics, decision_rule, per_class_accuracy
 from toolkit.formats import Predictions, RunDir
 from toolkit.reporting import interpret, plots
 from toolkit.reporting.report import build_report
-from toolkit.training.checkpoint import load_model_file
+from toolkit.formats.model_file import load_model_file
 
 FILE_PLOTS = ("roc", "pr", "confusion", "curves")
 MODEL_PLOTS = ("grid", "gradcam", "features", "filters")
@@ -166,23 +167,30 @@ def _read_predictions(run: RunDir, split: str, needing: list[str]) -> Optional[P
 
 def _file_plots(run: RunDir, what: set[str], split: str, predictions: Optional[Predictions],
                 threshold: float) -> list[Path]:
-    """ROC, PR, confusion matrix and training curves: numbers only, no model or images."""
+    """ROC, PR, confusion matrix (with per-class accuracy) and training curves: numbers only, no model or images."""
     made, out_dir = [], run.plots
-    if predictions is not None and not predictions.binary:
-        return _multiclass_file_plots(run, what, split, predictions) + _curves_plot(run, what)
-    if "roc" in what:
-        made.append(plots.plot_roc(predictions.labels, predictions.prob_dog, out_dir / f"roc_{split}.png",
-                                   title=f"ROC curve ({split})"))
-    if "pr" in what:
-        made.append(plots.plot_pr(predictions.labels, predictions.prob_dog, out_dir / f"pr_{split}.png",
-                                  title=f"Precision-recall curve ({split}, positive = dog)"))
-    if "confusion" in what:
-        try:
-            matrix = threshold_metrics(predictions.labels, predictions.prob_dog, threshold)["confusion_matrix"]
-            made.append(plots.plot_confusion(matrix, out_dir / f"confusion_{split}.png",
-                                             title=f"Confusion matrix ({split}, threshold {threshold:g})"))
-        except ValueError as err:
-            skip("confusion", str(err))
+    if predictions is not None and what & {"roc", "pr", "confusion"}:
+        labels, probs, names = predictions.labels, predictions.probs, list(predictions.class_names)
+        if "roc" in what:
+            made.append(plots.plot_roc(labels, probs, names, out_dir / f"roc_{split}.png",
+                                       title=f"ROC curves ({split}, one vs rest)"))
+        if "pr" in what:
+            made.append(plots.plot_pr(labels, probs, names, out_dir / f"pr_{split}.png",
+                                      title=f"Precision-recall curves ({split}, one vs rest)"))
+        if "confusion" in what:
+            try:
+                decided = decision_metrics(*as_arrays(labels, probs, "confusion"), threshold, names)
+            except ValueError as err:
+                skip("confusion", str(err))
+            else:
+                rule = decision_rule(decided)
+                made.append(plots.plot_confusion(decided["confusion_matrix"], out_dir / f"confusion_{split}.png",
+                                                 class_names=names, title=f"Confusion matrix ({split}; {rule})"))
+                matrix = decided["confusion_matrix"]
+                made.append(plots.plot_per_class_accuracy(per_class_accuracy(matrix, names),
+                                                          out_dir / f"per_class_accuracy_{split}.png",
+                                                          title=f"Accuracy per class ({split})",
+                                                          overall=decided["accuracy"]))
     return made + _curves_plot(run, what)
 
 
@@ -195,30 +203,6 @@ def _curves_plot(run: RunDir, what: set[str]) -> list[Path]:
         return []
     return [plots.plot_training_curves(rows, run.plots / "training_curves.png",
                                        title=f"Training curves ({run.root.name})")]
-
-
-def _multiclass_file_plots(run: RunDir, what: set[str], split: str, predictions: Predictions) -> list[Path]:
-    """ROC, PR (one vs rest, worst classes), confusion matrix and per-class accuracy of an N-class split."""
-    made, out_dir = [], run.plots
-    names = list(predictions.class_names)
-    if "roc" in what:
-        made.append(plots.plot_roc_multiclass(predictions.labels, predictions.probs, names,
-                                              out_dir / f"roc_{split}.png", title=f"ROC curves ({split}, one vs rest)"))
-    if "pr" in what:
-        made.append(plots.plot_pr_multiclass(predictions.labels, predictions.probs, names, out_dir / f"pr_{split}.png",
-                                             title=f"Precision-recall curves ({split}, one vs rest)"))
-    if "confusion" in what:
-        try:
-            metrics = compute_multiclass_metrics(predictions.labels, predictions.probs, class_names=names)
-        except ValueError as err:
-            skip("confusion", str(err))
-            return made
-        made.append(plots.plot_confusion_multiclass(metrics["confusion_matrix"], out_dir / f"confusion_{split}.png",
-                                                    class_names=names, title=f"Confusion matrix ({split})"))
-        made.append(plots.plot_per_class_accuracy(metrics["per_class_accuracy"],
-                                                  out_dir / f"per_class_accuracy_{split}.png",
-                                                  title=f"Accuracy per class ({split})", overall=metrics["accuracy"]))
-    return made
 
 
 def _filter_plots(model: Any, out_dir: Path) -> list[Path]:
@@ -234,11 +218,8 @@ def _filter_plots(model: Any, out_dir: Path) -> list[Path]:
 def _image_plots(run_dir: Path, model: Any, meta: dict, config: dict, names: list[str], predictions: Predictions,
                  split: str, num_images: int, threshold: float, class_names: tuple, shards: str,
                  out_dir: Path) -> list[Path]:
-    """Prediction grid, Grad-CAM and feature maps: pick examples, read just those images, plot.
-
-    Two classes are shown with P(dog) and the threshold, more with the argmax and the top-3.
-    """
-    scores = predictions.prob_dog if predictions.binary else predictions.probs
+    """Prediction grid, Grad-CAM and feature maps: pick examples, read just those images, plot."""
+    scores = predictions.probs
     picks = {
         "grid": interpret.select_examples(predictions.labels, scores, num_images,
                                           threshold=threshold, max_wrong=num_images // 2),
@@ -301,7 +282,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                      epilog="examples:\n" + __doc__.split("\n\n", 1)[1])
     parser.add_argument("--run", required=True, type=Path, help="run folder written by training (runs/NAME)")
     parser.add_argument("--what", default="all", help=f"comma-separated plots: {','.join(ALL_PLOTS)} or all (default); "
-                        "for more than two classes, confusion also makes per_class_accuracy_SPLIT.png")
+                        "confusion also makes per_class_accuracy_SPLIT.png")
     parser.add_argument("--split", default="test", help="evaluated split to plot (default: test)")
     parser.add_argument("--num-images", type=int, default=8, help="images in the prediction grid and Grad-CAM (default 8)")
     parser.add_argument("--shards", default=None, help="shards folder (default: data.shards from the run's config.yaml)")

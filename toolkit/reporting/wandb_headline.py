@@ -11,17 +11,14 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from toolkit.config import raw_section
-from toolkit.evaluation.metrics import fmt_mean_std, is_multiclass, mean_std
+from toolkit.evaluation.metrics import decision_rule, format_mean_std, mean_std, reports_top_k
 from toolkit.formats import RunDir
 from toolkit.reporting.wandb_runs import LocalRun
 
-# (metrics.json key, label) of the headline table; per-class rows follow in the classification-report layout
-HEADLINE = (("roc_auc", "ROC-AUC"), ("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
-            ("average_precision", "average precision (dog)"), ("loss", "loss"))
-# runs of more than two classes (e.g. 37 breeds): top-5 beside top-1, one-vs-rest macro averages
-MULTICLASS_HEADLINE = (("roc_auc", "ROC-AUC (one vs rest, macro)"), ("accuracy", "top-1 accuracy"),
-                       ("top5_accuracy", "top-5 accuracy"), ("balanced_accuracy", "balanced accuracy"),
-                       ("average_precision", "average precision (one vs rest, macro)"), ("loss", "loss"))
+# (metrics.json key, label) of the headline table; per-class rows follow in the classification-report layout.
+# ROC-AUC and average precision are one vs rest, macro over the classes the split can score (metrics.py).
+HEADLINE = (("roc_auc", "ROC-AUC"), ("accuracy", "top-1 accuracy"), ("top5_accuracy", "top-{k} accuracy"),
+            ("balanced_accuracy", "balanced accuracy"), ("average_precision", "average precision"), ("loss", "loss"))
 
 
 def read_json(path: Path) -> Optional[Any]:
@@ -72,8 +69,8 @@ def header_markdown(groups: dict[str, list[LocalRun]]) -> str:
     data = list(dict.fromkeys(describe_data(run) for runs in groups.values() for run in runs))
     lines += ["", "**Data**", ""] + [f"- {line}" for line in data]
     splits = sorted({headline_split(run) for runs in groups.values() for run in runs})
-    multiclass = any(is_multiclass(m) for runs in groups.values() for m in map(_split_metrics, runs) if m)
-    rule = "with the most probable class as the prediction" if multiclass else "at the run's decision threshold"
+    found = next((m for runs in groups.values() for m in map(_split_metrics, runs) if m), {})
+    rule = f"predicting {decision_rule(found)}"
     lines += ["", f"Each run keeps its best epoch by val ROC-AUC; the headline numbers are on the "
               f"{', '.join(splits)} split {rule}. Local run folders: "
               + ", ".join(f"`{run.run_dir}`" for runs in groups.values() for run in runs)]
@@ -97,14 +94,15 @@ def headline_markdown(groups: dict[str, list[LocalRun]]) -> str:
     split = ", ".join(sorted({headline_split(run) for runs in groups.values() for run in runs}))
     lines = [f"| {split} split | " + " | ".join(f"{n} (n={len(metrics[n])})" for n in names) + " |",
              "|---" * (len(names) + 1) + "|"]
-    multiclass = [m for found in metrics.values() for m in found if is_multiclass(m)]
-    top_k = (multiclass[0].get("top_k") or 5) if multiclass else 5  # fewer than 5 classes: top-k of them all
-    for key, label in (MULTICLASS_HEADLINE if multiclass else HEADLINE):
-        label = label.replace("top-5", f"top-{top_k}")
-        lines.append(f"| {label} | " + " | ".join(fmt_mean_std(mean_std([m.get(key) for m in metrics[n]])) for n in names)
+    first = next((m for found in metrics.values() for m in found), {})
+    for key, label in HEADLINE:
+        if key == "top5_accuracy" and not reports_top_k(first):
+            continue  # top-k of every class is 1 by definition
+        label = label.format(k=first.get("top_k"))
+        lines.append(f"| {label} | " + " | ".join(format_mean_std(mean_std([m.get(key) for m in metrics[n]])) for n in names)
                      + " |")
     lines.append("| val ROC-AUC (model selection) | "
-                 + " | ".join(fmt_mean_std(mean_std([_best_val_auc(r) for r in groups[n]])) for n in names) + " |")
+                 + " | ".join(format_mean_std(mean_std([_best_val_auc(r) for r in groups[n]])) for n in names) + " |")
     if any(len(m) > 1 for m in metrics.values()):
         lines += ["", "Mean ± sample standard deviation over the runs of a group (seeds); one run: its value."]
     for name in names:
@@ -118,15 +116,15 @@ def classification_markdown(runs: Sequence[dict]) -> list[str]:
         return ["No evaluation found (eval/<split>/metrics.json): the runs did not finish."]
     total = runs[0].get("num_samples", "")
     rows = [(name, [r.get("per_class", {}).get(name, {}) for r in runs]) for name in runs[0].get("class_names", [])]
-    if len(rows) > 2:  # N classes: a class with no sample in the split has nothing to show (the averages skip it too)
-        rows = [(name, stats) for name, stats in rows if any(s.get("support") for s in stats)]
+    # a class with no sample in the split has nothing to show (the averages skip it too)
+    rows = [(name, stats) for name, stats in rows if any(s.get("support") for s in stats)]
     rows += [(label, [r.get(key, {}) for r in runs]) for key, label in (("macro_avg", "macro avg"),
                                                                           ("weighted_avg", "weighted avg"))]
     lines = ["| | precision | recall | f1-score | support |", "|---|---|---|---|---|"]
     for name, stats in rows:
         support = stats[0].get("support", total) if not name.endswith(" avg") else total
-        cells = " | ".join(fmt_mean_std(mean_std([s.get(k) for s in stats])) for k in ("precision", "recall", "f1"))
+        cells = " | ".join(format_mean_std(mean_std([s.get(k) for s in stats])) for k in ("precision", "recall", "f1"))
         lines.append(f"| {name} | {cells} | {support} |")
         if name == "macro avg":  # sklearn prints accuracy between the classes and the averages
-            lines.insert(-1, f"| accuracy | | | {fmt_mean_std(mean_std([r.get('accuracy') for r in runs]))} | {total} |")
+            lines.insert(-1, f"| accuracy | | | {format_mean_std(mean_std([r.get('accuracy') for r in runs]))} | {total} |")
     return lines

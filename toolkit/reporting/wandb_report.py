@@ -26,7 +26,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from toolkit.cli import ArgumentParser, DataError, UsageError
+from toolkit.cli import ArgumentParser
+from toolkit.errors import DataError, UsageError
 from toolkit.config import raw_section
 from toolkit.fileio import atomic_write_json
 from toolkit.formats import RunDir

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
-from toolkit.cli import DataError, UsageError
+from toolkit.errors import DataError, UsageError
 from toolkit.formats import RunDir
 
 RUN_ID_FILE = RunDir(Path()).wandb_run_id.as_posix()  # wandb/run_id.txt, relative to a run folder

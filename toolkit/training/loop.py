@@ -19,20 +19,22 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, gather_object
 
-from toolkit.cli import UsageError, on_every_rank, progress
+from toolkit.cli import progress
+from toolkit.errors import UsageError, on_every_rank, usage_errors
 from toolkit.config import Config, fit_head_to_classes, to_dict
 from toolkit.data.device_augment import batch_to_device
 from toolkit.data.locations import is_local, manifest_location
 from toolkit.data import TrainLoader, check_shards_exist, load_info, make_train_loader, resolve_normalization
 from toolkit.evaluation.evaluate import EvalResult, evaluate_split
-from toolkit.evaluation.metrics import fmt
+from toolkit.evaluation.metrics import format_number
 from toolkit.formats import RunDir, class_names, dataset_summary, selection_problem
 from toolkit.models import create_model
 from toolkit.models.pretrained import load_pretrained
 from toolkit.reporting.finish import finish_run
 from toolkit.redaction import redact_secrets
 from toolkit.reporting.tracking import Tracker
-from toolkit.training.checkpoint import model_metadata, save_model_file, together
+from toolkit.formats.model_file import model_metadata, save_model_file
+from toolkit.training.checkpoint import together
 from toolkit.training.optim import build_ema, build_optimizer, build_scheduler
 from toolkit.training.run_folder import resolve_run_dir, unlock
 from toolkit.training.state import (StopRequested, TrainerState, TrainingError, find_resume_checkpoint,
@@ -97,11 +99,12 @@ def make_accelerator(cfg: Config) -> Accelerator:
 
 
 def build_model(cfg: Config) -> torch.nn.Module:
-    return create_model(
-        cfg.model.arch, num_classes=cfg.model.num_classes, blocks_per_stage=cfg.model.blocks_per_stage,
-        block=cfg.model.block, base_width=cfg.model.base_width, in_chans=cfg.model.in_chans,
-        zero_init_residual=cfg.model.zero_init_residual,
-    )
+    with usage_errors("model"):
+        return create_model(
+            cfg.model.arch, num_classes=cfg.model.num_classes, blocks_per_stage=cfg.model.blocks_per_stage,
+            block=cfg.model.block, base_width=cfg.model.base_width, in_chans=cfg.model.in_chans,
+            zero_init_residual=cfg.model.zero_init_residual,
+        )
 
 
 def seed_everything(seed: int, rank: int) -> None:
@@ -154,7 +157,8 @@ def build_session(cfg: Config, accelerator: Accelerator, info: dict, run: RunDir
     raw_model = build_model(cfg)
     if cfg.model.init and resumed_from is None:  # a resumed run's checkpoint holds the weights already
         with accelerator.main_process_first():  # every rank loads; rank 0 first, so only it downloads
-            kept = load_pretrained(raw_model, cfg.model.init)
+            with usage_errors():
+                kept = load_pretrained(raw_model, cfg.model.init)
         log(f"model.init={cfg.model.init}: loaded; fresh for this dataset: {', '.join(kept) or 'nothing'}")
     if cfg.model.sync_bn:
         if accelerator.device.type != "cuda":
@@ -389,7 +393,7 @@ def end_epoch(s: Session, state: TrainerState, outcome: EpochOutcome, val: EvalR
     together(accelerator, write_epoch if accelerator.is_main_process else None)  # a full disk stops every rank
     s.tracker.log({f"epoch/{k}": v for k, v in row.items() if v is not None}, step=state.global_step)
     s.log(f"epoch {epoch + 1}/{cfg.train.epochs} | train_loss {train_loss:.4f} | val_loss {val.loss:.4f} | "
-          f"val_acc {val.accuracy:.4f} | val_auc {fmt(val.auc)} | lr {row['lr']:.2e} | "
+          f"val_acc {val.accuracy:.4f} | val_auc {format_number(val.auc)} | lr {row['lr']:.2e} | "
           f"{row['img_per_s']:.1f} img/s | data_wait {row['data_wait_frac']:.0%}"
           + (f" | skipped {skipped}" if skipped else "") + (" | best" if improved else ""))
     every = cfg.train.checkpoint_every_epochs
@@ -460,10 +464,10 @@ def any_process(accelerator, value: bool) -> bool:
 
 
 def print_final(run: RunDir, state: TrainerState, summary: dict, tracker_info: dict) -> None:
-    print(f"done: best val_auc {fmt(state.best_val_auc)} at epoch {state.best_epoch}", flush=True)
+    print(f"done: best val_auc {format_number(state.best_val_auc)} at epoch {state.best_epoch}", flush=True)
     for split, metrics in summary.get("splits", {}).items():
-        print(f"  {split}: n={metrics.get('num_samples')} acc {fmt(metrics.get('accuracy'))} "
-              f"auc {fmt(metrics.get('roc_auc'))}", flush=True)
+        print(f"  {split}: n={metrics.get('num_samples')} acc {format_number(metrics.get('accuracy'))} "
+              f"auc {format_number(metrics.get('roc_auc'))}", flush=True)
     print(f"  model:  {run.model}", flush=True)
     if run.report.exists():
         print(f"  report: {run.report}", flush=True)

@@ -24,7 +24,7 @@ from typing import Optional
 
 from accelerate.utils import broadcast_object_list
 
-from toolkit.cli import UsageError, on_every_rank
+from toolkit.errors import UsageError, on_every_rank
 from toolkit.config import Config, read_yaml_mapping, to_dict
 from toolkit.fileio import TMP_PREFIX
 from toolkit.formats import RunDir

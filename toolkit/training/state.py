@@ -18,7 +18,7 @@ from typing import Iterator, Optional
 import torch
 from safetensors.torch import load_file, save_file
 
-from toolkit.cli import UsageError
+from toolkit.errors import UsageError
 from toolkit.config import Config
 from toolkit.fileio import atomic_write_json
 from toolkit.formats import RunDir

@@ -1,0 +1,19 @@
+"""The on-disk formats that connect the stages, each defined once and used by every reader and writer.
+
+* ``manifest``: the shard manifest (``info.json``), between packing and training.
+* ``run_dir``: the run folder (``RunDir``, ``Predictions``), between training and everything after it.
+* ``model_file``: the model file (``model.safetensors`` with its metadata), between training and
+  evaluation, prediction, reports and export. Import it as ``toolkit.formats.model_file``: it needs
+  torch, the other two do not.
+"""
+
+from toolkit.formats.manifest import (MANIFEST_KEYS, MANIFEST_NAME, MANIFEST_VERSION, PACK_HINT, SHARD_NAME, SPLITS,
+                                      class_names, dataset_summary, is_plain_file_name, label_field, manifest_problem,
+                                      parse_manifest, read_manifest, selection_problem, shard_name, split_info,
+                                      split_size, write_manifest)
+from toolkit.formats.run_dir import Predictions, RunDir
+
+__all__ = ["MANIFEST_KEYS", "MANIFEST_NAME", "MANIFEST_VERSION", "PACK_HINT", "SHARD_NAME", "SPLITS", "Predictions",
+           "RunDir", "class_names", "dataset_summary", "is_plain_file_name", "label_field", "manifest_problem",
+           "parse_manifest", "read_manifest", "selection_problem", "shard_name", "split_info", "split_size",
+           "write_manifest"]

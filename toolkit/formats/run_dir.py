@@ -1,0 +1,211 @@
+"""The run folder (``runs/NAME/``): what training leaves behind and every later stage reads.
+
+``RunDir`` names every file in it and reads and writes the typed results, so no module spells a
+file name of its own; ``Predictions`` is the layout of ``eval/<split>/predictions.csv``. Described
+for users in ``docs/architecture.md`` and the README.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from toolkit.config import dump_yaml, read_yaml_mapping
+from toolkit.errors import DataError
+from toolkit.fileio import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+
+
+EVAL_FORMAT_VERSION = 2  # 2: predictions.csv has one prob_<class> column per class for any class count
+
+
+@dataclass
+class Predictions:
+    """One split's per-sample predictions, as ``eval/<split>/predictions.csv`` stores them.
+
+    Columns ``key, label, pred, breed, prob_<class>...``: one probability per class, in class
+    order, for any number of classes; ``pred`` is the predicted class index (``metrics.predict``).
+    Version 1 files of two-class runs held one ``prob_<class 1>`` column after ``label``
+    (P(class 0) is one minus it); they are still read.
+    """
+
+    keys: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    probs: list[list[float]] = field(default_factory=list)  # [N][C] softmax probabilities
+    preds: list[int] = field(default_factory=list)
+    breeds: list[str] = field(default_factory=list)
+    class_names: list[str] = field(default_factory=list)
+
+    def to_csv(self) -> str:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["key", "label", "pred", "breed"] + [f"prob_{name}" for name in self.class_names])
+        for key, label, row, pred, breed in zip(self.keys, self.labels, self.probs, self.preds, self.breeds):
+            writer.writerow([key, int(label), int(pred), breed] + [f"{p:.6f}" for p in row])
+        return buffer.getvalue()
+
+    @classmethod
+    def from_csv(cls, path: Path, class_names: Optional[list[str]] = None) -> "Predictions":
+        """Read a predictions file; ``class_names`` (from metrics.json beside it) names both classes of a
+        version 1 two-class file, whose header names only the positive one."""
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, [])
+            prob_columns = [i for i, name in enumerate(header) if name.startswith("prob_")]
+            if not {"key", "label"} <= set(header) or not prob_columns:
+                raise DataError(f"{path} lacks key, label or prob_<class> columns; rerun python -m toolkit.evaluate")
+            names = [header[i][len("prob_"):] for i in prob_columns]
+            if len(names) == 1:  # version 1, two classes: P(class 1) only
+                names = list(class_names) if class_names and len(class_names) == 2 else [f"not {names[0]}", names[0]]
+            out = cls(class_names=names)
+            at = {name: header.index(name) for name in ("key", "label", "pred", "breed") if name in header}
+            for line, row in enumerate(reader, start=2):
+                try:
+                    label = int(row[at["label"]])
+                    probs = [float(row[i]) for i in prob_columns]
+                    pred = int(row[at["pred"]]) if "pred" in at else None
+                except (IndexError, ValueError):
+                    raise DataError(f"{path}:{line}: bad label, prediction or probability in {row[:6]!r}") from None
+                probs = [1.0 - probs[0], probs[0]] if len(probs) == 1 else probs
+                out.labels.append(label)
+                out.probs.append(probs)
+                out.preds.append(pred if pred is not None else max(range(len(probs)), key=probs.__getitem__))
+                out.keys.append(row[at["key"]])
+                out.breeds.append(row[at["breed"]] if "breed" in at and at["breed"] < len(row) else "")
+        return out
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Every file of a run folder, and the typed reads and writes of its results."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    # what training writes
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"  # the resolved config, secrets redacted
+
+    @property
+    def dataset(self) -> Path:
+        return self.root / "dataset.json"  # the manifest's summary (see dataset_summary)
+
+    @property
+    def history(self) -> Path:
+        return self.root / "metrics.jsonl"  # one row per finished epoch
+
+    @property
+    def final(self) -> Path:
+        return self.root / "final.json"  # step, best epoch, per-rank weight checksums
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model.safetensors"  # the best epoch's weights (by val ROC-AUC)
+
+    @property
+    def last_model(self) -> Path:
+        return self.root / "last.safetensors"  # the last epoch's weights
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"  # step-XXXXXXXX/ folders for resuming
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"  # "host pid" of the process writing the run (toolkit.training.run_folder)
+
+    @property
+    def wandb(self) -> Path:
+        return self.root / "wandb"
+
+    @property
+    def wandb_run_id(self) -> Path:
+        return self.wandb / "run_id.txt"  # a resumed run continues the same W&B run
+
+    # what evaluation and reporting write
+    @property
+    def evaluations(self) -> Path:
+        return self.root / "eval"  # one folder per evaluated split
+
+    def eval_dir(self, split: str) -> Path:
+        return self.evaluations / split
+
+    def eval_metrics(self, split: str) -> Path:
+        return self.eval_dir(split) / "metrics.json"
+
+    def predictions(self, split: str) -> Path:
+        return self.eval_dir(split) / "predictions.csv"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    # typed reads and writes
+    def holds_a_run(self) -> bool:
+        """Whether training already wrote here (other files, such as a launcher's log, do not count)."""
+        return any(path.exists() for path in (self.config, self.history, self.model, self.last_model,
+                                               self.checkpoints, self.final))
+
+    def evaluated_splits(self) -> list[str]:
+        return sorted(p.parent.name for p in self.evaluations.glob("*/predictions.csv"))
+
+    def write_config(self, config: dict) -> None:
+        atomic_write_text(self.config, dump_yaml(config))
+
+    def read_config(self) -> dict:
+        """config.yaml as a plain dict ({} when absent, so file-only plots still work)."""
+        return read_yaml_mapping(self.config) if self.config.is_file() else {}
+
+    def write_dataset(self, summary: dict) -> None:
+        atomic_write_json(self.dataset, summary)
+
+    def read_dataset(self) -> dict:
+        return json.loads(self.dataset.read_text(encoding="utf-8"))
+
+    def read_history(self) -> list[dict]:
+        return read_jsonl(self.history) if self.history.is_file() else []
+
+    def append_history(self, row: dict) -> None:
+        append_jsonl(self.history, row)
+
+    def keep_history_until(self, epoch: int) -> None:
+        """Drop rows of epochs a resumed run will redo (they were written after its checkpoint)."""
+        rows = self.read_history()
+        atomic_write_text(self.history, "".join(json.dumps(r) + "\n" for r in rows if r["epoch"] <= epoch))
+
+    def write_final(self, final: dict) -> None:
+        atomic_write_json(self.final, final)
+
+    def read_final(self) -> dict:
+        return json.loads(self.final.read_text(encoding="utf-8"))
+
+    def write_evaluation(self, split: str, metrics: dict, predictions: Predictions,
+                         out_dir: Optional[Path] = None) -> None:
+        """``metrics.json`` + ``predictions.csv`` of one split (into ``out_dir`` when given)."""
+        folder = Path(out_dir) if out_dir is not None else self.eval_dir(split)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / "predictions.csv", predictions.to_csv())
+        atomic_write_json(folder / "metrics.json", {"format_version": EVAL_FORMAT_VERSION, **metrics})
+
+    def read_metrics(self, split: str) -> dict:
+        return json.loads(self.eval_metrics(split).read_text(encoding="utf-8"))
+
+    def read_predictions(self, split: str) -> Predictions:
+        try:  # the class names of a two-class file; a missing or torn metrics.json leaves the header's
+            names = self.read_metrics(split).get("class_names")
+        except (OSError, ValueError, AttributeError):
+            names = None
+        return Predictions.from_csv(self.predictions(split), names)
+
+    def has_results(self, split: str) -> bool:
+        return self.final.is_file() and self.eval_metrics(split).is_file()
