@@ -40,6 +40,7 @@ RUN_HERE = (
     r"^python -m toolkit\.make_shards --source \S+oxford-pets-mini --labels breed --resize-shorter 96 --out shards/breeds-mini$",
     r"^python -m toolkit\.export --run runs/NAME --out exported/NAME$",
     r"^python -m toolkit\.evaluate --model runs/NAME/model\.safetensors --shards shards/pets --split test$",
+    r"^python -m toolkit\.evaluate --model local-dir:exported/NAME --shards shards/pets --split test$",
     r"^python -m toolkit\.visualize --run runs/NAME$",
     r"^python -m toolkit\.predict --model runs/NAME/model\.safetensors cat\.jpg dog\.png$",
 )
