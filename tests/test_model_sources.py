@@ -111,3 +111,18 @@ def test_bad_model_sources_are_one_line(tmp_path, capsys, monkeypatch):
     code = run_in_process(predict.main, ["--model", "hf-hub:timm/resnet18.a1_in1k", str(tmp_path / "x.jpg")])
     line = error_line(capsys.readouterr().err)
     assert code == 2 and "cannot get config.json and model.safetensors from the Hub" in line and "local-dir:" in line
+
+
+@pytest.mark.slow
+def test_visualize_draws_with_the_exported_model(trained, capsys):
+    from toolkit import visualize
+
+    _, run, exported = trained
+    plots = run / "plots"
+    for png in plots.glob("*.png"):
+        png.unlink()
+    code = run_in_process(visualize.main, ["--run", str(run), "--model", f"local-dir:{exported}", "--what",
+                                           "gradcam,filters", "--num-images", "2", "--no-report"])
+    assert code == 0
+    made = {path.name for path in plots.glob("*.png")}
+    assert any(name.startswith("gradcam") for name in made) and any(name.startswith("filters") for name in made), made
