@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import subprocess
 import tarfile
@@ -20,7 +21,7 @@ from toolkit.formats.model_file import model_metadata, save_model_file
 from toolkit.cli import run_cli
 from toolkit.config import load_config, validate
 from toolkit.data.shards import pack_dataset
-from toolkit.data.oxford import make_synthetic_dataset
+from toolkit.data.oxford import SYNTHETIC_MARKER, make_synthetic_dataset, resolve_root
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -177,3 +178,8 @@ def isolate_wandb(mp: pytest.MonkeyPatch, home: Path, mode: Optional[str] = "off
         mp.setenv("WANDB_MODE", mode)
     mp.setenv("WANDB_SILENT", "true")
     mp.setenv("WANDB_ERROR_REPORTING", "false")
+
+
+def synthetic_info(root: Path) -> dict:
+    """The record make_synthetic_dataset left in ``root`` (which files are odd, which unlisted)."""
+    return json.loads((resolve_root(root) / SYNTHETIC_MARKER).read_text(encoding="utf-8"))

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image, UnidentifiedImageError
 
+from helpers import synthetic_info
+
 import toolkit.data.shards as make_shards
 from toolkit.cli import run_cli
 from toolkit.errors import UsageError
@@ -23,7 +25,7 @@ from toolkit.data.shards import SPLITS, Job, pack_dataset, process_image
 from toolkit.data.sources import Item, stratified_split
 from toolkit.data.verify import verify_shards
 from toolkit.make_shards import main
-from toolkit.data.oxford import Entry, make_synthetic_dataset, synthetic_info
+from toolkit.data.oxford import Entry, make_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 

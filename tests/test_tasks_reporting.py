@@ -237,7 +237,8 @@ def test_image_plots_for_n_classes(tmp_path, monkeypatch, capsys):
     images = torch.randn(3, 3, 32, 32)
     cams, probs = interpret.explain(model, images)
     assert probs.shape == (3, 5) and torch.allclose(probs.sum(dim=1), torch.ones(3))
-    torch.testing.assert_close(probs, interpret.predict_probs(model, images))  # [B, C]
+    with torch.no_grad(), interpret.inspection_mode(model):
+        torch.testing.assert_close(probs, interpret.class_probabilities(model(images)))  # [B, C]
     torch.testing.assert_close(cams, interpret.gradcam(model, images, target=probs.argmax(dim=1)))  # the argmax
 
     save_tiny_model(run / "model.safetensors", class_names=["a", "b", "c"], seed=0)

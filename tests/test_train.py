@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import subprocess
@@ -81,8 +83,8 @@ def test_cpu_run_learns_and_writes_every_output(learnable_shards, tmp_path):
 
     test_metrics = json.loads((run / "eval/test/metrics.json").read_text())
     assert test_metrics["num_samples"] > 0 and result["best_epoch"] >= 1
-    csv_rows = (run / "eval/test/predictions.csv").read_text().splitlines()[1:]
-    first_key, _, first_prob = csv_rows[0].split(",")[:3]
+    first = next(csv.DictReader(io.StringIO((run / "eval/test/predictions.csv").read_text())))
+    first_key, first_prob = first["key"], first[f"prob_{test_metrics['class_names'][1]}"]
     cfg = validate(load_config(run / "config.yaml"))
     transform = build_eval_transform(cfg.data, meta["mean"], meta["std"])
     sample = next(read_samples(str(learnable_shards), "test", keys={first_key}))

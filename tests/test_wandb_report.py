@@ -8,6 +8,8 @@ No network is used: saving is only exercised with ``Report.save`` replaced.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import json
 import statistics
 import sys
@@ -19,7 +21,7 @@ from helpers import error_line, isolate_wandb, run_in_process, train_args, train
 from toolkit.fileio import read_jsonl
 from toolkit.reporting import wandb_report
 from toolkit.reporting.wandb_report import SPEC_FILE, STEP_X, main
-from toolkit.reporting.wandb_runs import read_logged_keys, read_wandb_records
+from toolkit.reporting.wandb_runs import load_run, read_run_log, read_wandb_records
 
 PROJECT = "pets-toolkit-tests"
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # the shape of a real W&B key
@@ -70,6 +72,13 @@ def spec_panels(spec: dict) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------
 # Reading the runs back
+
+
+def read_logged_keys(run_dir: Path) -> dict[str, str]:
+    """Every key the W&B run of a run folder logged, with its kind (scalar, table, image, chart)."""
+    run = load_run(Path(run_dir))
+    assert run is not None, f"{run_dir} has no W&B run"
+    return read_run_log(run.log_files, run.run_id).keys
 
 
 @pytest.mark.slow

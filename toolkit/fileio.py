@@ -7,7 +7,6 @@ metrics) goes through here: write to a temporary name in the same folder, fsync,
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
@@ -94,11 +93,3 @@ def read_jsonl(path: PathLike) -> list:
             except json.JSONDecodeError:
                 break
     return rows
-
-
-def sha256_file(path: PathLike, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -18,7 +18,6 @@ and the same kinds of odd files the real dataset has, so every code path runs wi
 from __future__ import annotations
 
 import io
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -408,12 +407,3 @@ def _encode(picture: Image.Image, kind: str) -> Optional[bytes]:
     if kind == "truncated":
         return data[: len(data) * 3 // 5]
     return data
-
-
-def synthetic_info(root: Path) -> dict:
-    """The record make_synthetic_dataset left in ``root`` (which files are odd, which unlisted)."""
-    path = resolve_root(root) / SYNTHETIC_MARKER
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise UsageError(f"{path} is missing or unreadable ({err}); regenerate with --synthetic N") from None

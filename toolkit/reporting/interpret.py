@@ -70,13 +70,6 @@ def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
     return logits.softmax(dim=1)
 
 
-@torch.no_grad()
-def predict_probs(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Class probabilities [B, C] of the images, computed in eval mode; the model's mode is restored."""
-    with inspection_mode(model):
-        return class_probabilities(model(images.to(_device(model))).float()).cpu()
-
-
 def gradcam(model: nn.Module, images: torch.Tensor, layer: str = "layer4", target: Target = None) -> torch.Tensor:
     """Grad-CAM heat maps [B,H,W] in [0, 1] at the input resolution.
 

@@ -127,15 +127,6 @@ def read_run_log(files: Sequence[Path], run_id: str) -> RunLog:
     return log
 
 
-def read_logged_keys(run_dir: Path) -> dict[str, str]:
-    """Every key the W&B run of a run folder logged, with its kind (scalar, table, image, chart)."""
-    run = load_run(Path(run_dir))
-    if run is None:
-        raise UsageError(f"{run_dir} has no W&B run ({RUN_ID_FILE} and wandb/*run-*/run-ID.wandb); "
-                         "train with tracking.wandb=offline or online")
-    return read_run_log(run.log_files, run.run_id).keys
-
-
 # ---------------------------------------------------------------------------------------------
 # Finding the runs
 
