@@ -166,7 +166,7 @@ def placeholders(mini: Path, flowers: Path) -> list[tuple[str, str]]:
 
 def fill_in(text: str, mini: Path, flowers: Path) -> str:
     for pattern, value in placeholders(mini, flowers):
-        text = re.sub(pattern, lambda _: value, text)
+        text = re.sub(pattern, lambda _, value=value: value, text)
     return text
 
 

@@ -15,17 +15,29 @@ import os
 import re
 import shlex
 import subprocess
-import sys
-import tomllib
 from pathlib import Path
 
+import doc_commands
 import pytest
+from doc_commands import (
+    ROOT,
+    DocCommand,
+    all_commands,
+    check_accelerate,
+    check_toolkit,
+    check_torchrun,
+    fill_in,
+    toolkit_module,
+    write_stand_ins,
+)
 from PIL import Image
 
-import doc_commands
-from doc_commands import ROOT, DocCommand, all_commands, check_accelerate, check_toolkit, check_torchrun, fill_in, \
-    toolkit_module, write_stand_ins
 from helpers import ENV, run_in_process
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
 
 COMMANDS = all_commands()
 PASSED: dict[str, str] = {}  # filled-in command -> the documented line that ran it

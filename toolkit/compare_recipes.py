@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from toolkit.cli import ArgumentParser, run_cli
-from toolkit.errors import DataError, UsageError
 from toolkit.config import SHIPPED_CONFIGS, fit_head_to_classes, load_config, split_config_args, to_dict, validate
 from toolkit.data import check_shards_exist, load_info, resolve_normalization, split_size
-from toolkit.fileio import atomic_write_json, atomic_write_text
+from toolkit.errors import DataError, UsageError
 from toolkit.evaluation.metrics import decision_rule, format_mean_std, format_number, mean_std, reports_top_k
+from toolkit.fileio import atomic_write_json, atomic_write_text
 from toolkit.formats import RunDir, class_names
 from toolkit.reporting import wandb_report
 from toolkit.reporting.wandb_report import check_project

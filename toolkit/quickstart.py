@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from toolkit.cli import ArgumentParser, run_cli
-from toolkit.errors import UsageError
 from toolkit.config import SHIPPED_CONFIGS, load_config, split_config_args, validate
 from toolkit.data.oxford import make_synthetic_dataset
 from toolkit.data.shards import download_dataset, pack_dataset
+from toolkit.errors import UsageError
 from toolkit.training.loop import train
 
 DEFAULT_CONFIG = SHIPPED_CONFIGS / "quickstart.yaml"

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -24,9 +23,9 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from toolkit.cli import ArgumentParser, progress
-from toolkit.errors import DataError, UsageError
 from toolkit.config import load_config
 from toolkit.data import check_shards_exist, load_info, make_eval_loader
+from toolkit.errors import DataError, UsageError
 from toolkit.evaluation.metrics import compute_metrics, metrics_line, predict, roc_auc
 from toolkit.formats import Predictions, RunDir, class_names, split_size
 from toolkit.formats.model_file import check_classes

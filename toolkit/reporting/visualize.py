@@ -24,15 +24,15 @@ from typing import Any, Optional, Sequence
 import torch
 
 from toolkit.cli import ArgumentParser
-from toolkit.errors import DataError, UsageError
 from toolkit.config import load_config, raw_section
 from toolkit.data import build_eval_transform, read_samples
+from toolkit.errors import DataError, UsageError
 from toolkit.evaluation.metrics import as_arrays, decision_metrics, decision_rule, per_class_accuracy
 from toolkit.formats import Predictions, RunDir
-from toolkit.reporting import interpret, plots
-from toolkit.reporting.report import build_report
 from toolkit.formats.model_file import load_model_file
 from toolkit.models.sources import load_model as load_model_from
+from toolkit.reporting import interpret, plots
+from toolkit.reporting.report import build_report
 
 FILE_PLOTS = ("roc", "pr", "confusion", "curves")
 MODEL_PLOTS = ("grid", "gradcam", "features", "filters")
