@@ -35,7 +35,7 @@ check() {  # check NAME TIMEOUT_S COMMAND...: run one check, keep its JSON and l
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 python3 -c "import torch, timm, accelerate; print({'torch': torch.__version__, 'timm': timm.__version__, 'accelerate': accelerate.__version__, 'cuda': torch.version.cuda})" | tee "$out/versions.txt"
 
-# 1. our ResNet-101 vs timm's, train step at batch 256, 224 px, in the configurations of REFERENCE.md
+# 1. our ResNet-101 vs timm's, train step at batch 256, 224 px, in the configurations of docs/sources.md
 [[ -z "${SKIP_MODEL:-}" ]] && {
 check model_fp32           120 python3 -m toolkit.bench model --device cuda --dtype fp32 --steps 10 --warmup 3
 check model_bf16           120 python3 -m toolkit.bench model --device cuda --dtype bf16 --steps 15 --warmup 3

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Callable, Iterable, NoReturn, Optional, Sequence, TypeVar
 
 from toolkit.errors import DataError, UsageError, on_every_rank  # noqa: F401  (re-exported)
@@ -25,8 +26,22 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
+def program_name(prog: str) -> str:
+    """How the user ran a command, for ``--help`` and errors: ``pets-train`` when run as the console script,
+    else ``python -m toolkit.train`` (``prog`` names the module, with or without ``python -m``, plus any
+    subcommand: ``toolkit.bench model``)."""
+    module, *rest = prog.removeprefix("python -m ").split()
+    invoked = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    command = invoked if invoked.startswith("pets-") else f"python -m {module}"
+    return " ".join([command, *rest])
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports bad arguments as one ``error:`` line (exit 2) instead of usage + error."""
+    """argparse that reports bad arguments as one ``error:`` line (exit 2) instead of usage + error,
+    and names the program the way it was run (``program_name``)."""
+
+    def __init__(self, *args, prog: Optional[str] = None, **kwargs):
+        super().__init__(*args, prog=program_name(prog) if prog else None, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see --help)")

@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from toolkit.cli import ArgumentParser, run_cli
-from toolkit.errors import DataError, UsageError
-from toolkit.config import fit_head_to_classes, load_config, split_config_args, to_dict, validate
+from toolkit.config import SHIPPED_CONFIGS, fit_head_to_classes, load_config, split_config_args, to_dict, validate
 from toolkit.data import check_shards_exist, check_split_has_samples, load_info, resolve_normalization, split_size
+from toolkit.errors import DataError, UsageError
 from toolkit.fileio import atomic_write_json, atomic_write_text
 from toolkit.redaction import redact_secrets
 from toolkit.evaluation.metrics import decision_rule, format_mean_std, format_number, mean_std, reports_top_k
@@ -46,9 +46,9 @@ from toolkit.formats import RunDir, class_names
 from toolkit.reporting import wandb_report
 from toolkit.reporting.wandb_report import check_project
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIGS = (ROOT / "configs/oxford_pets_binary_resnet101.yaml",
-                   ROOT / "configs/oxford_pets_binary_resnet101_strong.yaml")
+ROOT = Path(__file__).resolve().parents[1]  # the folder that holds this toolkit package (a checkout or site-packages)
+DEFAULT_CONFIGS = (SHIPPED_CONFIGS / "oxford_pets_binary_resnet101.yaml",
+                   SHIPPED_CONFIGS / "oxford_pets_binary_resnet101_strong.yaml")
 DEFAULT_NAMES = ("seed", "strong")
 # Before the user's overrides, so they can be changed: a machine without W&B must just work, runs that are
 # never resumed need no resumable checkpoints (ResNet-101 + Adam state is ~0.5 GB per save), and the shards

@@ -29,6 +29,9 @@ ACCELERATE_GRAD_ACCUM_ENV = "ACCELERATE_GRADIENT_ACCUMULATION_STEPS"
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 AUGMENTS = ("none", "trivialaugment", "randaugment")
 BLOCKS = ("basic", "bottleneck")
+# The configs that ship with the package (toolkit/configs links to the repository's configs/ and is
+# package data), so the commands' defaults are found from any folder, installed or not.
+SHIPPED_CONFIGS = Path(__file__).parent / "configs"
 
 
 def _choice(*allowed: str) -> dict:

@@ -34,7 +34,8 @@ from toolkit.device import resolve_device
 from toolkit.errors import UsageError
 from toolkit.evaluation.metrics import TOP_K, predict
 from toolkit.formats import class_names
-from toolkit.formats.model_file import check_classes, load_model_file
+from toolkit.formats.model_file import check_classes
+from toolkit.models.sources import load_model
 
 
 class ImageReadError(Exception):
@@ -143,8 +144,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                "Exit code: 0 all images classified, 1 some could not be read (see their error lines), "
                "2 bad arguments or model file.",
     )
-    parser.add_argument("--model", required=True, type=Path, metavar="MODEL",
-                        help="RUN/model.safetensors written by toolkit.train (safetensors only)")
+    parser.add_argument("--model", required=True, metavar="MODEL",
+                        help="RUN/model.safetensors written by toolkit.train, a run folder, an exported or other timm "
+                             "model folder (DIR or local-dir:DIR), or hf-hub:OWNER/NAME (safetensors only)")
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files (JPEG, PNG, GIF, ...)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where to run the model (default: auto = cuda when available)")
@@ -162,7 +164,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
 
     device = resolve_device(args.device)
-    model, meta = load_model_file(args.model)  # UsageError (exit 2) for a missing or non-safetensors file
+    model, meta = load_model(args.model)  # UsageError (exit 2) for a missing or non-safetensors file
     model_image_sizes(meta, str(args.model))  # before any image: a hostile header's 60000 px is one line
     if args.shards is not None:
         check_classes(meta, class_names(load_info(args.shards)), str(args.model), what=f"the shards {args.shards}")

@@ -1,6 +1,6 @@
 """The training command: ``accelerate launch toolkit/train.py --config FILE [key=value ...]``.
 
-    accelerate launch --config_file accelerate_config.yaml toolkit/train.py --config configs/smoke.yaml [key=value ...]
+    accelerate launch --config_file accelerate_config.yaml --num_processes 2 toolkit/train.py --config configs/smoke.yaml [key=value ...]
     python -m toolkit.train --config configs/smoke.yaml train.epochs=2      # one process: GPU if present, else CPU
 
 Reads the config, runs ``toolkit.training.loop.train`` and turns its failures into one line and an
@@ -66,15 +66,19 @@ def free_bytes(folder: Path) -> Optional[int]:
 
 def parse_args(argv: Optional[Sequence[str]]) -> tuple[argparse.Namespace, list[str]]:
     parser = ArgumentParser(
-        prog="toolkit.train",
+        prog="python -m toolkit.train",
         description="Train a ResNet on webdataset shards with Hugging Face Accelerate. "
                     "Override any config key with section.key=value after the flags.",
         epilog="example: accelerate launch toolkit/train.py --config configs/smoke.yaml train.epochs=3 optimizer.lr=3e-4",
     )
-    parser.add_argument("--config", required=True, help="YAML config file, e.g. configs/smoke.yaml")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--config", help="YAML config file, e.g. configs/smoke.yaml (required to train)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config and exit (without --config: the defaults and the overrides)")
     flags, overrides = split_config_args(list(sys.argv[1:] if argv is None else argv))
-    return parser.parse_args(flags), overrides
+    args = parser.parse_args(flags)
+    if args.config is None and not args.print_config:
+        parser.error("the following arguments are required: --config (--print-config alone shows the defaults)")
+    return args, overrides
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

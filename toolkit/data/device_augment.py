@@ -11,7 +11,7 @@ With ``data.decode: gpu`` the workers only read and batch the JPEG bytes; the tr
 decodes the whole batch with nvJPEG (``torchvision.io.decode_jpeg(device="cuda")``) and crops it
 as one ``roi_align`` call (bilinear with 2x2 samples per output pixel instead of PIL's antialiased
 resize; crop parameters follow torchvision's RandomResizedCrop). Sixteen CPU cores decode about
-3,300 original-size images/s (REFERENCE.md), less than a compiled ResNet-101 consumes on one
+3,300 original-size images/s (docs/sources.md), less than a compiled ResNet-101 consumes on one
 H100; the GPU decoder does not share that limit. Without CUDA the same code runs on the CPU
 (the tests use it).
 

@@ -232,7 +232,7 @@ CAT_BREEDS = (("Amber", (200, 140, 70)), ("Blue_Point", (150, 160, 185)), ("Cind
 DOG_BREEDS = (("alpine_hound", (215, 205, 185)), ("brook_terrier", (125, 95, 65)),
               ("copper_spaniel", (185, 105, 55)), ("dune_collie", (205, 175, 120)))
 
-# Odd files, each replacing one listed image (the real dataset has each kind, see REFERENCE.md).
+# Odd files, each replacing one listed image (the real dataset has each kind, docs/sources.md).
 # The first eight must be kept by a packer, the last three skipped.
 KEPT_ODD_KINDS = ("png", "gif", "grayscale", "cmyk", "rgba", "palette", "progressive", "trailing_byte")
 SKIPPED_ODD_KINDS = ("truncated", "corrupt", "missing")

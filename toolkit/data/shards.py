@@ -40,6 +40,7 @@ from toolkit.errors import DataError, UsageError
 from toolkit.fileio import TMP_PREFIX, atomic_write_bytes, fsync_dir
 from toolkit.formats import (MANIFEST_NAME, MANIFEST_VERSION, SHARD_NAME, SPLITS, class_names, label_field,
                              shard_name, write_manifest)
+from toolkit.data.dataset_card import CARD_NAME, write_dataset_card
 from toolkit.data.sources import Item, Listing, assign_splits, read_listing
 from toolkit.data.transforms import open_image
 
@@ -304,6 +305,8 @@ def install(staging: Path, out: Path, info: dict) -> None:
     for name in sorted(new):
         os.replace(staging / name, out / name)
     fsync_dir(out)
+    if not write_dataset_card(out, info):
+        print(f"note: {out / CARD_NAME} is not a dataset card written by make_shards; kept as it is", flush=True)
     write_manifest(out, info)
 
 

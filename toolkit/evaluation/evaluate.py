@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -24,12 +23,13 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from toolkit.cli import ArgumentParser, progress
-from toolkit.errors import DataError, UsageError
 from toolkit.config import load_config, model_image_sizes
 from toolkit.data import check_shards_exist, check_split_has_samples, load_info, make_eval_loader
+from toolkit.errors import DataError, UsageError
 from toolkit.evaluation.metrics import compute_metrics, metrics_line, predict, roc_auc
 from toolkit.formats import Predictions, RunDir, class_names, split_size
-from toolkit.formats.model_file import check_classes, load_model_file
+from toolkit.formats.model_file import check_classes
+from toolkit.models.sources import default_output_folder, load_model
 
 
 @dataclass
@@ -156,7 +156,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = ArgumentParser(prog="toolkit.evaluate", description=__doc__.split("\n\n")[0],
                             epilog="example: python -m toolkit.evaluate --model runs/NAME/model.safetensors "
                                    "--shards shards/pets --split test")
-    parser.add_argument("--model", required=True, type=Path, help="a model.safetensors from a training run")
+    parser.add_argument("--model", required=True, help="a model.safetensors from a training run, a run folder, an "
+                        "exported or other timm model folder (DIR or local-dir:DIR), or hf-hub:OWNER/NAME")
     parser.add_argument("--shards", required=True, help="shards folder (with info.json) or URL pattern")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
     parser.add_argument("--tuning-split", default="val",
@@ -173,7 +174,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size} must be >= 1")
 
-    model, meta = load_model_file(args.model)
+    model_folder = default_output_folder(args.model)  # results go to MODEL_FOLDER/eval/SPLIT unless --out
+    if args.out is None and model_folder is None:
+        raise UsageError(f"--model {args.model}: pass --out DIR for the results of a Hub model")
+    model, meta = load_model(args.model)
     image_size, resize_size = model_image_sizes(meta, str(args.model))
     cfg = load_config(None, [f"data.shards={args.shards}", f"data.image_size={image_size}",
                              f"data.resize_size={resize_size}",
@@ -191,7 +195,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result = evaluate_split(accelerator, model, cfg, info, args.split, meta["mean"], meta["std"])
     tuning = evaluate_split(accelerator, model, cfg, info, tuning_split, meta["mean"], meta["std"]) if tuning_split else None
     if accelerator.is_main_process:
-        run = RunDir(args.model.resolve().parent)
+        run = RunDir(model_folder or args.out)
         out = args.out or run.eval_dir(args.split)
         metrics = score(result, threshold=args.threshold, class_names=class_names(info),
                         tuning=tuning, extra={"model": str(args.model), "model_epoch": meta.get("epoch"),

@@ -24,14 +24,15 @@ from typing import Any, Optional, Sequence
 import torch
 
 from toolkit.cli import ArgumentParser
-from toolkit.errors import DataError, UsageError
 from toolkit.config import load_config, raw_section
 from toolkit.data import build_eval_transform, read_samples
+from toolkit.errors import DataError, UsageError
 from toolkit.evaluation.metrics import as_arrays, decision_metrics, decision_rule, per_class_accuracy
 from toolkit.formats import Predictions, RunDir
+from toolkit.formats.model_file import load_model_file
+from toolkit.models.sources import load_model as load_model_from
 from toolkit.reporting import interpret, plots
 from toolkit.reporting.report import build_report
-from toolkit.formats.model_file import load_model_file
 
 FILE_PLOTS = ("roc", "pr", "confusion", "curves")
 MODEL_PLOTS = ("grid", "gradcam", "features", "filters")
@@ -287,13 +288,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--num-images", type=int, default=8, help="images in the prediction grid and Grad-CAM (default 8)")
     parser.add_argument("--shards", default=None, help="shards folder (default: data.shards from the run's config.yaml)")
     parser.add_argument("--no-report", action="store_true", help="do not rebuild RUN/report.html")
+    parser.add_argument("--model", default=None, metavar="MODEL",
+                        help="the model for the grid, Grad-CAM, feature maps and filters instead of RUN's: a model file, "
+                             "an exported or timm folder (DIR or local-dir:DIR) or hf-hub:OWNER/NAME")
     args = parser.parse_args(argv)
     if not args.run.is_dir():
         raise UsageError(f"run folder {str(args.run)!r} not found; pass a folder written by a training run (runs/NAME)")
     if args.num_images < 0:
         raise UsageError(f"--num-images {args.num_images} must be >= 0")
+    model_and_meta = load_model_from(args.model) if args.model else None
     made = make_plots(args.run, what=parse_what(args.what), split=args.split, num_images=args.num_images,
-                      shards=args.shards)
+                      shards=args.shards, model_and_meta=model_and_meta)
     for path in made:
         print(path)
     if not args.no_report:

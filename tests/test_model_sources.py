@@ -1,0 +1,128 @@
+"""The round trip closes: evaluate and predict take the model a run wrote, the folder export wrote (as DIR
+or timm's ``local-dir:DIR``), and any timm model folder with its own preprocessing; the export gives
+the run's own test metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from helpers import error_line, pack_tiny, run_in_process, train_args, train_cli
+from toolkit import evaluate, export, predict
+from toolkit.models.sources import load_model
+
+pytestmark = pytest.mark.usefixtures("no_network")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(shards, run folder, exported folder): a standard-width (exportable) model trained for 2 epochs."""
+    root = tmp_path_factory.mktemp("sources")
+    shards = pack_tiny(root)
+    assert train_cli(train_args(shards, root / "runs", "run", "model.base_width=64")) == 0
+    run = root / "runs" / "run"
+    assert run_in_process(export.main, ["--run", str(run), "--out", str(root / "exported")]) == 0
+    return shards, run, root / "exported"
+
+
+def metrics_of(folder: Path) -> dict:
+    metrics = json.loads((folder / "metrics.json").read_text())
+    return {key: metrics[key] for key in ("num_samples", "loss", "accuracy", "roc_auc", "average_precision")}
+
+
+@pytest.mark.slow
+def test_the_export_gives_the_runs_own_test_metrics(trained, tmp_path):
+    shards, run, exported = trained
+    own = metrics_of(run / "eval" / "test")  # what training's own evaluation of its best model wrote
+    for source, out in ((str(run / "model.safetensors"), tmp_path / "file"), (str(exported), tmp_path / "dir"),
+                        (f"local-dir:{exported}", tmp_path / "local-dir"), (str(run), tmp_path / "run")):
+        code = run_in_process(evaluate.main, ["--model", source, "--shards", str(shards), "--split", "test",
+                                              "--out", str(out), "--num-workers", "0"])
+        assert code == 0, source
+        got = metrics_of(out)
+        assert got["num_samples"] == own["num_samples"]
+        for key in ("loss", "accuracy", "roc_auc", "average_precision"):
+            assert math.isclose(got[key], own[key], rel_tol=1e-5, abs_tol=1e-6), (source, key, got[key], own[key])
+
+
+@pytest.mark.slow
+def test_evaluate_writes_into_the_exported_folder_by_default(trained):
+    shards, _, exported = trained
+    copy = exported.parent / "exported-copy"
+    shutil.copytree(exported, copy, dirs_exist_ok=True)
+    assert run_in_process(evaluate.main, ["--model", f"local-dir:{copy}", "--shards", str(shards), "--split", "test",
+                                          "--num-workers", "0"]) == 0
+    assert (copy / "eval" / "test" / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_predict_gives_the_same_probabilities_from_the_run_and_the_export(trained, tmp_path, capsys):
+    _, run, exported = trained
+    from PIL import Image
+
+    image = tmp_path / "pet.png"
+    Image.new("RGB", (50, 40), (180, 120, 60)).save(image)
+    lines = []
+    for source in (str(run / "model.safetensors"), f"local-dir:{exported}"):
+        assert run_in_process(predict.main, ["--model", source, str(image), "--device", "cpu"]) == 0
+        lines.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+    assert lines[0]["pred"] == lines[1]["pred"]
+    for name, prob in lines[0]["prob"].items():
+        assert math.isclose(prob, lines[1]["prob"][name], abs_tol=1e-5)
+
+
+def test_a_timm_folder_is_prepared_with_its_own_pretrained_config(tmp_path):
+    """A folder timm itself wrote (save_for_hf): timm builds it, and its mean, std, size and crop are used."""
+    model = timm.create_model("resnet18", num_classes=3, pretrained_cfg_overlay=dict(
+        mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), input_size=(3, 40, 40), crop_pct=0.8,
+        interpolation="bilinear", label_names=["a", "b", "c"]))
+    timm.models.save_for_hf(model, str(tmp_path / "timm-model"), model_config={"label_names": ["a", "b", "c"]},
+                            safe_serialization="both")
+    loaded, meta = load_model(f"local-dir:{tmp_path / 'timm-model'}")
+    assert (meta["image_size"], meta["resize_size"]) == (40, 50)  # floor(40 / 0.8), timm's eval resize
+    assert meta["mean"] == pytest.approx([0.5, 0.4, 0.3]) and meta["std"] == pytest.approx([0.2, 0.25, 0.3])
+    assert meta["class_names"] == ["a", "b", "c"] and meta["num_classes"] == 3
+    x = torch.randn(2, 3, 40, 40)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model.eval()(x))  # the same weights, from model.safetensors
+
+
+def test_only_safetensors_are_read_from_a_timm_folder(tmp_path, capsys):
+    model = timm.create_model("resnet18", num_classes=2)
+    timm.models.save_for_hf(model, str(tmp_path / "m"), safe_serialization=False)  # pytorch_model.bin only
+    code = run_in_process(predict.main, ["--model", f"local-dir:{tmp_path / 'm'}", str(tmp_path / "x.jpg")])
+    assert code == 2
+    assert "no model.safetensors" in error_line(capsys.readouterr().err)
+
+
+def test_bad_model_sources_are_one_line(tmp_path, capsys, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    code = run_in_process(evaluate.main, ["--model", str(tmp_path / "empty"), "--shards", str(tmp_path)])
+    assert code == 2 and "holds neither config.json" in error_line(capsys.readouterr().err)
+    code = run_in_process(evaluate.main, ["--model", "hf-hub:timm/resnet18.a1_in1k", "--shards", str(tmp_path)])
+    assert code == 2 and "pass --out DIR" in error_line(capsys.readouterr().err)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = run_in_process(predict.main, ["--model", "hf-hub:timm/resnet18.a1_in1k", str(tmp_path / "x.jpg")])
+    line = error_line(capsys.readouterr().err)
+    assert code == 2 and "cannot get config.json and model.safetensors from the Hub" in line and "local-dir:" in line
+
+
+@pytest.mark.slow
+def test_visualize_draws_with_the_exported_model(trained, capsys):
+    from toolkit import visualize
+
+    _, run, exported = trained
+    plots = run / "plots"
+    for png in plots.glob("*.png"):
+        png.unlink()
+    code = run_in_process(visualize.main, ["--run", str(run), "--model", f"local-dir:{exported}", "--what",
+                                           "gradcam,filters", "--num-images", "2", "--no-report"])
+    assert code == 0
+    made = {path.name for path in plots.glob("*.png")}
+    assert any(name.startswith("gradcam") for name in made) and any(name.startswith("filters") for name in made), made

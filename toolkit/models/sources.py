@@ -1,0 +1,140 @@
+"""Where a model to evaluate, predict with or visualize comes from, and how its images are prepared.
+
+``load_model(source)`` takes any of:
+
+- a model file written by training (``runs/NAME/model.safetensors``), or a run folder holding one;
+- a timm model folder, as ``toolkit.export`` writes it or timm's ``save_for_hf`` does (``config.json``
+  + ``model.safetensors``), given as ``DIR`` or ``local-dir:DIR``;
+- a timm model on the Hugging Face Hub, ``hf-hub:OWNER/NAME`` (its ``config.json`` and
+  ``model.safetensors`` are downloaded where the network allows).
+
+A timm model is built by timm from its ``config.json`` (architecture, ``model_args``, classes) and
+prepared with its own pretrained config: mean, std, input size and ``crop_pct`` (resize the shorter
+side to ``floor(size / crop_pct)``, as timm's eval transform does, then center crop). Weights are
+read from safetensors only, never from a pickle, whatever timm would fall back to.
+
+The metadata returned has the keys of a toolkit model file that evaluation and predict use:
+``num_classes``, ``class_names`` (a timm model without ``label_names`` has none), ``image_size``,
+``resize_size``, ``mean``, ``std``, ``arch``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from toolkit.errors import UsageError
+
+LOCAL_DIR, HF_HUB = "local-dir:", "hf-hub:"
+TIMM_CONFIG, WEIGHTS = "config.json", "model.safetensors"
+INTERPOLATION = "bilinear"  # what toolkit.data.build_eval_transform resizes with
+
+
+def load_model(source: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """(model in eval mode, metadata) for a model file, a run folder, a timm folder or an ``hf-hub:`` id."""
+    from toolkit.formats.model_file import load_model_file
+
+    if source.startswith(HF_HUB):
+        return load_timm_folder(download_hub_model(source[len(HF_HUB):]), name=source)
+    if source.startswith(LOCAL_DIR):
+        return load_timm_folder(Path(source[len(LOCAL_DIR):]), name=source)
+    path = Path(source)
+    if path.is_dir():
+        if (path / TIMM_CONFIG).is_file():
+            return load_timm_folder(path, name=f"{LOCAL_DIR}{path}")
+        if (path / WEIGHTS).is_file():  # a run folder: its best model
+            return load_model_file(path / WEIGHTS)
+        raise UsageError(f"model folder {source!r} holds neither {TIMM_CONFIG} (a timm model folder) nor {WEIGHTS} "
+                         f"(a training run)")
+    return load_model_file(path)
+
+
+def default_output_folder(source: str) -> Optional[Path]:
+    """Where results about a model go unless told: beside a model file, inside a folder; None for the Hub."""
+    if source.startswith(HF_HUB):
+        return None
+    path = Path(source.removeprefix(LOCAL_DIR))
+    return path if path.is_dir() else path.resolve().parent
+
+
+def load_timm_folder(folder: Path, *, name: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Build the model timm describes in ``folder/config.json`` and load ``folder/model.safetensors`` into it."""
+    import timm
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    config_path, weights_path = folder / TIMM_CONFIG, folder / WEIGHTS
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise UsageError(f"{name}: no {path.name} in {str(folder)!r} (a timm model folder has {TIMM_CONFIG} and "
+                             f"{WEIGHTS}; only safetensors weights are read)")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UsageError(f"{name}: {config_path} is not valid JSON ({err})") from None
+    try:
+        model = timm.create_model(f"{LOCAL_DIR}{folder}", pretrained=False)
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        raise UsageError(f"{name}: timm cannot build the model its {TIMM_CONFIG} describes ({err})") from None
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError) as err:
+        raise UsageError(f"{name}: {weights_path} is not a readable safetensors file ({err})") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UsageError(f"{name}: weights do not fit {config.get('architecture')}: "
+                         f"{len(missing)} missing, {len(unexpected)} unexpected (e.g. {(missing or unexpected)[0]})")
+    model.eval()
+    return model, timm_metadata(model, config, name)
+
+
+def timm_metadata(model: torch.nn.Module, config: dict, name: str) -> dict[str, Any]:
+    """The toolkit's preprocessing and class metadata from a timm model's pretrained config."""
+    pretrained = dict(getattr(model, "pretrained_cfg", None) or config.get("pretrained_cfg") or {})
+    num_classes = int(getattr(model, "num_classes", 0) or config.get("num_classes") or 0)
+    if num_classes < 2:
+        raise UsageError(f"{name}: a classifier with {num_classes} output(s) cannot be evaluated (it needs >= 2 classes)")
+    labels = config.get("label_names") or pretrained.get("label_names")  # absent: unnamed, only the count is checked
+    class_names = [str(label) for label in labels] if labels else None
+    if class_names is not None and len(class_names) != num_classes:
+        raise UsageError(f"{name}: {len(class_names)} label_names for {num_classes} outputs")
+    try:
+        size = int(pretrained["input_size"][-1])
+        crop_pct = float(pretrained.get("crop_pct") or 1.0)
+        mean, std = [float(v) for v in pretrained["mean"]], [float(v) for v in pretrained["std"]]
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise UsageError(f"{name}: its pretrained_cfg lacks input_size, mean or std") from None
+    interpolation = pretrained.get("interpolation", INTERPOLATION)
+    if interpolation != INTERPOLATION:  # the difference is small, but the user should know the numbers are ours
+        print(f"note: {name} was made for {interpolation} resizing; images are resized {INTERPOLATION}", flush=True)
+    return {
+        "format": "timm",
+        "source": name,
+        "arch": config.get("architecture", type(model).__name__),
+        "num_classes": num_classes,
+        "class_names": class_names,
+        "image_size": size,
+        "resize_size": math.floor(size / crop_pct),  # timm's eval transform: scale_size = floor(size / crop_pct)
+        "mean": mean,
+        "std": std,
+    }
+
+
+def download_hub_model(repo: str) -> Path:
+    """The Hub repo's config.json and model.safetensors in the local cache; one line when that is impossible."""
+    from huggingface_hub import hf_hub_download
+
+    if not repo or repo.count("/") != 1:
+        raise UsageError(f"{HF_HUB}{repo}: give a Hub model id, {HF_HUB}OWNER/NAME")
+    try:
+        config = hf_hub_download(repo, TIMM_CONFIG)
+        hf_hub_download(repo, WEIGHTS)
+    except Exception as err:  # offline, unknown repo, no safetensors: huggingface_hub has many error types
+        raise UsageError(f"{HF_HUB}{repo}: cannot get {TIMM_CONFIG} and {WEIGHTS} from the Hub "
+                         f"({type(err).__name__}); where there is network: hf download {repo} {TIMM_CONFIG} {WEIGHTS} "
+                         f"--local-dir DIR, then pass local-dir:DIR") from None
+    return Path(config).parent
