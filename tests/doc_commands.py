@@ -202,7 +202,7 @@ def _main_of(module: str) -> Callable:
 def check_toolkit(module: str, args: Sequence[str]) -> str:
     """The command accepts ``args``: its parser takes them, and every override fits the config it names."""
     from toolkit.cli import ArgumentParser, UsageError
-    from toolkit.config import SHIPPED_CONFIGS, load_config, split_config_args, validate
+    from toolkit.config import SHIPPED_CONFIGS, load_config, split_config_args, validate_config
 
     args = list(args)
     if module == "toolkit.train":
@@ -226,7 +226,7 @@ def check_toolkit(module: str, args: Sequence[str]) -> str:
         configs = getattr(namespace, "configs", None) or [getattr(namespace, "config", None)]
         for config in configs:
             try:
-                validate(load_config(config or SHIPPED_CONFIGS / "quickstart.yaml", overrides))
+                validate_config(load_config(config or SHIPPED_CONFIGS / "quickstart.yaml", overrides))
             except UsageError as err:
                 raise AssertionError(f"{module}: {err}") from None
     return "checked: arguments parsed"

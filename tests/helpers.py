@@ -8,6 +8,7 @@ import io
 import json
 import os
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -19,7 +20,7 @@ from PIL import Image
 
 from toolkit.formats.model_file import model_metadata, save_model_file
 from toolkit.cli import run_cli
-from toolkit.config import load_config, validate
+from toolkit.config import load_config, validate_config
 from toolkit.data.shards import pack_dataset
 from toolkit.data.oxford import SYNTHETIC_MARKER, make_synthetic_dataset, resolve_root
 
@@ -36,6 +37,9 @@ def two_class_probs(prob) -> np.ndarray:
     return np.stack([1.0 - prob, prob], axis=1)
 
 
+# two gloo processes on this host, started by Accelerate's launcher (add --main_process_port and the program)
+LAUNCH_2 = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled",
        "PYTHONUNBUFFERED": "1"}
 
@@ -132,7 +136,7 @@ def save_tiny_model(path: Path, *overrides: str, meta: Optional[dict] = None,
 
     if class_names is not None:
         overrides = (*overrides, f"model.num_classes={len(class_names)}")
-    cfg = validate(load_config(SMOKE, list(overrides)))
+    cfg = validate_config(load_config(SMOKE, list(overrides)))
     names = list(class_names) if class_names is not None else ["cat", "dog", "bird"][:cfg.model.num_classes]
     metadata = model_metadata(cfg, mean=[0.5] * 3, std=[0.25] * 3, class_names=names)
     if seed is not None:

@@ -152,9 +152,9 @@ def test_mean_std_and_verdicts():
 
 def test_strong_recipe_config_resolves():
     from toolkit.compare_recipes import DEFAULT_CONFIGS
-    from toolkit.config import load_config, validate
+    from toolkit.config import load_config, validate_config
 
-    seed, strong = (validate(load_config(path)) for path in DEFAULT_CONFIGS)
+    seed, strong = (validate_config(load_config(path)) for path in DEFAULT_CONFIGS)
     assert strong.data.mean is None and strong.data.std is None  # train-split statistics from info.json
     assert seed.data.mean == [0.4829, 0.4449, 0.3957]  # the seed keeps its own (leaky) statistics
     assert strong.model.arch == seed.model.arch == "resnet101" and strong.eval.test_split == "test"
@@ -202,12 +202,12 @@ def test_no_weight_decay_on_norm_and_bias():
 
 
 def test_cpu_only_augmentations_are_refused_with_gpu_decoding():
-    from toolkit.config import load_config, validate
+    from toolkit.config import load_config, validate_config
 
     with pytest.raises(UsageError, match="CPU loader workers only"):
-        validate(load_config(None, ["data.decode=gpu", "data.augment=trivialaugment"]))
+        validate_config(load_config(None, ["data.decode=gpu", "data.augment=trivialaugment"]))
     with pytest.raises(UsageError, match="use data.jitter_on=device"):
-        validate(load_config(None, ["data.decode=gpu", "data.jitter_on=workers"]))
+        validate_config(load_config(None, ["data.decode=gpu", "data.jitter_on=workers"]))
     with pytest.raises(UsageError, match="hue <= 0.5"):
-        validate(load_config(None, ["data.color_jitter=[0.2,0.2,0.2,0.7]"]))
-    validate(load_config(None, ["data.decode=gpu", "data.random_erasing=0.25"]))  # erasing runs on the device
+        validate_config(load_config(None, ["data.color_jitter=[0.2,0.2,0.2,0.7]"]))
+    validate_config(load_config(None, ["data.decode=gpu", "data.random_erasing=0.25"]))  # erasing runs on the device

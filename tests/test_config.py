@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from toolkit.errors import UsageError
-from toolkit.config import Config, config_from_dict, load_config, parse_override, to_dict, validate
+from toolkit.config import Config, config_from_dict, load_config, parse_override, to_dict, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -17,12 +17,12 @@ CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_shipped_configs_load_and_validate(path):
-    cfg = validate(load_config(path))
+    cfg = validate_config(load_config(path))
     assert isinstance(cfg, Config)
 
 
 def test_seed_config_reproduces_the_seed_experiment():
-    cfg = validate(load_config(ROOT / "configs/oxford_pets_binary_resnet101.yaml"))
+    cfg = validate_config(load_config(ROOT / "configs/oxford_pets_binary_resnet101.yaml"))
     assert cfg.model.arch == "resnet101" and cfg.model.blocks_per_stage == [3, 4, 23, 3]
     assert cfg.model.num_classes == 2
     assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.betas, cfg.optimizer.weight_decay) == ("adam", 1e-3, [0.9, 0.999], 1e-4)
@@ -79,7 +79,7 @@ def test_every_config_mistake_is_one_clear_line(override, expected):
 ])
 def test_cross_field_checks(override, expected):
     with pytest.raises(UsageError, match=expected.replace("[", r"\[").replace("]", r"\]")):
-        validate(load_config(ROOT / "configs/smoke.yaml", [override]))
+        validate_config(load_config(ROOT / "configs/smoke.yaml", [override]))
 
 
 def test_bad_yaml_files(tmp_path):
@@ -118,7 +118,7 @@ def test_fuzzed_configs_never_escape_as_tracebacks():
         if rng.random() < 0.1:
             raw = _random_value(rng)
         try:
-            validate(config_from_dict(raw))
+            validate_config(config_from_dict(raw))
         except UsageError as err:
             assert "\n" not in str(err)
 
@@ -136,13 +136,13 @@ def test_train_cli_reports_config_errors_in_one_line_with_exit_code_2():
 def test_gradient_accumulation_comes_from_the_launcher_unless_the_config_sets_it(monkeypatch):
     smoke = ROOT / "configs/smoke.yaml"
     monkeypatch.delenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", raising=False)
-    assert validate(load_config(smoke)).train.grad_accum_steps == 1
+    assert validate_config(load_config(smoke)).train.grad_accum_steps == 1
     monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "4")  # accelerate launch --gradient_accumulation_steps 4
-    assert validate(load_config(smoke)).train.grad_accum_steps == 4
-    assert validate(load_config(smoke, ["train.grad_accum_steps=2"])).train.grad_accum_steps == 2  # ours wins
+    assert validate_config(load_config(smoke)).train.grad_accum_steps == 4
+    assert validate_config(load_config(smoke, ["train.grad_accum_steps=2"])).train.grad_accum_steps == 2  # ours wins
     monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "four")
     with pytest.raises(UsageError, match="ACCELERATE_GRADIENT_ACCUMULATION_STEPS='four'"):
-        validate(load_config(smoke))
+        validate_config(load_config(smoke))
 
 
 def test_errors_and_cli_import_without_torch():

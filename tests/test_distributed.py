@@ -21,10 +21,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from helpers import ENV, ROOT, SMOKE, assert_json_close, rewrite_shard, save_tiny_model, shard_keys, wait_for
+from helpers import LAUNCH_2, ENV, ROOT, SMOKE, assert_json_close, rewrite_shard, save_tiny_model, shard_keys, wait_for
 
-LAUNCH_2 = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 TIMEOUT_S = 300  # a hang fails here
 
 
@@ -176,14 +174,14 @@ def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path, mo
     gap = max(float((one_w[k] - two_w[k]).abs().max()) for k in one_w)
     # ... and the runs did move: the weights are far from where both started
     from toolkit.models import resnet
-    from toolkit.config import load_config, validate
+    from toolkit.config import load_config, validate_config
     from toolkit.training.loop import build_model
 
     init = resnet.ResNet.__init__
     monkeypatch.setattr(resnet.ResNet, "__init__",
                         lambda self, *a, **k: init(self, *a, **{**k, "norm_layer": lambda c: torch.nn.GroupNorm(2, c)}))
-    torch.manual_seed(validate(load_config(SMOKE)).train.seed)  # as train.seed_everything does
-    start = build_model(validate(load_config(SMOKE))).state_dict()
+    torch.manual_seed(validate_config(load_config(SMOKE)).train.seed)  # as train.seed_everything does
+    start = build_model(validate_config(load_config(SMOKE))).state_dict()
     moved = max(float((one_w[k] - start[k]).abs().max()) for k in one_w)
     assert gap < 1e-5 < 1e-2 < moved, (gap, moved)  # measured: gap 2.6e-7, moved 0.41
 

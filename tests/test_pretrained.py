@@ -217,7 +217,7 @@ def test_training_with_a_mismatched_init_file_is_one_line(tmp_path, capsys):
 
 
 def test_fine_tuning_gives_the_backbone_a_smaller_learning_rate_than_the_new_head():
-    from toolkit.config import OptimizerConfig, load_config, validate
+    from toolkit.config import OptimizerConfig, load_config, validate_config
     from toolkit.training.optim import build_optimizer
 
     model = create_model("resnet18", num_classes=2, blocks_per_stage=[1, 1, 1, 1])
@@ -229,5 +229,5 @@ def test_fine_tuning_gives_the_backbone_a_smaller_learning_rate_than_the_new_hea
         assert lr_of[id(param)] == pytest.approx(1e-3 if name in HEAD_KEYS else 1e-4), name
     assert len(build_optimizer(model, OptimizerConfig()).param_groups) == 1  # scale 1: one group, as before
 
-    recipe = validate(load_config(Path(__file__).resolve().parents[1] / "configs/oxford_pets_binary_resnet101_finetune.yaml"))
+    recipe = validate_config(load_config(Path(__file__).resolve().parents[1] / "configs/oxford_pets_binary_resnet101_finetune.yaml"))
     assert recipe.model.init and recipe.optimizer.backbone_lr_scale < 1 and recipe.data.mean == IMAGENET_MEAN

@@ -32,7 +32,7 @@ from toolkit.formats.model_file import read_model_file
 
 from toolkit.training.checkpoint import list_checkpoints
 from toolkit.cli import run_cli
-from toolkit.config import Config, load_config, to_dict, validate
+from toolkit.config import Config, load_config, to_dict, validate_config
 from toolkit.fileio import TMP_PREFIX
 
 from helpers import (ENV, ROOT, SMOKE, error_line, file_hashes, pack_tiny, rewrite_shard, run_in_process,
@@ -515,7 +515,7 @@ def test_fuzzed_train_command_lines_print_a_config_or_one_error_line(tmp_path, c
         codes.append(code)
         if code == 0:  # the printed config is a complete config file that loads back
             printed.write_text(captured.out)
-            validate(load_config(printed))
+            validate_config(load_config(printed))
         else:
             assert code == 2, (argv, captured.err)
             assert "Traceback" not in captured.err, (argv, captured.err)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from helpers import error_line, pack_tiny, train_args, train_cli
-from toolkit.config import load_config, validate
+from toolkit.config import load_config, validate_config
 from toolkit.formats import RunDir
 from toolkit.training import run_folder
 
@@ -79,7 +79,7 @@ def test_two_live_writers_are_refused_and_a_dead_one_s_lock_is_taken_over(tiny_s
 
 def test_names_made_in_the_same_second_do_not_collide(tmp_path, monkeypatch):
     monkeypatch.setattr(run_folder.time, "strftime", lambda fmt: "run-20261202-120000")
-    cfg = validate(load_config(None, [f"output.dir={tmp_path}"]))
+    cfg = validate_config(load_config(None, [f"output.dir={tmp_path}"]))
     first, _ = run_folder.claim_run(cfg)
     second, _ = run_folder.claim_run(cfg)  # the first still holds its lock, before writing anything else
     assert (first.root.name, second.root.name) == ("run-20261202-120000", "run-20261202-120000-2")

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from helpers import error_line, file_hashes, pack_tiny, save_tiny_model, train_args, train_cli
-from toolkit.config import load_config, validate
+from toolkit.config import load_config, validate_config
 from toolkit.formats import RunDir
 from toolkit.training import run_folder
 from toolkit.training.checkpoint import latest_checkpoint, list_checkpoints
@@ -195,6 +195,6 @@ def test_resuming_an_older_checkpoint_sets_the_abandoned_future_aside(two_epoch_
 
 
 def test_lease_and_wait_are_config_keys_that_do_not_block_resume_auto():
-    cfg = validate(load_config(None, ["output.lock_expiry_s=5", "output.shared_wait_s=0"]))
+    cfg = validate_config(load_config(None, ["output.lock_expiry_s=5", "output.shared_wait_s=0"]))
     assert (cfg.output.lock_expiry_s, cfg.output.shared_wait_s) == (5.0, 0.0)
     assert "lock_expiry_s" not in run_folder.comparable({"output": {"lock_expiry_s": 5}})["output"]

@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load_file
 from slurm_cluster import Cluster, why_unavailable
 
-from helpers import ENV, ROOT, pack_tiny, train_args, wait_for
+from helpers import LAUNCH_2, ENV, ROOT, pack_tiny, train_args, wait_for
 from toolkit.training.checkpoint import checkpoint_step, latest_checkpoint, list_checkpoints
 from toolkit.training.run_lock import read_record
 
@@ -148,9 +148,7 @@ def two_node_run(cluster, shards, tmp_path_factory) -> Path:
     """Case 1's run folder, checked against a single-host 2-process run (reused by case 2)."""
     out = tmp_path_factory.mktemp("case1")
     job = submit(cluster, out, "--nodes=2", train=train_args(shards, out, "straight", *COMMON))
-    local = subprocess.Popen([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                              "--main_process_port", "29671", "-m", "toolkit.train",
+    local = subprocess.Popen([*LAUNCH_2, "--main_process_port", "29671", "-m", "toolkit.train",
                               *train_args(shards, out / "local", "straight", *COMMON)],
                              cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -22,7 +22,7 @@ from toolkit.errors import UsageError
 from toolkit.data.shards import SPLITS, pack_dataset
 from toolkit.data.verify import verify_shards
 from toolkit.formats import read_manifest
-from tests_reading import read_all_samples
+from shard_reader import read_all_samples
 
 
 def official_breeds(root: Path) -> dict[int, str]:

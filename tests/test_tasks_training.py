@@ -16,11 +16,9 @@ import sys
 
 import pytest
 
-from helpers import ENV, ROOT, assert_json_close, error_line, train_args, train_cli, wait_for
+from helpers import LAUNCH_2, ENV, ROOT, assert_json_close, error_line, train_args, train_cli, wait_for
 from toolkit.formats import RunDir, read_manifest
 
-LAUNCH_2 = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 TIMEOUT_S = 300
 N_CLASS = ["model.num_classes=null", "train.epochs=1", "train.batch_size=16", "eval.batch_size=32"]
 

@@ -14,10 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import LAUNCH_2
 from toolkit.formats.model_file import load_model_file
 
 from toolkit.training.checkpoint import list_checkpoints
-from toolkit.config import load_config, validate
+from toolkit.config import load_config, validate_config
 from toolkit.fileio import read_jsonl
 from toolkit.data.shards import pack_dataset
 from toolkit.data.oxford import make_synthetic_dataset
@@ -44,7 +45,7 @@ def run_training(shards: Path, out_dir: Path, *overrides: str) -> dict:
 
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
-    cfg = validate(load_config(SMOKE, [f"data.shards={shards}", f"output.dir={out_dir}", "tracking.wandb=disabled",
+    cfg = validate_config(load_config(SMOKE, [f"data.shards={shards}", f"output.dir={out_dir}", "tracking.wandb=disabled",
                                        "eval.plots=false", *overrides]))
     try:
         return train(cfg)
@@ -69,7 +70,7 @@ def test_cpu_run_learns_and_writes_every_output(learnable_shards, tmp_path):
                  "eval/test/metrics.json", "eval/test/predictions.csv", "eval/val/metrics.json", "report.html"):
         assert (run / name).is_file(), name
     assert list_checkpoints(run / "checkpoints")
-    resolved = validate(load_config(run / "config.yaml"))
+    resolved = validate_config(load_config(run / "config.yaml"))
     assert resolved.output.run_name == "learn" and resolved.data.mean is not None
 
     # the model file carries its metadata and reloads strictly into a fresh model
@@ -85,7 +86,7 @@ def test_cpu_run_learns_and_writes_every_output(learnable_shards, tmp_path):
     assert test_metrics["num_samples"] > 0 and result["best_epoch"] >= 1
     first = next(csv.DictReader(io.StringIO((run / "eval/test/predictions.csv").read_text())))
     first_key, first_prob = first["key"], first[f"prob_{test_metrics['class_names'][1]}"]
-    cfg = validate(load_config(run / "config.yaml"))
+    cfg = validate_config(load_config(run / "config.yaml"))
     transform = build_eval_transform(cfg.data, meta["mean"], meta["std"])
     sample = next(read_samples(str(learnable_shards), "test", keys={first_key}))
     with torch.no_grad():
@@ -137,8 +138,7 @@ def test_two_processes_with_uneven_shards_finish_with_identical_weights(syntheti
     """Uneven shards (sizes 4,4,...,odd) on 2 gloo processes: no hang, same weights, exact val counts."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     proc = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517", str(ROOT / "toolkit" / "train.py"),
+        [*LAUNCH_2, "--main_process_port", "29517", str(ROOT / "toolkit" / "train.py"),
          "--config", str(SMOKE), f"data.shards={synthetic_shards}", f"output.dir={tmp_path}", "output.run_name=ddp",
          "train.epochs=2", "train.batch_size=4", "data.num_workers=2", "data.persistent_workers=false",
          "tracking.wandb=disabled", "eval.plots=false"],

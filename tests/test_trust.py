@@ -1,4 +1,4 @@
-"""Inputs that validate but would crash or mislead later are refused up front, in one line (issue: trust)."""
+"""Inputs that validate_config but would crash or mislead later are refused up front, in one line (issue: trust)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from PIL import Image
 
 from helpers import error_line, run_in_process, save_tiny_model, train_args, train_cli
 from toolkit.errors import UsageError
-from toolkit.config import load_config, validate
+from toolkit.config import load_config, validate_config
 from toolkit.data.shards import pack_dataset
 from toolkit.formats import RunDir
 from toolkit.make_shards import main as make_shards_main
@@ -39,7 +39,7 @@ def test_training_refuses_a_val_split_that_cannot_choose_the_best_epoch(syntheti
 ])
 def test_config_values_that_would_crash_later_are_refused(override, words):
     with pytest.raises(UsageError, match=words):
-        validate(load_config(None, [override]))
+        validate_config(load_config(None, [override]))
 
 
 @pytest.mark.parametrize("claim", [{"num_classes": 10**9}, {"base_width": 10**6}, {"blocks_per_stage": [10**5, 1, 1, 1]}])

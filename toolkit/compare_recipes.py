@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from toolkit.cli import ArgumentParser, run_cli
-from toolkit.config import SHIPPED_CONFIGS, fit_head_to_classes, load_config, split_config_args, to_dict, validate
+from toolkit.config import SHIPPED_CONFIGS, fit_head_to_classes, load_config, split_config_args, to_dict, validate_config
 from toolkit.data import check_shards_exist, check_split_has_samples, load_info, resolve_normalization, split_size
 from toolkit.errors import DataError, UsageError
 from toolkit.fileio import atomic_write_json, atomic_write_text
@@ -139,14 +139,14 @@ def check_plan(args: argparse.Namespace, recipes: Sequence[Recipe], shared: Sequ
     check_shards_exist(args.shards, info, ["train", "val", args.split])
     check_split_has_samples(args.shards, info, args.split, "--split")
     for recipe in recipes:
-        cfg = validate(load_config(recipe.config, run_overrides(args, shared, recipe.name, args.seeds[0])))
+        cfg = validate_config(load_config(recipe.config, run_overrides(args, shared, recipe.name, args.seeds[0])))
         fit_head_to_classes(cfg, class_names(info))
 
 
 def planned_config(recipe: Recipe, overrides: Sequence[str], shards: str) -> dict:
     """The config as the run will save it: the class count and normalization statistics resolved from the
     shards as training does."""
-    cfg = validate(load_config(recipe.config, overrides))
+    cfg = validate_config(load_config(recipe.config, overrides))
     info = load_info(shards)
     fit_head_to_classes(cfg, class_names(info))
     mean, std = resolve_normalization(cfg.data, info)

@@ -381,7 +381,7 @@ def model_image_sizes(meta: dict, source: str) -> tuple[int, int]:
     return data.image_size, data.resize_size
 
 
-def validate(cfg: Config) -> Config:
+def validate_config(cfg: Config) -> Config:
     """Checks that span several fields; called once after loading."""
     if cfg.model.arch not in MODEL_ARCHS:
         close = difflib.get_close_matches(cfg.model.arch, MODEL_ARCHS, n=1)

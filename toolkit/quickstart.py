@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from toolkit.cli import ArgumentParser, run_cli
-from toolkit.config import SHIPPED_CONFIGS, load_config, split_config_args, validate
+from toolkit.config import SHIPPED_CONFIGS, load_config, split_config_args, validate_config
 from toolkit.data.oxford import make_synthetic_dataset
 from toolkit.data.shards import download_dataset, pack_dataset
 from toolkit.errors import UsageError
@@ -39,7 +39,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     flags, overrides = split_config_args(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(flags)
 
-    cfg = validate(load_config(args.config, [f"data.shards={args.shards}", *overrides]))
+    cfg = validate_config(load_config(args.config, [f"data.shards={args.shards}", *overrides]))
     if args.source is not None:
         source = args.source
         print(f"[1/3] data: local Oxford-IIIT Pet copy at {source}", flush=True)

@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 
 from toolkit.cli import ArgumentParser, run_cli
 from toolkit.errors import DataError, on_every_rank
-from toolkit.config import load_config, split_config_args, to_yaml, validate
+from toolkit.config import load_config, split_config_args, to_yaml, validate_config
 from toolkit.training.loop import train
 from toolkit.training.state import TrainingError
 
@@ -83,7 +83,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> tuple[argparse.Namespace, list[
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args, overrides = parse_args(argv)
-    cfg = validate(load_config(args.config, overrides))
+    cfg = validate_config(load_config(args.config, overrides))
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0

@@ -207,7 +207,7 @@ def tar_bytes(member_bytes: int) -> int:
     return math.ceil((member_bytes + 2 * tarfile.BLOCKSIZE) / tarfile.RECORDSIZE) * tarfile.RECORDSIZE
 
 
-class ShardWriter:
+class SplitShardWriter:
     """Collects one split's samples and writes ``{split}-{index:06d}.tar`` whenever a shard is full."""
 
     def __init__(self, folder: Path, split: str, max_samples: int, max_bytes: int):
@@ -319,7 +319,7 @@ class Packing:
 
     def __init__(self, staging: Path, classes: Sequence[str], shard_size: int, shard_bytes: int, skipped: list[dict]):
         self.classes = list(classes)
-        self.writers = {split: ShardWriter(staging, split, shard_size, shard_bytes) for split in SPLITS}
+        self.writers = {split: SplitShardWriter(staging, split, shard_size, shard_bytes) for split in SPLITS}
         self.counts = {split: [0] * len(self.classes) for split in SPLITS}
         self.sums, self.squares, self.pixels = [0, 0, 0], [0, 0, 0], 0
         self.skipped = skipped
