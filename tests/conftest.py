@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.data.shards import pack_dataset
 from toolkit.data.oxford import make_synthetic_dataset
+from toolkit.data.shards import pack_dataset
 
 # ../shared/data/oxford-pets-mini beside the repository: 942 real images in the official layout.
 SHARED_MINI = Path(__file__).resolve().parents[2] / "shared/data/oxford-pets-mini"
@@ -28,8 +28,10 @@ SYNTHETIC_SHARD_SIZE = 4
 def mini_pets() -> Path:
     """The real mini dataset, or a skip that says where it was looked for."""
     if not (SHARED_MINI / "annotations" / "trainval.txt").is_file():
-        pytest.skip(f"real sample data not found at {SHARED_MINI} (expected ../shared/data/oxford-pets-mini "
-                    f"beside the repository root)")
+        pytest.skip(
+            f"real sample data not found at {SHARED_MINI} (expected ../shared/data/oxford-pets-mini "
+            f"beside the repository root)"
+        )
     return SHARED_MINI
 
 
@@ -44,14 +46,16 @@ def synthetic_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def synthetic_shards(synthetic_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``synthetic_source`` packed into a shard folder with info.json; several (uneven) shards per split."""
     out = tmp_path_factory.mktemp("synthetic-shards")
-    pack_dataset(synthetic_source, out, resize_shorter=64, shard_size=SYNTHETIC_SHARD_SIZE, workers=1,
-                 show_progress=False)
+    pack_dataset(
+        synthetic_source, out, resize_shorter=64, shard_size=SYNTHETIC_SHARD_SIZE, workers=1, show_progress=False
+    )
     return out
 
 
 @pytest.fixture
 def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any connection attempt fails at once, as on a machine without network."""
+
     def refuse(*args, **kwargs):
         raise OSError("network disabled in tests")
 

@@ -33,15 +33,18 @@ MINI = ROOT.parent / "shared" / "data" / "oxford-pets-mini"
 SHELL_LANGS = {"bash", "sh", "shell", "console"}
 COMMAND_START = re.compile(r"^(python3?|pets-[a-z-]+|accelerate|torchrun|launch/|sbatch|pip|jupyter|hf|\.\s|source\s)")
 # "#   python -m ...", "# Train:  launch/...", "# ... 32 px images. Shards: python -m ..."
-HEADER_COMMAND = re.compile(r"(?:^#\s+|[A-Z][a-z]+:\s+)((?:python3? -m\s|launch/\S+|accelerate launch\s|sbatch\s|pets-\S+|hf download\s).*)$")
+HEADER_COMMAND = re.compile(
+    r"(?:^#\s+|[A-Z][a-z]+:\s+)((?:python3? -m\s|launch/\S+|accelerate launch\s|sbatch\s|pets-\S+|hf download\s).*)$"
+)
 
 
 @dataclass(frozen=True)
 class DocCommand:
     """One documented shell command (continuations joined, comment stripped) or Python block."""
-    source: str   # "README.md:97"
+
+    source: str  # "README.md:97"
     text: str
-    kind: str     # "shell" or "python"
+    kind: str  # "shell" or "python"
 
     def __str__(self) -> str:
         return f"{self.source}: {self.text}"
@@ -97,7 +100,7 @@ def markdown_commands(path: Path) -> list[DocCommand]:
         if line.startswith("```"):
             lang = line[3:].strip().lower()
             end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
-            body = lines[i + 1:end]
+            body = lines[i + 1 : end]
             if lang == "python":
                 commands.append(DocCommand(f"{name}:{i + 2}", "\n".join(body), "python"))
             elif lang in SHELL_LANGS or lang == "":
@@ -152,12 +155,15 @@ def all_commands() -> list[DocCommand]:
 # ---------------------------------------------------------------------------------------------
 # Placeholders: what the docs leave for the reader to fill in, filled with small prepared data
 
+
 def placeholders(mini: Path, flowers: Path) -> list[tuple[str, str]]:
     return [
-        (r"\s+\[(?:-|[A-Z]|key=)[^\]]*\]", ""),                # optional parts: [--out DIR], [key=value ...], [OUT_DIR]
+        (r"\s+\[(?:-|[A-Z]|key=)[^\]]*\]", ""),  # optional parts: [--out DIR], [key=value ...], [OUT_DIR]
         (r"--model \.\.\. --shards \.\.\.", "--model runs/NAME/model.safetensors --shards shards/pets"),
-        (r"(?<![\w/.])(/data/oxford-iiit-pet|data/oxford-iiit-pet|\.\./shared/data/oxford-pets-mini|DATA)(?![\w/-])",
-         str(mini)),
+        (
+            r"(?<![\w/.])(/data/oxford-iiit-pet|data/oxford-iiit-pet|\.\./shared/data/oxford-pets-mini|DATA)(?![\w/-])",
+            str(mini),
+        ),
         (r"(?<![\w/.])(/data/flowers|my_images/)(?![\w-])", str(flowers)),
         (r"--config FILE\b", "--config configs/smoke.yaml"),
         (r"--shards (SHARDS|/tmp/mini-shards)\b", "--shards shards/pets"),
@@ -172,6 +178,7 @@ def fill_in(text: str, mini: Path, flowers: Path) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Checking a toolkit command without running it
+
 
 class Parsed(Exception):
     """Raised by the patched parser once the arguments parsed: the command accepts them."""
@@ -267,8 +274,10 @@ def check_accelerate(args: Sequence[str]) -> str:
         raise AssertionError(f"accelerate launch runs {script!r}, not a toolkit command")
     if not parsed.module and not Path(script).is_file():
         raise AssertionError(f"accelerate launch: no script {script!r} here")
-    return f"accelerate launch accepts it ({parsed.num_processes} processes, {parsed.mixed_precision}); " + \
-        check_toolkit(module, parsed.training_script_args)
+    return (
+        f"accelerate launch accepts it ({parsed.num_processes} processes, {parsed.mixed_precision}); "
+        + check_toolkit(module, parsed.training_script_args)
+    )
 
 
 def check_torchrun(args: Sequence[str]) -> str:
@@ -290,7 +299,7 @@ def write_stand_ins(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name in STAND_INS:
         script = folder / name
-        script.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(__file__)} {name} \"$@\"\n")
+        script.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(__file__)} {name} "$@"\n')
         script.chmod(0o755)
     return folder
 
@@ -314,8 +323,14 @@ def stand_in(name: str, args: list[str]) -> int:
             flag = args.pop(0)
             options[flag.lstrip("-")] = args.pop(0) if "=" not in flag else flag.split("=", 1)[1]
         nodes = options.get("nodes", "2")
-        env = dict(os.environ, SLURM_NNODES=nodes, SLURM_JOB_NODELIST="node[001-00%s]" % nodes,
-                   SLURM_GPUS_ON_NODE=str(FAKE_GPUS), SLURM_SUBMIT_DIR=os.getcwd(), SLURM_NODEID="0")
+        env = dict(
+            os.environ,
+            SLURM_NNODES=nodes,
+            SLURM_JOB_NODELIST="node[001-00%s]" % nodes,
+            SLURM_GPUS_ON_NODE=str(FAKE_GPUS),
+            SLURM_SUBMIT_DIR=os.getcwd(),
+            SLURM_NODEID="0",
+        )
         os.execvpe("bash", ["bash", *args], env)
     if name in ("python", "python3"):  # a toolkit command is checked; anything else runs on the real interpreter
         found = toolkit_module([name, *args])

@@ -18,11 +18,11 @@ import pytest
 import torch
 from PIL import Image
 
-from toolkit.formats.model_file import model_metadata, save_model_file
 from toolkit.cli import run_cli
 from toolkit.config import load_config, validate_config
-from toolkit.data.shards import pack_dataset
 from toolkit.data.oxford import SYNTHETIC_MARKER, make_synthetic_dataset, resolve_root
+from toolkit.data.shards import pack_dataset
+from toolkit.formats.model_file import model_metadata, save_model_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -38,10 +38,27 @@ def two_class_probs(prob) -> np.ndarray:
 
 
 # two gloo processes on this host, started by Accelerate's launcher (add --main_process_port and the program)
-LAUNCH_2 = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled",
-       "PYTHONUNBUFFERED": "1"}
+LAUNCH_2 = [
+    sys.executable,
+    "-m",
+    "accelerate.commands.launch",
+    "--multi_gpu",
+    "--num_processes",
+    "2",
+    "--num_machines",
+    "1",
+    "--mixed_precision",
+    "no",
+    "--dynamo_backend",
+    "no",
+]
+ENV = {
+    **os.environ,
+    "CUDA_VISIBLE_DEVICES": "",
+    "OMP_NUM_THREADS": "1",
+    "WANDB_MODE": "disabled",
+    "PYTHONUNBUFFERED": "1",
+}
 
 
 def pack_tiny(root: Path, seed: int = 3) -> Path:
@@ -53,8 +70,18 @@ def pack_tiny(root: Path, seed: int = 3) -> Path:
 
 def train_args(shards: Path, out_dir: Path, name: str, *overrides: str) -> list[str]:
     """A smoke-config command line: 2 epochs of 8 batches of 8 on the tiny shards, no plots, no W&B."""
-    return ["--config", str(SMOKE), f"data.shards={shards}", f"output.dir={out_dir}", f"output.run_name={name}",
-            "tracking.wandb=disabled", "eval.plots=false", "train.epochs=2", "train.batch_size=8", *overrides]
+    return [
+        "--config",
+        str(SMOKE),
+        f"data.shards={shards}",
+        f"output.dir={out_dir}",
+        f"output.run_name={name}",
+        "tracking.wandb=disabled",
+        "eval.plots=false",
+        "train.epochs=2",
+        "train.batch_size=8",
+        *overrides,
+    ]
 
 
 def run_in_process(main: Callable, argv: Sequence[str]) -> int:
@@ -91,8 +118,11 @@ def error_line(stderr: str) -> str:
 
 
 def file_hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def rewrite_shard(path: Path, edit: Callable[[str, bytes], Optional[list[tuple[str, bytes]]]]) -> None:
@@ -125,8 +155,13 @@ def wait_for(proc: subprocess.Popen, timeout: float = 300) -> tuple[str, str]:
         pytest.fail(f"no result after {timeout} s (hang?)\n{out[-2000:]}\n{err[-3000:]}")
 
 
-def save_tiny_model(path: Path, *overrides: str, meta: Optional[dict] = None,
-                    class_names: Optional[Sequence[str]] = None, seed: Optional[int] = None) -> None:
+def save_tiny_model(
+    path: Path,
+    *overrides: str,
+    meta: Optional[dict] = None,
+    class_names: Optional[Sequence[str]] = None,
+    seed: Optional[int] = None,
+) -> None:
     """A tiny model file as training writes it; ``meta`` changes what its metadata claims.
 
     ``class_names`` gives a head of that many classes (default: cat, dog, bird cut to
@@ -137,7 +172,7 @@ def save_tiny_model(path: Path, *overrides: str, meta: Optional[dict] = None,
     if class_names is not None:
         overrides = (*overrides, f"model.num_classes={len(class_names)}")
     cfg = validate_config(load_config(SMOKE, list(overrides)))
-    names = list(class_names) if class_names is not None else ["cat", "dog", "bird"][:cfg.model.num_classes]
+    names = list(class_names) if class_names is not None else ["cat", "dog", "bird"][: cfg.model.num_classes]
     metadata = model_metadata(cfg, mean=[0.5] * 3, std=[0.25] * 3, class_names=names)
     if seed is not None:
         torch.manual_seed(seed)

@@ -31,8 +31,10 @@ def why_unavailable() -> Optional[str]:
     if os.geteuid() != 0:
         return "the SLURM tests need root (they start munged, slurmctld and slurmd); run them as root, as .ci/run does"
     if missing:
-        return (f"SLURM is not installed ({', '.join(missing)} not found); as root: apt-get install -y slurm-wlm munge "
-                "(.ci/run does this where apt-get is available)")
+        return (
+            f"SLURM is not installed ({', '.join(missing)} not found); as root: apt-get install -y slurm-wlm munge "
+            "(.ci/run does this where apt-get is available)"
+        )
     return None
 
 
@@ -63,8 +65,10 @@ class Cluster:
         host = socket.gethostname()
         ctld_port, *node_ports = (free_port() for _ in range(1 + len(NODES)))
         self.munge_socket = f / "munge.socket"
-        nodes = "\n".join(f"NodeName={n} NodeHostname={host} NodeAddr=127.0.0.1 Port={p} CPUs={self.cpus} State=UNKNOWN"
-                          for n, p in zip(NODES, node_ports))
+        nodes = "\n".join(
+            f"NodeName={n} NodeHostname={host} NodeAddr=127.0.0.1 Port={p} CPUs={self.cpus} State=UNKNOWN"
+            for n, p in zip(NODES, node_ports)
+        )
         (f / "slurm.conf").write_text(f"""\
 ClusterName=toolkit-test
 SlurmctldHost={host}(127.0.0.1)
@@ -92,7 +96,7 @@ KillWait=30
 MinJobAge=600
 SchedulerParameters=sched_interval=1
 {nodes}
-PartitionName=test Nodes={','.join(NODES)} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+PartitionName=test Nodes={",".join(NODES)} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 """)
         hosts = Path("/etc/hosts")
         text = hosts.read_text()
@@ -103,8 +107,18 @@ PartitionName=test Nodes={','.join(NODES)} Default=YES MaxTime=INFINITE State=UP
     def start(self, timeout: float = 60) -> "Cluster":
         self.write_config()
         f = self.folder
-        self._daemon(["munged", "--foreground", "--force", f"--socket={self.munge_socket}", f"--key-file={f}/munge.key",
-                      f"--pid-file={f}/munged.pid", f"--log-file={f}/log/munged.log", f"--seed-file={f}/munged.seed"])
+        self._daemon(
+            [
+                "munged",
+                "--foreground",
+                "--force",
+                f"--socket={self.munge_socket}",
+                f"--key-file={f}/munge.key",
+                f"--pid-file={f}/munged.pid",
+                f"--log-file={f}/log/munged.log",
+                f"--seed-file={f}/munged.seed",
+            ]
+        )
         self._wait(lambda: self.munge_socket.exists(), timeout, "munged did not start")
         self._daemon(["slurmctld", "-D", "-i"])
         self._wait(lambda: self.run("sinfo", "-h", check=False).returncode == 0, timeout, "slurmctld did not start")
@@ -115,21 +129,25 @@ PartitionName=test Nodes={','.join(NODES)} Default=YES MaxTime=INFINITE State=UP
 
     def _daemon(self, argv: list[str]) -> None:
         log = open(self.folder / "log" / f"{argv[0]}-{len(self.procs)}.out", "w")
-        self.procs.append(subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                           start_new_session=True))
+        self.procs.append(
+            subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        )
 
     def _wait(self, ready, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while not ready():
             dead = [p.args[0] for p in self.procs if p.poll() is not None]
             if dead or time.monotonic() > deadline:
-                raise RuntimeError(f"{what} ({'exited: ' + ', '.join(dead) if dead else 'timeout'}); logs in "
-                                   f"{self.folder / 'log'}:\n{self.logs()}")
+                raise RuntimeError(
+                    f"{what} ({'exited: ' + ', '.join(dead) if dead else 'timeout'}); logs in "
+                    f"{self.folder / 'log'}:\n{self.logs()}"
+                )
             time.sleep(0.3)
 
     def logs(self, tail: int = 3000) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-tail:]}"
-                         for p in sorted((self.folder / "log").glob("*")))
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-tail:]}" for p in sorted((self.folder / "log").glob("*"))
+        )
 
     def stop(self) -> None:
         subprocess.run(["scancel", "--full", "--signal=KILL", "--user=root"], env=self.env, capture_output=True)

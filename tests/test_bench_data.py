@@ -7,9 +7,27 @@ from toolkit.bench.__main__ import main as bench_main
 
 def test_bench_data_compares_shards_with_original_files(synthetic_source, synthetic_shards, tmp_path):
     out = tmp_path / "data.json"
-    code = bench_main(["data", "--source", str(synthetic_source), "--shards", str(synthetic_shards),
-                       "--workers", "0,1", "--image-size", "32", "--batch-size", "4", "--num-batches", "2",
-                       "--repeats", "1", "--output", str(out)])
+    code = bench_main(
+        [
+            "data",
+            "--source",
+            str(synthetic_source),
+            "--shards",
+            str(synthetic_shards),
+            "--workers",
+            "0,1",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "4",
+            "--num-batches",
+            "2",
+            "--repeats",
+            "1",
+            "--output",
+            str(out),
+        ]
+    )
     assert code == 0
     report = json.loads(out.read_text())
     assert report["jitter_on"] == "device" and report["baseline_files"] > 0

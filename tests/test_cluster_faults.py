@@ -31,8 +31,9 @@ def tiny_shards(tmp_path_factory) -> Path:
 
 
 def popen(argv: list[str], cwd: Path = ROOT, **env: str) -> subprocess.Popen:
-    return subprocess.Popen(argv, cwd=cwd, env={**ENV, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        argv, cwd=cwd, env={**ENV, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def wait_for_checkpoint(proc: subprocess.Popen, run: Path, count: int = 1) -> None:
@@ -51,8 +52,11 @@ def worker_pid(out: Path, rank: int) -> int:
             environ = (proc / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if f"output.dir={out}".encode() in argv and f"RANK={rank}".encode() in environ \
-                and b"TORCHELASTIC_RESTART_COUNT=0" in environ:
+        if (
+            f"output.dir={out}".encode() in argv
+            and f"RANK={rank}".encode() in environ
+            and b"TORCHELASTIC_RESTART_COUNT=0" in environ
+        ):
             return int(proc.name)
     raise AssertionError(f"no worker of rank {rank} found")
 
@@ -61,10 +65,26 @@ def worker_pid(out: Path, rank: int) -> int:
 @pytest.mark.timeout(2 * TIMEOUT_S)
 def test_torchrun_elastic_restart_after_a_sigkill_finishes_with_the_uninterrupted_weights(tiny_shards, tmp_path):
     def torchrun(out: Path) -> subprocess.Popen:
-        return popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--max-restarts", "1",
-                      "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
-                      "--monitor-interval", "0.5",
-                      "-m", "toolkit.train", *train_args(tiny_shards, out, "run", *COMMON, "train.resume=auto")])
+        return popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nproc-per-node",
+                "2",
+                "--max-restarts",
+                "1",
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                f"127.0.0.1:{free_port()}",
+                "--monitor-interval",
+                "0.5",
+                "-m",
+                "toolkit.train",
+                *train_args(tiny_shards, out, "run", *COMMON, "train.resume=auto"),
+            ]
+        )
 
     straight, killed = torchrun(tmp_path / "straight"), torchrun(tmp_path / "killed")
     try:
@@ -106,13 +126,28 @@ def test_sigterm_again_and_again_still_checkpoints_and_exits_143(tiny_shards, tm
 def test_an_output_folder_that_is_not_shared_is_one_line_naming_output_dir(tiny_shards, tmp_path):
     """Two "nodes" (rank 0 and rank 1, each its own working folder) with a relative, node-local output.dir."""
     port = str(free_port())
-    argv = [sys.executable, "-m", "toolkit.train", *train_args(tiny_shards, Path("runs"), "local", *COMMON,
-                                                                "output.shared_wait_s=1")]
+    argv = [
+        sys.executable,
+        "-m",
+        "toolkit.train",
+        *train_args(tiny_shards, Path("runs"), "local", *COMMON, "output.shared_wait_s=1"),
+    ]
     procs = []
     for rank in (0, 1):
         (tmp_path / f"node{rank}").mkdir()
-        procs.append(popen(argv, cwd=tmp_path / f"node{rank}", RANK=str(rank), LOCAL_RANK="0", WORLD_SIZE="2",
-                           LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=port, PYTHONPATH=str(ROOT)))
+        procs.append(
+            popen(
+                argv,
+                cwd=tmp_path / f"node{rank}",
+                RANK=str(rank),
+                LOCAL_RANK="0",
+                WORLD_SIZE="2",
+                LOCAL_WORLD_SIZE="1",
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=port,
+                PYTHONPATH=str(ROOT),
+            )
+        )
     try:
         results = [wait_for(proc, TIMEOUT_S) for proc in procs]
     finally:

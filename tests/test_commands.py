@@ -9,7 +9,7 @@ import pytest
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
-from toolkit import commands
+from toolkit import commands  # noqa: E402  (after the skip for Python 3.10)
 
 ROOT = Path(__file__).resolve().parents[1]
 

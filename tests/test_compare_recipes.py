@@ -10,13 +10,23 @@ import pytest
 import yaml
 
 from helpers import isolate_wandb
-from toolkit.errors import UsageError
 from toolkit.compare_recipes import main, mean_std, verdicts
+from toolkit.errors import UsageError
 
-TINY = ["model.arch=resnet18", "model.blocks_per_stage=[1,1,1,1]", "model.base_width=8", "data.image_size=32",
-        "data.resize_size=36", "data.num_workers=0", "train.batch_size=8", "eval.batch_size=32", "eval.plots=false",
-        'train.mixed_precision="no"', "model.channels_last=false",
-        "scheduler.warmup_epochs=0"]  # a 1-epoch run cannot warm up for the strong recipe's 2 epochs
+TINY = [
+    "model.arch=resnet18",
+    "model.blocks_per_stage=[1,1,1,1]",
+    "model.base_width=8",
+    "data.image_size=32",
+    "data.resize_size=36",
+    "data.num_workers=0",
+    "train.batch_size=8",
+    "eval.batch_size=32",
+    "eval.plots=false",
+    'train.mixed_precision="no"',
+    "model.channels_last=false",
+    "scheduler.warmup_epochs=0",
+]  # a 1-epoch run cannot warm up for the strong recipe's 2 epochs
 
 
 def test_compares_both_recipes_over_seeds(synthetic_shards: Path, tmp_path: Path, capsys):
@@ -60,8 +70,17 @@ def test_compares_both_recipes_over_seeds(synthetic_shards: Path, tmp_path: Path
 
     table = (out / "comparison.md").read_text()
     assert table in printed
-    for text in ("| metric | seed | strong | strong - seed |", "| test ROC-AUC |", "| test accuracy |",
-                 "| wall time per run (min) |", "| cat |", "| dog |", "| macro avg |", "| weighted avg |", " ± "):
+    for text in (
+        "| metric | seed | strong | strong - seed |",
+        "| test ROC-AUC |",
+        "| test accuracy |",
+        "| wall time per run (min) |",
+        "| cat |",
+        "| dog |",
+        "| macro avg |",
+        "| weighted avg |",
+        " ± ",
+    ):
         assert text in table, text
     assert sum(line.startswith(("| seed | ", "| strong | ")) for line in table.splitlines()) == 4  # one row per run
 
@@ -70,7 +89,9 @@ def test_reuse_keeps_finished_runs_with_the_same_config(synthetic_shards: Path, 
     out = tmp_path / "compare"
     args = ["--shards", str(synthetic_shards), "--epochs", "1", "--out", str(out)]
     assert main([*args, "--seeds", "0", *TINY]) == 0
-    first = {name: (out / "runs" / f"{name}-seed0" / "model.safetensors").stat().st_mtime_ns for name in ("seed", "strong")}
+    first = {
+        name: (out / "runs" / f"{name}-seed0" / "model.safetensors").stat().st_mtime_ns for name in ("seed", "strong")
+    }
     capsys.readouterr()
 
     assert main([*args, "--seeds", "0", "1", "--reuse", *TINY]) == 0  # add a seed: only its runs are trained
@@ -94,8 +115,18 @@ def test_ends_with_the_wandb_report_of_the_comparison(synthetic_shards: Path, tm
     """--wandb-report P: the runs log to W&B (offline here, grouped by recipe), then the Report's spec is written."""
     isolate_wandb(monkeypatch, tmp_path / "home")
     out = tmp_path / "compare"
-    args = ["--shards", str(synthetic_shards), "--epochs", "1", "--seeds", "0", "--out", str(out),
-            "--wandb-report", "pets-compare"]
+    args = [
+        "--shards",
+        str(synthetic_shards),
+        "--epochs",
+        "1",
+        "--seeds",
+        "0",
+        "--out",
+        str(out),
+        "--wandb-report",
+        "pets-compare",
+    ]
     assert main([*args, *TINY]) == 0
     printed = capsys.readouterr().out
     assert f"wrote the W&B report spec to {out / 'wandb-report.json'}" in printed
@@ -122,8 +153,9 @@ def test_rejects_bad_plans_before_training(synthetic_shards: Path, tmp_path: Pat
     assert not (tmp_path / "out").exists()
 
 
-def test_the_shards_decide_the_class_count_so_recipes_compare_on_any_task(synthetic_source: Path,
-                                                                         synthetic_shards: Path, tmp_path: Path):
+def test_the_shards_decide_the_class_count_so_recipes_compare_on_any_task(
+    synthetic_source: Path, synthetic_shards: Path, tmp_path: Path
+):
     from toolkit.compare_recipes import DEFAULT_CONFIGS, DEFAULT_OVERRIDES, Recipe, planned_config
     from toolkit.data.shards import pack_dataset
 
@@ -132,19 +164,29 @@ def test_the_shards_decide_the_class_count_so_recipes_compare_on_any_task(synthe
     recipe = Recipe("strong", DEFAULT_CONFIGS[1])
     overrides = [*DEFAULT_OVERRIDES, f"data.shards={breeds}"]
     assert planned_config(recipe, overrides, str(breeds))["model"]["num_classes"] == 7  # the synthetic breeds
-    assert planned_config(recipe, [*DEFAULT_OVERRIDES, f"data.shards={synthetic_shards}"],
-                          str(synthetic_shards))["model"]["num_classes"] == 2  # what training saves, so --reuse matches
+    assert (
+        planned_config(recipe, [*DEFAULT_OVERRIDES, f"data.shards={synthetic_shards}"], str(synthetic_shards))["model"][
+            "num_classes"
+        ]
+        == 2
+    )  # what training saves, so --reuse matches
     with pytest.raises(UsageError, match="model.num_classes=3 but the shards .* have 7 classes"):
         main(["--shards", str(breeds), "--epochs", "1", "--out", str(tmp_path / "out"), "model.num_classes=3"])
     assert not (tmp_path / "out").exists()
 
 
 def test_mean_std_and_verdicts():
-    assert mean_std([0.8, 0.9, None]) == {"mean": pytest.approx(0.85), "std": pytest.approx(0.0707107, abs=1e-6),
-                                          "n": 2, "values": [0.8, 0.9]}
+    assert mean_std([0.8, 0.9, None]) == {
+        "mean": pytest.approx(0.85),
+        "std": pytest.approx(0.0707107, abs=1e-6),
+        "n": 2,
+        "values": [0.8, 0.9],
+    }
     assert mean_std([0.5])["std"] is None and mean_std([])["mean"] is None
-    summaries = {"a": {"roc_auc": mean_std([0.80, 0.82]), "accuracy": mean_std([0.70, 0.74])},
-                 "b": {"roc_auc": mean_std([0.90, 0.91]), "accuracy": mean_std([0.71, 0.75])}}
+    summaries = {
+        "a": {"roc_auc": mean_std([0.80, 0.82]), "accuracy": mean_std([0.70, 0.74])},
+        "b": {"roc_auc": mean_std([0.90, 0.91]), "accuracy": mean_std([0.71, 0.75])},
+    }
     auc_line, acc_line = verdicts(["a", "b"], summaries)
     assert "+0.0950" in auc_line and "b is better by more than the spread" in auc_line
     assert "no clear winner" in acc_line
@@ -169,15 +211,29 @@ def test_train_transform_options():
     from toolkit.data import build_train_transform
 
     image = Image.new("RGB", (48, 40), (120, 80, 40))
-    names = lambda cfg: [type(t).__name__ for t in build_train_transform(cfg).transforms]
+
+    def names(cfg):
+        return [type(t).__name__ for t in build_train_transform(cfg).transforms]
+
     assert names(DataConfig(image_size=32, color_jitter=None)) == [
-        "RandomResizedCrop", "RandomHorizontalFlip", "ToImage", "ToPureTensor"]
+        "RandomResizedCrop",
+        "RandomHorizontalFlip",
+        "ToImage",
+        "ToPureTensor",
+    ]
     assert "ColorJitter" not in names(DataConfig(image_size=32))  # default: batched on the device
     assert names(DataConfig(image_size=32, jitter_on="workers")) == [
-        "RandomResizedCrop", "RandomHorizontalFlip", "ColorJitter", "ToImage", "ToPureTensor"]
+        "RandomResizedCrop",
+        "RandomHorizontalFlip",
+        "ColorJitter",
+        "ToImage",
+        "ToPureTensor",
+    ]
     torch.manual_seed(0)
     strong = build_train_transform(DataConfig(image_size=32, augment="trivialaugment", jitter_on="workers"))
-    order = [[type(t).__name__ for t in strong.transforms].index(n) for n in ("ColorJitter", "TrivialAugmentWide", "ToImage")]
+    order = [
+        [type(t).__name__ for t in strong.transforms].index(n) for n in ("ColorJitter", "TrivialAugmentWide", "ToImage")
+    ]
     assert order == sorted(order)  # the policy on the PIL crop, after the jitter
     out = strong(image)
     assert type(out) is torch.Tensor and out.shape == (3, 32, 32) and out.dtype == torch.uint8

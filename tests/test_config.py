@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from toolkit.errors import UsageError
 from toolkit.config import Config, config_from_dict, load_config, parse_override, to_dict, validate_config
+from toolkit.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -25,7 +25,12 @@ def test_seed_config_reproduces_the_seed_experiment():
     cfg = validate_config(load_config(ROOT / "configs/oxford_pets_binary_resnet101.yaml"))
     assert cfg.model.arch == "resnet101" and cfg.model.blocks_per_stage == [3, 4, 23, 3]
     assert cfg.model.num_classes == 2
-    assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.betas, cfg.optimizer.weight_decay) == ("adam", 1e-3, [0.9, 0.999], 1e-4)
+    assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.betas, cfg.optimizer.weight_decay) == (
+        "adam",
+        1e-3,
+        [0.9, 0.999],
+        1e-4,
+    )
     assert (cfg.scheduler.name, cfg.scheduler.step_epochs, cfg.scheduler.gamma) == ("step", 30, 0.1)
     assert cfg.train.epochs == 30 and cfg.train.mixed_precision == "no"
     assert cfg.data.image_size == 224 and cfg.data.resize_size == 255 and cfg.data.crop_scale == [0.6, 1.0]
@@ -34,9 +39,18 @@ def test_seed_config_reproduces_the_seed_experiment():
 
 
 def test_overrides_are_parsed_as_yaml_scalars():
-    cfg = load_config(ROOT / "configs/smoke.yaml", ["optimizer.lr=3e-4", "model.blocks_per_stage=[2,1,1,1]",
-                                                     "train.grad_clip=1", "data.mean=null", "output.run_name=abc",
-                                                     "tracking.tags=[a, b]", "train.resume=auto"])
+    cfg = load_config(
+        ROOT / "configs/smoke.yaml",
+        [
+            "optimizer.lr=3e-4",
+            "model.blocks_per_stage=[2,1,1,1]",
+            "train.grad_clip=1",
+            "data.mean=null",
+            "output.run_name=abc",
+            "tracking.tags=[a, b]",
+            "train.resume=auto",
+        ],
+    )
     assert cfg.optimizer.lr == pytest.approx(3e-4)
     assert cfg.model.blocks_per_stage == [2, 1, 1, 1]
     assert cfg.train.grad_clip == 1.0 and isinstance(cfg.train.grad_clip, float)
@@ -45,22 +59,28 @@ def test_overrides_are_parsed_as_yaml_scalars():
     assert parse_override("train.epochs=5") == ("train.epochs", 5)
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("optimizer.lrr=1", "unknown config key optimizer.lrr; did you mean optimizer.lr?"),
-    ("trian.epochs=1", "unknown config key trian; did you mean train?"),
-    ("train.epochs=abc", "train.epochs = 'abc' has the wrong type; expected an integer"),
-    ("train.epochs=1.5", "train.epochs = 1.5 has the wrong type; expected an integer"),
-    ("train.epochs=0", "train.epochs = 0 is out of range; it must be >= 1"),
-    ("optimizer.lr=-1", "optimizer.lr = -1.0 is out of range; it must be > 0.0"),
-    ("optimizer.name=adamm", "optimizer.name = 'adamm' is not allowed; choose one of adam, adamw, sgd (did you mean 'adam'?)"),
-    ("data.hflip=maybe", "data.hflip = 'maybe' has the wrong type; expected true/false"),
-    ("model.blocks_per_stage=[1,x,1,1]", "model.blocks_per_stage = [1, 'x', 1, 1] has the wrong type"),
-    ("model=3", "model must be a mapping, got 3"),
-    ("justtext", "is not of the form section.key=value"),
-    ("=3", "invalid key"),
-    ("optimizer.lr=[1", "is not a valid YAML scalar or list"),
-    ("optimizer.lr=nan", "optimizer.lr = nan must be a finite number"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("optimizer.lrr=1", "unknown config key optimizer.lrr; did you mean optimizer.lr?"),
+        ("trian.epochs=1", "unknown config key trian; did you mean train?"),
+        ("train.epochs=abc", "train.epochs = 'abc' has the wrong type; expected an integer"),
+        ("train.epochs=1.5", "train.epochs = 1.5 has the wrong type; expected an integer"),
+        ("train.epochs=0", "train.epochs = 0 is out of range; it must be >= 1"),
+        ("optimizer.lr=-1", "optimizer.lr = -1.0 is out of range; it must be > 0.0"),
+        (
+            "optimizer.name=adamm",
+            "optimizer.name = 'adamm' is not allowed; choose one of adam, adamw, sgd (did you mean 'adam'?)",
+        ),
+        ("data.hflip=maybe", "data.hflip = 'maybe' has the wrong type; expected true/false"),
+        ("model.blocks_per_stage=[1,x,1,1]", "model.blocks_per_stage = [1, 'x', 1, 1] has the wrong type"),
+        ("model=3", "model must be a mapping, got 3"),
+        ("justtext", "is not of the form section.key=value"),
+        ("=3", "invalid key"),
+        ("optimizer.lr=[1", "is not a valid YAML scalar or list"),
+        ("optimizer.lr=nan", "optimizer.lr = nan must be a finite number"),
+    ],
+)
 def test_every_config_mistake_is_one_clear_line(override, expected):
     with pytest.raises(UsageError) as err:
         load_config(ROOT / "configs/smoke.yaml", [override])
@@ -68,15 +88,18 @@ def test_every_config_mistake_is_one_clear_line(override, expected):
     assert expected in message and "\n" not in message
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("model.arch=resnet101x", "model.arch = 'resnet101x' is not allowed"),
-    ("model.blocks_per_stage=[1,1,1]", "must be 4 positive integers"),
-    ("data.crop_scale=[0.9,0.5]", "data.crop_scale"),
-    ("data.resize_size=16", "data.resize_size = 16 must be >= data.image_size = 32"),
-    ("data.mean=[0.5,0.5]", "data.mean"),
-    ("optimizer.betas=[0.9,1.5]", "optimizer.betas"),
-    ("train.resume=/no/such/checkpoint", "train.resume"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("model.arch=resnet101x", "model.arch = 'resnet101x' is not allowed"),
+        ("model.blocks_per_stage=[1,1,1]", "must be 4 positive integers"),
+        ("data.crop_scale=[0.9,0.5]", "data.crop_scale"),
+        ("data.resize_size=16", "data.resize_size = 16 must be >= data.image_size = 32"),
+        ("data.mean=[0.5,0.5]", "data.mean"),
+        ("optimizer.betas=[0.9,1.5]", "optimizer.betas"),
+        ("train.resume=/no/such/checkpoint", "train.resume"),
+    ],
+)
 def test_cross_field_checks(override, expected):
     with pytest.raises(UsageError, match=expected.replace("[", r"\[").replace("]", r"\]")):
         validate_config(load_config(ROOT / "configs/smoke.yaml", [override]))
@@ -124,12 +147,30 @@ def test_fuzzed_configs_never_escape_as_tracebacks():
 
 
 def test_train_cli_reports_config_errors_in_one_line_with_exit_code_2():
-    proc = subprocess.run([sys.executable, "-m", "toolkit.train", "--config", str(ROOT / "configs/smoke.yaml"),
-                           "optimizer.lrr=1"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "toolkit.train", "--config", str(ROOT / "configs/smoke.yaml"), "optimizer.lrr=1"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: unknown config key optimizer.lrr; did you mean optimizer.lr?"
-    proc = subprocess.run([sys.executable, "-m", "toolkit.train", "--config", str(ROOT / "configs/smoke.yaml"),
-                           "--print-config", "train.epochs=9"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "toolkit.train",
+            "--config",
+            str(ROOT / "configs/smoke.yaml"),
+            "--print-config",
+            "train.epochs=9",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert proc.returncode == 0 and "epochs: 9" in proc.stdout
 
 
@@ -137,7 +178,9 @@ def test_gradient_accumulation_comes_from_the_launcher_unless_the_config_sets_it
     smoke = ROOT / "configs/smoke.yaml"
     monkeypatch.delenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", raising=False)
     assert validate_config(load_config(smoke)).train.grad_accum_steps == 1
-    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "4")  # accelerate launch --gradient_accumulation_steps 4
+    monkeypatch.setenv(
+        "ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "4"
+    )  # accelerate launch --gradient_accumulation_steps 4
     assert validate_config(load_config(smoke)).train.grad_accum_steps == 4
     assert validate_config(load_config(smoke, ["train.grad_accum_steps=2"])).train.grad_accum_steps == 2  # ours wins
     monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "four")

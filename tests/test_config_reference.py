@@ -12,8 +12,11 @@ def test_every_key_is_described_and_the_doc_is_current(capsys):
 
 def test_the_reference_has_each_key_with_its_default():
     keys = [key for key, *_ in config_keys()]
-    expected = [f"{section.name}.{field.name}" for section in dataclasses.fields(Config)
-                for field in dataclasses.fields(section.default_factory())]
+    expected = [
+        f"{section.name}.{field.name}"
+        for section in dataclasses.fields(Config)
+        for field in dataclasses.fields(section.default_factory())
+    ]
     assert keys == expected and set(KEYS) == set(keys)
     text = render()
     assert "| `optimizer.lr` | a number | `0.001` |" in text and "`--lr`" in text

@@ -24,8 +24,8 @@ import torch
 from PIL import Image
 
 from toolkit import data
-from toolkit.errors import DataError, UsageError
 from toolkit.config import DataConfig
+from toolkit.errors import DataError, UsageError
 
 MEAN, STD = [0.25, 0.5, 0.75], [0.5, 0.25, 0.125]
 
@@ -46,8 +46,15 @@ def write_shards(folder: Path, layout: dict[str, list[int]], bad: dict[str, str]
     bad = bad or {}
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    info = {"format_version": 1, "dataset": "test", "synthetic": True, "classes": ["cat", "dog"], "splits": {},
-            "normalization": {"mean": MEAN, "std": STD, "computed_on": "train", "num_images": 1}, "skipped": []}
+    info = {
+        "format_version": 1,
+        "dataset": "test",
+        "synthetic": True,
+        "classes": ["cat", "dog"],
+        "splits": {},
+        "normalization": {"mean": MEAN, "std": STD, "computed_on": "train", "num_images": 1},
+        "skipped": [],
+    }
     for split, sizes in layout.items():
         shards, counts = [], Counter()
         for s, size in enumerate(sizes):
@@ -55,8 +62,11 @@ def write_shards(folder: Path, layout: dict[str, list[int]], bad: dict[str, str]
             with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
                 for i in range(size):
                     key, label = f"{split}{s}_{i}", (s + i) % 2
-                    members = {"cls": str(label).encode(), "jpg": jpeg(rng),
-                               "json": json.dumps({"breed": f"breed{i % 3}", "class_id": 1}).encode()}
+                    members = {
+                        "cls": str(label).encode(),
+                        "jpg": jpeg(rng),
+                        "json": json.dumps({"breed": f"breed{i % 3}", "class_id": 1}).encode(),
+                    }
                     kind = bad.get(key)
                     if kind == "corrupt":
                         members["jpg"] = b"this is not a jpeg"
@@ -71,16 +81,29 @@ def write_shards(folder: Path, layout: dict[str, list[int]], bad: dict[str, str]
                     counts[label] += 1
             name = f"{split}-{s:06d}.tar"
             (folder / name).write_bytes(buffer.getvalue())
-            shards.append({"name": name, "num_samples": size, "bytes": len(buffer.getvalue()),
-                           "sha256": hashlib.sha256(buffer.getvalue()).hexdigest()})
+            shards.append(
+                {
+                    "name": name,
+                    "num_samples": size,
+                    "bytes": len(buffer.getvalue()),
+                    "sha256": hashlib.sha256(buffer.getvalue()).hexdigest(),
+                }
+            )
         info["splits"][split] = {"num_samples": sum(sizes), "class_counts": dict(counts), "shards": shards}
     (folder / "info.json").write_text(json.dumps(info))
     return json.loads(json.dumps(info))  # as load_info reads it back
 
 
 def config(folder, **overrides) -> DataConfig:
-    defaults = dict(shards=str(folder), image_size=32, resize_size=36, num_workers=0, shuffle_buffer=8,
-                    persistent_workers=False, pin_memory=False)
+    defaults = dict(
+        shards=str(folder),
+        image_size=32,
+        resize_size=36,
+        num_workers=0,
+        shuffle_buffer=8,
+        persistent_workers=False,
+        pin_memory=False,
+    )
     return DataConfig(**(defaults | overrides))
 
 
@@ -89,8 +112,10 @@ def keys_of(batches) -> list[str]:
 
 
 def same_batches(a: list[dict], b: list[dict]) -> bool:
-    return len(a) == len(b) and all(x["key"] == y["key"] and torch.equal(x["image"], y["image"])
-                                    and torch.equal(x["label"], y["label"]) for x, y in zip(a, b))
+    return len(a) == len(b) and all(
+        x["key"] == y["key"] and torch.equal(x["image"], y["image"]) and torch.equal(x["label"], y["label"])
+        for x, y in zip(a, b)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +154,10 @@ def test_each_worker_fills_its_quota(uneven):
     assert all(len(c["key"]) == 2 for p in produced for c in p)
 
 
-@pytest.mark.parametrize(("batch", "workers", "chunk"),
-                         [(128, 16, 8), (256, 16, 16), (64, 2, 16), (3, 2, 1), (4, 0, 4), (127, 16, 1), (6, 4, 1)])
+@pytest.mark.parametrize(
+    ("batch", "workers", "chunk"),
+    [(128, 16, 8), (256, 16, 16), (64, 2, 16), (3, 2, 1), (4, 0, 4), (127, 16, 1), (6, 4, 1)],
+)
 def test_chunk_size_divides_the_batch_and_spreads_it_over_the_workers(batch, workers, chunk):
     assert data.loader._chunk_size(batch, workers) == chunk
 
@@ -152,8 +179,9 @@ def test_chunk_c_comes_from_worker_c_mod_w_and_every_worker_helps_with_the_first
 @pytest.mark.parametrize(("train", "batch", "workers"), [([3], 2, 4), ([12, 12, 12, 12], 4, 3)])
 def test_producing_workers_per_epoch_is_min_of_workers_and_chunks(tmp_path, train, batch, workers):
     info = write_shards(tmp_path, {"train": train})
-    loader = data.make_train_loader(config(tmp_path, num_workers=workers), info, batch_size=batch, rank=0,
-                                    world_size=1, seed=0)
+    loader = data.make_train_loader(
+        config(tmp_path, num_workers=workers), info, batch_size=batch, rank=0, world_size=1, seed=0
+    )
     stream = loader.stream
     producers = [w for w in range(workers) if list(stream.worker_chunks(w, epoch=0))]
     assert len(producers) == min(workers, stream.chunks) == (2 if train == [3] else 3)
@@ -192,7 +220,10 @@ def test_batch_larger_than_the_split_is_a_usage_error(uneven):
 
 def test_same_seed_same_batches_and_a_new_epoch_reorders(uneven):
     folder, info = uneven
-    make = lambda: data.make_train_loader(config(folder), info, batch_size=4, rank=0, world_size=1, seed=5)
+
+    def make():
+        return data.make_train_loader(config(folder), info, batch_size=4, rank=0, world_size=1, seed=5)
+
     first, second = make(), make()
     epoch0 = list(first)
     assert same_batches(epoch0, list(second))
@@ -218,8 +249,9 @@ def test_resuming_mid_epoch_gives_the_same_remaining_batches(uneven, workers):
     whole = list(data.make_train_loader(cfg, info, batch_size=3, rank=1, world_size=2, seed=7, epoch=2))
     assert len(whole) == 8
     for start in (3, 4):
-        resumed = data.make_train_loader(cfg, info, batch_size=3, rank=1, world_size=2, seed=7, epoch=2,
-                                         start_step=start)
+        resumed = data.make_train_loader(
+            cfg, info, batch_size=3, rank=1, world_size=2, seed=7, epoch=2, start_step=start
+        )
         assert len(resumed) == 8
         assert same_batches(list(resumed), whole[start:])
 
@@ -284,8 +316,9 @@ BAD = {"val0_1": "corrupt", "val1_4": "truncated", "val1_7": "no_cls", "val2_0":
 @pytest.fixture(scope="module")
 def broken(tmp_path_factory) -> tuple[Path, dict]:
     folder = tmp_path_factory.mktemp("broken")
-    return folder, write_shards(folder, {"train": [6, 6, 6, 6], "val": [5, 11, 2]},
-                                bad=BAD | {"train1_2": "corrupt", "train3_0": "no_cls"})
+    return folder, write_shards(
+        folder, {"train": [6, 6, 6, 6], "val": [5, 11, 2]}, bad=BAD | {"train1_2": "corrupt", "train3_0": "no_cls"}
+    )
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -311,8 +344,9 @@ def test_bad_samples_are_skipped_and_counted(broken, workers):
 def test_bad_samples_after_the_last_batch_are_still_counted(tmp_path, workers):
     bad = {"val0_4": "corrupt", "val0_5": "no_cls", "val1_0": "corrupt", "val1_1": "no_jpg"}
     info = write_shards(tmp_path, {"val": [6, 2]}, bad=bad)  # the second shard has nothing usable
-    loader = data.make_eval_loader(config(tmp_path, num_workers=workers), info, "val", batch_size=4, rank=0,
-                                   world_size=1)
+    loader = data.make_eval_loader(
+        config(tmp_path, num_workers=workers), info, "val", batch_size=4, rank=0, world_size=1
+    )
     batches = list(loader)
     assert sum(b["skipped"] for b in batches) == loader.skipped == 4
     assert sorted(keys_of(batches)) == [f"val0_{i}" for i in range(4)]
@@ -321,8 +355,9 @@ def test_bad_samples_after_the_last_batch_are_still_counted(tmp_path, workers):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_strict_mode_names_the_shard_and_the_key(broken, workers):
     folder, info = broken
-    loader = data.make_eval_loader(config(folder, strict=True, num_workers=workers), info, "val", batch_size=3,
-                                   rank=0, world_size=1)
+    loader = data.make_eval_loader(
+        config(folder, strict=True, num_workers=workers), info, "val", batch_size=3, rank=0, world_size=1
+    )
     with pytest.raises(DataError, match=r"val-00000\d\.tar: sample val\d_\d+: .*strict") as caught:
         list(loader)
     assert "\n" not in str(caught.value)
@@ -340,8 +375,9 @@ def test_truncated_and_missing_shards_are_counted(tmp_path):
     for world, workers in [(1, 0), (3, 2)]:  # shard-level and sample-level splitting
         keys, skipped = [], 0
         for rank in range(world):
-            loader = data.make_eval_loader(config(tmp_path, num_workers=workers), info, "val", batch_size=4,
-                                           rank=rank, world_size=world)
+            loader = data.make_eval_loader(
+                config(tmp_path, num_workers=workers), info, "val", batch_size=4, rank=rank, world_size=world
+            )
             batches = list(loader)
             keys += keys_of(batches)
             skipped += loader.skipped
@@ -365,8 +401,12 @@ def test_brace_pattern_and_pipe_urls(uneven):
 
     pipe = f"pipe:cat {folder}/{{split}}-{{000000..000002}}.tar"
     assert data.load_info(pipe) == info
-    every = lambda shards: sorted(keys_of(list(
-        data.make_eval_loader(config(shards), info, "val", batch_size=4, rank=0, world_size=1))))
+
+    def every(shards):
+        return sorted(
+            keys_of(list(data.make_eval_loader(config(shards), info, "val", batch_size=4, rank=0, world_size=1)))
+        )
+
     assert every(pipe) == every(str(folder))
 
 

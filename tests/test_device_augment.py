@@ -38,8 +38,18 @@ def test_eval_path_matches_the_cpu_transform(data_cfg):
 
 def test_train_path_is_seeded_and_stays_in_range(data_cfg):
     jpegs = [jpeg_tensor(96 + 8 * i, 80, i)[0] for i in range(6)]
-    run = lambda seed: gpu_transform(jpegs, data_cfg, [0.5] * 3, [0.5] * 3, train=True, device=torch.device("cpu"),
-                                     generator=torch.Generator().manual_seed(seed))
+
+    def run(seed):
+        return gpu_transform(
+            jpegs,
+            data_cfg,
+            [0.5] * 3,
+            [0.5] * 3,
+            train=True,
+            device=torch.device("cpu"),
+            generator=torch.Generator().manual_seed(seed),
+        )
+
     first, again, other = run(1), run(1), run(2)
     assert first.shape == (6, 3, 64, 64)
     torch.testing.assert_close(first, again)
@@ -63,8 +73,16 @@ def test_loader_ships_jpeg_bytes_when_decoding_on_the_accelerator(synthetic_shar
     from toolkit.data import load_info, make_train_loader, resolve_normalization
     from toolkit.data.device_augment import batch_to_device
 
-    cfg = load_config(None, [f"data.shards={synthetic_shards}", "data.image_size=32", "data.resize_size=36",
-                             "data.num_workers=0", "data.decode=gpu"]).data
+    cfg = load_config(
+        None,
+        [
+            f"data.shards={synthetic_shards}",
+            "data.image_size=32",
+            "data.resize_size=36",
+            "data.num_workers=0",
+            "data.decode=gpu",
+        ],
+    ).data
     info = load_info(str(synthetic_shards))
     mean, std = resolve_normalization(cfg, info)
     batch = next(iter(make_train_loader(cfg, info, batch_size=4, rank=0, world_size=1, seed=0)))

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from helpers import LAUNCH_2, ENV, ROOT, SMOKE, assert_json_close, rewrite_shard, save_tiny_model, shard_keys, wait_for
+from helpers import ENV, LAUNCH_2, ROOT, SMOKE, assert_json_close, rewrite_shard, save_tiny_model, shard_keys, wait_for
 
 TIMEOUT_S = 300  # a hang fails here
 
@@ -46,17 +46,31 @@ def test_evaluation_with_one_and_two_processes_gives_identical_metrics(synthetic
     shards = tmp_path / "shards"  # test: 5 shards (4 x 4 + ...), val: 2; one corrupt JPEG in test
     shutil.copytree(synthetic_shards, shards)
     corrupt = shard_keys(shards / "test-000001.tar")[1]
-    rewrite_shard(shards / "test-000001.tar",
-                  lambda name, data: [(name, b"not a jpeg")] if name == f"{corrupt}.jpg" else None)
+    rewrite_shard(
+        shards / "test-000001.tar", lambda name, data: [(name, b"not a jpeg")] if name == f"{corrupt}.jpg" else None
+    )
     model = tmp_path / "model.safetensors"
     save_tiny_model(model)
     common = ["--model", str(model), "--shards", str(shards), "--split", "test"]
     # 1 process reading every shard itself; 2 processes x 2 loader workers = 4 slots for 5 test shards
     # (whole shards, uneven) and 2 val shards (fewer than slots: every slot reads both and keeps its share)
-    one = _popen([sys.executable, "-m", "toolkit.evaluate", *common, "--out", str(tmp_path / "one"),
-                  "--num-workers", "0"])
-    two = _popen([*LAUNCH_2, "--main_process_port", "29611", "-m", "toolkit.evaluate", *common,
-                  "--out", str(tmp_path / "two"), "--num-workers", "2"])
+    one = _popen(
+        [sys.executable, "-m", "toolkit.evaluate", *common, "--out", str(tmp_path / "one"), "--num-workers", "0"]
+    )
+    two = _popen(
+        [
+            *LAUNCH_2,
+            "--main_process_port",
+            "29611",
+            "-m",
+            "toolkit.evaluate",
+            *common,
+            "--out",
+            str(tmp_path / "two"),
+            "--num-workers",
+            "2",
+        ]
+    )
     _finish(one)
     out, _ = _finish(two)
     assert out.count("test: n=") == 1  # one report, from the main process
@@ -66,8 +80,9 @@ def test_evaluation_with_one_and_two_processes_gives_identical_metrics(synthetic
     info = json.loads((shards / "info.json").read_text())
     assert metrics[1]["num_samples"] == info["splits"]["test"]["num_samples"] - 1
     assert metrics[1]["skipped_samples"] == 1
-    rows = [list(csv.DictReader(io.StringIO((tmp_path / run / "predictions.csv").read_text())))
-            for run in ("one", "two")]
+    rows = [
+        list(csv.DictReader(io.StringIO((tmp_path / run / "predictions.csv").read_text()))) for run in ("one", "two")
+    ]
     keys = [r["key"] for r in rows[1]]
     assert len(keys) == len(set(keys)) == metrics[1]["num_samples"] and corrupt not in keys
     assert [(r["key"], r["label"], r["pred"]) for r in rows[0]] == [(r["key"], r["label"], r["pred"]) for r in rows[1]]
@@ -107,8 +122,14 @@ def write_square_shards(folder: Path, layout: dict[str, list[int]], size: int = 
                         tar.addfile(member, io.BytesIO(payload))
             entries.append({"name": name, "num_samples": count})
         splits[split] = {"num_samples": sum(sizes), "shards": entries}
-    info = {"format_version": 1, "dataset": "square-test", "synthetic": True, "classes": ["cat", "dog"],
-            "normalization": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}, "splits": splits}
+    info = {
+        "format_version": 1,
+        "dataset": "square-test",
+        "synthetic": True,
+        "classes": ["cat", "dog"],
+        "normalization": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+        "splits": splits,
+    }
     (folder / "info.json").write_text(json.dumps(info))
 
 
@@ -117,7 +138,7 @@ def write_square_shards(folder: Path, layout: dict[str, list[int]], size: int = 
 # the toolkit has no SyncBatchNorm option. This driver swaps BN for GroupNorm, which normalizes each
 # sample on its own: then the 2-process step must equal the 1-process one, and what the test checks
 # is everything else (the sample split, DDP's gradient averaging, optimizer, schedule, evaluation).
-DRIVER = r'''
+DRIVER = r"""
 import sys
 sys.path.insert(0, {root!r})
 from torch import nn
@@ -133,16 +154,27 @@ resnet.ResNet.__init__ = group_norm_init
 from toolkit.cli import run_cli
 from toolkit.train import main
 run_cli(main, sys.argv[1:])
-'''
+"""
 
 # The same samples in each global batch: one training shard, read in order by both layouts; with
 # 2 ranks x 1 loader worker (more slots than shards) rank r keeps samples r, r + 2, ...; shuffle
 # buffer 1 keeps the order (0 fails in data.py's _shuffled); no random augmentation; SGD with
 # momentum, which (unlike Adam) would show a gradient summed instead of averaged.
-EXACT = ["data.num_workers=0", "data.shuffle_buffer=1", "data.crop_scale=[1,1]", "data.hflip=false",
-         "data.color_jitter=null", "optimizer.name=sgd", "optimizer.lr=0.05", "scheduler.name=constant",
-         "scheduler.warmup_epochs=0.5", "eval.test_split=null", "eval.plots=false", "tracking.wandb=disabled",
-         "train.epochs=2"]
+EXACT = [
+    "data.num_workers=0",
+    "data.shuffle_buffer=1",
+    "data.crop_scale=[1,1]",
+    "data.hflip=false",
+    "data.color_jitter=null",
+    "optimizer.name=sgd",
+    "optimizer.lr=0.05",
+    "scheduler.name=constant",
+    "scheduler.warmup_epochs=0.5",
+    "eval.test_split=null",
+    "eval.plots=false",
+    "tracking.wandb=disabled",
+    "train.epochs=2",
+]
 
 
 @pytest.mark.slow
@@ -153,8 +185,9 @@ def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path, mo
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER.format(root=str(ROOT)))
     args = ["--config", str(SMOKE), f"data.shards={shards}", f"output.dir={tmp_path}", *EXACT]
-    two = _popen([*LAUNCH_2, "--main_process_port", "29612", str(driver), *args, "output.run_name=two",
-                  "train.batch_size=4"])
+    two = _popen(
+        [*LAUNCH_2, "--main_process_port", "29612", str(driver), *args, "output.run_name=two", "train.batch_size=4"]
+    )
     one = _popen([sys.executable, str(driver), *args, "output.run_name=one", "train.batch_size=8"])
     _, err = _finish(two)
     _finish(one)
@@ -162,8 +195,10 @@ def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path, mo
 
     final = json.loads((tmp_path / "two" / "final.json").read_text())
     assert final["num_processes"] == 2 and final["rank_weight_checksums"][0] == final["rank_weight_checksums"][1]
-    rows = {run: [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
-            for run in ("one", "two")}
+    rows = {
+        run: [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        for run in ("one", "two")
+    }
     assert [r["step"] for r in rows["two"]] == [r["step"] for r in rows["one"]] == [8, 16]
     for a, b in zip(rows["one"], rows["two"]):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
@@ -173,13 +208,16 @@ def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path, mo
     assert one_w.keys() == two_w.keys() and not any("running" in k for k in one_w)  # GroupNorm: no BN buffers
     gap = max(float((one_w[k] - two_w[k]).abs().max()) for k in one_w)
     # ... and the runs did move: the weights are far from where both started
-    from toolkit.models import resnet
     from toolkit.config import load_config, validate_config
+    from toolkit.models import resnet
     from toolkit.training.loop import build_model
 
     init = resnet.ResNet.__init__
-    monkeypatch.setattr(resnet.ResNet, "__init__",
-                        lambda self, *a, **k: init(self, *a, **{**k, "norm_layer": lambda c: torch.nn.GroupNorm(2, c)}))
+    monkeypatch.setattr(
+        resnet.ResNet,
+        "__init__",
+        lambda self, *a, **k: init(self, *a, **{**k, "norm_layer": lambda c: torch.nn.GroupNorm(2, c)}),
+    )
     torch.manual_seed(validate_config(load_config(SMOKE)).train.seed)  # as train.seed_everything does
     start = build_model(validate_config(load_config(SMOKE))).state_dict()
     moved = max(float((one_w[k] - start[k]).abs().max()) for k in one_w)
@@ -195,8 +233,25 @@ def _last_row(run: Path) -> dict:
 
 
 def _evaluate_val(model: Path, shards: Path, out: Path) -> dict:
-    proc = _popen([sys.executable, "-m", "toolkit.evaluate", "--model", str(model), "--shards", str(shards),
-                   "--split", "val", "--tuning-split", "none", "--out", str(out), "--num-workers", "0"])
+    proc = _popen(
+        [
+            sys.executable,
+            "-m",
+            "toolkit.evaluate",
+            "--model",
+            str(model),
+            "--shards",
+            str(shards),
+            "--split",
+            "val",
+            "--tuning-split",
+            "none",
+            "--out",
+            str(out),
+            "--num-workers",
+            "0",
+        ]
+    )
     _finish(proc)
     return json.loads((out / "metrics.json").read_text())
 
@@ -205,13 +260,31 @@ def _evaluate_val(model: Path, shards: Path, out: Path) -> dict:
 @pytest.mark.timeout(3 * TIMEOUT_S)
 def test_val_metrics_of_two_processes_describe_the_saved_model(synthetic_shards, tmp_path):
     """With per-rank BatchNorm statistics (train.dist_bn=none) the logged val numbers belong to no saved model."""
-    args = ["--config", str(SMOKE), f"data.shards={synthetic_shards}", f"output.dir={tmp_path}", "train.epochs=2",
-            "train.batch_size=8", "tracking.wandb=disabled", "eval.plots=false", "eval.test_split=null"]
-    synced = _popen([*LAUNCH_2, "--main_process_port", "29613", "-m", "toolkit.train", *args,
-                     "output.run_name=reduce"])
+    args = [
+        "--config",
+        str(SMOKE),
+        f"data.shards={synthetic_shards}",
+        f"output.dir={tmp_path}",
+        "train.epochs=2",
+        "train.batch_size=8",
+        "tracking.wandb=disabled",
+        "eval.plots=false",
+        "eval.test_split=null",
+    ]
+    synced = _popen([*LAUNCH_2, "--main_process_port", "29613", "-m", "toolkit.train", *args, "output.run_name=reduce"])
     _finish(synced)
-    mixed = _popen([*LAUNCH_2, "--main_process_port", "29614", "-m", "toolkit.train", *args,
-                    "output.run_name=none", "train.dist_bn=none"])
+    mixed = _popen(
+        [
+            *LAUNCH_2,
+            "--main_process_port",
+            "29614",
+            "-m",
+            "toolkit.train",
+            *args,
+            "output.run_name=none",
+            "train.dist_bn=none",
+        ]
+    )
     _finish(mixed)
     for run, should_match in (("reduce", True), ("none", False)):
         logged = _last_row(tmp_path / run)
@@ -234,7 +307,7 @@ def test_sync_bn_on_a_cpu_is_refused_in_one_line(synthetic_shards, tmp_path, cap
 # One rank's failure ends every rank, with the error printed once
 
 
-POISON_ONE_RANK = r'''
+POISON_ONE_RANK = r"""
 import os, sys
 sys.path.insert(0, {root!r})
 import toolkit.training.loop as loop
@@ -256,7 +329,7 @@ loop.build_model = build_model
 from toolkit.cli import run_cli
 import toolkit.train
 run_cli(toolkit.train.main, sys.argv[1:])
-'''
+"""
 
 
 @pytest.mark.slow
@@ -264,9 +337,19 @@ run_cli(toolkit.train.main, sys.argv[1:])
 def test_a_nan_on_one_rank_stops_both_ranks_at_once(synthetic_shards, tmp_path):
     driver = tmp_path / "poison.py"
     driver.write_text(POISON_ONE_RANK.format(root=str(ROOT), nth=6))  # rank 1 only: step 6, in epoch 3 (2 steps each)
-    args = ["--config", str(SMOKE), f"data.shards={synthetic_shards}", f"output.dir={tmp_path}", "output.run_name=nan",
-            "train.epochs=3", "train.batch_size=8", "train.log_every_steps=1", "tracking.wandb=disabled",
-            "eval.plots=false", "eval.test_split=null"]
+    args = [
+        "--config",
+        str(SMOKE),
+        f"data.shards={synthetic_shards}",
+        f"output.dir={tmp_path}",
+        "output.run_name=nan",
+        "train.epochs=3",
+        "train.batch_size=8",
+        "train.log_every_steps=1",
+        "tracking.wandb=disabled",
+        "eval.plots=false",
+        "eval.test_split=null",
+    ]
     proc = _popen([*LAUNCH_2, "--main_process_port", "29615", str(driver), *args])
     _, err = wait_for(proc, 120)  # a rank waiting for the other at a collective would hang here
     assert proc.returncode != 0
@@ -281,8 +364,20 @@ def test_a_nan_on_one_rank_stops_both_ranks_at_once(synthetic_shards, tmp_path):
 def test_an_unwritable_output_folder_stops_every_rank_with_one_line(synthetic_shards, tmp_path):
     blocked = tmp_path / "a-file"
     blocked.write_text("not a folder")
-    proc = _popen([*LAUNCH_2, "--main_process_port", "29616", "-m", "toolkit.train", "--config", str(SMOKE),
-                   f"data.shards={synthetic_shards}", f"output.dir={blocked}", "tracking.wandb=disabled"])
+    proc = _popen(
+        [
+            *LAUNCH_2,
+            "--main_process_port",
+            "29616",
+            "-m",
+            "toolkit.train",
+            "--config",
+            str(SMOKE),
+            f"data.shards={synthetic_shards}",
+            f"output.dir={blocked}",
+            "tracking.wandb=disabled",
+        ]
+    )
     _, err = wait_for(proc, 120)
     assert proc.returncode != 0 and err.count("error: output folder") == 1, err[-3000:]
 
@@ -292,10 +387,22 @@ def test_an_unwritable_output_folder_stops_every_rank_with_one_line(synthetic_sh
 def test_an_unexpected_error_on_one_rank_ends_every_rank_within_seconds(synthetic_shards, tmp_path):
     """Not a NaN: any exception on rank 1. The launcher ends rank 0; nothing waits for a collective's timeout."""
     driver = tmp_path / "breaks.py"
-    driver.write_text(POISON_ONE_RANK.format(root=str(ROOT), nth=3).replace(
-        'return output * float("nan")', 'raise RuntimeError("rank 1 broke")'))
-    args = ["--config", str(SMOKE), f"data.shards={synthetic_shards}", f"output.dir={tmp_path}", "output.run_name=x",
-            "train.epochs=3", "train.batch_size=8", "tracking.wandb=disabled", "eval.plots=false"]
+    driver.write_text(
+        POISON_ONE_RANK.format(root=str(ROOT), nth=3).replace(
+            'return output * float("nan")', 'raise RuntimeError("rank 1 broke")'
+        )
+    )
+    args = [
+        "--config",
+        str(SMOKE),
+        f"data.shards={synthetic_shards}",
+        f"output.dir={tmp_path}",
+        "output.run_name=x",
+        "train.epochs=3",
+        "train.batch_size=8",
+        "tracking.wandb=disabled",
+        "eval.plots=false",
+    ]
     started = time.monotonic()
     proc = _popen([*LAUNCH_2, "--main_process_port", "29617", str(driver), *args])
     _, err = wait_for(proc, 120)

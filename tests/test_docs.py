@@ -78,9 +78,20 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Path:
     try:
         from toolkit import export, quickstart
 
-        code = run_in_process(quickstart.main, [
-            "--synthetic-images", "120", "train.epochs=2", "scheduler.warmup_epochs=0", "data.image_size=32",
-            "data.resize_size=36", "tracking.wandb=disabled", "eval.num_images=2", f"output.run_name={RUN_NAME}"])
+        code = run_in_process(
+            quickstart.main,
+            [
+                "--synthetic-images",
+                "120",
+                "train.epochs=2",
+                "scheduler.warmup_epochs=0",
+                "data.image_size=32",
+                "data.resize_size=36",
+                "tracking.wandb=disabled",
+                "eval.num_images=2",
+                f"output.run_name={RUN_NAME}",
+            ],
+        )
         assert code == 0
         assert run_in_process(export.main, ["--run", f"runs/{RUN_NAME}", "--out", f"exported/{RUN_NAME}"]) == 0
     finally:
@@ -165,10 +176,18 @@ def check_shell(command: str, work: Path, tmp_path: Path) -> str:
 def run_launcher(argv: list[str], work: Path, tmp_path: Path) -> str:
     """A launch script as written, under bash, with stand-ins for accelerate, nvidia-smi, SLURM and python."""
     bin_dir = write_stand_ins(tmp_path / "bin")
-    env = {**ENV, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(ROOT),
-           "SHARDS": "shards/pets", "SKIP_MODEL": "1", "QUICK": "1"}
+    env = {
+        **ENV,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(ROOT),
+        "SHARDS": "shards/pets",
+        "SKIP_MODEL": "1",
+        "QUICK": "1",
+    }
     proc = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"{shlex.join(argv)} -> exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, (
+        f"{shlex.join(argv)} -> exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
     if argv[0] == "launch/gpu_check.sh":  # it keeps going after a failed check: every check must have passed
         summary = [json.loads(line) for line in (work / "gpu-check" / "summary.jsonl").read_text().splitlines()]
         failed = [item for item in summary if item.get("rc", 0) != 0]
@@ -177,12 +196,17 @@ def run_launcher(argv: list[str], work: Path, tmp_path: Path) -> str:
 
 
 def _slow(command: DocCommand) -> bool:
-    return command.kind == "python" or run_here(fill_in(command.text, Path("x/oxford-pets-mini"), Path("f"))) \
-        or command.text.startswith(("launch/gpu_check.sh", "sbatch")) or "launch/cpu.sh" in command.text
+    return (
+        command.kind == "python"
+        or run_here(fill_in(command.text, Path("x/oxford-pets-mini"), Path("f")))
+        or command.text.startswith(("launch/gpu_check.sh", "sbatch"))
+        or "launch/cpu.sh" in command.text
+    )
 
 
-@pytest.mark.parametrize("command", [pytest.param(c, id=c.source, marks=[pytest.mark.slow] if _slow(c) else [])
-                                     for c in COMMANDS])
+@pytest.mark.parametrize(
+    "command", [pytest.param(c, id=c.source, marks=[pytest.mark.slow] if _slow(c) else []) for c in COMMANDS]
+)
 @pytest.mark.timeout(300)
 def test_documented_command_works_as_written(command: DocCommand, sandbox: Path, tmp_path: Path, monkeypatch):
     from conftest import SHARED_MINI
@@ -240,6 +264,11 @@ def test_metrics_table_lists_what_training_writes(sandbox: Path):
 def test_no_file_cites_notes_outside_the_repository():
     name = "REFERENCE" + ".md"
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    citing = [path for path in tracked if (ROOT / path).is_file() and not (ROOT / path).is_symlink()
-              and name in (ROOT / path).read_text(errors="ignore")]
+    citing = [
+        path
+        for path in tracked
+        if (ROOT / path).is_file()
+        and not (ROOT / path).is_symlink()
+        and name in (ROOT / path).read_text(errors="ignore")
+    ]
     assert not citing, f"{citing} cite {name}, which is not part of the repository (state the fact and its source)"

@@ -21,8 +21,8 @@ from safetensors.torch import load_file
 from toolkit.cli import run_cli
 from toolkit.config import Config
 from toolkit.export import EXPORT_FILES, main, timm_crop_pct
-from toolkit.models import create_model
 from toolkit.formats.model_file import model_metadata, save_model_file
+from toolkit.models import create_model
 
 MINI_IMAGES = Path(__file__).resolve().parents[2] / "shared/data/oxford-pets-mini/images"
 MEAN, STD = [0.48, 0.44, 0.40], [0.26, 0.25, 0.26]
@@ -47,14 +47,21 @@ def perturb(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return model.eval()
 
 
-def write_model(path: Path, blocks_per_stage=None, base_width: int = 64, seed: int = 0) -> tuple[torch.nn.Module, Config]:
+def write_model(
+    path: Path, blocks_per_stage=None, base_width: int = 64, seed: int = 0
+) -> tuple[torch.nn.Module, Config]:
     """A resnet18-family model file written through the checkpoint API, as training writes it."""
     cfg = Config()
     cfg.model.arch, cfg.model.blocks_per_stage, cfg.model.base_width = "resnet18", blocks_per_stage, base_width
     cfg.data.image_size, cfg.data.resize_size = IMAGE_SIZE, RESIZE_SIZE
-    model = perturb(create_model("resnet18", num_classes=2, blocks_per_stage=blocks_per_stage, base_width=base_width), seed)
-    save_model_file(model, path, model_metadata(cfg, mean=MEAN, std=STD, class_names=CLASSES,
-                                                extra={"epoch": 3, "val_metrics": {"acc": 0.9}}))
+    model = perturb(
+        create_model("resnet18", num_classes=2, blocks_per_stage=blocks_per_stage, base_width=base_width), seed
+    )
+    save_model_file(
+        model,
+        path,
+        model_metadata(cfg, mean=MEAN, std=STD, class_names=CLASSES, extra={"epoch": 3, "val_metrics": {"acc": 0.9}}),
+    )
     return model, cfg
 
 
@@ -83,8 +90,12 @@ def sample_images(count: int = 4) -> list[Image.Image]:
                 images.append(picture.convert("RGB"))
         return images
     generator = torch.Generator().manual_seed(0)
-    return [Image.fromarray(torch.randint(0, 256, (90 + 7 * i, 120 - 5 * i, 3), generator=generator,
-                                          dtype=torch.uint8).numpy()) for i in range(count)]
+    return [
+        Image.fromarray(
+            torch.randint(0, 256, (90 + 7 * i, 120 - 5 * i, 3), generator=generator, dtype=torch.uint8).numpy()
+        )
+        for i in range(count)
+    ]
 
 
 @pytest.fixture(scope="module", params=[None, [1, 1, 1, 1]], ids=["resnet18", "resnet18-layers-1111"])
@@ -97,8 +108,9 @@ def exported(request, tmp_path_factory) -> SimpleNamespace:
     with pytest.raises(SystemExit) as exit_info:
         run_cli(main, ["--run", str(run), "--out", str(out)])
     assert exit_info.value.code == 0
-    return SimpleNamespace(model=model, cfg=cfg, out=out, layers=request.param,
-                           config=json.loads((out / "config.json").read_text()))
+    return SimpleNamespace(
+        model=model, cfg=cfg, out=out, layers=request.param, config=json.loads((out / "config.json").read_text())
+    )
 
 
 def test_timm_alone_gives_our_logits_exactly(exported):
@@ -150,8 +162,10 @@ def test_crop_pct_gives_the_resize_size_exactly(image_size):
 def test_push_to_hub_offline_is_one_line(tmp_path, capsys, monkeypatch):
     write_model(tmp_path / "m.safetensors")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    code, out, err = run_export(["--model", str(tmp_path / "m.safetensors"), "--out", str(tmp_path / "x"),
-                                 "--push-to-hub", "someone/pets"], capsys)
+    code, out, err = run_export(
+        ["--model", str(tmp_path / "m.safetensors"), "--out", str(tmp_path / "x"), "--push-to-hub", "someone/pets"],
+        capsys,
+    )
     assert code == 2
     assert "offline" in error_line(err) and "hf upload someone/pets" in err
     assert (tmp_path / "x" / "config.json").is_file()  # the local export is still there
@@ -182,11 +196,24 @@ def test_push_to_hub_uploads_only_the_export(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_not_a_real_token")
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
-                        lambda self, repo, **kw: calls.setdefault("create", SimpleNamespace(repo_id=repo, kw=kw)))
+    monkeypatch.setattr(
+        huggingface_hub.HfApi,
+        "create_repo",
+        lambda self, repo, **kw: calls.setdefault("create", SimpleNamespace(repo_id=repo, kw=kw)),
+    )
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", lambda self, **kw: calls.setdefault("upload", kw))
-    code, out, err = run_export(["--model", str(tmp_path / "m.safetensors"), "--out", str(tmp_path / "x"),
-                                 "--push-to-hub", "someone/pets", "--private"], capsys)
+    code, out, err = run_export(
+        [
+            "--model",
+            str(tmp_path / "m.safetensors"),
+            "--out",
+            str(tmp_path / "x"),
+            "--push-to-hub",
+            "someone/pets",
+            "--private",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "https://huggingface.co/someone/pets" in out
     assert calls["create"].kw["private"] is True

@@ -17,13 +17,25 @@ from pathlib import Path
 import pytest
 
 from helpers import ENV, ROOT, error_line, file_hashes, run_in_process, save_tiny_model, wait_for
+from toolkit.compare_recipes import claim_run_dir
+from toolkit.compare_recipes import main as compare_main
 from toolkit.errors import UsageError
-from toolkit.compare_recipes import claim_run_dir, main as compare_main
 
 # a tiny ResNet at 32 px, one loader process: a compare_recipes run of one epoch takes seconds
-TINY = ["model.arch=resnet18", "model.blocks_per_stage=[1,1,1,1]", "model.base_width=8", "data.image_size=32",
-        "data.resize_size=36", "data.num_workers=0", "train.batch_size=8", "eval.batch_size=32", "eval.plots=false",
-        'train.mixed_precision="no"', "model.channels_last=false", "scheduler.warmup_epochs=0"]
+TINY = [
+    "model.arch=resnet18",
+    "model.blocks_per_stage=[1,1,1,1]",
+    "model.base_width=8",
+    "data.image_size=32",
+    "data.resize_size=36",
+    "data.num_workers=0",
+    "train.batch_size=8",
+    "eval.batch_size=32",
+    "eval.plots=false",
+    'train.mixed_precision="no"',
+    "model.channels_last=false",
+    "scheduler.warmup_epochs=0",
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,8 +81,10 @@ def test_a_new_comparison_keeps_every_earlier_run(synthetic_shards: Path, tmp_pa
     printed = capsys.readouterr().out
     assert "seed seed 0: training" in printed and "strong seed 0: training" in printed
     report = json.loads((out / "comparison.json").read_text())
-    assert [Path(r["run_dir"]).name for n in ("seed", "strong") for r in report["recipes"][n]["runs"]] \
-        == ["seed-seed0-2", "strong-seed0-2"]
+    assert [Path(r["run_dir"]).name for n in ("seed", "strong") for r in report["recipes"][n]["runs"]] == [
+        "seed-seed0-2",
+        "strong-seed0-2",
+    ]
     assert {name: file_hashes(out / "runs" / f"{name}-seed0") for name in earlier} == earlier
 
     assert compare_main([*args, "--reuse", *TINY]) == 0  # the original config again: the kept runs count
@@ -84,11 +98,28 @@ def test_a_new_comparison_keeps_every_earlier_run(synthetic_shards: Path, tmp_pa
 def test_two_comparisons_at_once_into_one_folder_keep_each_other_s_runs(synthetic_shards: Path, tmp_path: Path):
     """Two compare_recipes processes, same --out, same recipe and seed: two run folders, both complete."""
     out = tmp_path / "compare"
-    command = [sys.executable, "-m", "toolkit.compare_recipes", "--shards", str(synthetic_shards), "--epochs", "1",
-               "--seeds", "0", "--configs", str(ROOT / "configs/smoke.yaml"), "--names", "smoke", "--out", str(out),
-               *TINY]
-    procs = [subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    command = [
+        sys.executable,
+        "-m",
+        "toolkit.compare_recipes",
+        "--shards",
+        str(synthetic_shards),
+        "--epochs",
+        "1",
+        "--seeds",
+        "0",
+        "--configs",
+        str(ROOT / "configs/smoke.yaml"),
+        "--names",
+        "smoke",
+        "--out",
+        str(out),
+        *TINY,
+    ]
+    procs = [
+        subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     results = [wait_for(proc, timeout=280) for proc in procs]
     for proc, (stdout, stderr) in zip(procs, results):
         assert proc.returncode == 0, stdout[-2000:] + stderr[-2000:]
@@ -140,22 +171,26 @@ def set_header_metadata(path: Path, **claims) -> None:
     """Rewrite a safetensors file's ``__metadata__`` in place, as a hostile sender could (tensors untouched)."""
     data = path.read_bytes()
     size = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + size])
+    header = json.loads(data[8 : 8 + size])
     header["__metadata__"].update({key: json.dumps(value) for key, value in claims.items()})
     text = json.dumps(header).encode("utf-8")
     text += b" " * (-len(text) % 8)  # keep the tensors 8-byte aligned
-    path.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + size:])
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + size :])
 
 
-@pytest.mark.parametrize("claims, words", [
-    ({"image_size": 60000, "resize_size": 60000}, "data.image_size = 60000 is out of range"),
-    ({"resize_size": 60000}, "data.resize_size = 60000 is out of range"),
-    ({"image_size": "224"}, "data.image_size = '224' has the wrong type"),
-    ({"image_size": 64, "resize_size": 48}, "resize_size 48 must be >= image_size 64"),
-])
+@pytest.mark.parametrize(
+    "claims, words",
+    [
+        ({"image_size": 60000, "resize_size": 60000}, "data.image_size = 60000 is out of range"),
+        ({"resize_size": 60000}, "data.resize_size = 60000 is out of range"),
+        ({"image_size": "224"}, "data.image_size = '224' has the wrong type"),
+        ({"image_size": 64, "resize_size": 48}, "resize_size 48 must be >= image_size 64"),
+    ],
+)
 @pytest.mark.parametrize("tool", ["predict", "evaluate"])
-def test_model_file_image_sizes_are_held_to_evaluate_s_cap(synthetic_shards: Path, tmp_path: Path, capsys,
-                                                           monkeypatch, claims: dict, words: str, tool: str):
+def test_model_file_image_sizes_are_held_to_evaluate_s_cap(
+    synthetic_shards: Path, tmp_path: Path, capsys, monkeypatch, claims: dict, words: str, tool: str
+):
     """One check (config.model_image_sizes) for both tools, before any image is decoded or resized."""
     from PIL import Image
 
@@ -177,8 +212,19 @@ def test_model_file_image_sizes_are_held_to_evaluate_s_cap(synthetic_shards: Pat
     if tool == "predict":
         code = run_in_process(toolkit.predict.main, ["--model", str(model), str(image)])
     else:
-        code = run_in_process(evaluate_main, ["--model", str(model), "--shards", str(synthetic_shards),
-                                              "--num-workers", "0", "--out", str(tmp_path / "eval")])
+        code = run_in_process(
+            evaluate_main,
+            [
+                "--model",
+                str(model),
+                "--shards",
+                str(synthetic_shards),
+                "--num-workers",
+                "0",
+                "--out",
+                str(tmp_path / "eval"),
+            ],
+        )
     line = error_line(capsys.readouterr().err)
     assert code == 2 and str(model) in line and words in line, line
     assert not (tmp_path / "eval").exists()
@@ -210,8 +256,9 @@ def test_an_empty_split_folder_is_refused_when_packing(tmp_path: Path, capsys, e
     write_images(source / "train" / "dog", 6, seed=1)
     (source / empty).mkdir()
     (source / empty / "notes.txt").write_text("no class folders here\n")
-    code = run_in_process(make_shards_main, ["--source", str(source), "--out", str(tmp_path / "shards"),
-                                             "--workers", "1"])
+    code = run_in_process(
+        make_shards_main, ["--source", str(source), "--out", str(tmp_path / "shards"), "--workers", "1"]
+    )
     line = error_line(capsys.readouterr().err)
     assert code == 2 and f"the {empty} split would be empty" in line and f"--{empty}-fraction" in line, line
     assert not (tmp_path / "shards").exists()
@@ -219,9 +266,9 @@ def test_an_empty_split_folder_is_refused_when_packing(tmp_path: Path, capsys, e
 
 def test_an_empty_test_split_is_refused_before_training_and_evaluating(tmp_path: Path, capsys):
     """Shards whose test split is empty (packed by an older version, or edited): one line, no run folder."""
+    from helpers import train_args, train_cli
     from toolkit.data.shards import pack_dataset
     from toolkit.evaluation.evaluate import main as evaluate_main
-    from helpers import train_args, train_cli
 
     source = tmp_path / "pets"
     for split, count in (("train", 12), ("val", 4), ("test", 3)):
@@ -241,8 +288,10 @@ def test_an_empty_test_split_is_refused_before_training_and_evaluating(tmp_path:
     assert not (tmp_path / "runs").exists()  # refused before any folder is made
     model = tmp_path / "model.safetensors"
     save_tiny_model(model)
-    code = run_in_process(evaluate_main, ["--model", str(model), "--shards", str(shards), "--num-workers", "0",
-                                          "--out", str(tmp_path / "eval")])
+    code = run_in_process(
+        evaluate_main,
+        ["--model", str(model), "--shards", str(shards), "--num-workers", "0", "--out", str(tmp_path / "eval")],
+    )
     assert code == 2 and "has no samples" in error_line(capsys.readouterr().err)
     with pytest.raises(UsageError, match="the test split .* has no samples, so --split=test"):
         compare_main(["--shards", str(shards), "--epochs", "1", "--seeds", "0", "--out", str(tmp_path / "c"), *TINY])
@@ -267,12 +316,18 @@ CREDENTIAL_FORMS = [  # (id, shard location, the secret in it); one per form of 
     ("wget-password", "pipe:wget -qO- --user=alice --password=S3cr3tPass https://h/x.tar", "S3cr3tPass"),
     ("wget-http-password", "pipe:wget -qO- --http-password S3cr3tPass https://h/x.tar", "S3cr3tPass"),
     ("wget-header", "pipe:wget -qO- --header='Authorization: Bearer S3cr3tAuth' https://h/x.tar", "S3cr3tAuth"),
-    ("aws-env-secret", "pipe:AWS_SECRET_ACCESS_KEY=S3cr3t/Aws+Key aws s3 cp --profile prod s3://b/x.tar -",
-     "S3cr3t/Aws+Key"),
+    (
+        "aws-env-secret",
+        "pipe:AWS_SECRET_ACCESS_KEY=S3cr3t/Aws+Key aws s3 cp --profile prod s3://b/x.tar -",
+        "S3cr3t/Aws+Key",
+    ),
     ("aws-env-session", 'pipe:env AWS_SESSION_TOKEN="S3cr3t Session" aws s3 cp s3://b/x.tar -', "S3cr3t Session"),
     ("aws-sse-c-key", "pipe:aws s3 cp --sse-c AES256 --sse-c-key S3cr3tSseKey s3://b/x.tar -", "S3cr3tSseKey"),
-    ("gsutil-o", 'pipe:gsutil -o "Credentials:gs_oauth2_refresh_token=S3cr3tRefresh" cat gs://b/x.tar',
-     "S3cr3tRefresh"),
+    (
+        "gsutil-o",
+        'pipe:gsutil -o "Credentials:gs_oauth2_refresh_token=S3cr3tRefresh" cat gs://b/x.tar',
+        "S3cr3tRefresh",
+    ),
     ("env-password", "pipe:PGPASSWORD=S3cr3tPg fetch-shard x.tar", "S3cr3tPg"),
     ("env-api-key", "pipe:MY_API_KEY=S3cr3tMyKey fetch-shard x.tar", "S3cr3tMyKey"),
     ("url-userinfo", "https://alice:S3cr3tPass@h/x.tar", "S3cr3tPass"),
@@ -291,9 +346,16 @@ def test_each_credential_form_in_a_shard_location_is_masked(location: str, secre
     assert masked.endswith(location.split(secret, 1)[1])  # what follows the secret stays readable
 
 
-@pytest.mark.parametrize("text", ["pipe:aws s3 cp --profile prod s3://b/train-000000.tar -",
-                                  'pipe:curl -s -H "Accept: */*" --user-agent pets https://h/x.tar',
-                                  "key=Abyssinian_1", "optimizer.weight_decay=0.001", "shards/pets/{split}.tar"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "pipe:aws s3 cp --profile prod s3://b/train-000000.tar -",
+        'pipe:curl -s -H "Accept: */*" --user-agent pets https://h/x.tar',
+        "key=Abyssinian_1",
+        "optimizer.weight_decay=0.001",
+        "shards/pets/{split}.tar",
+    ],
+)
 def test_what_is_no_credential_stays(text: str):
     from toolkit.redaction import redact_text
 
@@ -304,27 +366,48 @@ def test_what_is_no_credential_stays(text: str):
 def test_credentials_in_a_pipe_command_reach_no_file_of_the_run(synthetic_source: Path, tmp_path: Path):
     """One working pipe: command carrying a credential of every form: none in config.yaml, dataset.json,
     report.html, the console or W&B's offline run; each file shows the masked command."""
-    from toolkit.data.shards import pack_dataset
     from helpers import train_args
+    from toolkit.data.shards import pack_dataset
 
     folder = tmp_path / "one-shard-per-split"
     pack_dataset(synthetic_source, folder, resize_shorter=48, shard_size=1000, workers=1, show_progress=False)
-    secrets = ["S3cr3tAws", "S3cr3tTokenEnv", "S3cr3tBearer", "S3cr3tPass", "S3cr3tApiKey", "S3cr3tCookie",
-               "S3cr3tWget", "S3cr3tWgetHdr", "S3cr3tUserinfo", "S3cr3tSig", "S3cr3tRefresh"]
-    command = (f"pipe:AWS_SECRET_ACCESS_KEY={secrets[0]} SHARD_TOKEN={secrets[1]} cat "
-               f"{folder}/{{split}}-{{000000..000000}}.tar # curl --oauth2-bearer {secrets[2]} -u me:{secrets[3]} "
-               f'-H "X-Api-Key: {secrets[4]}" --cookie "sid={secrets[5]}" https://u:{secrets[8]}@h/x?sig={secrets[9]} '
-               f'wget --password={secrets[6]} --header="Authorization: Bearer {secrets[7]}" '
-               f'gsutil -o "Credentials:gs_oauth2_refresh_token={secrets[10]}" aws --profile prod')
+    secrets = [
+        "S3cr3tAws",
+        "S3cr3tTokenEnv",
+        "S3cr3tBearer",
+        "S3cr3tPass",
+        "S3cr3tApiKey",
+        "S3cr3tCookie",
+        "S3cr3tWget",
+        "S3cr3tWgetHdr",
+        "S3cr3tUserinfo",
+        "S3cr3tSig",
+        "S3cr3tRefresh",
+    ]
+    command = (
+        f"pipe:AWS_SECRET_ACCESS_KEY={secrets[0]} SHARD_TOKEN={secrets[1]} cat "
+        f"{folder}/{{split}}-{{000000..000000}}.tar # curl --oauth2-bearer {secrets[2]} -u me:{secrets[3]} "
+        f'-H "X-Api-Key: {secrets[4]}" --cookie "sid={secrets[5]}" https://u:{secrets[8]}@h/x?sig={secrets[9]} '
+        f'wget --password={secrets[6]} --header="Authorization: Bearer {secrets[7]}" '
+        f'gsutil -o "Credentials:gs_oauth2_refresh_token={secrets[10]}" aws --profile prod'
+    )
     home = tmp_path / "home"
     env = {k: v for k, v in ENV.items() if not k.startswith("WANDB_") and k != "NETRC"}
-    env.update(HOME=str(home), WANDB_MODE="offline", WANDB_CACHE_DIR=str(home / "cache"),
-               WANDB_DATA_DIR=str(home / "data"), WANDB_CONFIG_DIR=str(home / "config"), WANDB_SILENT="true",
-               WANDB_ERROR_REPORTING="false")
-    argv = train_args(folder, tmp_path / "runs", "pipe", "train.epochs=1", "tracking.wandb=offline",
-                      f"data.shards='{command}'")  # quoted: YAML keeps the '#'
-    proc = subprocess.run([sys.executable, "-m", "toolkit.train", *argv], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=280)
+    env.update(
+        HOME=str(home),
+        WANDB_MODE="offline",
+        WANDB_CACHE_DIR=str(home / "cache"),
+        WANDB_DATA_DIR=str(home / "data"),
+        WANDB_CONFIG_DIR=str(home / "config"),
+        WANDB_SILENT="true",
+        WANDB_ERROR_REPORTING="false",
+    )
+    argv = train_args(
+        folder, tmp_path / "runs", "pipe", "train.epochs=1", "tracking.wandb=offline", f"data.shards='{command}'"
+    )  # quoted: YAML keeps the '#'
+    proc = subprocess.run(
+        [sys.executable, "-m", "toolkit.train", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=280
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "runs" / "pipe"
     files = [p for p in run.rglob("*") if p.is_file()]
@@ -337,6 +420,7 @@ def test_credentials_in_a_pipe_command_reach_no_file_of_the_run(synthetic_source
     import html
 
     import yaml
+
     from toolkit.redaction import redact_text
 
     masked = redact_text(command, secrets=[])
@@ -376,8 +460,9 @@ def read_all(shard: Path, expected: int, limits=None, strict: bool = False) -> t
     from toolkit.data import reading
 
     skips = reading.Skips(strict=strict)
-    kept = list(reading.usable(reading.read_shards([(str(shard), expected)], skips, limits=limits), skips,
-                               num_classes=2))
+    kept = list(
+        reading.usable(reading.read_shards([(str(shard), expected)], skips, limits=limits), skips, num_classes=2)
+    )
     return kept, skips.count
 
 
@@ -388,12 +473,22 @@ def test_the_bytes_of_one_key_are_capped_not_only_each_member(tmp_path: Path):
 
     limits = Limits(member_bytes=1000, sample_bytes=1500)
     shard = tmp_path / "train-000000.tar"
-    shard.write_bytes(make_tar([
-        ("ok.cls", b"1"), ("ok.jpg", b"x" * 900), *((f"ok.extra{i}", b"e" * 900) for i in range(50)),
-        ("wide.cls", b"0"), ("wide.jpg", b"x" * 900), ("wide.json", b"{" * 900),  # 1801 bytes of one key
-        *(("again.jpg", b"y" * 900) for _ in range(5)), ("again.cls", b"0"),  # one member, five times
-        ("last.cls", b"0"), ("last.jpg", b"z" * 10),
-    ]))
+    shard.write_bytes(
+        make_tar(
+            [
+                ("ok.cls", b"1"),
+                ("ok.jpg", b"x" * 900),
+                *((f"ok.extra{i}", b"e" * 900) for i in range(50)),
+                ("wide.cls", b"0"),
+                ("wide.jpg", b"x" * 900),
+                ("wide.json", b"{" * 900),  # 1801 bytes of one key
+                *(("again.jpg", b"y" * 900) for _ in range(5)),
+                ("again.cls", b"0"),  # one member, five times
+                ("last.cls", b"0"),
+                ("last.jpg", b"z" * 10),
+            ]
+        )
+    )
     kept, skipped = read_all(shard, 4, limits)
     assert [s["__key__"] for s in kept] == ["ok", "last"] and skipped == 2
     assert set(kept[0]) == {"__key__", "__url__", "__label__", "cls", "jpg"}  # the 50 extras were not read
@@ -405,6 +500,7 @@ def test_compressed_shards_are_refused_unread_and_counted(tmp_path: Path, caplog
     import bz2
     import gzip
     import lzma
+
     from toolkit.errors import DataError
 
     plain = make_tar([(f"s{i}.{ext}", data) for i in range(3) for ext, data in (("cls", b"1"), ("jpg", b"x" * 10))])
@@ -425,10 +521,10 @@ def test_verify_reads_a_shard_in_bounded_memory_and_names_what_is_over_the_caps(
     """--verify used to read each whole shard, and every sample of it, into memory."""
     import tracemalloc
 
+    from helpers import rewrite_shard
     from toolkit.data.reading import Limits
     from toolkit.data.shards import pack_dataset
     from toolkit.data.verify import verify_shards
-    from helpers import rewrite_shard
 
     source = tmp_path / "pets"
     write_images(source / "cat", 8, size=32)
@@ -451,8 +547,9 @@ def test_verify_reads_a_shard_in_bounded_memory_and_names_what_is_over_the_caps(
     problems = verify_shards(shards, limits=Limits(member_bytes=1 << 20, sample_bytes=1 << 20))
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert any(f"{train.name}/{first['key']}: {first['key']}.jpg is 8,388,608 bytes" in p and "not read" in p
-               for p in problems), problems
+    assert any(
+        f"{train.name}/{first['key']}: {first['key']}.jpg is 8,388,608 bytes" in p and "not read" in p for p in problems
+    ), problems
     assert any("sha256 differs" in p for p in problems)
     assert peak < 4 << 20, f"peak {peak:,} bytes while verifying an 8 MiB shard"
 
@@ -478,8 +575,9 @@ def test_linked_sub_folders_are_packed_each_file_once_and_loops_are_not_followed
     (source / "cat" / "loop").symlink_to(source / "cat", target_is_directory=True)  # back to its own class folder
     (source / "dog" / "same.jpg").symlink_to(source / "cat" / "img0.jpg")  # one file in two classes
     info = pack_folder(source, tmp_path / "shards")
-    packed = {name: sum(info["splits"][split]["class_counts"][name] for split in info["splits"])
-              for name in ("cat", "dog")}
+    packed = {
+        name: sum(info["splits"][split]["class_counts"][name] for split in info["splits"]) for name in ("cat", "dog")
+    }
     assert packed == {"cat": 10, "dog": 6}
     skipped = info["skipped"]
     assert len(skipped) == 1 and "the same file as cat/img0.jpg" in skipped[0]["reason"], skipped
@@ -503,9 +601,27 @@ def test_a_fifo_and_a_dev_zero_link_named_jpg_are_skipped_unopened(tmp_path: Pat
     def limit_memory() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
 
-    proc = subprocess.Popen([sys.executable, "-m", "toolkit.make_shards", "--source", str(source), "--out", str(out),
-                             "--workers", "1", "--resize-shorter", "32"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=limit_memory)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "toolkit.make_shards",
+            "--source",
+            str(source),
+            "--out",
+            str(out),
+            "--workers",
+            "1",
+            "--resize-shorter",
+            "32",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=limit_memory,
+    )
     stdout, stderr = wait_for(proc, timeout=60)
     assert proc.returncode == 0, stderr[-2000:]
     assert "is a FIFO, never opened" in stdout and "zero.jpg is a device, never opened" in stdout
@@ -537,8 +653,9 @@ def test_a_class_folder_name_that_is_not_utf8_is_one_line_before_packing(tmp_pat
     bad = os.path.join(os.fsencode(source), b"d\xf6g")  # Latin-1 "dög"
     os.mkdir(bad)
     write_images(Path(os.fsdecode(bad)), 6, seed=1)
-    code = run_in_process(make_shards_main, ["--source", str(source), "--out", str(tmp_path / "shards"),
-                                             "--workers", "1"])
+    code = run_in_process(
+        make_shards_main, ["--source", str(source), "--out", str(tmp_path / "shards"), "--workers", "1"]
+    )
     line = error_line(capsys.readouterr().err)
     assert code == 2 and "'d\\udcf6g'" in line and "not valid UTF-8; rename it" in line, line
     assert not (tmp_path / "shards").exists()
@@ -554,8 +671,10 @@ def test_an_image_file_name_that_is_not_utf8_is_a_counted_skip(tmp_path: Path, c
     write_images(source / "dog", 6, seed=1)
     os.rename(source / "dog" / "img5.jpg", os.path.join(os.fsencode(source / "dog"), b"h\xfcnd.jpg"))
     os.rename(source / "dog" / "img4.jpg", os.path.join(os.fsencode(source / "dog"), b"notes\xfc.txt"))
-    code = run_in_process(make_shards_main, ["--source", str(source), "--out", str(tmp_path / "shards"),
-                                             "--workers", "1", "--resize-shorter", "32"])
+    code = run_in_process(
+        make_shards_main,
+        ["--source", str(source), "--out", str(tmp_path / "shards"), "--workers", "1", "--resize-shorter", "32"],
+    )
     out = capsys.readouterr().out
     assert code == 0 and "is not valid UTF-8: rename it" in out and "notes\ufffd.txt" in out
     info = json.loads((tmp_path / "shards" / "info.json").read_text())

@@ -25,8 +25,13 @@ TOP_LEVEL_SKIP = {".git", "runs", "data", "build", "wandb", "exported", "gpu-che
 def skip(folder: str, names: list[str]) -> set[str]:
     """What the source copy leaves out: top-level outputs and environments, caches anywhere."""
     top = Path(folder) == ROOT
-    return {name for name in names if name == "__pycache__" or name.endswith(".egg-info")
-            or (top and (name in TOP_LEVEL_SKIP or name.startswith(".venv")))}
+    return {
+        name
+        for name in names
+        if name == "__pycache__"
+        or name.endswith(".egg-info")
+        or (top and (name in TOP_LEVEL_SKIP or name.startswith(".venv")))
+    }
 
 
 def run(argv: list, cwd: Path, env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -42,17 +47,40 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, Pat
     source = tmp / "source"  # a clean copy: no build/ left over from an earlier build can leak into the wheel
     shutil.copytree(ROOT, source, symlinks=True, ignore=skip)
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir",
-         tmp / "wheels", source], tmp, env)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            tmp / "wheels",
+            source,
+        ],
+        tmp,
+        env,
+    )
     wheel = next((tmp / "wheels").glob("pets_toolkit-*.whl"))
     run([sys.executable, "-m", "venv", "--without-pip", tmp / "venv"], tmp, env)
     python = tmp / "venv" / "bin" / "python"
     purelib = run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp, env).stdout.strip()
     (Path(purelib) / "shared_heavy_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    run([sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps", "--no-index", wheel],
-        tmp, env)
-    env = {**env, "PATH": f"{tmp / 'venv' / 'bin'}{os.pathsep}{env['PATH']}", "WANDB_MODE": "offline",
-           "WANDB_SILENT": "true", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    run(
+        [sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps", "--no-index", wheel],
+        tmp,
+        env,
+    )
+    env = {
+        **env,
+        "PATH": f"{tmp / 'venv' / 'bin'}{os.pathsep}{env['PATH']}",
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+    }
     return tmp / "venv" / "bin", env, wheel
 
 
@@ -70,8 +98,20 @@ def test_pets_quickstart_runs_from_an_empty_folder(installed, tmp_path):
     bin_dir, env, _ = installed
     where = run([bin_dir / "python", "-c", "import toolkit; print(toolkit.__file__)"], tmp_path, env).stdout
     assert str(bin_dir.parent) in where and str(ROOT) not in where, where  # the wheel's toolkit, not the checkout's
-    proc = run([bin_dir / "pets-quickstart", "--synthetic-images", "120", "train.epochs=1", "scheduler.warmup_epochs=0",
-                "data.image_size=32", "data.resize_size=36", "eval.num_images=2"], tmp_path, env)
+    proc = run(
+        [
+            bin_dir / "pets-quickstart",
+            "--synthetic-images",
+            "120",
+            "train.epochs=1",
+            "scheduler.warmup_epochs=0",
+            "data.image_size=32",
+            "data.resize_size=36",
+            "eval.num_images=2",
+        ],
+        tmp_path,
+        env,
+    )
     assert "SYNTHETIC" in proc.stdout and "model:" in proc.stdout
     assert (tmp_path / "runs" / "quickstart" / "report.html").is_file()
     assert (tmp_path / "runs" / "quickstart" / "eval" / "test" / "metrics.json").is_file()
@@ -80,7 +120,15 @@ def test_pets_quickstart_runs_from_an_empty_folder(installed, tmp_path):
     # the other commands that read shipped configs
     config = run([bin_dir / "pets-train", "--print-config"], tmp_path, env).stdout
     assert "data:" in config and "model:" in config
-    run([bin_dir / "python", "-c", "from toolkit.compare_recipes import DEFAULT_CONFIGS; "
-         "assert all(path.is_file() for path in DEFAULT_CONFIGS), DEFAULT_CONFIGS"], tmp_path, env)
+    run(
+        [
+            bin_dir / "python",
+            "-c",
+            "from toolkit.compare_recipes import DEFAULT_CONFIGS; "
+            "assert all(path.is_file() for path in DEFAULT_CONFIGS), DEFAULT_CONFIGS",
+        ],
+        tmp_path,
+        env,
+    )
     usage = run([bin_dir / "pets-evaluate", "--help"], tmp_path, env).stdout
     assert usage.startswith("usage: pets-evaluate")

@@ -15,17 +15,16 @@ import numpy as np
 import pytest
 from PIL import Image, UnidentifiedImageError
 
-from helpers import synthetic_info
-
 import toolkit.data.shards as make_shards
+from helpers import synthetic_info
 from toolkit.cli import run_cli
-from toolkit.errors import UsageError
-from toolkit.formats import read_manifest
+from toolkit.data.oxford import Entry, make_synthetic_dataset
 from toolkit.data.shards import SPLITS, Job, pack_dataset, process_image
 from toolkit.data.sources import Item, stratified_split
 from toolkit.data.verify import verify_shards
+from toolkit.errors import UsageError
+from toolkit.formats import read_manifest
 from toolkit.make_shards import main
-from toolkit.data.oxford import Entry, make_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 # --------------------------------------------------------------------------------------------
 # helpers: read the inputs and the outputs independently of the code under test
 # --------------------------------------------------------------------------------------------
+
 
 def annotation(root: Path, filename: str) -> dict[str, list[int]]:
     """name -> [class id, species, breed id], read with nothing but str.split."""
@@ -65,6 +65,7 @@ def run_main(argv: list[str]) -> int:
 # synthetic data
 # --------------------------------------------------------------------------------------------
 
+
 def test_synthetic_dataset_is_deterministic_and_has_every_odd_file(tmp_path):
     first = make_synthetic_dataset(tmp_path / "a", 20, seed=3, image_size=32)
     second = make_synthetic_dataset(tmp_path / "b", 20, seed=3, image_size=32)
@@ -76,9 +77,16 @@ def test_synthetic_dataset_is_deterministic_and_has_every_odd_file(tmp_path):
 
     record = synthetic_info(second)
     odd = {kind: second / "images" / f"{name}.jpg" for kind, name in record["odd_files"].items()}
-    expected = {"png": ("PNG", "RGB"), "gif": ("GIF", "P"), "grayscale": ("JPEG", "L"), "cmyk": ("JPEG", "CMYK"),
-                "rgba": ("PNG", "RGBA"), "palette": ("PNG", "P"), "progressive": ("JPEG", "RGB"),
-                "trailing_byte": ("JPEG", "RGB")}
+    expected = {
+        "png": ("PNG", "RGB"),
+        "gif": ("GIF", "P"),
+        "grayscale": ("JPEG", "L"),
+        "cmyk": ("JPEG", "CMYK"),
+        "rgba": ("PNG", "RGBA"),
+        "palette": ("PNG", "P"),
+        "progressive": ("JPEG", "RGB"),
+        "trailing_byte": ("JPEG", "RGB"),
+    }
     for kind, (fmt, mode) in expected.items():
         with Image.open(odd[kind]) as image:
             assert (image.format, image.mode) == (fmt, mode), kind
@@ -105,6 +113,7 @@ def test_synthetic_dataset_is_deterministic_and_has_every_odd_file(tmp_path):
 # the packed output
 # --------------------------------------------------------------------------------------------
 
+
 def test_counts_labels_and_splits_match_the_annotation_files(synthetic_source, synthetic_shards):
     info = read_manifest(synthetic_shards)
     trainval, test = annotation(synthetic_source, "trainval.txt"), annotation(synthetic_source, "test.txt")
@@ -112,8 +121,10 @@ def test_counts_labels_and_splits_match_the_annotation_files(synthetic_source, s
     skipped = {s["name"]: s for s in info["skipped"]}
     packed = {split: read_split(synthetic_shards, split) for split in SPLITS}
 
-    names = {split: [key for key, _ in packed[split]] + [s["name"] for s in info["skipped"] if s["split"] == split]
-             for split in SPLITS}
+    names = {
+        split: [key for key, _ in packed[split]] + [s["name"] for s in info["skipped"] if s["split"] == split]
+        for split in SPLITS
+    }
     assert sorted(names["train"] + names["val"]) == sorted(trainval)  # each trainval image in exactly one
     assert sorted(names["test"]) == sorted(test)
     assert names["val"] and names["train"]
@@ -128,7 +139,11 @@ def test_counts_labels_and_splits_match_the_annotation_files(synthetic_source, s
             meta = json.loads(members["json"])
             assert sorted(members) == ["cls", "jpg", "json"]
             assert members["cls"] == (b"0" if key[0].isupper() else b"1") == str(species - 1).encode()
-            assert (meta["class_id"], meta["breed_id"], meta["species"]) == (class_id, breed_id, ("cat", "dog")[species - 1])
+            assert (meta["class_id"], meta["breed_id"], meta["species"]) == (
+                class_id,
+                breed_id,
+                ("cat", "dog")[species - 1],
+            )
             assert meta["breed"] == key.rsplit("_", 1)[0] and meta["source"] == f"{key}.jpg"
             with Image.open(io.BytesIO(members["jpg"])) as image:
                 assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (meta["width"], meta["height"]))
@@ -137,7 +152,9 @@ def test_counts_labels_and_splits_match_the_annotation_files(synthetic_source, s
     broken = {record["odd_files"][kind]: kind for kind in ("truncated", "corrupt", "missing")}
     assert set(skipped) == set(broken)
     for name, kind in broken.items():
-        assert {"truncated": "truncated", "corrupt": "undecodable", "missing": "missing"}[kind] in skipped[name]["reason"]
+        assert {"truncated": "truncated", "corrupt": "undecodable", "missing": "missing"}[kind] in skipped[name][
+            "reason"
+        ]
     kept = set(record["odd_files"]) - set(broken.values())
     assert all(any(key == record["odd_files"][kind] for split in SPLITS for key, _ in packed[split]) for kind in kept)
     assert info["unlisted"] == {"count": len(record["unlisted"]), "names": record["unlisted"]}
@@ -147,8 +164,15 @@ def test_counts_labels_and_splits_match_the_annotation_files(synthetic_source, s
 
 def test_normalization_is_the_mean_and_std_of_the_stored_train_pixels(synthetic_shards):
     info = read_manifest(synthetic_shards)
-    pixels = np.concatenate([np.asarray(Image.open(io.BytesIO(m["jpg"])).convert("RGB"), np.float64).reshape(-1, 3)
-                             for _, m in read_split(synthetic_shards, "train")]) / 255
+    pixels = (
+        np.concatenate(
+            [
+                np.asarray(Image.open(io.BytesIO(m["jpg"])).convert("RGB"), np.float64).reshape(-1, 3)
+                for _, m in read_split(synthetic_shards, "train")
+            ]
+        )
+        / 255
+    )
     norm = info["normalization"]
     assert norm["computed_on"] == "train" and norm["num_images"] == info["splits"]["train"]["num_samples"]
     np.testing.assert_allclose(norm["mean"], pixels.mean(axis=0), rtol=1e-9)
@@ -184,13 +208,18 @@ def test_odd_images_are_converted_resized_or_copied(synthetic_source, tmp_path):
         item = Item(key=name, path=images / f"{name}.jpg", label=0, fields=(), source=f"{name}.jpg")
         return Job("train", item, resize, 90, want_stats=True)
 
-    clean = next(p.stem for p in sorted(images.glob("*.jpg"))
-                 if p.stem not in record["odd_files"].values() and Image.open(p).format == "JPEG")
+    clean = next(
+        p.stem
+        for p in sorted(images.glob("*.jpg"))
+        if p.stem not in record["odd_files"].values() and Image.open(p).format == "JPEG"
+    )
     copied = process_image(job(clean, 0))
     assert copied.jpeg == (images / f"{clean}.jpg").read_bytes()  # clean RGB JPEG, no resize: bytes unchanged
     resized = process_image(job(clean, 24))
-    assert min(resized.width, resized.height) == 24 and (resized.orig_width, resized.orig_height) == \
-        Image.open(images / f"{clean}.jpg").size
+    assert (
+        min(resized.width, resized.height) == 24
+        and (resized.orig_width, resized.orig_height) == Image.open(images / f"{clean}.jpg").size
+    )
     assert process_image(job(clean, 1000)).jpeg == copied.jpeg  # never upscale
 
     rgba = process_image(job(record["odd_files"]["rgba"], 0))
@@ -223,6 +252,7 @@ def test_label_conflicts_are_skipped_and_list_mismatches_refused(tmp_path):
 # splits
 # --------------------------------------------------------------------------------------------
 
+
 def test_split_modes():
     from sklearn.model_selection import train_test_split
 
@@ -243,6 +273,7 @@ def test_split_modes():
 # --------------------------------------------------------------------------------------------
 # reproducibility and crash safety
 # --------------------------------------------------------------------------------------------
+
 
 def test_reruns_are_byte_identical_with_1_and_2_workers(synthetic_source, tmp_path):
     options = dict(resize_shorter=32, shard_size=8, show_progress=False)
@@ -281,8 +312,9 @@ def test_interrupted_run_leaves_no_finished_looking_shard(synthetic_source, tmp_
 
     calls.clear()
     with pytest.raises(RuntimeError, match="worker died"):
-        pack_dataset(synthetic_source, tmp_path / "fresh", resize_shorter=24, shard_size=2, workers=1,
-                     show_progress=False)
+        pack_dataset(
+            synthetic_source, tmp_path / "fresh", resize_shorter=24, shard_size=2, workers=1, show_progress=False
+        )
     assert list((tmp_path / "fresh").iterdir()) == []
 
 
@@ -306,6 +338,7 @@ def test_rerun_replaces_stale_shards_and_refuses_foreign_files(synthetic_source,
 # --------------------------------------------------------------------------------------------
 # verify
 # --------------------------------------------------------------------------------------------
+
 
 def test_verify_catches_a_flipped_byte(synthetic_shards, tmp_path, capsys):
     folder = tmp_path / "shards"
@@ -358,6 +391,7 @@ def test_verify_catches_mislabelled_and_undecodable_samples(synthetic_shards, tm
 # command line
 # --------------------------------------------------------------------------------------------
 
+
 def make_layout(root: Path, trainval: str, test: str) -> Path:
     (root / "images").mkdir(parents=True)
     (root / "annotations").mkdir()
@@ -408,9 +442,27 @@ def test_download_without_network_says_how_to_use_a_local_copy(tmp_path, monkeyp
 
 
 def test_cli_synthetic_in_a_subprocess(tmp_path):
-    pack = subprocess.run([sys.executable, "-m", "toolkit.make_shards", "--synthetic", "16", "--source",
-                           str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--resize-shorter", "32",
-                           "--workers", "1"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    pack = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "toolkit.make_shards",
+            "--synthetic",
+            "16",
+            "--source",
+            str(tmp_path / "src"),
+            "--out",
+            str(tmp_path / "out"),
+            "--resize-shorter",
+            "32",
+            "--workers",
+            "1",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert pack.returncode == 0, pack.stderr
     summary = pack.stdout.strip().splitlines()[-1]
     assert "[SYNTHETIC data]" in summary and "train" in summary and "skipped" in summary
@@ -420,6 +472,7 @@ def test_cli_synthetic_in_a_subprocess(tmp_path):
 # --------------------------------------------------------------------------------------------
 # the real mini data
 # --------------------------------------------------------------------------------------------
+
 
 @pytest.mark.shared_data
 @pytest.mark.slow

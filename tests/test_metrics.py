@@ -15,8 +15,6 @@ from toolkit.evaluation.metrics import classification_report_table, compute_metr
 from toolkit.reporting.report_metrics import SEED_RESULTS
 
 
-
-
 def _fake_predictions(n: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 2, n)
@@ -39,7 +37,12 @@ def test_headline_metrics_equal_sklearn():
 
     report = skm.classification_report(labels, pred, target_names=["cat", "dog"], output_dict=True)
     for name in ("cat", "dog"):
-        for ours, theirs in (("precision", "precision"), ("recall", "recall"), ("f1", "f1-score"), ("support", "support")):
+        for ours, theirs in (
+            ("precision", "precision"),
+            ("recall", "recall"),
+            ("f1", "f1-score"),
+            ("support", "support"),
+        ):
             assert m["per_class"][name][ours] == pytest.approx(report[name][theirs], abs=1e-12)
     for ours, theirs in (("macro_avg", "macro avg"), ("weighted_avg", "weighted avg")):
         for key, sk_key in (("precision", "precision"), ("recall", "recall"), ("f1", "f1-score")):
@@ -64,8 +67,13 @@ def test_per_breed_accuracy_equals_sklearn_and_is_worst_first():
 def test_best_threshold_maximises_balanced_accuracy_on_the_tuning_split():
     test_labels, test_prob, _ = _fake_predictions(150, seed=2)
     val_labels, val_prob, _ = _fake_predictions(120, seed=3)
-    m = compute_metrics(test_labels, two_class_probs(test_prob), class_names=CAT_DOG, tuning_labels=val_labels,
-                        tuning_probs=two_class_probs(val_prob))
+    m = compute_metrics(
+        test_labels,
+        two_class_probs(test_prob),
+        class_names=CAT_DOG,
+        tuning_labels=val_labels,
+        tuning_probs=two_class_probs(val_prob),
+    )
     best = m["best_threshold"]["value"]
 
     # brute force: every distinct score is a candidate cut
@@ -77,14 +85,21 @@ def test_best_threshold_maximises_balanced_accuracy_on_the_tuning_split():
 
     # reported beside on this split, never used for the headline numbers
     assert m["at_best_threshold"] == decision_metrics(test_labels, two_class_probs(test_prob), best, CAT_DOG)
-    assert {k: v for k, v in m.items() if k not in ("best_threshold", "at_best_threshold")} == \
-        {k: v for k, v in compute_metrics(test_labels, two_class_probs(test_prob), class_names=CAT_DOG).items()
-         if k not in ("best_threshold", "at_best_threshold")}
+    assert {k: v for k, v in m.items() if k not in ("best_threshold", "at_best_threshold")} == {
+        k: v
+        for k, v in compute_metrics(test_labels, two_class_probs(test_prob), class_names=CAT_DOG).items()
+        if k not in ("best_threshold", "at_best_threshold")
+    }
 
 
 def test_single_class_input_gives_null_auc_with_a_note():
-    m = compute_metrics([1, 1, 1, 1], two_class_probs([0.9, 0.2, 0.7, 0.6]), class_names=CAT_DOG, tuning_labels=[0, 0],
-                        tuning_probs=two_class_probs([0.1, 0.4]))
+    m = compute_metrics(
+        [1, 1, 1, 1],
+        two_class_probs([0.9, 0.2, 0.7, 0.6]),
+        class_names=CAT_DOG,
+        tuning_labels=[0, 0],
+        tuning_probs=two_class_probs([0.1, 0.4]),
+    )
     assert m["roc_auc"] is None and m["average_precision"] is None
     assert m["accuracy"] == 0.75
     assert m["confusion_matrix"] == [[0, 0], [1, 3]]
@@ -105,7 +120,12 @@ def test_classification_report_table_matches_sklearn_layout():
     pred = (prob >= 0.5).astype(int)
     for digits in (2, 4):
         expected = skm.classification_report(labels, pred, target_names=["cat", "dog"], digits=digits)
-        assert classification_report_table(compute_metrics(labels, two_class_probs(prob), class_names=CAT_DOG), digits=digits) == expected
+        assert (
+            classification_report_table(
+                compute_metrics(labels, two_class_probs(prob), class_names=CAT_DOG), digits=digits
+            )
+            == expected
+        )
 
 
 def test_seed_confusion_reproduces_the_seed_report():

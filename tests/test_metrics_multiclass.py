@@ -76,7 +76,8 @@ def test_37_class_metrics_equal_sklearn():
     assert m["accuracy"] == pytest.approx(skm.top_k_accuracy_score(labels, probs, k=1, labels=range(C)), abs=1e-12)
     assert m["top5_accuracy"] == pytest.approx(skm.top_k_accuracy_score(labels, probs, k=5, labels=range(C)), abs=1e-12)
     assert top_k_accuracy(labels, probs, 3) == pytest.approx(
-        skm.top_k_accuracy_score(labels, probs, k=3, labels=range(C)), abs=1e-12)
+        skm.top_k_accuracy_score(labels, probs, k=3, labels=range(C)), abs=1e-12
+    )
     assert top_k_accuracy(labels, probs, 99) == 1.0
     assert m["accuracy"] < m["top5_accuracy"] < 1.0
     with warnings.catch_warnings():
@@ -84,10 +85,16 @@ def test_37_class_metrics_equal_sklearn():
         assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(labels, pred), abs=1e-12)
 
     # per-class and averaged precision / recall / F1
-    report = skm.classification_report(labels, pred, labels=range(C), target_names=NAMES,
-                                       output_dict=True, zero_division=0)
+    report = skm.classification_report(
+        labels, pred, labels=range(C), target_names=NAMES, output_dict=True, zero_division=0
+    )
     for name in NAMES:
-        for ours, theirs in (("precision", "precision"), ("recall", "recall"), ("f1", "f1-score"), ("support", "support")):
+        for ours, theirs in (
+            ("precision", "precision"),
+            ("recall", "recall"),
+            ("f1", "f1-score"),
+            ("support", "support"),
+        ):
             assert m["per_class"][name][ours] == pytest.approx(report[name][theirs], abs=1e-12)
     for ours, average in (("macro_avg", "macro"), ("weighted_avg", "weighted")):  # over the classes present
         p, r, f, _ = skm.precision_recall_fscore_support(labels, pred, labels=present, average=average, zero_division=0)
@@ -138,8 +145,9 @@ def test_largest_confusions_and_per_class_accuracy_by_hand():
         mask = labels == c
         assert row["count"] == int(mask.sum())
         assert row["correct"] == int((probs[mask].argmax(axis=1) == c).sum())
-        assert row["accuracy"] == pytest.approx(skm.recall_score(labels, probs.argmax(axis=1), labels=[c],
-                                                                 average="macro", zero_division=0), abs=1e-12)
+        assert row["accuracy"] == pytest.approx(
+            skm.recall_score(labels, probs.argmax(axis=1), labels=[c], average="macro", zero_division=0), abs=1e-12
+        )
     keys = [(r["accuracy"], -r["count"], r["class"]) for r in rows]
     assert keys == sorted(keys)
     assert sum(r["count"] for r in rows) == len(labels)
@@ -150,14 +158,16 @@ def test_classification_report_table_equals_sklearn_text_for_37_classes():
     pred = probs.argmax(axis=1)
     m = compute_metrics(labels, probs, class_names=NAMES)
     for digits in (2, 4):
-        expected = skm.classification_report(labels, pred, labels=range(C), target_names=NAMES,
-                                             digits=digits, zero_division=0)
+        expected = skm.classification_report(
+            labels, pred, labels=range(C), target_names=NAMES, digits=digits, zero_division=0
+        )
         assert classification_report_table(m, digits=digits) == expected
     # long class names widen the table the same way
     long_names = [f"american_pit_bull_terrier_{i}" for i in range(C)]
     m = compute_metrics(labels, probs, class_names=long_names)
     assert classification_report_table(m) == skm.classification_report(
-        labels, pred, labels=range(C), target_names=long_names, digits=4, zero_division=0)
+        labels, pred, labels=range(C), target_names=long_names, digits=4, zero_division=0
+    )
 
 
 def test_per_breed_uses_argmax_and_the_most_frequent_class():
@@ -218,10 +228,7 @@ def test_two_classes_work_and_agree_with_the_binary_auc():
 
 
 def test_confusion_helpers():
-    matrix = np.array([[3, 1, 0, 0],
-                       [0, 0, 0, 0],
-                       [2, 0, 2, 0],
-                       [0, 0, 1, 1]])
+    matrix = np.array([[3, 1, 0, 0], [0, 0, 0, 0], [2, 0, 2, 0], [0, 0, 1, 1]])
     # recalls: 0.75, (none), 0.5, 0.5 -> 2 and 3 tie (index order), 0, then the empty class last
     assert confusion_order(matrix) == [2, 3, 0, 1]
     expected = np.array([[0.75, 0.25, 0, 0], [0, 0, 0, 0], [0.5, 0, 0.5, 0], [0, 0, 0.5, 0.5]])
@@ -231,18 +238,21 @@ def test_confusion_helpers():
         confusion_order([[1, 2, 3]])
 
 
-@pytest.mark.parametrize("labels, probs, names, match", [
-    ([0, 1], np.full((2, 3), 1 / 3)[:, :, None], ["a", "b", "c"], "2-D"),   # probs not 2-D
-    ([0, 1, 2], np.full((2, 3), 1 / 3), ["a", "b", "c"], "same N"),        # length mismatch
-    ([[0, 1]], np.full((2, 3), 1 / 3), ["a", "b", "c"], "1-D"),            # labels not 1-D
-    ([0, 3], np.full((2, 3), 1 / 3), ["a", "b", "c"], r"0\.\.2"),          # label out of range
-    ([0, -1], np.full((2, 3), 1 / 3), ["a", "b", "c"], r"0\.\.2"),         # negative label
-    ([0, 1], np.full((2, 3), 1 / 3), ["a", "b"], "class names"),           # names mismatch
-    ([0, 1], np.array([[0.5, 0.5, 1.5], [0.2, 0.3, 0.5]]), ["a", "b", "c"], r"\[0, 1\]"),
-    ([0, 1], np.array([[np.nan, 0.5, 0.5], [0.2, 0.3, 0.5]]), ["a", "b", "c"], "finite"),
-    ([0.5, 1], np.full((2, 3), 1 / 3), ["a", "b", "c"], "integer"),
-    ([], np.zeros((0, 3)), ["a", "b", "c"], "no samples"),
-])
+@pytest.mark.parametrize(
+    "labels, probs, names, match",
+    [
+        ([0, 1], np.full((2, 3), 1 / 3)[:, :, None], ["a", "b", "c"], "2-D"),  # probs not 2-D
+        ([0, 1, 2], np.full((2, 3), 1 / 3), ["a", "b", "c"], "same N"),  # length mismatch
+        ([[0, 1]], np.full((2, 3), 1 / 3), ["a", "b", "c"], "1-D"),  # labels not 1-D
+        ([0, 3], np.full((2, 3), 1 / 3), ["a", "b", "c"], r"0\.\.2"),  # label out of range
+        ([0, -1], np.full((2, 3), 1 / 3), ["a", "b", "c"], r"0\.\.2"),  # negative label
+        ([0, 1], np.full((2, 3), 1 / 3), ["a", "b"], "class names"),  # names mismatch
+        ([0, 1], np.array([[0.5, 0.5, 1.5], [0.2, 0.3, 0.5]]), ["a", "b", "c"], r"\[0, 1\]"),
+        ([0, 1], np.array([[np.nan, 0.5, 0.5], [0.2, 0.3, 0.5]]), ["a", "b", "c"], "finite"),
+        ([0.5, 1], np.full((2, 3), 1 / 3), ["a", "b", "c"], "integer"),
+        ([], np.zeros((0, 3)), ["a", "b", "c"], "no samples"),
+    ],
+)
 def test_bad_input_is_rejected(labels, probs, names, match):
     with pytest.raises(ValueError, match=match):
         compute_metrics(labels, probs, class_names=names)
@@ -254,7 +264,8 @@ def test_binary_metrics_line_and_report_are_unchanged():
     m = compute_metrics(labels, np.stack([1 - prob, prob], axis=1), class_names=["cat", "dog"], loss=0.5)
     assert metrics_line(m) == "n=8 loss=0.5000 acc=0.7500 auc=0.9375 ap=0.9500"
     assert classification_report_table(m) == skm.classification_report(
-        labels, (prob >= 0.5).astype(int), target_names=["cat", "dog"], digits=4)
+        labels, (prob >= 0.5).astype(int), target_names=["cat", "dog"], digits=4
+    )
     m37 = compute_metrics(*_fake_multiclass()[:2], class_names=NAMES)
     assert metrics_line(m37).endswith(f" top5={m37['top5_accuracy']:.4f}")
     assert metrics_line(m37).startswith(f"n=400 loss=n/a acc={m37['accuracy']:.4f} auc={m37['roc_auc']:.4f} ")

@@ -40,10 +40,16 @@ def metrics_of(folder: Path) -> dict:
 def test_the_export_gives_the_runs_own_test_metrics(trained, tmp_path):
     shards, run, exported = trained
     own = metrics_of(run / "eval" / "test")  # what training's own evaluation of its best model wrote
-    for source, out in ((str(run / "model.safetensors"), tmp_path / "file"), (str(exported), tmp_path / "dir"),
-                        (f"local-dir:{exported}", tmp_path / "local-dir"), (str(run), tmp_path / "run")):
-        code = run_in_process(evaluate.main, ["--model", source, "--shards", str(shards), "--split", "test",
-                                              "--out", str(out), "--num-workers", "0"])
+    for source, out in (
+        (str(run / "model.safetensors"), tmp_path / "file"),
+        (str(exported), tmp_path / "dir"),
+        (f"local-dir:{exported}", tmp_path / "local-dir"),
+        (str(run), tmp_path / "run"),
+    ):
+        code = run_in_process(
+            evaluate.main,
+            ["--model", source, "--shards", str(shards), "--split", "test", "--out", str(out), "--num-workers", "0"],
+        )
         assert code == 0, source
         got = metrics_of(out)
         assert got["num_samples"] == own["num_samples"]
@@ -56,8 +62,13 @@ def test_evaluate_writes_into_the_exported_folder_by_default(trained):
     shards, _, exported = trained
     copy = exported.parent / "exported-copy"
     shutil.copytree(exported, copy, dirs_exist_ok=True)
-    assert run_in_process(evaluate.main, ["--model", f"local-dir:{copy}", "--shards", str(shards), "--split", "test",
-                                          "--num-workers", "0"]) == 0
+    assert (
+        run_in_process(
+            evaluate.main,
+            ["--model", f"local-dir:{copy}", "--shards", str(shards), "--split", "test", "--num-workers", "0"],
+        )
+        == 0
+    )
     assert (copy / "eval" / "test" / "metrics.json").is_file()
 
 
@@ -79,11 +90,21 @@ def test_predict_gives_the_same_probabilities_from_the_run_and_the_export(traine
 
 def test_a_timm_folder_is_prepared_with_its_own_pretrained_config(tmp_path):
     """A folder timm itself wrote (save_for_hf): timm builds it, and its mean, std, size and crop are used."""
-    model = timm.create_model("resnet18", num_classes=3, pretrained_cfg_overlay=dict(
-        mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), input_size=(3, 40, 40), crop_pct=0.8,
-        interpolation="bilinear", label_names=["a", "b", "c"]))
-    timm.models.save_for_hf(model, str(tmp_path / "timm-model"), model_config={"label_names": ["a", "b", "c"]},
-                            safe_serialization="both")
+    model = timm.create_model(
+        "resnet18",
+        num_classes=3,
+        pretrained_cfg_overlay=dict(
+            mean=(0.5, 0.4, 0.3),
+            std=(0.2, 0.25, 0.3),
+            input_size=(3, 40, 40),
+            crop_pct=0.8,
+            interpolation="bilinear",
+            label_names=["a", "b", "c"],
+        ),
+    )
+    timm.models.save_for_hf(
+        model, str(tmp_path / "timm-model"), model_config={"label_names": ["a", "b", "c"]}, safe_serialization="both"
+    )
     loaded, meta = load_model(f"local-dir:{tmp_path / 'timm-model'}")
     assert (meta["image_size"], meta["resize_size"]) == (40, 50)  # floor(40 / 0.8), timm's eval resize
     assert meta["mean"] == pytest.approx([0.5, 0.4, 0.3]) and meta["std"] == pytest.approx([0.2, 0.25, 0.3])
@@ -121,8 +142,20 @@ def test_visualize_draws_with_the_exported_model(trained, capsys):
     plots = run / "plots"
     for png in plots.glob("*.png"):
         png.unlink()
-    code = run_in_process(visualize.main, ["--run", str(run), "--model", f"local-dir:{exported}", "--what",
-                                           "gradcam,filters", "--num-images", "2", "--no-report"])
+    code = run_in_process(
+        visualize.main,
+        [
+            "--run",
+            str(run),
+            "--model",
+            f"local-dir:{exported}",
+            "--what",
+            "gradcam,filters",
+            "--num-images",
+            "2",
+            "--no-report",
+        ],
+    )
     assert code == 0
     made = {path.name for path in plots.glob("*.png")}
     assert any(name.startswith("gradcam") for name in made) and any(name.startswith("filters") for name in made), made

@@ -14,8 +14,8 @@ import torch
 import torchvision
 from torch import nn
 
-from toolkit.errors import UsageError
 from toolkit.compare_timm import max_abs_diff, perturb_norms, train_step_differences
+from toolkit.errors import UsageError
 from toolkit.models import MODEL_ARCHS, BasicBlock, Bottleneck, create_model, model_summary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,8 +24,9 @@ RESNET101_PARAMS = 44_549_160  # torchvision and timm resnet101 with a 1000-clas
 
 def run_module(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def timm_pair(arch: str, image_size: int, num_classes: int = 10) -> tuple[nn.Module, nn.Module]:
@@ -122,14 +123,18 @@ def test_preset_output_shapes(arch):
     assert isinstance(model.layer4, nn.Sequential)  # Grad-CAM hooks here
 
 
-@pytest.mark.parametrize("block, stages, width, chans, features", [
-    ("basic", (1, 1, 1, 1), 8, 1, 64),
-    ("bottleneck", (1, 2, 1, 1), 8, 4, 256),
-    ("bottleneck", (2, 1, 1, 3), 16, 3, 512),
-])
+@pytest.mark.parametrize(
+    "block, stages, width, chans, features",
+    [
+        ("basic", (1, 1, 1, 1), 8, 1, 64),
+        ("bottleneck", (1, 2, 1, 1), 8, 4, 256),
+        ("bottleneck", (2, 1, 1, 3), 16, 3, 512),
+    ],
+)
 def test_custom_depth_width_and_channels(block, stages, width, chans, features):
-    model = create_model("resnet50", num_classes=5, block=block, blocks_per_stage=stages,
-                         base_width=width, in_chans=chans).eval()
+    model = create_model(
+        "resnet50", num_classes=5, block=block, blocks_per_stage=stages, base_width=width, in_chans=chans
+    ).eval()
     assert [len(getattr(model, f"layer{i}")) for i in range(1, 5)] == list(stages)
     assert model.conv1.weight.shape == (width, chans, 7, 7)
     with torch.no_grad():
@@ -168,13 +173,16 @@ def test_kaiming_fan_out_init():
     assert abs(weight.std().item() / expected_std - 1) < 0.1
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"arch": "resnet99"}, "resnet18, resnet34, resnet50, resnet101, resnet152"),
-    ({"arch": "resnet50", "block": "wide"}, "basic, bottleneck"),
-    ({"arch": "resnet50", "blocks_per_stage": (1, 1, 1)}, "four positive integers"),
-    ({"arch": "resnet50", "blocks_per_stage": (1, 0, 1, 1)}, "four positive integers"),
-    ({"arch": "resnet50", "num_classes": 0}, "num_classes"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"arch": "resnet99"}, "resnet18, resnet34, resnet50, resnet101, resnet152"),
+        ({"arch": "resnet50", "block": "wide"}, "basic, bottleneck"),
+        ({"arch": "resnet50", "blocks_per_stage": (1, 1, 1)}, "four positive integers"),
+        ({"arch": "resnet50", "blocks_per_stage": (1, 0, 1, 1)}, "four positive integers"),
+        ({"arch": "resnet50", "num_classes": 0}, "num_classes"),
+    ],
+)
 def test_bad_arguments_raise_value_error(kwargs, message):
     """As torchvision does: plain ValueError; the commands turn it into one line (toolkit.errors.usage_errors)."""
     with pytest.raises(ValueError, match=message):
@@ -183,8 +191,9 @@ def test_bad_arguments_raise_value_error(kwargs, message):
 
 @pytest.mark.slow
 def test_compare_timm_cli_on_resnet18():
-    result = run_module("toolkit.compare_timm", "--arch", "resnet18", "--image-size", "64",
-                        "--steps", "1", "--warmup", "0", "--json")
+    result = run_module(
+        "toolkit.compare_timm", "--arch", "resnet18", "--image-size", "64", "--steps", "1", "--warmup", "0", "--json"
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["ok"] is True and all(report["checks"].values())
@@ -204,13 +213,42 @@ def test_compare_timm_rejects_a_batch_batchnorm_cannot_train_on():
 @pytest.mark.slow
 def test_bench_model_on_cpu(tmp_path):
     output = tmp_path / "bench.json"
-    result = run_module("toolkit.bench", "model", "--arch", "resnet18", "--device", "cpu", "--image-size", "32",
-                        "--batch-size", "2", "--steps", "2", "--warmup", "0", "--output", str(output))
+    result = run_module(
+        "toolkit.bench",
+        "model",
+        "--arch",
+        "resnet18",
+        "--device",
+        "cpu",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "2",
+        "--steps",
+        "2",
+        "--warmup",
+        "0",
+        "--output",
+        str(output),
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report == json.loads(output.read_text())
-    for key in ("ours_img_per_s", "timm_img_per_s", "ratio_ours_over_timm", "peak_gpu_mem_gib", "torch_version",
-                "device_name", "dtype", "channels_last", "compile", "batch_size", "image_size", "steps", "warmup"):
+    for key in (
+        "ours_img_per_s",
+        "timm_img_per_s",
+        "ratio_ours_over_timm",
+        "peak_gpu_mem_gib",
+        "torch_version",
+        "device_name",
+        "dtype",
+        "channels_last",
+        "compile",
+        "batch_size",
+        "image_size",
+        "steps",
+        "warmup",
+    ):
         assert key in report
     assert report["ours_img_per_s"] > 0 and report["timm_img_per_s"] > 0
     assert report["device"] == "cpu" and report["peak_gpu_mem_gib"] is None and report["num_params"] == 11_689_512

@@ -6,8 +6,12 @@ from pathlib import Path
 
 import pytest
 
-nbformat = pytest.importorskip("nbformat", reason="the notebook test needs nbclient, nbformat, ipykernel: pip install -e '.[dev]'")
-nbclient = pytest.importorskip("nbclient", reason="the notebook test needs nbclient, nbformat, ipykernel: pip install -e '.[dev]'")
+nbformat = pytest.importorskip(
+    "nbformat", reason="the notebook test needs nbclient, nbformat, ipykernel: pip install -e '.[dev]'"
+)
+nbclient = pytest.importorskip(
+    "nbclient", reason="the notebook test needs nbclient, nbformat, ipykernel: pip install -e '.[dev]'"
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "walkthrough.ipynb"
@@ -17,8 +21,9 @@ MAX_BYTES = 2 << 20  # committed with its outputs, so it reads well where the re
 def test_the_committed_notebook_shows_its_outputs_and_stays_small():
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
-    assert code and all(cell.outputs for cell in code if "import" not in cell.source.splitlines()[0]), \
+    assert code and all(cell.outputs for cell in code if "import" not in cell.source.splitlines()[0]), (
         "run all cells and save before committing"
+    )
     assert NOTEBOOK.stat().st_size < MAX_BYTES
 
 
@@ -27,8 +32,9 @@ def test_the_committed_notebook_shows_its_outputs_and_stays_small():
 def test_the_walkthrough_runs_top_to_bottom(tmp_path, monkeypatch):
     monkeypatch.setenv("WALKTHROUGH_DIR", str(tmp_path / "walkthrough"))  # the kernel inherits it
     notebook = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
-                                     resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+    client = nbclient.NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
+    )
     client.execute()  # raises CellExecutionError, naming the cell, on the first error
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
     text = "".join(output.get("text", "") for output in outputs if output.output_type == "stream")

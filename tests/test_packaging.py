@@ -58,12 +58,15 @@ def test_license_file_is_the_apache_text_pyproject_names():
     assert "END OF TERMS AND CONDITIONS" in text
 
 
-@pytest.mark.parametrize("argv0, prog, expected", [
-    ("/venv/bin/pets-train", "toolkit.train", "pets-train"),
-    ("/venv/bin/pets-bench", "python -m toolkit.bench model", "pets-bench model"),
-    ("/repo/toolkit/export.py", "python -m toolkit.export", "python -m toolkit.export"),
-    ("-m", "toolkit.visualize", "python -m toolkit.visualize"),
-])
+@pytest.mark.parametrize(
+    "argv0, prog, expected",
+    [
+        ("/venv/bin/pets-train", "toolkit.train", "pets-train"),
+        ("/venv/bin/pets-bench", "python -m toolkit.bench model", "pets-bench model"),
+        ("/repo/toolkit/export.py", "python -m toolkit.export", "python -m toolkit.export"),
+        ("-m", "toolkit.visualize", "python -m toolkit.visualize"),
+    ],
+)
 def test_programs_are_named_as_they_were_run(monkeypatch, argv0, prog, expected):
     monkeypatch.setattr(sys, "argv", [argv0])
     assert program_name(prog) == expected

@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from toolkit.formats.model_file import model_metadata, save_model_file
 from toolkit.cli import run_cli
 from toolkit.config import Config
 from toolkit.data import build_eval_transform
 from toolkit.data.shards import to_rgb
+from toolkit.formats.model_file import model_metadata, save_model_file
 from toolkit.models import create_model
 from toolkit.predict import main
 
@@ -45,8 +45,7 @@ def workspace(tmp_path_factory) -> SimpleNamespace:
     (root / "notes.jpg").write_text("this is not a picture\n")
     jpeg = (root / "rgb.jpg").read_bytes()
     (root / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
-    return SimpleNamespace(root=root, model=model, model_path=model_path, cfg=cfg,
-                           good=[root / name for name in good])
+    return SimpleNamespace(root=root, model=model, model_path=model_path, cfg=cfg, good=[root / name for name in good])
 
 
 def run_main(argv: list[str], capsys) -> tuple[int, list[dict], str]:
@@ -68,8 +67,10 @@ def expected_probs(workspace, path: Path) -> list[float]:
 def test_mixed_good_and_broken_images(workspace, capsys):
     root = workspace.root
     files = ["rgb.jpg", "missing.jpg", "notes.jpg", "rgba.png", "truncated.jpg", "gray.gif"]
-    code, lines, err = run_main(["--model", str(workspace.model_path), "--device", "cpu", "--batch-size", "2",
-                                 *[str(root / f) for f in files]], capsys)
+    code, lines, err = run_main(
+        ["--model", str(workspace.model_path), "--device", "cpu", "--batch-size", "2", *[str(root / f) for f in files]],
+        capsys,
+    )
     assert code == 1
     assert [Path(line["file"]).name for line in lines] == files  # input order, one line each
     by_name = {Path(line["file"]).name: line for line in lines}
@@ -87,8 +88,18 @@ def test_mixed_good_and_broken_images(workspace, capsys):
 
 @pytest.mark.parametrize("batch_size", ["1", "16"])
 def test_all_good_images_exit_zero_with_the_model_s_own_probabilities(workspace, capsys, batch_size):
-    code, lines, err = run_main(["--model", str(workspace.model_path), "--device", "cpu",
-                                 "--batch-size", batch_size, *map(str, workspace.good)], capsys)
+    code, lines, err = run_main(
+        [
+            "--model",
+            str(workspace.model_path),
+            "--device",
+            "cpu",
+            "--batch-size",
+            batch_size,
+            *map(str, workspace.good),
+        ],
+        capsys,
+    )
     assert code == 0 and err == ""
     assert [line["file"] for line in lines] == [str(p) for p in workspace.good]
     for line, path in zip(lines, workspace.good):

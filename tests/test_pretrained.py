@@ -110,7 +110,9 @@ def test_wrong_shape_conv_is_named(timm_state, tmp_path):
     state = dict(timm_state)
     state["layer1.0.conv2.weight"] = torch.randn(64, 64, 1, 1)
     with pytest.raises(ValueError) as err:
-        load_pretrained(create_model("resnet18", num_classes=2), str(save_variant(state, tmp_path / "shape.safetensors")))
+        load_pretrained(
+            create_model("resnet18", num_classes=2), str(save_variant(state, tmp_path / "shape.safetensors"))
+        )
     assert "layer1.0.conv2.weight (64, 64, 1, 1) vs ours (64, 64, 3, 3)" in one_line(err)
 
 
@@ -150,8 +152,11 @@ def test_timm_name_offline_says_what_to_download(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     model = create_model("resnet18", num_classes=2)
-    for init, name in (("resnet18.tv_in1k", "resnet18.tv_in1k"), ("resnet18", "resnet18.a1_in1k"),
-                       ("hf-hub:timm/resnet18.a1_in1k", "timm/resnet18.a1_in1k")):
+    for init, name in (
+        ("resnet18.tv_in1k", "resnet18.tv_in1k"),
+        ("resnet18", "resnet18.a1_in1k"),
+        ("hf-hub:timm/resnet18.a1_in1k", "timm/resnet18.a1_in1k"),
+    ):
         with pytest.raises(ValueError) as err:
             load_pretrained(model, init)
         message = one_line(err)
@@ -183,15 +188,21 @@ def test_training_starts_from_the_init_file_and_only_the_head_is_fresh(tmp_path,
     from safetensors.torch import load_file, save_file
 
     from helpers import pack_tiny, train_args, train_cli
-    from toolkit.models import create_model
     from toolkit.formats.model_file import read_model_file
+    from toolkit.models import create_model
 
     shards = pack_tiny(tmp_path)
     source = create_model("resnet18", num_classes=1000, blocks_per_stage=[1, 1, 1, 1])
     weights = tmp_path / "imagenet.safetensors"
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(weights))
-    overrides = ["model.base_width=64", f"model.init={weights}", "train.epochs=1", "optimizer.lr=1e-12",
-                 "optimizer.weight_decay=0", "scheduler.warmup_epochs=0"]
+    overrides = [
+        "model.base_width=64",
+        f"model.init={weights}",
+        "train.epochs=1",
+        "optimizer.lr=1e-12",
+        "optimizer.weight_decay=0",
+        "scheduler.warmup_epochs=0",
+    ]
     assert train_cli(train_args(shards, tmp_path / "runs", "init", *overrides)) == 0
     assert "model.init=" in capsys.readouterr().out
     trained, _ = read_model_file(tmp_path / "runs" / "init" / "last.safetensors")
@@ -221,13 +232,17 @@ def test_fine_tuning_gives_the_backbone_a_smaller_learning_rate_than_the_new_hea
     from toolkit.training.optim import build_optimizer
 
     model = create_model("resnet18", num_classes=2, blocks_per_stage=[1, 1, 1, 1])
-    optimizer = build_optimizer(model, OptimizerConfig(name="adamw", lr=1e-3, backbone_lr_scale=0.1,
-                                                       weight_decay=0.05, decay_norm_and_bias=False))
+    optimizer = build_optimizer(
+        model,
+        OptimizerConfig(name="adamw", lr=1e-3, backbone_lr_scale=0.1, weight_decay=0.05, decay_norm_and_bias=False),
+    )
     lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
     assert len(lr_of) == sum(1 for _ in model.parameters())  # every parameter in exactly one group
     for name, param in model.named_parameters():
         assert lr_of[id(param)] == pytest.approx(1e-3 if name in HEAD_KEYS else 1e-4), name
     assert len(build_optimizer(model, OptimizerConfig()).param_groups) == 1  # scale 1: one group, as before
 
-    recipe = validate_config(load_config(Path(__file__).resolve().parents[1] / "configs/oxford_pets_binary_resnet101_finetune.yaml"))
+    recipe = validate_config(
+        load_config(Path(__file__).resolve().parents[1] / "configs/oxford_pets_binary_resnet101_finetune.yaml")
+    )
     assert recipe.model.init and recipe.optimizer.backbone_lr_scale < 1 and recipe.data.mean == IMAGENET_MEAN

@@ -14,11 +14,26 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.timeout(600)
 def test_quickstart_runs_the_whole_job_on_synthetic_data(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "toolkit.quickstart", "--synthetic-images", "120", "train.epochs=1", "scheduler.warmup_epochs=0",
-         "data.image_size=32", "data.resize_size=36", "model.base_width=8", "tracking.wandb=offline",
-         "eval.num_images=4"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=540,
-        env={**__import__("os").environ, "PYTHONPATH": str(ROOT), "WANDB_SILENT": "true"})
+        [
+            sys.executable,
+            "-m",
+            "toolkit.quickstart",
+            "--synthetic-images",
+            "120",
+            "train.epochs=1",
+            "scheduler.warmup_epochs=0",
+            "data.image_size=32",
+            "data.resize_size=36",
+            "model.base_width=8",
+            "tracking.wandb=offline",
+            "eval.num_images=4",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=540,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT), "WANDB_SILENT": "true"},
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "SYNTHETIC" in proc.stdout
     run = tmp_path / "runs" / "quickstart"

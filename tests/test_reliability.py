@@ -28,15 +28,27 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from toolkit.formats.model_file import read_model_file
-
-from toolkit.training.checkpoint import list_checkpoints
+from helpers import (
+    ENV,
+    ROOT,
+    SMOKE,
+    error_line,
+    file_hashes,
+    pack_tiny,
+    rewrite_shard,
+    run_in_process,
+    save_tiny_model,
+    shard_keys,
+    train_args,
+    train_cli,
+    wait_for,
+)
 from toolkit.cli import run_cli
 from toolkit.config import Config, load_config, to_dict, validate_config
 from toolkit.fileio import TMP_PREFIX
+from toolkit.formats.model_file import read_model_file
+from toolkit.training.checkpoint import list_checkpoints
 
-from helpers import (ENV, ROOT, SMOKE, error_line, file_hashes, pack_tiny, rewrite_shard, run_in_process,
-                     save_tiny_model, shard_keys, train_args, train_cli, wait_for)
 
 def assert_nothing_half_written(run: Path, torn_metrics_tail: bool = False) -> None:
     """Every file that looks finished is complete; ``metrics.jsonl`` holds one JSON object per line."""
@@ -70,7 +82,7 @@ def tiny_shards(tmp_path_factory) -> Path:
 
 # Runs toolkit.train and, at the Nth time the chosen point is reached in this process, sends the
 # chosen signal to itself: the same as a kill from outside at exactly that moment.
-DRIVER = r'''
+DRIVER = r"""
 import io, json, os, signal, sys
 from pathlib import Path
 sys.path.insert(0, {root!r})
@@ -130,7 +142,7 @@ elif point == "metrics-append":  # half a line of metrics.jsonl on disk
 
 import toolkit.train
 run_cli(toolkit.train.main, sys.argv[4:])
-'''
+"""
 
 # (what happens, driver point, signal, nth time the point is reached, expected exit code);
 # each stage restarts with train.resume=auto from whatever the previous one left behind.
@@ -143,13 +155,21 @@ STAGES = [
     ("SIGKILL in the middle of a metrics.jsonl line", "metrics-append", "KILL", 1, -signal.SIGKILL),
     ("the final uninterrupted restart", "none", "KILL", 0, 0),
 ]
-STOP_MESSAGE = re.compile(r"stopped by a stop signal at epoch (\d+), step (\d+); checkpoint (\S+)\. "
-                          r"Resume with the same command plus train\.resume=auto output\.run_name=killed")
+STOP_MESSAGE = re.compile(
+    r"stopped by a stop signal at epoch (\d+), step (\d+); checkpoint (\S+)\. "
+    r"Resume with the same command plus train\.resume=auto output\.run_name=killed"
+)
 
 
 def _launch(driver: Path, point: str, signame: str, nth: int, argv: Sequence[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(driver), point, signame, str(nth), *argv], cwd=ROOT, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(driver), point, signame, str(nth), *argv],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.mark.slow
@@ -250,12 +270,16 @@ def test_unwritable_output_folder_fails_before_training(tiny_shards, tmp_path, c
     assert "epoch 1/" not in captured.out + captured.err  # refused before the first batch
 
 
-@pytest.mark.parametrize("target, checkpoints", [
-    ("checkpoints/.tmp-step-", ["step-00000008"]),  # the first checkpoint of epoch 2 (step 12) fails
-    ("/.tmp-last.safetensors", ["step-00000008", "step-00000012"]),  # step 12 is saved, the end of epoch 2 fails
-])
-def test_full_disk_keeps_the_last_good_checkpoint_and_resumes_after(one_epoch_run, tiny_shards, tmp_path, capsys,
-                                                                     monkeypatch, target, checkpoints):
+@pytest.mark.parametrize(
+    "target, checkpoints",
+    [
+        ("checkpoints/.tmp-step-", ["step-00000008"]),  # the first checkpoint of epoch 2 (step 12) fails
+        ("/.tmp-last.safetensors", ["step-00000008", "step-00000012"]),  # step 12 is saved, the end of epoch 2 fails
+    ],
+)
+def test_full_disk_keeps_the_last_good_checkpoint_and_resumes_after(
+    one_epoch_run, tiny_shards, tmp_path, capsys, monkeypatch, target, checkpoints
+):
     run, argv = _continue(one_epoch_run, tiny_shards, tmp_path, "train.checkpoint_every_steps=4")
     before = _finished_files(run)
     real_fsync = os.fsync
@@ -301,8 +325,9 @@ def _poison_training_forward(monkeypatch, nth: int) -> None:
     monkeypatch.setattr(toolkit.training.loop, "build_model", build_model)
 
 
-def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_checkpoint(one_epoch_run, tiny_shards, tmp_path,
-                                                                       capsys, monkeypatch):
+def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_checkpoint(
+    one_epoch_run, tiny_shards, tmp_path, capsys, monkeypatch
+):
     run, argv = _continue(one_epoch_run, tiny_shards, tmp_path, "train.checkpoint_every_steps=4")
     before = _finished_files(run)
     _poison_training_forward(monkeypatch, nth=3)  # resumed at step 8: the 3rd step is step 11
@@ -436,13 +461,21 @@ def _bad_model(kind: str, path: Path) -> str:
         return r"weight \S+ has shape \(\d+[^)]*\) but the model expects \(\d+[^)]*\)"
     if kind == "wrong-class-count":
         save_tiny_model(path, "model.num_classes=3", meta={"num_classes": 2, "class_names": ["cat", "dog"]})
-        return (r"weight fc\.(weight|bias) has shape \(3,( 64)?\) but the model expects \(2,( 64)?\) "
-                r"\(different number of classes\)")
+        return (
+            r"weight fc\.(weight|bias) has shape \(3,( 64)?\) but the model expects \(2,( 64)?\) "
+            r"\(different number of classes\)"
+        )
     raise ValueError(kind)
 
 
-MODEL_PROBLEMS = ["not-safetensors", "pickle", "foreign-safetensors", "wrong-architecture", "wrong-width",
-                  "wrong-class-count"]
+MODEL_PROBLEMS = [
+    "not-safetensors",
+    "pickle",
+    "foreign-safetensors",
+    "wrong-architecture",
+    "wrong-width",
+    "wrong-class-count",
+]
 
 
 @pytest.mark.parametrize("tool", ["evaluate", "predict"])
@@ -458,6 +491,7 @@ def test_model_file_that_does_not_fit_is_one_line_naming_the_mismatch(tiny_shard
     else:
         image = tmp_path / "cat.jpg"
         from PIL import Image
+
         Image.new("RGB", (40, 32), (120, 80, 40)).save(image)
         code = run_in_process(predict_main, ["--model", str(model), str(image)])
     captured = capsys.readouterr()
@@ -482,9 +516,40 @@ def test_model_with_other_classes_than_the_shards_is_refused_by_evaluate(tiny_sh
 
 KEYS = [f"{section}.{key}" for section, fields in to_dict(Config()).items() for key in fields]
 ODD_KEYS = ["data", "data.shards.deeper", "train.epochz", "nosuch.key", "Data.shards", ".lr", "a..b", "train.", "1x.y"]
-ODD_VALUES = ["", "0", "-1", "7", "1e-3", "3.0e-3", "1e400", ".nan", "-.inf", "true", "null", "~", "abc", "adam",
-              "[1, 1, 1, 1]", "[1,", "[]", "{a: 1}", "{", "[0.5, 0.5]", "'quoted'", "a: b: c", "- item", "x" * 300,
-              "!!python/object/apply:os.system ['echo pwned']", "&anchor 1", "*alias", "%TAG", "\t", "é", "=", "a=b"]
+ODD_VALUES = [
+    "",
+    "0",
+    "-1",
+    "7",
+    "1e-3",
+    "3.0e-3",
+    "1e400",
+    ".nan",
+    "-.inf",
+    "true",
+    "null",
+    "~",
+    "abc",
+    "adam",
+    "[1, 1, 1, 1]",
+    "[1,",
+    "[]",
+    "{a: 1}",
+    "{",
+    "[0.5, 0.5]",
+    "'quoted'",
+    "a: b: c",
+    "- item",
+    "x" * 300,
+    "!!python/object/apply:os.system ['echo pwned']",
+    "&anchor 1",
+    "*alias",
+    "%TAG",
+    "\t",
+    "é",
+    "=",
+    "a=b",
+]
 ODD_FLAGS = ["--bogus", "-x", "--config", "--print-config=yes", "--", "-"]
 
 
@@ -528,10 +593,27 @@ def test_fuzzed_config_files_load_or_give_one_error_line(tmp_path, capsys):
     from toolkit.train import main
 
     rng = random.Random(99)
-    fragments = ["data:", "  shards: x", "model: [1, 2]", "train:", "  epochs: 0", "  epochs: 3", "optimizer: {lr: -1}",
-                 "optimizer:\n  lr: abc", ": :", "- a\n- b", "{{", "'", "\x00", "!!binary AAAA",
-                 "tracking: {wandb: maybe}", "eval:\n  threshold: 2", "output: null", "scheduler:\n\tname: cosine",
-                 "data:\n  crop_scale: [1, 0.5]"]
+    fragments = [
+        "data:",
+        "  shards: x",
+        "model: [1, 2]",
+        "train:",
+        "  epochs: 0",
+        "  epochs: 3",
+        "optimizer: {lr: -1}",
+        "optimizer:\n  lr: abc",
+        ": :",
+        "- a\n- b",
+        "{{",
+        "'",
+        "\x00",
+        "!!binary AAAA",
+        "tracking: {wandb: maybe}",
+        "eval:\n  threshold: 2",
+        "output: null",
+        "scheduler:\n\tname: cosine",
+        "data:\n  crop_scale: [1, 0.5]",
+    ]
     path = tmp_path / "config.yaml"
     for _ in range(120):
         text = "\n".join(rng.choice(fragments) for _ in range(rng.randint(0, 5)))

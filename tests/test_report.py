@@ -17,9 +17,9 @@ import yaml
 from torch import nn
 
 from helpers import CAT_DOG, assert_png, two_class_probs
-from toolkit.reporting import interpret, plots, visualize
-from toolkit.fileio import append_jsonl, atomic_write_json
 from toolkit.evaluation.metrics import compute_metrics
+from toolkit.fileio import append_jsonl, atomic_write_json
+from toolkit.reporting import interpret, plots, visualize
 from toolkit.reporting.report import build_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +38,9 @@ def fake_predictions(n: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 2, n)
     prob = np.clip(0.3 * labels + rng.uniform(0.0, 0.7, n), 0.0, 1.0)
-    breeds = [("Bengal", "Persian", ODD_BREED)[i % 3] if y == 0 else ("beagle", "pug")[i % 2] for i, y in enumerate(labels)]
+    breeds = [
+        ("Bengal", "Persian", ODD_BREED)[i % 3] if y == 0 else ("beagle", "pug")[i % 2] for i, y in enumerate(labels)
+    ]
     return labels, prob, breeds
 
 
@@ -50,9 +52,15 @@ def write_eval(run_dir: Path, split: str, keys, labels, prob, breeds, *, tuning=
         writer.writerow(["key", "label", "pred", "breed", "prob_cat", "prob_dog"])
         for row in zip(keys, labels, prob, breeds):
             writer.writerow([row[0], int(row[1]), int(row[2] >= 0.5), row[3], f"{1 - row[2]:.6f}", f"{row[2]:.6f}"])
-    metrics = compute_metrics(labels, two_class_probs(prob), class_names=CAT_DOG, breeds=breeds, loss=0.55,
-                              tuning_labels=None if tuning is None else tuning[0],
-                              tuning_probs=None if tuning is None else two_class_probs(tuning[1]))
+    metrics = compute_metrics(
+        labels,
+        two_class_probs(prob),
+        class_names=CAT_DOG,
+        breeds=breeds,
+        loss=0.55,
+        tuning_labels=None if tuning is None else tuning[0],
+        tuning_probs=None if tuning is None else two_class_probs(tuning[1]),
+    )
     metrics.update(split=split, skipped_samples=1, synthetic=True, model_epoch=3)
     atomic_write_json(folder / "metrics.json", metrics)
     return metrics
@@ -61,22 +69,44 @@ def write_eval(run_dir: Path, split: str, keys, labels, prob, breeds, *, tuning=
 def write_run(run_dir: Path, *, splits=("val", "test"), shards: str = "shards/none") -> Path:
     """A run folder as training and evaluation leave it, minus the model and plots."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    config = {"data": {"shards": shards, "image_size": 32, "resize_size": 36},
-              "model": {"arch": "resnet18", "blocks_per_stage": [1, 1, 1, 1], "base_width": 8, "num_classes": 2},
-              "eval": {"threshold": 0.5, "gradcam_layer": "layer4"}, "output": {"run_name": "fixture-run"}}
+    config = {
+        "data": {"shards": shards, "image_size": 32, "resize_size": 36},
+        "model": {"arch": "resnet18", "blocks_per_stage": [1, 1, 1, 1], "base_width": 8, "num_classes": 2},
+        "eval": {"threshold": 0.5, "gradcam_layer": "layer4"},
+        "output": {"run_name": "fixture-run"},
+    }
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     for epoch in range(1, 4):
-        append_jsonl(run_dir / "metrics.jsonl", {
-            "epoch": epoch, "step": 10 * epoch, "lr": 1e-3 / epoch, "train_loss": 1.0 / epoch,
-            "val_loss": float("nan") if epoch == 1 else 1.1 / epoch, "val_acc": 0.5 + 0.1 * epoch,
-            "val_auc": None if epoch == 1 else 0.6 + 0.1 * epoch, "img_per_s": 100.0 + epoch,
-            "data_wait_frac": 0.2, "epoch_seconds": 3.0, "peak_mem_gib": None, "skipped_samples": epoch % 2})
-    atomic_write_json(run_dir / "dataset.json", {
-        "shards": shards, "dataset": "synthetic-pets", "synthetic": True, "classes": ["cat", "dog"],
-        "splits": {"train": {"num_samples": 26, "class_counts": {"cat": 11, "dog": 15}, "num_shards": 1}},
-        "normalization": {"mean": MEAN, "std": STD, "computed_on": "train"},
-        "skipped": [{"name": "Blue_Point_1", "split": "train", "reason": "undecodable"}],
-        "unlisted": {"count": 1, "names": ["Amber_8.jpg"]}})
+        append_jsonl(
+            run_dir / "metrics.jsonl",
+            {
+                "epoch": epoch,
+                "step": 10 * epoch,
+                "lr": 1e-3 / epoch,
+                "train_loss": 1.0 / epoch,
+                "val_loss": float("nan") if epoch == 1 else 1.1 / epoch,
+                "val_acc": 0.5 + 0.1 * epoch,
+                "val_auc": None if epoch == 1 else 0.6 + 0.1 * epoch,
+                "img_per_s": 100.0 + epoch,
+                "data_wait_frac": 0.2,
+                "epoch_seconds": 3.0,
+                "peak_mem_gib": None,
+                "skipped_samples": epoch % 2,
+            },
+        )
+    atomic_write_json(
+        run_dir / "dataset.json",
+        {
+            "shards": shards,
+            "dataset": "synthetic-pets",
+            "synthetic": True,
+            "classes": ["cat", "dog"],
+            "splits": {"train": {"num_samples": 26, "class_counts": {"cat": 11, "dog": 15}, "num_shards": 1}},
+            "normalization": {"mean": MEAN, "std": STD, "computed_on": "train"},
+            "skipped": [{"name": "Blue_Point_1", "split": "train", "reason": "undecodable"}],
+            "unlisted": {"count": 1, "names": ["Amber_8.jpg"]},
+        },
+    )
     val = fake_predictions(60, seed=1)
     for split in splits:
         labels, prob, breeds = fake_predictions(40, seed=2) if split != "val" else val
@@ -86,14 +116,25 @@ def write_run(run_dir: Path, *, splits=("val", "test"), shards: str = "shards/no
 
 
 def save_tiny_model(run_dir: Path) -> nn.Module:
-    from toolkit.formats.model_file import model_metadata, save_model_file
     from toolkit.config import load_config
+    from toolkit.formats.model_file import model_metadata, save_model_file
 
-    cfg = load_config(None, ["model.arch=resnet18", "model.blocks_per_stage=[1,1,1,1]", "model.base_width=8",
-                             "data.image_size=32", "data.resize_size=36"])
+    cfg = load_config(
+        None,
+        [
+            "model.arch=resnet18",
+            "model.blocks_per_stage=[1,1,1,1]",
+            "model.base_width=8",
+            "data.image_size=32",
+            "data.resize_size=36",
+        ],
+    )
     model = tiny_model()
-    save_model_file(model, run_dir / "model.safetensors",
-                    model_metadata(cfg, mean=MEAN, std=STD, class_names=["cat", "dog"], extra={"epoch": 3}))
+    save_model_file(
+        model,
+        run_dir / "model.safetensors",
+        model_metadata(cfg, mean=MEAN, std=STD, class_names=["cat", "dog"], extra={"epoch": 3}),
+    )
     return model
 
 
@@ -103,8 +144,18 @@ def save_tiny_model(run_dir: Path) -> nn.Module:
 
 def test_every_plot_function_writes_a_valid_png(tmp_path):
     labels, prob, _ = fake_predictions(80)
-    rows = [{"epoch": e, "lr": 1e-3, "train_loss": 1 / e, "val_loss": None, "val_auc": float("nan"),
-             "img_per_s": 50.0, "data_wait_frac": 0.1} for e in range(1, 4)]
+    rows = [
+        {
+            "epoch": e,
+            "lr": 1e-3,
+            "train_loss": 1 / e,
+            "val_loss": None,
+            "val_auc": float("nan"),
+            "img_per_s": 50.0,
+            "data_wait_frac": 0.1,
+        }
+        for e in range(1, 4)
+    ]
     images = torch.randn(5, 3, 32, 32)
     written = [
         plots.plot_roc(labels, two_class_probs(prob), CAT_DOG, tmp_path / "roc.png"),
@@ -112,8 +163,15 @@ def test_every_plot_function_writes_a_valid_png(tmp_path):
         plots.plot_confusion([[30, 10], [5, 35]], tmp_path / "confusion.png", class_names=CAT_DOG),
         plots.plot_training_curves(rows, tmp_path / "curves.png"),
         plots.plot_training_curves([], tmp_path / "curves_empty.png"),
-        plots.plot_prediction_grid(images, [0, 1, 1, 0, 1], two_class_probs([0.1, 0.9, 0.2, 0.7, 0.5]), tmp_path / "grid.png",
-                                   mean=MEAN, std=STD, class_names=CAT_DOG),
+        plots.plot_prediction_grid(
+            images,
+            [0, 1, 1, 0, 1],
+            two_class_probs([0.1, 0.9, 0.2, 0.7, 0.5]),
+            tmp_path / "grid.png",
+            mean=MEAN,
+            std=STD,
+            class_names=CAT_DOG,
+        ),
         plots.plot_roc([1, 1, 1], two_class_probs([0.2, 0.5, 0.9]), CAT_DOG, tmp_path / "roc_one_class.png"),
         plots.plot_pr([0, 0], two_class_probs([0.2, 0.5]), CAT_DOG, tmp_path / "pr_one_class.png"),
     ]
@@ -227,9 +285,11 @@ def test_select_examples_puts_confident_mistakes_first():
 def test_report_embeds_every_plot_and_compares_with_the_seed(tmp_path):
     run = write_run(tmp_path / "run")
     labels, prob, _ = fake_predictions(40, seed=2)
-    pngs = [plots.plot_roc(labels, two_class_probs(prob), CAT_DOG, run / "plots" / "roc_test.png"),
-            plots.plot_confusion([[1, 2], [3, 4]], run / "plots" / "confusion_test.png", class_names=CAT_DOG),
-            plots.plot_training_curves([{"epoch": 1, "train_loss": 1.0}], run / "plots" / "training_curves.png")]
+    pngs = [
+        plots.plot_roc(labels, two_class_probs(prob), CAT_DOG, run / "plots" / "roc_test.png"),
+        plots.plot_confusion([[1, 2], [3, 4]], run / "plots" / "confusion_test.png", class_names=CAT_DOG),
+        plots.plot_training_curves([{"epoch": 1, "train_loss": 1.0}], run / "plots" / "training_curves.png"),
+    ]
     page = build_report(run).read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") == len(pngs)
     assert "Run report: fixture-run" in page and "SYNTHETIC DATA" in page
@@ -263,8 +323,13 @@ def test_report_survives_missing_and_broken_parts(tmp_path):
 
 
 def test_visualize_cli_missing_run_folder_is_one_line_exit_2(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "toolkit.visualize", "--run", str(tmp_path / "nope")],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "toolkit.visualize", "--run", str(tmp_path / "nope")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert result.stderr.startswith("error: run folder") and len(result.stderr.strip().splitlines()) == 1
 
@@ -273,8 +338,13 @@ def test_visualize_file_plots_and_report(tmp_path, capsys):
     run = write_run(tmp_path / "run")
     assert visualize.main(["--run", str(run), "--what", "roc,pr,confusion,curves", "--split", "val"]) == 0
     names = sorted(p.name for p in (run / "plots").glob("*.png"))
-    assert names == ["confusion_val.png", "per_class_accuracy_val.png", "pr_val.png", "roc_val.png",
-                     "training_curves.png"]
+    assert names == [
+        "confusion_val.png",
+        "per_class_accuracy_val.png",
+        "pr_val.png",
+        "roc_val.png",
+        "training_curves.png",
+    ]
     for path in (run / "plots").glob("*.png"):
         assert_png(path)
     assert (run / "report.html").read_text().count("data:image/png;base64,") == len(names)
@@ -301,8 +371,20 @@ def test_visualize_everything_from_real_shards(tmp_path, capsys):
     from toolkit.data import read_samples
 
     shards = tmp_path / "shards"
-    make_shards.main(["--synthetic", "24", "--source", str(tmp_path / "src"), "--out", str(shards),
-                      "--workers", "1", "--resize-shorter", "40"])
+    make_shards.main(
+        [
+            "--synthetic",
+            "24",
+            "--source",
+            str(tmp_path / "src"),
+            "--out",
+            str(shards),
+            "--workers",
+            "1",
+            "--resize-shorter",
+            "40",
+        ]
+    )
     samples = list(read_samples(str(shards), "test"))
     labels = np.array([s["label"] for s in samples])
     prob = np.clip(np.where(np.arange(len(labels)) % 3 == 0, 1 - labels, labels) * 0.8 + 0.1, 0, 1)  # some wrong
@@ -312,10 +394,20 @@ def test_visualize_everything_from_real_shards(tmp_path, capsys):
 
     assert visualize.main(["--run", str(run), "--num-images", "4"]) == 0
     names = sorted(p.name for p in (run / "plots").glob("*.png"))
-    assert names == sorted(["roc_test.png", "pr_test.png", "confusion_test.png", "per_class_accuracy_test.png",
-                            "training_curves.png",
-                            "predictions_test.png", "gradcam_test.png", "feature_maps_test.png",
-                            "filters_conv1.png", "filters_layer1.png"])
+    assert names == sorted(
+        [
+            "roc_test.png",
+            "pr_test.png",
+            "confusion_test.png",
+            "per_class_accuracy_test.png",
+            "training_curves.png",
+            "predictions_test.png",
+            "gradcam_test.png",
+            "feature_maps_test.png",
+            "filters_conv1.png",
+            "filters_layer1.png",
+        ]
+    )
     for name in names:
         assert_png(run / "plots" / name, min_bytes=500)
     assert (run / "report.html").read_text().count("data:image/png;base64,") == len(names)

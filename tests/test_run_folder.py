@@ -49,8 +49,10 @@ def test_rerunning_a_config_keeps_the_earlier_run_and_resume_auto_continues_it(t
 def test_resume_auto_without_a_name_takes_the_newest_run_with_the_same_config(tiny_shards, tmp_path, capsys):
     runs = tmp_path / "runs"
     assert train_cli(train_args(tiny_shards, runs, "mine", "train.epochs=1", "train.max_steps=3")) == 0
-    assert train_cli(train_args(tiny_shards, runs, "other", "train.epochs=1", "train.max_steps=3",
-                                "optimizer.lr=1e-3")) == 0  # newer, but another job's config
+    assert (
+        train_cli(train_args(tiny_shards, runs, "other", "train.epochs=1", "train.max_steps=3", "optimizer.lr=1e-3"))
+        == 0
+    )  # newer, but another job's config
     capsys.readouterr()
     argv = train_args(tiny_shards, runs, "x", "train.epochs=1", "train.resume=auto", "output.run_name=null")
     assert train_cli(argv) == 0
@@ -64,8 +66,9 @@ def test_two_live_writers_are_refused_and_a_dead_one_s_lock_is_taken_over(tiny_s
     run.root.mkdir(parents=True)
     holder = f"{socket.gethostname()} {os.getppid()}"  # a live process that is not this one (an older lock format)
     run.lock.write_text(holder + "\n")
-    argv = train_args(tiny_shards, tmp_path / "runs", "busy", "train.epochs=1", "train.max_steps=1",
-                      "train.resume=auto")
+    argv = train_args(
+        tiny_shards, tmp_path / "runs", "busy", "train.epochs=1", "train.max_steps=1", "train.resume=auto"
+    )
     assert train_cli(argv) == 2
     line = error_line(capsys.readouterr().err)
     assert "is being written by another process" in line and f"pid {os.getppid()}" in line

@@ -41,8 +41,13 @@ def test_version_1_predictions_read_as_class_probabilities(old_run):
 def test_report_and_plots_of_an_old_run(old_run, capsys):
     assert visualize.main(["--run", str(old_run.root), "--what", "roc,pr,confusion,curves", "--no-report"]) == 0
     made = sorted(p.name for p in old_run.plots.glob("*.png"))
-    assert made == ["confusion_test.png", "per_class_accuracy_test.png", "pr_test.png", "roc_test.png",
-                    "training_curves.png"]
+    assert made == [
+        "confusion_test.png",
+        "per_class_accuracy_test.png",
+        "pr_test.png",
+        "roc_test.png",
+        "training_curves.png",
+    ]
     for name in made:
         assert_png(old_run.plots / name)
     page = build_report(old_run.root).read_text(encoding="utf-8")
@@ -55,8 +60,24 @@ def test_report_and_plots_of_an_old_run(old_run, capsys):
 def test_evaluate_and_export_read_an_old_model_file(old_run, tmp_path, capsys):
     shards = pack_tiny(tmp_path / "data")
     out = tmp_path / "eval"
-    assert run_in_process(evaluate_main, ["--model", str(old_run.model), "--shards", str(shards),
-                                          "--split", "test", "--out", str(out), "--num-workers", "0"]) == 0
+    assert (
+        run_in_process(
+            evaluate_main,
+            [
+                "--model",
+                str(old_run.model),
+                "--shards",
+                str(shards),
+                "--split",
+                "test",
+                "--out",
+                str(out),
+                "--num-workers",
+                "0",
+            ],
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["format_version"] == EVAL_FORMAT_VERSION and metrics["class_names"] == ["cat", "dog"]
     assert metrics["model_epoch"] == old_run.read_metrics("test")["model_epoch"]

@@ -140,8 +140,9 @@ def two_epoch_run(tiny_shards, tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_a_checkpoint_of_another_process_count_is_refused_before_anything_is_written(stopped_run, tiny_shards,
-                                                                                     tmp_path, capsys):
+def test_a_checkpoint_of_another_process_count_is_refused_before_anything_is_written(
+    stopped_run, tiny_shards, tmp_path, capsys
+):
     run = tmp_path / "run"
     shutil.copytree(stopped_run, run)
     state = run / "checkpoints" / "step-00000003" / "trainer_state.json"
@@ -176,8 +177,12 @@ def test_the_best_model_is_rolled_back_with_the_checkpoint(two_epoch_run, tiny_s
     at_checkpoint = (run.checkpoints / "step-00000008" / "best_model.safetensors").read_bytes()
     save_tiny_model(run.model, f"data.shards={tiny_shards}", meta={"epoch": 2}, seed=5)  # the killed future's model
     (run.root / "final.json").unlink()
-    assert train_cli(train_args(tiny_shards, tmp_path, "run", "eval.test_split=null", "train.max_steps=9",
-                                "train.resume=auto")) == 0
+    assert (
+        train_cli(
+            train_args(tiny_shards, tmp_path, "run", "eval.test_split=null", "train.max_steps=9", "train.resume=auto")
+        )
+        == 0
+    )
     assert run.model.read_bytes() == at_checkpoint
 
 
@@ -186,8 +191,20 @@ def test_resuming_an_older_checkpoint_sets_the_abandoned_future_aside(two_epoch_
     run = RunDir(tmp_path / "run")
     shutil.copytree(two_epoch_run, run.root)
     older = run.checkpoints / "step-00000008"
-    assert train_cli(train_args(tiny_shards, tmp_path, "run", "eval.test_split=null", "train.max_steps=10",
-                                "train.keep_checkpoints=1", f"train.resume={older}")) == 0
+    assert (
+        train_cli(
+            train_args(
+                tiny_shards,
+                tmp_path,
+                "run",
+                "eval.test_split=null",
+                "train.max_steps=10",
+                "train.keep_checkpoints=1",
+                f"train.resume={older}",
+            )
+        )
+        == 0
+    )
     assert "abandoned future" in capsys.readouterr().out
     assert [p.name for p in list_checkpoints(run.checkpoints)] == ["step-00000010"]  # the new line's, kept
     assert latest_checkpoint(run.checkpoints).name == "step-00000010"

@@ -41,8 +41,10 @@ def tiny_shards(tmp_path_factory) -> Path:
 def ema_run(tiny_shards, tmp_path_factory) -> Path:
     """A finished 1-epoch run with EMA weights; copy before changing."""
     out = tmp_path_factory.mktemp("ema")
-    assert train_cli(train_args(tiny_shards, out, "run", "train.epochs=1", "eval.test_split=null",
-                                "train.ema_decay=0.9")) == 0
+    assert (
+        train_cli(train_args(tiny_shards, out, "run", "train.epochs=1", "eval.test_split=null", "train.ema_decay=0.9"))
+        == 0
+    )
     return out / "run"
 
 
@@ -72,8 +74,14 @@ def test_resume_reads_only_safetensors_json_and_weights_only_pickles(ema_run, ti
     (ckpt,) = list_checkpoints(ema_run / "checkpoints")
     # accelerate.save_state(safe_serialization=True) + ours; nothing that accelerate would load with
     # weights_only=False (custom_checkpoint_*.pkl) and no pickled model (pytorch_model.bin)
-    assert sorted(p.name for p in ckpt.iterdir()) == ["best_model.safetensors", "ema.safetensors", "model.safetensors",
-                                                       "optimizer.bin", "random_states_0.pkl", "trainer_state.json"]
+    assert sorted(p.name for p in ckpt.iterdir()) == [
+        "best_model.safetensors",
+        "ema.safetensors",
+        "model.safetensors",
+        "optimizer.bin",
+        "random_states_0.pkl",
+        "trainer_state.json",
+    ]
     shutil.copytree(ema_run, tmp_path / "run")
     loads, real_load = [], torch.load
 
@@ -82,8 +90,12 @@ def test_resume_reads_only_safetensors_json_and_weights_only_pickles(ema_run, ti
         return real_load(f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "load", spy)
-    assert train_cli(train_args(tiny_shards, tmp_path, "run", "train.resume=auto", "eval.test_split=null",
-                                "train.ema_decay=0.9")) == 0
+    assert (
+        train_cli(
+            train_args(tiny_shards, tmp_path, "run", "train.resume=auto", "eval.test_split=null", "train.ema_decay=0.9")
+        )
+        == 0
+    )
     resume_loads = [entry for entry in loads if entry[0] in ("optimizer.bin", "random_states_0.pkl")]
     assert sorted(resume_loads) == [("optimizer.bin", True), ("random_states_0.pkl", True)]
     assert all(weights_only is True for _, weights_only in loads), loads
@@ -107,8 +119,9 @@ def test_a_planted_pickle_in_a_checkpoint_never_runs(ema_run, tiny_shards, tmp_p
     (ckpt,) = list_checkpoints(tmp_path / "run" / "checkpoints")
     marker = tmp_path / "pwned"
     plant_pickle(ckpt / victim, marker)
-    code = train_cli(train_args(tiny_shards, tmp_path, "run", "train.resume=auto", "eval.test_split=null",
-                                "train.ema_decay=0.9"))
+    code = train_cli(
+        train_args(tiny_shards, tmp_path, "run", "train.resume=auto", "eval.test_split=null", "train.ema_decay=0.9")
+    )
     assert not marker.exists()
     if victim == "optimizer.bin":  # needed to resume: refused in one line
         assert code == 2
@@ -127,12 +140,20 @@ def test_a_planted_pickle_in_a_checkpoint_never_runs(ema_run, tiny_shards, tmp_p
 def test_a_planted_wandb_key_appears_in_no_output(synthetic_shards, tmp_path):
     home = tmp_path / "home"
     env = {k: v for k, v in ENV.items() if not k.startswith("WANDB_") and k != "NETRC"}
-    env.update(HOME=str(home), WANDB_API_KEY=FAKE_KEY, WANDB_CACHE_DIR=str(home / "cache"),
-               WANDB_DATA_DIR=str(home / "data"), WANDB_CONFIG_DIR=str(home / "config"), WANDB_SILENT="true",
-               WANDB_ERROR_REPORTING="false", PETS_TEST_TOKEN=FAKE_KEY[::-1])
+    env.update(
+        HOME=str(home),
+        WANDB_API_KEY=FAKE_KEY,
+        WANDB_CACHE_DIR=str(home / "cache"),
+        WANDB_DATA_DIR=str(home / "data"),
+        WANDB_CONFIG_DIR=str(home / "config"),
+        WANDB_SILENT="true",
+        WANDB_ERROR_REPORTING="false",
+        PETS_TEST_TOKEN=FAKE_KEY[::-1],
+    )
     argv = train_args(synthetic_shards, tmp_path / "runs", "secret", "train.epochs=1", "tracking.wandb=offline")
-    proc = subprocess.run([sys.executable, "-m", "toolkit.train", *argv], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=240)
+    proc = subprocess.run(
+        [sys.executable, "-m", "toolkit.train", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "runs" / "secret"
     files = [p for p in run.rglob("*") if p.is_file()]
@@ -164,7 +185,7 @@ def test_shard_member_names_are_never_used_as_paths(tiny_shards, tmp_path, monke
     for shard in ("test-000002.tar", "val-000001.tar", "train-000000.tar"):
         new_keys: dict[str, str] = {}
 
-        def rename(name: str, payload: bytes):
+        def rename(name: str, payload: bytes, new_keys: dict = new_keys, shard: str = shard):
             key, ext = name.split(".", 1)
             new_key = new_keys.setdefault(key, f"{names[len(new_keys) % len(names)]}-{shard[:-4]}-{len(new_keys)}")
             return [(f"{new_key}.{ext}", payload)]
@@ -206,15 +227,29 @@ def test_secrets_in_a_config_value_and_inside_data_shards_appear_in_no_output(sy
     pack_dataset(synthetic_source, folder, resize_shorter=48, shard_size=1000, workers=1, show_progress=False)
     home = tmp_path / "home"
     env = {k: v for k, v in ENV.items() if not k.startswith("WANDB_") and k != "NETRC"}
-    env.update(HOME=str(home), WANDB_API_KEY=FAKE_KEY, WANDB_CACHE_DIR=str(home / "cache"),
-               WANDB_DATA_DIR=str(home / "data"), WANDB_CONFIG_DIR=str(home / "config"), WANDB_SILENT="true",
-               WANDB_ERROR_REPORTING="false")
+    env.update(
+        HOME=str(home),
+        WANDB_API_KEY=FAKE_KEY,
+        WANDB_CACHE_DIR=str(home / "cache"),
+        WANDB_DATA_DIR=str(home / "data"),
+        WANDB_CONFIG_DIR=str(home / "config"),
+        WANDB_SILENT="true",
+        WANDB_ERROR_REPORTING="false",
+    )
     bearer = "b3arer-T0ken-0f-the-shard-server"
     shards = f'pipe:cat {folder}/{{split}}-{{000000..000000}}.tar # -H "Authorization: Bearer {bearer}"'
-    argv = train_args(folder, tmp_path / "runs", "secret", "train.epochs=1", "tracking.wandb=offline",
-                      f"tracking.tags=[{FAKE_KEY}]", f"data.shards='{shards}'")  # quoted: YAML keeps the '#'
-    proc = subprocess.run([sys.executable, "-m", "toolkit.train", *argv], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=240)
+    argv = train_args(
+        folder,
+        tmp_path / "runs",
+        "secret",
+        "train.epochs=1",
+        "tracking.wandb=offline",
+        f"tracking.tags=[{FAKE_KEY}]",
+        f"data.shards='{shards}'",
+    )  # quoted: YAML keeps the '#'
+    proc = subprocess.run(
+        [sys.executable, "-m", "toolkit.train", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     files = [p for p in (tmp_path / "runs" / "secret").rglob("*") if p.is_file()]
     assert {"config.yaml", "dataset.json", "report.html"} <= {p.name for p in files}

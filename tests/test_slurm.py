@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load_file
 from slurm_cluster import Cluster, why_unavailable
 
-from helpers import LAUNCH_2, ENV, ROOT, pack_tiny, train_args, wait_for
+from helpers import ENV, LAUNCH_2, ROOT, pack_tiny, train_args, wait_for
 from toolkit.training.checkpoint import checkpoint_step, latest_checkpoint, list_checkpoints
 from toolkit.training.run_lock import read_record
 
@@ -56,8 +56,15 @@ def shards(tmp_path_factory) -> Path:
 def submit(cluster: Cluster, out: Path, *sbatch_args: str, train: list[str]) -> str:
     out.mkdir(parents=True, exist_ok=True)
     env = {**cluster.env, **{k: v for k, v in ENV.items() if k != "SLURM_CONF"}, "PYTHON": sys.executable}
-    done = subprocess.run(["sbatch", "--parsable", f"--output={out}/slurm-%j.out", *sbatch_args, str(SBATCH), *train],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        ["sbatch", "--parsable", f"--output={out}/slurm-%j.out", *sbatch_args, str(SBATCH), *train],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip().split(";")[0]
 
@@ -90,8 +97,9 @@ def job_log(out: Path, job: str) -> str:
 
 
 def finished(cluster: Cluster, job: str, out: Path) -> dict:
-    info = wait_until(cluster, job, lambda i: i["JobState"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"),
-                      "the end")
+    info = wait_until(
+        cluster, job, lambda i: i["JobState"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), "the end"
+    )
     assert info["JobState"] == "COMPLETED", f"{info}\n{job_log(out, job)[-4000:]}"
     return info
 
@@ -148,9 +156,21 @@ def two_node_run(cluster, shards, tmp_path_factory) -> Path:
     """Case 1's run folder, checked against a single-host 2-process run (reused by case 2)."""
     out = tmp_path_factory.mktemp("case1")
     job = submit(cluster, out, "--nodes=2", train=train_args(shards, out, "straight", *COMMON))
-    local = subprocess.Popen([*LAUNCH_2, "--main_process_port", "29671", "-m", "toolkit.train",
-                              *train_args(shards, out / "local", "straight", *COMMON)],
-                             cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    local = subprocess.Popen(
+        [
+            *LAUNCH_2,
+            "--main_process_port",
+            "29671",
+            "-m",
+            "toolkit.train",
+            *train_args(shards, out / "local", "straight", *COMMON),
+        ],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         info = finished(cluster, job, out)
         _, err = wait_for(local, JOB_TIMEOUT_S)
@@ -177,14 +197,14 @@ def test_two_node_sbatch_equals_a_single_host_two_process_run(two_node_run):
 
 @pytest.mark.slow
 @pytest.mark.timeout(4 * JOB_TIMEOUT_S)
-def test_time_limit_and_scancel_checkpoint_requeue_and_finish_with_the_same_weights(cluster, shards, two_node_run,
-                                                                                    tmp_path):
+def test_time_limit_and_scancel_checkpoint_requeue_and_finish_with_the_same_weights(
+    cluster, shards, two_node_run, tmp_path
+):
     out = tmp_path / "case2"
     job = submit(cluster, out, "--nodes=2", train=train_args(shards, out, "stopped", *COMMON))
     run = out / "stopped"
     # the time-limit signal as --signal=B:USR1@120 delivers it: to the batch script only
-    signal_mid_run(cluster, job, out, run, 2,
-                   lambda: cluster.run("scancel", "--batch", "--signal=USR1", job))
+    signal_mid_run(cluster, job, out, run, 2, lambda: cluster.run("scancel", "--batch", "--signal=USR1", job))
     wait_until(cluster, job, lambda i: int(i.get("Restarts", 0)) >= 1, "the first requeue")
     first = job_log(out, job)
     assert first.count("stopped by a stop signal") == 1, first[-3000:]  # printed by rank 0, after every rank saved
@@ -199,8 +219,9 @@ def test_time_limit_and_scancel_checkpoint_requeue_and_finish_with_the_same_weig
     # scancel --signal=TERM --full: the batch script too (it forwards TERM again) and srun, which
     # SIGKILLs its tasks on a TERM: the job still requeues and resumes, from the last periodic checkpoint
     wait_until(cluster, job, lambda i: i["JobState"] == "RUNNING", "the second requeued run")
-    signal_mid_run(cluster, job, out, run, latest_step(run) + 2,
-                   lambda: cluster.run("scancel", "--full", "--signal=TERM", job))
+    signal_mid_run(
+        cluster, job, out, run, latest_step(run) + 2, lambda: cluster.run("scancel", "--full", "--signal=TERM", job)
+    )
     wait_until(cluster, job, lambda i: int(i.get("Restarts", 0)) >= 3, "the third requeue")
     finished(cluster, job, out)
 
@@ -221,8 +242,9 @@ def test_a_job_requeued_onto_the_other_node_takes_its_run_back_from_the_first_no
         job = submit(cluster, out, "--nodes=1", train=train_args(shards, out, "moved", *COMMON))
         deadline = time.monotonic() + JOB_TIMEOUT_S
         while not list_checkpoints(run / "checkpoints"):
-            assert time.monotonic() < deadline and cluster.job(job)["JobState"] in ("PENDING", "RUNNING"), \
-                job_log(out, job)[-3000:]
+            assert time.monotonic() < deadline and cluster.job(job)["JobState"] in ("PENDING", "RUNNING"), job_log(
+                out, job
+            )[-3000:]
             time.sleep(0.05)
         lock = read_record(run / ".lock")
         assert lock["node"] == "n1" and lock["slurm_job"] == job

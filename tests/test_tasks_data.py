@@ -18,11 +18,11 @@ import pytest
 from PIL import Image
 
 from helpers import ENV, ROOT, error_line, file_hashes, rewrite_shard
-from toolkit.errors import UsageError
+from shard_reader import read_all_samples
 from toolkit.data.shards import SPLITS, pack_dataset
 from toolkit.data.verify import verify_shards
+from toolkit.errors import UsageError
 from toolkit.formats import read_manifest
-from shard_reader import read_all_samples
 
 
 def official_breeds(root: Path) -> dict[int, str]:
@@ -50,8 +50,11 @@ def test_breed_shards_of_the_real_images(mini_pets, mini_breed_shards):
         counts = {name: sum(info["classes"][label] == name for _, label, _ in got) for name in info["classes"]}
         assert counts == info["splits"][split]["class_counts"]
     # the official test list is the test split, whatever the labels
-    test_names = {line.split()[0] for line in (mini_pets / "annotations" / "test.txt").read_text().splitlines()
-                  if line and not line.startswith("#")}
+    test_names = {
+        line.split()[0]
+        for line in (mini_pets / "annotations" / "test.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
     assert {key for key, _, _ in samples["test"]} == test_names
     # stratified by breed: every breed with enough trainval images is in train and val
     assert all(info["splits"]["train"]["class_counts"][name] > 0 for name in info["classes"])
@@ -79,6 +82,7 @@ def test_verify_catches_a_breed_label_that_disagrees(mini_breed_shards, tmp_path
 # --------------------------------------------------------------------------------------------
 # image folders
 # --------------------------------------------------------------------------------------------
+
 
 def picture(seed: int, size: int = 40) -> Image.Image:
     return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size, size + 8, 3), dtype=np.uint8))
@@ -120,14 +124,16 @@ def test_image_folder_packs_every_file_with_its_class(tmp_path):
     keys = [key for split in SPLITS for key, _, _ in samples[split]]
     assert len(keys) == len(set(keys)) == packed
     for split in SPLITS:
-        for key, label, meta in samples[split]:
+        for _key, label, meta in samples[split]:
             assert meta["class"] == info["classes"][label] == meta["source"].split("/")[0]
         assert all(n > 0 for n in info["splits"][split]["class_counts"].values()), split  # stratified
     assert info["normalization"]["num_images"] == info["splits"]["train"]["num_samples"]
 
     again = pack_dataset(root, tmp_path / "again", workers=2, show_progress=False)
-    assert file_hashes(tmp_path / "again") == {**file_hashes(tmp_path / "shards"),
-                                               "info.json": file_hashes(tmp_path / "again")["info.json"]}
+    assert file_hashes(tmp_path / "again") == {
+        **file_hashes(tmp_path / "shards"),
+        "info.json": file_hashes(tmp_path / "again")["info.json"],
+    }
     assert {**again, "options": None} == {**info, "options": None}
 
 
@@ -139,26 +145,49 @@ def test_fixed_split_folders_are_kept_and_val_is_held_out_of_train(tmp_path):
     assert info["options"]["test_fraction"] is None  # the test/ folder is the test split
     samples = read_all_samples(tmp_path / "shards")
     assert sorted(meta["source"] for _, _, meta in samples["test"]) == sorted(
-        f"test/{c}/img {i}.jpg" for c, n in (("ant", 3), ("bee", 4)) for i in range(n))
+        f"test/{c}/img {i}.jpg" for c, n in (("ant", 3), ("bee", 4)) for i in range(n)
+    )
     assert info["splits"]["val"]["class_counts"] == {"ant": 3, "bee": 3}
     assert all(meta["source"].startswith("train/") for split in ("train", "val") for _, _, meta in samples[split])
 
 
-@pytest.mark.parametrize("arrange, expected", [
-    (lambda r: make_folder(r, {"only": 5}), "one class folder (only)"),
-    (lambda r: (make_folder(r, {"a": 5, "b": 5}), (r / "empty").mkdir()), "holds no images"),
-    (lambda r: (make_folder(r / "train", {"a": 5, "b": 5}), make_folder(r / "test", {"a": 2, "c": 2})),
-     "class folder c/ that train/ lacks"),
-    (lambda r: (make_folder(r / "train", {"a": 5, "b": 5}), make_folder(r / "extra", {"a": 2})),
-     "mixes split folders"),
-    (lambda r: make_folder(r / "val", {"a": 5, "b": 5}), "no train/ folder"),
-    (lambda r: r.mkdir(parents=True), "no class folders"),
-])
+@pytest.mark.parametrize(
+    "arrange, expected",
+    [
+        (lambda r: make_folder(r, {"only": 5}), "one class folder (only)"),
+        (lambda r: (make_folder(r, {"a": 5, "b": 5}), (r / "empty").mkdir()), "holds no images"),
+        (
+            lambda r: (make_folder(r / "train", {"a": 5, "b": 5}), make_folder(r / "test", {"a": 2, "c": 2})),
+            "class folder c/ that train/ lacks",
+        ),
+        (
+            lambda r: (make_folder(r / "train", {"a": 5, "b": 5}), make_folder(r / "extra", {"a": 2})),
+            "mixes split folders",
+        ),
+        (lambda r: make_folder(r / "val", {"a": 5, "b": 5}), "no train/ folder"),
+        (lambda r: r.mkdir(parents=True), "no class folders"),
+    ],
+)
 def test_layouts_that_are_no_dataset_are_one_line_errors(tmp_path, arrange, expected):
     root = tmp_path / "data"
     arrange(root)
-    done = subprocess.run([sys.executable, "-m", "toolkit.make_shards", "--source", str(root), "--out",
-                           str(tmp_path / "out"), "--workers", "1"], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "toolkit.make_shards",
+            "--source",
+            str(root),
+            "--out",
+            str(tmp_path / "out"),
+            "--workers",
+            "1",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 2 and expected in error_line(done.stderr)
 
 
@@ -174,6 +203,21 @@ def test_a_test_fraction_is_refused_where_the_source_has_a_test_split(synthetic_
 
 def test_oxford_only_options_are_refused_for_a_folder(tmp_path):
     root = make_folder(tmp_path / "data", {"a": 5, "b": 5})
-    done = subprocess.run([sys.executable, "-m", "toolkit.make_shards", "--source", str(root), "--labels", "breed",
-                           "--out", str(tmp_path / "out")], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "toolkit.make_shards",
+            "--source",
+            str(root),
+            "--labels",
+            "breed",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 2 and "applies to the Oxford-IIIT Pet layout only" in error_line(done.stderr)

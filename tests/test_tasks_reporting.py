@@ -23,13 +23,13 @@ from toolkit.evaluation.evaluate import EvalResult
 from toolkit.evaluation.metrics import compute_metrics, confusion_order, summary_values
 from toolkit.fileio import append_jsonl, atomic_write_json
 from toolkit.formats import Predictions, RunDir
+from toolkit.formats.model_file import load_model_file
 from toolkit.reporting import interpret, plots, visualize
 from toolkit.reporting.finish import prediction_rows
 from toolkit.reporting.html import cell_text
 from toolkit.reporting.report import build_report
 from toolkit.reporting.tracking import Tracker
 from toolkit.reporting.wandb_runs import read_wandb_records
-from toolkit.formats.model_file import load_model_file
 
 ODD = "<b>odd&class"  # a class name that must be escaped in HTML
 NAMES = ["Abyssinian", ODD, "beagle", "american_pit_bull_terrier", "pug"]
@@ -53,34 +53,65 @@ def fake_multiclass(n: int, num_classes: int, seed: int = 0, absent: tuple = ())
     return labels, probs / probs.sum(axis=1, keepdims=True)
 
 
-def write_multiclass_run(run_dir: Path, names=NAMES, splits=("val", "test"), shards: str = "shards/none",
-                         absent: tuple = ()) -> Path:
+def write_multiclass_run(
+    run_dir: Path, names=NAMES, splits=("val", "test"), shards: str = "shards/none", absent: tuple = ()
+) -> Path:
     """A run folder as training and evaluation leave it for an N-class task, minus the model and plots."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    config = {"data": {"shards": shards, "image_size": 32, "resize_size": 36},
-              "model": {"arch": "resnet18", "blocks_per_stage": [1, 1, 1, 1], "base_width": 8,
-                        "num_classes": len(names)},
-              "eval": {"threshold": 0.5, "gradcam_layer": "layer4", "test_split": "test"},
-              "output": {"run_name": "breeds-run"}}
+    config = {
+        "data": {"shards": shards, "image_size": 32, "resize_size": 36},
+        "model": {"arch": "resnet18", "blocks_per_stage": [1, 1, 1, 1], "base_width": 8, "num_classes": len(names)},
+        "eval": {"threshold": 0.5, "gradcam_layer": "layer4", "test_split": "test"},
+        "output": {"run_name": "breeds-run"},
+    }
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     for epoch in (1, 2):
-        append_jsonl(run_dir / "metrics.jsonl", {
-            "epoch": epoch, "step": 5 * epoch, "lr": 1e-3, "train_loss": 2.0 / epoch, "val_loss": 2.1 / epoch,
-            "val_acc": 0.3 * epoch, "val_auc": 0.6, "img_per_s": 50.0, "data_wait_frac": 0.1, "epoch_seconds": 2.0})
+        append_jsonl(
+            run_dir / "metrics.jsonl",
+            {
+                "epoch": epoch,
+                "step": 5 * epoch,
+                "lr": 1e-3,
+                "train_loss": 2.0 / epoch,
+                "val_loss": 2.1 / epoch,
+                "val_acc": 0.3 * epoch,
+                "val_auc": 0.6,
+                "img_per_s": 50.0,
+                "data_wait_frac": 0.1,
+                "epoch_seconds": 2.0,
+            },
+        )
     run = RunDir(run_dir)
     counts = {}
     for k, split in enumerate(splits):
         labels, probs = fake_multiclass(90, len(names), seed=k + 1, absent=absent)
-        predictions = Predictions(keys=[f"{split}_{i:03d}" for i in range(len(labels))], labels=labels.tolist(),
-                                  probs=probs.tolist(), preds=probs.argmax(axis=1).tolist(), breeds=[""] * len(labels),
-                                  class_names=list(names))
+        predictions = Predictions(
+            keys=[f"{split}_{i:03d}" for i in range(len(labels))],
+            labels=labels.tolist(),
+            probs=probs.tolist(),
+            preds=probs.argmax(axis=1).tolist(),
+            breeds=[""] * len(labels),
+            class_names=list(names),
+        )
         metrics = compute_metrics(labels, probs, class_names=names, loss=1.2)
         metrics.update(split=split, skipped_samples=0, synthetic=True, model_epoch=2)
         run.write_evaluation(split, metrics, predictions)
-        counts[split] = {"num_samples": len(labels), "num_shards": 1,
-                         "class_counts": {name: int((labels == c).sum()) for c, name in enumerate(names)}}
-    atomic_write_json(run_dir / "dataset.json", {"shards": shards, "dataset": "image-folder", "synthetic": True,
-                                                 "classes": list(names), "splits": counts, "skipped": []})
+        counts[split] = {
+            "num_samples": len(labels),
+            "num_shards": 1,
+            "class_counts": {name: int((labels == c).sum()) for c, name in enumerate(names)},
+        }
+    atomic_write_json(
+        run_dir / "dataset.json",
+        {
+            "shards": shards,
+            "dataset": "image-folder",
+            "synthetic": True,
+            "classes": list(names),
+            "splits": counts,
+            "skipped": [],
+        },
+    )
     return run_dir
 
 
@@ -96,12 +127,29 @@ def test_multiclass_plot_functions_write_valid_pngs(tmp_path):
         plots.plot_roc(labels, probs, NAMES, tmp_path / "roc.png"),
         plots.plot_pr(labels, probs, NAMES, tmp_path / "pr.png"),
         plots.plot_confusion(metrics["confusion_matrix"], tmp_path / "confusion.png", class_names=NAMES),
-        plots.plot_per_class_accuracy(metrics["per_class_accuracy"], tmp_path / "per_class_accuracy.png",
-                                      overall=metrics["accuracy"]),
-        plots.plot_prediction_grid(images, labels[:6].tolist(), probs[:6].tolist(), tmp_path / "grid.png",
-                                   mean=MEAN, std=STD, class_names=NAMES, captions=[f"k{i}" for i in range(6)]),
-        interpret.plot_gradcam(images, torch.rand(6, 32, 32), labels[:6].tolist(), probs[:6].tolist(),
-                               tmp_path / "gradcam.png", mean=MEAN, std=STD, class_names=NAMES),
+        plots.plot_per_class_accuracy(
+            metrics["per_class_accuracy"], tmp_path / "per_class_accuracy.png", overall=metrics["accuracy"]
+        ),
+        plots.plot_prediction_grid(
+            images,
+            labels[:6].tolist(),
+            probs[:6].tolist(),
+            tmp_path / "grid.png",
+            mean=MEAN,
+            std=STD,
+            class_names=NAMES,
+            captions=[f"k{i}" for i in range(6)],
+        ),
+        interpret.plot_gradcam(
+            images,
+            torch.rand(6, 32, 32),
+            labels[:6].tolist(),
+            probs[:6].tolist(),
+            tmp_path / "gradcam.png",
+            mean=MEAN,
+            std=STD,
+            class_names=NAMES,
+        ),
         plots.plot_roc([2, 2, 2], probs[:3], NAMES, tmp_path / "roc_one_class.png"),  # undefined: a note
         plots.plot_per_class_accuracy([], tmp_path / "per_class_empty.png"),
     ]
@@ -152,17 +200,23 @@ def test_titles_and_example_selection_use_the_argmax():
     assert not right and text.startswith("true Abyssinian\npred american_pit_bull_terrier\n")
     assert text.endswith("american_pit_bull_terrier 0.45\n<b>odd&class 0.20\nbeagle 0.20")
     # two classes: the threshold on P(class 1) decides, the title lists both classes
-    assert plots.prediction_title(1, [0.3, 0.7], ["cat", "dog"], threshold=0.8) == \
-        ("true dog / pred cat\ndog 0.70, cat 0.30", False)
+    assert plots.prediction_title(1, [0.3, 0.7], ["cat", "dog"], threshold=0.8) == (
+        "true dog / pred cat\ndog 0.70, cat 0.30",
+        False,
+    )
 
     labels = [0, 1, 2, 2, 1, 0, 2]
-    probs = np.array([[0.8, 0.1, 0.1],   # right 0.8
-                      [0.6, 0.3, 0.1],   # wrong 0.6
-                      [0.1, 0.1, 0.8],   # right 0.8
-                      [0.05, 0.9, 0.05],  # wrong 0.9
-                      [0.2, 0.7, 0.1],   # right 0.7
-                      [0.5, 0.3, 0.2],   # right 0.5
-                      [0.3, 0.3, 0.4]])  # right 0.4
+    probs = np.array(
+        [
+            [0.8, 0.1, 0.1],  # right 0.8
+            [0.6, 0.3, 0.1],  # wrong 0.6
+            [0.1, 0.1, 0.8],  # right 0.8
+            [0.05, 0.9, 0.05],  # wrong 0.9
+            [0.2, 0.7, 0.1],  # right 0.7
+            [0.5, 0.3, 0.2],  # right 0.5
+            [0.3, 0.3, 0.4],
+        ]
+    )  # right 0.4
     assert interpret.select_examples(labels, probs, 3) == [3, 1, 0]  # mistakes, most confident first
     assert interpret.select_examples(labels, probs, 5, max_wrong=1) == [3, 0, 4, 2, 5]  # classes take turns
     assert interpret.select_examples(labels, probs, 20) == [3, 1, 0, 4, 2, 5, 6]
@@ -181,15 +235,21 @@ def test_visualize_and_report_for_n_classes(tmp_path, capsys):
     run = write_multiclass_run(tmp_path / "run")
     assert visualize.main(["--run", str(run), "--what", "roc,pr,confusion,curves", "--split", "test"]) == 0
     names = sorted(p.name for p in (run / "plots").glob("*.png"))
-    assert names == ["confusion_test.png", "per_class_accuracy_test.png", "pr_test.png", "roc_test.png",
-                     "training_curves.png"]
+    assert names == [
+        "confusion_test.png",
+        "per_class_accuracy_test.png",
+        "pr_test.png",
+        "roc_test.png",
+        "training_curves.png",
+    ]
     for name in names:
         assert_png(run / "plots" / name)
     assert "warning" not in capsys.readouterr().err
     found = RunDir(run).read_predictions("test")
     expected = compute_metrics(found.labels, found.probs, class_names=NAMES)["confusion_matrix"]
-    assert json.loads(png_text(run / "plots" / "confusion_test.png")["Rows"]) == \
-        [NAMES[i] for i in confusion_order(expected)]
+    assert json.loads(png_text(run / "plots" / "confusion_test.png")["Rows"]) == [
+        NAMES[i] for i in confusion_order(expected)
+    ]
 
     page = (run / "report.html").read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") == len(names)
@@ -199,11 +259,13 @@ def test_visualize_and_report_for_n_classes(tmp_path, capsys):
     assert f"macro over {metrics['roc_auc_classes_scored']} of 5 classes scored" in page
     assert "Largest confusions" in page
     worst = metrics["largest_confusions"][0]
-    assert f"<tr><td>{html.escape(worst['true'])}</td><td>{html.escape(worst['pred'])}</td>" \
-           f"<td class=\"num\">{worst['count']}</td>" in page
+    assert (
+        f"<tr><td>{html.escape(worst['true'])}</td><td>{html.escape(worst['pred'])}</td>"
+        f'<td class="num">{worst["count"]}</td>' in page
+    )
     for name in NAMES:  # the per-class table: one row per class, names escaped
         support = metrics["per_class"][name]["support"]
-        assert f"<tr><td>{html.escape(name)}</td><td class=\"num\">{support}</td>" in page, name
+        assert f'<tr><td>{html.escape(name)}</td><td class="num">{support}</td>' in page, name
     assert ODD not in page and "&lt;b&gt;odd&amp;class" in page
     assert "Accuracy per class, worst first" in page and "per_class_accuracy_test.png" in page
     assert "0.9108" not in page and "Seed comparison" not in page  # the cat/dog seed experiment is left out
@@ -226,8 +288,11 @@ def test_image_plots_for_n_classes(tmp_path, monkeypatch, capsys):
     save_tiny_model(run / "model.safetensors", class_names=NAMES, seed=0)
     model, meta = load_model_file(run / "model.safetensors")
     torch.manual_seed(0)
-    monkeypatch.setattr(visualize, "load_images",
-                        lambda shards, split, keys, meta, config: {key: torch.randn(3, 32, 32) for key in keys})
+    monkeypatch.setattr(
+        visualize,
+        "load_images",
+        lambda shards, split, keys, meta, config: {key: torch.randn(3, 32, 32) for key in keys},
+    )
     made = visualize.make_plots(run, what={"grid", "gradcam", "features"}, shards=str(tmp_path), num_images=4)
     assert sorted(p.name for p in made) == ["feature_maps_test.png", "gradcam_test.png", "predictions_test.png"]
     for path in made:
@@ -311,8 +376,14 @@ def test_tracker_logs_n_class_curves_summary_and_predictions_offline(tmp_path, m
     labels, probs = fake_multiclass(60, len(NAMES), seed=3, absent=(4,))  # pug never occurs: no curve for it
     metrics = compute_metrics(labels, probs, class_names=NAMES)
     logits = np.log(probs).astype(np.float32)
-    result = EvalResult(split="test", keys=[f"k{i}" for i in range(60)], labels=labels, logits=logits,
-                        breeds=[""] * 60, class_names=list(NAMES))
+    result = EvalResult(
+        split="test",
+        keys=[f"k{i}" for i in range(60)],
+        labels=labels,
+        logits=logits,
+        breeds=[""] * 60,
+        class_names=list(NAMES),
+    )
     cfg = SimpleNamespace(wandb="offline", project="pets-toolkit-tests", entity=None, tags=[], group=None)
     tracker = Tracker(cfg, run_dir, {"model": {"num_classes": 5}}, is_main=True, run_name="breeds", echo=print)
     assert tracker.active
@@ -346,8 +417,14 @@ def test_tracker_logs_n_class_curves_summary_and_predictions_offline(tmp_path, m
         assert record["pred"] == NAMES[int(row.argmax())] and record["true"] == NAMES[int(label)]
         assert record["top3"].startswith(f"{record['pred']} ") and record["top3"].count(", ") == 2
 
-    binary = EvalResult(split="val", keys=["a", "b"], labels=np.array([0, 1]),
-                        logits=np.array([[2.0, 0.0], [0.0, 1.0]]), breeds=["Bengal", "pug"], class_names=["cat", "dog"])
+    binary = EvalResult(
+        split="val",
+        keys=["a", "b"],
+        labels=np.array([0, 1]),
+        logits=np.array([[2.0, 0.0], [0.0, 1.0]]),
+        breeds=["Bengal", "pug"],
+        class_names=["cat", "dog"],
+    )
     rows = prediction_rows(binary, 0.8)  # two classes: the threshold on P(class 1) decides
     assert [(r["pred"], r["correct"]) for r in rows] == [("cat", True), ("cat", False)]
     two = compute_metrics([0, 1], binary.probs, class_names=["cat", "dog"])
@@ -389,15 +466,36 @@ def test_a_four_class_run_finishes_with_plots_report_and_wandb(tmp_path, monkeyp
             Image.fromarray(pixels).save(tmp_path / "folder" / name / f"{name}_{i}.jpg")
     pack_dataset(tmp_path / "folder", tmp_path / "shards", resize_shorter=40, workers=1, show_progress=False)
 
-    args = ["--config", str(SMOKE), f"data.shards={tmp_path / 'shards'}", f"output.dir={tmp_path / 'runs'}",
-            "output.run_name=four", "model.num_classes=null", "train.epochs=1", "train.batch_size=8",
-            "tracking.wandb=offline", "eval.plots=true", "eval.num_images=4"]
+    args = [
+        "--config",
+        str(SMOKE),
+        f"data.shards={tmp_path / 'shards'}",
+        f"output.dir={tmp_path / 'runs'}",
+        "output.run_name=four",
+        "model.num_classes=null",
+        "train.epochs=1",
+        "train.batch_size=8",
+        "tracking.wandb=offline",
+        "eval.plots=true",
+        "eval.num_images=4",
+    ]
     assert train_cli(args) == 0
     run = RunDir(tmp_path / "runs" / "four")
     made = sorted(p.name for p in run.plots.glob("*.png"))
-    assert made == sorted(["roc_test.png", "pr_test.png", "confusion_test.png", "per_class_accuracy_test.png",
-                           "training_curves.png", "predictions_test.png", "gradcam_test.png", "feature_maps_test.png",
-                           "filters_conv1.png", "filters_layer1.png"])
+    assert made == sorted(
+        [
+            "roc_test.png",
+            "pr_test.png",
+            "confusion_test.png",
+            "per_class_accuracy_test.png",
+            "training_curves.png",
+            "predictions_test.png",
+            "gradcam_test.png",
+            "feature_maps_test.png",
+            "filters_conv1.png",
+            "filters_layer1.png",
+        ]
+    )
     for name in made:
         assert_png(run.plots / name, min_bytes=500)
     metrics = run.read_metrics("test")

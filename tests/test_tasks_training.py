@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from helpers import LAUNCH_2, ENV, ROOT, assert_json_close, error_line, train_args, train_cli, wait_for
+from helpers import ENV, LAUNCH_2, ROOT, assert_json_close, error_line, train_args, train_cli, wait_for
 from toolkit.formats import RunDir, read_manifest
 
 TIMEOUT_S = 300
@@ -60,24 +60,50 @@ def test_breeds_train_and_evaluate_identically_on_one_and_two_processes(mini_bre
     common = ["--model", model, "--shards", str(mini_breed_shards), "--split", "test"]
     one = run([sys.executable, "-m", "toolkit.evaluate", *common, "--out", str(tmp_path / "one"), "--num-workers", "0"])
     assert one.returncode == 0, one.stderr[-3000:]
-    two = run([*LAUNCH_2, "--main_process_port", "29618", "-m", "toolkit.evaluate", *common,
-               "--out", str(tmp_path / "two"), "--num-workers", "2"])
+    two = run(
+        [
+            *LAUNCH_2,
+            "--main_process_port",
+            "29618",
+            "-m",
+            "toolkit.evaluate",
+            *common,
+            "--out",
+            str(tmp_path / "two"),
+            "--num-workers",
+            "2",
+        ]
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("test: n=") == 1 and " top5 " in two.stdout
     metrics = [json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("one", "two")]
     assert_json_close(metrics[0], metrics[1])
-    assert_json_close({k: v for k, v in trained.items() if k not in ("model", "model_epoch")},
-          {k: v for k, v in metrics[0].items() if k not in ("model", "model_epoch")})
+    assert_json_close(
+        {k: v for k, v in trained.items() if k not in ("model", "model_epoch")},
+        {k: v for k, v in metrics[0].items() if k not in ("model", "model_epoch")},
+    )
     rows = [list(csv.reader(io.StringIO((tmp_path / name / "predictions.csv").read_text()))) for name in ("one", "two")]
     assert rows[0][0] == ["key", "label", "pred", "breed"] + [f"prob_{c}" for c in classes]
     assert [r[:4] for r in rows[0]] == [r[:4] for r in rows[1]]
     assert len(rows[0]) - 1 == metrics[0]["num_samples"]
 
 
-def test_models_are_refused_on_data_with_other_classes(breed_run, synthetic_shards, mini_breed_shards, mini_pets,
-                                                       tmp_path):
-    done = run([sys.executable, "-m", "toolkit.evaluate", "--model", str(breed_run.model),
-                "--shards", str(synthetic_shards), "--split", "test"])
+def test_models_are_refused_on_data_with_other_classes(
+    breed_run, synthetic_shards, mini_breed_shards, mini_pets, tmp_path
+):
+    done = run(
+        [
+            sys.executable,
+            "-m",
+            "toolkit.evaluate",
+            "--model",
+            str(breed_run.model),
+            "--shards",
+            str(synthetic_shards),
+            "--split",
+            "test",
+        ]
+    )
     assert done.returncode == 2
     assert "predicts 37 classes (Abyssinian, american_bulldog" in error_line(done.stderr)
     assert "have 2 (cat, dog)" in error_line(done.stderr)
@@ -86,18 +112,51 @@ def test_models_are_refused_on_data_with_other_classes(breed_run, synthetic_shar
     assert code == 2
 
     image = next((mini_pets / "images").glob("Bengal_*.jpg"))
-    refused = run([sys.executable, "-m", "toolkit.predict", "--model", str(breed_run.model), "--shards",
-                   str(synthetic_shards), str(image)])
+    refused = run(
+        [
+            sys.executable,
+            "-m",
+            "toolkit.predict",
+            "--model",
+            str(breed_run.model),
+            "--shards",
+            str(synthetic_shards),
+            str(image),
+        ]
+    )
     assert refused.returncode == 2 and "have 2 (cat, dog)" in error_line(refused.stderr) and refused.stdout == ""
-    fits = run([sys.executable, "-m", "toolkit.predict", "--model", str(breed_run.model), "--shards",
-                str(mini_breed_shards), str(image)])
+    fits = run(
+        [
+            sys.executable,
+            "-m",
+            "toolkit.predict",
+            "--model",
+            str(breed_run.model),
+            "--shards",
+            str(mini_breed_shards),
+            str(image),
+        ]
+    )
     assert fits.returncode == 0 and len(json.loads(fits.stdout)["top"]) == 5
 
 
 def test_an_image_folder_goes_from_make_shards_to_predict(three_breed_folder, tmp_path):
     shards = tmp_path / "shards"
-    packed = run([sys.executable, "-m", "toolkit.make_shards", "--source", str(three_breed_folder), "--out", str(shards),
-                  "--resize-shorter", "48", "--workers", "2"])
+    packed = run(
+        [
+            sys.executable,
+            "-m",
+            "toolkit.make_shards",
+            "--source",
+            str(three_breed_folder),
+            "--out",
+            str(shards),
+            "--resize-shorter",
+            "48",
+            "--workers",
+            "2",
+        ]
+    )
     assert packed.returncode == 0, packed.stderr[-2000:]
     assert "(3 classes by class)" in packed.stdout
     info = read_manifest(shards)
@@ -106,14 +165,29 @@ def test_an_image_folder_goes_from_make_shards_to_predict(three_breed_folder, tm
 
     assert train_cli(train_args(shards, tmp_path, "folder", *N_CLASS)) == 0
     run_dir = RunDir(tmp_path / "folder")
-    evaluated = run([sys.executable, "-m", "toolkit.evaluate", "--model", str(run_dir.model), "--shards", str(shards),
-                     "--split", "val", "--out", str(tmp_path / "val")])
+    evaluated = run(
+        [
+            sys.executable,
+            "-m",
+            "toolkit.evaluate",
+            "--model",
+            str(run_dir.model),
+            "--shards",
+            str(shards),
+            "--split",
+            "val",
+            "--out",
+            str(tmp_path / "val"),
+        ]
+    )
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     metrics = json.loads((tmp_path / "val" / "metrics.json").read_text())
     assert metrics["class_names"] == info["classes"] and metrics["num_samples"] == info["splits"]["val"]["num_samples"]
     assert metrics["top_k"] == 3 and metrics["top5_accuracy"] == 1.0  # top-3 of 3 classes
 
-    images = sorted((three_breed_folder / "beagle").iterdir())[:3] + [three_breed_folder / "Abyssinian" / "Abyssinian_5.jpg"]
+    images = sorted((three_breed_folder / "beagle").iterdir())[:3] + [
+        three_breed_folder / "Abyssinian" / "Abyssinian_5.jpg"
+    ]
     predicted = run([sys.executable, "-m", "toolkit.predict", "--model", str(run_dir.model), *map(str, images)])
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     lines = [json.loads(line) for line in predicted.stdout.splitlines()]

@@ -26,8 +26,7 @@ FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # 40 hex chars, the shape
 
 
 def tracking_cfg(mode: str, **extra) -> SimpleNamespace:
-    values = {"wandb": mode, "project": "pets-toolkit-tests", "entity": None, "tags": ["test"],
-              "group": None}
+    values = {"wandb": mode, "project": "pets-toolkit-tests", "entity": None, "tags": ["test"], "group": None}
     values.update(extra)
     return SimpleNamespace(**values)
 
@@ -72,8 +71,13 @@ def offline_run_contents(run_folder: Path) -> dict:
             for item in record.summary.update:
                 summary[_item_key(item)] = json.loads(item.value_json)
         elif kind == "artifact":
-            artifacts.append({"type": record.artifact.type, "name": record.artifact.name,
-                              "metadata": json.loads(record.artifact.metadata or "{}")})
+            artifacts.append(
+                {
+                    "type": record.artifact.type,
+                    "name": record.artifact.name,
+                    "metadata": json.loads(record.artifact.metadata or "{}"),
+                }
+            )
     return {"config": config, "history": history, "summary": summary, "artifacts": artifacts}
 
 
@@ -92,9 +96,11 @@ def offline_run(tmp_path_factory):
         mp.setenv("PETS_TEST_TOKEN", "hunter2-hunter2")
         Image.new("RGB", (16, 16), (200, 30, 30)).save(run_dir / "roc.png")
         (run_dir / "model.safetensors").write_bytes(b"stand-in weights")
-        config = {"optimizer": {"lr": 0.001, "api_key": FAKE_KEY},
-                  "output": {"dir": "runs", "note": f"login with {FAKE_KEY}"},
-                  "data": {"shards": "shards", "image_size": 224}}
+        config = {
+            "optimizer": {"lr": 0.001, "api_key": FAKE_KEY},
+            "output": {"dir": "runs", "note": f"login with {FAKE_KEY}"},
+            "data": {"shards": "shards", "image_size": 224},
+        }
         echo = Echo()
         tracker = Tracker(tracking_cfg("offline"), run_dir, config, is_main=True, run_name="unit-test", echo=echo)
         assert tracker.active and tracker.mode == "offline", echo
@@ -105,18 +111,25 @@ def offline_run(tmp_path_factory):
         tracker.log({"train/loss": 9.0}, step=3)  # backwards: dropped with one warning
         tracker.log({"train/loss": 9.0}, step=2)
         labels = np.array([0, 0, 1, 1, 1, 0, 1, 1])
-        tracker.log_curves(labels, two_class_probs([0.1, 0.4, 0.8, 0.6, 0.3, 0.2, 0.9, 0.7]), CAT_DOG, "val",
-                           threshold=0.35)
+        tracker.log_curves(
+            labels, two_class_probs([0.1, 0.4, 0.8, 0.6, 0.3, 0.2, 0.9, 0.7]), CAT_DOG, "val", threshold=0.35
+        )
         tracker.log_images({"plots/roc": run_dir / "roc.png"})
         tracker.log_images({"plots/missing": run_dir / "missing.png"})  # fails: one warning
         tracker.log_images({"plots/missing2": run_dir / "missing2.png"})  # fails again: counted only
         pictures = [Image.new("RGB", (8, 8), (0, 0, 255)), np.zeros((8, 8, 3), dtype=np.uint8)]
-        tracker.log_predictions_table([{"key": "cat_1", "label": 0, "prob_pred": 0.8, "pred": "cat"},
-                                       {"key": "dog_1", "label": 1, "prob_pred": np.float64(0.9), "pred": "dog"}],
-                                      pictures)
+        tracker.log_predictions_table(
+            [
+                {"key": "cat_1", "label": 0, "prob_pred": 0.8, "pred": "cat"},
+                {"key": "dog_1", "label": 1, "prob_pred": np.float64(0.9), "pred": "dog"},
+            ],
+            pictures,
+        )
         tracker.log_dataset_summary({"train": 2944, "val": 736, "auth_token": FAKE_KEY})
-        tracker.log_model(run_dir / "model.safetensors", {"arch": "resnet101", "num_classes": 2,
-                                                          "config": {"password": "hunter2-hunter2"}})
+        tracker.log_model(
+            run_dir / "model.safetensors",
+            {"arch": "resnet101", "num_classes": 2, "config": {"password": "hunter2-hunter2"}},
+        )
         tracker.summary({"best/val_auc": 0.91, "best/epoch": 3})
         result = tracker.finish()
         again = tracker.finish()
@@ -159,7 +172,11 @@ def test_offline_run_records_config_metrics_and_artifacts(offline_run):
     assert roc_table["data"][0][1:] == [0.0, 0.0] and roc_table["data"][-1][1:] == [1.0, 1.0]
     matrix = json.loads(next(media.glob("table/val/confusion_matrix_table_*.table.json")).read_text())
     assert {(a, p): n for a, p, n in matrix["data"]} == {  # dog when P(dog) >= 0.35
-        ("cat", "cat"): 2, ("cat", "dog"): 1, ("dog", "cat"): 1, ("dog", "dog"): 4}
+        ("cat", "cat"): 2,
+        ("cat", "dog"): 1,
+        ("dog", "cat"): 1,
+        ("dog", "dog"): 4,
+    }
 
 
 def test_planted_api_key_is_in_no_file_of_the_run_folder(offline_run):
@@ -238,8 +255,7 @@ def test_unreachable_server_falls_back_to_offline_with_one_warning(tmp_path, mon
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
     echo = Echo()
-    tracker = Tracker(tracking_cfg("auto"), tmp_path, {"a": 1}, is_main=True, run_name="x", echo=echo,
-                      init_timeout=2.0)
+    tracker = Tracker(tracking_cfg("auto"), tmp_path, {"a": 1}, is_main=True, run_name="x", echo=echo, init_timeout=2.0)
     tracker.log({"loss": 0.5}, step=1)
     result = tracker.finish()
     assert result["mode"] == "offline" and result["sync_command"].startswith("wandb sync ")
@@ -288,10 +304,19 @@ def test_auto_mode_follows_the_configured_credentials(tmp_path, monkeypatch):
 
 def test_redact_secrets_by_key_name_in_nested_structures():
     original = {
-        "api_key": "abc", "hf_token": "abc", "db_password": "abc", "client_secret": "abc",
-        "private_key": "abc", "apiKey": "abc", "credentials": {"user": "u", "pass": "p"},
-        "key": "Abyssinian_1", "__key__": "Abyssinian_1", "num_tokens": 3, "keys": ["a"],
-        "token": None, "password": "",
+        "api_key": "abc",
+        "hf_token": "abc",
+        "db_password": "abc",
+        "client_secret": "abc",
+        "private_key": "abc",
+        "apiKey": "abc",
+        "credentials": {"user": "u", "pass": "p"},
+        "key": "Abyssinian_1",
+        "__key__": "Abyssinian_1",
+        "num_tokens": 3,
+        "keys": ["a"],
+        "token": None,
+        "password": "",
         "runs": [{"name": "a", "access_token": "abc"}, ("tuple", {"secret": 1})],
     }
     redacted = redact_secrets(original)
@@ -305,15 +330,28 @@ def test_redact_secrets_by_key_name_in_nested_structures():
 
 
 def test_redact_secrets_replaces_environment_secrets_inside_any_string():
-    environ = {"WANDB_API_KEY": FAKE_KEY, "MY_SERVICE_TOKEN": "s3cr3t-value", "HF_TOKEN": "hf_abcdefgh",
-               "SHORT_KEY": "abc", "SSH_KEY_PATH": "/home/me/.ssh/id_rsa", "HOME": "/home/me/secret-place",
-               "TOKENIZERS_PARALLELISM": "false"}
+    environ = {
+        "WANDB_API_KEY": FAKE_KEY,
+        "MY_SERVICE_TOKEN": "s3cr3t-value",
+        "HF_TOKEN": "hf_abcdefgh",
+        "SHORT_KEY": "abc",
+        "SSH_KEY_PATH": "/home/me/.ssh/id_rsa",
+        "HOME": "/home/me/secret-place",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     assert set(secret_values(environ)) == {FAKE_KEY, "s3cr3t-value", "hf_abcdefgh"}
-    obj = {"log": [f"wandb login {FAKE_KEY}", "curl -H s3cr3t-value", "abc", "/home/me/.ssh/id_rsa"],
-           "n": 1.5, "flag": True, "url": "https://hf_abcdefgh@huggingface.co"}
+    obj = {
+        "log": [f"wandb login {FAKE_KEY}", "curl -H s3cr3t-value", "abc", "/home/me/.ssh/id_rsa"],
+        "n": 1.5,
+        "flag": True,
+        "url": "https://hf_abcdefgh@huggingface.co",
+    }
     assert redact_secrets(obj, environ=environ) == {
         "log": [f"wandb login {REDACTED}", f"curl -H {REDACTED}", "abc", "/home/me/.ssh/id_rsa"],
-        "n": 1.5, "flag": True, "url": f"https://{REDACTED}@huggingface.co"}
+        "n": 1.5,
+        "flag": True,
+        "url": f"https://{REDACTED}@huggingface.co",
+    }
 
 
 def test_secret_key_names():
@@ -328,8 +366,9 @@ def test_a_resumed_run_continues_its_w_and_b_run(tmp_path, monkeypatch):
 
     def start(resume: bool) -> tuple[str, dict]:
         echo = Echo()
-        tracker = Tracker(tracking_cfg("offline"), run_dir, {}, is_main=True, run_name="resume-test", resume=resume,
-                          echo=echo)
+        tracker = Tracker(
+            tracking_cfg("offline"), run_dir, {}, is_main=True, run_name="resume-test", resume=resume, echo=echo
+        )
         assert tracker.active, echo
         run_id = tracker._run.id
         return run_id, tracker.finish()

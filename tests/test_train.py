@@ -15,13 +15,12 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import LAUNCH_2
-from toolkit.formats.model_file import load_model_file
-
-from toolkit.training.checkpoint import list_checkpoints
 from toolkit.config import load_config, validate_config
-from toolkit.fileio import read_jsonl
-from toolkit.data.shards import pack_dataset
 from toolkit.data.oxford import make_synthetic_dataset
+from toolkit.data.shards import pack_dataset
+from toolkit.fileio import read_jsonl
+from toolkit.formats.model_file import load_model_file
+from toolkit.training.checkpoint import list_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -45,8 +44,18 @@ def run_training(shards: Path, out_dir: Path, *overrides: str) -> dict:
 
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
-    cfg = validate_config(load_config(SMOKE, [f"data.shards={shards}", f"output.dir={out_dir}", "tracking.wandb=disabled",
-                                       "eval.plots=false", *overrides]))
+    cfg = validate_config(
+        load_config(
+            SMOKE,
+            [
+                f"data.shards={shards}",
+                f"output.dir={out_dir}",
+                "tracking.wandb=disabled",
+                "eval.plots=false",
+                *overrides,
+            ],
+        )
+    )
     try:
         return train(cfg)
     finally:
@@ -59,15 +68,35 @@ def test_cpu_run_learns_and_writes_every_output(learnable_shards, tmp_path):
     run = tmp_path / "learn"
     rows = read_jsonl(run / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
-    for key in ("epoch", "step", "lr", "train_loss", "val_loss", "val_acc", "val_auc", "img_per_s",
-                "data_wait_frac", "epoch_seconds", "skipped_samples"):
+    for key in (
+        "epoch",
+        "step",
+        "lr",
+        "train_loss",
+        "val_loss",
+        "val_acc",
+        "val_auc",
+        "img_per_s",
+        "data_wait_frac",
+        "epoch_seconds",
+        "skipped_samples",
+    ):
         assert key in rows[-1], key
     assert 0.0 <= rows[-1]["data_wait_frac"] <= 1.0 and rows[-1]["img_per_s"] > 0
     assert max(r["val_auc"] for r in rows) > 0.8, rows  # learned the synthetic task, well above chance (0.5)
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
 
-    for name in ("config.yaml", "dataset.json", "model.safetensors", "last.safetensors", "final.json",
-                 "eval/test/metrics.json", "eval/test/predictions.csv", "eval/val/metrics.json", "report.html"):
+    for name in (
+        "config.yaml",
+        "dataset.json",
+        "model.safetensors",
+        "last.safetensors",
+        "final.json",
+        "eval/test/metrics.json",
+        "eval/test/predictions.csv",
+        "eval/val/metrics.json",
+        "report.html",
+    ):
         assert (run / name).is_file(), name
     assert list_checkpoints(run / "checkpoints")
     resolved = validate_config(load_config(run / "config.yaml"))
@@ -114,17 +143,39 @@ def test_resume_mid_epoch_gives_the_same_weights(learnable_shards, tmp_path):
 
 
 def test_bf16_autocast_runs_on_cpu(learnable_shards, tmp_path):
-    run_training(learnable_shards, tmp_path, "output.run_name=bf16", "train.epochs=1", "train.mixed_precision=bf16",
-                 "eval.test_split=null")
+    run_training(
+        learnable_shards,
+        tmp_path,
+        "output.run_name=bf16",
+        "train.epochs=1",
+        "train.mixed_precision=bf16",
+        "eval.test_split=null",
+    )
     assert read_jsonl(tmp_path / "bf16" / "metrics.jsonl")[0]["val_loss"] > 0
 
 
 def test_fp16_on_cpu_runs_or_fails_with_one_line(learnable_shards, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "toolkit.train", "--config", str(SMOKE), f"data.shards={learnable_shards}",
-         f"output.dir={tmp_path}", "output.run_name=fp16", "train.epochs=1", "train.mixed_precision=fp16",
-         "tracking.wandb=disabled", "eval.test_split=null", "eval.plots=false"],
-        capture_output=True, text=True, cwd=ROOT, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "toolkit.train",
+            "--config",
+            str(SMOKE),
+            f"data.shards={learnable_shards}",
+            f"output.dir={tmp_path}",
+            "output.run_name=fp16",
+            "train.epochs=1",
+            "train.mixed_precision=fp16",
+            "tracking.wandb=disabled",
+            "eval.test_split=null",
+            "eval.plots=false",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     if torch.cuda.is_available() or proc.returncode == 0:
         assert proc.returncode == 0, proc.stderr
     else:
@@ -138,11 +189,29 @@ def test_two_processes_with_uneven_shards_finish_with_identical_weights(syntheti
     """Uneven shards (sizes 4,4,...,odd) on 2 gloo processes: no hang, same weights, exact val counts."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     proc = subprocess.run(
-        [*LAUNCH_2, "--main_process_port", "29517", str(ROOT / "toolkit" / "train.py"),
-         "--config", str(SMOKE), f"data.shards={synthetic_shards}", f"output.dir={tmp_path}", "output.run_name=ddp",
-         "train.epochs=2", "train.batch_size=4", "data.num_workers=2", "data.persistent_workers=false",
-         "tracking.wandb=disabled", "eval.plots=false"],
-        capture_output=True, text=True, cwd=ROOT, timeout=540, env=env)
+        [
+            *LAUNCH_2,
+            "--main_process_port",
+            "29517",
+            str(ROOT / "toolkit" / "train.py"),
+            "--config",
+            str(SMOKE),
+            f"data.shards={synthetic_shards}",
+            f"output.dir={tmp_path}",
+            "output.run_name=ddp",
+            "train.epochs=2",
+            "train.batch_size=4",
+            "data.num_workers=2",
+            "data.persistent_workers=false",
+            "tracking.wandb=disabled",
+            "eval.plots=false",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=540,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     final = json.loads((tmp_path / "ddp" / "final.json").read_text())
     assert final["num_processes"] == 2

@@ -6,24 +6,33 @@ import pytest
 from PIL import Image
 
 from helpers import error_line, run_in_process, save_tiny_model, train_args, train_cli
-from toolkit.errors import UsageError
 from toolkit.config import load_config, validate_config
 from toolkit.data.shards import pack_dataset
+from toolkit.errors import UsageError
 from toolkit.formats import RunDir
 from toolkit.make_shards import main as make_shards_main
 
 
 def test_a_val_fraction_of_zero_is_refused_when_packing(synthetic_source, tmp_path, capsys):
-    code = run_in_process(make_shards_main, ["--source", str(synthetic_source), "--out", str(tmp_path / "s"),
-                                             "--val-fraction", "0", "--workers", "1"])
+    code = run_in_process(
+        make_shards_main,
+        ["--source", str(synthetic_source), "--out", str(tmp_path / "s"), "--val-fraction", "0", "--workers", "1"],
+    )
     assert code == 2 and "val needs images of both classes" in error_line(capsys.readouterr().err)
     assert not (tmp_path / "s").exists()
 
 
 def test_training_refuses_a_val_split_that_cannot_choose_the_best_epoch(synthetic_source, tmp_path, capsys):
     shards = tmp_path / "one-class-val"  # the seed's plain random split of a tiny set: one val image, one class
-    info = pack_dataset(synthetic_source, shards, val_fraction=0.02, split_mode="seed", resize_shorter=48,
-                        workers=1, show_progress=False)
+    info = pack_dataset(
+        synthetic_source,
+        shards,
+        val_fraction=0.02,
+        split_mode="seed",
+        resize_shorter=48,
+        workers=1,
+        show_progress=False,
+    )
     assert sum(n > 0 for n in info["splits"]["val"]["class_counts"].values()) == 1
     assert train_cli(train_args(shards, tmp_path / "runs", "x", "train.epochs=1")) == 2
     line = error_line(capsys.readouterr().err)
@@ -31,18 +40,23 @@ def test_training_refuses_a_val_split_that_cannot_choose_the_best_epoch(syntheti
     assert not (tmp_path / "runs").exists()  # refused before any folder is made
 
 
-@pytest.mark.parametrize("override, words", [
-    ("train.seed=18446744073709551616", "train.seed"),  # 2**64: torch.manual_seed would raise later
-    ("train.seed=-1", "train.seed"),
-    ("data.image_size=100000", "data.image_size"),
-    ("data.resize_size=100000", "data.resize_size"),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("train.seed=18446744073709551616", "train.seed"),  # 2**64: torch.manual_seed would raise later
+        ("train.seed=-1", "train.seed"),
+        ("data.image_size=100000", "data.image_size"),
+        ("data.resize_size=100000", "data.resize_size"),
+    ],
+)
 def test_config_values_that_would_crash_later_are_refused(override, words):
     with pytest.raises(UsageError, match=words):
         validate_config(load_config(None, [override]))
 
 
-@pytest.mark.parametrize("claim", [{"num_classes": 10**9}, {"base_width": 10**6}, {"blocks_per_stage": [10**5, 1, 1, 1]}])
+@pytest.mark.parametrize(
+    "claim", [{"num_classes": 10**9}, {"base_width": 10**6}, {"blocks_per_stage": [10**5, 1, 1, 1]}]
+)
 def test_model_file_metadata_cannot_ask_for_a_huge_allocation(tmp_path, capsys, monkeypatch, claim):
     import toolkit.formats.model_file as model_file
     from toolkit.predict import main as predict_main
@@ -63,8 +77,8 @@ def test_model_file_metadata_cannot_ask_for_a_huge_allocation(tmp_path, capsys, 
 
 
 def test_a_run_folder_s_pipe_command_is_never_run_by_visualize(tmp_path, capsys):
-    from toolkit.reporting.visualize import make_plots
     from helpers import save_tiny_model
+    from toolkit.reporting.visualize import make_plots
 
     run = tmp_path / "received-run"
     run.mkdir()
@@ -113,8 +127,9 @@ def _tar(members: list[tuple[str, bytes]]) -> bytes:
     import tarfile
 
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT, encoding="utf-8",
-                      errors="surrogateescape") as tar:
+    with tarfile.open(
+        fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT, encoding="utf-8", errors="surrogateescape"
+    ) as tar:
         for name, data in members:
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -129,8 +144,11 @@ def test_oversized_members_and_non_utf8_names_are_skipped_and_counted(tmp_path, 
     monkeypatch.setattr(reading, "_warnings_given", 0)
     good = [("ok.cls", b"1"), ("ok.jpg", b"x" * 10)]
     shard = tmp_path / "train-000000.tar"
-    shard.write_bytes(_tar([("big.cls", b"0"), ("big.jpg", b"x" * 5000), *good,
-                            ("bad\udcff.cls", b"0"), ("bad\udcff.jpg", b"y" * 10)]))
+    shard.write_bytes(
+        _tar(
+            [("big.cls", b"0"), ("big.jpg", b"x" * 5000), *good, ("bad\udcff.cls", b"0"), ("bad\udcff.jpg", b"y" * 10)]
+        )
+    )
     skips = reading.Skips(strict=False)
     kept = list(reading.usable(reading.read_shards([(str(shard), 3)], skips), skips, num_classes=2))
     assert [sample["__key__"] for sample in kept] == ["ok"] and skips.count == 2
@@ -152,8 +170,9 @@ def small_disk(tmp_path):
 
     def resize(size: str, *, first: bool = False) -> None:
         options = f"size={size}" if first else f"remount,size={size}"
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True,
-                              text=True)
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True, text=True
+        )
         if proc.returncode != 0:
             pytest.skip(f"cannot mount a small tmpfs here (needs root and mount rights): {proc.stderr.strip()}")
 
@@ -193,14 +212,40 @@ def test_a_full_disk_in_a_two_process_run_stops_both_processes_with_one_line(syn
 
     mount, resize = small_disk
     resize("800k")
-    argv = [sys.executable, "-m", "toolkit.train", "--config", str(SMOKE), f"data.shards={synthetic_shards}",
-            f"output.dir={mount}", "output.run_name=full2", "train.epochs=2", "train.batch_size=8",
-            "tracking.wandb=disabled", "eval.plots=false"]
+    argv = [
+        sys.executable,
+        "-m",
+        "toolkit.train",
+        "--config",
+        str(SMOKE),
+        f"data.shards={synthetic_shards}",
+        f"output.dir={mount}",
+        "output.run_name=full2",
+        "train.epochs=2",
+        "train.batch_size=8",
+        "tracking.wandb=disabled",
+        "eval.plots=false",
+    ]
     started = time.monotonic()
-    ranks = [subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**ENV, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2",
-                                   "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29618"})
-             for r in (0, 1)]
+    ranks = [
+        subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={
+                **ENV,
+                "RANK": str(r),
+                "LOCAL_RANK": str(r),
+                "WORLD_SIZE": "2",
+                "LOCAL_WORLD_SIZE": "2",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": "29618",
+            },
+        )
+        for r in (0, 1)
+    ]
     (_, main_err), (_, other_err) = (wait_for(proc, 120) for proc in ranks)
     assert [proc.returncode for proc in ranks] == [1, 1] and time.monotonic() - started < 90
     assert main_err.count("error: No space left on device") == 1, main_err[-3000:]

@@ -8,11 +8,10 @@ No network is used: saving is only exercised with ``Report.save`` replaced.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import json
 import statistics
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -38,9 +37,20 @@ def runs(tmp_path_factory, synthetic_shards) -> SimpleNamespace:
     with pytest.MonkeyPatch.context() as mp:
         isolate_wandb(mp, root / "home")
         for seed, plots in ((0, "true"), (1, "false")):
-            code = train_cli(train_args(synthetic_shards, root / "runs", f"tiny-seed{seed}", "train.epochs=1",
-                                        f"train.seed={seed}", "tracking.wandb=offline", f"tracking.project={PROJECT}",
-                                        "tracking.group=tiny", f"eval.plots={plots}", "eval.num_images=2"))
+            code = train_cli(
+                train_args(
+                    synthetic_shards,
+                    root / "runs",
+                    f"tiny-seed{seed}",
+                    "train.epochs=1",
+                    f"train.seed={seed}",
+                    "tracking.wandb=offline",
+                    f"tracking.project={PROJECT}",
+                    "tracking.group=tiny",
+                    f"eval.plots={plots}",
+                    "eval.num_images=2",
+                )
+            )
             assert code == 0
     folders = [root / "runs" / f"tiny-seed{seed}" for seed in (0, 1)]
     ids = [(f / "wandb" / "run_id.txt").read_text().strip() for f in folders]
@@ -105,7 +115,9 @@ def test_logged_keys_read_back_match_what_training_wrote(runs):
 def test_runs_follow_the_wandb_conventions_users_look_for(runs):
     """Epoch x-axis and best-of-run summaries, the recipe as group, model aliases, the shards as a dataset artifact."""
     for folder in runs.folders:
-        records = [r for f in sorted((folder / "wandb").glob("offline-run-*/run-*.wandb")) for r in read_wandb_records(f)]
+        records = [
+            r for f in sorted((folder / "wandb").glob("offline-run-*/run-*.wandb")) for r in read_wandb_records(f)
+        ]
         kinds = [r.WhichOneof("record_type") for r in records]
         metrics = {r.metric.name or r.metric.glob_name: r.metric for r, k in zip(records, kinds) if k == "metric"}
         assert metrics["epoch/*"].step_metric == "epoch/epoch"
@@ -127,7 +139,7 @@ def test_a_torn_run_log_is_read_up_to_the_tear(runs, tmp_path):
     (log,) = (runs.folders[1] / "wandb").glob("offline-run-*/run-*.wandb")
     data = log.read_bytes()
     torn = tmp_path / "run-torn.wandb"
-    torn.write_bytes(data[:len(data) // 2])
+    torn.write_bytes(data[: len(data) // 2])
     full, part = (set(wandb_report.read_run_log([f], "x").keys) for f in (log, torn))
     assert part and part < full  # the run record and early summaries, not the last history row
 
@@ -156,8 +168,15 @@ def test_dry_run_spec_panels_read_only_logged_keys(runs, offline, capsys):
         assert all(keys.get(column) == "scalar" for keys in logged), column
 
     lines = {y for p in spec_panels(spec) if p["type"] == "line" for y in p["y"]}
-    assert lines == {"epoch/val_auc", "epoch/val_loss", "epoch/val_acc", "train/loss", "train/lr",
-                     "epoch/img_per_s", "epoch/data_wait_frac"}
+    assert lines == {
+        "epoch/val_auc",
+        "epoch/val_loss",
+        "epoch/val_acc",
+        "train/loss",
+        "train/lr",
+        "epoch/img_per_s",
+        "epoch/data_wait_frac",
+    }
     charts = {p["chart"] for p in spec_panels(spec) if p["type"] == "chart"}
     assert charts == {f"{s}/{c}" for s in ("val", "test") for c in ("roc_curve", "pr_curve", "confusion_matrix")}
     kinds = [p["type"] for p in spec_panels(spec)]
@@ -184,8 +203,20 @@ def test_headline_is_mean_and_std_over_the_seeds_in_the_classification_report_la
 def test_runs_by_id_and_the_spec_becomes_a_wandb_report_offline(runs, offline, capsys):
     wr = pytest.importorskip("wandb_workspaces.reports.v2")
     out_file = runs.root / "one.json"
-    assert report_cli("--project", PROJECT, "--runs", runs.ids[1], "--runs-dir", str(runs.dir), "--dry-run",
-                      "--out", str(out_file)) == 0
+    assert (
+        report_cli(
+            "--project",
+            PROJECT,
+            "--runs",
+            runs.ids[1],
+            "--runs-dir",
+            str(runs.dir),
+            "--dry-run",
+            "--out",
+            str(out_file),
+        )
+        == 0
+    )
     spec = json.loads(out_file.read_text())
     assert [r["id"] for r in spec["runs"]] == [runs.ids[1]]
     assert not any(p["type"] == "media" for p in spec_panels(spec))  # this run logged no images
@@ -204,8 +235,12 @@ def test_runs_by_id_and_the_spec_becomes_a_wandb_report_offline(runs, offline, c
 def test_publish_rebuilds_the_report_from_the_spec_and_saves_it(runs, offline, monkeypatch, capsys):
     wr = pytest.importorskip("wandb_workspaces.reports.v2")
     path = runs.root / "publish.json"
-    assert report_cli("--project", PROJECT, "--group", "tiny", "--runs-dir", str(runs.dir), "--dry-run",
-                      "--out", str(path)) == 0
+    assert (
+        report_cli(
+            "--project", PROJECT, "--group", "tiny", "--runs-dir", str(runs.dir), "--dry-run", "--out", str(path)
+        )
+        == 0
+    )
     spec = json.loads(path.read_text())
 
     assert report_cli("--publish", str(path)) == 2  # still offline: one line, nothing sent
@@ -222,8 +257,11 @@ def test_publish_rebuilds_the_report_from_the_spec_and_saves_it(runs, offline, m
     assert report.title == spec["title"]
     grids = [b for b in report.blocks if isinstance(b, wr.PanelGrid)]
     assert [len(g.panels) for g in grids] == [len(b["panels"]) for b in spec["blocks"] if b["type"] == "panel_grid"]
-    assert all(rs.entity == "team" and rs.project == PROJECT and all(i in rs.filters for i in runs.ids)
-               for g in grids for rs in g.runsets)
+    assert all(
+        rs.entity == "team" and rs.project == PROJECT and all(i in rs.filters for i in runs.ids)
+        for g in grids
+        for rs in g.runsets
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,7 +298,19 @@ def test_publishing_without_the_report_extra_says_how_to_install_it(offline, mon
     for name in ("wandb_workspaces", "wandb_workspaces.reports", "wandb_workspaces.reports.v2"):
         monkeypatch.setitem(sys.modules, name, None)  # any import of it now raises ImportError
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"format": wandb_report.SPEC_FORMAT, "project": PROJECT, "title": "t",
-                                "description": "", "runsets": [], "columns": [], "blocks": [], "runs": []}))
+    spec.write_text(
+        json.dumps(
+            {
+                "format": wandb_report.SPEC_FORMAT,
+                "project": PROJECT,
+                "title": "t",
+                "description": "",
+                "runsets": [],
+                "columns": [],
+                "blocks": [],
+                "runs": [],
+            }
+        )
+    )
     assert report_cli("--publish", str(spec)) == 2
     assert 'pip install -e ".[report]"' in error_line(capsys.readouterr().err)

@@ -52,7 +52,6 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") in ("0", "")
 
 
-
 def fail(message: str, code: int = EXIT_USAGE, *, quiet: bool = False) -> NoReturn:
     if not quiet:
         print(f"error: {redact_text(message)}", file=sys.stderr, flush=True)
@@ -72,8 +71,15 @@ def run_cli(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Opti
     sys.exit(code or EXIT_OK)
 
 
-def progress(iterable: Iterable[T], *, total: Optional[int] = None, desc: str = "", unit: str = "it",
-             enabled: Optional[bool] = None, **kwargs) -> Iterable[T]:
+def progress(
+    iterable: Iterable[T],
+    *,
+    total: Optional[int] = None,
+    desc: str = "",
+    unit: str = "it",
+    enabled: Optional[bool] = None,
+    **kwargs,
+) -> Iterable[T]:
     """A tqdm progress bar on the main process only; a plain iterable elsewhere."""
     if enabled is None:
         enabled = is_main_process()

@@ -36,19 +36,28 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from toolkit.cli import ArgumentParser, run_cli
-from toolkit.config import SHIPPED_CONFIGS, fit_head_to_classes, load_config, split_config_args, to_dict, validate_config
+from toolkit.config import (
+    SHIPPED_CONFIGS,
+    fit_head_to_classes,
+    load_config,
+    split_config_args,
+    to_dict,
+    validate_config,
+)
 from toolkit.data import check_shards_exist, check_split_has_samples, load_info, resolve_normalization, split_size
 from toolkit.errors import DataError, UsageError
-from toolkit.fileio import atomic_write_json, atomic_write_text
-from toolkit.redaction import redact_secrets
 from toolkit.evaluation.metrics import decision_rule, format_mean_std, format_number, mean_std, reports_top_k
+from toolkit.fileio import atomic_write_json, atomic_write_text
 from toolkit.formats import RunDir, class_names
+from toolkit.redaction import redact_secrets
 from toolkit.reporting import wandb_report
 from toolkit.reporting.wandb_report import check_project
 
 ROOT = Path(__file__).resolve().parents[1]  # the folder that holds this toolkit package (a checkout or site-packages)
-DEFAULT_CONFIGS = (SHIPPED_CONFIGS / "oxford_pets_binary_resnet101.yaml",
-                   SHIPPED_CONFIGS / "oxford_pets_binary_resnet101_strong.yaml")
+DEFAULT_CONFIGS = (
+    SHIPPED_CONFIGS / "oxford_pets_binary_resnet101.yaml",
+    SHIPPED_CONFIGS / "oxford_pets_binary_resnet101_strong.yaml",
+)
 DEFAULT_NAMES = ("seed", "strong")
 # Before the user's overrides, so they can be changed: a machine without W&B must just work, runs that are
 # never resumed need no resumable checkpoints (ResNet-101 + Adam state is ~0.5 GB per save), and the shards
@@ -98,9 +107,19 @@ def run_overrides(args: argparse.Namespace, shared: Sequence[str], recipe: str, 
     """Defaults <- the user's shared overrides <- what the comparison must hold fixed (W&B groups runs by recipe)."""
     tracking = ["tracking.wandb=auto", f"tracking.project={args.wandb_report}"] if args.wandb_report else []
     # output.run_name: train_one then sets the folder it claimed (this name, or a -2, -3 version of it)
-    return [*DEFAULT_OVERRIDES, *tracking, *shared, f"data.shards={args.shards}", f"train.epochs={args.epochs}",
-            f"train.seed={seed}", f"eval.test_split={args.split}", "train.resume=null",
-            f"output.dir={args.out / 'runs'}", f"output.run_name={run_name(recipe, seed)}", f"tracking.group={recipe}"]
+    return [
+        *DEFAULT_OVERRIDES,
+        *tracking,
+        *shared,
+        f"data.shards={args.shards}",
+        f"train.epochs={args.epochs}",
+        f"train.seed={seed}",
+        f"eval.test_split={args.split}",
+        "train.resume=null",
+        f"output.dir={args.out / 'runs'}",
+        f"output.run_name={run_name(recipe, seed)}",
+        f"tracking.group={recipe}",
+    ]
 
 
 def run_name(recipe: str, seed: int) -> str:
@@ -185,8 +204,11 @@ def train_one(args: argparse.Namespace, recipe: Recipe, seed: int, shared: Seque
         record = found / RUN_RECORD
         wall = json.loads(record.read_text())["wall_seconds"] if record.is_file() else None
         result = collect_run(found, recipe.name, seed, args.split, wall)
-        print(f"[{label}] {recipe.name} seed {seed}: reused the finished run in {found} (same config): test "
-              f"ROC-AUC {format_number(result.values['roc_auc'])} accuracy {format_number(result.values['accuracy'])}", flush=True)
+        print(
+            f"[{label}] {recipe.name} seed {seed}: reused the finished run in {found} (same config): test "
+            f"ROC-AUC {format_number(result.values['roc_auc'])} accuracy {format_number(result.values['accuracy'])}",
+            flush=True,
+        )
         return result
     run_dir = claim_run_dir(args.out / "runs", run_name(recipe.name, seed))  # never an earlier run's folder
     overrides = [*overrides, f"output.run_name={run_dir.name}"]
@@ -199,8 +221,10 @@ def train_one(args: argparse.Namespace, recipe: Recipe, seed: int, shared: Seque
     started = time.perf_counter()
     tail: list[str] = []
     # line-buffered log, so that `tail -f train.log` follows the run
-    with open(log_path, "w", encoding="utf-8", buffering=1) as log, subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as child:
+    with (
+        open(log_path, "w", encoding="utf-8", buffering=1) as log,
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as child,
+    ):
         log.write(" ".join(command) + "\n")
         for line in child.stdout:
             log.write(line)
@@ -211,13 +235,17 @@ def train_one(args: argparse.Namespace, recipe: Recipe, seed: int, shared: Seque
     wall = time.perf_counter() - started
     if code != 0:
         print("\n".join(f"    | {line}" for line in tail), file=sys.stderr, flush=True)
-        raise DataError(f"{recipe.name} seed {seed} failed (exit {code}); its last lines are above, "
-                        f"the whole log is {log_path}")
+        raise DataError(
+            f"{recipe.name} seed {seed} failed (exit {code}); its last lines are above, the whole log is {log_path}"
+        )
     atomic_write_json(run_dir / RUN_RECORD, {"wall_seconds": wall})
     result = collect_run(run_dir, recipe.name, seed, args.split, wall)
-    print(f"[{label}] {recipe.name} seed {seed}: test ROC-AUC {format_number(result.values['roc_auc'])} "
-          f"accuracy {format_number(result.values['accuracy'])} (best val epoch {result.values['best_epoch']}) "
-          f"in {wall / 60:.1f} min", flush=True)
+    print(
+        f"[{label}] {recipe.name} seed {seed}: test ROC-AUC {format_number(result.values['roc_auc'])} "
+        f"accuracy {format_number(result.values['accuracy'])} (best val epoch {result.values['best_epoch']}) "
+        f"in {wall / 60:.1f} min",
+        flush=True,
+    )
     return result
 
 
@@ -234,16 +262,20 @@ def collect_run(run_dir: Path, recipe: str, seed: int, split: str, wall_seconds:
     per_class["macro avg"] = test["macro_avg"]
     per_class["weighted avg"] = test["weighted_avg"]
     values = {
-        "roc_auc": test.get("roc_auc"), "accuracy": test["accuracy"], "balanced_accuracy": test["balanced_accuracy"],
-        "loss": test.get("loss"), "macro_f1": test["macro_avg"]["f1"], "weighted_f1": test["weighted_avg"]["f1"],
-        "best_val_auc": final.get("best_val_auc"), "best_epoch": final.get("best_epoch"),
+        "roc_auc": test.get("roc_auc"),
+        "accuracy": test["accuracy"],
+        "balanced_accuracy": test["balanced_accuracy"],
+        "loss": test.get("loss"),
+        "macro_f1": test["macro_avg"]["f1"],
+        "weighted_f1": test["weighted_avg"]["f1"],
+        "best_val_auc": final.get("best_val_auc"),
+        "best_epoch": final.get("best_epoch"),
         "train_minutes": sum(row["epoch_seconds"] for row in epochs) / 60,
         "wall_minutes": None if wall_seconds is None else wall_seconds / 60,
     }
     if reports_top_k(test):
         values["top5_accuracy"] = test["top5_accuracy"]
-    return RunResult(recipe, seed, str(run_dir), values, per_class,
-                     {k: v for k, v in test.items() if k != "per_breed"})
+    return RunResult(recipe, seed, str(run_dir), values, per_class, {k: v for k, v in test.items() if k != "per_breed"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,8 +283,9 @@ def collect_run(run_dir: Path, recipe: str, seed: int, split: str, wall_seconds:
 
 
 def summarize(runs: Sequence[RunResult]) -> dict:
-    summary = {key: mean_std([r.values.get(key) for r in runs]) for key, _ in HEADLINE
-               if any(key in r.values for r in runs)}
+    summary = {
+        key: mean_std([r.values.get(key) for r in runs]) for key, _ in HEADLINE if any(key in r.values for r in runs)
+    }
     per_class = {}
     for row in runs[0].per_class:
         per_class[row] = {m: mean_std([r.per_class[row][m] for r in runs]) for m in ("precision", "recall", "f1")}
@@ -296,9 +329,12 @@ def markdown_tables(report: dict) -> str:
     tested = [run.get("test_metrics") or {} for n in names for run in report["recipes"][n]["runs"]]
     top_k = next((m.get("top_k") for m in tested if m.get("top_k")), 5)
     rule = "prediction: " + decision_rule(next((m for m in tested if m), {}))
-    lines = [f"Test split `{split}` ({report['test_samples']} images), {report['epochs']} epochs, "
-             f"seeds {', '.join(map(str, report['seeds']))}; mean ± std over seeds (std: sample, n - 1). "
-             f"Model selection on val; {rule}.", ""]
+    lines = [
+        f"Test split `{split}` ({report['test_samples']} images), {report['epochs']} epochs, "
+        f"seeds {', '.join(map(str, report['seeds']))}; mean ± std over seeds (std: sample, n - 1). "
+        f"Model selection on val; {rule}.",
+        "",
+    ]
     delta = len(names) == 2
     lines.append("| metric | " + " | ".join(names) + (f" | {names[1]} - {names[0]} |" if delta else " |"))
     lines.append("|---" * (len(names) + 1 + int(delta)) + "|")
@@ -319,16 +355,24 @@ def markdown_tables(report: dict) -> str:
     header = "| | " + " | ".join(f"{n} precision | {n} recall | {n} F1" for n in names) + " | support |"
     lines += [header, "|---" * (3 * len(names) + 2) + "|"]
     for row in (r for r in rows if r not in absent):
-        cells = [format_mean_std(summaries[n]["per_class"][row][m]) for n in names for m in ("precision", "recall", "f1")]
+        cells = [
+            format_mean_std(summaries[n]["per_class"][row][m]) for n in names for m in ("precision", "recall", "f1")
+        ]
         lines.append(f"| {row} | " + " | ".join(cells) + f" | {summaries[names[0]]['per_class'][row]['support']} |")
-    lines += ["", "Every run:", "",
-              f"| recipe | seed | {split} ROC-AUC | {split} accuracy | val ROC-AUC | best epoch | wall (min) |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Every run:",
+        "",
+        f"| recipe | seed | {split} ROC-AUC | {split} accuracy | val ROC-AUC | best epoch | wall (min) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name in names:
         for run in report["recipes"][name]["runs"]:
             v = run["values"]
-            lines.append(f"| {name} | {run['seed']} | {format_number(v['roc_auc'])} | {format_number(v['accuracy'])} | "
-                         f"{format_number(v['best_val_auc'])} | {v['best_epoch']} | {format_number(v['wall_minutes'], 2)} |")
+            lines.append(
+                f"| {name} | {run['seed']} | {format_number(v['roc_auc'])} | {format_number(v['accuracy'])} | "
+                f"{format_number(v['best_val_auc'])} | {v['best_epoch']} | {format_number(v['wall_minutes'], 2)} |"
+            )
     lines += [""] + [f"- {line}" for line in report["verdicts"]]
     return "\n".join(lines) + "\n"
 
@@ -337,8 +381,13 @@ def machine_description() -> dict:
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu_count": os.cpu_count(), "gpu": gpu}
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "gpu": gpu,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,30 +398,50 @@ def parse_args(argv: Optional[Sequence[str]]) -> tuple[argparse.Namespace, list[
     parser = ArgumentParser(
         prog="toolkit.compare_recipes",
         description="Train two recipes (default: the seed reproduction and the strong recipe) on the same shards "
-                    "with the same epochs and seeds, then compare them on the test split side by side. "
-                    "Config overrides (section.key=value) after the flags apply to every run.",
+        "with the same epochs and seeds, then compare them on the test split side by side. "
+        "Config overrides (section.key=value) after the flags apply to every run.",
         epilog="example: python -m toolkit.compare_recipes --shards shards/pets --epochs 30 --seeds 0 1 2 "
-               "train.mixed_precision=bf16 model.channels_last=true",
+        "train.mixed_precision=bf16 model.channels_last=true",
     )
     parser.add_argument("--shards", required=True, help="shard folder with info.json (the same for every run)")
     parser.add_argument("--epochs", type=int, required=True, help="epochs for every run (the same budget for both)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default: 0 1 2)")
-    parser.add_argument("--configs", type=Path, nargs="+", default=list(DEFAULT_CONFIGS),
-                        help="recipe configs, baseline first (default: the seed and the strong ResNet-101 configs)")
-    parser.add_argument("--names", nargs="+", default=None,
-                        help="a short name per config for the table (default: seed strong for the default configs, "
-                             "else the file names)")
+    parser.add_argument(
+        "--configs",
+        type=Path,
+        nargs="+",
+        default=list(DEFAULT_CONFIGS),
+        help="recipe configs, baseline first (default: the seed and the strong ResNet-101 configs)",
+    )
+    parser.add_argument(
+        "--names",
+        nargs="+",
+        default=None,
+        help="a short name per config for the table (default: seed strong for the default configs, "
+        "else the file names)",
+    )
     parser.add_argument("--split", default="test", help="split the table reports (default: test)")
-    parser.add_argument("--out", type=Path, default=Path("runs/compare"),
-                        help="output folder: runs/ (one folder per run; earlier runs are kept, a new run of the "
-                             "same recipe and seed gets NAME-2, NAME-3, ...), comparison.md, comparison.json "
-                             "(default: runs/compare)")
-    parser.add_argument("--reuse", action="store_true",
-                        help="keep the finished runs in --out whose saved config equals the one planned (to finish "
-                             "an interrupted comparison, or add a recipe or a seed); the others are trained afresh")
-    parser.add_argument("--wandb-report", default=None, metavar="PROJECT",
-                        help="log the runs to this W&B project (offline without a key) and end by building the W&B "
-                             "Report of the comparison (python -m toolkit.wandb_report; saved online, else its spec)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/compare"),
+        help="output folder: runs/ (one folder per run; earlier runs are kept, a new run of the "
+        "same recipe and seed gets NAME-2, NAME-3, ...), comparison.md, comparison.json "
+        "(default: runs/compare)",
+    )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep the finished runs in --out whose saved config equals the one planned (to finish "
+        "an interrupted comparison, or add a recipe or a seed); the others are trained afresh",
+    )
+    parser.add_argument(
+        "--wandb-report",
+        default=None,
+        metavar="PROJECT",
+        help="log the runs to this W&B project (offline without a key) and end by building the W&B "
+        "Report of the comparison (python -m toolkit.wandb_report; saved online, else its spec)",
+    )
     flags, overrides = split_config_args(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(flags)
     if args.wandb_report is not None:
@@ -385,8 +454,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> tuple[argparse.Namespace, list[
         is_default = [c.resolve() for c in args.configs] == [c.resolve() for c in DEFAULT_CONFIGS]
         args.names = list(DEFAULT_NAMES) if is_default else [c.stem for c in args.configs]
     if len(args.names) != len(args.configs):
-        raise UsageError(f"--names gives {len(args.names)} name(s) for {len(args.configs)} config(s); "
-                         "give one per config")
+        raise UsageError(
+            f"--names gives {len(args.names)} name(s) for {len(args.configs)} config(s); give one per config"
+        )
     if len(set(args.names)) != len(args.names) or any(not n or "/" in n for n in args.names):
         raise UsageError(f"--names {' '.join(args.names)} must be distinct and contain no '/'")
     for path in args.configs:
@@ -405,8 +475,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     check_plan(args, recipes, shared)
     args.out.mkdir(parents=True, exist_ok=True)
     total = len(recipes) * len(args.seeds)
-    print(f"comparing {', '.join(r.name for r in recipes)} on {args.shards}: {args.epochs} epochs x seeds "
-          f"{' '.join(map(str, args.seeds))} = {total} runs, one at a time; results in {args.out}", flush=True)
+    print(
+        f"comparing {', '.join(r.name for r in recipes)} on {args.shards}: {args.epochs} epochs x seeds "
+        f"{' '.join(map(str, args.seeds))} = {total} runs, one at a time; results in {args.out}",
+        flush=True,
+    )
     started = time.perf_counter()
     results: dict[str, list[RunResult]] = {r.name: [] for r in recipes}
     done = 0
@@ -419,22 +492,40 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "command": "python -m toolkit.compare_recipes " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": machine_description(),
-        "shards": args.shards, "split": args.split, "test_samples": split_size(load_info(args.shards), args.split),
-        "epochs": args.epochs, "seeds": list(args.seeds), "overrides": list(shared),
+        "shards": args.shards,
+        "split": args.split,
+        "test_samples": split_size(load_info(args.shards), args.split),
+        "epochs": args.epochs,
+        "seeds": list(args.seeds),
+        "overrides": list(shared),
         "total_minutes": (time.perf_counter() - started) / 60,
-        "recipes": {r.name: {"config": str(r.config), "summary": summarize(results[r.name]),
-                             "runs": [{"seed": x.seed, "run_dir": x.run_dir, "values": x.values,
-                                       "per_class": x.per_class, "test_metrics": x.test_metrics}
-                                      for x in results[r.name]]}
-                    for r in recipes},
+        "recipes": {
+            r.name: {
+                "config": str(r.config),
+                "summary": summarize(results[r.name]),
+                "runs": [
+                    {
+                        "seed": x.seed,
+                        "run_dir": x.run_dir,
+                        "values": x.values,
+                        "per_class": x.per_class,
+                        "test_metrics": x.test_metrics,
+                    }
+                    for x in results[r.name]
+                ],
+            }
+            for r in recipes
+        },
     }
     report["verdicts"] = verdicts(args.names, {n: report["recipes"][n]["summary"] for n in args.names}, args.split)
     table = markdown_tables(report)
     atomic_write_json(args.out / TABLE_JSON, report)
     atomic_write_text(args.out / TABLE_MD, table)
     print("\n" + table, flush=True)
-    print(f"wrote {args.out / TABLE_MD} and {args.out / TABLE_JSON} ({report['total_minutes']:.1f} min in all)",
-          flush=True)
+    print(
+        f"wrote {args.out / TABLE_MD} and {args.out / TABLE_JSON} ({report['total_minutes']:.1f} min in all)",
+        flush=True,
+    )
     if args.wandb_report:
         build_wandb_report(args, [Path(run.run_dir).name for name in args.names for run in results[name]])
     return 0
@@ -446,8 +537,18 @@ def build_wandb_report(args: argparse.Namespace, run_names: Sequence[str]) -> No
     The runs are named, not their groups: earlier runs of the same recipe kept in ``runs/`` stay out of it.
     """
     try:
-        wandb_report.main(["--project", args.wandb_report, "--runs", *run_names, "--runs-dir", str(args.out / "runs"),
-                           "--out", str(args.out / wandb_report.SPEC_FILE)])
+        wandb_report.main(
+            [
+                "--project",
+                args.wandb_report,
+                "--runs",
+                *run_names,
+                "--runs-dir",
+                str(args.out / "runs"),
+                "--out",
+                str(args.out / wandb_report.SPEC_FILE),
+            ]
+        )
     except (UsageError, DataError) as err:
         print(f"warning: no W&B Report: {err}", file=sys.stderr, flush=True)
 

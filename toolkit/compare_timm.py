@@ -45,18 +45,29 @@ SGD_LR = 0.1
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    parser = ArgumentParser(prog="python -m toolkit.compare_timm", description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter,
-                            epilog="example: python -m toolkit.compare_timm --arch resnet101 --device cpu --steps 0")
+    parser = ArgumentParser(
+        prog="python -m toolkit.compare_timm",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example: python -m toolkit.compare_timm --arch resnet101 --device cpu --steps 0",
+    )
     parser.add_argument("--arch", default="resnet101", choices=MODEL_ARCHS, help="default: %(default)s")
     parser.add_argument("--num-classes", type=int, default=1000, help="classifier width (default: %(default)s)")
-    parser.add_argument("--image-size", type=int, default=None, help="input side in px (default: 224 on CUDA, 128 on CPU)")
+    parser.add_argument(
+        "--image-size", type=int, default=None, help="input side in px (default: 224 on CUDA, 128 on CPU)"
+    )
     parser.add_argument("--batch-size", type=int, default=2, help="default: %(default)s")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: %(default)s")
-    parser.add_argument("--atol", type=float, default=1e-5,
-                        help="largest allowed absolute difference of outputs and loss; gradients are allowed "
-                             "atol x max(1, largest gradient) (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=5, help="timed training steps per model; 0 skips timing (default: %(default)s)")
+    parser.add_argument(
+        "--atol",
+        type=float,
+        default=1e-5,
+        help="largest allowed absolute difference of outputs and loss; gradients are allowed "
+        "atol x max(1, largest gradient) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=5, help="timed training steps per model; 0 skips timing (default: %(default)s)"
+    )
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model first (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
@@ -66,15 +77,23 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 @contextmanager
 def exact_float32() -> Iterator[None]:
     """No TF32 and deterministic cuDNN kernels, so both models run the very same arithmetic."""
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    saved = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     try:
         yield
     finally:
-        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) = saved
+        (
+            torch.backends.cuda.matmul.allow_tf32,
+            torch.backends.cudnn.allow_tf32,
+            torch.backends.cudnn.deterministic,
+            torch.backends.cudnn.benchmark,
+        ) = saved
 
 
 @torch.no_grad()
@@ -95,9 +114,14 @@ def perturb_norms(model: nn.Module, calibration: torch.Tensor, generator: torch.
 def stage_shapes(model: nn.Module, x: torch.Tensor) -> dict[str, list[int]]:
     """Output shape of the stem, each stage and the logits, read by forward hooks."""
     shapes: dict[str, list[int]] = {}
-    hooks = [getattr(model, name).register_forward_hook(
-        lambda _module, _inputs, out, name=name: shapes.__setitem__("stem" if name == "maxpool" else name, list(out.shape)))
-        for name in STAGES]
+    hooks = [
+        getattr(model, name).register_forward_hook(
+            lambda _module, _inputs, out, name=name: shapes.__setitem__(
+                "stem" if name == "maxpool" else name, list(out.shape)
+            )
+        )
+        for name in STAGES
+    ]
     try:
         with torch.no_grad():
             shapes["logits"] = list(model(x).shape)
@@ -157,9 +181,17 @@ def compare(args: argparse.Namespace) -> dict:
     ref = timm.create_model(args.arch, pretrained=False, num_classes=args.num_classes)
     ours = create_model(args.arch, num_classes=args.num_classes)
     report: dict = {
-        "arch": args.arch, "num_classes": args.num_classes, "batch_size": args.batch_size, "image_size": image_size,
-        "dtype": "float32", "device": device.type, "device_name": device_name(device), "seed": args.seed,
-        "atol": args.atol, "torch_version": torch.__version__, "timm_version": timm.__version__,
+        "arch": args.arch,
+        "num_classes": args.num_classes,
+        "batch_size": args.batch_size,
+        "image_size": image_size,
+        "dtype": "float32",
+        "device": device.type,
+        "device_name": device_name(device),
+        "seed": args.seed,
+        "atol": args.atol,
+        "torch_version": torch.__version__,
+        "timm_version": timm.__version__,
         "params": {"ours": count_parameters(ours), "timm": count_parameters(ref)},
     }
     checks = report["checks"] = {"param_count": report["params"]["ours"] == report["params"]["timm"]}
@@ -202,13 +234,20 @@ def compare(args: argparse.Namespace) -> dict:
         accelerator = bench_accelerator("fp32", device)
         timed = time_interleaved(
             {"ours": BenchStep(accelerator, ours, x, y), "timm": BenchStep(accelerator, ref, x, y)},
-            images_per_step=args.batch_size, iters=args.steps, warmup=args.warmup, device=device,
-            desc=f"timing {args.arch}")
+            images_per_step=args.batch_size,
+            iters=args.steps,
+            warmup=args.warmup,
+            device=device,
+            desc=f"timing {args.arch}",
+        )
         report["throughput"] = {
             "what": "train step (forward, backward, SGD update), fp32, interleaved; img/s from the median step",
-            "steps": args.steps, "warmup": args.warmup,
-            "ours_img_per_s": timed["ours"]["img_per_s"], "timm_img_per_s": timed["timm"]["img_per_s"],
-            "ours_img_per_s_mean": timed["ours"]["img_per_s_mean"], "timm_img_per_s_mean": timed["timm"]["img_per_s_mean"],
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "ours_img_per_s": timed["ours"]["img_per_s"],
+            "timm_img_per_s": timed["timm"]["img_per_s"],
+            "ours_img_per_s_mean": timed["ours"]["img_per_s_mean"],
+            "timm_img_per_s_mean": timed["timm"]["img_per_s_mean"],
             "ratio_ours_over_timm": round(timed["ours"]["img_per_s"] / timed["timm"]["img_per_s"], 4),
         }
     report["ok"] = all(checks.values())
@@ -219,8 +258,10 @@ def print_report(r: dict) -> None:
     def status(check: str) -> str:
         return "OK" if r["checks"].get(check) else "MISMATCH"
 
-    print(f"compare_timm: {r['arch']} ({r['num_classes']} classes), batch {r['batch_size']} x {r['image_size']} px, "
-          f"{r['dtype']} on {r['device']} ({r['device_name']}); torch {r['torch_version']}, timm {r['timm_version']}")
+    print(
+        f"compare_timm: {r['arch']} ({r['num_classes']} classes), batch {r['batch_size']} x {r['image_size']} px, "
+        f"{r['dtype']} on {r['device']} ({r['device_name']}); torch {r['torch_version']}, timm {r['timm_version']}"
+    )
     print(f"parameters        ours {r['params']['ours']:,}  timm {r['params']['timm']:,}  {status('param_count')}")
     print(f"strict load       timm -> ours and ours -> timm  {status('strict_load_both_ways')}")
     if "load_error" in r:
@@ -228,21 +269,31 @@ def print_report(r: dict) -> None:
         return
     for stage in r["stage_shapes"]["timm"]:
         ours, timm_shape = r["stage_shapes"]["ours"].get(stage), r["stage_shapes"]["timm"][stage]
-        print(f"  {stage:<8} ours {str(ours):<20} timm {str(timm_shape):<20} {'OK' if ours == timm_shape else 'MISMATCH'}")
+        print(
+            f"  {stage:<8} ours {str(ours):<20} timm {str(timm_shape):<20} {'OK' if ours == timm_shape else 'MISMATCH'}"
+        )
     t = r["train_step"]
-    print(f"eval outputs      max |diff| {r['eval_max_abs_diff']:.3e} (logits up to {r['eval_logits_max_abs']:.3g})  "
-          f"{status('eval_outputs')}")
-    print(f"train loss        ours {t['loss_ours']:.6f}  timm {t['loss_timm']:.6f}  |diff| {t['loss_abs_diff']:.3e}  "
-          f"{status('train_loss')}")
+    print(
+        f"eval outputs      max |diff| {r['eval_max_abs_diff']:.3e} (logits up to {r['eval_logits_max_abs']:.3g})  "
+        f"{status('eval_outputs')}"
+    )
+    print(
+        f"train loss        ours {t['loss_ours']:.6f}  timm {t['loss_timm']:.6f}  |diff| {t['loss_abs_diff']:.3e}  "
+        f"{status('train_loss')}"
+    )
     print(f"train outputs     max |diff| {t['train_logits_max_abs_diff']:.3e}  {status('train_outputs')}")
-    print(f"gradients         max |diff| {t['grad_max_abs_diff']:.3e} (largest gradient {t['grad_max_abs']:.3g})  "
-          f"{status('gradients')}")
+    print(
+        f"gradients         max |diff| {t['grad_max_abs_diff']:.3e} (largest gradient {t['grad_max_abs']:.3g})  "
+        f"{status('gradients')}"
+    )
     print(f"after SGD step    max |diff| {t['after_step_max_abs_diff']:.3e}  {status('outputs_after_step')}")
     if r["throughput"]:
         tp = r["throughput"]
-        print(f"throughput        {tp['what']}, {tp['steps']} steps after {tp['warmup']} warmup: "
-              f"ours {tp['ours_img_per_s']:.2f} img/s, timm {tp['timm_img_per_s']:.2f} img/s, "
-              f"ratio ours/timm {tp['ratio_ours_over_timm']:.3f}")
+        print(
+            f"throughput        {tp['what']}, {tp['steps']} steps after {tp['warmup']} warmup: "
+            f"ours {tp['ours_img_per_s']:.2f} img/s, timm {tp['timm_img_per_s']:.2f} img/s, "
+            f"ratio ours/timm {tp['ratio_ours_over_timm']:.3f}"
+        )
     print(f"result            {'OK: identical to timm' if r['ok'] else 'MISMATCH'}")
 
 

@@ -63,7 +63,9 @@ class DataConfig:
     augment: str = field(default="none", metadata=_choice(*AUGMENTS))  # policy applied after crop/flip/jitter
     random_erasing: float = field(default=0.0, metadata=_range(0.0, 1.0))  # probability of erasing one random box
     strict: bool = False  # stop at the first bad sample instead of skipping and counting it
-    decode: str = field(default="cpu", metadata=_choice("cpu", "gpu"))  # gpu: workers ship JPEG bytes, the accelerator decodes + augments (training)
+    decode: str = field(
+        default="cpu", metadata=_choice("cpu", "gpu")
+    )  # gpu: workers ship JPEG bytes, the accelerator decodes + augments (training)
 
 
 @dataclass
@@ -122,7 +124,9 @@ class TrainConfig:
     # BatchNorm running statistics before each validation with N processes (timm's --dist-bn): the mean over
     # processes, rank 0's, or each its own (then val metrics mix per-rank statistics the saved model lacks)
     dist_bn: str = field(default="reduce", metadata=_choice("reduce", "broadcast", "none"))
-    max_steps: int = field(default=0, metadata=_range(0))  # 0: no limit; else checkpoint and stop after N steps (resumable)
+    max_steps: int = field(
+        default=0, metadata=_range(0)
+    )  # 0: no limit; else checkpoint and stop after N steps (resumable)
     log_every_steps: int = field(default=10, metadata=_range(1))
 
 
@@ -185,7 +189,9 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str
 def read_yaml_mapping(path: Union[str, Path]) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"config file {str(path)!r} not found; pass an existing YAML file, e.g. --config configs/smoke.yaml")
+        raise UsageError(
+            f"config file {str(path)!r} not found; pass an existing YAML file, e.g. --config configs/smoke.yaml"
+        )
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
@@ -196,7 +202,9 @@ def read_yaml_mapping(path: Union[str, Path]) -> dict:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise UsageError(f"config file {str(path)!r} must hold a mapping of sections (data:, model:, ...), got {type(raw).__name__}")
+        raise UsageError(
+            f"config file {str(path)!r} must hold a mapping of sections (data:, model:, ...), got {type(raw).__name__}"
+        )
     return raw
 
 
@@ -223,7 +231,7 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
         if child is None:
             child = node[part] = {}
         elif not isinstance(child, dict):
-            raise UsageError(f"override {key}: {'.'.join(parts[:depth + 1])} is a value, not a section")
+            raise UsageError(f"override {key}: {'.'.join(parts[: depth + 1])} is a value, not a section")
         node = child
     node[parts[-1]] = value
 
@@ -358,9 +366,11 @@ def fit_head_to_classes(cfg: Config, classes: list[str]) -> None:
         cfg.model.num_classes = len(classes)
     elif cfg.model.num_classes != len(classes):
         shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
-        raise UsageError(f"model.num_classes={cfg.model.num_classes} but the shards {cfg.data.shards} have "
-                         f"{len(classes)} classes ({shown}); leave model.num_classes out (the shards decide) or "
-                         "point data.shards at shards packed for this task")
+        raise UsageError(
+            f"model.num_classes={cfg.model.num_classes} but the shards {cfg.data.shards} have "
+            f"{len(classes)} classes ({shown}); leave model.num_classes out (the shards decide) or "
+            "point data.shards at shards packed for this task"
+        )
 
 
 def model_image_sizes(meta: dict, source: str) -> tuple[int, int]:
@@ -376,8 +386,10 @@ def model_image_sizes(meta: dict, source: str) -> tuple[int, int]:
         if data.image_size is None or data.resize_size < data.image_size:
             raise UsageError(f"resize_size {raw['resize_size']!r} must be >= image_size {raw['image_size']!r}")
     except (UsageError, TypeError) as err:
-        raise UsageError(f"{source}: its metadata's image sizes are unusable ({err}); the file is damaged or "
-                         "not from a toolkit training run") from None
+        raise UsageError(
+            f"{source}: its metadata's image sizes are unusable ({err}); the file is damaged or "
+            "not from a toolkit training run"
+        ) from None
     return data.image_size, data.resize_size
 
 
@@ -386,7 +398,9 @@ def validate_config(cfg: Config) -> Config:
     if cfg.model.arch not in MODEL_ARCHS:
         close = difflib.get_close_matches(cfg.model.arch, MODEL_ARCHS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise UsageError(f"model.arch = {cfg.model.arch!r} is not allowed; choose one of {', '.join(MODEL_ARCHS)}{hint}")
+        raise UsageError(
+            f"model.arch = {cfg.model.arch!r} is not allowed; choose one of {', '.join(MODEL_ARCHS)}{hint}"
+        )
     bps = cfg.model.blocks_per_stage
     if bps is not None and (len(bps) != 4 or any(b < 1 for b in bps)):
         raise UsageError(f"model.blocks_per_stage = {bps} must be 4 positive integers, e.g. [3, 4, 23, 3]")
@@ -396,23 +410,35 @@ def validate_config(cfg: Config) -> Config:
     for name in ("mean", "std"):
         stats = getattr(cfg.data, name)
         if stats is not None and (len(stats) != cfg.model.in_chans or (name == "std" and min(stats) <= 0)):
-            raise UsageError(f"data.{name} = {stats} must hold {cfg.model.in_chans} numbers (std > 0), or be null to use info.json")
+            raise UsageError(
+                f"data.{name} = {stats} must hold {cfg.model.in_chans} numbers (std > 0), or be null to use info.json"
+            )
     if cfg.data.color_jitter is not None and len(cfg.data.color_jitter) != 4:
-        raise UsageError(f"data.color_jitter = {cfg.data.color_jitter} must be [brightness, contrast, saturation, hue] or null")
+        raise UsageError(
+            f"data.color_jitter = {cfg.data.color_jitter} must be [brightness, contrast, saturation, hue] or null"
+        )
     if cfg.data.color_jitter is not None and not (min(cfg.data.color_jitter) >= 0 and cfg.data.color_jitter[3] <= 0.5):
         raise UsageError(f"data.color_jitter = {cfg.data.color_jitter} must be >= 0 each, with hue <= 0.5")
     if cfg.data.decode == "gpu" and cfg.data.augment != "none":
-        raise UsageError(f"data.augment = {cfg.data.augment!r} runs in the CPU loader workers only; with "
-                         "data.decode=gpu set it to none, or use data.decode=cpu")
+        raise UsageError(
+            f"data.augment = {cfg.data.augment!r} runs in the CPU loader workers only; with "
+            "data.decode=gpu set it to none, or use data.decode=cpu"
+        )
     if cfg.data.decode == "gpu" and cfg.data.color_jitter and cfg.data.jitter_on == "workers":
-        raise UsageError("data.jitter_on = workers needs decoded images in the workers; with data.decode=gpu "
-                         "use data.jitter_on=device")
+        raise UsageError(
+            "data.jitter_on = workers needs decoded images in the workers; with data.decode=gpu "
+            "use data.jitter_on=device"
+        )
     if len(cfg.optimizer.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.optimizer.betas):
         raise UsageError(f"optimizer.betas = {cfg.optimizer.betas} must be two numbers in [0, 1)")
     if cfg.data.resize_size < cfg.data.image_size:
-        raise UsageError(f"data.resize_size = {cfg.data.resize_size} must be >= data.image_size = {cfg.data.image_size}")
+        raise UsageError(
+            f"data.resize_size = {cfg.data.resize_size} must be >= data.image_size = {cfg.data.image_size}"
+        )
     if cfg.scheduler.warmup_epochs >= cfg.train.epochs:
-        raise UsageError(f"scheduler.warmup_epochs = {cfg.scheduler.warmup_epochs} must be shorter than train.epochs = {cfg.train.epochs}")
+        raise UsageError(
+            f"scheduler.warmup_epochs = {cfg.scheduler.warmup_epochs} must be shorter than train.epochs = {cfg.train.epochs}"
+        )
     if cfg.train.grad_accum_steps is None:
         cfg.train.grad_accum_steps = launcher_grad_accum_steps()
     resume = cfg.train.resume
@@ -427,8 +453,10 @@ def launcher_grad_accum_steps() -> int:
     try:
         steps = int(text)
     except ValueError:
-        raise UsageError(f"{ACCELERATE_GRAD_ACCUM_ENV}={text!r} from the launcher is not a whole number; "
-                         "set train.grad_accum_steps instead") from None
+        raise UsageError(
+            f"{ACCELERATE_GRAD_ACCUM_ENV}={text!r} from the launcher is not a whole number; "
+            "set train.grad_accum_steps instead"
+        ) from None
     if steps < 1:
         raise UsageError(f"{ACCELERATE_GRAD_ACCUM_ENV}={steps} from the launcher must be >= 1")
     return steps

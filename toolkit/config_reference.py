@@ -25,9 +25,15 @@ TIMM_TRAIN = "https://github.com/huggingface/pytorch-image-models/blob/main/trai
 
 # key: (meaning, timm train.py flag or "")
 KEYS: dict[str, tuple[str, str]] = {
-    "data.shards": ("shard folder with info.json, a brace pattern, `pipe:` command or http(s) URL of the shards", "--data-dir"),
+    "data.shards": (
+        "shard folder with info.json, a brace pattern, `pipe:` command or http(s) URL of the shards",
+        "--data-dir",
+    ),
     "data.image_size": ("training crop and eval center-crop size, px", "--img-size"),
-    "data.resize_size": ("eval: resize the shorter side to this, then center-crop `image_size`", "--crop-pct (as image_size / resize_size)"),
+    "data.resize_size": (
+        "eval: resize the shorter side to this, then center-crop `image_size`",
+        "--crop-pct (as image_size / resize_size)",
+    ),
     "data.mean": ("normalization mean per channel; `null`: the train split's, from info.json", "--mean"),
     "data.std": ("normalization std per channel; `null`: the train split's, from info.json", "--std"),
     "data.num_workers": ("DataLoader worker processes per training process", "-j, --workers"),
@@ -49,11 +55,17 @@ KEYS: dict[str, tuple[str, str]] = {
     "model.base_width": ("channels of the stem and first stage (64 is standard; only 64 exports to timm)", ""),
     "model.num_classes": ("classifier outputs; `null`: the shards' class count", "--num-classes"),
     "model.in_chans": ("input channels", "--in-chans"),
-    "model.zero_init_residual": ("zero the last BatchNorm of each residual branch at init", "(timm: zero_init_last, on by default)"),
+    "model.zero_init_residual": (
+        "zero the last BatchNorm of each residual branch at init",
+        "(timm: zero_init_last, on by default)",
+    ),
     "model.channels_last": ("channels_last memory format (faster with mixed precision on GPUs)", "--channels-last"),
     "model.compile": ("torch.compile the model", "--torchcompile"),
     "model.sync_bn": ("SyncBatchNorm across processes (CUDA/NCCL)", "--sync-bn"),
-    "model.init": ("start from weights: a timm name, `hf-hub:ID` or a local .safetensors file", "--pretrained / --pretrained-path"),
+    "model.init": (
+        "start from weights: a timm name, `hf-hub:ID` or a local .safetensors file",
+        "--pretrained / --pretrained-path",
+    ),
     "optimizer.name": ("`adam` (L2 in the gradient), `adamw`, `sgd`", "--opt"),
     "optimizer.lr": ("learning rate (peak, after warmup)", "--lr"),
     "optimizer.betas": ("Adam/AdamW betas", "--opt-betas"),
@@ -70,17 +82,29 @@ KEYS: dict[str, tuple[str, str]] = {
     "train.epochs": ("epochs", "--epochs"),
     "train.batch_size": ("batch size per process", "-b, --batch-size"),
     "train.seed": ("seed of everything: weights, shuffling, augmentation", "--seed"),
-    "train.mixed_precision": ("`no`, `fp16` or `bf16`; `null`: the launcher's (`accelerate launch --mixed_precision`)", "--amp --amp-dtype"),
+    "train.mixed_precision": (
+        "`no`, `fp16` or `bf16`; `null`: the launcher's (`accelerate launch --mixed_precision`)",
+        "--amp --amp-dtype",
+    ),
     "train.grad_accum_steps": ("batches per optimizer step; `null`: the launcher's, else 1", "--grad-accum-steps"),
     "train.grad_clip": ("clip the gradient norm to this; `null`: off", "--clip-grad"),
     "train.label_smoothing": ("label smoothing of the cross-entropy", "--smoothing"),
-    "train.ema_decay": ("keep an EMA of the weights with this decay and save it; `null`: off", "--model-ema --model-ema-decay"),
-    "train.resume": ("`auto` (newest complete checkpoint of this run) or a checkpoint folder; `null`: fresh", "--resume"),
+    "train.ema_decay": (
+        "keep an EMA of the weights with this decay and save it; `null`: off",
+        "--model-ema --model-ema-decay",
+    ),
+    "train.resume": (
+        "`auto` (newest complete checkpoint of this run) or a checkpoint folder; `null`: fresh",
+        "--resume",
+    ),
     "train.checkpoint_every_steps": ("save training state every N optimizer steps; 0: off", ""),
     "train.checkpoint_every_epochs": ("save training state every N epochs; 0: off", ""),
     "train.keep_checkpoints": ("checkpoints kept (oldest removed)", "--checkpoint-hist"),
     "train.skip_nonfinite": ("skip a step whose loss is NaN/inf instead of stopping", ""),
-    "train.dist_bn": ("BatchNorm statistics before validation with N processes: `reduce`, `broadcast`, `none`", "--dist-bn"),
+    "train.dist_bn": (
+        "BatchNorm statistics before validation with N processes: `reduce`, `broadcast`, `none`",
+        "--dist-bn",
+    ),
     "train.max_steps": ("checkpoint and stop after N optimizer steps (time-sliced jobs); 0: no limit", ""),
     "train.log_every_steps": ("log train loss and lr every N steps", "--log-interval"),
     "eval.batch_size": ("evaluation batch size per process", "-vb, --validation-batch-size"),
@@ -126,10 +150,19 @@ def config_keys() -> list[tuple[str, str, str, str]]:
             elif field.metadata.get("low") is not None or field.metadata.get("high") is not None:
                 low, high = field.metadata.get("low"), field.metadata.get("high")
                 sign = ">" if field.metadata.get("low_open") else ">="
-                allowed = " and ".join(part for part in (f"{sign} {low}" if low is not None else "",
-                                                         f"<= {high}" if high is not None else "") if part)
-            rows.append((f"{section}.{field.name}", config_module._type_name(hints[field.name]),
-                         _shown(_default(field)), allowed))
+                allowed = " and ".join(
+                    part
+                    for part in (f"{sign} {low}" if low is not None else "", f"<= {high}" if high is not None else "")
+                    if part
+                )
+            rows.append(
+                (
+                    f"{section}.{field.name}",
+                    config_module._type_name(hints[field.name]),
+                    _shown(_default(field)),
+                    allowed,
+                )
+            )
     return rows
 
 
@@ -140,7 +173,7 @@ def render() -> str:
         "Generated from `toolkit/config.py` by `python -m toolkit.config_reference` (a test fails when it is "
         "stale). Set a key in a YAML config (`section:` then `key: value`) or on the command line after the "
         "flags (`optimizer.lr=3e-4`); `python -m toolkit.train --print-config [key=value ...]` shows the "
-        "resolved values. \"timm\" is the closest flag of timm's "
+        'resolved values. "timm" is the closest flag of timm\'s '
         f"[train.py]({TIMM_TRAIN}), for readers coming from it.",
         "",
     ]
@@ -148,7 +181,13 @@ def render() -> str:
     for key, type_name, default, allowed in config_keys():
         section = key.split(".")[0]
         if section != current:
-            lines += ["", f"## {section}", "", "| key | type | default | allowed | meaning | timm |", "|---|---|---|---|---|---|"]
+            lines += [
+                "",
+                f"## {section}",
+                "",
+                "| key | type | default | allowed | meaning | timm |",
+                "|---|---|---|---|---|---|",
+            ]
             current = section
         meaning, timm_flag = KEYS[key]
         flag, _, note = timm_flag.partition(" (")

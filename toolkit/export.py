@@ -29,8 +29,8 @@ from toolkit.cli import ArgumentParser, run_cli
 from toolkit.errors import UsageError
 from toolkit.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from toolkit.formats import RunDir
-from toolkit.models.resnet import MODEL_SPECS
 from toolkit.formats.model_file import load_model_file
+from toolkit.models.resnet import MODEL_SPECS
 
 WEIGHTS_FILE, CONFIG_FILE, CARD_FILE = "model.safetensors", "config.json", "README.md"
 EXPORT_FILES = (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE)
@@ -41,20 +41,31 @@ TRUE_VALUES = {"1", "ON", "YES", "TRUE"}  # how huggingface_hub reads HF_HUB_OFF
 EXAMPLE = """example:
   python -m toolkit.export --run runs/resnet101-pets --out exported/resnet101-pets
   then: timm.create_model("local-dir:exported/resnet101-pets", pretrained=True)"""
-CARD_FACTS = (("init", "initialised from"), ("epoch", "epoch of the exported weights"),
-              ("val_metrics", "validation metrics"))  # metadata training may add, shown when present
+CARD_FACTS = (
+    ("init", "initialised from"),
+    ("epoch", "epoch of the exported weights"),
+    ("val_metrics", "validation metrics"),
+)  # metadata training may add, shown when present
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    parser = ArgumentParser(prog="python -m toolkit.export", description=__doc__.split("\n\n")[0],
-                            formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLE)
+    parser = ArgumentParser(
+        prog="python -m toolkit.export",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLE,
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", type=Path, help="a finished training run folder (exports RUN/model.safetensors)")
     source.add_argument("--model", type=Path, help="a model .safetensors file written by training")
     parser.add_argument("--out", type=Path, required=True, help="folder to write (must be empty or new)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier export's files in --out")
-    parser.add_argument("--push-to-hub", metavar="REPO", default=None,
-                        help="also upload the folder to this Hugging Face model repo (needs a token and network)")
+    parser.add_argument(
+        "--push-to-hub",
+        metavar="REPO",
+        default=None,
+        help="also upload the folder to this Hugging Face model repo (needs a token and network)",
+    )
     parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
     return parser.parse_args(argv)
 
@@ -78,8 +89,10 @@ def timm_architecture(meta: dict) -> tuple[str, dict]:
     """
     width = int(meta.get("base_width", 64))
     if width != TIMM_STEM_WIDTH:
-        raise UsageError(f"model has base_width {width}: timm has no such ResNet (its stem is {TIMM_STEM_WIDTH} "
-                         f"channels wide); only base_width {TIMM_STEM_WIDTH} models (resnet18..152, any depth) export")
+        raise UsageError(
+            f"model has base_width {width}: timm has no such ResNet (its stem is {TIMM_STEM_WIDTH} "
+            f"channels wide); only base_width {TIMM_STEM_WIDTH} models (resnet18..152, any depth) export"
+        )
     block, layers = meta["block"], tuple(int(n) for n in meta["blocks_per_stage"])
     presets = [name for name, spec in MODEL_SPECS.items() if (spec.block, spec.blocks_per_stage) == (block, layers)]
     if presets:
@@ -144,19 +157,35 @@ def timm_config(meta: dict, num_features: int) -> dict[str, Any]:
 def model_card(meta: dict, config: dict, load_name: str) -> str:
     """A short README.md: what the model is, its classes and preprocessing, and how to load it."""
     pre = config["pretrained_cfg"]
-    shape = f"blocks per stage {meta['blocks_per_stage']}" + (f", {meta['in_chans']} input channels"
-                                                             if int(meta.get("in_chans", 3)) != 3 else "")
+    shape = f"blocks per stage {meta['blocks_per_stage']}" + (
+        f", {meta['in_chans']} input channels" if int(meta.get("in_chans", 3)) != 3 else ""
+    )
     lines = [
-        "---", "library_name: timm", "pipeline_tag: image-classification", "tags:", "- image-classification",
-        "- timm", "---", "",
-        f"# {config['architecture']} image classifier ({config['num_classes']} classes)", "",
+        "---",
+        "library_name: timm",
+        "pipeline_tag: image-classification",
+        "tags:",
+        "- image-classification",
+        "- timm",
+        "---",
+        "",
+        f"# {config['architecture']} image classifier ({config['num_classes']} classes)",
+        "",
         f"A ResNet ({meta['block']} blocks, {shape}) trained with the pets toolkit and exported as a timm model.",
-        f"Classes, in output order: {', '.join(config['label_names'])}.", "",
-        "## Preprocessing", "",
+        f"Classes, in output order: {', '.join(config['label_names'])}.",
+        "",
+        "## Preprocessing",
+        "",
         f"Resize the shorter side to {meta['resize_size']} px ({pre['interpolation']}), center-crop "
         f"{meta['image_size']} px, scale to [0, 1], normalize with mean {pre['mean']} and std {pre['std']} "
-        "(timm's `resolve_data_config` + `create_transform` do exactly this).", "",
-        "## Use", "", "```python", "import timm", "import torch", "",
+        "(timm's `resolve_data_config` + `create_transform` do exactly this).",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import timm",
+        "import torch",
+        "",
         f'model = timm.create_model("{load_name}", pretrained=True).eval()',
         "transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))",
         "with torch.inference_mode():",
@@ -176,8 +205,10 @@ def check_not_a_run_folder(out: Path, source: Path) -> None:
     marks = [p.name for p in (run.config, run.history, run.final, run.last_model, run.checkpoints) if p.exists()]
     if marks or out.resolve() == source.resolve().parent:
         what = f"a training run folder (it has {marks[0]})" if marks else f"the folder of {source.name}"
-        raise UsageError(f"--out {str(out)!r} is {what}; the export would replace its {WEIGHTS_FILE} with one "
-                         f"without the toolkit's metadata: choose a folder of its own, e.g. exported/{out.name}")
+        raise UsageError(
+            f"--out {str(out)!r} is {what}; the export would replace its {WEIGHTS_FILE} with one "
+            f"without the toolkit's metadata: choose a folder of its own, e.g. exported/{out.name}"
+        )
 
 
 def prepare_out_dir(out: Path, overwrite: bool) -> None:
@@ -219,8 +250,13 @@ def push_to_hub(folder: Path, repo: str, private: bool) -> str:
     api = huggingface_hub.HfApi(token=token)
     try:
         repo_id = api.create_repo(repo, private=private, exist_ok=True, repo_type="model").repo_id
-        api.upload_folder(repo_id=repo_id, folder_path=str(folder), allow_patterns=list(EXPORT_FILES),
-                          repo_type="model", commit_message="Add model exported by the pets toolkit")
+        api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            allow_patterns=list(EXPORT_FILES),
+            repo_type="model",
+            commit_message="Add model exported by the pets toolkit",
+        )
     except Exception as err:  # network down, bad token, no permission: all end the same way
         reason = " ".join(str(err).split())[:160] or type(err).__name__
         raise UsageError(f"--push-to-hub {repo}: upload failed ({type(err).__name__}: {reason}); {later}") from None
@@ -236,8 +272,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     prepare_out_dir(args.out, args.overwrite)
     load_name = f"hf-hub:{args.push_to_hub}" if args.push_to_hub else f"local-dir:{args.out}"
     config = write_export(model, meta, args.out, load_name)
-    print(f"exported {path} as timm {config['architecture']} to {args.out}: "
-          f"timm.create_model(\"local-dir:{args.out}\", pretrained=True)", flush=True)
+    print(
+        f"exported {path} as timm {config['architecture']} to {args.out}: "
+        f'timm.create_model("local-dir:{args.out}", pretrained=True)',
+        flush=True,
+    )
     if args.push_to_hub:
         print(f"pushed to {push_to_hub(args.out, args.push_to_hub, args.private)}", flush=True)
     return 0

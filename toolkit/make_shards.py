@@ -25,11 +25,11 @@ if __package__ in (None, ""):  # run as a script: import `toolkit` from the repo
     sys.path[:] = [str(here.parent)] + [p for p in sys.path if Path(p or ".").resolve() != here]
 
 from toolkit.cli import ArgumentParser, run_cli
-from toolkit.errors import DataError, UsageError
 from toolkit.data.oxford import make_synthetic_dataset
 from toolkit.data.shards import DEFAULT_SYNTHETIC_ROOT, DEFAULTS, download_dataset, pack_dataset, packing_summary
 from toolkit.data.sources import LAYOUTS, OXFORD_LABELS
 from toolkit.data.verify import verify_shards
+from toolkit.errors import DataError, UsageError
 from toolkit.formats import SPLITS, class_names, label_field, read_manifest
 
 
@@ -45,76 +45,150 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="python -m toolkit.make_shards",
         description="Pack Oxford-IIIT Pet (official folder layout; cat/dog or 37 breeds) or any class-per-folder "
-                    "image dataset into reproducible webdataset shards plus an info.json manifest, or verify "
-                    "shards made before.",
+        "image dataset into reproducible webdataset shards plus an info.json manifest, or verify "
+        "shards made before.",
         epilog="Every decodable image is kept (as RGB; transparency composited on white); undecodable, "
-               "missing or mislabelled ones are skipped and listed in info.json with the reason. "
-               "Same input and options give byte-identical shards, whatever --workers. "
-               "examples: python -m toolkit.make_shards --source data/oxford-iiit-pet --out shards/pets; "
-               "... --source data/oxford-iiit-pet --labels breed --out shards/pets-breeds; "
-               "... --source my_images/ --out shards/mine (my_images/<class>/*.jpg, or my_images/train/<class>/... "
-               "with optional val/ and test/)")
+        "missing or mislabelled ones are skipped and listed in info.json with the reason. "
+        "Same input and options give byte-identical shards, whatever --workers. "
+        "examples: python -m toolkit.make_shards --source data/oxford-iiit-pet --out shards/pets; "
+        "... --source data/oxford-iiit-pet --labels breed --out shards/pets-breeds; "
+        "... --source my_images/ --out shards/mine (my_images/<class>/*.jpg, or my_images/train/<class>/... "
+        "with optional val/ and test/)",
+    )
     what = parser.add_argument_group("what to do (pick one)")
-    what.add_argument("--source", type=Path, metavar="DIR",
-                      help="Oxford-IIIT Pet folder with images/ and annotations/ (or torchvision's root above it), "
-                           "or an image folder: DIR/<class name>/<images> or DIR/train|val|test/<class name>/<images>; "
-                           f"with --synthetic, where the synthetic set is written (default {DEFAULT_SYNTHETIC_ROOT})")
-    what.add_argument("--download", type=Path, metavar="DIR",
-                      help="download with torchvision into DIR/oxford-iiit-pet (about 800 MB; fails after a "
-                           "5 s check when offline), then pack it")
-    what.add_argument("--synthetic", type=int, metavar="N",
-                      help="generate a synthetic stand-in of N images (96 px, seed 0, with odd files) in the "
-                           "official layout, then pack it; everything made from it is marked synthetic")
-    what.add_argument("--verify", type=Path, metavar="DIR",
-                      help="re-read the shards in DIR against its info.json; exit 1 on any problem")
+    what.add_argument(
+        "--source",
+        type=Path,
+        metavar="DIR",
+        help="Oxford-IIIT Pet folder with images/ and annotations/ (or torchvision's root above it), "
+        "or an image folder: DIR/<class name>/<images> or DIR/train|val|test/<class name>/<images>; "
+        f"with --synthetic, where the synthetic set is written (default {DEFAULT_SYNTHETIC_ROOT})",
+    )
+    what.add_argument(
+        "--download",
+        type=Path,
+        metavar="DIR",
+        help="download with torchvision into DIR/oxford-iiit-pet (about 800 MB; fails after a "
+        "5 s check when offline), then pack it",
+    )
+    what.add_argument(
+        "--synthetic",
+        type=int,
+        metavar="N",
+        help="generate a synthetic stand-in of N images (96 px, seed 0, with odd files) in the "
+        "official layout, then pack it; everything made from it is marked synthetic",
+    )
+    what.add_argument(
+        "--verify",
+        type=Path,
+        metavar="DIR",
+        help="re-read the shards in DIR against its info.json; exit 1 on any problem",
+    )
 
     task = parser.add_argument_group("what the labels are")
-    task.add_argument("--labels", choices=OXFORD_LABELS, default=None,
-                      help="Oxford-IIIT Pet only: species (cat/dog, the default) or breed (37 classes). The choice is "
-                           "made here, so a shard folder holds one task and its manifest names the classes")
-    task.add_argument("--layout", choices=LAYOUTS, default="auto",
-                      help="auto (default): Oxford when --source has annotations/, else an image folder whose "
-                           "class folders name the classes (sorted)")
+    task.add_argument(
+        "--labels",
+        choices=OXFORD_LABELS,
+        default=None,
+        help="Oxford-IIIT Pet only: species (cat/dog, the default) or breed (37 classes). The choice is "
+        "made here, so a shard folder holds one task and its manifest names the classes",
+    )
+    task.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="auto",
+        help="auto (default): Oxford when --source has annotations/, else an image folder whose "
+        "class folders name the classes (sorted)",
+    )
 
     pack = parser.add_argument_group("packing")
-    pack.add_argument("--out", type=Path, default=Path("shards"), metavar="DIR",
-                      help="output folder (default: shards/); the previous run's shards there are replaced")
-    pack.add_argument("--val-fraction", type=float, default=DEFAULTS["val_fraction"],
-                      help="share of trainval held out as val, between 0 and 1 exclusive: training keeps the best epoch "
-                           "by val ROC-AUC (default: %(default)s); test is the official list")
-    pack.add_argument("--test-fraction", type=float, default=None,
-                      help="image folders without a test/ folder: share of the images held out as test, between 0 "
-                           f"and 1 exclusive (default: {DEFAULTS['test_fraction']}); Oxford uses its official test list, "
-                           "so it is an error there")
+    pack.add_argument(
+        "--out",
+        type=Path,
+        default=Path("shards"),
+        metavar="DIR",
+        help="output folder (default: shards/); the previous run's shards there are replaced",
+    )
+    pack.add_argument(
+        "--val-fraction",
+        type=float,
+        default=DEFAULTS["val_fraction"],
+        help="share of trainval held out as val, between 0 and 1 exclusive: training keeps the best epoch "
+        "by val ROC-AUC (default: %(default)s); test is the official list",
+    )
+    pack.add_argument(
+        "--test-fraction",
+        type=float,
+        default=None,
+        help="image folders without a test/ folder: share of the images held out as test, between 0 "
+        f"and 1 exclusive (default: {DEFAULTS['test_fraction']}); Oxford uses its official test list, "
+        "so it is an error there",
+    )
     pack.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="split seed (default: %(default)s)")
-    pack.add_argument("--split-mode", choices=("stratified", "seed"), default=DEFAULTS["split_mode"],
-                      help="stratified: keep each class's share in train, val (and a held-out test) (default); seed: "
-                           "the seed experiment's plain random split (2,944/736 on the full dataset)")
-    pack.add_argument("--resize-shorter", type=int, default=DEFAULTS["resize_shorter"], metavar="PX",
-                      help="shrink images so the shorter side is PX (never upscale; 0 keeps the original size). "
-                           "Default %(default)s: the training pipeline resizes to 255 then crops 224, so 288 keeps "
-                           "every pixel it uses with headroom, and decoding is ~1.7x cheaper than at 500x375")
-    pack.add_argument("--quality", type=int, default=DEFAULTS["quality"],
-                      help="JPEG quality for re-encoded images (default: %(default)s); clean RGB JPEGs that need "
-                           "no resize are copied unchanged")
-    pack.add_argument("--shard-size", type=int, default=DEFAULTS["shard_size"], metavar="N",
-                      help="max samples per shard (default: %(default)s, so the full train split makes 46 "
-                           "shards: enough for 8 GPUs x 4 loader workers)")
-    pack.add_argument("--shard-bytes", type=parse_bytes, default=DEFAULTS["shard_bytes"], metavar="SIZE",
-                      help="max bytes per shard, e.g. 64M (default: 64M)")
-    pack.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
-                      help="processes that decode and encode images (default: all %(default)s cores)")
+    pack.add_argument(
+        "--split-mode",
+        choices=("stratified", "seed"),
+        default=DEFAULTS["split_mode"],
+        help="stratified: keep each class's share in train, val (and a held-out test) (default); seed: "
+        "the seed experiment's plain random split (2,944/736 on the full dataset)",
+    )
+    pack.add_argument(
+        "--resize-shorter",
+        type=int,
+        default=DEFAULTS["resize_shorter"],
+        metavar="PX",
+        help="shrink images so the shorter side is PX (never upscale; 0 keeps the original size). "
+        "Default %(default)s: the training pipeline resizes to 255 then crops 224, so 288 keeps "
+        "every pixel it uses with headroom, and decoding is ~1.7x cheaper than at 500x375",
+    )
+    pack.add_argument(
+        "--quality",
+        type=int,
+        default=DEFAULTS["quality"],
+        help="JPEG quality for re-encoded images (default: %(default)s); clean RGB JPEGs that need "
+        "no resize are copied unchanged",
+    )
+    pack.add_argument(
+        "--shard-size",
+        type=int,
+        default=DEFAULTS["shard_size"],
+        metavar="N",
+        help="max samples per shard (default: %(default)s, so the full train split makes 46 "
+        "shards: enough for 8 GPUs x 4 loader workers)",
+    )
+    pack.add_argument(
+        "--shard-bytes",
+        type=parse_bytes,
+        default=DEFAULTS["shard_bytes"],
+        metavar="SIZE",
+        help="max bytes per shard, e.g. 64M (default: 64M)",
+    )
+    pack.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="processes that decode and encode images (default: all %(default)s cores)",
+    )
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    modes = [flag for flag, value in (("--download", args.download), ("--synthetic", args.synthetic),
-                                      ("--verify", args.verify)) if value is not None]
-    if len(modes) > 1 or (args.verify is not None and args.source is not None) \
-            or (args.download is not None and args.source is not None):
-        raise UsageError("give one of --source DIR, --download DIR, --synthetic N or --verify DIR "
-                         "(--source may only accompany --synthetic, as its target folder)")
+    modes = [
+        flag
+        for flag, value in (("--download", args.download), ("--synthetic", args.synthetic), ("--verify", args.verify))
+        if value is not None
+    ]
+    if (
+        len(modes) > 1
+        or (args.verify is not None and args.source is not None)
+        or (args.download is not None and args.source is not None)
+    ):
+        raise UsageError(
+            "give one of --source DIR, --download DIR, --synthetic N or --verify DIR "
+            "(--source may only accompany --synthetic, as its target folder)"
+        )
     if args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
 
@@ -130,10 +204,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         raise UsageError("nothing to do: give --source DIR, --download DIR, --synthetic N or --verify DIR (see --help)")
 
-    info = pack_dataset(source, args.out, layout=args.layout, labels=args.labels, val_fraction=args.val_fraction,
-                        test_fraction=args.test_fraction, seed=args.seed,
-                        split_mode=args.split_mode, resize_shorter=args.resize_shorter, quality=args.quality,
-                        shard_size=args.shard_size, shard_bytes=args.shard_bytes, workers=args.workers)
+    info = pack_dataset(
+        source,
+        args.out,
+        layout=args.layout,
+        labels=args.labels,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        split_mode=args.split_mode,
+        resize_shorter=args.resize_shorter,
+        quality=args.quality,
+        shard_size=args.shard_size,
+        shard_bytes=args.shard_bytes,
+        workers=args.workers,
+    )
     for item in info["skipped"]:
         print(f"skipped {item['split']}/{item['name']}: {item['reason']}")
     if info["unlisted"]["count"]:
@@ -156,9 +241,11 @@ def run_verify(folder: Path, workers: int) -> int:
     splits = info["splits"]
     shards = sum(len(s["shards"]) for s in splits.values())
     tag = " [SYNTHETIC data]" if info["synthetic"] else ""
-    print(f"OK {folder}{tag} ({len(class_names(info))} classes by {label_field(info)}): "
-          + ", ".join(f"{split} {splits[split]['num_samples']}" for split in SPLITS)
-          + f" samples in {shards} shards; sha256, counts, labels and every JPEG checked")
+    print(
+        f"OK {folder}{tag} ({len(class_names(info))} classes by {label_field(info)}): "
+        + ", ".join(f"{split} {splits[split]['num_samples']}" for split in SPLITS)
+        + f" samples in {shards} shards; sha256, counts, labels and every JPEG checked"
+    )
     return 0
 
 

@@ -77,8 +77,9 @@ def default_top_k(num_classes: int) -> int:
 
 
 @torch.inference_mode()
-def predict_batch(model: torch.nn.Module, batch: torch.Tensor, class_names: Sequence[str],
-                  top_k: Optional[int] = None) -> list[dict]:
+def predict_batch(
+    model: torch.nn.Module, batch: torch.Tensor, class_names: Sequence[str], top_k: Optional[int] = None
+) -> list[dict]:
     """One result per image: ``pred``/``label`` (``metrics.predict`` at threshold 0.5), ``prob`` (every class),
     and with ``top_k`` the ``top`` list of the k most probable [name, prob] pairs, most probable first."""
     probs = torch.softmax(model(batch).float(), dim=1).cpu()
@@ -97,8 +98,15 @@ def predict_batch(model: torch.nn.Module, batch: torch.Tensor, class_names: Sequ
     return results
 
 
-def predict_files(model: torch.nn.Module, meta: dict, files: Sequence[Path], device: torch.device,
-                  batch_size: int, emit: Callable[[dict], None], top_k: Optional[int] = None) -> int:
+def predict_files(
+    model: torch.nn.Module,
+    meta: dict,
+    files: Sequence[Path],
+    device: torch.device,
+    batch_size: int,
+    emit: Callable[[dict], None],
+    top_k: Optional[int] = None,
+) -> int:
     """Classify ``files`` in batches, emitting one result per file in input order; return #failed.
 
     ``top_k``: how many of the most probable classes each result lists under ``top`` (None: the
@@ -112,7 +120,7 @@ def predict_files(model: torch.nn.Module, meta: dict, files: Sequence[Path], dev
     top_k = default_top_k(num_classes) if top_k is None else min(int(top_k), num_classes)
     failed = 0
     for start in range(0, len(files), batch_size):
-        chunk = files[start:start + batch_size]
+        chunk = files[start : start + batch_size]
         results: list[dict] = [{"file": str(path)} for path in chunk]
         tensors, positions = [], []
         for position, path in enumerate(chunk):
@@ -139,24 +147,41 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = ArgumentParser(
         prog="toolkit.predict",
         description="Classify images with a trained model (cat or dog, breeds, your own classes); prints one JSON "
-                    "line per image.",
+        "line per image.",
         epilog="example: python -m toolkit.predict --model runs/NAME/model.safetensors my_cat.jpg. "
-               "Exit code: 0 all images classified, 1 some could not be read (see their error lines), "
-               "2 bad arguments or model file.",
+        "Exit code: 0 all images classified, 1 some could not be read (see their error lines), "
+        "2 bad arguments or model file.",
     )
-    parser.add_argument("--model", required=True, metavar="MODEL",
-                        help="RUN/model.safetensors written by toolkit.train, a run folder, an exported or other timm "
-                             "model folder (DIR or local-dir:DIR), or hf-hub:OWNER/NAME (safetensors only)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        metavar="MODEL",
+        help="RUN/model.safetensors written by toolkit.train, a run folder, an exported or other timm "
+        "model folder (DIR or local-dir:DIR), or hf-hub:OWNER/NAME (safetensors only)",
+    )
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files (JPEG, PNG, GIF, ...)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="where to run the model (default: auto = cuda when available)")
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where to run the model (default: auto = cuda when available)",
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
-    parser.add_argument("--top-k", type=int, default=None, metavar="K",
-                        help="list the K most probable classes per image under \"top\" (default: 5, or every class "
-                             "of a model with fewer)")
-    parser.add_argument("--shards", default=None, metavar="DIR",
-                        help="shards (folder with info.json, or URL pattern) whose classes the model must have: "
-                             "a one-line error instead of predictions of another task (e.g. breeds for cat/dog)")
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        default=None,
+        metavar="K",
+        help='list the K most probable classes per image under "top" (default: 5, or every class '
+        "of a model with fewer)",
+    )
+    parser.add_argument(
+        "--shards",
+        default=None,
+        metavar="DIR",
+        help="shards (folder with info.json, or URL pattern) whose classes the model must have: "
+        "a one-line error instead of predictions of another task (e.g. breeds for cat/dog)",
+    )
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -171,8 +196,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     model.to(device).eval()
     failed = predict_files(model, meta, args.images, device, args.batch_size, print_json_line, args.top_k)
     if failed:
-        print(f"{failed} of {len(args.images)} images could not be read (see their error lines)",
-              file=sys.stderr, flush=True)
+        print(
+            f"{failed} of {len(args.images)} images could not be read (see their error lines)",
+            file=sys.stderr,
+            flush=True,
+        )
     return 1 if failed else 0
 
 

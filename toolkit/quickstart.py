@@ -27,14 +27,23 @@ DEFAULT_CONFIG = SHIPPED_CONFIGS / "quickstart.yaml"
 def main(argv: Optional[Sequence[str]] = None) -> int:
     import sys
 
-    parser = ArgumentParser(prog="toolkit.quickstart", description=__doc__.split("\n\n")[0],
-                            epilog="example: python -m toolkit.quickstart --source data/oxford-iiit-pet train.epochs=5")
+    parser = ArgumentParser(
+        prog="toolkit.quickstart",
+        description=__doc__.split("\n\n")[0],
+        epilog="example: python -m toolkit.quickstart --source data/oxford-iiit-pet train.epochs=5",
+    )
     data = parser.add_mutually_exclusive_group()
     data.add_argument("--source", type=Path, help="a local Oxford-IIIT Pet folder in the official layout")
     data.add_argument("--download", type=Path, metavar="DIR", help="download the official dataset into DIR first")
-    parser.add_argument("--synthetic-images", type=int, default=600,
-                        help="size of the synthetic stand-in used when no real data is given (default 600)")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="training config (default configs/quickstart.yaml)")
+    parser.add_argument(
+        "--synthetic-images",
+        type=int,
+        default=600,
+        help="size of the synthetic stand-in used when no real data is given (default 600)",
+    )
+    parser.add_argument(
+        "--config", type=Path, default=DEFAULT_CONFIG, help="training config (default configs/quickstart.yaml)"
+    )
     parser.add_argument("--shards", type=Path, default=Path("shards/quickstart"), help="where to write the shards")
     flags, overrides = split_config_args(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(flags)
@@ -48,16 +57,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         source = download_dataset(args.download)
     else:
         source = Path("data/synthetic-pets")
-        print(f"[1/3] data: no real data given, so a SYNTHETIC stand-in of {args.synthetic_images} images in {source} "
-              "(pass --source DIR or --download DIR for the real Oxford-IIIT Pet)", flush=True)
+        print(
+            f"[1/3] data: no real data given, so a SYNTHETIC stand-in of {args.synthetic_images} images in {source} "
+            "(pass --source DIR or --download DIR for the real Oxford-IIIT Pet)",
+            flush=True,
+        )
         make_synthetic_dataset(source, args.synthetic_images, seed=0)
     if not source.exists():
         raise UsageError(f"data folder {str(source)!r} does not exist")
 
     print(f"[2/3] shards: packing into {args.shards}", flush=True)
     pack_dataset(source, args.shards, resize_shorter=max(64, cfg.data.resize_size))
-    print(f"[3/3] training {cfg.model.arch} (blocks {cfg.model.blocks_per_stage}, width {cfg.model.base_width}) "
-          f"at {cfg.data.image_size} px for {cfg.train.epochs} epochs", flush=True)
+    print(
+        f"[3/3] training {cfg.model.arch} (blocks {cfg.model.blocks_per_stage}, width {cfg.model.base_width}) "
+        f"at {cfg.data.image_size} px for {cfg.train.epochs} epochs",
+        flush=True,
+    )
     train(cfg)
     return 0
 

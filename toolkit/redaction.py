@@ -37,8 +37,13 @@ _MIN_SECRET_LEN = 8
 # Credentials written into a location (data.shards: a signed URL, a pipe: command with a header):
 # query parameters that sign or authorize, an Authorization header's value, user:password@ in a URL.
 _INLINE_SECRETS = (
-    (re.compile(r"(?i)([?&](?:[\w-]*token|[\w-]*sig(?:nature)?|[\w-]*key|[\w-]*secret|pass(?:word|wd)?|pwd|"
-                r"[\w-]*auth[\w-]*|[\w-]*credential)=)[^&#\s'\"]+"), r"\1" + REDACTED),
+    (
+        re.compile(
+            r"(?i)([?&](?:[\w-]*token|[\w-]*sig(?:nature)?|[\w-]*key|[\w-]*secret|pass(?:word|wd)?|pwd|"
+            r"[\w-]*auth[\w-]*|[\w-]*credential)=)[^&#\s'\"]+"
+        ),
+        r"\1" + REDACTED,
+    ),
     (re.compile(r"(?i)((?:proxy-)?authorization\s*:\s*)[^'\"\n]+"), r"\1" + REDACTED),
     (re.compile(r"(?<=://)[^/\s@'\"]+@"), REDACTED + "@"),  # userinfo: user:password, or a token as the user
 )
@@ -51,13 +56,14 @@ _FLAG_START = r"(?<![^\s'\"])"  # at the start of a word
 # aws --sse-c-key; and any --*-token, --*-secret, --*-password, --*-key flag (not --no-* or --ask-*, which take none).
 _LONG_CREDENTIAL_FLAG = re.compile(
     _FLAG_START + r"(--(?!no-|ask-)(?:\w+-)*(?:user|bearer|cookie|cert|pass|password|passwd|tlspassword|secret|"
-    r"token|key|apikey|credentials?))(=|\s+)(" + _WORD + ")", re.IGNORECASE)
+    r"token|key|apikey|credentials?))(=|\s+)(" + _WORD + ")",
+    re.IGNORECASE,
+)
 _SHORT_CREDENTIAL_FLAG = re.compile(_FLAG_START + r"(-[ubUE])(\s*)(" + _WORD + ")")  # also attached: -uuser:pass
 _HEADER_FLAG = re.compile(_FLAG_START + r"(-H|--header|--proxy-header)(=|\s*)(" + _WORD + ")")
 # NAME=value in a command (AWS_SECRET_ACCESS_KEY=..., gsutil -o Credentials:gs_oauth2_refresh_token=...)
 _ASSIGNMENT = re.compile(r"(?<![\w.:/-])([A-Za-z_][\w.:-]*)=(" + _WORD + ")")
-_SECRET_NAME_PARTS = ("token", "secret", "password", "passwd", "credential", "apikey", "bearer", "cookie",
-                      "signature")
+_SECRET_NAME_PARTS = ("token", "secret", "password", "passwd", "credential", "apikey", "bearer", "cookie", "signature")
 _SECRET_NAME_WORDS = ("pwd", "pass", "auth", "authorization", "session", "sig")
 
 
@@ -74,9 +80,11 @@ def is_secret_name(name: str) -> bool:
     """True for a variable or header name that holds a credential in a command line: ``AWS_SECRET_ACCESS_KEY``,
     ``AWS_ACCESS_KEY_ID``, ``X-Api-Key``, ``gs_oauth2_refresh_token``, ``PGPASSWORD``; not ``key`` or ``monkey``."""
     words = [w for w in re.split(r"[_.:\-\s]+", _split_camel(name).lower()) if w]
-    return (any(part in word for word in words for part in _SECRET_NAME_PARTS)
-            or any(word in _SECRET_NAME_WORDS for word in words)
-            or any(word == "key" for word in words[1:]))  # api_key, access_key_id; a bare "key" is a sample's
+    return (
+        any(part in word for word in words for part in _SECRET_NAME_PARTS)
+        or any(word in _SECRET_NAME_WORDS for word in words)
+        or any(word == "key" for word in words[1:])
+    )  # api_key, access_key_id; a bare "key" is a sample's
 
 
 def _masked(word: str) -> str:
@@ -88,7 +96,7 @@ def _mask_header(match: re.Match) -> str:
     """``-H "Name: value"`` with the value masked when the name says credential (Accept: stays)."""
     flag, sep, word = match.groups()
     quote = word[0] if word[:1] in ("'", '"') else ""
-    name, colon, value = word[len(quote):len(word) - len(quote)].partition(":")
+    name, colon, value = word[len(quote) : len(word) - len(quote)].partition(":")
     if not colon or not is_secret_name(name.strip()):
         return match.group(0)
     space = " " if value.startswith(" ") else ""

@@ -24,8 +24,8 @@ if __package__ in (None, ""):  # run as a script: import `toolkit` from the repo
 from safetensors import SafetensorError
 
 from toolkit.cli import ArgumentParser, run_cli
-from toolkit.errors import DataError, on_every_rank
 from toolkit.config import load_config, split_config_args, to_yaml, validate_config
+from toolkit.errors import DataError, on_every_rank
 from toolkit.training.loop import train
 from toolkit.training.state import TrainingError
 
@@ -68,12 +68,15 @@ def parse_args(argv: Optional[Sequence[str]]) -> tuple[argparse.Namespace, list[
     parser = ArgumentParser(
         prog="python -m toolkit.train",
         description="Train a ResNet on webdataset shards with Hugging Face Accelerate. "
-                    "Override any config key with section.key=value after the flags.",
+        "Override any config key with section.key=value after the flags.",
         epilog="example: accelerate launch toolkit/train.py --config configs/smoke.yaml train.epochs=3 optimizer.lr=3e-4",
     )
     parser.add_argument("--config", help="YAML config file, e.g. configs/smoke.yaml (required to train)")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the resolved config and exit (without --config: the defaults and the overrides)")
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config and exit (without --config: the defaults and the overrides)",
+    )
     flags, overrides = split_config_args(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(flags)
     if args.config is None and not args.print_config:
@@ -90,14 +93,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         result = train(cfg)
     except TrainingError as err:
-        raise on_every_rank(DataError(str(err))) if getattr(err, "on_every_rank", False) else DataError(str(err)) \
-            from None
+        raise (
+            on_every_rank(DataError(str(err))) if getattr(err, "on_every_rank", False) else DataError(str(err))
+        ) from None
     except Exception as err:  # disk full mid-run: files are written atomically, so nothing finished is damaged
         full = disk_full(err, Path(cfg.output.dir) / str(cfg.output.run_name))
         if full is None:
             raise
-        raise DataError(f"{full}; the last good checkpoint is kept. Free some space, then run the same command with "
-                        f"train.resume=auto output.run_name={cfg.output.run_name}") from None
+        raise DataError(
+            f"{full}; the last good checkpoint is kept. Free some space, then run the same command with "
+            f"train.resume=auto output.run_name={cfg.output.run_name}"
+        ) from None
     if result.get("stopped") and result.get("signal"):  # checkpointed, not finished: 128 + signal, as a shell does
         return 128 + int(result["signal"])
     return 0

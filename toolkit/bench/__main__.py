@@ -20,10 +20,10 @@ from toolkit.errors import UsageError
 from toolkit.fileio import atomic_write_json
 
 SUBCOMMANDS: dict[str, str] = {
-    "model": "toolkit.bench.model",    # train-step img/s of our ResNet vs timm's
-    "data": "toolkit.bench.data",      # decode + augment img/s of the input pipeline
+    "model": "toolkit.bench.model",  # train-step img/s of our ResNet vs timm's
+    "data": "toolkit.bench.data",  # decode + augment img/s of the input pipeline
     "shards": "toolkit.bench.shards",  # reading webdataset shards
-    "e2e": "toolkit.bench.e2e",        # data pipeline feeding the model
+    "e2e": "toolkit.bench.e2e",  # data pipeline feeding the model
 }
 
 
@@ -33,10 +33,12 @@ def load_subcommand(name: str) -> ModuleType:
         module = importlib.import_module(module_path)
     except ModuleNotFoundError as err:
         if err.name is not None and (module_path == err.name or module_path.startswith(err.name + ".")):
-            raise UsageError(f"bench subcommand {name!r} is registered but its module {module_path} "
-                             "does not exist in this checkout") from None
-        raise UsageError(f"bench subcommand {name!r} cannot be imported: {err}; "
-                         "install the missing package (pip install -e .)") from None
+            raise UsageError(
+                f"bench subcommand {name!r} is registered but its module {module_path} does not exist in this checkout"
+            ) from None
+        raise UsageError(
+            f"bench subcommand {name!r} cannot be imported: {err}; install the missing package (pip install -e .)"
+        ) from None
     missing = [attr for attr in ("add_arguments", "run") if not hasattr(module, attr)]
     if missing:
         raise UsageError(f"module {module_path} lacks {' and '.join(missing)}; a bench subcommand needs both")
@@ -56,12 +58,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         listing = "\n".join(f"  {name:<8} {summary(name)}" for name in SUBCOMMANDS)
-        parser = ArgumentParser(prog="python -m toolkit.bench", formatter_class=argparse.RawDescriptionHelpFormatter,
-                                         description="Run one benchmark and print its result as JSON.",
-                                         epilog=f"subcommands:\n{listing}\n\n"
-                                                "`python -m toolkit.bench <subcommand> --help` lists its options.\n"
-                                                "example: python -m toolkit.bench model --arch resnet101 --device cuda "
-                                                "--dtype bf16 --channels-last")
+        parser = ArgumentParser(
+            prog="python -m toolkit.bench",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            description="Run one benchmark and print its result as JSON.",
+            epilog=f"subcommands:\n{listing}\n\n"
+            "`python -m toolkit.bench <subcommand> --help` lists its options.\n"
+            "example: python -m toolkit.bench model --arch resnet101 --device cuda "
+            "--dtype bf16 --channels-last",
+        )
         parser.add_argument("subcommand", choices=list(SUBCOMMANDS))
         parser.add_argument("options", nargs=argparse.REMAINDER, help="options of the subcommand")
         if not argv:
@@ -72,8 +77,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if name not in SUBCOMMANDS:
         raise UsageError(f"unknown bench subcommand {name!r}; choose one of: {', '.join(SUBCOMMANDS)}")
     module = load_subcommand(name)
-    parser = ArgumentParser(prog=f"python -m toolkit.bench {name}",
-                                     description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(
+        prog=f"python -m toolkit.bench {name}",
+        description=module.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     module.add_arguments(parser)
     parser.add_argument("--output", default=None, help="also write the JSON result to this file")
     args = parser.parse_args(rest)

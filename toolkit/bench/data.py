@@ -32,35 +32,56 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from toolkit import data
-from toolkit.errors import UsageError
 from toolkit.config import DataConfig
-from toolkit.data.oxford import read_source
 from toolkit.data.device_augment import batch_to_device
+from toolkit.data.oxford import read_source
 from toolkit.data.shards import pack_dataset
+from toolkit.errors import UsageError
 
 # ../shared/data/oxford-pets-mini beside the repository root (942 real images)
 DEFAULT_SOURCE = Path(__file__).resolve().parents[3] / "shared/data/oxford-pets-mini"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--shards", default=None,
-                        help="packed shards of --source (default: pack it now into a temporary folder with "
-                             "make_shards' defaults)")
-    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE,
-                        help="the Oxford-layout folder of original JPEGs (default: %(default)s)")
+    parser.add_argument(
+        "--shards",
+        default=None,
+        help="packed shards of --source (default: pack it now into a temporary folder with make_shards' defaults)",
+    )
+    parser.add_argument(
+        "--source",
+        type=Path,
+        default=DEFAULT_SOURCE,
+        help="the Oxford-layout folder of original JPEGs (default: %(default)s)",
+    )
     parser.add_argument("--image-size", type=int, default=224, help="training crop size (default: %(default)s)")
-    parser.add_argument("--resize-size", type=int, default=None,
-                        help="decode hint / eval resize (default: image size x 255/224, i.e. 255 for 224)")
+    parser.add_argument(
+        "--resize-size",
+        type=int,
+        default=None,
+        help="decode hint / eval resize (default: image size x 255/224, i.e. 255 for 224)",
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="default: %(default)s")
-    parser.add_argument("--workers", default="0,1,2", help="comma-separated loader worker counts (default: %(default)s)")
+    parser.add_argument(
+        "--workers", default="0,1,2", help="comma-separated loader worker counts (default: %(default)s)"
+    )
     parser.add_argument("--num-batches", type=int, default=20, help="timed batches per run (default: %(default)s)")
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each side per worker count (default: %(default)s)")
-    parser.add_argument("--jitter-on", choices=("device", "workers"), default="device",
-                        help="the shard loader's colour jitter: batched on the device (here the CPU main process) "
-                             "or torchvision's ColorJitter in the workers, as the baseline does (default: %(default)s)")
-    parser.add_argument("--no-color-jitter", action="store_true",
-                        help="leave ColorJitter out of the augmentation on both sides; its hue shift alone costs "
-                             "~2 ms per 224 px image on one core of this CPU, more than decoding a pre-resized JPEG")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="runs of each side per worker count (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--jitter-on",
+        choices=("device", "workers"),
+        default="device",
+        help="the shard loader's colour jitter: batched on the device (here the CPU main process) "
+        "or torchvision's ColorJitter in the workers, as the baseline does (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--no-color-jitter",
+        action="store_true",
+        help="leave ColorJitter out of the augmentation on both sides; its hue shift alone costs "
+        "~2 ms per 224 px image on one core of this CPU, more than decoding a pre-resized JPEG",
+    )
 
 
 class OriginalFiles(Dataset):
@@ -164,8 +185,10 @@ def run(args: argparse.Namespace) -> dict:
     if min(args.image_size, args.batch_size, args.num_batches, args.repeats) < 1:
         raise UsageError("--image-size, --batch-size, --num-batches and --repeats must be >= 1")
     if not (Path(args.source) / "annotations").is_dir():
-        raise UsageError(f"--source {args.source} is not an Oxford-layout folder; point it at one "
-                         "(e.g. ../shared/data/oxford-pets-mini)")
+        raise UsageError(
+            f"--source {args.source} is not an Oxford-layout folder; point it at one "
+            "(e.g. ../shared/data/oxford-pets-mini)"
+        )
     source = read_source(Path(args.source))
     entries = [e for e in source.trainval if _opens((source.images / e.filename))]
     unreadable = len(source.trainval) - len(entries)  # an ImageFolder-style loader would crash on these
@@ -179,8 +202,15 @@ def run(args: argparse.Namespace) -> dict:
         torch.set_num_threads(threads)
 
 
-def _compare_loaders(args: argparse.Namespace, base: DataConfig, info: dict, files: Dataset, count: int,
-                     mean: list[float], std: list[float]) -> dict:
+def _compare_loaders(
+    args: argparse.Namespace,
+    base: DataConfig,
+    info: dict,
+    files: Dataset,
+    count: int,
+    mean: list[float],
+    std: list[float],
+) -> dict:
     """Shards vs file-per-image with ``count`` workers, alternated A B B A so drifts in load hit both alike."""
     cfg = dataclasses.replace(base, num_workers=count)
     warmup = max(1, count)
@@ -202,27 +232,33 @@ def _compare_loaders(args: argparse.Namespace, base: DataConfig, info: dict, fil
     # ratios of the figures as reported (rounded first), so the report checks out by hand
     best_shards, best_files = (round(max(r[0] for r in rates), 1) for rates in (shard_rates, file_rates))
     per_cpu_shards, per_cpu_files = (round(max(r[1] for r in rates), 1) for rates in (shard_rates, file_rates))
-    return {"workers": count,
-            "shards_img_s": best_shards, "files_img_s": best_files,
-            "ratio": round(best_shards / best_files, 2),
-            "shards_img_per_cpu_s": per_cpu_shards, "files_img_per_cpu_s": per_cpu_files,
-            "ratio_per_core": round(per_cpu_shards / per_cpu_files, 2),
-            "all_shards": [[round(a, 1), round(b, 1)] for a, b in shard_rates],
-            "all_files": [[round(a, 1), round(b, 1)] for a, b in file_rates]}
+    return {
+        "workers": count,
+        "shards_img_s": best_shards,
+        "files_img_s": best_files,
+        "ratio": round(best_shards / best_files, 2),
+        "shards_img_per_cpu_s": per_cpu_shards,
+        "files_img_per_cpu_s": per_cpu_files,
+        "ratio_per_core": round(per_cpu_shards / per_cpu_files, 2),
+        "all_shards": [[round(a, 1), round(b, 1)] for a, b in shard_rates],
+        "all_files": [[round(a, 1), round(b, 1)] for a, b in file_rates],
+    }
 
 
 def _decode_rates(paths: list[Path], shards: str, info: dict, resize: int) -> dict:
     """Decoding alone on one core: originals vs stored shard JPEGs, full size vs libjpeg's draft mode."""
     originals = [p.read_bytes() for p in paths[:64]]
     stored = [s["jpg"] for s in itertools.islice(data.raw_samples(shards, "train", info), 64) if "jpg" in s]
-    return {"originals_full_img_s": round(_decode_rate(originals, 0), 1),
-            "originals_draft_img_s": round(_decode_rate(originals, resize), 1),
-            "shards_full_img_s": round(_decode_rate(stored, 0), 1),
-            "shards_draft_img_s": round(_decode_rate(stored, resize), 1),
-            "draft_hint_px": resize,
-            "originals_mean_kb": round(sum(map(len, originals)) / len(originals) / 1024, 1),
-            "shards_mean_kb": round(sum(map(len, stored)) / len(stored) / 1024, 1),
-            "shards_first_stored_size": list(data.decode_jpeg(stored[0]).size)}
+    return {
+        "originals_full_img_s": round(_decode_rate(originals, 0), 1),
+        "originals_draft_img_s": round(_decode_rate(originals, resize), 1),
+        "shards_full_img_s": round(_decode_rate(stored, 0), 1),
+        "shards_draft_img_s": round(_decode_rate(stored, resize), 1),
+        "draft_hint_px": resize,
+        "originals_mean_kb": round(sum(map(len, originals)) / len(originals) / 1024, 1),
+        "shards_mean_kb": round(sum(map(len, stored)) / len(stored) / 1024, 1),
+        "shards_first_stored_size": list(data.decode_jpeg(stored[0]).size),
+    }
 
 
 def _measure(args: argparse.Namespace, workers: list[int], paths: list[Path], labels: list[int]) -> dict:
@@ -237,8 +273,14 @@ def _measure(args: argparse.Namespace, workers: list[int], paths: list[Path], la
             pack_seconds = round(time.perf_counter() - start, 1)
         info = data.load_info(shards)
         data.check_shards_exist(shards, info, ["train"])
-        base = DataConfig(shards=shards, image_size=args.image_size, resize_size=resize, pin_memory=False,
-                          persistent_workers=True, jitter_on=args.jitter_on)
+        base = DataConfig(
+            shards=shards,
+            image_size=args.image_size,
+            resize_size=resize,
+            pin_memory=False,
+            persistent_workers=True,
+            jitter_on=args.jitter_on,
+        )
         if args.no_color_jitter:
             base.color_jitter = None
         mean, std = data.resolve_normalization(base, info)
@@ -268,4 +310,3 @@ def _measure(args: argparse.Namespace, workers: list[int], paths: list[Path], la
         "runs": runs,
         "decode_one_core": decode,
     }
-

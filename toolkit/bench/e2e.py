@@ -15,16 +15,24 @@ from typing import Iterator
 
 import torch
 
-from toolkit.bench.model import (AUTOCAST_DTYPES, BenchStep, bench_accelerator, check_dtype, check_input_size, device_name,
-                                 synchronize, synthetic_batch)
+from toolkit.bench.model import (
+    AUTOCAST_DTYPES,
+    BenchStep,
+    bench_accelerator,
+    check_dtype,
+    check_input_size,
+    device_name,
+    synchronize,
+    synthetic_batch,
+)
 from toolkit.cli import progress
-from toolkit.device import resolve_device
-from toolkit.errors import UsageError, usage_errors
 from toolkit.config import load_config
 from toolkit.data import load_info, make_train_loader, resolve_normalization
 from toolkit.data.device_augment import batch_to_device
-from toolkit.models import MODEL_ARCHS, create_model
+from toolkit.device import resolve_device
+from toolkit.errors import UsageError, usage_errors
 from toolkit.formats import class_names
+from toolkit.models import MODEL_ARCHS, create_model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,11 +48,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="default: 256 on CUDA, 8 on CPU")
     parser.add_argument("--image-size", type=int, default=224, help="default: %(default)s")
     parser.add_argument("--workers", type=int, default=None, help="loader workers (default: all cores)")
-    parser.add_argument("--decode", default="cpu", choices=("cpu", "gpu"),
-                        help="cpu: workers decode + augment; gpu: workers ship JPEG bytes, nvJPEG decodes (default: %(default)s)")
+    parser.add_argument(
+        "--decode",
+        default="cpu",
+        choices=("cpu", "gpu"),
+        help="cpu: workers decode + augment; gpu: workers ship JPEG bytes, nvJPEG decodes (default: %(default)s)",
+    )
     parser.add_argument("--steps", type=int, default=None, help="timed steps per input (default: 30 on CUDA, 4 on CPU)")
-    parser.add_argument("--profile", default=None, metavar="FILE",
-                        help="also profile 10 real-input steps with torch.profiler and write the top ops table to FILE")
+    parser.add_argument(
+        "--profile",
+        default=None,
+        metavar="FILE",
+        help="also profile 10 real-input steps with torch.profiler and write the top ops table to FILE",
+    )
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 5 on CUDA, 1 on CPU)")
 
 
@@ -62,9 +78,17 @@ def run(args: argparse.Namespace) -> dict:
     if cuda:
         torch.backends.cudnn.benchmark = True
 
-    cfg = load_config(None, [f"data.shards={args.shards}", f"data.image_size={args.image_size}",
-                             f"data.resize_size={max(args.image_size, round(args.image_size * 255 / 224))}",
-                             f"data.num_workers={workers}", "data.persistent_workers=true", f"data.decode={args.decode}"]).data
+    cfg = load_config(
+        None,
+        [
+            f"data.shards={args.shards}",
+            f"data.image_size={args.image_size}",
+            f"data.resize_size={max(args.image_size, round(args.image_size * 255 / 224))}",
+            f"data.num_workers={workers}",
+            "data.persistent_workers=true",
+            f"data.decode={args.decode}",
+        ],
+    ).data
     info = load_info(args.shards)
     mean, std = resolve_normalization(cfg, info)
     loader = make_train_loader(cfg, info, batch_size=batch_size, rank=0, world_size=1, seed=0)
@@ -72,11 +96,18 @@ def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     num_classes = len(class_names(info))
     with usage_errors("--blocks-per-stage/--base-width"):
-        model = create_model(args.arch, num_classes=num_classes, blocks_per_stage=args.blocks_per_stage,
-                             base_width=args.base_width)
+        model = create_model(
+            args.arch, num_classes=num_classes, blocks_per_stage=args.blocks_per_stage, base_width=args.base_width
+        )
     images, labels = synthetic_batch(batch_size, args.image_size, num_classes, device)
-    step = BenchStep(bench_accelerator(args.dtype, device), model, images, labels, channels_last=args.channels_last,
-                     compile=args.compile)
+    step = BenchStep(
+        bench_accelerator(args.dtype, device),
+        model,
+        images,
+        labels,
+        channels_last=args.channels_last,
+        compile=args.compile,
+    )
     synthetic_s = time_synthetic(step, device, warmup, steps)
     batches = endless(loader)
     real_s, wait, done = time_real(step, batches, cfg, mean, std, device, warmup, steps)
@@ -136,8 +167,9 @@ def endless(loader) -> Iterator[dict]:
         epoch += 1
 
 
-def time_real(step: BenchStep, batches: Iterator[dict], cfg, mean, std, device: torch.device, warmup: int,
-              steps: int) -> tuple[float, float, int]:
+def time_real(
+    step: BenchStep, batches: Iterator[dict], cfg, mean, std, device: torch.device, warmup: int, steps: int
+) -> tuple[float, float, int]:
     """(seconds, of which waiting for data, steps timed): decode and augment in the loader, the loop's copy."""
     wait, done, start = 0.0, 0, time.perf_counter()
     for index in progress(range(warmup + steps), desc="real shards", unit="step"):
@@ -155,8 +187,9 @@ def time_real(step: BenchStep, batches: Iterator[dict], cfg, mean, std, device: 
     return time.perf_counter() - start, wait, done
 
 
-def profile_steps(step: BenchStep, batches, cfg, mean, std, device: torch.device, memory_format, path: str,
-                  num_steps: int = 10) -> None:
+def profile_steps(
+    step: BenchStep, batches, cfg, mean, std, device: torch.device, memory_format, path: str, num_steps: int = 10
+) -> None:
     """Where a real-input step spends its time: loader wait, copies, kernels (torch.profiler table)."""
     from torch.profiler import ProfilerActivity, profile, record_function
 

@@ -18,9 +18,8 @@ from typing import Callable, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from accelerate import Accelerator
+from torch import nn
 
 from toolkit.cli import progress
 from toolkit.device import resolve_device
@@ -59,8 +58,10 @@ def check_input_size(batch_size: int, image_size: int) -> None:
         raise UsageError(f"batch size and image size must be positive, got {batch_size} and {image_size}")
     side = -(-image_size // 32)  # every one of the five stride-2 ops rounds up
     if batch_size * side * side < 2:
-        raise UsageError(f"batch {batch_size} at {image_size} px leaves one value per channel at layer4, "
-                         "which BatchNorm cannot train on; use --batch-size 2 or more, or --image-size 33 or more")
+        raise UsageError(
+            f"batch {batch_size} at {image_size} px leaves one value per channel at layer4, "
+            "which BatchNorm cannot train on; use --batch-size 2 or more, or --image-size 33 or more"
+        )
 
 
 def check_dtype(dtype: str, device: torch.device) -> None:
@@ -89,8 +90,16 @@ class BenchStep:
     Callable with no arguments so that several models can be timed by the same loop.
     """
 
-    def __init__(self, accelerator: Accelerator, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
-                 channels_last: bool = False, compile: bool = False) -> None:
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        model: nn.Module,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         model = model.to(images.device, memory_format=self.memory_format).train()
         optimizer = torch.optim.SGD(model.parameters(), lr=SGD_LR, momentum=SGD_MOMENTUM)
@@ -103,16 +112,24 @@ class BenchStep:
         self.step(self.images, self.labels)
 
 
-def synthetic_batch(batch_size: int, image_size: int, num_classes: int, device: torch.device,
-                    in_chans: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def synthetic_batch(
+    batch_size: int, image_size: int, num_classes: int, device: torch.device, in_chans: int = 3, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     images = torch.randn(batch_size, in_chans, image_size, image_size, generator=generator)
     labels = torch.randint(0, num_classes, (batch_size,), generator=generator)
     return images.to(device), labels.to(device)
 
 
-def time_interleaved(steps: Mapping[str, Callable[[], None]], *, images_per_step: int, iters: int,
-                     warmup: int, device: torch.device, desc: str = "timing") -> dict[str, dict]:
+def time_interleaved(
+    steps: Mapping[str, Callable[[], None]],
+    *,
+    images_per_step: int,
+    iters: int,
+    warmup: int,
+    device: torch.device,
+    desc: str = "timing",
+) -> dict[str, dict]:
     """Time each step function ``iters`` times after ``warmup`` untimed calls, alternating the order.
 
     Round i runs the steps in order, round i+1 in reverse, so neither side always goes first.
@@ -150,19 +167,32 @@ def time_interleaved(steps: Mapping[str, Callable[[], None]], *, images_per_step
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arch", default="resnet101", choices=MODEL_ARCHS, help="model to compare (default: %(default)s)")
+    parser.add_argument(
+        "--arch", default="resnet101", choices=MODEL_ARCHS, help="model to compare (default: %(default)s)"
+    )
     parser.add_argument("--num-classes", type=int, default=1000, help="classifier width (default: %(default)s)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: %(default)s")
-    parser.add_argument("--dtype", default="fp32", choices=tuple(AUTOCAST_DTYPES),
-                        help="fp32, or autocast to bf16/fp16 (fp16 is very slow on CPU) (default: %(default)s)")
+    parser.add_argument(
+        "--dtype",
+        default="fp32",
+        choices=tuple(AUTOCAST_DTYPES),
+        help="fp32, or autocast to bf16/fp16 (fp16 is very slow on CPU) (default: %(default)s)",
+    )
     parser.add_argument("--channels-last", action="store_true", help="NHWC memory format for model and input")
-    parser.add_argument("--compile", action="store_true", help="torch.compile both models (warmup absorbs compile time)")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="images per step (default: 256 on CUDA, 8 on CPU)")
-    parser.add_argument("--image-size", type=int, default=224, help="square input side in pixels (default: %(default)s)")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile both models (warmup absorbs compile time)"
+    )
+    parser.add_argument("--batch-size", type=int, default=None, help="images per step (default: 256 on CUDA, 8 on CPU)")
+    parser.add_argument(
+        "--image-size", type=int, default=224, help="square input side in pixels (default: %(default)s)"
+    )
     parser.add_argument("--steps", type=int, default=None, help="timed steps per model (default: 20 on CUDA, 5 on CPU)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed steps per model first (default: 5 on CUDA, 2 on CPU)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for weights and the synthetic batch (default: %(default)s)")
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="untimed steps per model first (default: 5 on CUDA, 2 on CPU)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed for weights and the synthetic batch (default: %(default)s)"
+    )
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -190,9 +220,15 @@ def run(args: argparse.Namespace) -> dict:
     accelerator = bench_accelerator(args.dtype, device)
     step_options = {"channels_last": args.channels_last, "compile": args.compile}
     results = time_interleaved(
-        {"ours": BenchStep(accelerator, ours, images, labels, **step_options),
-         "timm": BenchStep(accelerator, reference, images, labels, **step_options)},
-        images_per_step=batch_size, iters=steps, warmup=warmup, device=device, desc=f"bench model {args.arch}",
+        {
+            "ours": BenchStep(accelerator, ours, images, labels, **step_options),
+            "timm": BenchStep(accelerator, reference, images, labels, **step_options),
+        },
+        images_per_step=batch_size,
+        iters=steps,
+        warmup=warmup,
+        device=device,
+        desc=f"bench model {args.arch}",
     )
     return {
         "benchmark": "model",
@@ -204,8 +240,9 @@ def run(args: argparse.Namespace) -> dict:
         "timm_img_per_s_mean": results["timm"]["img_per_s_mean"],
         "ours_step_ms_median": results["ours"]["step_ms_median"],
         "timm_step_ms_median": results["timm"]["step_ms_median"],
-        "peak_gpu_mem_gib": ({name: r["peak_gpu_mem_gib"] for name, r in results.items()}
-                             if device.type == "cuda" else None),
+        "peak_gpu_mem_gib": (
+            {name: r["peak_gpu_mem_gib"] for name, r in results.items()} if device.type == "cuda" else None
+        ),
         "num_params": count_parameters(ours),
         "num_classes": args.num_classes,
         "batch_size": batch_size,

@@ -12,36 +12,54 @@ import tempfile
 import time
 from pathlib import Path
 
-from toolkit.errors import UsageError
-from toolkit.formats import read_manifest
 from toolkit.data.shards import DEFAULTS, pack_dataset
 from toolkit.data.verify import verify_shards
+from toolkit.errors import UsageError
+from toolkit.formats import read_manifest
 
 # ../shared/data/oxford-pets-mini beside the repository root (942 real images)
 DEFAULT_SOURCE = Path(__file__).resolve().parents[3] / "shared/data/oxford-pets-mini"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE,
-                        help="Oxford-layout folder to pack (default: the shared mini data, %(default)s)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="the parallel run's worker count (default: all %(default)s cores); 1 is always run too")
+    parser.add_argument(
+        "--source",
+        type=Path,
+        default=DEFAULT_SOURCE,
+        help="Oxford-layout folder to pack (default: the shared mini data, %(default)s)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="the parallel run's worker count (default: all %(default)s cores); 1 is always run too",
+    )
     parser.add_argument("--repeats", type=int, default=2, help="runs per worker count, best reported (default: 2)")
-    parser.add_argument("--resize-shorter", type=int, default=DEFAULTS["resize_shorter"],
-                        help="as make_shards --resize-shorter (default: %(default)s, make_shards' default)")
+    parser.add_argument(
+        "--resize-shorter",
+        type=int,
+        default=DEFAULTS["resize_shorter"],
+        help="as make_shards --resize-shorter (default: %(default)s, make_shards' default)",
+    )
     parser.add_argument("--quality", type=int, default=DEFAULTS["quality"], help="JPEG quality (default: %(default)s)")
 
 
 def pack_once(args: argparse.Namespace, out: Path, workers: int) -> dict:
     start, cpu_start = time.perf_counter(), time.process_time()
-    info = pack_dataset(args.source, out, resize_shorter=args.resize_shorter, quality=args.quality,
-                        workers=workers, show_progress=False)
+    info = pack_dataset(
+        args.source, out, resize_shorter=args.resize_shorter, quality=args.quality, workers=workers, show_progress=False
+    )
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     images = sum(s["num_samples"] for s in info["splits"].values()) + len(info["skipped"])
     shards = [shard for split in info["splits"].values() for shard in split["shards"]]
-    result = {"workers": workers, "images": images, "seconds": round(seconds, 3),
-              "images_per_s": round(images / seconds, 1), "output_mb": round(sum(s["bytes"] for s in shards) / 1e6, 2),
-              "load_average_1min": round(os.getloadavg()[0], 2)}
+    result = {
+        "workers": workers,
+        "images": images,
+        "seconds": round(seconds, 3),
+        "images_per_s": round(images / seconds, 1),
+        "output_mb": round(sum(s["bytes"] for s in shards) / 1e6, 2),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+    }
     if workers == 1:  # all work in this process: CPU time per image, which other processes barely move
         result["cpu_ms_per_image"] = round(1000 * cpu_seconds / images, 2)
     return result
@@ -49,8 +67,10 @@ def pack_once(args: argparse.Namespace, out: Path, workers: int) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     if not (Path(args.source) / "annotations").is_dir():
-        raise UsageError(f"--source {args.source} is not an Oxford-layout folder; point it at one "
-                         f"(e.g. ../shared/data/oxford-pets-mini)")
+        raise UsageError(
+            f"--source {args.source} is not an Oxford-layout folder; point it at one "
+            f"(e.g. ../shared/data/oxford-pets-mini)"
+        )
     if args.workers < 1 or args.repeats < 1:
         raise UsageError("--workers and --repeats must be at least 1")
     counts = sorted({1, args.workers})
@@ -79,4 +99,3 @@ def run(args: argparse.Namespace) -> dict:
         "verify_problems": len(problems),
         "runs": runs,
     }
-

@@ -9,13 +9,32 @@ The names below are the stage's public API.
 """
 
 from toolkit.data.loader import EvalLoader, TrainLoader, make_eval_loader, make_train_loader
-from toolkit.data.locations import (check_shards_exist, check_split_has_samples, load_info, resolve_normalization,
-                                    split_urls)
+from toolkit.data.locations import (
+    check_shards_exist,
+    check_split_has_samples,
+    load_info,
+    resolve_normalization,
+    split_urls,
+)
 from toolkit.data.samples import raw_samples, read_samples, synthetic_batches
 from toolkit.data.transforms import build_eval_transform, build_train_transform, decode_jpeg
 from toolkit.formats import split_size
 
-__all__ = ["TrainLoader", "EvalLoader", "make_eval_loader", "make_train_loader", "check_shards_exist",
-           "check_split_has_samples", "load_info",
-           "resolve_normalization", "split_urls", "raw_samples", "read_samples", "synthetic_batches",
-           "build_eval_transform", "build_train_transform", "decode_jpeg", "split_size"]
+__all__ = [
+    "TrainLoader",
+    "EvalLoader",
+    "make_eval_loader",
+    "make_train_loader",
+    "check_shards_exist",
+    "check_split_has_samples",
+    "load_info",
+    "resolve_normalization",
+    "split_urls",
+    "raw_samples",
+    "read_samples",
+    "synthetic_batches",
+    "build_eval_transform",
+    "build_train_transform",
+    "decode_jpeg",
+    "split_size",
+]

@@ -33,8 +33,9 @@ def card_header(info: dict) -> dict:
         "pretty_name": f"{info['dataset']} ({info.get('label_field', 'label')})",
         "task_categories": ["image-classification"],
         "tags": ["webdataset", "pets-toolkit"] + (["synthetic"] if info.get("synthetic") else []),
-        "configs": [{"config_name": "default",
-                     "data_files": [{"split": split, "path": f"{split}-*.tar"} for split in splits]}],
+        "configs": [
+            {"config_name": "default", "data_files": [{"split": split, "path": f"{split}-*.tar"} for split in splits]}
+        ],
         "dataset_info": {
             "features": [
                 {"name": "__key__", "dtype": "string"},
@@ -49,15 +50,19 @@ def card_header(info: dict) -> dict:
 def card_text(info: dict) -> str:
     header = yaml.safe_dump(card_header(info), sort_keys=False, allow_unicode=True)
     classes = info["classes"]
-    counts = ", ".join(f"{split} {info['splits'][split]['num_samples']}" for split in HF_SPLITS
-                       if split in info["splits"])
+    counts = ", ".join(
+        f"{split} {info['splits'][split]['num_samples']}" for split in HF_SPLITS if split in info["splits"]
+    )
     shown = ", ".join(map(str, classes[:10])) + (f", ... ({len(classes)} in all)" if len(classes) > 10 else "")
-    synthetic = ("\n**Synthetic data**: generated stand-in images, not photographs; for tests and demos only.\n"
-                 if info.get("synthetic") else "")
+    synthetic = (
+        "\n**Synthetic data**: generated stand-in images, not photographs; for tests and demos only.\n"
+        if info.get("synthetic")
+        else ""
+    )
     return f"""---
 {header}---
 
-# {info['dataset']}: {len(classes)} classes by {info.get('label_field', 'label')}
+# {info["dataset"]}: {len(classes)} classes by {info.get("label_field", "label")}
 
 Webdataset shards written by `python -m toolkit.make_shards` (pets-toolkit). Images per split: {counts}.
 Classes, in label order: {shown}.

@@ -40,8 +40,12 @@ def decode_batch(jpegs: Sequence[torch.Tensor], device: torch.device) -> list[to
     return [decode_jpeg(d, mode=ImageReadMode.RGB) for d in data]
 
 
-def random_resized_boxes(sizes: Sequence[tuple[int, int]], scale: Sequence[float], generator: torch.Generator,
-                         ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+def random_resized_boxes(
+    sizes: Sequence[tuple[int, int]],
+    scale: Sequence[float],
+    generator: torch.Generator,
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
     """torchvision's RandomResizedCrop.get_params for a batch: boxes [N, 4] as (x1, y1, x2, y2)."""
     boxes = []
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
@@ -89,8 +93,9 @@ def crop_resize(images: list[torch.Tensor], boxes: torch.Tensor, image_size: int
     for indices in by_shape.values():  # roi_align needs one input tensor: stack images of equal size
         stacked = torch.stack([images[i] for i in indices]).float()
         rois = torch.cat([torch.arange(len(indices), dtype=torch.float32).unsqueeze(1), boxes[indices]], dim=1)
-        out[indices] = roi_align(stacked, rois.to(device), output_size=image_size, spatial_scale=1.0,
-                                 sampling_ratio=2, aligned=True)
+        out[indices] = roi_align(
+            stacked, rois.to(device), output_size=image_size, spatial_scale=1.0, sampling_ratio=2, aligned=True
+        )
     return out / 255.0
 
 
@@ -140,8 +145,13 @@ def color_jitter(images: torch.Tensor, strengths: Sequence[float], generator: to
     return images
 
 
-def random_erase(images: torch.Tensor, probability: float, generator: torch.Generator,
-                 scale: tuple[float, float] = (0.02, 0.33), ratio: tuple[float, float] = (0.3, 3.3)) -> torch.Tensor:
+def random_erase(
+    images: torch.Tensor,
+    probability: float,
+    generator: torch.Generator,
+    scale: tuple[float, float] = (0.02, 0.33),
+    ratio: tuple[float, float] = (0.3, 3.3),
+) -> torch.Tensor:
     """torchvision's RandomErasing(value="random") for a normalized batch: with ``probability``, one box
     per image (area ``scale`` of the image, aspect ``ratio``) becomes standard normal noise."""
     n, _, height, width = images.shape
@@ -155,7 +165,9 @@ def random_erase(images: torch.Tensor, probability: float, generator: torch.Gene
     # the per-image numbers are drawn on the CPU (reproducible anywhere); masks and noise are made where
     # the images are, so a GPU batch costs no host-side tensor of its size
     device = images.device
-    top, bottom, left, right, erase = (t.to(device).view(n, 1, 1) for t in (top, top + box_h, left, left + box_w, erase))
+    top, bottom, left, right, erase = (
+        t.to(device).view(n, 1, 1) for t in (top, top + box_h, left, left + box_w, erase)
+    )
     rows = torch.arange(height, device=device).view(1, height, 1)
     cols = torch.arange(width, device=device).view(1, 1, width)
     inside = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right) & erase
@@ -170,8 +182,9 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     return (images - mean_t) / std_t
 
 
-def finish_batch(images: torch.Tensor, cfg, mean: Sequence[float], std: Sequence[float], *, generator: torch.Generator,
-                 jitter: bool) -> torch.Tensor:
+def finish_batch(
+    images: torch.Tensor, cfg, mean: Sequence[float], std: Sequence[float], *, generator: torch.Generator, jitter: bool
+) -> torch.Tensor:
     """Float [0, 1] training crops -> model input: colour jitter (when ``jitter``), normalize, random erasing."""
     if jitter and cfg.color_jitter:
         images = color_jitter(images, cfg.color_jitter, generator)
@@ -181,8 +194,16 @@ def finish_batch(images: torch.Tensor, cfg, mean: Sequence[float], std: Sequence
     return images
 
 
-def gpu_transform(jpegs: Sequence[torch.Tensor], cfg, mean: Sequence[float], std: Sequence[float], *, train: bool,
-                  device: torch.device, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def gpu_transform(
+    jpegs: Sequence[torch.Tensor],
+    cfg,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    train: bool,
+    device: torch.device,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
     """Decode and augment a batch of JPEG bytes on ``device``: float [N, 3, S, S], normalized."""
     images = decode_batch(jpegs, device)
     sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
@@ -200,14 +221,21 @@ def gpu_transform(jpegs: Sequence[torch.Tensor], cfg, mean: Sequence[float], std
     return finish_batch(batch, cfg, mean, std, generator=generator, jitter=True)
 
 
-def batch_to_device(batch: dict, data_cfg, mean: Sequence[float], std: Sequence[float], device: torch.device, *,
-                    memory_format: torch.memory_format = torch.contiguous_format, seed: int = 0) -> torch.Tensor:
+def batch_to_device(
+    batch: dict,
+    data_cfg,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device,
+    *,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    seed: int = 0,
+) -> torch.Tensor:
     """The model input for a training loader batch, made on ``device`` from uint8 crops or JPEG bytes."""
     generator = torch.Generator().manual_seed(seed)
     if "jpeg" in batch:
         images = gpu_transform(batch["jpeg"], data_cfg, mean, std, train=True, device=device, generator=generator)
     else:
         images = batch["image"].to(device, non_blocking=True).float().div_(255)
-        images = finish_batch(images, data_cfg, mean, std, generator=generator,
-                              jitter=data_cfg.jitter_on == "device")
+        images = finish_batch(images, data_cfg, mean, std, generator=generator, jitter=data_cfg.jitter_on == "device")
     return images.contiguous(memory_format=memory_format)

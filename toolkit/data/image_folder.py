@@ -29,13 +29,15 @@ import re
 from pathlib import Path
 from typing import Iterator, Optional
 
-from toolkit.errors import UsageError
 from toolkit.data.sources import Item, Listing
+from toolkit.errors import UsageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 SPLIT_FOLDERS = ("train", "val", "test")
-LAYOUT_HINT = ("lay it out as DIR/<class name>/<images>, or DIR/train/<class name>/<images> with optional "
-               "val/ and test/ beside train/")
+LAYOUT_HINT = (
+    "lay it out as DIR/<class name>/<images>, or DIR/train/<class name>/<images> with optional "
+    "val/ and test/ beside train/"
+)
 
 
 def read_listing(source: Path) -> Listing:
@@ -50,11 +52,16 @@ def read_listing(source: Path) -> Listing:
             raise UsageError(f"{root} has {'/'.join(fixed)}/ but no train/ folder; {LAYOUT_HINT}")
         others = sorted(set(folders) - set(SPLIT_FOLDERS))
         if others:
-            raise UsageError(f"{root} mixes split folders ({', '.join(fixed)}) with other folders (e.g. {others[0]}/); "
-                             f"{LAYOUT_HINT}")
+            raise UsageError(
+                f"{root} mixes split folders ({', '.join(fixed)}) with other folders (e.g. {others[0]}/); {LAYOUT_HINT}"
+            )
         trees = {split: root / split for split in fixed}
-        unlisted += [f"{split}/{p.name}" for split in fixed for p in sorted(trees[split].iterdir())
-                     if p.is_file() and not p.name.startswith(".")]
+        unlisted += [
+            f"{split}/{p.name}"
+            for split in fixed
+            for p in sorted(trees[split].iterdir())
+            if p.is_file() and not p.name.startswith(".")
+        ]
     else:
         trees = {"train": root}
 
@@ -62,20 +69,26 @@ def read_listing(source: Path) -> Listing:
     found = {split: scan.class_files(tree) for split, tree in trees.items()}
     for split in fixed[1:]:  # an empty val/ or test/ would pack a split of 0 images that fails after training
         if not found[split]:
-            raise UsageError(f"{trees[split]} holds no class folders, so the {split} split would be empty; add "
-                             f"{split}/<class name>/<images>, or remove {split}/ to hold out --{split}-fraction of "
-                             "train/ instead")
+            raise UsageError(
+                f"{trees[split]} holds no class folders, so the {split} split would be empty; add "
+                f"{split}/<class name>/<images>, or remove {split}/ to hold out --{split}-fraction of "
+                "train/ instead"
+            )
     classes = sorted(found["train"])
     if not classes:
         raise UsageError(f"no class folders in {trees['train']}; {LAYOUT_HINT}")
     if len(classes) < 2:
-        raise UsageError(f"{trees['train']} has one class folder ({classes[0]}); a classifier needs at least two "
-                         f"classes: add a folder per class")
+        raise UsageError(
+            f"{trees['train']} has one class folder ({classes[0]}); a classifier needs at least two "
+            f"classes: add a folder per class"
+        )
     for split, per_class in found.items():
         strays = sorted(set(per_class) - set(classes))
         if strays:
-            raise UsageError(f"{trees[split]} has class folder {strays[0]}/ that train/ lacks; every class needs "
-                             f"training images: add {trees['train'] / strays[0]}/ or remove it from {split}/")
+            raise UsageError(
+                f"{trees[split]} has class folder {strays[0]}/ that train/ lacks; every class needs "
+                f"training images: add {trees['train'] / strays[0]}/ or remove it from {split}/"
+            )
 
     index = {name: i for i, name in enumerate(classes)}
     keys = KeyMaker()
@@ -85,17 +98,34 @@ def read_listing(source: Path) -> Listing:
         for name, (images, others) in sorted(per_class.items()):
             if not images:
                 where = trees[split] / name
-                raise UsageError(f"class folder {where} holds no images ({', '.join(IMAGE_EXTENSIONS)}); add images "
-                                 f"or remove the folder")
+                raise UsageError(
+                    f"class folder {where} holds no images ({', '.join(IMAGE_EXTENSIONS)}); add images "
+                    f"or remove the folder"
+                )
             unlisted += [printable(other) for other in others]
             for path in images:
                 relative = path.relative_to(root).as_posix()
-                pools[split].append(Item(key=keys.make(printable(relative)), path=path, label=index[name],
-                                         fields=(("class", name),), source=printable(relative),
-                                         problem=scan.problem(path, relative)))
-    return Listing(root=root, dataset=root.name or "image-folder", synthetic=False, classes=classes,
-                   label_field="class", pools=pools, unlisted=sorted(unlisted), warnings=scan.warnings,
-                   forbidden_outputs=(root,))
+                pools[split].append(
+                    Item(
+                        key=keys.make(printable(relative)),
+                        path=path,
+                        label=index[name],
+                        fields=(("class", name),),
+                        source=printable(relative),
+                        problem=scan.problem(path, relative),
+                    )
+                )
+    return Listing(
+        root=root,
+        dataset=root.name or "image-folder",
+        synthetic=False,
+        classes=classes,
+        label_field="class",
+        pools=pools,
+        unlisted=sorted(unlisted),
+        warnings=scan.warnings,
+        forbidden_outputs=(root,),
+    )
 
 
 def printable(name: str) -> str:
@@ -122,9 +152,11 @@ class Scan:
             try:
                 name.encode("utf-8")
             except UnicodeEncodeError:
-                raise UsageError(f"class folder {ascii(name)} in {printable(str(tree))} has a name that is not valid "
-                                 "UTF-8; rename it (class names are written into info.json, the model file and "
-                                 "predictions.csv)") from None
+                raise UsageError(
+                    f"class folder {ascii(name)} in {printable(str(tree))} has a name that is not valid "
+                    "UTF-8; rename it (class names are written into info.json, the model file and "
+                    "predictions.csv)"
+                ) from None
             images, others = [], []
             for path in self.walk(tree / name, frozenset()):
                 if path.suffix.lower() in IMAGE_EXTENSIONS:
@@ -139,8 +171,9 @@ class Scan:
         sub-folders sorted), following folder links except one back to a folder above it (a loop)."""
         real = os.path.realpath(folder)
         if real in above:
-            self.warnings.append(f"{printable(folder.relative_to(self.root).as_posix())} links back to a folder "
-                                 "above it: not followed")
+            self.warnings.append(
+                f"{printable(folder.relative_to(self.root).as_posix())} links back to a folder above it: not followed"
+            )
             return
         entries = sorted((e for e in os.scandir(folder) if not e.name.startswith(".")), key=lambda e: e.name)
         folders = [e for e in entries if e.is_dir()]  # follows links, as os.walk sorts them

@@ -35,10 +35,10 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from toolkit.cli import is_main_process
-from toolkit.errors import DataError, UsageError
 from toolkit.data.locations import Shard, num_samples_of, resolve_normalization, split_shards
 from toolkit.data.reading import Skips, decode_sample, header_ok, read_shards, usable
 from toolkit.data.transforms import build_eval_transform, build_train_transform, decode_hint
+from toolkit.errors import DataError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +91,17 @@ def _collate(images: list, labels: list, keys: list, skipped: int, image_size: i
     batch = {"label": torch.tensor(labels, dtype=torch.long), "key": keys, "skipped": skipped}
     if images and images[0].dim() == 1:  # data.decode=gpu: undecoded JPEG bytes, decoded by toolkit.device_augment
         return batch | {"jpeg": images}
-    return batch | {"image": torch.stack(images) if images else torch.empty(0, 3, image_size, image_size, dtype=torch.uint8)}
+    return batch | {
+        "image": torch.stack(images) if images else torch.empty(0, 3, image_size, image_size, dtype=torch.uint8)
+    }
 
 
 def _loader_kwargs(cfg, persistent: bool) -> dict:
-    kwargs = {"batch_size": None, "num_workers": cfg.num_workers,
-              "pin_memory": bool(cfg.pin_memory and torch.cuda.is_available())}
+    kwargs = {
+        "batch_size": None,
+        "num_workers": cfg.num_workers,
+        "pin_memory": bool(cfg.pin_memory and torch.cuda.is_available()),
+    }
     if cfg.num_workers > 0:
         kwargs.update(persistent_workers=persistent, prefetch_factor=cfg.prefetch_factor)
     return kwargs
@@ -132,8 +137,20 @@ def _chunk_size(batch_size: int, num_workers: int) -> int:
 class _ShardStream(IterableDataset):
     """What the training and evaluation streams share: their shards, decoding and place among the slots."""
 
-    def __init__(self, shards: Sequence[Shard], *, num_classes: int, transform, decode_hint: int, image_size: int,
-                 batch_size: int, rank: int, world_size: int, num_workers: int, strict: bool):
+    def __init__(
+        self,
+        shards: Sequence[Shard],
+        *,
+        num_classes: int,
+        transform,
+        decode_hint: int,
+        image_size: int,
+        batch_size: int,
+        rank: int,
+        world_size: int,
+        num_workers: int,
+        strict: bool,
+    ):
         self.shards = list(shards)
         self.num_classes = num_classes
         self.transform = transform
@@ -148,12 +165,35 @@ class _ShardStream(IterableDataset):
 class TrainStream(_ShardStream):
     """The per-worker chunk generator behind ``TrainLoader`` (runs inside the loader workers)."""
 
-    def __init__(self, shards: Sequence[Shard], *, num_samples: int, num_classes: int, transform, decode_hint: int,
-                 image_size: int, batch_size: int, rank: int, world_size: int, num_workers: int, seed: int,
-                 shuffle_buffer: int, strict: bool):
-        super().__init__(shards, num_classes=num_classes, transform=transform, decode_hint=decode_hint,
-                         image_size=image_size, batch_size=batch_size, rank=rank, world_size=world_size,
-                         num_workers=num_workers, strict=strict)
+    def __init__(
+        self,
+        shards: Sequence[Shard],
+        *,
+        num_samples: int,
+        num_classes: int,
+        transform,
+        decode_hint: int,
+        image_size: int,
+        batch_size: int,
+        rank: int,
+        world_size: int,
+        num_workers: int,
+        seed: int,
+        shuffle_buffer: int,
+        strict: bool,
+    ):
+        super().__init__(
+            shards,
+            num_classes=num_classes,
+            transform=transform,
+            decode_hint=decode_hint,
+            image_size=image_size,
+            batch_size=batch_size,
+            rank=rank,
+            world_size=world_size,
+            num_workers=num_workers,
+            strict=strict,
+        )
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
         self.steps = num_samples // (batch_size * world_size)
@@ -181,8 +221,9 @@ class TrainStream(_ShardStream):
             return None
         order = list(range(len(self.shards)))
         random.Random(_seed(self.seed, "shards", epoch)).shuffle(order)
-        targets = [self.quota(slot % self.num_workers) * self.chunk_size
-                   for slot in range(self.world_size * self.num_workers)]
+        targets = [
+            self.quota(slot % self.num_workers) * self.chunk_size for slot in range(self.world_size * self.num_workers)
+        ]
         return _assign_shards(self.sizes, order, targets)
 
     def _raw(self, epoch: int, worker: int, skips: Skips) -> Iterator[dict]:
@@ -206,9 +247,11 @@ class TrainStream(_ShardStream):
                 got += 1
                 yield sample
             if got == 0:
-                raise DataError(f"rank {self.rank} loader worker {worker} found no readable training sample in "
-                                f"{', '.join(url for url, _ in mine[:3])}{' ...' if len(mine) > 3 else ''}; "
-                                "check the shards with `python -m toolkit.make_shards --verify`")
+                raise DataError(
+                    f"rank {self.rank} loader worker {worker} found no readable training sample in "
+                    f"{', '.join(url for url, _ in mine[:3])}{' ...' if len(mine) > 3 else ''}; "
+                    "check the shards with `python -m toolkit.make_shards --verify`"
+                )
 
     def worker_chunks(self, worker: int, epoch: int, start_chunk: int = 0) -> Iterator[dict]:
         """Global chunks c = worker, worker + W, ... with c >= start_chunk, each exactly full."""
@@ -230,8 +273,11 @@ class TrainStream(_ShardStream):
                 while len(images) < self.chunk_size:
                     sample = next(raw)
                     if self.transform is None:  # data.decode=gpu: ship the bytes, the accelerator decodes
-                        image = torch.frombuffer(bytearray(sample["jpg"]), dtype=torch.uint8) \
-                            if header_ok(sample, skips) else None
+                        image = (
+                            torch.frombuffer(bytearray(sample["jpg"]), dtype=torch.uint8)
+                            if header_ok(sample, skips)
+                            else None
+                        )
                     else:
                         image = decode_sample(sample, self.decode_hint, skips)
                         image = None if image is None else self.transform(image)
@@ -257,13 +303,16 @@ class TrainStream(_ShardStream):
 
 def _join_chunks(chunks: list[dict], pin: bool) -> dict:
     """One batch from consecutive chunks: a single copy, straight into page-locked memory when pinning."""
+
     def cat(tensors: list[torch.Tensor]) -> torch.Tensor:
-        out = torch.empty((sum(len(t) for t in tensors), *tensors[0].shape[1:]), dtype=tensors[0].dtype,
-                          pin_memory=pin)
+        out = torch.empty((sum(len(t) for t in tensors), *tensors[0].shape[1:]), dtype=tensors[0].dtype, pin_memory=pin)
         return torch.cat(tensors, out=out)
 
-    batch = {"label": cat([c["label"] for c in chunks]), "key": [k for c in chunks for k in c["key"]],
-             "skipped": sum(c["skipped"] for c in chunks)}
+    batch = {
+        "label": cat([c["label"] for c in chunks]),
+        "key": [k for c in chunks for k in c["key"]],
+        "skipped": sum(c["skipped"] for c in chunks),
+    }
     if "jpeg" in chunks[0]:  # data.decode=gpu: one 1-D uint8 tensor per image, decoded on the accelerator
         return batch | {"jpeg": [j for c in chunks for j in c["jpeg"]]}
     return batch | {"image": cat([c["image"] for c in chunks])}
@@ -285,8 +334,9 @@ class TrainLoader:
         self.pin = bool(kwargs.pop("pin_memory", False))
         if kwargs.get("num_workers", 0) > 0:
             batches_ahead = kwargs.get("prefetch_factor") or 2
-            kwargs["prefetch_factor"] = max(batches_ahead,
-                                            math.ceil(batches_ahead * stream.chunks_per_batch / stream.num_workers))
+            kwargs["prefetch_factor"] = max(
+                batches_ahead, math.ceil(batches_ahead * stream.chunks_per_batch / stream.num_workers)
+            )
         # its own generator: drawing the workers' base seed must not consume the global RNG
         self.loader = DataLoader(stream, generator=torch.Generator().manual_seed(stream.seed), **kwargs)
         self.epoch, self.start_step = 0, 0
@@ -316,35 +366,54 @@ class TrainLoader:
                 self.skipped += batch["skipped"]
                 yield batch
         if chunks:  # cannot happen while every worker fills its quota; never drop samples quietly
-            raise RuntimeError(f"the loader ended inside a batch ({len(chunks)} of "
-                               f"{self.stream.chunks_per_batch} chunks)")
+            raise RuntimeError(
+                f"the loader ended inside a batch ({len(chunks)} of {self.stream.chunks_per_batch} chunks)"
+            )
 
 
 _layout_warned = False
 
 
-def make_train_loader(cfg, info: dict, *, batch_size: int, rank: int, world_size: int, seed: int,
-                      epoch: int = 0, start_step: int = 0) -> TrainLoader:
+def make_train_loader(
+    cfg, info: dict, *, batch_size: int, rank: int, world_size: int, seed: int, epoch: int = 0, start_step: int = 0
+) -> TrainLoader:
     """The training loader of this rank; every rank gets the same ``len()``."""
     global _layout_warned
     _check_rank(rank, world_size, batch_size)
     shard_list = split_shards(cfg.shards, "train", info)
     num_samples = num_samples_of(shard_list, info, "train")
     if num_samples < batch_size * world_size:
-        raise UsageError(f"batch size {batch_size} x {world_size} process(es) = {batch_size * world_size} exceeds the "
-                         f"{num_samples} training samples; lower the batch size")
-    stream = TrainStream(shard_list, num_samples=num_samples, num_classes=len(info.get("classes") or [0, 1]),
-                         transform=None if cfg.decode == "gpu" else build_train_transform(cfg),
-                         decode_hint=decode_hint(cfg),
-                         image_size=cfg.image_size, batch_size=batch_size, rank=rank, world_size=world_size,
-                         num_workers=cfg.num_workers, seed=seed, shuffle_buffer=cfg.shuffle_buffer,
-                         strict=cfg.strict)
+        raise UsageError(
+            f"batch size {batch_size} x {world_size} process(es) = {batch_size * world_size} exceeds the "
+            f"{num_samples} training samples; lower the batch size"
+        )
+    stream = TrainStream(
+        shard_list,
+        num_samples=num_samples,
+        num_classes=len(info.get("classes") or [0, 1]),
+        transform=None if cfg.decode == "gpu" else build_train_transform(cfg),
+        decode_hint=decode_hint(cfg),
+        image_size=cfg.image_size,
+        batch_size=batch_size,
+        rank=rank,
+        world_size=world_size,
+        num_workers=cfg.num_workers,
+        seed=seed,
+        shuffle_buffer=cfg.shuffle_buffer,
+        strict=cfg.strict,
+    )
     if stream.sample_level and not _layout_warned and rank == 0 and is_main_process():
         _layout_warned = True
-        log.warning("only %d training shard(s) for %d process(es) x %d loader worker(s): every worker reads every "
-                    "shard and keeps 1/%d of it (slower); re-pack with a smaller --shard-size so there are at least "
-                    "%d shards", len(shard_list), world_size, stream.num_workers,
-                    world_size * stream.num_workers, world_size * stream.num_workers)
+        log.warning(
+            "only %d training shard(s) for %d process(es) x %d loader worker(s): every worker reads every "
+            "shard and keeps 1/%d of it (slower); re-pack with a smaller --shard-size so there are at least "
+            "%d shards",
+            len(shard_list),
+            world_size,
+            stream.num_workers,
+            world_size * stream.num_workers,
+            world_size * stream.num_workers,
+        )
     loader = TrainLoader(stream, _loader_kwargs(cfg, persistent=bool(cfg.persistent_workers)))
     loader.set_epoch(epoch, start_step)
     return loader
@@ -357,16 +426,41 @@ def make_train_loader(cfg, info: dict, *, batch_size: int, rank: int, world_size
 class EvalStream(_ShardStream):
     """The per-worker batch generator behind ``EvalLoader``."""
 
-    def __init__(self, shards: Sequence[Shard], *, num_samples: int, num_classes: int, transform, decode_hint: int,
-                 image_size: int, batch_size: int, rank: int, world_size: int, num_workers: int, strict: bool):
-        super().__init__(shards, num_classes=num_classes, transform=transform, decode_hint=decode_hint,
-                         image_size=image_size, batch_size=batch_size, rank=rank, world_size=world_size,
-                         num_workers=num_workers, strict=strict)
+    def __init__(
+        self,
+        shards: Sequence[Shard],
+        *,
+        num_samples: int,
+        num_classes: int,
+        transform,
+        decode_hint: int,
+        image_size: int,
+        batch_size: int,
+        rank: int,
+        world_size: int,
+        num_workers: int,
+        strict: bool,
+    ):
+        super().__init__(
+            shards,
+            num_classes=num_classes,
+            transform=transform,
+            decode_hint=decode_hint,
+            image_size=image_size,
+            batch_size=batch_size,
+            rank=rank,
+            world_size=world_size,
+            num_workers=num_workers,
+            strict=strict,
+        )
         n_slots = world_size * self.num_workers
         self.sizes = _sizes(self.shards, num_samples)
         self.num_samples = num_samples
-        self.plan = (None if len(self.shards) < n_slots else
-                     _assign_shards(self.sizes, range(len(self.shards)), [math.ceil(num_samples / n_slots)] * n_slots))
+        self.plan = (
+            None
+            if len(self.shards) < n_slots
+            else _assign_shards(self.sizes, range(len(self.shards)), [math.ceil(num_samples / n_slots)] * n_slots)
+        )
 
     def slot_samples(self, worker: int) -> int:
         """Samples slot (rank, worker) reads if no sample is bad."""
@@ -433,8 +527,9 @@ class EvalLoader:
 
     def __len__(self) -> int:
         """Batches when no sample is bad (a skipped sample can only make it smaller)."""
-        return sum(math.ceil(self.stream.slot_samples(w) / self.stream.batch_size)
-                   for w in range(self.stream.num_workers))
+        return sum(
+            math.ceil(self.stream.slot_samples(w) / self.stream.batch_size) for w in range(self.stream.num_workers)
+        )
 
     def __iter__(self) -> Iterator[dict]:
         self.skipped = 0
@@ -450,8 +545,17 @@ def make_eval_loader(cfg, info: dict, split: str, *, batch_size: int, rank: int,
     _check_rank(rank, world_size, batch_size)
     shard_list = split_shards(cfg.shards, split, info)
     mean, std = resolve_normalization(cfg, info)
-    stream = EvalStream(shard_list, num_samples=num_samples_of(shard_list, info, split),
-                        num_classes=len(info.get("classes") or [0, 1]), transform=build_eval_transform(cfg, mean, std),
-                        decode_hint=decode_hint(cfg), image_size=cfg.image_size, batch_size=batch_size, rank=rank,
-                        world_size=world_size, num_workers=cfg.num_workers, strict=cfg.strict)
+    stream = EvalStream(
+        shard_list,
+        num_samples=num_samples_of(shard_list, info, split),
+        num_classes=len(info.get("classes") or [0, 1]),
+        transform=build_eval_transform(cfg, mean, std),
+        decode_hint=decode_hint(cfg),
+        image_size=cfg.image_size,
+        batch_size=batch_size,
+        rank=rank,
+        world_size=world_size,
+        num_workers=cfg.num_workers,
+        strict=cfg.strict,
+    )
     return EvalLoader(stream, _loader_kwargs(cfg, persistent=False))  # one pass: idle workers would only hold memory

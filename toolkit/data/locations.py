@@ -43,7 +43,7 @@ def _location_part(shards: str) -> str:
     """The word of a ``pipe:`` command that names the shards (e.g. the URL given to curl)."""
     if not is_pipe(shards):
         return shards
-    words = [w for w in shlex.split(shards[len("pipe:"):]) if ".tar" in w or "{" in w]
+    words = [w for w in shlex.split(shards[len("pipe:") :]) if ".tar" in w or "{" in w]
     if not words:
         raise UsageError(f"cannot tell where the shards of {shards!r} are: the pipe: command names no .tar file")
     return words[-1]
@@ -82,8 +82,9 @@ def load_info(shards: str) -> dict:
             with open(where, encoding="utf-8") as handle:
                 text = handle.read()
     except FileNotFoundError:
-        raise UsageError(f"no {MANIFEST_NAME} at {where}: data.shards={shards!r} is not a packed shard folder; "
-                         f"{PACK_HINT}") from None
+        raise UsageError(
+            f"no {MANIFEST_NAME} at {where}: data.shards={shards!r} is not a packed shard folder; {PACK_HINT}"
+        ) from None
     except (OSError, UnicodeDecodeError) as err:
         raise UsageError(f"cannot read {where} ({err}); check data.shards or {PACK_HINT}") from None
     return parse_manifest(text, where)
@@ -104,8 +105,10 @@ def split_shards(shards: str, split: str, info: dict) -> list[Shard]:
     if urls:
         return [(u, sizes.get(_shard_name(u))) for u in urls]
     if is_pipe(shards):
-        raise UsageError(f"data.shards={shards!r} names no {split}-*.tar shard; put {{split}} in the pattern, "
-                         f"e.g. 'pipe:curl -s https://host/pets/{{split}}-{{000000..000003}}.tar'")
+        raise UsageError(
+            f"data.shards={shards!r} names no {split}-*.tar shard; put {{split}} in the pattern, "
+            f"e.g. 'pipe:curl -s https://host/pets/{{split}}-{{000000..000003}}.tar'"
+        )
     return [(_join(_base_of(shards), e["name"]), int(e["num_samples"])) for e in entries]
 
 
@@ -122,20 +125,25 @@ def num_samples_of(shard_list: Sequence[Shard], info: dict, split: str) -> int:
 
 def check_shards_exist(shards: str, info: dict, splits: Sequence[str]) -> None:
     """Fail before training starts, not hours in, when local shard files are missing."""
-    missing = [url for split in splits for url in split_urls(shards, split, info)
-               if is_local(url) and not os.path.isfile(url)]
+    missing = [
+        url for split in splits for url in split_urls(shards, split, info) if is_local(url) and not os.path.isfile(url)
+    ]
     if missing:
         listed = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise UsageError(f"{len(missing)} shard file(s) listed in {MANIFEST_NAME} are missing: {listed}; "
-                         f"point data.shards at a complete shard folder or {PACK_HINT}")
+        raise UsageError(
+            f"{len(missing)} shard file(s) listed in {MANIFEST_NAME} are missing: {listed}; "
+            f"point data.shards at a complete shard folder or {PACK_HINT}"
+        )
 
 
 def check_split_has_samples(shards: str, info: dict, split: str, option: str, skip: str = "") -> None:
     """Refuse, before any work, a split to evaluate that holds no samples: its metrics are undefined, and
     finding that out when training ends costs the run its report (``option`` is the setting that named it)."""
     if split_size(info, split) == 0:
-        raise UsageError(f"the {split} split of {shards} has no samples, so {option}={split} cannot be evaluated; "
-                         f"re-pack the shards with images in {split}, or set {option} to another split{skip}")
+        raise UsageError(
+            f"the {split} split of {shards} has no samples, so {option}={split} cannot be evaluated; "
+            f"re-pack the shards with images in {split}, or set {option} to another split{skip}"
+        )
 
 
 def resolve_normalization(cfg, info: dict) -> tuple[list[float], list[float]]:
@@ -144,8 +152,10 @@ def resolve_normalization(cfg, info: dict) -> tuple[list[float], list[float]]:
     mean = cfg.mean if cfg.mean is not None else stats.get("mean")
     std = cfg.std if cfg.std is not None else stats.get("std")
     if mean is None or std is None:
-        raise UsageError(f"{MANIFEST_NAME} has no normalization statistics; set data.mean and data.std "
-                         "(three numbers each) or re-create the shards")
+        raise UsageError(
+            f"{MANIFEST_NAME} has no normalization statistics; set data.mean and data.std "
+            "(three numbers each) or re-create the shards"
+        )
     try:
         mean, std = [float(m) for m in mean], [float(s) for s in std]
     except (TypeError, ValueError):

@@ -26,8 +26,8 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageDraw
 
-from toolkit.errors import UsageError
 from toolkit.data.sources import Item, Listing
+from toolkit.errors import UsageError
 from toolkit.fileio import atomic_write_json, atomic_write_text
 
 SPECIES = ("cat", "dog")  # index = training label; annotation species ids are 1 and 2
@@ -68,8 +68,10 @@ class Entry:
         if by_name == self.species:
             return None
         case = "uppercase" if by_name == "cat" else "lowercase"
-        return (f"label conflict: annotation says species {self.species_id} ({self.species}) but breed "
-                f"'{self.breed}' starts with an {case} letter ({by_name})")
+        return (
+            f"label conflict: annotation says species {self.species_id} ({self.species}) but breed "
+            f"'{self.breed}' starts with an {case} letter ({by_name})"
+        )
 
 
 def breed_of(name: str) -> str:
@@ -158,10 +160,18 @@ def read_source(source: Path) -> PetsSource:
     listed = {e.name: e for e in lists["trainval"] + lists["test"]}
     warnings = _check_list_file(root / "annotations" / LIST_FILE, listed)
     listed_files = {e.filename for e in listed.values()}
-    unlisted = sorted(p.name for p in images.iterdir()
-                      if p.is_file() and not p.name.startswith(".") and p.name not in listed_files)
-    return PetsSource(root=root, images=images, trainval=lists["trainval"], test=lists["test"],
-                      unlisted=unlisted, synthetic=(root / SYNTHETIC_MARKER).is_file(), warnings=warnings)
+    unlisted = sorted(
+        p.name for p in images.iterdir() if p.is_file() and not p.name.startswith(".") and p.name not in listed_files
+    )
+    return PetsSource(
+        root=root,
+        images=images,
+        trainval=lists["trainval"],
+        test=lists["test"],
+        unlisted=unlisted,
+        synthetic=(root / SYNTHETIC_MARKER).is_file(),
+        warnings=warnings,
+    )
 
 
 def _check_list_file(path: Path, listed: dict[str, Entry]) -> list[str]:
@@ -172,18 +182,23 @@ def _check_list_file(path: Path, listed: dict[str, Entry]) -> list[str]:
     for entry in full:
         other = listed.get(entry.name)
         if other is not None and other != entry:
-            raise UsageError(f"{entry.name} has different labels in {path.name} and the split files; "
-                             f"fix the annotation files")
+            raise UsageError(
+                f"{entry.name} has different labels in {path.name} and the split files; fix the annotation files"
+            )
     names = {e.name for e in full}
     warnings = []
     only_list = names - listed.keys()
     if only_list:
-        warnings.append(f"{len(only_list)} image(s) in {path.name} are in neither trainval.txt nor test.txt "
-                        f"and are not packed, e.g. {sorted(only_list)[0]}")
+        warnings.append(
+            f"{len(only_list)} image(s) in {path.name} are in neither trainval.txt nor test.txt "
+            f"and are not packed, e.g. {sorted(only_list)[0]}"
+        )
     only_splits = listed.keys() - names
     if only_splits:
-        warnings.append(f"{len(only_splits)} image(s) in the split files are missing from {path.name}, "
-                        f"e.g. {sorted(only_splits)[0]}")
+        warnings.append(
+            f"{len(only_splits)} image(s) in the split files are missing from {path.name}, "
+            f"e.g. {sorted(only_splits)[0]}"
+        )
     return warnings
 
 
@@ -193,8 +208,10 @@ def breed_classes(entries: list[Entry]) -> list[str]:
     for entry in entries:
         known = by_id.setdefault(entry.class_id, entry.breed)
         if known != entry.breed:
-            raise UsageError(f"class id {entry.class_id} is used for both {known} and {entry.breed} "
-                             f"(e.g. {entry.name}); fix the annotation files")
+            raise UsageError(
+                f"class id {entry.class_id} is used for both {known} and {entry.breed} "
+                f"(e.g. {entry.name}); fix the annotation files"
+            )
     names = [by_id[class_id] for class_id in sorted(by_id)]
     if len(set(names)) != len(names):
         twice = next(name for name in names if names.count(name) > 1)
@@ -210,17 +227,33 @@ def read_listing(source: Path, labels: str = "species") -> Listing:
     index = {name: i for i, name in enumerate(classes)}
 
     def item(entry: Entry) -> Item:
-        fields = (("breed", entry.breed), ("class_id", entry.class_id), ("species", entry.species),
-                  ("breed_id", entry.breed_id))
+        fields = (
+            ("breed", entry.breed),
+            ("class_id", entry.class_id),
+            ("species", entry.species),
+            ("breed_id", entry.breed_id),
+        )
         label = index[entry.species if labels == "species" else entry.breed]
-        return Item(key=entry.name, path=pets.images / entry.filename, label=label, fields=fields,
-                    source=entry.filename, problem=entry.species_conflict())
+        return Item(
+            key=entry.name,
+            path=pets.images / entry.filename,
+            label=label,
+            fields=fields,
+            source=entry.filename,
+            problem=entry.species_conflict(),
+        )
 
-    return Listing(root=pets.root, dataset="synthetic-pets" if pets.synthetic else "oxford-iiit-pet",
-                   synthetic=pets.synthetic, classes=classes, label_field=labels,
-                   pools={"trainval": [item(e) for e in pets.trainval], "test": [item(e) for e in pets.test]},
-                   unlisted=pets.unlisted, warnings=pets.warnings,
-                   forbidden_outputs=(pets.root / "images", pets.root / "annotations"))
+    return Listing(
+        root=pets.root,
+        dataset="synthetic-pets" if pets.synthetic else "oxford-iiit-pet",
+        synthetic=pets.synthetic,
+        classes=classes,
+        label_field=labels,
+        pools={"trainval": [item(e) for e in pets.trainval], "test": [item(e) for e in pets.test]},
+        unlisted=pets.unlisted,
+        warnings=pets.warnings,
+        forbidden_outputs=(pets.root / "images", pets.root / "annotations"),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,8 +262,12 @@ def read_listing(source: Path, labels: str = "species") -> Listing:
 
 # (name, base colour). Colours overlap between species on purpose: colour alone is a weak cue.
 CAT_BREEDS = (("Amber", (200, 140, 70)), ("Blue_Point", (150, 160, 185)), ("Cinder", (95, 85, 85)))
-DOG_BREEDS = (("alpine_hound", (215, 205, 185)), ("brook_terrier", (125, 95, 65)),
-              ("copper_spaniel", (185, 105, 55)), ("dune_collie", (205, 175, 120)))
+DOG_BREEDS = (
+    ("alpine_hound", (215, 205, 185)),
+    ("brook_terrier", (125, 95, 65)),
+    ("copper_spaniel", (185, 105, 55)),
+    ("dune_collie", (205, 175, 120)),
+)
 
 # Odd files, each replacing one listed image (the real dataset has each kind, docs/sources.md).
 # The first eight must be kept by a packer, the last three skipped.
@@ -239,8 +276,9 @@ SKIPPED_ODD_KINDS = ("truncated", "corrupt", "missing")
 MIN_SYNTHETIC_IMAGES = 16
 
 
-def make_synthetic_dataset(root: Path, num_images: int, seed: int = 0, image_size: int = 96,
-                           odd_files: bool = True) -> Path:
+def make_synthetic_dataset(
+    root: Path, num_images: int, seed: int = 0, image_size: int = 96, odd_files: bool = True
+) -> Path:
     """Write a synthetic Oxford-layout dataset of ``num_images`` listed images into ``root``.
 
     Cats carry stripes and pointed ears, dogs spots and floppy ears; breed colours overlap and
@@ -288,19 +326,30 @@ def make_synthetic_dataset(root: Path, num_images: int, seed: int = 0, image_siz
 
     entries.sort(key=lambda e: (e.class_id, int(e.name.rpartition("_")[2])))
     test_names = {e.name for e in entries if int(e.name.rpartition("_")[2]) % 3 == 0}
-    header = ("#Image CLASS-ID SPECIES BREED ID\n#ID: 1:7 Class ids (synthetic)\n#SPECIES: 1:Cat 2:Dog\n"
-              "#All images with 1st letter as captial are cat images\n"
-              "#images with small first letter are dog images\n")
+    header = (
+        "#Image CLASS-ID SPECIES BREED ID\n#ID: 1:7 Class ids (synthetic)\n#SPECIES: 1:Cat 2:Dog\n"
+        "#All images with 1st letter as captial are cat images\n"
+        "#images with small first letter are dog images\n"
+    )
     lines = {e.name: f"{e.name} {e.class_id} {e.species_id} {e.breed_id}\n" for e in entries}
     annotations = root / "annotations"
     annotations.mkdir()
     atomic_write_text(annotations / "trainval.txt", "".join(lines[e.name] for e in entries if e.name not in test_names))
     atomic_write_text(annotations / "test.txt", "".join(lines[e.name] for e in entries if e.name in test_names))
     atomic_write_text(annotations / LIST_FILE, header + "".join(lines.values()))
-    atomic_write_json(root / SYNTHETIC_MARKER, {
-        "generator": "toolkit.oxford.make_synthetic_dataset", "synthetic": True, "num_images": num_images,
-        "seed": seed, "image_size": image_size, "complete": True, "odd_files": odd_names, "unlisted": unlisted,
-    })
+    atomic_write_json(
+        root / SYNTHETIC_MARKER,
+        {
+            "generator": "toolkit.oxford.make_synthetic_dataset",
+            "synthetic": True,
+            "num_images": num_images,
+            "seed": seed,
+            "image_size": image_size,
+            "complete": True,
+            "odd_files": odd_names,
+            "unlisted": unlisted,
+        },
+    )
     return root
 
 
@@ -315,8 +364,10 @@ def _prepare_synthetic_root(root: Path) -> None:
             shutil.rmtree(root / child, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     # Mark the folder first, so an interrupted generation can still be regenerated in place.
-    atomic_write_json(root / SYNTHETIC_MARKER, {"generator": "toolkit.oxford.make_synthetic_dataset",
-                                                "synthetic": True, "complete": False})
+    atomic_write_json(
+        root / SYNTHETIC_MARKER,
+        {"generator": "toolkit.oxford.make_synthetic_dataset", "synthetic": True, "complete": False},
+    )
 
 
 def _draw_pet(rng: np.random.Generator, species: str, colour: tuple, size: int) -> Image.Image:
@@ -345,8 +396,14 @@ def _draw_pet(rng: np.random.Generator, species: str, colour: tuple, size: int) 
     for side in (-1, 1):
         if species == "cat":
             ex = cx + side * rx * 0.55
-            shape.polygon([(ex - ear * 0.6, cy - ry * 0.7), (ex + ear * 0.6, cy - ry * 0.7),
-                           (ex + side * ear * 0.3, cy - ry - ear * 1.2)], fill=255)
+            shape.polygon(
+                [
+                    (ex - ear * 0.6, cy - ry * 0.7),
+                    (ex + ear * 0.6, cy - ry * 0.7),
+                    (ex + side * ear * 0.3, cy - ry - ear * 1.2),
+                ],
+                fill=255,
+            )
         else:  # hanging outside the body's sides
             hx = cx + side * rx * 0.95
             shape.ellipse((hx - ear * 0.45, cy - ry * 0.75, hx + ear * 0.45, cy - ry * 0.1 + ear), fill=255)

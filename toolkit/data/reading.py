@@ -21,10 +21,10 @@ from PIL import Image
 from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext
 
-from toolkit.errors import DataError
-from toolkit.redaction import redact_text
 from toolkit.data.locations import URL_TIMEOUT_S, Shard, is_local, is_remote
 from toolkit.data.transforms import decode_jpeg, open_image
+from toolkit.errors import DataError
+from toolkit.redaction import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +107,10 @@ def plain_tar(stream):
     head = stream.read(6)
     kind = next((name for magic, name in COMPRESSION_MAGIC.items() if head.startswith(magic)), None)
     if kind is not None:
-        raise CompressedShard(f"a {kind}-compressed tar, refused unread (it could expand to any size); shards are "
-                              "plain tar as make_shards writes them: decompress it")
+        raise CompressedShard(
+            f"a {kind}-compressed tar, refused unread (it could expand to any size); shards are "
+            "plain tar as make_shards writes them: decompress it"
+        )
     return _Prefixed(head, stream)
 
 
@@ -161,8 +163,12 @@ def member_problem(member: tarfile.TarInfo, limits: Optional[Limits] = None) -> 
     return None
 
 
-def read_shards(shards: Sequence[Shard], skips: Skips, owner: Optional[Callable[[int], bool]] = None,
-                limits: Optional[Limits] = None) -> Iterator[dict]:
+def read_shards(
+    shards: Sequence[Shard],
+    skips: Skips,
+    owner: Optional[Callable[[int], bool]] = None,
+    limits: Optional[Limits] = None,
+) -> Iterator[dict]:
     """Raw samples of ``shards`` in order, tagged with ``__url__``; with ``owner``, only indices it accepts.
 
     A shard that cannot be opened, is compressed or ends early loses the samples info.json says it

@@ -20,8 +20,9 @@ def raw_samples(shards: str, split: str, info: Optional[dict] = None) -> Iterato
     yield from read_shards(split_shards(shards, split, info), Skips(strict=False))
 
 
-def read_samples(shards: str, split: str, keys: Optional[set[str]] = None,
-                 limit: Optional[int] = None) -> Iterator[dict]:
+def read_samples(
+    shards: str, split: str, keys: Optional[set[str]] = None, limit: Optional[int] = None
+) -> Iterator[dict]:
     """Decoded samples ``{"key", "label", "image": PIL RGB, "meta"}`` in packed order, for pictures.
 
     ``keys`` keeps only those samples (and stops once all are found); ``limit`` stops after that many.
@@ -75,8 +76,12 @@ class SyntheticBatches:
 
     def __iter__(self) -> Iterator[dict]:
         for step in range(self.steps):
-            yield {"image": self.image, "label": self.label, "skipped": 0,
-                   "key": [f"synthetic-{step}-{i}" for i in range(len(self.label))]}
+            yield {
+                "image": self.image,
+                "label": self.label,
+                "skipped": 0,
+                "key": [f"synthetic-{step}-{i}" for i in range(len(self.label))],
+            }
 
 
 def synthetic_batches(batch_size: int, image_size: int, steps: int, num_classes: int = 2) -> SyntheticBatches:

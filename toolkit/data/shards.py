@@ -36,13 +36,21 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from webdataset import TarWriter
 
 from toolkit.cli import is_main_process, progress
-from toolkit.errors import DataError, UsageError
-from toolkit.fileio import TMP_PREFIX, atomic_write_bytes, fsync_dir
-from toolkit.formats import (MANIFEST_NAME, MANIFEST_VERSION, SHARD_NAME, SPLITS, class_names, label_field,
-                             shard_name, write_manifest)
 from toolkit.data.dataset_card import CARD_NAME, write_dataset_card
 from toolkit.data.sources import Item, Listing, assign_splits, read_listing
 from toolkit.data.transforms import open_image
+from toolkit.errors import DataError, UsageError
+from toolkit.fileio import TMP_PREFIX, atomic_write_bytes, fsync_dir
+from toolkit.formats import (
+    MANIFEST_NAME,
+    MANIFEST_VERSION,
+    SHARD_NAME,
+    SPLITS,
+    class_names,
+    label_field,
+    shard_name,
+    write_manifest,
+)
 
 FOREIGN_OK = {MANIFEST_NAME, "README.md", ".gitignore", ".gitkeep"}  # may sit beside our shards
 SIZE_FIELDS = ("width", "height", "orig_width", "orig_height", "source")  # in every sample's json, after the label's
@@ -66,6 +74,7 @@ DOWNLOAD_PROBE_TIMEOUT_S = 5.0
 # --------------------------------------------------------------------------------------------
 # One image: decode, convert, resize, encode (runs in worker processes)
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Job:
@@ -135,8 +144,15 @@ def file_problem(path: Path, cap: int) -> Optional[str]:
     except OSError as err:
         return f"unreadable: {type(err).__name__}: {err.strerror or err}"
     if not stat.S_ISREG(info.st_mode):
-        kind = ("a FIFO" if stat.S_ISFIFO(info.st_mode) else "a device" if stat.S_ISCHR(info.st_mode)
-                or stat.S_ISBLK(info.st_mode) else "a socket" if stat.S_ISSOCK(info.st_mode) else "not a file")
+        kind = (
+            "a FIFO"
+            if stat.S_ISFIFO(info.st_mode)
+            else "a device"
+            if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)
+            else "a socket"
+            if stat.S_ISSOCK(info.st_mode)
+            else "not a file"
+        )
         return f"not a regular file: {path.name} is {kind}, never opened"
     if info.st_size > cap:
         return f"too large: {info.st_size:,} bytes, over the {cap:,}-byte cap for one image"
@@ -183,8 +199,16 @@ def process_image(job: Job) -> Union[Packed, str]:
         sums = tuple(int(v) for v in histogram @ values)
         squares = tuple(int(v) for v in histogram @ (values * values))
         pixels = stored.width * stored.height
-    return Packed(jpeg=jpeg, width=stored.width, height=stored.height, orig_width=original_size[0],
-                  orig_height=original_size[1], pixel_sum=sums, pixel_sq_sum=squares, pixels=pixels)
+    return Packed(
+        jpeg=jpeg,
+        width=stored.width,
+        height=stored.height,
+        orig_width=original_size[0],
+        orig_height=original_size[1],
+        pixel_sum=sums,
+        pixel_sq_sum=squares,
+        pixels=pixels,
+    )
 
 
 def map_ordered(fn: Callable, items: Sequence, workers: int) -> Iterator:
@@ -202,6 +226,7 @@ def map_ordered(fn: Callable, items: Sequence, workers: int) -> Iterator:
 # Splits and shards
 # --------------------------------------------------------------------------------------------
 
+
 def tar_bytes(member_bytes: int) -> int:
     """Size of a tar holding members of ``member_bytes`` (headers included): end blocks, record padding."""
     return math.ceil((member_bytes + 2 * tarfile.BLOCKSIZE) / tarfile.RECORDSIZE) * tarfile.RECORDSIZE
@@ -218,10 +243,12 @@ class SplitShardWriter:
         self.shards: list[dict] = []
 
     def add(self, key: str, members: dict[str, bytes]) -> None:
-        size = sum(tarfile.BLOCKSIZE + math.ceil(len(d) / tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-                   for d in members.values())
-        if self.samples and (len(self.samples) >= self.max_samples
-                             or tar_bytes(self.member_bytes + size) > self.max_bytes):
+        size = sum(
+            tarfile.BLOCKSIZE + math.ceil(len(d) / tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE for d in members.values()
+        )
+        if self.samples and (
+            len(self.samples) >= self.max_samples or tar_bytes(self.member_bytes + size) > self.max_bytes
+        ):
             self.flush()
         self.samples.append((key, members))
         self.member_bytes += size
@@ -237,16 +264,31 @@ class SplitShardWriter:
         data = buffer.getvalue()
         name = shard_name(self.split, len(self.shards))
         atomic_write_bytes(self.folder / name, data)
-        self.shards.append({"name": name, "num_samples": len(self.samples), "bytes": len(data),
-                            "sha256": hashlib.sha256(data).hexdigest()})
+        self.shards.append(
+            {
+                "name": name,
+                "num_samples": len(self.samples),
+                "bytes": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }
+        )
         self.samples, self.member_bytes = [], 0
 
 
 def sample_members(item: Item, packed: Packed) -> dict[str, bytes]:
-    meta = {**dict(item.fields), "width": packed.width, "height": packed.height, "orig_width": packed.orig_width,
-            "orig_height": packed.orig_height, "source": item.source}
-    return {"cls": str(item.label).encode("ascii"), "jpg": packed.jpeg,
-            "json": json.dumps(meta, separators=(",", ":")).encode("utf-8")}
+    meta = {
+        **dict(item.fields),
+        "width": packed.width,
+        "height": packed.height,
+        "orig_width": packed.orig_width,
+        "orig_height": packed.orig_height,
+        "source": item.source,
+    }
+    return {
+        "cls": str(item.label).encode("ascii"),
+        "jpg": packed.jpeg,
+        "json": json.dumps(meta, separators=(",", ":")).encode("utf-8"),
+    }
 
 
 def normalization(sums: list[int], squares: list[int], pixels: int, num_images: int) -> dict:
@@ -262,6 +304,7 @@ def normalization(sums: list[int], squares: list[int], pixels: int, num_images: 
 # Output folder: safe replacement of a previous run
 # --------------------------------------------------------------------------------------------
 
+
 def check_out_folder(out: Path, listing: Listing) -> None:
     if out == listing.root:
         raise UsageError(f"--out {out} is the dataset folder itself; choose a separate folder, e.g. shards/")
@@ -273,8 +316,10 @@ def check_out_folder(out: Path, listing: Listing) -> None:
     if out.is_dir():  # sub-folders (e.g. shards/quickstart/) are left alone and allowed
         foreign = sorted(p.name for p in out.iterdir() if not p.is_dir() and not is_ours(p.name))
         if foreign:
-            raise UsageError(f"--out {out} holds files make_shards did not write (e.g. {foreign[0]!r}); "
-                             f"choose a new or empty folder, or remove them")
+            raise UsageError(
+                f"--out {out} holds files make_shards did not write (e.g. {foreign[0]!r}); "
+                f"choose a new or empty folder, or remove them"
+            )
 
 
 def is_ours(name: str) -> bool:
@@ -313,6 +358,7 @@ def install(staging: Path, out: Path, info: dict) -> None:
 # --------------------------------------------------------------------------------------------
 # Pack
 # --------------------------------------------------------------------------------------------
+
 
 class Packing:
     """What packing one dataset accumulates: the shard writers, class counts, train pixel sums, skips."""
@@ -364,9 +410,14 @@ def build_manifest(listing: Listing, listed: dict[str, list[Item]], packing: Pac
         "label_field": listing.label_field,
         "created_by": "toolkit.make_shards",
         "source": str(listing.root),
-        "splits": {split: {"num_samples": sum(packing.counts[split]),
-                           "class_counts": dict(zip(listing.classes, packing.counts[split])),
-                           "shards": packing.writers[split].shards} for split in SPLITS},
+        "splits": {
+            split: {
+                "num_samples": sum(packing.counts[split]),
+                "class_counts": dict(zip(listing.classes, packing.counts[split])),
+                "shards": packing.writers[split].shards,
+            }
+            for split in SPLITS
+        },
         "normalization": normalization(packing.sums, packing.squares, packing.pixels, sum(packing.counts["train"])),
         "skipped": skipped,
         "unlisted": {"count": len(listing.unlisted), "names": listing.unlisted},
@@ -378,12 +429,23 @@ def build_manifest(listing: Listing, listed: dict[str, list[Item]], packing: Pac
     return info
 
 
-def pack_dataset(source: Path, out: Path, *, layout: str = "auto", labels: Optional[str] = None,
-                 val_fraction: float = DEFAULTS["val_fraction"], test_fraction: Optional[float] = None,
-                 seed: int = DEFAULTS["seed"], split_mode: str = DEFAULTS["split_mode"],
-                 resize_shorter: int = DEFAULTS["resize_shorter"], quality: int = DEFAULTS["quality"],
-                 shard_size: int = DEFAULTS["shard_size"], shard_bytes: int = DEFAULTS["shard_bytes"],
-                 workers: Optional[int] = None, show_progress: bool = True) -> dict:
+def pack_dataset(
+    source: Path,
+    out: Path,
+    *,
+    layout: str = "auto",
+    labels: Optional[str] = None,
+    val_fraction: float = DEFAULTS["val_fraction"],
+    test_fraction: Optional[float] = None,
+    seed: int = DEFAULTS["seed"],
+    split_mode: str = DEFAULTS["split_mode"],
+    resize_shorter: int = DEFAULTS["resize_shorter"],
+    quality: int = DEFAULTS["quality"],
+    shard_size: int = DEFAULTS["shard_size"],
+    shard_bytes: int = DEFAULTS["shard_bytes"],
+    workers: Optional[int] = None,
+    show_progress: bool = True,
+) -> dict:
     """Pack a dataset folder (see ``sources``) into ``out`` and return the info.json dict written there.
 
     ``test_fraction`` (default 0.2) is for a source without a test split; giving it for one that has
@@ -392,26 +454,46 @@ def pack_dataset(source: Path, out: Path, *, layout: str = "auto", labels: Optio
     workers = workers or os.cpu_count() or 1
     asked_test_fraction = test_fraction is not None
     test_fraction = DEFAULTS["test_fraction"] if test_fraction is None else test_fraction
-    check_options({"val_fraction": val_fraction, "test_fraction": test_fraction, "split_mode": split_mode,
-                   "resize_shorter": resize_shorter, "quality": quality, "shard_size": shard_size,
-                   "shard_bytes": shard_bytes, "workers": workers})
+    check_options(
+        {
+            "val_fraction": val_fraction,
+            "test_fraction": test_fraction,
+            "split_mode": split_mode,
+            "resize_shorter": resize_shorter,
+            "quality": quality,
+            "shard_size": shard_size,
+            "shard_bytes": shard_bytes,
+            "workers": workers,
+        }
+    )
     listing = read_listing(Path(source), layout=layout, labels=labels)
     if asked_test_fraction and "test" in listing.pools:
         where = "its official test list" if "trainval" in listing.pools else "a test/ folder"
-        raise UsageError(f"--test-fraction applies to an image folder without a test/ folder; {listing.root} has "
-                         f"{where}, which is the test split: leave --test-fraction out")
-    options = {"labels": listing.label_field, "val_fraction": val_fraction,
-               "test_fraction": None if "test" in listing.pools else test_fraction, "seed": seed,
-               "split_mode": split_mode, "resize_shorter": resize_shorter, "quality": quality,
-               "shard_size": shard_size, "shard_bytes": shard_bytes, "workers": workers}
+        raise UsageError(
+            f"--test-fraction applies to an image folder without a test/ folder; {listing.root} has "
+            f"{where}, which is the test split: leave --test-fraction out"
+        )
+    options = {
+        "labels": listing.label_field,
+        "val_fraction": val_fraction,
+        "test_fraction": None if "test" in listing.pools else test_fraction,
+        "seed": seed,
+        "split_mode": split_mode,
+        "resize_shorter": resize_shorter,
+        "quality": quality,
+        "shard_size": shard_size,
+        "shard_bytes": shard_bytes,
+        "workers": workers,
+    }
     out = Path(out).expanduser().resolve()
     check_out_folder(out, listing)
     if is_main_process():
         for warning in listing.warnings:
             print(f"warning: {warning}", file=sys.stderr)
 
-    listed = assign_splits(listing, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-                           split_mode=split_mode)
+    listed = assign_splits(
+        listing, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, split_mode=split_mode
+    )
     jobs, skipped = plan_jobs(listed, resize_shorter, quality)
     out.mkdir(parents=True, exist_ok=True)
     remove_leftovers(out)
@@ -420,8 +502,13 @@ def pack_dataset(source: Path, out: Path, *, layout: str = "auto", labels: Optio
     try:
         packing = Packing(staging, listing.classes, shard_size, shard_bytes, skipped)
         with contextlib.closing(map_ordered(process_image, jobs, workers)) as ordered:  # closing stops the pool
-            for job, result in progress(zip(jobs, ordered), total=len(jobs), desc="packing", unit="img",
-                                        enabled=show_progress and is_main_process()):
+            for job, result in progress(
+                zip(jobs, ordered),
+                total=len(jobs),
+                desc="packing",
+                unit="img",
+                enabled=show_progress and is_main_process(),
+            ):
                 packing.add(job, result)
         packing.finish()
         info = build_manifest(listing, listed, packing, options)
@@ -433,11 +520,15 @@ def pack_dataset(source: Path, out: Path, *, layout: str = "auto", labels: Optio
 
 def check_options(options: dict) -> None:
     if not 0 < options["val_fraction"] < 1:
-        raise UsageError(f"--val-fraction must be in (0, 1), got {options['val_fraction']}: training keeps the best "
-                         "epoch by its val ROC-AUC, so val needs images of both classes")
+        raise UsageError(
+            f"--val-fraction must be in (0, 1), got {options['val_fraction']}: training keeps the best "
+            "epoch by its val ROC-AUC, so val needs images of both classes"
+        )
     if not 0 < options["test_fraction"] < 1:
-        raise UsageError(f"--test-fraction must be in (0, 1), got {options['test_fraction']}: it is the share of an "
-                         "image folder without a test/ folder that is held out for the final test")
+        raise UsageError(
+            f"--test-fraction must be in (0, 1), got {options['test_fraction']}: it is the share of an "
+            "image folder without a test/ folder that is held out for the final test"
+        )
     if options["split_mode"] not in ("stratified", "seed"):
         raise UsageError(f"--split-mode must be 'stratified' or 'seed', got {options['split_mode']!r}")
     if options["resize_shorter"] < 0:
@@ -452,18 +543,23 @@ def check_options(options: dict) -> None:
 def packing_summary(info: dict, out: Path) -> str:
     skipped = {split: sum(s["split"] == split for s in info["skipped"]) for split in SPLITS}
     splits = info["splits"]
-    per_split = ", ".join(f"{split} {splits[split]['num_samples']} packed + {skipped[split]} skipped" for split in SPLITS)
+    per_split = ", ".join(
+        f"{split} {splits[split]['num_samples']} packed + {skipped[split]} skipped" for split in SPLITS
+    )
     shards = [shard for split in splits.values() for shard in split["shards"]]
     size_mb = sum(shard["bytes"] for shard in shards) / 1e6
     tag = " [SYNTHETIC data]" if info["synthetic"] else ""
     task = f" ({len(class_names(info))} classes by {label_field(info)})"
-    return (f"{info['dataset']}{tag}{task}: {per_split}; {len(shards)} shards, {size_mb:.1f} MB in {out}; "
-            f"{info['unlisted']['count']} unlisted file(s) ignored")
+    return (
+        f"{info['dataset']}{tag}{task}: {per_split}; {len(shards)} shards, {size_mb:.1f} MB in {out}; "
+        f"{info['unlisted']['count']} unlisted file(s) ignored"
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Download
 # --------------------------------------------------------------------------------------------
+
 
 def reachable(host: str, port: int, timeout: float) -> bool:
     """A TCP connect with a hard deadline (name resolution itself can hang without a network)."""
@@ -490,14 +586,18 @@ def download_dataset(root: Path) -> Path:
         return layout
     host, port = DOWNLOAD_PROBE
     if not reachable(host, port, DOWNLOAD_PROBE_TIMEOUT_S):
-        raise UsageError(f"cannot reach {host} to download Oxford-IIIT Pet; fetch images.tar.gz and "
-                         f"annotations.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/pets/ elsewhere, "
-                         f"unpack both into {layout} and run with --source {layout}")
+        raise UsageError(
+            f"cannot reach {host} to download Oxford-IIIT Pet; fetch images.tar.gz and "
+            f"annotations.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/pets/ elsewhere, "
+            f"unpack both into {layout} and run with --source {layout}"
+        )
     from torchvision.datasets import OxfordIIITPet
 
     try:
         OxfordIIITPet(root=str(root), download=True)
     except Exception as err:  # network drops, checksum mismatch, full disk
-        raise UsageError(f"downloading Oxford-IIIT Pet into {root} failed ({type(err).__name__}: {err}); "
-                         f"retry, or unpack a local copy into {layout} and use --source {layout}") from None
+        raise UsageError(
+            f"downloading Oxford-IIIT Pet into {root} failed ({type(err).__name__}: {err}); "
+            f"retry, or unpack a local copy into {layout} and use --source {layout}"
+        ) from None
     return layout

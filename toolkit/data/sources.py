@@ -71,13 +71,16 @@ def read_listing(source: Path, *, layout: str = "auto", labels: Optional[str] = 
             raise UsageError(f"--labels must be one of {', '.join(OXFORD_LABELS)} for Oxford-IIIT Pet, got {labels!r}")
         return oxford.read_listing(source, labels or "species")
     if labels is not None:
-        raise UsageError(f"--labels {labels} applies to the Oxford-IIIT Pet layout only; {source} is read as an "
-                         "image folder, whose class is the name of each image's class folder")
+        raise UsageError(
+            f"--labels {labels} applies to the Oxford-IIIT Pet layout only; {source} is read as an "
+            "image folder, whose class is the name of each image's class folder"
+        )
     return image_folder.read_listing(source)
 
 
-def stratified_split(items: Sequence[Item], fraction: float, seed: int, strata: Optional[Sequence[str]],
-                     what: str) -> tuple[list[Item], list[Item]]:
+def stratified_split(
+    items: Sequence[Item], fraction: float, seed: int, strata: Optional[Sequence[str]], what: str
+) -> tuple[list[Item], list[Item]]:
     """``items`` split into (kept, held out), the held-out share ``fraction``, in the order the split returns.
 
     ``strata`` keeps each class's share in both parts; None is a plain random split. The order is
@@ -94,8 +97,9 @@ def stratified_split(items: Sequence[Item], fraction: float, seed: int, strata: 
     return list(kept), list(held)
 
 
-def assign_splits(listing: Listing, *, val_fraction: float, test_fraction: float, seed: int,
-                  split_mode: str) -> dict[str, list[Item]]:
+def assign_splits(
+    listing: Listing, *, val_fraction: float, test_fraction: float, seed: int, split_mode: str
+) -> dict[str, list[Item]]:
     """train/val/test from the listing's pools: fixed where the layout fixes them, else held out of train.
 
     Oxford's ``trainval`` gives train and val, its official ``test`` list is test. A folder's
@@ -110,8 +114,9 @@ def assign_splits(listing: Listing, *, val_fraction: float, test_fraction: float
         return stratified_split(items, fraction, seed, strata, what)
 
     if "trainval" in pools:
-        train, val = held_out(pools["trainval"], val_fraction, f"val (--val-fraction {val_fraction}, "
-                                                              f"--split-mode {split_mode})")
+        train, val = held_out(
+            pools["trainval"], val_fraction, f"val (--val-fraction {val_fraction}, --split-mode {split_mode})"
+        )
         return {"train": train, "val": val, "test": list(pools["test"])}
     train = list(pools.get("train", []))
     test = pools.get("test")

@@ -17,7 +17,6 @@ from torchvision.transforms import v2
 
 from toolkit.errors import UsageError
 
-
 # What photos come as. Pillow would otherwise try every format it knows (EPS and PDF call Ghostscript).
 IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")  # JPEG also opens multi-picture (MPO) files
 
@@ -49,8 +48,9 @@ def _check_transform_config(cfg) -> None:
     if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
         raise UsageError(f"data.crop_scale={scale} must be two numbers 0 < low <= high <= 1")
     if cfg.color_jitter is not None and len(cfg.color_jitter) != 4:
-        raise UsageError(f"data.color_jitter={cfg.color_jitter} must be 4 numbers "
-                         "(brightness, contrast, saturation, hue) or null")
+        raise UsageError(
+            f"data.color_jitter={cfg.color_jitter} must be 4 numbers (brightness, contrast, saturation, hue) or null"
+        )
 
 
 def build_train_transform(cfg):
@@ -75,9 +75,16 @@ def build_train_transform(cfg):
 
 def build_eval_transform(cfg, mean: Sequence[float], std: Sequence[float]):
     """PIL image -> normalized float tensor: resize the shorter side, center crop."""
-    return v2.Compose([v2.Resize(cfg.resize_size, antialias=True), v2.CenterCrop(cfg.image_size),
-                       v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std)),
-                       v2.ToPureTensor()])
+    return v2.Compose(
+        [
+            v2.Resize(cfg.resize_size, antialias=True),
+            v2.CenterCrop(cfg.image_size),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(mean), list(std)),
+            v2.ToPureTensor(),
+        ]
+    )
 
 
 def decode_hint(cfg) -> int:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-
 from toolkit.cli import is_main_process, progress
 from toolkit.data.reading import Limits, default_limits
 from toolkit.data.shards import SIZE_FIELDS, decode_error, map_ordered, strict_decoding
@@ -69,9 +68,11 @@ class ShardTally:
         self.size += member.size
         limits = self.task.limits
         if self.too_big is None and (member.size > limits.member_bytes or self.size > limits.sample_bytes):
-            self.too_big = (f"{member.name} is {member.size:,} bytes ({self.size:,} with the rest of its sample), over "
-                            f"the cap of {limits.member_bytes:,} per member and {limits.sample_bytes:,} per sample; "
-                            "not read")
+            self.too_big = (
+                f"{member.name} is {member.size:,} bytes ({self.size:,} with the rest of its sample), over "
+                f"the cap of {limits.member_bytes:,} per member and {limits.sample_bytes:,} per sample; "
+                "not read"
+            )
             self.members = {}
         if self.too_big is None:
             self.members[ext] = tar.extractfile(member).read()
@@ -145,8 +146,9 @@ def check_sample(members: dict[str, bytes], classes: tuple[str, ...], field: str
     return None
 
 
-def verify_shards(folder: Path, workers: int = 1, show_progress: bool = False,
-                  limits: Optional[Limits] = None) -> list[str]:
+def verify_shards(
+    folder: Path, workers: int = 1, show_progress: bool = False, limits: Optional[Limits] = None
+) -> list[str]:
     """Re-read every shard against info.json; the problems found (empty = OK).
 
     Memory stays bounded whatever the shards hold: files are hashed in chunks, tars read as a stream,
@@ -157,13 +159,26 @@ def verify_shards(folder: Path, workers: int = 1, show_progress: bool = False,
     problems = []
     classes, field = tuple(class_names(info)), label_field(info)
     limits = limits or default_limits()
-    tasks = [ShardCheck(str(folder / shard["name"]), shard, classes, field, limits)
-             for split in SPLITS for shard in info["splits"][split]["shards"]]
+    tasks = [
+        ShardCheck(str(folder / shard["name"]), shard, classes, field, limits)
+        for split in SPLITS
+        for shard in info["splits"][split]["shards"]
+    ]
     listed = {Path(t.path).name for t in tasks}
-    problems += [f"{p.name}: not listed in info.json (left over from another run?)"
-                 for p in sorted(folder.glob("*.tar")) if p.name not in listed]
-    results = iter(progress(map_ordered(check_shard, tasks, workers), total=len(tasks), desc="verifying",
-                            unit="shard", enabled=show_progress and is_main_process()))
+    problems += [
+        f"{p.name}: not listed in info.json (left over from another run?)"
+        for p in sorted(folder.glob("*.tar"))
+        if p.name not in listed
+    ]
+    results = iter(
+        progress(
+            map_ordered(check_shard, tasks, workers),
+            total=len(tasks),
+            desc="verifying",
+            unit="shard",
+            enabled=show_progress and is_main_process(),
+        )
+    )
     seen: dict[str, str] = {}
     for split in SPLITS:
         meta = info["splits"][split]

@@ -55,17 +55,28 @@ class EvalResult:
         """What ``predictions.csv`` stores, predicted by the one rule (``metrics.predict``)."""
         probs = self.probs
         preds = predict(probs, threshold) if len(probs) else np.zeros(0, dtype=np.int64)
-        return Predictions(keys=list(self.keys), labels=[int(v) for v in self.labels],
-                           probs=[[float(p) for p in row] for row in probs], preds=[int(v) for v in preds],
-                           breeds=list(self.breeds), class_names=list(self.class_names))
+        return Predictions(
+            keys=list(self.keys),
+            labels=[int(v) for v in self.labels],
+            probs=[[float(p) for p in row] for row in probs],
+            preds=[int(v) for v in preds],
+            breeds=list(self.breeds),
+            class_names=list(self.class_names),
+        )
 
 
 @torch.no_grad()
 def evaluate_split(accelerator, model: torch.nn.Module, cfg, info: dict, split: str, mean, std) -> EvalResult:
     """Predict every sample of ``split`` once across all processes; every process gets the result."""
     data_cfg = dataclasses.replace(cfg.data, mean=list(mean), std=list(std))  # the model's own normalization
-    loader = make_eval_loader(data_cfg, info, split, batch_size=cfg.eval.batch_size,
-                              rank=accelerator.process_index, world_size=accelerator.num_processes)
+    loader = make_eval_loader(
+        data_cfg,
+        info,
+        split,
+        batch_size=cfg.eval.batch_size,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+    )
     was_training = model.training
     model.eval()
     memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
@@ -76,7 +87,9 @@ def evaluate_split(accelerator, model: torch.nn.Module, cfg, info: dict, split: 
                 skipped += int(batch.get("skipped", 0))
                 if len(batch["key"]) == 0:
                     continue
-                images = batch["image"].to(accelerator.device, non_blocking=True).contiguous(memory_format=memory_format)
+                images = (
+                    batch["image"].to(accelerator.device, non_blocking=True).contiguous(memory_format=memory_format)
+                )
                 logits.append(model(images).float().cpu())
                 labels.append(batch["label"].cpu())
                 keys.extend(batch["key"])
@@ -84,7 +97,9 @@ def evaluate_split(accelerator, model: torch.nn.Module, cfg, info: dict, split: 
     finally:
         model.train(was_training)
     local = {
-        "keys": keys, "breeds": breeds, "skipped": skipped,
+        "keys": keys,
+        "breeds": breeds,
+        "skipped": skipped,
         "labels": torch.cat(labels).numpy() if labels else np.zeros(0, dtype=np.int64),
         "logits": torch.cat(logits).numpy() if logits else np.zeros((0, len(class_names(info))), dtype=np.float32),
     }
@@ -115,8 +130,10 @@ def merge_predictions(split: str, parts: list[dict], expected: int) -> EvalResul
             logits.append(part["logits"][i])
             breeds.append(part["breeds"][i])
     if len(keys) + skipped != expected:
-        raise DataError(f"evaluation of split {split!r} counted {len(keys)} samples + {skipped} skipped, but info.json "
-                        f"lists {expected}; the shards do not match their manifest (run python -m toolkit.make_shards --verify)")
+        raise DataError(
+            f"evaluation of split {split!r} counted {len(keys)} samples + {skipped} skipped, but info.json "
+            f"lists {expected}; the shards do not match their manifest (run python -m toolkit.make_shards --verify)"
+        )
     order = np.argsort(np.array(keys, dtype=object)) if keys else np.zeros(0, dtype=np.int64)
     return EvalResult(
         split=split,
@@ -128,16 +145,27 @@ def merge_predictions(split: str, parts: list[dict], expected: int) -> EvalResul
     )
 
 
-def score(result: EvalResult, *, threshold: float, class_names, tuning: Optional[EvalResult] = None,
-          extra: Optional[dict] = None) -> dict:
+def score(
+    result: EvalResult,
+    *,
+    threshold: float,
+    class_names,
+    tuning: Optional[EvalResult] = None,
+    extra: Optional[dict] = None,
+) -> dict:
     """Every reported metric of one split, computed once by ``toolkit.evaluation.metrics``.
 
     ``tuning`` (the val split) finds the decision threshold reported beside a two-class split's
     numbers; for more classes it is not used.
     """
     metrics = compute_metrics(
-        result.labels, result.probs, class_names=list(class_names), threshold=threshold, breeds=result.breeds,
-        loss=result.loss, tuning_labels=None if tuning is None else tuning.labels,
+        result.labels,
+        result.probs,
+        class_names=list(class_names),
+        threshold=threshold,
+        breeds=result.breeds,
+        loss=result.loss,
+        tuning_labels=None if tuning is None else tuning.labels,
         tuning_probs=None if tuning is None else tuning.probs,
     )
     metrics["split"] = result.split
@@ -153,20 +181,35 @@ def score(result: EvalResult, *, threshold: float, class_names, tuning: Optional
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = ArgumentParser(prog="toolkit.evaluate", description=__doc__.split("\n\n")[0],
-                            epilog="example: python -m toolkit.evaluate --model runs/NAME/model.safetensors "
-                                   "--shards shards/pets --split test")
-    parser.add_argument("--model", required=True, help="a model.safetensors from a training run, a run folder, an "
-                        "exported or other timm model folder (DIR or local-dir:DIR), or hf-hub:OWNER/NAME")
+    parser = ArgumentParser(
+        prog="toolkit.evaluate",
+        description=__doc__.split("\n\n")[0],
+        epilog="example: python -m toolkit.evaluate --model runs/NAME/model.safetensors "
+        "--shards shards/pets --split test",
+    )
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="a model.safetensors from a training run, a run folder, an "
+        "exported or other timm model folder (DIR or local-dir:DIR), or hf-hub:OWNER/NAME",
+    )
     parser.add_argument("--shards", required=True, help="shards folder (with info.json) or URL pattern")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
-    parser.add_argument("--tuning-split", default="val",
-                        help="split on which the balanced-accuracy threshold is found, reported beside (default: val; "
-                             "'none' to skip; two-class models only)")
+    parser.add_argument(
+        "--tuning-split",
+        default="val",
+        help="split on which the balanced-accuracy threshold is found, reported beside (default: val; "
+        "'none' to skip; two-class models only)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: MODEL_DIR/eval/SPLIT)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threshold", type=float, default=0.5, help="decision threshold on P(class 1) of a two-class model (default 0.5); a model of more "
-                             "than two classes predicts its most probable class instead")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="decision threshold on P(class 1) of a two-class model (default 0.5); a model of more "
+        "than two classes predicts its most probable class instead",
+    )
     parser.add_argument("--num-workers", type=int, default=2)
     args = parser.parse_args(argv)
     if not 0.0 <= args.threshold <= 1.0:
@@ -179,10 +222,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise UsageError(f"--model {args.model}: pass --out DIR for the results of a Hub model")
     model, meta = load_model(args.model)
     image_size, resize_size = model_image_sizes(meta, str(args.model))
-    cfg = load_config(None, [f"data.shards={args.shards}", f"data.image_size={image_size}",
-                             f"data.resize_size={resize_size}",
-                             f"data.num_workers={args.num_workers}", f"eval.batch_size={args.batch_size}",
-                             f"model.num_classes={meta['num_classes']}"])
+    cfg = load_config(
+        None,
+        [
+            f"data.shards={args.shards}",
+            f"data.image_size={image_size}",
+            f"data.resize_size={resize_size}",
+            f"data.num_workers={args.num_workers}",
+            f"eval.batch_size={args.batch_size}",
+            f"model.num_classes={meta['num_classes']}",
+        ],
+    )
     info = load_info(args.shards)
     check_classes(meta, class_names(info), str(args.model), what=f"the shards {args.shards}")
     tuning_split = None if args.tuning_split.lower() == "none" or args.tuning_split == args.split else args.tuning_split
@@ -193,15 +243,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     accelerator = Accelerator(cpu=not torch.cuda.is_available())  # without CUDA: gloo across launched processes
     model.to(accelerator.device)
     result = evaluate_split(accelerator, model, cfg, info, args.split, meta["mean"], meta["std"])
-    tuning = evaluate_split(accelerator, model, cfg, info, tuning_split, meta["mean"], meta["std"]) if tuning_split else None
+    tuning = (
+        evaluate_split(accelerator, model, cfg, info, tuning_split, meta["mean"], meta["std"]) if tuning_split else None
+    )
     if accelerator.is_main_process:
         run = RunDir(model_folder or args.out)
         out = args.out or run.eval_dir(args.split)
-        metrics = score(result, threshold=args.threshold, class_names=class_names(info),
-                        tuning=tuning, extra={"model": str(args.model), "model_epoch": meta.get("epoch"),
-                                              "synthetic": bool(info.get("synthetic"))})
+        metrics = score(
+            result,
+            threshold=args.threshold,
+            class_names=class_names(info),
+            tuning=tuning,
+            extra={
+                "model": str(args.model),
+                "model_epoch": meta.get("epoch"),
+                "synthetic": bool(info.get("synthetic")),
+            },
+        )
         run.write_evaluation(args.split, metrics, result.predictions(args.threshold), out_dir=out)
         print(f"{args.split}: {metrics_line(metrics)} -> {out}", flush=True)
     accelerator.end_training()
     return 0
-

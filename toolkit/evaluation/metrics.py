@@ -29,9 +29,9 @@ import numpy as np
 from sklearn import metrics as skm
 
 UNKNOWN_BREED = "(unknown)"
-TOP_K = 5                 # top-k accuracy: k = min(TOP_K, number of classes)
-MAX_CONFUSIONS = 10       # largest_confusions: the most frequent mistakes listed
-MAX_CURVE_POINTS = 1000   # per class; keeps the logged curve tables small for any split size
+TOP_K = 5  # top-k accuracy: k = min(TOP_K, number of classes)
+MAX_CONFUSIONS = 10  # largest_confusions: the most frequent mistakes listed
+MAX_CURVE_POINTS = 1000  # per class; keeps the logged curve tables small for any split size
 # The numbers of a split that go into the W&B run summary as ``<split>/<key>`` (``summary_values``).
 SUMMARY_KEYS = ("accuracy", "top5_accuracy", "roc_auc", "average_precision", "loss")
 
@@ -41,8 +41,9 @@ def as_arrays(labels: Sequence[int], probs: Any, what: str) -> tuple[np.ndarray,
     y = np.asarray(labels)
     p = np.asarray(probs, dtype=np.float64)
     if y.ndim != 1 or p.ndim != 2 or len(y) != len(p):
-        raise ValueError(f"{what}: labels must be 1-D [N] and probabilities 2-D [N, C] with the same N, "
-                         f"got {y.shape} and {p.shape}")
+        raise ValueError(
+            f"{what}: labels must be 1-D [N] and probabilities 2-D [N, C] with the same N, got {y.shape} and {p.shape}"
+        )
     if len(y) == 0:
         raise ValueError(f"{what}: no samples")
     if p.shape[1] < 2:
@@ -90,8 +91,7 @@ def per_class_roc_auc(labels: Sequence[int], probs: Any) -> list[Optional[float]
     """One-vs-rest ROC-AUC of each class; None for a class without positives or negatives in the split."""
     y, p = as_arrays(labels, probs, "per_class_roc_auc")
     counts = np.bincount(y, minlength=p.shape[1])
-    return [float(skm.roc_auc_score(y == c, p[:, c])) if 0 < counts[c] < len(y) else None
-            for c in range(p.shape[1])]
+    return [float(skm.roc_auc_score(y == c, p[:, c])) if 0 < counts[c] < len(y) else None for c in range(p.shape[1])]
 
 
 def roc_auc(labels: Sequence[int], probs: Any) -> Optional[float]:
@@ -124,20 +124,30 @@ def top_k_accuracy(labels: Sequence[int], probs: Any, k: int) -> float:
     return float(skm.top_k_accuracy_score(y, p, k=k, labels=np.arange(num_classes)))
 
 
-def prf_tables(y: np.ndarray, pred: np.ndarray, class_names: Sequence[str],
-               average_over: Sequence[int]) -> dict[str, Any]:
+def prf_tables(
+    y: np.ndarray, pred: np.ndarray, class_names: Sequence[str], average_over: Sequence[int]
+) -> dict[str, Any]:
     """``per_class`` precision/recall/F1/support and the ``macro_avg`` and ``weighted_avg`` over ``average_over``,
     in the classification-report layout (sklearn, zero_division=0)."""
     labels = list(range(len(class_names)))
-    precision, recall, f1, support = skm.precision_recall_fscore_support(y, pred, labels=labels, average=None,
-                                                                         zero_division=0)
-    out: dict[str, Any] = {"per_class": {
-        name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-               "support": int(support[i])}
-        for i, name in enumerate(class_names)}}
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        y, pred, labels=labels, average=None, zero_division=0
+    )
+    out: dict[str, Any] = {
+        "per_class": {
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(class_names)
+        }
+    }
     for average in ("macro", "weighted"):
-        ap, ar, af, _ = skm.precision_recall_fscore_support(y, pred, labels=list(average_over), average=average,
-                                                            zero_division=0)
+        ap, ar, af, _ = skm.precision_recall_fscore_support(
+            y, pred, labels=list(average_over), average=average, zero_division=0
+        )
         out[f"{average}_avg"] = {"precision": float(ap), "recall": float(ar), "f1": float(af), "support": int(len(y))}
     return out
 
@@ -168,10 +178,18 @@ def decision_metrics(y: np.ndarray, p: np.ndarray, threshold: float, class_names
     }
 
 
-def compute_metrics(labels: Sequence[int], probs: Any, *, class_names: Sequence[str], threshold: float = 0.5,
-                    breeds: Optional[Sequence[Optional[str]]] = None, loss: Optional[float] = None,
-                    tuning_labels: Optional[Sequence[int]] = None, tuning_probs: Any = None,
-                    max_confusions: int = MAX_CONFUSIONS) -> dict[str, Any]:
+def compute_metrics(
+    labels: Sequence[int],
+    probs: Any,
+    *,
+    class_names: Sequence[str],
+    threshold: float = 0.5,
+    breeds: Optional[Sequence[Optional[str]]] = None,
+    loss: Optional[float] = None,
+    tuning_labels: Optional[Sequence[int]] = None,
+    tuning_probs: Any = None,
+    max_confusions: int = MAX_CONFUSIONS,
+) -> dict[str, Any]:
     """All reported metrics of one split, as a JSON-ready dict, for any number of classes.
 
     ``probs`` are softmax probabilities [N, C] in ``class_names`` order; ``loss`` is the model's
@@ -212,8 +230,14 @@ def compute_metrics(labels: Sequence[int], probs: Any, *, class_names: Sequence[
     }
 
 
-def threshold_tuning(y: np.ndarray, p: np.ndarray, threshold: float, class_names: Sequence[str],
-                     tuning_labels: Optional[Sequence[int]], tuning_probs: Any) -> dict[str, Any]:
+def threshold_tuning(
+    y: np.ndarray,
+    p: np.ndarray,
+    threshold: float,
+    class_names: Sequence[str],
+    tuning_labels: Optional[Sequence[int]],
+    tuning_probs: Any,
+) -> dict[str, Any]:
     """The two-class extras: the threshold that maximises balanced accuracy on the tuning split, and
     this split at it. Reported beside the headline numbers, never used for them; None for more classes."""
     out: dict[str, Any] = {"best_threshold": None, "at_best_threshold": None}
@@ -262,17 +286,20 @@ def split_notes(y: np.ndarray, class_names: Sequence[str], scored: Sequence[int]
     missing = [name for c, name in enumerate(class_names) if c not in present]
     if missing:
         shown = ", ".join(missing[:10]) + (", ..." if len(missing) > 10 else "")
-        notes.append(f"{len(missing)} of {len(class_names)} classes have no sample in this split ({shown}): "
-                     f"their rows show support 0, and the macro averages, balanced accuracy, ROC-AUC and "
-                     f"average precision are over the {len(present)} classes present")
+        notes.append(
+            f"{len(missing)} of {len(class_names)} classes have no sample in this split ({shown}): "
+            f"their rows show support 0, and the macro averages, balanced accuracy, ROC-AUC and "
+            f"average precision are over the {len(present)} classes present"
+        )
     if not scored:
         only = ", ".join(class_names[c] for c in present)
         notes.append(f"only one class ({only}) in this split: ROC-AUC and average precision are undefined")
     return notes
 
 
-def per_breed_accuracy(labels: np.ndarray, pred: np.ndarray, breeds: Sequence[Optional[str]],
-                       class_names: Sequence[str]) -> list[dict[str, Any]]:
+def per_breed_accuracy(
+    labels: np.ndarray, pred: np.ndarray, breeds: Sequence[Optional[str]], class_names: Sequence[str]
+) -> list[dict[str, Any]]:
     """Accuracy per breed (any sub-group a sample records), worst first (ties: more samples first, then by name).
 
     ``class`` is the class most frequent among the breed's labels (ties: the lower index).
@@ -287,8 +314,15 @@ def per_breed_accuracy(labels: np.ndarray, pred: np.ndarray, breeds: Sequence[Op
         idx_arr = np.asarray(idx)
         counts = np.bincount(labels[idx_arr], minlength=len(class_names))
         correct = int((labels[idx_arr] == pred[idx_arr]).sum())
-        rows.append({"breed": breed, "class": class_names[int(np.argmax(counts))], "count": int(len(idx)),
-                     "correct": correct, "accuracy": correct / len(idx)})
+        rows.append(
+            {
+                "breed": breed,
+                "class": class_names[int(np.argmax(counts))],
+                "count": int(len(idx)),
+                "correct": correct,
+                "accuracy": correct / len(idx),
+            }
+        )
     rows.sort(key=lambda r: (r["accuracy"], -r["count"], r["breed"]))
     return rows
 
@@ -330,10 +364,11 @@ def largest_confusions(matrix: Any, class_names: Sequence[str], limit: int = MAX
         if t == pr:
             continue
         count = int(m[t, pr])
-        rows.append({"true": class_names[t], "pred": class_names[pr], "count": count,
-                     "share_of_true": count / int(support[t])})
+        rows.append(
+            {"true": class_names[t], "pred": class_names[pr], "count": count, "share_of_true": count / int(support[t])}
+        )
     rows.sort(key=lambda r: (-r["count"], -r["share_of_true"], r["true"], r["pred"]))
-    return rows[:max(int(limit), 0)]
+    return rows[: max(int(limit), 0)]
 
 
 def per_class_accuracy(matrix: Any, class_names: Sequence[str]) -> list[dict[str, Any]]:
@@ -387,8 +422,12 @@ def mean_std(values: Sequence[Optional[float]]) -> dict:
     values = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not values:
         return {"mean": None, "std": None, "n": 0, "values": []}
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
-            "n": len(values), "values": values}
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else None,
+        "n": len(values),
+        "values": values,
+    }
 
 
 def format_mean_std(stat: dict, digits: int = 4) -> str:
@@ -423,7 +462,8 @@ def classification_report_table(metrics: dict[str, Any], digits: int = 4) -> str
     out += "\n"
     total = metrics["num_samples"]
     out += ("{:>{width}s} " + " {:>9}" * 2 + " {:>9.{digits}f} {:>9}\n").format(
-        "accuracy", "", "", metrics["accuracy"], total, width=width, digits=digits)
+        "accuracy", "", "", metrics["accuracy"], total, width=width, digits=digits
+    )
     for key, label in (("macro_avg", "macro avg"), ("weighted_avg", "weighted avg")):
         a = metrics[key]
         out += row_fmt.format(label, a["precision"], a["recall"], a["f1"], total, width=width, digits=digits)
@@ -447,9 +487,11 @@ def metrics_line(metrics: dict[str, Any]) -> str:
     The top-k field is labelled with its k, so a 3-class run does not print a top-3 number under a
     top-5 name.
     """
-    line = (f"n={metrics['num_samples']} loss={format_number(metrics.get('loss'))} "
-            f"acc={format_number(metrics.get('accuracy'))} auc={format_number(metrics.get('roc_auc'))} "
-            f"ap={format_number(metrics.get('average_precision'))}")
+    line = (
+        f"n={metrics['num_samples']} loss={format_number(metrics.get('loss'))} "
+        f"acc={format_number(metrics.get('accuracy'))} auc={format_number(metrics.get('roc_auc'))} "
+        f"ap={format_number(metrics.get('average_precision'))}"
+    )
     if reports_top_k(metrics):
         line += f" top{metrics['top_k']}={format_number(metrics.get('top5_accuracy'))}"
     return line

@@ -7,13 +7,47 @@
   torch, the other two do not.
 """
 
-from toolkit.formats.manifest import (MANIFEST_KEYS, MANIFEST_NAME, MANIFEST_VERSION, PACK_HINT, SHARD_NAME, SPLITS,
-                                      class_names, dataset_summary, is_plain_file_name, label_field, manifest_problem,
-                                      parse_manifest, read_manifest, selection_problem, shard_name, split_info,
-                                      split_size, write_manifest)
+from toolkit.formats.manifest import (
+    MANIFEST_KEYS,
+    MANIFEST_NAME,
+    MANIFEST_VERSION,
+    PACK_HINT,
+    SHARD_NAME,
+    SPLITS,
+    class_names,
+    dataset_summary,
+    is_plain_file_name,
+    label_field,
+    manifest_problem,
+    parse_manifest,
+    read_manifest,
+    selection_problem,
+    shard_name,
+    split_info,
+    split_size,
+    write_manifest,
+)
 from toolkit.formats.run_dir import Predictions, RunDir
 
-__all__ = ["MANIFEST_KEYS", "MANIFEST_NAME", "MANIFEST_VERSION", "PACK_HINT", "SHARD_NAME", "SPLITS", "Predictions",
-           "RunDir", "class_names", "dataset_summary", "is_plain_file_name", "label_field", "manifest_problem",
-           "parse_manifest", "read_manifest", "selection_problem", "shard_name", "split_info", "split_size",
-           "write_manifest"]
+__all__ = [
+    "MANIFEST_KEYS",
+    "MANIFEST_NAME",
+    "MANIFEST_VERSION",
+    "PACK_HINT",
+    "SHARD_NAME",
+    "SPLITS",
+    "Predictions",
+    "RunDir",
+    "class_names",
+    "dataset_summary",
+    "is_plain_file_name",
+    "label_field",
+    "manifest_problem",
+    "parse_manifest",
+    "read_manifest",
+    "selection_problem",
+    "shard_name",
+    "split_info",
+    "split_size",
+    "write_manifest",
+]

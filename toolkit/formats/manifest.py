@@ -21,8 +21,17 @@ MANIFEST_VERSION = 1
 SPLITS = ("train", "val", "test")
 SHARD_NAME = re.compile(r"^(train|val|test)-\d{6}\.tar$")
 PACK_HINT = "create them with `python -m toolkit.make_shards --source <Oxford-IIIT Pet folder> --out <shard folder>`"
-MANIFEST_KEYS = ("format_version", "dataset", "synthetic", "classes", "splits", "normalization", "skipped",
-                 "unlisted", "options")
+MANIFEST_KEYS = (
+    "format_version",
+    "dataset",
+    "synthetic",
+    "classes",
+    "splits",
+    "normalization",
+    "skipped",
+    "unlisted",
+    "options",
+)
 _SHARD_FIELDS = {"name": str, "num_samples": int, "bytes": int, "sha256": str}
 
 
@@ -55,13 +64,19 @@ def manifest_problem(info: Any, *, complete: bool = False) -> Optional[str]:
         return f"must describe the splits {', '.join(SPLITS)}"
     if complete:
         classes = info.get("classes")
-        if (not isinstance(classes, list) or len(classes) < 2 or len(set(map(str, classes))) != len(classes)
-                or not all(isinstance(c, str) and c for c in classes)):
+        if (
+            not isinstance(classes, list)
+            or len(classes) < 2
+            or len(set(map(str, classes))) != len(classes)
+            or not all(isinstance(c, str) and c for c in classes)
+        ):
             return "'classes' must list at least two distinct class names"
     for name, split in splits.items():
         if complete and not _complete_split(split):
-            return (f"split {name!r} lacks num_samples, class_counts or a shard list with name, num_samples, "
-                    "bytes and sha256")
+            return (
+                f"split {name!r} lacks num_samples, class_counts or a shard list with name, num_samples, "
+                "bytes and sha256"
+            )
         if complete and list(split["class_counts"]) != info["classes"]:
             return f"split {name!r} counts classes {list(split['class_counts'])}, not the manifest's classes"
         try:
@@ -77,10 +92,16 @@ def manifest_problem(info: Any, *, complete: bool = False) -> Optional[str]:
 
 
 def _complete_split(meta: object) -> bool:
-    return (isinstance(meta, dict) and isinstance(meta.get("num_samples"), int)
-            and isinstance(meta.get("class_counts"), dict) and isinstance(meta.get("shards"), list)
-            and all(isinstance(shard, dict) and all(isinstance(shard.get(k), t) for k, t in _SHARD_FIELDS.items())
-                    for shard in meta["shards"]))
+    return (
+        isinstance(meta, dict)
+        and isinstance(meta.get("num_samples"), int)
+        and isinstance(meta.get("class_counts"), dict)
+        and isinstance(meta.get("shards"), list)
+        and all(
+            isinstance(shard, dict) and all(isinstance(shard.get(k), t) for k, t in _SHARD_FIELDS.items())
+            for shard in meta["shards"]
+        )
+    )
 
 
 def parse_manifest(text: str, where: str, *, complete: bool = False, hint: str = PACK_HINT) -> dict:
@@ -132,9 +153,11 @@ def selection_problem(info: dict) -> Optional[str]:
     present = [name for name, n in counts.items() if n > 0]
     if int(meta.get("num_samples", 0)) == 0 or (counts and len(present) < 2):
         shown = ", ".join(f"{name} {n}" for name, n in counts.items()) or "no images"
-        return (f"the val split ({shown}) needs images of at least two classes: training keeps the best epoch by val "
-                "ROC-AUC, which is undefined otherwise; re-pack with a larger --val-fraction (stratified, the default, "
-                "keeps every class in val)")
+        return (
+            f"the val split ({shown}) needs images of at least two classes: training keeps the best epoch by val "
+            "ROC-AUC, which is undefined otherwise; re-pack with a larger --val-fraction (stratified, the default, "
+            "keeps every class in val)"
+        )
     return None
 
 
@@ -158,8 +181,14 @@ def dataset_summary(info: dict, shards: str) -> dict:
         "dataset": info.get("dataset"),
         "synthetic": bool(info.get("synthetic")),
         "classes": info.get("classes"),
-        "splits": {name: {"num_samples": s.get("num_samples"), "class_counts": s.get("class_counts"),
-                          "num_shards": len(s.get("shards", []))} for name, s in info.get("splits", {}).items()},
+        "splits": {
+            name: {
+                "num_samples": s.get("num_samples"),
+                "class_counts": s.get("class_counts"),
+                "num_shards": len(s.get("shards", [])),
+            }
+            for name, s in info.get("splits", {}).items()
+        },
         "normalization": info.get("normalization"),
         "skipped": info.get("skipped", []),
         "unlisted": info.get("unlisted"),

@@ -70,16 +70,20 @@ def read_model_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     try:
         state = load_safetensors_bytes(data)
         header_len = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8:8 + header_len])
+        header = json.loads(data[8 : 8 + header_len])
     except (SafetensorError, ValueError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UsageError(f"{str(path)!r} is not a safetensors file ({err}); models are exchanged as .safetensors only") from None
+        raise UsageError(
+            f"{str(path)!r} is not a safetensors file ({err}); models are exchanged as .safetensors only"
+        ) from None
     raw_meta = header.get("__metadata__") or {}
     try:
         meta = {key: json.loads(value) for key, value in raw_meta.items()}
     except json.JSONDecodeError:
         meta = {}
     if meta.get("format") != FORMAT_NAME:
-        raise UsageError(f"{str(path)!r} is a safetensors file but not a pets-toolkit model (no '{FORMAT_NAME}' metadata)")
+        raise UsageError(
+            f"{str(path)!r} is a safetensors file but not a pets-toolkit model (no '{FORMAT_NAME}' metadata)"
+        )
     return state, meta
 
 
@@ -96,18 +100,25 @@ def check_metadata(meta: dict, state: dict[str, torch.Tensor], source: str) -> N
         blocks = [int(b) for b in meta.get("blocks_per_stage") or MODEL_SPECS[meta["arch"]].blocks_per_stage]
     except (KeyError, TypeError, ValueError):
         raise UsageError(f"{source}: its metadata lacks arch, num_classes or readable sizes") from None
-    stored = {stage: len({key.split(".")[1] for key in state if key.startswith(f"layer{stage}.")})
-              for stage in range(1, 5)}
+    stored = {
+        stage: len({key.split(".")[1] for key in state if key.startswith(f"layer{stage}.")}) for stage in range(1, 5)
+    }
     claims = {  # name: (what the metadata claims, what the tensors hold)
         "num_classes": ((classes,), tuple(state["fc.weight"].shape)[:1] if "fc.weight" in state else (0,)),
-        "base_width, in_chans": ((width, channels),
-                                 tuple(state["conv1.weight"].shape)[:2] if "conv1.weight" in state else (0, 0)),
+        "base_width, in_chans": (
+            (width, channels),
+            tuple(state["conv1.weight"].shape)[:2] if "conv1.weight" in state else (0, 0),
+        ),
         "blocks_per_stage": (tuple(blocks), tuple(stored[s] for s in range(1, 5))),
     }
     for name, (claimed, found) in claims.items():
-        if len(claimed) != len(found) or any(c > f for c, f in zip(claimed, found)):  # smaller: the strict load names it
-            raise UsageError(f"{source}: metadata claims {name} {list(claimed)} but its tensors hold {list(found)}; "
-                             "the file is damaged or not a pets-toolkit model")
+        if len(claimed) != len(found) or any(
+            c > f for c, f in zip(claimed, found)
+        ):  # smaller: the strict load names it
+            raise UsageError(
+                f"{source}: metadata claims {name} {list(claimed)} but its tensors hold {list(found)}; "
+                "the file is damaged or not a pets-toolkit model"
+            )
 
 
 def check_classes(meta: dict, classes: Sequence[str], source: str, *, what: str) -> None:
@@ -121,8 +132,10 @@ def check_classes(meta: dict, classes: Sequence[str], source: str, *, what: str)
     if int(meta["num_classes"]) != len(theirs) or (mine and mine != theirs):
         shown = ", ".join(mine[:5]) + (", ..." if len(mine) > 5 else "") if mine else "unnamed"
         wanted = ", ".join(theirs[:5]) + (", ..." if len(theirs) > 5 else "")
-        raise UsageError(f"{source} predicts {meta['num_classes']} classes ({shown}) but {what} have {len(theirs)} "
-                         f"({wanted}); use a model trained on data with these classes")
+        raise UsageError(
+            f"{source} predicts {meta['num_classes']} classes ({shown}) but {what} have {len(theirs)} "
+            f"({wanted}); use a model trained on data with these classes"
+        )
 
 
 def build_model_from_metadata(meta: dict) -> torch.nn.Module:

@@ -18,7 +18,6 @@ from toolkit.config import dump_yaml, read_yaml_mapping
 from toolkit.errors import DataError
 from toolkit.fileio import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 
-
 EVAL_FORMAT_VERSION = 2  # 2: predictions.csv has one prob_<class> column per class for any class count
 
 
@@ -57,7 +56,7 @@ class Predictions:
             prob_columns = [i for i, name in enumerate(header) if name.startswith("prob_")]
             if not {"key", "label"} <= set(header) or not prob_columns:
                 raise DataError(f"{path} lacks key, label or prob_<class> columns; rerun python -m toolkit.evaluate")
-            names = [header[i][len("prob_"):] for i in prob_columns]
+            names = [header[i][len("prob_") :] for i in prob_columns]
             if len(names) == 1:  # version 1, two classes: P(class 1) only
                 names = list(class_names) if class_names and len(class_names) == 2 else [f"not {names[0]}", names[0]]
             out = cls(class_names=names)
@@ -153,8 +152,10 @@ class RunDir:
     # typed reads and writes
     def holds_a_run(self) -> bool:
         """Whether training already wrote here (other files, such as a launcher's log, do not count)."""
-        return any(path.exists() for path in (self.config, self.history, self.model, self.last_model,
-                                               self.checkpoints, self.final))
+        return any(
+            path.exists()
+            for path in (self.config, self.history, self.model, self.last_model, self.checkpoints, self.final)
+        )
 
     def evaluated_splits(self) -> list[str]:
         return sorted(p.parent.name for p in self.evaluations.glob("*/predictions.csv"))
@@ -189,8 +190,9 @@ class RunDir:
     def read_final(self) -> dict:
         return json.loads(self.final.read_text(encoding="utf-8"))
 
-    def write_evaluation(self, split: str, metrics: dict, predictions: Predictions,
-                         out_dir: Optional[Path] = None) -> None:
+    def write_evaluation(
+        self, split: str, metrics: dict, predictions: Predictions, out_dir: Optional[Path] = None
+    ) -> None:
         """``metrics.json`` + ``predictions.csv`` of one split (into ``out_dir`` when given)."""
         folder = Path(out_dir) if out_dir is not None else self.eval_dir(split)
         folder.mkdir(parents=True, exist_ok=True)

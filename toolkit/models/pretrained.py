@@ -67,8 +67,10 @@ def read_safetensors_state(path: Path, label: str) -> dict[str, torch.Tensor]:
     if path.name.endswith(PICKLE_SUFFIXES):
         raise ValueError(f"{label}: {path.name} is a pickle; only .safetensors weights are loaded (convert it first)")
     if not path.is_file():
-        raise ValueError(f"{label}: no such file {str(path)!r}; give a .safetensors file in timm/torchvision naming "
-                         f"(for a Hub repo write hf-hub:OWNER/NAME)")
+        raise ValueError(
+            f"{label}: no such file {str(path)!r}; give a .safetensors file in timm/torchvision naming "
+            f"(for a Hub repo write hf-hub:OWNER/NAME)"
+        )
     try:
         return load_safetensors_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
@@ -78,18 +80,22 @@ def read_safetensors_state(path: Path, label: str) -> dict[str, torch.Tensor]:
 def hub_location(init: str) -> tuple[str, str, str]:
     """(Hub repo id, file name, a name for messages) of timm's weights for a timm name or ``hf-hub:`` id."""
     if init.startswith(HUB_PREFIX):
-        repo = init[len(HUB_PREFIX):]
+        repo = init[len(HUB_PREFIX) :]
         if not repo:
             raise ValueError(f"model.init={init}: give a Hub repo id after {HUB_PREFIX}")
         return repo, HUB_WEIGHTS, repo
     cfg = _timm_pretrained_cfg(init)
     if not cfg.hf_hub_id:
-        raise ValueError(f"model.init={init}: timm has no Hub (safetensors) weights for it; save them as a "
-                         f".safetensors file and set model.init=/path/file.safetensors")
+        raise ValueError(
+            f"model.init={init}: timm has no Hub (safetensors) weights for it; save them as a "
+            f".safetensors file and set model.init=/path/file.safetensors"
+        )
     filename = cfg.hf_hub_filename or HUB_WEIGHTS
     if not filename.endswith(".safetensors"):
-        raise ValueError(f"model.init={init}: timm's weights for it are {filename!r}, a pickle; only safetensors "
-                         f"weights are loaded (convert them and set model.init=/path/file.safetensors)")
+        raise ValueError(
+            f"model.init={init}: timm's weights for it are {filename!r}, a pickle; only safetensors "
+            f"weights are loaded (convert them and set model.init=/path/file.safetensors)"
+        )
     return cfg.hf_hub_id, filename, f"{cfg.architecture}.{cfg.tag}" if cfg.tag else init
 
 
@@ -103,8 +109,10 @@ def _timm_pretrained_cfg(name: str):
         tags = timm.list_pretrained(f"{name.split('.')[0]}.*")
         raise ValueError(f"model.init={name}: {_one_line(err)} Known: {', '.join(tags[:8]) or 'none'}") from None
     if cfg is None:
-        raise ValueError(f"model.init={name}: not a timm model name with pretrained weights, nor a .safetensors "
-                         f"file (e.g. resnet101.a1h_in1k, hf-hub:timm/resnet50.a1_in1k, /path/weights.safetensors)")
+        raise ValueError(
+            f"model.init={name}: not a timm model name with pretrained weights, nor a .safetensors "
+            f"file (e.g. resnet101.a1h_in1k, hf-hub:timm/resnet50.a1_in1k, /path/weights.safetensors)"
+        )
     return cfg
 
 
@@ -116,12 +124,16 @@ def download_timm_state(init: str) -> dict[str, torch.Tensor]:
     try:
         return load_state_dict_from_hf(repo, filename=filename)
     except Exception as err:  # offline, no such repo, HTTP errors: all mean "not available here"
-        reason = ("offline and not in the Hugging Face cache" if isinstance(err, FileNotFoundError)
-                  else f"{type(err).__name__}: {_one_line(err)[:120]}")
+        reason = (
+            "offline and not in the Hugging Face cache"
+            if isinstance(err, FileNotFoundError)
+            else f"{type(err).__name__}: {_one_line(err)[:120]}"
+        )
         raise ValueError(
             f"model.init={init}: cannot download {filename} of https://huggingface.co/{repo} ({reason}); "
             f"save timm's {name} weights as a .safetensors file and set model.init=/path/file.safetensors "
-            f"(where there is network: hf download {repo} {filename} --local-dir DIR)") from None
+            f"(where there is network: hf download {repo} {filename} --local-dir DIR)"
+        ) from None
 
 
 def check_pretrained_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:
@@ -130,13 +142,21 @@ def check_pretrained_state(model: nn.Module, state: dict[str, torch.Tensor], sou
     head = [key for key in HEAD_KEYS if key in own and (key not in state or state[key].shape != own[key].shape)]
     missing = [k for k in own if k not in state and k not in head and not k.endswith(OPTIONAL_SUFFIXES)]
     unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(state[k].shape)} vs ours {tuple(own[k].shape)}"
-             for k in state if k in own and k not in head and state[k].shape != own[k].shape]
-    problems = [f"{len(keys)} {what} ({_first(keys)})" for what, keys in
-                (("missing", missing), ("unexpected", unexpected), ("with another shape", wrong)) if keys]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs ours {tuple(own[k].shape)}"
+        for k in state
+        if k in own and k not in head and state[k].shape != own[k].shape
+    ]
+    problems = [
+        f"{len(keys)} {what} ({_first(keys)})"
+        for what, keys in (("missing", missing), ("unexpected", unexpected), ("with another shape", wrong))
+        if keys
+    ]
     if problems:
-        raise ValueError(f"{source}: weights do not fit this model: {'; '.join(problems)}; "
-                         f"use weights of the same architecture as model.arch")
+        raise ValueError(
+            f"{source}: weights do not fit this model: {'; '.join(problems)}; "
+            f"use weights of the same architecture as model.arch"
+        )
     return head
 
 
@@ -152,7 +172,7 @@ def pretrained_normalization(init: str) -> Optional[tuple[list[float], list[floa
         from timm.models import load_model_config_from_hf  # heavy optional dependency, see above
 
         try:
-            cfg, _, _ = load_model_config_from_hf(init[len(HUB_PREFIX):])
+            cfg, _, _ = load_model_config_from_hf(init[len(HUB_PREFIX) :])
         except Exception:  # offline: the caller keeps its own normalization
             return None
         mean, std = cfg.get("mean"), cfg.get("std")

@@ -16,7 +16,6 @@ from typing import Callable, Optional, Sequence, Type, Union
 import torch
 from torch import Tensor, nn
 
-
 NormLayer = Callable[[int], nn.Module]
 
 
@@ -33,8 +32,14 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: Optional[nn.Module] = None, norm_layer: NormLayer = nn.BatchNorm2d) -> None:
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: Optional[nn.Module] = None,
+        norm_layer: NormLayer = nn.BatchNorm2d,
+    ) -> None:
         super().__init__()
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn1 = norm_layer(planes)
@@ -66,8 +71,14 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: Optional[nn.Module] = None, norm_layer: NormLayer = nn.BatchNorm2d) -> None:
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: Optional[nn.Module] = None,
+        norm_layer: NormLayer = nn.BatchNorm2d,
+    ) -> None:
         super().__init__()
         self.conv1 = conv1x1(inplanes, planes)
         self.bn1 = norm_layer(planes)
@@ -103,9 +114,16 @@ class ResNet(nn.Module):
     ResNet); each later stage doubles it, so ``base_width=8`` gives a tiny model for tests.
     """
 
-    def __init__(self, block: Block, blocks_per_stage: Sequence[int], num_classes: int = 1000,
-                 in_chans: int = 3, base_width: int = 64, zero_init_residual: bool = False,
-                 norm_layer: Optional[NormLayer] = None) -> None:
+    def __init__(
+        self,
+        block: Block,
+        blocks_per_stage: Sequence[int],
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        base_width: int = 64,
+        zero_init_residual: bool = False,
+        norm_layer: Optional[NormLayer] = None,
+    ) -> None:
         super().__init__()
         if len(blocks_per_stage) != 4 or any(int(n) < 1 for n in blocks_per_stage):
             raise ValueError(f"blocks_per_stage needs four positive counts, got {list(blocks_per_stage)}")
@@ -194,9 +212,16 @@ MODEL_SPECS: dict[str, ResNetSpec] = {
 MODEL_ARCHS: tuple[str, ...] = tuple(MODEL_SPECS)
 
 
-def create_model(arch: str, num_classes: int = 1000, *, blocks_per_stage: Optional[Sequence[int]] = None,
-                 block: Optional[str] = None, base_width: int = 64, in_chans: int = 3,
-                 zero_init_residual: bool = False) -> ResNet:
+def create_model(
+    arch: str,
+    num_classes: int = 1000,
+    *,
+    blocks_per_stage: Optional[Sequence[int]] = None,
+    block: Optional[str] = None,
+    base_width: int = 64,
+    in_chans: int = 3,
+    zero_init_residual: bool = False,
+) -> ResNet:
     """Build a preset (``resnet18`` .. ``resnet152``), optionally overriding its block type, depth or width.
 
     Bad arguments raise ``ValueError``; the commands report them in one line (``toolkit.errors.usage_errors``).
@@ -213,8 +238,14 @@ def create_model(arch: str, num_classes: int = 1000, *, blocks_per_stage: Option
     for name, value in (("num_classes", num_classes), ("base_width", base_width), ("in_chans", in_chans)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return ResNet(BLOCKS[block_name], stages, num_classes=num_classes, in_chans=in_chans,
-                  base_width=base_width, zero_init_residual=zero_init_residual)
+    return ResNet(
+        BLOCKS[block_name],
+        stages,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        base_width=base_width,
+        zero_init_residual=zero_init_residual,
+    )
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -224,8 +255,14 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 def model_summary(model: ResNet) -> dict:
     """What to log or store beside a checkpoint so the architecture can be rebuilt and checked."""
     block_name = next(name for name, cls in BLOCKS.items() if cls is model.block)
-    preset = next((name for name, spec in MODEL_SPECS.items()
-                   if spec == ResNetSpec(block_name, model.blocks_per_stage) and model.base_width == 64), None)
+    preset = next(
+        (
+            name
+            for name, spec in MODEL_SPECS.items()
+            if spec == ResNetSpec(block_name, model.blocks_per_stage) and model.base_width == 64
+        ),
+        None,
+    )
     return {
         "arch": preset or "custom",
         "block": block_name,

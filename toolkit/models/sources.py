@@ -39,17 +39,18 @@ def load_model(source: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     from toolkit.formats.model_file import load_model_file
 
     if source.startswith(HF_HUB):
-        return load_timm_folder(download_hub_model(source[len(HF_HUB):]), name=source)
+        return load_timm_folder(download_hub_model(source[len(HF_HUB) :]), name=source)
     if source.startswith(LOCAL_DIR):
-        return load_timm_folder(Path(source[len(LOCAL_DIR):]), name=source)
+        return load_timm_folder(Path(source[len(LOCAL_DIR) :]), name=source)
     path = Path(source)
     if path.is_dir():
         if (path / TIMM_CONFIG).is_file():
             return load_timm_folder(path, name=f"{LOCAL_DIR}{path}")
         if (path / WEIGHTS).is_file():  # a run folder: its best model
             return load_model_file(path / WEIGHTS)
-        raise UsageError(f"model folder {source!r} holds neither {TIMM_CONFIG} (a timm model folder) nor {WEIGHTS} "
-                         f"(a training run)")
+        raise UsageError(
+            f"model folder {source!r} holds neither {TIMM_CONFIG} (a timm model folder) nor {WEIGHTS} (a training run)"
+        )
     return load_model_file(path)
 
 
@@ -70,8 +71,10 @@ def load_timm_folder(folder: Path, *, name: str) -> tuple[torch.nn.Module, dict[
     config_path, weights_path = folder / TIMM_CONFIG, folder / WEIGHTS
     for path in (config_path, weights_path):
         if not path.is_file():
-            raise UsageError(f"{name}: no {path.name} in {str(folder)!r} (a timm model folder has {TIMM_CONFIG} and "
-                             f"{WEIGHTS}; only safetensors weights are read)")
+            raise UsageError(
+                f"{name}: no {path.name} in {str(folder)!r} (a timm model folder has {TIMM_CONFIG} and "
+                f"{WEIGHTS}; only safetensors weights are read)"
+            )
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -86,8 +89,10 @@ def load_timm_folder(folder: Path, *, name: str) -> tuple[torch.nn.Module, dict[
         raise UsageError(f"{name}: {weights_path} is not a readable safetensors file ({err})") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise UsageError(f"{name}: weights do not fit {config.get('architecture')}: "
-                         f"{len(missing)} missing, {len(unexpected)} unexpected (e.g. {(missing or unexpected)[0]})")
+        raise UsageError(
+            f"{name}: weights do not fit {config.get('architecture')}: "
+            f"{len(missing)} missing, {len(unexpected)} unexpected (e.g. {(missing or unexpected)[0]})"
+        )
     model.eval()
     return model, timm_metadata(model, config, name)
 
@@ -97,7 +102,9 @@ def timm_metadata(model: torch.nn.Module, config: dict, name: str) -> dict[str, 
     pretrained = dict(getattr(model, "pretrained_cfg", None) or config.get("pretrained_cfg") or {})
     num_classes = int(getattr(model, "num_classes", 0) or config.get("num_classes") or 0)
     if num_classes < 2:
-        raise UsageError(f"{name}: a classifier with {num_classes} output(s) cannot be evaluated (it needs >= 2 classes)")
+        raise UsageError(
+            f"{name}: a classifier with {num_classes} output(s) cannot be evaluated (it needs >= 2 classes)"
+        )
     labels = config.get("label_names") or pretrained.get("label_names")  # absent: unnamed, only the count is checked
     class_names = [str(label) for label in labels] if labels else None
     if class_names is not None and len(class_names) != num_classes:
@@ -134,7 +141,9 @@ def download_hub_model(repo: str) -> Path:
         config = hf_hub_download(repo, TIMM_CONFIG)
         hf_hub_download(repo, WEIGHTS)
     except Exception as err:  # offline, unknown repo, no safetensors: huggingface_hub has many error types
-        raise UsageError(f"{HF_HUB}{repo}: cannot get {TIMM_CONFIG} and {WEIGHTS} from the Hub "
-                         f"({type(err).__name__}); where there is network: hf download {repo} {TIMM_CONFIG} {WEIGHTS} "
-                         f"--local-dir DIR, then pass local-dir:DIR") from None
+        raise UsageError(
+            f"{HF_HUB}{repo}: cannot get {TIMM_CONFIG} and {WEIGHTS} from the Hub "
+            f"({type(err).__name__}); where there is network: hf download {repo} {TIMM_CONFIG} {WEIGHTS} "
+            f"--local-dir DIR, then pass local-dir:DIR"
+        ) from None
     return Path(config).parent

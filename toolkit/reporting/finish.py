@@ -12,11 +12,11 @@ from toolkit.data.samples import read_samples
 from toolkit.evaluation.evaluate import EvalResult, evaluate_split, score
 from toolkit.evaluation.metrics import predict, summary_values
 from toolkit.formats import RunDir
+from toolkit.formats.model_file import load_model_file
 from toolkit.reporting.plots import TOP_PROBS, top_classes
 from toolkit.reporting.report import build_report
 from toolkit.reporting.tracking import Tracker
 from toolkit.reporting.visualize import make_plots
-from toolkit.formats.model_file import load_model_file
 
 PREDICTION_TABLE_ROWS = 64
 
@@ -33,17 +33,27 @@ def finish_run(accelerator, cfg, info: dict, run: RunDir, mean, std, tracker: Tr
     if not accelerator.is_main_process:
         return summary
     for name, result in results.items():
-        metrics = score(result, threshold=cfg.eval.threshold, class_names=class_names,
-                        tuning=results["val"] if name != "val" else None,
-                        extra={"model_epoch": meta.get("epoch"), "synthetic": bool(info.get("synthetic"))})
+        metrics = score(
+            result,
+            threshold=cfg.eval.threshold,
+            class_names=class_names,
+            tuning=results["val"] if name != "val" else None,
+            extra={"model_epoch": meta.get("epoch"), "synthetic": bool(info.get("synthetic"))},
+        )
         run.write_evaluation(name, metrics, result.predictions(cfg.eval.threshold))
         summary["splits"][name] = metrics
         tracker.log_curves(result.labels, result.probs, class_names, name, threshold=cfg.eval.threshold)
         tracker.summary({f"{name}/{k}": v for k, v in summary_values(metrics).items()})
     shown = results.get(cfg.eval.test_split or "val")
     if cfg.eval.plots and shown is not None:
-        plots = make_plots(run.root, split=shown.split, num_images=cfg.eval.num_images, shards=cfg.data.shards,
-                           predictions=shown.predictions(cfg.eval.threshold), model_and_meta=(model.cpu(), meta))
+        plots = make_plots(
+            run.root,
+            split=shown.split,
+            num_images=cfg.eval.num_images,
+            shards=cfg.data.shards,
+            predictions=shown.predictions(cfg.eval.threshold),
+            model_and_meta=(model.cpu(), meta),
+        )
         tracker.log_images({p.stem: p for p in plots})
     log_prediction_table(tracker, cfg, shown)
     summary["report"] = str(build_report(run.root))
@@ -59,14 +69,24 @@ def prediction_rows(result: EvalResult, threshold: float, limit: int = PREDICTIO
     preds = predict(probs, threshold) if len(probs) else []
     rows = []
     for key, label, row, pred, breed in zip(result.keys[:limit], result.labels, probs, preds, result.breeds):
-        rows.append({"key": key, "label": int(label), "true": names[int(label)], "pred": names[int(pred)],
-                     "prob_pred": float(row[int(pred)]), "correct": int(pred) == int(label),
-                     "top3": ", ".join(f"{names[i]} {p:.3f}" for i, p in top_classes(row, TOP_PROBS)),
-                     "breed": breed})
+        rows.append(
+            {
+                "key": key,
+                "label": int(label),
+                "true": names[int(label)],
+                "pred": names[int(pred)],
+                "prob_pred": float(row[int(pred)]),
+                "correct": int(pred) == int(label),
+                "top3": ", ".join(f"{names[i]} {p:.3f}" for i, p in top_classes(row, TOP_PROBS)),
+                "breed": breed,
+            }
+        )
     return rows
 
 
-def log_prediction_table(tracker: Tracker, cfg, result: Optional[EvalResult], limit: int = PREDICTION_TABLE_ROWS) -> None:
+def log_prediction_table(
+    tracker: Tracker, cfg, result: Optional[EvalResult], limit: int = PREDICTION_TABLE_ROWS
+) -> None:
     if result is None or not len(result.keys) or not tracker.active:
         return
     wanted = set(result.keys[:limit])

@@ -19,8 +19,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from toolkit.evaluation.metrics import predict
-from toolkit.reporting.plots import (RIGHT_COLOR, WRONG_COLOR, PathLike, denormalize, new_figure, prediction_title,
-                                     save_figure, to_numpy)
+from toolkit.reporting.plots import (
+    RIGHT_COLOR,
+    WRONG_COLOR,
+    PathLike,
+    denormalize,
+    new_figure,
+    prediction_title,
+    save_figure,
+    to_numpy,
+)
 
 DEFAULT_FEATURE_LAYERS = ("conv1", "layer1", "layer2", "layer3", "layer4")
 Target = Union[None, int, Sequence[int], torch.Tensor]
@@ -79,8 +87,9 @@ def gradcam(model: nn.Module, images: torch.Tensor, layer: str = "layer4", targe
     return explain(model, images, layer, target)[0]
 
 
-def explain(model: nn.Module, images: torch.Tensor, layer: str = "layer4",
-            target: Target = None) -> tuple[torch.Tensor, torch.Tensor]:
+def explain(
+    model: nn.Module, images: torch.Tensor, layer: str = "layer4", target: Target = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Grad-CAM maps and the probabilities from the same forward pass, as (cams [B,H,W], probs).
 
     ``probs`` are the class probabilities [B, C] (``class_probabilities``). With ``target`` None
@@ -126,8 +135,9 @@ def explain(model: nn.Module, images: torch.Tensor, layer: str = "layer4",
     return cam.float().cpu(), class_probabilities(logits.detach()).cpu()
 
 
-def select_examples(labels: Sequence[int], probs: Any, n: int = 8, *, threshold: float = 0.5,
-                    max_wrong: Optional[int] = None) -> list[int]:
+def select_examples(
+    labels: Sequence[int], probs: Any, n: int = 8, *, threshold: float = 0.5, max_wrong: Optional[int] = None
+) -> list[int]:
     """Indices to show: the most confident mistakes first, then confident correct ones, the classes taking turns.
 
     ``probs`` are the class probabilities [N, C]; the prediction is ``metrics.predict`` (``threshold``
@@ -152,9 +162,20 @@ def select_examples(labels: Sequence[int], probs: Any, n: int = 8, *, threshold:
     return chosen
 
 
-def plot_gradcam(images: torch.Tensor, cams: torch.Tensor, labels: Sequence[int], probs: Any,
-                 path: PathLike, *, mean: Sequence[float], std: Sequence[float], class_names: Sequence[str],
-                 threshold: float = 0.5, layer: str = "layer4", captions: Optional[Sequence[str]] = None) -> Path:
+def plot_gradcam(
+    images: torch.Tensor,
+    cams: torch.Tensor,
+    labels: Sequence[int],
+    probs: Any,
+    path: PathLike,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    class_names: Sequence[str],
+    threshold: float = 0.5,
+    layer: str = "layer4",
+    captions: Optional[Sequence[str]] = None,
+) -> Path:
     """Each image beside its Grad-CAM overlay, two examples per row; wrong predictions titled in red.
 
     ``probs``: the class probabilities [B, C] (what ``explain`` returns); titles show the prediction
@@ -184,8 +205,9 @@ def plot_gradcam(images: torch.Tensor, cams: torch.Tensor, labels: Sequence[int]
 
 
 @torch.no_grad()
-def feature_maps(model: nn.Module, image: torch.Tensor,
-                 layers: Sequence[str] = DEFAULT_FEATURE_LAYERS) -> dict[str, torch.Tensor]:
+def feature_maps(
+    model: nn.Module, image: torch.Tensor, layers: Sequence[str] = DEFAULT_FEATURE_LAYERS
+) -> dict[str, torch.Tensor]:
     """The output [C,h,w] of each named layer for one image ([3,H,W] or [1,3,H,W])."""
     if image.dim() == 3:
         image = image[None]
@@ -195,8 +217,10 @@ def feature_maps(model: nn.Module, image: torch.Tensor,
     handles = []
     try:
         for name in layers:
+
             def keep(_module: nn.Module, _inputs: Any, output: Any, name: str = name) -> None:
                 outputs[name] = output[0].detach().float().cpu().clone()  # later in-place ops must not change it
+
             handles.append(get_layer(model, name).register_forward_hook(keep))
         with inspection_mode(model):
             model(image.to(_device(model)))
@@ -214,8 +238,14 @@ def _normalize_each(x: np.ndarray) -> np.ndarray:
     return np.where(span > 0, (x - low) / np.where(span > 0, span, 1.0), 0.5)
 
 
-def plot_feature_maps(maps: dict[str, torch.Tensor], path: PathLike, *, image: Optional[np.ndarray] = None,
-                      channels: int = 8, title: str = "Feature maps (first channels, each scaled on its own)") -> Path:
+def plot_feature_maps(
+    maps: dict[str, torch.Tensor],
+    path: PathLike,
+    *,
+    image: Optional[np.ndarray] = None,
+    channels: int = 8,
+    title: str = "Feature maps (first channels, each scaled on its own)",
+) -> Path:
     """One row per layer: the input image, then its first ``channels`` activation maps."""
     rows = max(1, len(maps))
     cols = channels + (1 if image is not None else 0)
@@ -256,8 +286,9 @@ def _tile_grid(n: int) -> tuple[int, int]:
     return int(np.ceil(n / cols)), cols
 
 
-def plot_filters(model: nn.Module, path: PathLike, *, layer: str = "conv1", max_filters: int = 64,
-                 spatial: bool = False) -> Path:
+def plot_filters(
+    model: nn.Module, path: PathLike, *, layer: str = "conv1", max_filters: int = 64, spatial: bool = False
+) -> Path:
     """Learned filters of the first Conv2d under ``layer``, one tile each, normalized per filter.
 
     Filters over 3 input channels are drawn as RGB; deeper ones as the grayscale mean over

@@ -26,17 +26,23 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
-from toolkit.evaluation.metrics import (as_arrays, confusion_order, normalized_confusion, per_class_roc_auc, predict,
-                                        scored_classes)
+from toolkit.evaluation.metrics import (
+    as_arrays,
+    confusion_order,
+    normalized_confusion,
+    per_class_roc_auc,
+    predict,
+    scored_classes,
+)
 from toolkit.fileio import atomic_write_bytes
 
 DPI = 110
 WRONG_COLOR = "#c62828"
 RIGHT_COLOR = "#1b5e20"
 PathLike = Union[str, Path]
-CURVE_CLASSES = 6        # ROC/PR plots: at most this many classes, the worst by one-vs-rest ROC-AUC
+CURVE_CLASSES = 6  # ROC/PR plots: at most this many classes, the worst by one-vs-rest ROC-AUC
 ANNOTATE_MAX_CLASSES = 10  # confusion matrix: cell values printed up to this many rows/columns
-TOP_PROBS = 3            # prediction titles: the most probable classes listed
+TOP_PROBS = 3  # prediction titles: the most probable classes listed
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -92,8 +98,19 @@ def worst_classes(labels: Sequence[int], probs: Any) -> list[tuple[int, float]]:
     return sorted(((c, aucs[c]) for c in scored_classes(y, p.shape[1])), key=lambda t: (t[1], t[0]))
 
 
-def _class_curves(labels: Sequence[int], probs: Any, class_names: Sequence[str], path: PathLike, *, title: str,
-                  what: str, max_classes: int, draw: Callable, score: Callable, undefined: str) -> Path:
+def _class_curves(
+    labels: Sequence[int],
+    probs: Any,
+    class_names: Sequence[str],
+    path: PathLike,
+    *,
+    title: str,
+    what: str,
+    max_classes: int,
+    draw: Callable,
+    score: Callable,
+    undefined: str,
+) -> Path:
     """The frame both curve plots share: the scored classes, worst ROC-AUC first.
 
     ``draw(ax, y, p, classes)`` plots the shown classes; ``score(y, p, c)`` is one class's figure,
@@ -117,10 +134,18 @@ def _class_curves(labels: Sequence[int], probs: Any, class_names: Sequence[str],
     return save_figure(fig, path)
 
 
-def plot_roc(labels: Sequence[int], probs: Any, class_names: Sequence[str], path: PathLike, *,
-             title: str = "ROC curves (one vs rest)", max_classes: int = CURVE_CLASSES) -> Path:
+def plot_roc(
+    labels: Sequence[int],
+    probs: Any,
+    class_names: Sequence[str],
+    path: PathLike,
+    *,
+    title: str = "ROC curves (one vs rest)",
+    max_classes: int = CURVE_CLASSES,
+) -> Path:
     """One-vs-rest ROC curves of the scored classes (two classes: the positive class's one curve); with
     more than ``max_classes``, the ones with the lowest AUC, and the macro AUC in the title."""
+
     def auc(y, p, c):
         return skm.roc_auc_score(y == c, p[:, c])
 
@@ -129,31 +154,66 @@ def plot_roc(labels: Sequence[int], probs: Any, class_names: Sequence[str], path
             fpr, tpr, _ = skm.roc_curve(y == c, p[:, c])
             ax.plot(fpr, tpr, lw=1.8, label=f"{class_names[c]} vs rest (AUC = {auc(y, p, c):.4f})")
         ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance (AUC = 0.5)")
-        _unit_square(ax, "False positive rate (other classes called this one)", "True positive rate (this class found)",
-                     "lower right")
+        _unit_square(
+            ax,
+            "False positive rate (other classes called this one)",
+            "True positive rate (this class found)",
+            "lower right",
+        )
 
-    return _class_curves(labels, probs, class_names, path, title=title, what="macro one-vs-rest AUC",
-                         max_classes=max_classes, draw=draw, score=auc,
-                         undefined="ROC undefined: only one class present")
+    return _class_curves(
+        labels,
+        probs,
+        class_names,
+        path,
+        title=title,
+        what="macro one-vs-rest AUC",
+        max_classes=max_classes,
+        draw=draw,
+        score=auc,
+        undefined="ROC undefined: only one class present",
+    )
 
 
-def plot_pr(labels: Sequence[int], probs: Any, class_names: Sequence[str], path: PathLike, *,
-            title: str = "Precision-recall curves (one vs rest)", max_classes: int = CURVE_CLASSES) -> Path:
+def plot_pr(
+    labels: Sequence[int],
+    probs: Any,
+    class_names: Sequence[str],
+    path: PathLike,
+    *,
+    title: str = "Precision-recall curves (one vs rest)",
+    max_classes: int = CURVE_CLASSES,
+) -> Path:
     """One-vs-rest precision-recall curves of the same classes as ``plot_roc``; each class's share of the
     split is its chance level."""
+
     def ap(y, p, c):
         return skm.average_precision_score(y == c, p[:, c])
 
     def draw(ax, y, p, classes):
         for c in classes:
             precision, recall, _ = skm.precision_recall_curve(y == c, p[:, c])
-            ax.step(recall, precision, where="post", lw=1.8,
-                    label=f"{class_names[c]} (AP = {ap(y, p, c):.4f}, chance = share {float(np.mean(y == c)):.3f})")
+            ax.step(
+                recall,
+                precision,
+                where="post",
+                lw=1.8,
+                label=f"{class_names[c]} (AP = {ap(y, p, c):.4f}, chance = share {float(np.mean(y == c)):.3f})",
+            )
         _unit_square(ax, "Recall", "Precision", "lower left")
 
-    return _class_curves(labels, probs, class_names, path, title=title, what="macro average precision",
-                         max_classes=max_classes, draw=draw, score=ap,
-                         undefined="Precision-recall undefined: only one class present")
+    return _class_curves(
+        labels,
+        probs,
+        class_names,
+        path,
+        title=title,
+        what="macro average precision",
+        max_classes=max_classes,
+        draw=draw,
+        score=ap,
+        undefined="Precision-recall undefined: only one class present",
+    )
 
 
 def confusion_axes(confusion: Any) -> tuple[list[int], list[int]]:
@@ -168,7 +228,7 @@ def confusion_axes(confusion: Any) -> tuple[list[int], list[int]]:
     support, predicted = counts.sum(axis=1), counts.sum(axis=0)
     rows = [i for i in order if support[i] > 0] or order
     cols = [j for j in order if support[j] > 0 or predicted[j] > 0] or order
-    if cols[:len(rows)] != rows:  # no samples at all: show everything
+    if cols[: len(rows)] != rows:  # no samples at all: show everything
         rows, cols = order, order
     return rows, cols
 
@@ -177,8 +237,14 @@ def _tick_font(n: int) -> float:
     return 9 if n <= ANNOTATE_MAX_CLASSES else 7 if n <= 20 else 6 if n <= 45 else 5
 
 
-def plot_confusion(confusion: Sequence[Sequence[int]], path: PathLike, *, class_names: Sequence[str],
-                   title: str = "Confusion matrix", annotate_max: int = ANNOTATE_MAX_CLASSES) -> Path:
+def plot_confusion(
+    confusion: Sequence[Sequence[int]],
+    path: PathLike,
+    *,
+    class_names: Sequence[str],
+    title: str = "Confusion matrix",
+    annotate_max: int = ANNOTATE_MAX_CLASSES,
+) -> Path:
     """Row-normalised confusion matrix (recall per true class), worst recall first.
 
     Cell values (share, and the count) are printed only while the matrix has at most
@@ -200,8 +266,15 @@ def plot_confusion(confusion: Sequence[Sequence[int]], path: PathLike, *, class_
     if len(rows) <= annotate_max and len(cols) <= annotate_max:
         for i in range(len(rows)):
             for j in range(len(cols)):
-                ax.text(j, i, f"{shares[i, j]:.2f}\n({shown[i, j]})", ha="center", va="center", fontsize=8,
-                        color="white" if shares[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{shares[i, j]:.2f}\n({shown[i, j]})",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if shares[i, j] > 0.5 else "black",
+                )
     font = _tick_font(max(len(rows), len(cols)))
     ax.set_xticks(range(len(cols)), labels=[class_names[j] for j in cols], rotation=90, fontsize=font)
     ax.set_yticks(range(len(rows)), labels=[class_names[i] for i in rows], fontsize=font)
@@ -210,13 +283,16 @@ def plot_confusion(confusion: Sequence[Sequence[int]], path: PathLike, *, class_
     left_out = len(class_names) - len(cols)
     note = f"\n({left_out} of {len(class_names)} classes neither present nor predicted: left out)" if left_out else ""
     ax.set_title(f"{title}\nshare of each true class, worst recall first{note}", fontsize=9)
-    metadata = {"Rows": json.dumps([class_names[i] for i in rows]),
-                "Columns": json.dumps([class_names[j] for j in cols])}
+    metadata = {
+        "Rows": json.dumps([class_names[i] for i in rows]),
+        "Columns": json.dumps([class_names[j] for j in cols]),
+    }
     return save_figure(fig, path, metadata)
 
 
-def plot_per_class_accuracy(rows: Sequence[dict], path: PathLike, *, title: str = "Accuracy per class",
-                            overall: Optional[float] = None) -> Path:
+def plot_per_class_accuracy(
+    rows: Sequence[dict], path: PathLike, *, title: str = "Accuracy per class", overall: Optional[float] = None
+) -> Path:
     """Horizontal bars of accuracy (recall) per true class, worst at the top.
 
     ``rows`` are ``per_class_accuracy`` records ({class, count, correct, accuracy}), already worst
@@ -232,8 +308,13 @@ def plot_per_class_accuracy(rows: Sequence[dict], path: PathLike, *, title: str 
         ax.barh(positions, accuracy, color=colors, edgecolor="#555555", linewidth=0.4)
         for y, row in zip(positions, rows):
             value = float(row["accuracy"])
-            ax.text(min(value, 1.0) + 0.01, y, f"{value:.2f} ({row['correct']}/{row['count']})", va="center",
-                    fontsize=_tick_font(len(rows)))
+            ax.text(
+                min(value, 1.0) + 0.01,
+                y,
+                f"{value:.2f} ({row['correct']}/{row['count']})",
+                va="center",
+                fontsize=_tick_font(len(rows)),
+            )
         ax.set_yticks(positions, labels=[str(r["class"]) for r in rows], fontsize=_tick_font(len(rows)))
         ax.set_ylim(len(rows) - 0.5, -0.5)  # worst at the top
         ax.set_xlim(0, 1.22)
@@ -312,12 +393,13 @@ def top_classes(probs: Sequence[float], k: int = TOP_PROBS) -> list[tuple[int, f
     Ties go to the lower index, as ``argmax`` breaks them.
     """
     p = np.asarray(probs, dtype=np.float64).reshape(-1)
-    order = sorted(range(len(p)), key=lambda i: (-p[i], i))[:max(int(k), 1)]
+    order = sorted(range(len(p)), key=lambda i: (-p[i], i))[: max(int(k), 1)]
     return [(int(i), float(p[i])) for i in order]
 
 
-def prediction_title(label: int, probs: Sequence[float], class_names: Sequence[str], threshold: float = 0.5,
-                     k: int = TOP_PROBS) -> tuple[str, bool]:
+def prediction_title(
+    label: int, probs: Sequence[float], class_names: Sequence[str], threshold: float = 0.5, k: int = TOP_PROBS
+) -> tuple[str, bool]:
     """'true X / pred Y' and the top-k class probabilities; whether the prediction (``metrics.predict``) was right."""
     row = np.asarray(probs, dtype=np.float64).reshape(1, -1)
     pred = int(predict(row, threshold)[0])
@@ -329,10 +411,19 @@ def prediction_title(label: int, probs: Sequence[float], class_names: Sequence[s
     return f"{head}\n{tail}", pred == int(label)
 
 
-def plot_prediction_grid(images: Any, labels: Sequence[int], probs: Any, path: PathLike, *,
-                         mean: Sequence[float], std: Sequence[float], class_names: Sequence[str],
-                         threshold: float = 0.5, captions: Optional[Iterable[str]] = None,
-                         title: str = "Predictions (wrong in red)") -> Path:
+def plot_prediction_grid(
+    images: Any,
+    labels: Sequence[int],
+    probs: Any,
+    path: PathLike,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    class_names: Sequence[str],
+    threshold: float = 0.5,
+    captions: Optional[Iterable[str]] = None,
+    title: str = "Predictions (wrong in red)",
+) -> Path:
     """Images (normalized [N,3,H,W], de-normalized with the run's own mean/std) titled with their
     prediction and top classes from ``probs`` [N, C]."""
     pictures = denormalize(images, mean, std)

@@ -19,24 +19,40 @@ from typing import Optional
 
 from toolkit.fileio import atomic_write_text
 from toolkit.formats import RunDir
-from toolkit.reporting.html import CSS, cell_text, esc, finite_numbers, kv_table, load_json, missing, render_value, \
-    section, table
-from toolkit.reporting.report_metrics import WIDE_CLASS_COUNT, has_seed_task, headline, load_split_metrics, \
-    seed_comparison, split_section
+from toolkit.reporting.html import (
+    CSS,
+    cell_text,
+    esc,
+    finite_numbers,
+    kv_table,
+    load_json,
+    missing,
+    render_value,
+    section,
+    table,
+)
+from toolkit.reporting.report_metrics import (
+    WIDE_CLASS_COUNT,
+    has_seed_task,
+    headline,
+    load_split_metrics,
+    seed_comparison,
+    split_section,
+)
 
 SPLIT_ORDER = ("val", "test")
 # The run's plots in page order, each with its caption (by file-name prefix); visualize writes them.
 PLOT_CAPTIONS = {
     "training_curves": "Per-epoch losses, validation accuracy and ROC-AUC, learning rate, throughput and data wait.",
     "roc_": "One-vs-rest ROC curves of the scored classes (two classes: the positive class; many: those with the "
-            "lowest ROC-AUC, the macro AUC in the title); the dashed diagonal is chance.",
+    "lowest ROC-AUC, the macro AUC in the title); the dashed diagonal is chance.",
     "pr_": "One-vs-rest precision-recall curves of the same classes; each class's share of the split is its chance "
-           "level.",
+    "level.",
     "confusion_": "Confusion matrix normalised by true class, classes ordered worst recall first (cell values and "
-                  "counts printed up to 10 classes).",
+    "counts printed up to 10 classes).",
     "per_class_accuracy_": "Accuracy (recall) per true class, worst first; the dashed line is the overall accuracy.",
     "predictions_": "Example predictions with their top classes, de-normalized with the run's own mean/std; mistakes "
-                    "in red.",
+    "in red.",
     "gradcam_": "Grad-CAM of the most probable class: the most confident mistakes first, then correct predictions.",
     "feature_maps_": "Activations of conv1 and each stage for one test image (first channels).",
     "filters_": "Learned convolution filters, each scaled on its own.",
@@ -69,19 +85,38 @@ def _training_section(rows: list[dict], problem: Optional[str]) -> str:
     seconds = finite_numbers(r.get("epoch_seconds") for r in rows)
     skipped = finite_numbers(r.get("skipped_samples") for r in rows)
     val_skipped = finite_numbers(r.get("val_skipped_samples") for r in rows)
-    out = [kv_table([
-        ("epochs logged", len(rows)),
-        ("last step", rows[-1].get("step")),
-        ("train throughput, median img/s (epochs after the first)", statistics.median(steady) if steady else None),
-        ("train throughput, last epoch img/s", img_s[-1] if img_s else None),
-        ("time waiting for data, mean fraction", statistics.fmean(wait) if wait else None),
-        ("peak accelerator memory, GiB", max(mem) if mem else "n/a (CPU run or not measured)"),
-        ("training time, s (sum of epochs)", sum(seconds) if seconds else None),
-        ("train samples skipped (all epochs)", int(sum(skipped)) if skipped else 0),
-        ("val samples skipped per evaluation (max)", int(max(val_skipped)) if val_skipped else 0),
-    ])]
-    keys = ["epoch", "step", "lr", "train_loss", "val_loss", "val_acc", "val_auc", "img_per_s", "data_wait_frac",
-            "epoch_seconds", "peak_mem_gib", "skipped_samples"]
+    out = [
+        kv_table(
+            [
+                ("epochs logged", len(rows)),
+                ("last step", rows[-1].get("step")),
+                (
+                    "train throughput, median img/s (epochs after the first)",
+                    statistics.median(steady) if steady else None,
+                ),
+                ("train throughput, last epoch img/s", img_s[-1] if img_s else None),
+                ("time waiting for data, mean fraction", statistics.fmean(wait) if wait else None),
+                ("peak accelerator memory, GiB", max(mem) if mem else "n/a (CPU run or not measured)"),
+                ("training time, s (sum of epochs)", sum(seconds) if seconds else None),
+                ("train samples skipped (all epochs)", int(sum(skipped)) if skipped else 0),
+                ("val samples skipped per evaluation (max)", int(max(val_skipped)) if val_skipped else 0),
+            ]
+        )
+    ]
+    keys = [
+        "epoch",
+        "step",
+        "lr",
+        "train_loss",
+        "val_loss",
+        "val_acc",
+        "val_auc",
+        "img_per_s",
+        "data_wait_frac",
+        "epoch_seconds",
+        "peak_mem_gib",
+        "skipped_samples",
+    ]
     epochs = table(keys, ([r.get(k) for k in keys] for r in rows), numeric_from=0)
     out.append(f"<details><summary>all {len(rows)} epochs</summary>{epochs}</details>")
     return "".join(out)
@@ -90,12 +125,16 @@ def _training_section(rows: list[dict], problem: Optional[str]) -> str:
 def _dataset_section(dataset: Optional[dict], problem: Optional[str]) -> str:
     if not isinstance(dataset, dict):
         return missing(f"No dataset summary ({problem or 'dataset.json has an unexpected layout'}).")
-    out = [kv_table([
-        ("dataset", dataset.get("dataset")),
-        ("synthetic", dataset.get("synthetic")),
-        ("shards", dataset.get("shards")),
-        ("classes", ", ".join(map(str, dataset.get("classes") or [])) or None),
-    ])]
+    out = [
+        kv_table(
+            [
+                ("dataset", dataset.get("dataset")),
+                ("synthetic", dataset.get("synthetic")),
+                ("shards", dataset.get("shards")),
+                ("classes", ", ".join(map(str, dataset.get("classes") or [])) or None),
+            ]
+        )
+    ]
     splits = dataset.get("splits")
     if isinstance(splits, dict) and splits:
         names = [str(c) for c in (dataset.get("classes") or [])]
@@ -103,9 +142,12 @@ def _dataset_section(dataset: Optional[dict], problem: Optional[str]) -> str:
         for split, info in splits.items():
             info = info if isinstance(info, dict) else {}
             counts = info.get("class_counts")
-            per_class = [counts.get(n, counts.get(str(i))) if isinstance(counts, dict)
-                         else (counts[i] if isinstance(counts, list) and i < len(counts) else None)
-                         for i, n in enumerate(names)]
+            per_class = [
+                counts.get(n, counts.get(str(i)))
+                if isinstance(counts, dict)
+                else (counts[i] if isinstance(counts, list) and i < len(counts) else None)
+                for i, n in enumerate(names)
+            ]
             rows.append([split, info.get("num_samples"), *per_class, info.get("num_shards")])
         if len(names) > WIDE_CLASS_COUNT:  # one row per class instead of one column
             columns = list(zip(*rows))
@@ -115,8 +157,11 @@ def _dataset_section(dataset: Optional[dict], problem: Optional[str]) -> str:
             out.append(table(["split", "samples", *names, "shards"], rows))
     if dataset.get("normalization") is not None:
         out.append("<p>Normalization:</p>" + render_value(dataset["normalization"]))
-    rest = {k: v for k, v in dataset.items()
-            if k not in ("dataset", "synthetic", "shards", "classes", "splits", "normalization", "skipped", "unlisted")}
+    rest = {
+        k: v
+        for k, v in dataset.items()
+        if k not in ("dataset", "synthetic", "shards", "classes", "splits", "normalization", "skipped", "unlisted")
+    }
     if rest:
         out.append("<details><summary>other fields</summary>" + render_value(rest) + "</details>")
     return "".join(out)
@@ -131,8 +176,13 @@ def _skipped_section(dataset: Optional[dict], rows: list[dict], split_metrics: d
             out.append(render_value(skipped))
         unlisted = dataset.get("unlisted")
         if unlisted:
-            count = unlisted.get("count", len(unlisted.get("names") or [])) if isinstance(unlisted, dict) \
-                else len(unlisted) if isinstance(unlisted, list) else unlisted
+            count = (
+                unlisted.get("count", len(unlisted.get("names") or []))
+                if isinstance(unlisted, dict)
+                else len(unlisted)
+                if isinstance(unlisted, list)
+                else unlisted
+            )
             out.append(f"<p>Images on disk but in no split list (not used): <b>{esc(count)}</b></p>")
     else:
         out.append(missing("No dataset.json: skips at shard-writing time are unknown."))
@@ -168,8 +218,10 @@ def _plots_section(run_dir: Path) -> str:
             continue
         caption = next((c for p, c in PLOT_CAPTIONS.items() if path.stem.startswith(p)), "")
         encoded = base64.b64encode(data).decode("ascii")
-        out.append(f'<figure><img src="data:image/png;base64,{encoded}" alt="{esc(path.stem)}">'
-                   f"<figcaption><b>{esc(path.name)}</b> {esc(caption)}</figcaption></figure>")
+        out.append(
+            f'<figure><img src="data:image/png;base64,{encoded}" alt="{esc(path.stem)}">'
+            f"<figcaption><b>{esc(path.name)}</b> {esc(caption)}</figcaption></figure>"
+        )
     return "".join(out)
 
 
@@ -229,8 +281,12 @@ def render_report(run_dir: Path) -> str:
     generated = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     num_classes = run_num_classes(split_metrics, dataset)
     names = next((m.get("class_names") for m in split_metrics.values() if m.get("class_names")), None)
-    task = f"{num_classes} classes" + (f": {', '.join(map(str, names[:5]))}{', ...' if len(names) > 5 else ''}."
-                                       if names else ".") if num_classes else "Classes unknown (no evaluation yet)."
+    task = (
+        f"{num_classes} classes"
+        + (f": {', '.join(map(str, names[:5]))}{', ...' if len(names) > 5 else ''}." if names else ".")
+        if num_classes
+        else "Classes unknown (no evaluation yet)."
+    )
     compare_with_seed = has_seed_task(split_metrics)
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
@@ -240,19 +296,29 @@ def render_report(run_dir: Path) -> str:
         f"<p class='muted'>Run folder {esc(run_dir.resolve())}; report generated {esc(generated)}. {esc(task)}</p>",
     ]
     if synthetic:
-        parts.append("<div class='banner'>SYNTHETIC DATA: this run trained and evaluated on generated images, not on "
-                     "Oxford-IIIT Pet. Its numbers test the pipeline only and say nothing about real accuracy.</div>")
+        parts.append(
+            "<div class='banner'>SYNTHETIC DATA: this run trained and evaluated on generated images, not on "
+            "Oxford-IIIT Pet. Its numbers test the pipeline only and say nothing about real accuracy.</div>"
+        )
     elif synthetic is None:
         parts.append('<p class="warn">Whether this run used real or synthetic data is unknown (no dataset.json).</p>')
-    links = (("comparison", "Seed comparison"), ("evaluation", "Evaluation"), ("training", "Training"),
-             ("dataset", "Dataset"), ("skipped", "Skipped samples"), ("plots", "Plots"), ("config", "Config"))
+    links = (
+        ("comparison", "Seed comparison"),
+        ("evaluation", "Evaluation"),
+        ("training", "Training"),
+        ("dataset", "Dataset"),
+        ("skipped", "Skipped samples"),
+        ("plots", "Plots"),
+        ("config", "Config"),
+    )
     if not compare_with_seed:  # the seed experiment had another task: nothing to compare with
         links = links[1:]
     parts.append("<nav>" + "".join(f"<a href='#{a}'>{t}</a>" for a, t in links) + "</nav>")
     parts.append(headline(split_metrics, rows))
     if compare_with_seed:
-        parts.append(section("comparison", "Comparison with the seed experiment",
-                             seed_comparison(split_metrics, synthetic)))
+        parts.append(
+            section("comparison", "Comparison with the seed experiment", seed_comparison(split_metrics, synthetic))
+        )
     parts.append(section("evaluation", "Evaluation", "".join(split_parts)))
     parts.append(section("training", "Training: throughput and memory", _training_section(rows, rows_problem)))
     parts.append(section("dataset", "Dataset", _dataset_section(dataset, dataset_problem)))

@@ -79,8 +79,11 @@ def headline(split_metrics: dict[str, dict], rows: list[dict]) -> str:
         cards.append(("epochs logged", len(rows)))
     if not cards:
         return missing("No evaluation results and no training log yet.")
-    return '<div class="cards">' + "".join(
-        f'<div class="card"><b>{cell_text(v)}</b>{esc(k)}</div>' for k, v in cards) + "</div>"
+    return (
+        '<div class="cards">'
+        + "".join(f'<div class="card"><b>{cell_text(v)}</b>{esc(k)}</div>' for k, v in cards)
+        + "</div>"
+    )
 
 
 def seed_comparison(split_metrics: dict[str, dict], synthetic: Optional[bool]) -> str:
@@ -91,21 +94,35 @@ def seed_comparison(split_metrics: dict[str, dict], synthetic: Optional[bool]) -
             m = m.get(key) if isinstance(m, dict) else None
         return m
 
-    rows_spec = [("samples", ("num_samples",), seed["num_samples"]), ("ROC-AUC", ("roc_auc",), seed["roc_auc"]),
-                 ("accuracy", ("accuracy",), seed["accuracy"]), ("loss (cross-entropy)", ("loss",), seed["loss"])]
+    rows_spec = [
+        ("samples", ("num_samples",), seed["num_samples"]),
+        ("ROC-AUC", ("roc_auc",), seed["roc_auc"]),
+        ("accuracy", ("accuracy",), seed["accuracy"]),
+        ("loss (cross-entropy)", ("loss",), seed["loss"]),
+    ]
     for name, published in seed["per_class"].items():
-        rows_spec += [(f"{name} precision", ("per_class", name, "precision"), published["precision"]),
-                      (f"{name} recall", ("per_class", name, "recall"), published["recall"])]
-    rows_spec += [("macro F1", ("macro_avg", "f1"), seed["macro_f1"]),
-                  ("weighted F1", ("weighted_avg", "f1"), seed["weighted_f1"])]
+        rows_spec += [
+            (f"{name} precision", ("per_class", name, "precision"), published["precision"]),
+            (f"{name} recall", ("per_class", name, "recall"), published["recall"]),
+        ]
+    rows_spec += [
+        ("macro F1", ("macro_avg", "f1"), seed["macro_f1"]),
+        ("weighted F1", ("weighted_avg", "f1"), seed["weighted_f1"]),
+    ]
     columns = list(split_metrics)
     header = ["metric", "seed (its val split, also used for model selection)"]
-    header += [f"this run: {s}" + (" (used for checkpoint selection)" if s == "val" else " (held out)") for s in columns]
-    rows = [[name, Published(f"{seed_value:g}")] + [ours(split_metrics[s], *path) for s in columns]
-            for name, path, seed_value in rows_spec]
+    header += [
+        f"this run: {s}" + (" (used for checkpoint selection)" if s == "val" else " (held out)") for s in columns
+    ]
+    rows = [
+        [name, Published(f"{seed_value:g}")] + [ours(split_metrics[s], *path) for s in columns]
+        for name, path, seed_value in rows_spec
+    ]
     body = table(header, rows)
-    body += f'<p class="warn"><b>Caveat:</b> {esc(seed["note"])} Compare like with like: this run\'s val column is ' \
-            "selected on in the same way; only a held-out test split measures generalization.</p>"
+    body += (
+        f'<p class="warn"><b>Caveat:</b> {esc(seed["note"])} Compare like with like: this run\'s val column is '
+        "selected on in the same way; only a held-out test split measures generalization.</p>"
+    )
     if synthetic:
         body += '<p class="warn">This run used synthetic data: the comparison with the seed is meaningless.</p>'
     if not columns:
@@ -119,8 +136,10 @@ def confusion_table(metrics: dict) -> str:
     if not cm or len(cm) != len(names):
         return missing("no confusion matrix")
     head = "<tr><th>true \\ predicted</th>" + "".join(f"<th>{esc(n)}</th>" for n in names) + "</tr>"
-    body = "".join("<tr><th>" + esc(names[i]) + "</th>" + "".join(f'<td class="num">{cell_text(v)}</td>' for v in row)
-                   + "</tr>" for i, row in enumerate(cm))
+    body = "".join(
+        "<tr><th>" + esc(names[i]) + "</th>" + "".join(f'<td class="num">{cell_text(v)}</td>' for v in row) + "</tr>"
+        for i, row in enumerate(cm)
+    )
     return f"<table>{head}{body}</table>"
 
 
@@ -138,34 +157,49 @@ def split_section(split: str, metrics: Optional[dict], notes: list[str]) -> str:
     if metrics is None:
         return f"<h3>{esc(split)}</h3>" + missing(
             f"No evaluation of split '{split}' yet ({'; '.join(notes)}). Run python -m toolkit.evaluate "
-            f"--model RUN/model.safetensors --shards SHARDS --split {split}.")
+            f"--model RUN/model.safetensors --shards SHARDS --split {split}."
+        )
     names = [str(n) for n in metrics.get("class_names") or []]
     out = [f"<h3>{esc(split)}</h3>"]
     out += [f'<p class="warn">{esc(note)}</p>' for note in notes + list(metrics.get("notes") or [])]
     macro, weighted = metrics.get("macro_avg") or {}, metrics.get("weighted_avg") or {}
-    rows = [("samples", metrics.get("num_samples")), ("skipped samples", metrics.get("skipped_samples")),
-            ("classes", len(names)), ("loss (cross-entropy)", metrics.get("loss")),
-            ("top-1 accuracy", metrics.get("accuracy"))]
+    rows = [
+        ("samples", metrics.get("num_samples")),
+        ("skipped samples", metrics.get("skipped_samples")),
+        ("classes", len(names)),
+        ("loss (cross-entropy)", metrics.get("loss")),
+        ("top-1 accuracy", metrics.get("accuracy")),
+    ]
     if reports_top_k(metrics):
         rows.append((f"top-{metrics['top_k']} accuracy", metrics.get("top5_accuracy")))
-    rows += [("balanced accuracy", metrics.get("balanced_accuracy")),
-             ("macro F1 (over the classes present)", macro.get("f1")), ("weighted F1", weighted.get("f1")),
-             (_roc_auc_label(metrics), metrics.get("roc_auc")), ("average precision", metrics.get("average_precision")),
-             ("prediction", decision_rule(metrics)), ("model epoch", metrics.get("model_epoch"))]
+    rows += [
+        ("balanced accuracy", metrics.get("balanced_accuracy")),
+        ("macro F1 (over the classes present)", macro.get("f1")),
+        ("weighted F1", weighted.get("f1")),
+        (_roc_auc_label(metrics), metrics.get("roc_auc")),
+        ("average precision", metrics.get("average_precision")),
+        ("prediction", decision_rule(metrics)),
+        ("model epoch", metrics.get("model_epoch")),
+    ]
     out.append(kv_table(rows))
     out.append(_per_class_tables(metrics, names))
     out.append(_threshold_tuning(split, metrics))
     table_html = confusion_table(metrics)
     if len(names) > WIDE_CLASS_COUNT:
-        out.append(f"<details><summary>confusion matrix, {len(names)} x {len(names)} (rows true, columns "
-                   f"predicted)</summary><div class='scroll'>{table_html}</div></details>")
+        out.append(
+            f"<details><summary>confusion matrix, {len(names)} x {len(names)} (rows true, columns "
+            f"predicted)</summary><div class='scroll'>{table_html}</div></details>"
+        )
     else:
         out.append("<p>Confusion matrix (rows true, columns predicted):</p>" + table_html)
     breeds = metrics.get("per_breed")
     if breeds and not all(b.get("breed") == b.get("class") for b in breeds):  # breeds that are not the classes
         rows = [(b.get("breed"), b.get("class"), b.get("count"), b.get("correct"), b.get("accuracy")) for b in breeds]
-        out.append("<p>Per-breed accuracy, worst first:</p><div class='scroll'>"
-                   + table(["breed", "class", "count", "correct", "accuracy"], rows, numeric_from=2) + "</div>")
+        out.append(
+            "<p>Per-breed accuracy, worst first:</p><div class='scroll'>"
+            + table(["breed", "class", "count", "correct", "accuracy"], rows, numeric_from=2)
+            + "</div>"
+        )
     return "".join(out)
 
 
@@ -173,29 +207,48 @@ def _per_class_tables(metrics: dict, names: list[str]) -> str:
     """The classification report as a table (with one-vs-rest ROC-AUC), largest confusions, accuracy per class."""
     out = []
     per_class, aucs = metrics.get("per_class") or {}, metrics.get("per_class_roc_auc") or {}
-    rows = [(name, (per_class.get(name) or {}).get("support"), (per_class.get(name) or {}).get("precision"),
-             (per_class.get(name) or {}).get("recall"), (per_class.get(name) or {}).get("f1"), aucs.get(name))
-            for name in names]
-    out.append("<p>Per class (the classification report; ROC-AUC one vs rest, n/a for a class the split cannot "
-               "score):</p><div class='scroll'>"
-               + table(["class", "support", "precision", "recall", "F1", "ROC-AUC"], rows) + "</div>")
+    rows = [
+        (
+            name,
+            (per_class.get(name) or {}).get("support"),
+            (per_class.get(name) or {}).get("precision"),
+            (per_class.get(name) or {}).get("recall"),
+            (per_class.get(name) or {}).get("f1"),
+            aucs.get(name),
+        )
+        for name in names
+    ]
+    out.append(
+        "<p>Per class (the classification report; ROC-AUC one vs rest, n/a for a class the split cannot "
+        "score):</p><div class='scroll'>"
+        + table(["class", "support", "precision", "recall", "F1", "ROC-AUC"], rows)
+        + "</div>"
+    )
     try:
-        out.append("<details><summary>classification report (sklearn layout)</summary><pre>"
-                   + esc(classification_report_table(metrics)) + "</pre></details>")
+        out.append(
+            "<details><summary>classification report (sklearn layout)</summary><pre>"
+            + esc(classification_report_table(metrics))
+            + "</pre></details>"
+        )
     except (KeyError, TypeError, ValueError) as err:
         out.append(missing(f"classification report unavailable ({err})"))
     confusions = metrics.get("largest_confusions")
     if confusions:
         rows = [(c.get("true"), c.get("pred"), c.get("count"), c.get("share_of_true")) for c in confusions]
-        out.append("<p>Largest confusions (most frequent mistakes):</p>"
-                   + table(["true class", "predicted as", "count", "share of the true class"], rows, numeric_from=2))
+        out.append(
+            "<p>Largest confusions (most frequent mistakes):</p>"
+            + table(["true class", "predicted as", "count", "share of the true class"], rows, numeric_from=2)
+        )
     elif confusions is not None:
         out.append("<p>No confusions: every sample was predicted correctly.</p>")
     accuracy = metrics.get("per_class_accuracy")
     if accuracy:
         rows = [(a.get("class"), a.get("count"), a.get("correct"), a.get("accuracy")) for a in accuracy]
-        out.append("<p>Accuracy per class, worst first:</p><div class='scroll'>"
-                   + table(["class", "count", "correct", "accuracy"], rows) + "</div>")
+        out.append(
+            "<p>Accuracy per class, worst first:</p><div class='scroll'>"
+            + table(["class", "count", "correct", "accuracy"], rows)
+            + "</div>"
+        )
     return "".join(out)
 
 
@@ -206,11 +259,16 @@ def _threshold_tuning(split: str, metrics: dict) -> str:
         return ""
     at = metrics.get("at_best_threshold") or {}
     tuned_on = metrics.get("threshold_tuned_on", "val")
-    out = (f"<p>Threshold maximising balanced accuracy on {esc(tuned_on)}: <b>{cell_text(best.get('value'))}</b> "
-           f"(balanced accuracy there {cell_text(best.get('tuning_balanced_accuracy'))}). Reported beside the "
-           f"headline numbers, never used for them. On {esc(split)} at that threshold: accuracy "
-           f"{cell_text(at.get('accuracy'))}, balanced accuracy {cell_text(at.get('balanced_accuracy'))}.</p>")
+    out = (
+        f"<p>Threshold maximising balanced accuracy on {esc(tuned_on)}: <b>{cell_text(best.get('value'))}</b> "
+        f"(balanced accuracy there {cell_text(best.get('tuning_balanced_accuracy'))}). Reported beside the "
+        f"headline numbers, never used for them. On {esc(split)} at that threshold: accuracy "
+        f"{cell_text(at.get('accuracy'))}, balanced accuracy {cell_text(at.get('balanced_accuracy'))}.</p>"
+    )
     if at.get("per_class"):
-        out += ("<details><summary>classification report at the tuned threshold</summary><pre>"
-                + esc(classification_report_table(at)) + "</pre></details>")
+        out += (
+            "<details><summary>classification report at the tuned threshold</summary><pre>"
+            + esc(classification_report_table(at))
+            + "</pre></details>"
+        )
     return out

@@ -34,13 +34,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 from urllib.parse import urlparse
 
-
 from toolkit.config import WANDB_MODES
 from toolkit.evaluation.metrics import as_arrays, curve_points, decision_metrics, decision_rule, predict
 from toolkit.fileio import atomic_write_text
 from toolkit.formats import RunDir
 from toolkit.redaction import redact_secrets, redact_text
-
 
 # How long an online wandb.init may take before we give up and log offline instead.
 ONLINE_INIT_TIMEOUT_S = 20.0
@@ -126,9 +124,18 @@ class Tracker:
     and an exception inside W&B is caught, warned about once per method, and counted.
     """
 
-    def __init__(self, cfg: Any, run_dir: Path, config: dict, *, is_main: bool, run_name: str,
-                 resume: bool = False, echo: Callable[[str], None] = _stderr,
-                 init_timeout: float = ONLINE_INIT_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        cfg: Any,
+        run_dir: Path,
+        config: dict,
+        *,
+        is_main: bool,
+        run_name: str,
+        resume: bool = False,
+        echo: Callable[[str], None] = _stderr,
+        init_timeout: float = ONLINE_INIT_TIMEOUT_S,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self._resume_id = self._saved_run_id() if resume else None
         self.mode = "disabled"
@@ -172,8 +179,11 @@ class Tracker:
         try:
             import wandb
         except ImportError as err:
-            missing = "W&B is not installed (pip install wandb)" if err.name in (None, "wandb") else \
-                f"W&B cannot be imported ({_short(err)})"
+            missing = (
+                "W&B is not installed (pip install wandb)"
+                if err.name in (None, "wandb")
+                else f"W&B cannot be imported ({_short(err)})"
+            )
             self._warn(f"{missing}; tracking is off, local logs continue")
             return
         except Exception as err:  # a broken install (e.g. a protobuf mismatch) must not stop training
@@ -192,10 +202,11 @@ class Tracker:
             # wandb.init would prompt for a key on a terminal and wait forever.
             online_error = "no API key: set WANDB_API_KEY or run `wandb login`"
             wanted = "offline"
-        for mode in (["online", "offline"] if wanted == "online" else ["offline"]):
+        for mode in ["online", "offline"] if wanted == "online" else ["offline"]:
             try:
-                self._run = self._init(mode, cfg, config, run_name,
-                                       init_timeout if mode == "online" else OFFLINE_INIT_TIMEOUT_S)
+                self._run = self._init(
+                    mode, cfg, config, run_name, init_timeout if mode == "online" else OFFLINE_INIT_TIMEOUT_S
+                )
                 self.mode = mode
                 break
             except Exception as err:  # wandb raises CommError, UsageError, TimeoutError, ...
@@ -209,11 +220,15 @@ class Tracker:
         try:
             atomic_write_text(self._run_id_file, self._run.id)
         except Exception as err:  # only resuming into the same W&B run depends on it
-            self._warn(f"cannot record the W&B run id in {self._run_id_file} ({_short(err)}); a resumed run "
-                       "will start a new W&B run")
+            self._warn(
+                f"cannot record the W&B run id in {self._run_id_file} ({_short(err)}); a resumed run "
+                "will start a new W&B run"
+            )
         if online_error is not None:
-            self._warn(f"W&B online init failed ({online_error}); logging offline to "
-                       f"{self.sync_dir} instead, upload later with: wandb sync {self.sync_dir}")
+            self._warn(
+                f"W&B online init failed ({online_error}); logging offline to "
+                f"{self.sync_dir} instead, upload later with: wandb sync {self.sync_dir}"
+            )
 
     def _define_metrics(self) -> None:
         """Epoch charts over the epoch number; the run summary keeps the best val figures, not the last."""
@@ -240,8 +255,8 @@ class Tracker:
         wanted = {
             "init_timeout": timeout,
             "finish_timeout": FINISH_TIMEOUT_S,  # online: stop waiting for uploads; `wandb sync` redoes them
-            "silent": True,                      # no banner or per-step chatter; we print what matters
-            "console": "off",                    # our log file has the console; keeps stray secrets out of W&B
+            "silent": True,  # no banner or per-step chatter; we print what matters
+            "console": "off",  # our log file has the console; keeps stray secrets out of W&B
             "disable_code": True,
             "save_code": False,
             "x_save_requirements": False,
@@ -297,9 +312,11 @@ class Tracker:
             self._run = None
         failed = sum(self._failed.values())
         if failed:
-            self._warn(f"{failed} W&B logging call(s) failed ("
-                       + ", ".join(f"{name}: {n}" for name, n in sorted(self._failed.items()))
-                       + "); the local run folder has everything")
+            self._warn(
+                f"{failed} W&B logging call(s) failed ("
+                + ", ".join(f"{name}: {n}" for name, n in sorted(self._failed.items()))
+                + "); the local run folder has everything"
+            )
         offline = self.mode == "offline" and run_dir is not None
         self._result = {
             "mode": self.mode,
@@ -333,8 +350,11 @@ class Tracker:
         if self._run is None:
             return
         if step < self._last_step:
-            self._failure("log (step went backwards)", f"W&B log at step {step} after step {self._last_step} "
-                          "was dropped: log with the optimizer step, which only grows")
+            self._failure(
+                "log (step went backwards)",
+                f"W&B log at step {step} after step {self._last_step} "
+                "was dropped: log with the optimizer step, which only grows",
+            )
             return
         self._last_step = step
         self._call("log", lambda: self._run.log(_plain(metrics), step=step))
@@ -349,11 +369,11 @@ class Tracker:
         if self._run is None:
             return
         wandb = self._wandb
-        self._log_at_last_step("log_images", lambda: {
-            name: wandb.Image(str(path)) for name, path in images.items()})
+        self._log_at_last_step("log_images", lambda: {name: wandb.Image(str(path)) for name, path in images.items()})
 
-    def log_curves(self, labels: Sequence[int], probs: Any, class_names: Sequence[str],
-                   split: str, threshold: float = 0.5) -> None:
+    def log_curves(
+        self, labels: Sequence[int], probs: Any, class_names: Sequence[str], split: str, threshold: float = 0.5
+    ) -> None:
         """Native W&B ROC, precision-recall and confusion-matrix charts for one split.
 
         ``probs``: the class probabilities [N, C]. One ROC and one PR curve per scored class (one
@@ -374,26 +394,39 @@ class Tracker:
             if scores.shape[1] != len(names):
                 raise ValueError(f"{split}: probabilities {scores.shape} for {len(names)} classes")
             decided = decision_metrics(y_true, scores, threshold, names)
-            out = {f"{split}/confusion_matrix": wandb.plot.confusion_matrix(
-                y_true=y_true.tolist(), preds=predict(scores, threshold).tolist(), class_names=names,
-                title=f"{split} confusion matrix ({decision_rule(decided)})")}
+            out = {
+                f"{split}/confusion_matrix": wandb.plot.confusion_matrix(
+                    y_true=y_true.tolist(),
+                    preds=predict(scores, threshold).tolist(),
+                    class_names=names,
+                    title=f"{split} confusion matrix ({decision_rule(decided)})",
+                )
+            }
             roc, pr = curve_points(y_true, scores, names)
             if roc:
                 out[f"{split}/roc_curve"] = wandb.plot_table(
-                    "wandb/area-under-curve/v0", wandb.Table(columns=["class", "fpr", "tpr"], data=roc),
+                    "wandb/area-under-curve/v0",
+                    wandb.Table(columns=["class", "fpr", "tpr"], data=roc),
                     {"x": "fpr", "y": "tpr", "class": "class"},
-                    {"title": f"{split} ROC", "x-axis-title": "False positive rate",
-                     "y-axis-title": "True positive rate"})
+                    {
+                        "title": f"{split} ROC",
+                        "x-axis-title": "False positive rate",
+                        "y-axis-title": "True positive rate",
+                    },
+                )
                 out[f"{split}/pr_curve"] = wandb.plot_table(
-                    "wandb/area-under-curve/v0", wandb.Table(columns=["class", "recall", "precision"], data=pr),
+                    "wandb/area-under-curve/v0",
+                    wandb.Table(columns=["class", "recall", "precision"], data=pr),
                     {"x": "recall", "y": "precision", "class": "class"},
-                    {"title": f"{split} precision-recall", "x-axis-title": "Recall", "y-axis-title": "Precision"})
+                    {"title": f"{split} precision-recall", "x-axis-title": "Recall", "y-axis-title": "Precision"},
+                )
             return out
 
         self._log_at_last_step("log_curves", charts)
 
-    def log_predictions_table(self, rows: Sequence[dict], images: Optional[Sequence[Any]] = None,
-                              key: str = "test/predictions") -> None:
+    def log_predictions_table(
+        self, rows: Sequence[dict], images: Optional[Sequence[Any]] = None, key: str = "test/predictions"
+    ) -> None:
         """A W&B table of predictions (one row per image), with the image when given."""
         if self._run is None:
             return
@@ -417,8 +450,10 @@ class Tracker:
 
     def log_dataset_summary(self, info: dict) -> None:
         """The shard manifest summary (counts per split, hashes) as part of the run config."""
-        self._call("log_dataset_summary", lambda: self._run.config.update(
-            {"dataset": _plain(redact_secrets(info))}, allow_val_change=True))
+        self._call(
+            "log_dataset_summary",
+            lambda: self._run.config.update({"dataset": _plain(redact_secrets(info))}, allow_val_change=True),
+        )
 
     def log_dataset_artifact(self, summary: dict, manifest: Optional[Path]) -> None:
         """The shards as a ``dataset`` artifact (their info.json, with sha256 of every shard) this run trained on.
@@ -456,8 +491,9 @@ class Tracker:
 
         def upload() -> None:
             extra = {"dataset_artifact": self._dataset_artifact} if self._dataset_artifact else {}
-            artifact = wandb.Artifact(name=f"model-{self._run.id}", type="model",
-                                      metadata=_plain(redact_secrets({**metadata, **extra})))
+            artifact = wandb.Artifact(
+                name=f"model-{self._run.id}", type="model", metadata=_plain(redact_secrets({**metadata, **extra}))
+            )
             artifact.add_file(str(path), name=Path(path).name, policy="immutable")
             self._run.log_artifact(artifact, aliases=list(MODEL_ALIASES))
 

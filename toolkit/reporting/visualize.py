@@ -87,9 +87,16 @@ def load_images(shards: str, split: str, keys: set[str], meta: dict, config: dic
     return {sample["key"]: transform(sample["image"]) for sample in read_samples(shards, split, keys=set(keys))}
 
 
-def make_plots(run_dir: Path, *, what: Optional[set[str]] = None, split: str = "test", num_images: int = 8,
-               shards: Optional[str] = None, predictions: Optional[Predictions] = None,
-               model_and_meta: Optional[tuple[Any, dict]] = None) -> list[Path]:
+def make_plots(
+    run_dir: Path,
+    *,
+    what: Optional[set[str]] = None,
+    split: str = "test",
+    num_images: int = 8,
+    shards: Optional[str] = None,
+    predictions: Optional[Predictions] = None,
+    model_and_meta: Optional[tuple[Any, dict]] = None,
+) -> list[Path]:
     """Write the requested plots into RUN/plots and return their paths; unmakeable ones are skipped with a warning.
 
     After training, ``finish_run`` passes the predictions and the model it already holds; the
@@ -128,8 +135,10 @@ def make_plots(run_dir: Path, *, what: Optional[set[str]] = None, split: str = "
     if shards is None:
         shards = raw_section(config, "data").get("shards")
         if isinstance(shards, str) and shards.startswith("pipe:"):  # a run folder may come from anyone
-            problem = (f"data.shards in {run.config} is a pipe: command, which is never run from a run folder's "
-                       "files; pass --shards to read the images")
+            problem = (
+                f"data.shards in {run.config} is a pipe: command, which is never run from a run folder's "
+                "files; pass --shards to read the images"
+            )
     problem = problem or ("num_images is 0" if num_images < 1 else _shards_problem(shards))
     if problem is not None:
         for name in image_plots:
@@ -138,11 +147,26 @@ def make_plots(run_dir: Path, *, what: Optional[set[str]] = None, split: str = "
     class_names = tuple(meta.get("class_names") or predictions.class_names)
     if len(class_names) != len(predictions.class_names):
         for name in image_plots:
-            skip(name, f"the model predicts {len(class_names)} classes but the {split} predictions have "
-                       f"{len(predictions.class_names)}")
+            skip(
+                name,
+                f"the model predicts {len(class_names)} classes but the {split} predictions have "
+                f"{len(predictions.class_names)}",
+            )
         return made
-    return made + _image_plots(run_dir, model, meta, config, image_plots, predictions, split, num_images,
-                               threshold, class_names, str(shards), run.plots)
+    return made + _image_plots(
+        run_dir,
+        model,
+        meta,
+        config,
+        image_plots,
+        predictions,
+        split,
+        num_images,
+        threshold,
+        class_names,
+        str(shards),
+        run.plots,
+    )
 
 
 def _read_predictions(run: RunDir, split: str, needing: list[str]) -> Optional[Predictions]:
@@ -156,8 +180,11 @@ def _read_predictions(run: RunDir, split: str, needing: list[str]) -> Optional[P
             found, problem = None, str(err)
     else:
         evaluated = run.evaluated_splits()
-        hint = f" (evaluated splits: {', '.join(evaluated)}; use --split)" if evaluated else \
-            " (run python -m toolkit.evaluate first)"
+        hint = (
+            f" (evaluated splits: {', '.join(evaluated)}; use --split)"
+            if evaluated
+            else " (run python -m toolkit.evaluate first)"
+        )
         found, problem = None, f"{path} not found{hint}"
     if problem is None:
         return found
@@ -166,18 +193,29 @@ def _read_predictions(run: RunDir, split: str, needing: list[str]) -> Optional[P
     return None
 
 
-def _file_plots(run: RunDir, what: set[str], split: str, predictions: Optional[Predictions],
-                threshold: float) -> list[Path]:
+def _file_plots(
+    run: RunDir, what: set[str], split: str, predictions: Optional[Predictions], threshold: float
+) -> list[Path]:
     """ROC, PR, confusion matrix (with per-class accuracy) and training curves: numbers only, no model or images."""
     made, out_dir = [], run.plots
     if predictions is not None and what & {"roc", "pr", "confusion"}:
         labels, probs, names = predictions.labels, predictions.probs, list(predictions.class_names)
         if "roc" in what:
-            made.append(plots.plot_roc(labels, probs, names, out_dir / f"roc_{split}.png",
-                                       title=f"ROC curves ({split}, one vs rest)"))
+            made.append(
+                plots.plot_roc(
+                    labels, probs, names, out_dir / f"roc_{split}.png", title=f"ROC curves ({split}, one vs rest)"
+                )
+            )
         if "pr" in what:
-            made.append(plots.plot_pr(labels, probs, names, out_dir / f"pr_{split}.png",
-                                      title=f"Precision-recall curves ({split}, one vs rest)"))
+            made.append(
+                plots.plot_pr(
+                    labels,
+                    probs,
+                    names,
+                    out_dir / f"pr_{split}.png",
+                    title=f"Precision-recall curves ({split}, one vs rest)",
+                )
+            )
         if "confusion" in what:
             try:
                 decided = decision_metrics(*as_arrays(labels, probs, "confusion"), threshold, names)
@@ -185,13 +223,23 @@ def _file_plots(run: RunDir, what: set[str], split: str, predictions: Optional[P
                 skip("confusion", str(err))
             else:
                 rule = decision_rule(decided)
-                made.append(plots.plot_confusion(decided["confusion_matrix"], out_dir / f"confusion_{split}.png",
-                                                 class_names=names, title=f"Confusion matrix ({split}; {rule})"))
+                made.append(
+                    plots.plot_confusion(
+                        decided["confusion_matrix"],
+                        out_dir / f"confusion_{split}.png",
+                        class_names=names,
+                        title=f"Confusion matrix ({split}; {rule})",
+                    )
+                )
                 matrix = decided["confusion_matrix"]
-                made.append(plots.plot_per_class_accuracy(per_class_accuracy(matrix, names),
-                                                          out_dir / f"per_class_accuracy_{split}.png",
-                                                          title=f"Accuracy per class ({split})",
-                                                          overall=decided["accuracy"]))
+                made.append(
+                    plots.plot_per_class_accuracy(
+                        per_class_accuracy(matrix, names),
+                        out_dir / f"per_class_accuracy_{split}.png",
+                        title=f"Accuracy per class ({split})",
+                        overall=decided["accuracy"],
+                    )
+                )
     return made + _curves_plot(run, what)
 
 
@@ -202,28 +250,48 @@ def _curves_plot(run: RunDir, what: set[str]) -> list[Path]:
     if not rows:
         skip("curves", f"{run.history} {'is empty' if run.history.is_file() else 'not found'}")
         return []
-    return [plots.plot_training_curves(rows, run.plots / "training_curves.png",
-                                       title=f"Training curves ({run.root.name})")]
+    return [
+        plots.plot_training_curves(rows, run.plots / "training_curves.png", title=f"Training curves ({run.root.name})")
+    ]
 
 
 def _filter_plots(model: Any, out_dir: Path) -> list[Path]:
     made = [interpret.plot_filters(model, out_dir / "filters_conv1.png", layer="conv1")]
     try:
-        made.append(interpret.plot_filters(model, out_dir / f"filters_{DEEP_FILTER_LAYER}.png",
-                                           layer=DEEP_FILTER_LAYER, spatial=True, max_filters=32))
+        made.append(
+            interpret.plot_filters(
+                model,
+                out_dir / f"filters_{DEEP_FILTER_LAYER}.png",
+                layer=DEEP_FILTER_LAYER,
+                spatial=True,
+                max_filters=32,
+            )
+        )
     except ValueError as err:
         skip("deep filters", str(err))
     return made
 
 
-def _image_plots(run_dir: Path, model: Any, meta: dict, config: dict, names: list[str], predictions: Predictions,
-                 split: str, num_images: int, threshold: float, class_names: tuple, shards: str,
-                 out_dir: Path) -> list[Path]:
+def _image_plots(
+    run_dir: Path,
+    model: Any,
+    meta: dict,
+    config: dict,
+    names: list[str],
+    predictions: Predictions,
+    split: str,
+    num_images: int,
+    threshold: float,
+    class_names: tuple,
+    shards: str,
+    out_dir: Path,
+) -> list[Path]:
     """Prediction grid, Grad-CAM and feature maps: pick examples, read just those images, plot."""
     scores = predictions.probs
     picks = {
-        "grid": interpret.select_examples(predictions.labels, scores, num_images,
-                                          threshold=threshold, max_wrong=num_images // 2),
+        "grid": interpret.select_examples(
+            predictions.labels, scores, num_images, threshold=threshold, max_wrong=num_images // 2
+        ),
         "gradcam": interpret.select_examples(predictions.labels, scores, num_images, threshold=threshold),
         "features": interpret.select_examples(predictions.labels, scores, 1, threshold=threshold, max_wrong=0),
     }
@@ -236,8 +304,10 @@ def _image_plots(run_dir: Path, model: Any, meta: dict, config: dict, names: lis
         return []
     absent = sorted(keys - set(tensors))
     if absent:
-        warn(f"{len(absent)} of {len(keys)} chosen {split} images not found in {shards!r} (e.g. {absent[0]}); "
-             "they are left out of the image plots")
+        warn(
+            f"{len(absent)} of {len(keys)} chosen {split} images not found in {shards!r} (e.g. {absent[0]}); "
+            "they are left out of the image plots"
+        )
     mean, std = meta["mean"], meta["std"]
     made = []
     for name in names:
@@ -249,21 +319,48 @@ def _image_plots(run_dir: Path, model: Any, meta: dict, config: dict, names: lis
         labels = [predictions.labels[i] for i in chosen]
         captions = [f"{predictions.keys[i]}" for i in chosen]
         if name == "grid":
-            made.append(plots.plot_prediction_grid(
-                batch, labels, [scores[i] for i in chosen], out_dir / f"predictions_{split}.png",
-                mean=mean, std=std, threshold=threshold, class_names=class_names, captions=captions,
-                title=f"{split}: predictions (most confident mistakes and correct ones; wrong in red)"))
+            made.append(
+                plots.plot_prediction_grid(
+                    batch,
+                    labels,
+                    [scores[i] for i in chosen],
+                    out_dir / f"predictions_{split}.png",
+                    mean=mean,
+                    std=std,
+                    threshold=threshold,
+                    class_names=class_names,
+                    captions=captions,
+                    title=f"{split}: predictions (most confident mistakes and correct ones; wrong in red)",
+                )
+            )
         elif name == "gradcam":
             layer = str(raw_section(config, "eval").get("gradcam_layer") or "layer4")
             cams, probs = interpret.explain(model, batch, layer=layer)  # titles: the model's view of these tensors
-            made.append(interpret.plot_gradcam(batch, cams, labels, probs.tolist(), out_dir / f"gradcam_{split}.png",
-                                               mean=mean, std=std, threshold=threshold, class_names=class_names,
-                                               layer=layer, captions=captions))
+            made.append(
+                interpret.plot_gradcam(
+                    batch,
+                    cams,
+                    labels,
+                    probs.tolist(),
+                    out_dir / f"gradcam_{split}.png",
+                    mean=mean,
+                    std=std,
+                    threshold=threshold,
+                    class_names=class_names,
+                    layer=layer,
+                    captions=captions,
+                )
+            )
         else:
             maps = interpret.feature_maps(model, batch[0])
-            made.append(interpret.plot_feature_maps(
-                maps, out_dir / f"feature_maps_{split}.png", image=plots.denormalize(batch[0], mean, std)[0],
-                title=f"Feature maps for {captions[0]} (first channels, each scaled on its own)"))
+            made.append(
+                interpret.plot_feature_maps(
+                    maps,
+                    out_dir / f"feature_maps_{split}.png",
+                    image=plots.denormalize(batch[0], mean, std)[0],
+                    title=f"Feature maps for {captions[0]} (first channels, each scaled on its own)",
+                )
+            )
     return made
 
 
@@ -273,35 +370,57 @@ def parse_what(text: str) -> set[str]:
         return set(ALL_PLOTS)
     unknown = names - set(ALL_PLOTS)
     if unknown:
-        raise UsageError(f"--what: unknown plot(s) {', '.join(sorted(unknown))}; choose from {','.join(ALL_PLOTS)} or all")
+        raise UsageError(
+            f"--what: unknown plot(s) {', '.join(sorted(unknown))}; choose from {','.join(ALL_PLOTS)} or all"
+        )
     return names
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = ArgumentParser(prog="toolkit.visualize", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="examples:\n" + __doc__.split("\n\n", 1)[1])
+    parser = ArgumentParser(
+        prog="toolkit.visualize",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n" + __doc__.split("\n\n", 1)[1],
+    )
     parser.add_argument("--run", required=True, type=Path, help="run folder written by training (runs/NAME)")
-    parser.add_argument("--what", default="all", help=f"comma-separated plots: {','.join(ALL_PLOTS)} or all (default); "
-                        "confusion also makes per_class_accuracy_SPLIT.png")
+    parser.add_argument(
+        "--what",
+        default="all",
+        help=f"comma-separated plots: {','.join(ALL_PLOTS)} or all (default); "
+        "confusion also makes per_class_accuracy_SPLIT.png",
+    )
     parser.add_argument("--split", default="test", help="evaluated split to plot (default: test)")
-    parser.add_argument("--num-images", type=int, default=8, help="images in the prediction grid and Grad-CAM (default 8)")
-    parser.add_argument("--shards", default=None, help="shards folder (default: data.shards from the run's config.yaml)")
+    parser.add_argument(
+        "--num-images", type=int, default=8, help="images in the prediction grid and Grad-CAM (default 8)"
+    )
+    parser.add_argument(
+        "--shards", default=None, help="shards folder (default: data.shards from the run's config.yaml)"
+    )
     parser.add_argument("--no-report", action="store_true", help="do not rebuild RUN/report.html")
-    parser.add_argument("--model", default=None, metavar="MODEL",
-                        help="the model for the grid, Grad-CAM, feature maps and filters instead of RUN's: a model file, "
-                             "an exported or timm folder (DIR or local-dir:DIR) or hf-hub:OWNER/NAME")
+    parser.add_argument(
+        "--model",
+        default=None,
+        metavar="MODEL",
+        help="the model for the grid, Grad-CAM, feature maps and filters instead of RUN's: a model file, "
+        "an exported or timm folder (DIR or local-dir:DIR) or hf-hub:OWNER/NAME",
+    )
     args = parser.parse_args(argv)
     if not args.run.is_dir():
         raise UsageError(f"run folder {str(args.run)!r} not found; pass a folder written by a training run (runs/NAME)")
     if args.num_images < 0:
         raise UsageError(f"--num-images {args.num_images} must be >= 0")
     model_and_meta = load_model_from(args.model) if args.model else None
-    made = make_plots(args.run, what=parse_what(args.what), split=args.split, num_images=args.num_images,
-                      shards=args.shards, model_and_meta=model_and_meta)
+    made = make_plots(
+        args.run,
+        what=parse_what(args.what),
+        split=args.split,
+        num_images=args.num_images,
+        shards=args.shards,
+        model_and_meta=model_and_meta,
+    )
     for path in made:
         print(path)
     if not args.no_report:
         print(build_report(args.run))
     return 0
-

@@ -17,8 +17,14 @@ from toolkit.reporting.wandb_runs import LocalRun
 
 # (metrics.json key, label) of the headline table; per-class rows follow in the classification-report layout.
 # ROC-AUC and average precision are one vs rest, macro over the classes the split can score (metrics.py).
-HEADLINE = (("roc_auc", "ROC-AUC"), ("accuracy", "top-1 accuracy"), ("top5_accuracy", "top-{k} accuracy"),
-            ("balanced_accuracy", "balanced accuracy"), ("average_precision", "average precision"), ("loss", "loss"))
+HEADLINE = (
+    ("roc_auc", "ROC-AUC"),
+    ("accuracy", "top-1 accuracy"),
+    ("top5_accuracy", "top-{k} accuracy"),
+    ("balanced_accuracy", "balanced accuracy"),
+    ("average_precision", "average precision"),
+    ("loss", "loss"),
+)
 
 
 def read_json(path: Path) -> Optional[Any]:
@@ -38,11 +44,13 @@ def describe_recipe(config: dict) -> str:
     model, opt, sched = raw_section(config, "model"), raw_section(config, "optimizer"), raw_section(config, "scheduler")
     train, data = raw_section(config, "train"), raw_section(config, "data")
     blocks = "-".join(map(str, model.get("blocks_per_stage") or [])) or "default"
-    return (f"{model.get('arch', '?')} (blocks {blocks}, width {model.get('base_width', '?')}, "
-            f"{model.get('num_classes', '?')} classes), {opt.get('name', '?')} lr {opt.get('lr', '?')} "
-            f"weight decay {opt.get('weight_decay', '?')}, {sched.get('name', '?')} schedule, "
-            f"{train.get('epochs', '?')} epoch(s) x batch {train.get('batch_size', '?')}, "
-            f"precision {train.get('mixed_precision') or 'fp32'}, {data.get('image_size', '?')} px images")
+    return (
+        f"{model.get('arch', '?')} (blocks {blocks}, width {model.get('base_width', '?')}, "
+        f"{model.get('num_classes', '?')} classes), {opt.get('name', '?')} lr {opt.get('lr', '?')} "
+        f"weight decay {opt.get('weight_decay', '?')}, {sched.get('name', '?')} schedule, "
+        f"{train.get('epochs', '?')} epoch(s) x batch {train.get('batch_size', '?')}, "
+        f"precision {train.get('mixed_precision') or 'fp32'}, {data.get('image_size', '?')} px images"
+    )
 
 
 def describe_data(run: LocalRun) -> str:
@@ -53,8 +61,10 @@ def describe_data(run: LocalRun) -> str:
     splits = info.get("splits") or {}
     sizes = " / ".join(f"{name} {s.get('num_samples', '?')}" for name, s in splits.items() if isinstance(s, dict))
     kind = " (SYNTHETIC stand-in data)" if info.get("synthetic") else ""
-    return (f"{info.get('dataset', '?')}{kind}: {sizes} images, classes {', '.join(info.get('classes') or [])}; "
-            f"shards `{info.get('shards', '?')}`")
+    return (
+        f"{info.get('dataset', '?')}{kind}: {sizes} images, classes {', '.join(info.get('classes') or [])}; "
+        f"shards `{info.get('shards', '?')}`"
+    )
 
 
 def _seeds(runs: Sequence[LocalRun]) -> str:
@@ -71,9 +81,12 @@ def header_markdown(groups: dict[str, list[LocalRun]]) -> str:
     splits = sorted({headline_split(run) for runs in groups.values() for run in runs})
     found = next((m for runs in groups.values() for m in map(_split_metrics, runs) if m), {})
     rule = f"predicting {decision_rule(found)}"
-    lines += ["", f"Each run keeps its best epoch by val ROC-AUC; the headline numbers are on the "
-              f"{', '.join(splits)} split {rule}. Local run folders: "
-              + ", ".join(f"`{run.run_dir}`" for runs in groups.values() for run in runs)]
+    lines += [
+        "",
+        f"Each run keeps its best epoch by val ROC-AUC; the headline numbers are on the "
+        f"{', '.join(splits)} split {rule}. Local run folders: "
+        + ", ".join(f"`{run.run_dir}`" for runs in groups.values() for run in runs),
+    ]
     return "\n".join(lines)
 
 
@@ -92,17 +105,25 @@ def headline_markdown(groups: dict[str, list[LocalRun]]) -> str:
     metrics = {name: [m for m in map(_split_metrics, runs) if m] for name, runs in groups.items()}
     names = list(groups)
     split = ", ".join(sorted({headline_split(run) for runs in groups.values() for run in runs}))
-    lines = [f"| {split} split | " + " | ".join(f"{n} (n={len(metrics[n])})" for n in names) + " |",
-             "|---" * (len(names) + 1) + "|"]
+    lines = [
+        f"| {split} split | " + " | ".join(f"{n} (n={len(metrics[n])})" for n in names) + " |",
+        "|---" * (len(names) + 1) + "|",
+    ]
     first = next((m for found in metrics.values() for m in found), {})
     for key, label in HEADLINE:
         if key == "top5_accuracy" and not reports_top_k(first):
             continue  # top-k of every class is 1 by definition
         label = label.format(k=first.get("top_k"))
-        lines.append(f"| {label} | " + " | ".join(format_mean_std(mean_std([m.get(key) for m in metrics[n]])) for n in names)
-                     + " |")
-    lines.append("| val ROC-AUC (model selection) | "
-                 + " | ".join(format_mean_std(mean_std([_best_val_auc(r) for r in groups[n]])) for n in names) + " |")
+        lines.append(
+            f"| {label} | "
+            + " | ".join(format_mean_std(mean_std([m.get(key) for m in metrics[n]])) for n in names)
+            + " |"
+        )
+    lines.append(
+        "| val ROC-AUC (model selection) | "
+        + " | ".join(format_mean_std(mean_std([_best_val_auc(r) for r in groups[n]])) for n in names)
+        + " |"
+    )
     if any(len(m) > 1 for m in metrics.values()):
         lines += ["", "Mean ± sample standard deviation over the runs of a group (seeds); one run: its value."]
     for name in names:
@@ -118,13 +139,17 @@ def classification_markdown(runs: Sequence[dict]) -> list[str]:
     rows = [(name, [r.get("per_class", {}).get(name, {}) for r in runs]) for name in runs[0].get("class_names", [])]
     # a class with no sample in the split has nothing to show (the averages skip it too)
     rows = [(name, stats) for name, stats in rows if any(s.get("support") for s in stats)]
-    rows += [(label, [r.get(key, {}) for r in runs]) for key, label in (("macro_avg", "macro avg"),
-                                                                          ("weighted_avg", "weighted avg"))]
+    rows += [
+        (label, [r.get(key, {}) for r in runs])
+        for key, label in (("macro_avg", "macro avg"), ("weighted_avg", "weighted avg"))
+    ]
     lines = ["| | precision | recall | f1-score | support |", "|---|---|---|---|---|"]
     for name, stats in rows:
         support = stats[0].get("support", total) if not name.endswith(" avg") else total
         cells = " | ".join(format_mean_std(mean_std([s.get(k) for s in stats])) for k in ("precision", "recall", "f1"))
         lines.append(f"| {name} | {cells} | {support} |")
         if name == "macro avg":  # sklearn prints accuracy between the classes and the averages
-            lines.insert(-1, f"| accuracy | | | {format_mean_std(mean_std([r.get('accuracy') for r in runs]))} | {total} |")
+            lines.insert(
+                -1, f"| accuracy | | | {format_mean_std(mean_std([r.get('accuracy') for r in runs]))} | {total} |"
+            )
     return lines

@@ -27,14 +27,14 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from toolkit.cli import ArgumentParser
-from toolkit.errors import DataError, UsageError
 from toolkit.config import raw_section
+from toolkit.errors import DataError, UsageError
 from toolkit.fileio import atomic_write_json
 from toolkit.formats import RunDir
-from toolkit.reporting.wandb_headline import header_markdown, headline_markdown, headline_split, read_json
-from toolkit.reporting.wandb_runs import LocalRun, RunLog, find_runs, read_run_log, select_runs
 from toolkit.redaction import redact_secrets
 from toolkit.reporting.tracking import has_api_key
+from toolkit.reporting.wandb_headline import header_markdown, headline_markdown, headline_split, read_json
+from toolkit.reporting.wandb_runs import LocalRun, RunLog, find_runs, read_run_log, select_runs
 
 SPEC_FORMAT = "pets-toolkit/wandb-report/1"
 SPEC_FILE = "wandb-report.json"
@@ -48,14 +48,20 @@ MAX_TITLE_LEN = 128  # wandb_workspaces' Report.title limit
 # Keys as toolkit.reporting.tracking.Tracker logs them: the loop logs train/* every few steps and
 # epoch/<metrics.jsonl column> once per epoch at the optimizer step; evaluation logs summaries,
 # charts (<split>/roc_curve, ...) and the predictions table.
-STEP_X = "Step"            # W&B's name for the history step (the optimizer step here)
-EPOCH_X = "epoch/epoch"    # the epoch number logged in every epoch row
+STEP_X = "Step"  # W&B's name for the history step (the optimizer step here)
+EPOCH_X = "epoch/epoch"  # the epoch number logged in every epoch row
 LINE_SECTIONS = (
-    ("Validation per epoch", EPOCH_X, (("val ROC-AUC", "epoch/val_auc"), ("val loss", "epoch/val_loss"),
-                                       ("val accuracy", "epoch/val_acc"))),
+    (
+        "Validation per epoch",
+        EPOCH_X,
+        (("val ROC-AUC", "epoch/val_auc"), ("val loss", "epoch/val_loss"), ("val accuracy", "epoch/val_acc")),
+    ),
     ("Training per step", STEP_X, (("train loss", "train/loss"), ("learning rate", "train/lr"))),
-    ("Throughput per epoch", EPOCH_X, (("images per second", "epoch/img_per_s"),
-                                       ("fraction of time waiting for data", "epoch/data_wait_frac"))),
+    (
+        "Throughput per epoch",
+        EPOCH_X,
+        (("images per second", "epoch/img_per_s"), ("fraction of time waiting for data", "epoch/data_wait_frac")),
+    ),
 )
 CHART_SUFFIXES = {"roc_curve": "ROC", "pr_curve": "precision-recall", "confusion_matrix": "confusion matrix"}
 PREDICTIONS_SUFFIX = "/predictions"
@@ -97,9 +103,16 @@ def _by_split(keys: Sequence[str]) -> list[str]:
 
 def candidate_sections(logs: Sequence[RunLog]) -> list[tuple[str, list[dict]]]:
     """Every section the report could have: fixed line plots, plus the charts, tables and images logged."""
-    sections = [(title, [{"type": "line", "title": f"{label} per {'step' if x == STEP_X else 'epoch'}", "x": x,
-                          "y": [y]} for label, y in panels])
-                for title, x, panels in LINE_SECTIONS]
+    sections = [
+        (
+            title,
+            [
+                {"type": "line", "title": f"{label} per {'step' if x == STEP_X else 'epoch'}", "x": x, "y": [y]}
+                for label, y in panels
+            ],
+        )
+        for title, x, panels in LINE_SECTIONS
+    ]
     charts: dict[str, dict] = {}
     for log in logs:
         for key, config in log.charts.items():
@@ -110,14 +123,24 @@ def candidate_sections(logs: Sequence[RunLog]) -> list[tuple[str, list[dict]]]:
             config = charts.get(f"{split}/{suffix}")
             if config is not None:
                 table = _chart_table(config) or f"{split}/{suffix}_table"
-                panels.append({"type": "chart", "title": f"{split} {CHART_SUFFIXES[suffix]}",
-                               "chart": f"{split}/{suffix}", "table": table,
-                               "vega": config.get("panelDefId", ""), "fields": config.get("fieldSettings", {}),
-                               "strings": config.get("stringSettings", {})})
+                panels.append(
+                    {
+                        "type": "chart",
+                        "title": f"{split} {CHART_SUFFIXES[suffix]}",
+                        "chart": f"{split}/{suffix}",
+                        "table": table,
+                        "vega": config.get("panelDefId", ""),
+                        "fields": config.get("fieldSettings", {}),
+                        "strings": config.get("stringSettings", {}),
+                    }
+                )
         sections.append((f"Curves on {split}", panels))
     keys = {k: v for log in logs for k, v in log.keys.items()}
-    tables = [{"type": "table", "title": f"{k.rsplit('/', 1)[0]} predictions with images", "table": k}
-              for k in sorted(keys) if k.endswith(PREDICTIONS_SUFFIX) and keys[k] == "table"]
+    tables = [
+        {"type": "table", "title": f"{k.rsplit('/', 1)[0]} predictions with images", "table": k}
+        for k in sorted(keys)
+        if k.endswith(PREDICTIONS_SUFFIX) and keys[k] == "table"
+    ]
     images = sorted(k for k, kind in keys.items() if kind == "image")
     media = [{"type": "media", "title": "plots from the runs' reports", "images": images}] if images else []
     sections.append(("Predictions", tables + media))
@@ -159,13 +182,16 @@ def default_title(groups: dict[str, list[LocalRun]]) -> str:
     first = groups[next(iter(groups))][0]
     info = read_json(RunDir(first.run_dir).dataset)
     dataset = info.get("dataset") if isinstance(info, dict) else None
-    title = (f"{raw_section(first.config, 'model').get('arch', 'model')} on {dataset or 'the pets data'}: "
-             + " vs ".join(groups))
-    return title if len(title) <= MAX_TITLE_LEN else title[:MAX_TITLE_LEN - 3] + "..."
+    title = (
+        f"{raw_section(first.config, 'model').get('arch', 'model')} on {dataset or 'the pets data'}: "
+        + " vs ".join(groups)
+    )
+    return title if len(title) <= MAX_TITLE_LEN else title[: MAX_TITLE_LEN - 3] + "..."
 
 
-def build_spec(runs: Sequence[LocalRun], logs: dict[str, RunLog], *, project: str, entity: Optional[str],
-               title: Optional[str]) -> tuple[dict, list[str]]:
+def build_spec(
+    runs: Sequence[LocalRun], logs: dict[str, RunLog], *, project: str, entity: Optional[str], title: Optional[str]
+) -> tuple[dict, list[str]]:
     """The report as JSON, and notes on the panels left out because no selected run logged their keys."""
     groups = _group(runs)
     logged: dict[str, str] = {}
@@ -174,9 +200,11 @@ def build_spec(runs: Sequence[LocalRun], logs: dict[str, RunLog], *, project: st
             logged.setdefault(key, kind)
     splits = list(dict.fromkeys(headline_split(run) for run in runs))
     columns = [f"{s}/{m}" for s in splits for m in SUMMARY_COLUMNS if logged.get(f"{s}/{m}") == "scalar"]
-    blocks: list[dict] = [{"type": "markdown", "text": header_markdown(groups)},
-                          {"type": "h2", "text": "Headline"},
-                          {"type": "markdown", "text": headline_markdown(groups)}]
+    blocks: list[dict] = [
+        {"type": "markdown", "text": header_markdown(groups)},
+        {"type": "h2", "text": "Headline"},
+        {"type": "markdown", "text": headline_markdown(groups)},
+    ]
     notes = []
     for section, panels in candidate_sections(list(logs.values())):
         kept = []
@@ -196,9 +224,17 @@ def build_spec(runs: Sequence[LocalRun], logs: dict[str, RunLog], *, project: st
         "description": f"{len(runs)} run(s) in {len(groups)} group(s), built by python -m toolkit.wandb_report",
         "runsets": [{"name": name, "runs": [r.run_id for r in members]} for name, members in groups.items()],
         "columns": columns,
-        "runs": [{"id": r.run_id, "name": r.name, "group": r.group, "run_dir": str(r.run_dir),
-                  "logged_to_project": logs[r.run_id].project,
-                  "needs_sync": [str(p) for p in r.needs_sync]} for r in runs],
+        "runs": [
+            {
+                "id": r.run_id,
+                "name": r.name,
+                "group": r.group,
+                "run_dir": str(r.run_dir),
+                "logged_to_project": logs[r.run_id].project,
+                "needs_sync": [str(p) for p in r.needs_sync],
+            }
+            for r in runs
+        ],
         "blocks": blocks,
     }
     return redact_secrets(spec), notes
@@ -226,8 +262,13 @@ def _wr_panel(wr: Any, panel: dict) -> Any:
     if kind == "line":
         return wr.LinePlot(title=panel["title"], x=panel["x"], y=list(panel["y"]), layout=layout)
     if kind == "chart":
-        return wr.CustomChart(query={"summaryTable": {"tableKey": panel["table"]}}, chart_name=panel["vega"],
-                              chart_fields=panel["fields"], chart_strings=panel["strings"], layout=layout)
+        return wr.CustomChart(
+            query={"summaryTable": {"tableKey": panel["table"]}},
+            chart_name=panel["vega"],
+            chart_fields=panel["fields"],
+            chart_strings=panel["strings"],
+            layout=layout,
+        )
     if kind == "table":
         return wr.WeavePanelSummaryTable(table_name=panel["table"], layout=layout)
     if kind == "media":
@@ -243,9 +284,16 @@ def to_wandb_report(spec: dict, entity: str = "") -> Any:
     wr = reports_api()
 
     def runsets() -> list:
-        return [wr.Runset(entity=entity, project=spec["project"], name=rs["name"],
-                          filters=f"Metric('ID') in {list(rs['runs'])!r}",
-                          pinned_columns=[f"summary:{key}" for key in spec["columns"]]) for rs in spec["runsets"]]
+        return [
+            wr.Runset(
+                entity=entity,
+                project=spec["project"],
+                name=rs["name"],
+                filters=f"Metric('ID') in {list(rs['runs'])!r}",
+                pinned_columns=[f"summary:{key}" for key in spec["columns"]],
+            )
+            for rs in spec["runsets"]
+        ]
 
     blocks = []
     for block in spec["blocks"]:
@@ -258,8 +306,14 @@ def to_wandb_report(spec: dict, entity: str = "") -> Any:
             blocks.append(wr.PanelGrid(runsets=runsets(), panels=[_wr_panel(wr, p) for p in block["panels"]]))
         else:
             raise UsageError(f"unknown block type {kind!r} in the report spec; rebuild it with this toolkit")
-    return wr.Report(project=spec["project"], entity=entity, title=spec["title"],
-                     description=spec["description"], blocks=blocks, width="fluid")
+    return wr.Report(
+        project=spec["project"],
+        entity=entity,
+        title=spec["title"],
+        description=spec["description"],
+        blocks=blocks,
+        width="fluid",
+    )
 
 
 def save_report(spec: dict, entity: Optional[str]) -> str:
@@ -315,29 +369,44 @@ def sync_commands(spec: dict) -> list[str]:
 def check_project(name: str) -> str:
     bad = sorted({c for c in name if c in BAD_PROJECT_CHARS})
     if not name or bad or len(name) > MAX_PROJECT_LEN:
-        why = (f"contains {' '.join(bad)}" if bad else "is empty" if not name else f"is {len(name)} characters long")
-        raise UsageError(f"--project {name[:40]!r} is not a valid W&B project name: it {why} (W&B project names have "
-                         f"no {' '.join(BAD_PROJECT_CHARS)} and at most {MAX_PROJECT_LEN} characters)")
+        why = f"contains {' '.join(bad)}" if bad else "is empty" if not name else f"is {len(name)} characters long"
+        raise UsageError(
+            f"--project {name[:40]!r} is not a valid W&B project name: it {why} (W&B project names have "
+            f"no {' '.join(BAD_PROJECT_CHARS)} and at most {MAX_PROJECT_LEN} characters)"
+        )
     return name
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> Any:
-    parser = ArgumentParser(prog="toolkit.wandb_report", description=__doc__.split("\n\n")[0],
-                            formatter_class=argparse.RawDescriptionHelpFormatter,
-                            epilog="examples:\n" + __doc__.split("\n\n")[1])
+    parser = ArgumentParser(
+        prog="toolkit.wandb_report",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n" + __doc__.split("\n\n")[1],
+    )
     parser.add_argument("--project", metavar="P", help="W&B project the runs are (or will be synced) in")
     parser.add_argument("--entity", default=None, metavar="E", help="W&B entity (default: the logged-in user's)")
-    parser.add_argument("--group", nargs="+", default=None, metavar="G",
-                        help="recipe name(s): the runs named <group>-seed<N> (compare_recipes) or named <group>")
+    parser.add_argument(
+        "--group",
+        nargs="+",
+        default=None,
+        metavar="G",
+        help="recipe name(s): the runs named <group>-seed<N> (compare_recipes) or named <group>",
+    )
     parser.add_argument("--runs", nargs="+", default=None, metavar="ID", help="W&B run ids or run folder names")
     parser.add_argument("--title", default=None, metavar="T", help="report title (default: model, data and groups)")
-    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), metavar="DIR",
-                        help="where the run folders are (default: runs)")
+    parser.add_argument(
+        "--runs-dir", type=Path, default=Path("runs"), metavar="DIR", help="where the run folders are (default: runs)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="write the report spec, do not contact W&B")
-    parser.add_argument("--out", type=Path, default=None, metavar="FILE",
-                        help=f"spec file (default: DIR/{SPEC_FILE})")
-    parser.add_argument("--publish", type=Path, default=None, metavar="FILE",
-                        help="save a report spec written earlier to W&B (after `wandb sync` of its runs)")
+    parser.add_argument("--out", type=Path, default=None, metavar="FILE", help=f"spec file (default: DIR/{SPEC_FILE})")
+    parser.add_argument(
+        "--publish",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="save a report spec written earlier to W&B (after `wandb sync` of its runs)",
+    )
     args = parser.parse_args(argv)
     if args.publish is not None:
         if args.group or args.runs or args.dry_run:
@@ -379,8 +448,10 @@ def write_spec(spec: dict, path: Path, reason: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, spec)
     panels = sum(len(b.get("panels", [])) for b in spec["blocks"])
-    print(f"wrote the W&B report spec to {path} ({panels} panels over {len(spec['runs'])} run(s); not saved to W&B: "
-          f"{reason})")
+    print(
+        f"wrote the W&B report spec to {path} ({panels} panels over {len(spec['runs'])} run(s); not saved to W&B: "
+        f"{reason})"
+    )
     commands = sync_commands(spec)
     if commands:
         print("upload the offline runs:")
@@ -401,8 +472,11 @@ def collect(args: argparse.Namespace) -> dict:
     for run in runs:  # an uploaded run stays in its project; offline ones are synced into ours
         logged_to = logs[run.run_id].project
         if logged_to and logged_to != args.project and not run.needs_sync:
-            print(f"warning: run {run.name} ({run.run_id}) is in W&B project {logged_to!r}, the report looks in "
-                  f"{args.project!r}: it will not show there", file=sys.stderr)
+            print(
+                f"warning: run {run.name} ({run.run_id}) is in W&B project {logged_to!r}, the report looks in "
+                f"{args.project!r}: it will not show there",
+                file=sys.stderr,
+            )
     return spec
 
 
@@ -419,8 +493,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"saved the W&B report: {save_report(spec, args.entity)}")
             commands = sync_commands(spec)
             if commands:
-                print("its panels fill in once the offline runs are uploaded:\n"
-                      + "\n".join(f"  {c}" for c in commands))
+                print(
+                    "its panels fill in once the offline runs are uploaded:\n" + "\n".join(f"  {c}" for c in commands)
+                )
             return 0
         except Exception as err:  # no network, permissions: keep the spec for later
             reason = f"saving failed: {_one_line(err)}"

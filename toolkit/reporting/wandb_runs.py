@@ -25,7 +25,7 @@ SEED_SUFFIX = re.compile(r"-seed\d+(-\d+)?$")  # compare_recipes names its runs 
 RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 _BLOCK = 32 * 1024  # LevelDB log: 32 KiB blocks of crc32/length/type-framed chunks
-_HEADER = 7         # ":W&B" + 2-byte magic + 1-byte version, and the size of every chunk header
+_HEADER = 7  # ":W&B" + 2-byte magic + 1-byte version, and the size of every chunk header
 _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 
 
@@ -37,8 +37,8 @@ def _raw_records(data: bytes) -> Iterator[bytes]:
         if left_in_block < _HEADER:  # too small for a chunk header: zero padding
             pos += left_in_block
             continue
-        crc, length, kind = struct.unpack("<IHB", data[pos:pos + _HEADER])
-        chunk = data[pos + _HEADER:pos + _HEADER + length]
+        crc, length, kind = struct.unpack("<IHB", data[pos : pos + _HEADER])
+        chunk = data[pos + _HEADER : pos + _HEADER + length]
         if (kind == 0 and length == 0) or len(chunk) < length or zlib.crc32(bytes([kind]) + chunk) != crc:
             return
         pos += _HEADER + length
@@ -152,8 +152,11 @@ class LocalRun:
     @property
     def needs_sync(self) -> list[Path]:
         """Offline W&B folders not uploaded yet (``wandb sync`` leaves ``run-ID.wandb.synced``)."""
-        return [p.parent for p in self.log_files
-                if p.parent.name.startswith("offline-run-") and not p.with_suffix(".wandb.synced").exists()]
+        return [
+            p.parent
+            for p in self.log_files
+            if p.parent.name.startswith("offline-run-") and not p.with_suffix(".wandb.synced").exists()
+        ]
 
 
 def load_run(run_dir: Path) -> Optional[LocalRun]:
@@ -182,20 +185,24 @@ def find_runs(runs_dir: Path) -> list[LocalRun]:
     return list(runs.values())
 
 
-def select_runs(runs: Sequence[LocalRun], runs_dir: Path, groups: Optional[Sequence[str]],
-                ids: Optional[Sequence[str]]) -> list[LocalRun]:
+def select_runs(
+    runs: Sequence[LocalRun], runs_dir: Path, groups: Optional[Sequence[str]], ids: Optional[Sequence[str]]
+) -> list[LocalRun]:
     """The runs asked for, or a one-line UsageError that says what is there instead."""
     if not runs_dir.is_dir():
         raise UsageError(f"--runs-dir {runs_dir} not found; pass the folder that holds the run folders (output.dir)")
     if not runs:
-        raise UsageError(f"no W&B runs found in {runs_dir} (a run that logged to W&B has {RUN_ID_FILE} and "
-                         "wandb/*run-*/run-ID.wandb; train with tracking.wandb=offline or online, or pass --runs-dir)")
+        raise UsageError(
+            f"no W&B runs found in {runs_dir} (a run that logged to W&B has {RUN_ID_FILE} and "
+            "wandb/*run-*/run-ID.wandb; train with tracking.wandb=offline or online, or pass --runs-dir)"
+        )
     if groups:
         there = sorted({run.group for run in runs})
         missing = [g for g in groups if g not in there]
         if missing:
-            raise UsageError(f"no runs of group {', '.join(map(repr, missing))} in {runs_dir} "
-                             f"(groups there: {', '.join(there)})")
+            raise UsageError(
+                f"no runs of group {', '.join(map(repr, missing))} in {runs_dir} (groups there: {', '.join(there)})"
+            )
         return [run for g in groups for run in runs if run.group == g]
     by_id = {**{run.name: run for run in runs}, **{run.run_id: run for run in runs}}
     missing = [i for i in ids or [] if i not in by_id]

@@ -52,9 +52,14 @@ def latest_checkpoint(folder: Path) -> Optional[Path]:
     return found[-1] if found else None
 
 
-def save_checkpoint(accelerator, folder: Path, global_step: int, keep: int,
-                    write_extras: Optional[Callable[[Path], None]] = None,
-                    write_rank_extras: Optional[Callable[[Path], None]] = None) -> Path:
+def save_checkpoint(
+    accelerator,
+    folder: Path,
+    global_step: int,
+    keep: int,
+    write_extras: Optional[Callable[[Path], None]] = None,
+    write_rank_extras: Optional[Callable[[Path], None]] = None,
+) -> Path:
     """``accelerator.save_state`` into a temporary folder, then rename it into place (all ranks call).
 
     ``write_extras(folder)`` runs on the main process, ``write_rank_extras(folder)`` on every process,

@@ -24,8 +24,14 @@ from accelerate.utils import DistributedDataParallelKwargs, gather_object
 
 from toolkit.cli import progress
 from toolkit.config import Config, fit_head_to_classes, to_dict
-from toolkit.data import (TrainLoader, check_shards_exist, check_split_has_samples, load_info, make_train_loader,
-                          resolve_normalization)
+from toolkit.data import (
+    TrainLoader,
+    check_shards_exist,
+    check_split_has_samples,
+    load_info,
+    make_train_loader,
+    resolve_normalization,
+)
 from toolkit.data.device_augment import batch_to_device
 from toolkit.data.locations import is_local, manifest_location
 from toolkit.errors import UsageError, on_every_rank, usage_errors
@@ -102,12 +108,17 @@ def join_after_elastic_restart() -> None:
     if restart == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or dist.is_initialized():
         return
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
-                          timeout=timedelta(minutes=30))
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False, timeout=timedelta(minutes=30)
+    )
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=rank, world_size=world,
-                            store=dist.PrefixStore(f"toolkit/restart-{restart}", store))
+    dist.init_process_group(
+        "nccl" if torch.cuda.is_available() else "gloo",
+        rank=rank,
+        world_size=world,
+        store=dist.PrefixStore(f"toolkit/restart-{restart}", store),
+    )
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
@@ -120,7 +131,9 @@ def make_accelerator(cfg: Config) -> Accelerator:
             kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
         )
     except (ValueError, RuntimeError) as err:
-        raise UsageError(f"cannot start Accelerate with train.mixed_precision={cfg.train.mixed_precision!r}: {err}") from None
+        raise UsageError(
+            f"cannot start Accelerate with train.mixed_precision={cfg.train.mixed_precision!r}: {err}"
+        ) from None
     if accelerator.is_main_process and accelerator.device.type == "cpu":
         print(f"notice: no GPU found; training on CPU with {accelerator.num_processes} process(es)", flush=True)
     return accelerator
@@ -129,8 +142,12 @@ def make_accelerator(cfg: Config) -> Accelerator:
 def build_model(cfg: Config) -> torch.nn.Module:
     with usage_errors("model"):
         return create_model(
-            cfg.model.arch, num_classes=cfg.model.num_classes, blocks_per_stage=cfg.model.blocks_per_stage,
-            block=cfg.model.block, base_width=cfg.model.base_width, in_chans=cfg.model.in_chans,
+            cfg.model.arch,
+            num_classes=cfg.model.num_classes,
+            blocks_per_stage=cfg.model.blocks_per_stage,
+            block=cfg.model.block,
+            base_width=cfg.model.base_width,
+            in_chans=cfg.model.in_chans,
             zero_init_residual=cfg.model.zero_init_residual,
         )
 
@@ -164,19 +181,28 @@ def setup(cfg: Config) -> Session:
         raise
 
 
-def build_session(cfg: Config, accelerator: Accelerator, info: dict, run: RunDir, resumed_from: Optional[Path],
-                  log: Callable[[str], None]) -> Session:
+def build_session(
+    cfg: Config,
+    accelerator: Accelerator,
+    info: dict,
+    run: RunDir,
+    resumed_from: Optional[Path],
+    log: Callable[[str], None],
+) -> Session:
     """Everything after the run folder is chosen (and locked): the loader, model, optimizer, tracker."""
     rank, world = accelerator.process_index, accelerator.num_processes
     mean, std = resolve_normalization(cfg.data, info)
     cfg.data.mean, cfg.data.std = list(mean), list(std)
-    loader = make_train_loader(cfg.data, info, batch_size=cfg.train.batch_size, rank=rank, world_size=world,
-                               seed=cfg.train.seed)
+    loader = make_train_loader(
+        cfg.data, info, batch_size=cfg.train.batch_size, rank=rank, world_size=world, seed=cfg.train.seed
+    )
     accum = cfg.train.grad_accum_steps
     batches_per_epoch = (len(loader) // accum) * accum
     if batches_per_epoch == 0:
-        raise UsageError(f"train.grad_accum_steps = {accum} exceeds the {len(loader)} batches per epoch; lower it or "
-                         "train.batch_size")
+        raise UsageError(
+            f"train.grad_accum_steps = {accum} exceeds the {len(loader)} batches per epoch; lower it or "
+            "train.batch_size"
+        )
     steps_per_epoch = batches_per_epoch // accum
 
     # model, optimizer, schedule
@@ -191,8 +217,10 @@ def build_session(cfg: Config, accelerator: Accelerator, info: dict, run: RunDir
         log(f"model.init={cfg.model.init}: loaded; fresh for this dataset: {', '.join(kept) or 'nothing'}")
     if cfg.model.sync_bn:
         if accelerator.device.type != "cuda":
-            raise UsageError("model.sync_bn needs CUDA GPUs (SyncBatchNorm runs on NCCL); on CPU keep it false: "
-                             "train.dist_bn=reduce already gives every rank the same statistics for validation")
+            raise UsageError(
+                "model.sync_bn needs CUDA GPUs (SyncBatchNorm runs on NCCL); on CPU keep it false: "
+                "train.dist_bn=reduce already gives every rank the same statistics for validation"
+            )
         if world > 1:  # one process has nothing to sync with
             raw_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(raw_model)
     if cfg.model.channels_last:
@@ -206,16 +234,47 @@ def build_session(cfg: Config, accelerator: Accelerator, info: dict, run: RunDir
     if cfg.model.compile:
         model = torch.compile(model)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
-    step = TrainStep(accelerator, model, optimizer, criterion, scheduler=scheduler, ema=ema, raw_model=raw_model,
-                     grad_clip=cfg.train.grad_clip, accum_steps=accum)
+    step = TrainStep(
+        accelerator,
+        model,
+        optimizer,
+        criterion,
+        scheduler=scheduler,
+        ema=ema,
+        raw_model=raw_model,
+        grad_clip=cfg.train.grad_clip,
+        accum_steps=accum,
+    )
 
     config_dict = redact_secrets(to_dict(cfg))
-    tracker = Tracker(cfg.tracking, run.root, config_dict, is_main=accelerator.is_main_process,
-                      run_name=cfg.output.run_name, resume=resumed_from is not None)
-    return Session(cfg=cfg, accelerator=accelerator, run=run, info=info, mean=list(mean), std=list(std), loader=loader,
-                   batches_per_epoch=batches_per_epoch, model=model, raw_model=raw_model,
-                   eval_model=ema.module if ema is not None else raw_model, ema=ema, scheduler=scheduler, step=step,
-                   tracker=tracker, config_dict=config_dict, resumed_from=resumed_from, log=log)
+    tracker = Tracker(
+        cfg.tracking,
+        run.root,
+        config_dict,
+        is_main=accelerator.is_main_process,
+        run_name=cfg.output.run_name,
+        resume=resumed_from is not None,
+    )
+    return Session(
+        cfg=cfg,
+        accelerator=accelerator,
+        run=run,
+        info=info,
+        mean=list(mean),
+        std=list(std),
+        loader=loader,
+        batches_per_epoch=batches_per_epoch,
+        model=model,
+        raw_model=raw_model,
+        eval_model=ema.module if ema is not None else raw_model,
+        ema=ema,
+        scheduler=scheduler,
+        step=step,
+        tracker=tracker,
+        config_dict=config_dict,
+        resumed_from=resumed_from,
+        log=log,
+    )
 
 
 def start(s: Session) -> TrainerState:
@@ -241,10 +300,12 @@ def start(s: Session) -> TrainerState:
     manifest = manifest_location(cfg.data.shards)
     s.tracker.log_dataset_artifact(summary, manifest=Path(manifest) if is_local(manifest) else None)
     num_params = sum(p.numel() for p in s.raw_model.parameters())
-    s.log(f"run {s.run.root} | {cfg.model.arch} {num_params / 1e6:.2f}M params | {s.world} process(es) on "
-          f"{s.accelerator.device.type} | precision {s.accelerator.mixed_precision} | {s.batches_per_epoch} batches x "
-          f"{cfg.train.batch_size} x {s.world} per epoch | dataset {s.info.get('dataset')}"
-          + (" (SYNTHETIC)" if s.info.get("synthetic") else ""))
+    s.log(
+        f"run {s.run.root} | {cfg.model.arch} {num_params / 1e6:.2f}M params | {s.world} process(es) on "
+        f"{s.accelerator.device.type} | precision {s.accelerator.mixed_precision} | {s.batches_per_epoch} batches x "
+        f"{cfg.train.batch_size} x {s.world} per epoch | dataset {s.info.get('dataset')}"
+        + (" (SYNTHETIC)" if s.info.get("synthetic") else "")
+    )
     return state
 
 
@@ -284,11 +345,17 @@ class RunningLoss:
             flag = torch.tensor([float(first_bad)], device=self.accelerator.device)
             worst = int(self.accelerator.reduce(flag, "max").item())
         if worst:
-            what = f"{values[int(bad[0])].item()} at step {first_bad}" if first_bad else \
-                f"non-finite on another process at step {worst}"
-            raise on_every_rank(TrainingError(
-                f"loss became {what}; lower optimizer.lr, set train.grad_clip, or set train.skip_nonfinite=true. "
-                "The last good checkpoint is untouched."))
+            what = (
+                f"{values[int(bad[0])].item()} at step {first_bad}"
+                if first_bad
+                else f"non-finite on another process at step {worst}"
+            )
+            raise on_every_rank(
+                TrainingError(
+                    f"loss became {what}; lower optimizer.lr, set train.grad_clip, or set train.skip_nonfinite=true. "
+                    "The last good checkpoint is untouched."
+                )
+            )
         return float(values.mean()) if pending else float("nan")
 
     def flush(self) -> None:
@@ -308,8 +375,13 @@ def train_one_epoch(s: Session, state: TrainerState, stop: StopRequested) -> Epo
     memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
     running = RunningLoss(accelerator, state)
     batches = iter(s.loader)
-    bar = progress(range(first_batch, s.batches_per_epoch), total=s.batches_per_epoch, initial=first_batch,
-                   desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch")
+    bar = progress(
+        range(first_batch, s.batches_per_epoch),
+        total=s.batches_per_epoch,
+        initial=first_batch,
+        desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+        unit="batch",
+    )
     outcome = EpochOutcome(seconds=0.0, data_wait=0.0, batches_done=0)
     t_start = time.perf_counter()
     for batch_index in bar:
@@ -317,15 +389,24 @@ def train_one_epoch(s: Session, state: TrainerState, stop: StopRequested) -> Epo
         batch = next(batches)
         outcome.data_wait += time.perf_counter() - t_wait
         state.epoch_skipped += int(batch.get("skipped", 0))
-        images = batch_to_device(batch, cfg.data, s.mean, s.std, accelerator.device, memory_format=memory_format,
-                                 seed=hash((cfg.train.seed, epoch, accelerator.process_index, batch_index)) % 2**63)
+        images = batch_to_device(
+            batch,
+            cfg.data,
+            s.mean,
+            s.std,
+            accelerator.device,
+            memory_format=memory_format,
+            seed=hash((cfg.train.seed, epoch, accelerator.process_index, batch_index)) % 2**63,
+        )
         labels = batch["label"].to(accelerator.device, non_blocking=True)
         window_closes = (batch_index + 1) % cfg.train.grad_accum_steps == 0
         loss = s.step.forward_backward(images, labels, sync=window_closes, skip_nonfinite=cfg.train.skip_nonfinite)
         state.batch_in_epoch = batch_index + 1
         if loss is None:
-            s.log(f"warning: non-finite loss at step {state.global_step + 1}; skipping this batch "
-                  "(train.skip_nonfinite=true)")
+            s.log(
+                f"warning: non-finite loss at step {state.global_step + 1}; skipping this batch "
+                "(train.skip_nonfinite=true)"
+            )
             continue
         running.add(state.global_step + 1, loss)
         if not window_closes:
@@ -353,14 +434,23 @@ def after_step(s: Session, state: TrainerState, running: RunningLoss, bar, stop:
     cfg = s.cfg
     if state.global_step % cfg.train.log_every_steps == 0 or state.batch_in_epoch == s.batches_per_epoch:
         mean_loss, lr = running.check(), s.scheduler.get_last_lr()[0]
-        s.tracker.log({"train/loss": mean_loss, "train/lr": lr,
-                       "epoch": state.epoch + state.batch_in_epoch / s.batches_per_epoch}, step=state.global_step)
+        s.tracker.log(
+            {
+                "train/loss": mean_loss,
+                "train/lr": lr,
+                "epoch": state.epoch + state.batch_in_epoch / s.batches_per_epoch,
+            },
+            step=state.global_step,
+        )
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
         if any_process(s.accelerator, stop.requested):
             return "a stop signal"
-    if (cfg.train.checkpoint_every_steps and state.global_step % cfg.train.checkpoint_every_steps == 0
-            and state.batch_in_epoch < s.batches_per_epoch):
+    if (
+        cfg.train.checkpoint_every_steps
+        and state.global_step % cfg.train.checkpoint_every_steps == 0
+        and state.batch_in_epoch < s.batches_per_epoch
+    ):
         running.check()
         running.flush()
         save_training_state(s.accelerator, s.run, state, s.scheduler, s.ema, cfg.train.keep_checkpoints, s.raw_model)
@@ -399,12 +489,19 @@ def end_epoch(s: Session, state: TrainerState, outcome: EpochOutcome, val: EvalR
     skipped = int(accelerator.reduce(torch.tensor(state.epoch_skipped, device=accelerator.device), "sum").item())
     seconds = max(outcome.seconds, 1e-9)
     row = {
-        "epoch": epoch + 1, "step": state.global_step, "lr": s.scheduler.get_last_lr()[0],
-        "train_loss": train_loss, "val_loss": val.loss, "val_acc": val.accuracy, "val_auc": val.auc,
+        "epoch": epoch + 1,
+        "step": state.global_step,
+        "lr": s.scheduler.get_last_lr()[0],
+        "train_loss": train_loss,
+        "val_loss": val.loss,
+        "val_acc": val.accuracy,
+        "val_auc": val.auc,
         "img_per_s": outcome.batches_done * cfg.train.batch_size * s.world / seconds,
-        "data_wait_frac": outcome.data_wait / seconds, "epoch_seconds": outcome.seconds,
+        "data_wait_frac": outcome.data_wait / seconds,
+        "epoch_seconds": outcome.seconds,
         "peak_mem_gib": (torch.cuda.max_memory_allocated() / 2**30) if torch.cuda.is_available() else None,
-        "skipped_samples": skipped, "val_skipped_samples": val.skipped,
+        "skipped_samples": skipped,
+        "val_skipped_samples": val.skipped,
     }
     improved = val.auc is not None and val.auc > state.best_val_auc
     if improved:
@@ -413,20 +510,30 @@ def end_epoch(s: Session, state: TrainerState, outcome: EpochOutcome, val: EvalR
 
     def write_epoch() -> None:
         s.run.append_history(row)
-        meta = model_metadata(cfg, mean=s.mean, std=s.std, class_names=class_names(s.info),
-                              extra={"epoch": epoch + 1, "val_metrics": {"loss": val.loss, "acc": val.accuracy,
-                                                                          "auc": val.auc},
-                                     "config": s.config_dict})
+        meta = model_metadata(
+            cfg,
+            mean=s.mean,
+            std=s.std,
+            class_names=class_names(s.info),
+            extra={
+                "epoch": epoch + 1,
+                "val_metrics": {"loss": val.loss, "acc": val.accuracy, "auc": val.auc},
+                "config": s.config_dict,
+            },
+        )
         save_model_file(s.eval_model, s.run.last_model, meta)
         if improved or not s.run.model.exists():
             save_model_file(s.eval_model, s.run.model, meta)
 
     together(accelerator, write_epoch if accelerator.is_main_process else None)  # a full disk stops every rank
     s.tracker.log({f"epoch/{k}": v for k, v in row.items() if v is not None}, step=state.global_step)
-    s.log(f"epoch {epoch + 1}/{cfg.train.epochs} | train_loss {train_loss:.4f} | val_loss {val.loss:.4f} | "
-          f"val_acc {val.accuracy:.4f} | val_auc {format_number(val.auc)} | lr {row['lr']:.2e} | "
-          f"{row['img_per_s']:.1f} img/s | data_wait {row['data_wait_frac']:.0%}"
-          + (f" | skipped {skipped}" if skipped else "") + (" | best" if improved else ""))
+    s.log(
+        f"epoch {epoch + 1}/{cfg.train.epochs} | train_loss {train_loss:.4f} | val_loss {val.loss:.4f} | "
+        f"val_acc {val.accuracy:.4f} | val_auc {format_number(val.auc)} | lr {row['lr']:.2e} | "
+        f"{row['img_per_s']:.1f} img/s | data_wait {row['data_wait_frac']:.0%}"
+        + (f" | skipped {skipped}" if skipped else "")
+        + (" | best" if improved else "")
+    )
     every = cfg.train.checkpoint_every_epochs
     if every and (state.epoch % every == 0 or state.epoch == cfg.train.epochs):
         save_training_state(accelerator, s.run, state, s.scheduler, s.ema, cfg.train.keep_checkpoints, s.raw_model)
@@ -454,10 +561,13 @@ def train(cfg: Config) -> dict:
 
 def leave_early(s: Session, state: TrainerState, why: str, signum: Optional[int]) -> dict:
     """Checkpoint where the loop is and stop; resuming continues exactly here."""
-    path = save_training_state(s.accelerator, s.run, state, s.scheduler, s.ema, s.cfg.train.keep_checkpoints,
-                               s.raw_model)
-    s.log(f"stopped by {why} at epoch {state.epoch + 1}, step {state.global_step}; checkpoint {path}. "
-          f"Resume with the same command plus train.resume=auto output.run_name={s.cfg.output.run_name}")
+    path = save_training_state(
+        s.accelerator, s.run, state, s.scheduler, s.ema, s.cfg.train.keep_checkpoints, s.raw_model
+    )
+    s.log(
+        f"stopped by {why} at epoch {state.epoch + 1}, step {state.global_step}; checkpoint {path}. "
+        f"Resume with the same command plus train.resume=auto output.run_name={s.cfg.output.run_name}"
+    )
     s.tracker.finish()
     if s.accelerator.is_main_process:
         unlock(s.run)
@@ -472,9 +582,15 @@ def finish(s: Session, state: TrainerState) -> dict:
     if len(set(checksums)) > 1:
         s.log(f"warning: model weights differ across processes (checksums {checksums}); distributed training diverged")
     if s.accelerator.is_main_process:
-        s.run.write_final({"global_step": state.global_step, "best_val_auc": state.best_val_auc,
-                           "best_epoch": state.best_epoch, "num_processes": s.world,
-                           "rank_weight_checksums": checksums})
+        s.run.write_final(
+            {
+                "global_step": state.global_step,
+                "best_val_auc": state.best_val_auc,
+                "best_epoch": state.best_epoch,
+                "num_processes": s.world,
+                "rank_weight_checksums": checksums,
+            }
+        )
     summary = finish_run(s.accelerator, s.cfg, s.info, s.run, s.mean, s.std, s.tracker)
     tracker_info = s.tracker.finish()
     if s.accelerator.is_main_process:
@@ -486,8 +602,9 @@ def finish(s: Session, state: TrainerState) -> dict:
 def rank_weight_checksums(accelerator, model: torch.nn.Module) -> list[float]:
     """One number per process summarising its weights: equal on every rank unless DDP went wrong."""
     with torch.no_grad():
-        total = sum(float(p.detach().double().sum()) + 1e-3 * float(p.detach().double().abs().sum())
-                    for p in model.parameters())
+        total = sum(
+            float(p.detach().double().sum()) + 1e-3 * float(p.detach().double().abs().sum()) for p in model.parameters()
+        )
     return gather_object([total]) if accelerator.num_processes > 1 else [total]
 
 
@@ -501,8 +618,11 @@ def any_process(accelerator, value: bool) -> bool:
 def print_final(run: RunDir, state: TrainerState, summary: dict, tracker_info: dict) -> None:
     print(f"done: best val_auc {format_number(state.best_val_auc)} at epoch {state.best_epoch}", flush=True)
     for split, metrics in summary.get("splits", {}).items():
-        print(f"  {split}: n={metrics.get('num_samples')} acc {format_number(metrics.get('accuracy'))} "
-              f"auc {format_number(metrics.get('roc_auc'))}", flush=True)
+        print(
+            f"  {split}: n={metrics.get('num_samples')} acc {format_number(metrics.get('accuracy'))} "
+            f"auc {format_number(metrics.get('roc_auc'))}",
+            flush=True,
+        )
     print(f"  model:  {run.model}", flush=True)
     if run.report.exists():
         print(f"  report: {run.report}", flush=True)

@@ -16,8 +16,9 @@ from toolkit.config import OptimizerConfig, SchedulerConfig
 from toolkit.models.pretrained import HEAD_KEYS
 
 
-def build_optimizer(params: Union[torch.nn.Module, Iterable[torch.nn.Parameter]],
-                    cfg: OptimizerConfig) -> torch.optim.Optimizer:
+def build_optimizer(
+    params: Union[torch.nn.Module, Iterable[torch.nn.Parameter]], cfg: OptimizerConfig
+) -> torch.optim.Optimizer:
     """The configured optimizer; pass the model itself to give the backbone its own LR (``backbone_lr_scale``)."""
     if cfg.backbone_lr_scale != 1.0:
         if not isinstance(params, torch.nn.Module):
@@ -31,8 +32,9 @@ def build_optimizer(params: Union[torch.nn.Module, Iterable[torch.nn.Parameter]]
     if cfg.name == "adamw":  # decoupled weight decay
         return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
+        )
     raise ValueError(f"unknown optimizer {cfg.name!r}")
 
 
@@ -47,8 +49,10 @@ def parameter_groups(params: Iterable[torch.nn.Parameter], weight_decay: float, 
     params = [p for p in params if p.requires_grad]
     if decay_norm_and_bias or weight_decay == 0:
         return params
-    return [{"params": [p for p in params if p.ndim > 1]},
-            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    return [
+        {"params": [p for p in params if p.ndim > 1]},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ]
 
 
 def backbone_and_head(model: torch.nn.Module, cfg: OptimizerConfig) -> list[dict]:
@@ -90,8 +94,9 @@ class LRSchedule:
         return 1.0
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, steps_per_epoch: int,
-                    total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, steps_per_epoch: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, LRSchedule(cfg, steps_per_epoch, total_steps))
 
 

@@ -39,8 +39,13 @@ from toolkit.training.run_lock import RunLock, describe, read_record
 from toolkit.training.state import TRAINER_STATE
 
 # Config keys that may differ between a run and the one that resumes it (max_steps: a time slice, not the recipe).
-NOT_COMPARED = (("output", "run_name"), ("output", "lock_expiry_s"), ("output", "shared_wait_s"),
-                ("train", "resume"), ("train", "max_steps"))
+NOT_COMPARED = (
+    ("output", "run_name"),
+    ("output", "lock_expiry_s"),
+    ("output", "shared_wait_s"),
+    ("train", "resume"),
+    ("train", "max_steps"),
+)
 ABANDONED_PREFIX = "abandoned-"
 MAX_VERSIONS = 10_000
 
@@ -85,8 +90,13 @@ def decide(cfg: Config, world: int) -> list:
     except UsageError as err:
         unlock(run)
         return [None, None, str(err), None, None]
-    return [run.root.name, "\n".join(notes) or None, None, str(checkpoint) if checkpoint else None,
-            _held[run.root].token]
+    return [
+        run.root.name,
+        "\n".join(notes) or None,
+        None,
+        str(checkpoint) if checkpoint else None,
+        _held[run.root].token,
+    ]
 
 
 def claim_run(cfg: Config) -> tuple[RunDir, list[str]]:
@@ -96,8 +106,10 @@ def claim_run(cfg: Config) -> tuple[RunDir, list[str]]:
     if cfg.train.resume == "auto" and name is None:
         found, finished = newest_matching_run(root, cfg)
         if finished and not found:
-            notes.append(f"train.resume=auto: {root / finished} has this config but finished (final.json); "
-                         "a finished run is not resumed, so this is a new run")
+            notes.append(
+                f"train.resume=auto: {root / finished} has this config but finished (final.json); "
+                "a finished run is not resumed, so this is a new run"
+            )
         if found is not None:
             run = take_existing(RunDir(root / found), cfg)
             return run, notes + [f"train.resume=auto: resuming {run.root} (the newest unfinished run with this config)"]
@@ -106,14 +118,17 @@ def claim_run(cfg: Config) -> tuple[RunDir, list[str]]:
     base = name or time.strftime("run-%Y%m%d-%H%M%S")
     run = create_new(root, base, cfg.output.lock_expiry_s)
     if run.root.name != base and name is not None:
-        notes.append(f"output.run_name={name} already holds a run in {root / name}, which is kept; this run is "
-                     f"{run.root.name} (to continue {name} instead, add train.resume=auto)")
+        notes.append(
+            f"output.run_name={name} already holds a run in {root / name}, which is kept; this run is "
+            f"{run.root.name} (to continue {name} instead, add train.resume=auto)"
+        )
     return run, notes
 
 
 def not_writable(folder: Path, err: OSError) -> UsageError:
-    return UsageError(f"output folder {str(folder)!r} is not writable ({err.strerror or err}); "
-                      "set output.dir to a writable folder")
+    return UsageError(
+        f"output folder {str(folder)!r} is not writable ({err.strerror or err}); set output.dir to a writable folder"
+    )
 
 
 def create_new(root: Path, base: str, expiry_s: float) -> RunDir:
@@ -147,9 +162,11 @@ def take_existing(run: RunDir, cfg: Config) -> RunDir:
     except OSError as err:
         raise not_writable(run.root, err) from None
     if holder is not None:
-        raise UsageError(f"{run.root} is being written by another process ({describe(holder)}); wait for it, choose "
-                         f"another output.run_name, or, if that process is gone, wait output.lock_expiry_s="
-                         f"{cfg.output.lock_expiry_s:g} s after its last heartbeat or delete {run.lock}")
+        raise UsageError(
+            f"{run.root} is being written by another process ({describe(holder)}); wait for it, choose "
+            f"another output.run_name, or, if that process is gone, wait output.lock_expiry_s="
+            f"{cfg.output.lock_expiry_s:g} s after its last heartbeat or delete {run.lock}"
+        )
     hold(run, lock)
     return run
 
@@ -179,8 +196,11 @@ def comparable(config: dict) -> dict:
 def newest_matching_run(root: Path, cfg: Config) -> tuple[Optional[str], Optional[str]]:
     """(newest unfinished run in ``root`` with a checkpoint and this config, newest finished one passed over)."""
     wanted = comparable(to_dict(cfg))
-    candidates = sorted((p.parent for p in root.glob("*/checkpoints") if list_checkpoints(p)),
-                        key=lambda run: latest_checkpoint(run / "checkpoints").stat().st_mtime, reverse=True)
+    candidates = sorted(
+        (p.parent for p in root.glob("*/checkpoints") if list_checkpoints(p)),
+        key=lambda run: latest_checkpoint(run / "checkpoints").stat().st_mtime,
+        reverse=True,
+    )
     finished = None
     for run in candidates:
         try:
@@ -222,9 +242,11 @@ def check_process_count(checkpoint: Path, world: int) -> None:
     """Refuse to resume on another number of processes (the data split and position depend on it)."""
     saved = saved_process_count(checkpoint)
     if saved is not None and saved != world:
-        raise UsageError(f"{checkpoint} was saved by {saved} process(es) but this run has {world}; resuming on "
-                         f"another process count is not supported (each rank's place in the data depends on it): "
-                         f"launch {saved} process(es), or start a new run")
+        raise UsageError(
+            f"{checkpoint} was saved by {saved} process(es) but this run has {world}; resuming on "
+            f"another process count is not supported (each rank's place in the data depends on it): "
+            f"launch {saved} process(es), or start a new run"
+        )
 
 
 def set_aside_later_checkpoints(run: RunDir, checkpoint: Path) -> list[str]:
@@ -241,8 +263,10 @@ def set_aside_later_checkpoints(run: RunDir, checkpoint: Path) -> list[str]:
         os.replace(path, target)
     if not later:
         return []
-    return [f"resuming {checkpoint.name}: the later checkpoint(s) {', '.join(p.name for p in later)} of this run are "
-            f"an abandoned future; renamed to {ABANDONED_PREFIX}* (never resumed or pruned; delete them when done)"]
+    return [
+        f"resuming {checkpoint.name}: the later checkpoint(s) {', '.join(p.name for p in later)} of this run are "
+        f"an abandoned future; renamed to {ABANDONED_PREFIX}* (never resumed or pruned; delete them when done)"
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,10 +291,13 @@ def check_every_rank_sees(run: RunDir, token: str, cfg: Config, accelerator) -> 
     results = gather_object([(accelerator.process_index, socket.gethostname(), seen)])
     blind = [f"rank {rank} on {host}" for rank, host, ok in results if not ok]
     if blind:
-        raise on_every_rank(UsageError(
-            f"output.dir={cfg.output.dir} is not shared by every process: {', '.join(blind)} cannot see {run.root} "
-            f"that rank 0 created (waited {cfg.output.shared_wait_s:g} s); put output.dir on storage every node "
-            "mounts (NFS, Lustre, ...)"))
+        raise on_every_rank(
+            UsageError(
+                f"output.dir={cfg.output.dir} is not shared by every process: {', '.join(blind)} cannot see {run.root} "
+                f"that rank 0 created (waited {cfg.output.shared_wait_s:g} s); put output.dir on storage every node "
+                "mounts (NFS, Lustre, ...)"
+            )
+        )
 
 
 def remove_stale_temporaries(folder: Path) -> None:

@@ -42,11 +42,17 @@ def process_start_time(pid: int) -> Optional[int]:
 def my_record(expiry_s: float, token: Optional[str] = None) -> dict:
     """The lock record this process writes (and renews)."""
     pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "pid_started": process_start_time(pid),
-            "slurm_job": os.environ.get("SLURM_JOB_ID"),
-            "slurm_restart": int(os.environ.get("SLURM_RESTART_COUNT") or 0),
-            "node": os.environ.get("SLURMD_NODENAME"), "token": token or uuid.uuid4().hex,
-            "heartbeat": time.time(), "expiry_s": float(expiry_s)}
+    return {
+        "host": socket.gethostname(),
+        "pid": pid,
+        "pid_started": process_start_time(pid),
+        "slurm_job": os.environ.get("SLURM_JOB_ID"),
+        "slurm_restart": int(os.environ.get("SLURM_RESTART_COUNT") or 0),
+        "node": os.environ.get("SLURMD_NODENAME"),
+        "token": token or uuid.uuid4().hex,
+        "heartbeat": time.time(),
+        "expiry_s": float(expiry_s),
+    }
 
 
 def read_record(path: Path) -> Optional[dict]:

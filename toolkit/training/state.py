@@ -97,8 +97,9 @@ class StopRequested:
 # Checkpoints of the whole training state
 
 
-def save_training_state(accelerator, run: RunDir, state: TrainerState, scheduler, ema, keep: int,
-                        model: Optional[torch.nn.Module] = None) -> Path:
+def save_training_state(
+    accelerator, run: RunDir, state: TrainerState, scheduler, ema, keep: int, model: Optional[torch.nn.Module] = None
+) -> Path:
     """Full state for resuming: Accelerate's (model, optimizer, scaler, RNG) + ours as JSON/safetensors.
 
     With several processes each rank also saves its own buffers (BatchNorm running statistics):
@@ -106,26 +107,38 @@ def save_training_state(accelerator, run: RunDir, state: TrainerState, scheduler
     """
 
     def rank_buffers(folder: Path) -> None:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.named_buffers()},
-                  str(folder / RANK_BUFFERS.format(rank=accelerator.process_index)))
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in model.named_buffers()},
+            str(folder / RANK_BUFFERS.format(rank=accelerator.process_index)),
+        )
 
     def extras(folder: Path) -> None:
-        atomic_write_json(folder / TRAINER_STATE, {"trainer": dataclasses.asdict(state),
-                                                    "scheduler": _scheduler_state(scheduler),
-                                                    "num_processes": accelerator.num_processes})
+        atomic_write_json(
+            folder / TRAINER_STATE,
+            {
+                "trainer": dataclasses.asdict(state),
+                "scheduler": _scheduler_state(scheduler),
+                "num_processes": accelerator.num_processes,
+            },
+        )
         if run.model.exists():
             link_or_copy(run.model, folder / BEST_MODEL_FILE)
         if ema is not None:
             save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}, str(folder / EMA_FILE))
 
     per_rank = rank_buffers if model is not None and accelerator.num_processes > 1 else None
-    return save_checkpoint(accelerator, run.checkpoints, state.global_step, keep, write_extras=extras,
-                           write_rank_extras=per_rank)
+    return save_checkpoint(
+        accelerator, run.checkpoints, state.global_step, keep, write_extras=extras, write_rank_extras=per_rank
+    )
 
 
 def _scheduler_state(scheduler) -> dict:
-    return {"last_epoch": scheduler.last_epoch, "_step_count": scheduler._step_count,
-            "base_lrs": list(scheduler.base_lrs), "_last_lr": list(scheduler.get_last_lr())}
+    return {
+        "last_epoch": scheduler.last_epoch,
+        "_step_count": scheduler._step_count,
+        "base_lrs": list(scheduler.base_lrs),
+        "_last_lr": list(scheduler.get_last_lr()),
+    }
 
 
 @contextlib.contextmanager
@@ -149,8 +162,9 @@ def weights_only_loads() -> Iterator[None]:
         torch.load = real_load
 
 
-def load_training_state(accelerator, folder: Path, scheduler, ema,
-                        model: Optional[torch.nn.Module] = None) -> TrainerState:
+def load_training_state(
+    accelerator, folder: Path, scheduler, ema, model: Optional[torch.nn.Module] = None
+) -> TrainerState:
     try:  # pickles (optimizer, RNG, scaler) are read with weights_only=True: a foreign one fails here, unexecuted
         with weights_only_loads():
             accelerator.load_state(str(folder))
@@ -159,8 +173,10 @@ def load_training_state(accelerator, folder: Path, scheduler, ema,
         detail = (str(err).strip().splitlines() or [""])[0][:200]
         if isinstance(err, pickle.UnpicklingError):
             detail = "a pickled file in it holds more than tensors and was refused unread"
-        raise UsageError(f"cannot resume from {str(folder)!r} ({type(err).__name__}: {detail}); pass another checkpoint "
-                         "folder as train.resume, or move this one away to resume from the one before") from None
+        raise UsageError(
+            f"cannot resume from {str(folder)!r} ({type(err).__name__}: {detail}); pass another checkpoint "
+            "folder as train.resume, or move this one away to resume from the one before"
+        ) from None
     sched = saved["scheduler"]
     scheduler.last_epoch = sched["last_epoch"]
     scheduler._step_count = sched["_step_count"]

@@ -29,15 +29,26 @@ class TrainStep:
     the unwrapped module the EMA follows.
     """
 
-    def __init__(self, accelerator, model: nn.Module, optimizer: torch.optim.Optimizer, criterion: Callable, *,
-                 scheduler=None, ema=None, raw_model: Optional[nn.Module] = None, grad_clip: float = 0.0,
-                 accum_steps: int = 1) -> None:
+    def __init__(
+        self,
+        accelerator,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        criterion: Callable,
+        *,
+        scheduler=None,
+        ema=None,
+        raw_model: Optional[nn.Module] = None,
+        grad_clip: float = 0.0,
+        accum_steps: int = 1,
+    ) -> None:
         self.accelerator, self.model, self.optimizer, self.criterion = accelerator, model, optimizer, criterion
         self.scheduler, self.ema, self.raw_model = scheduler, ema, raw_model if raw_model is not None else model
         self.grad_clip, self.accum_steps = grad_clip, accum_steps
 
-    def forward_backward(self, images: torch.Tensor, labels: torch.Tensor, *, sync: bool = True,
-                         skip_nonfinite: bool = False) -> Optional[torch.Tensor]:
+    def forward_backward(
+        self, images: torch.Tensor, labels: torch.Tensor, *, sync: bool = True, skip_nonfinite: bool = False
+    ) -> Optional[torch.Tensor]:
         """The micro-batch's loss (detached), or None when it was non-finite and ``skip_nonfinite`` dropped it."""
         with contextlib.nullcontext() if sync else self.accelerator.no_sync(self.model):
             logits = self.model(images)
