@@ -29,6 +29,7 @@ TINY = [
 ]  # a 1-epoch run cannot warm up for the strong recipe's 2 epochs
 
 
+@pytest.mark.slow
 def test_compares_both_recipes_over_seeds(synthetic_shards: Path, tmp_path: Path, capsys):
     out = tmp_path / "compare"
     args = ["--shards", str(synthetic_shards), "--epochs", "1", "--seeds", "0", "1", "--out", str(out)]
@@ -85,6 +86,7 @@ def test_compares_both_recipes_over_seeds(synthetic_shards: Path, tmp_path: Path
     assert sum(line.startswith(("| seed | ", "| strong | ")) for line in table.splitlines()) == 4  # one row per run
 
 
+@pytest.mark.slow
 def test_reuse_keeps_finished_runs_with_the_same_config(synthetic_shards: Path, tmp_path: Path, capsys):
     out = tmp_path / "compare"
     args = ["--shards", str(synthetic_shards), "--epochs", "1", "--out", str(out)]

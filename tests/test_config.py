@@ -146,6 +146,7 @@ def test_fuzzed_configs_never_escape_as_tracebacks():
             assert "\n" not in str(err)
 
 
+@pytest.mark.slow
 def test_train_cli_reports_config_errors_in_one_line_with_exit_code_2():
     proc = subprocess.run(
         [sys.executable, "-m", "toolkit.train", "--config", str(ROOT / "configs/smoke.yaml"), "optimizer.lrr=1"],
@@ -188,6 +189,7 @@ def test_gradient_accumulation_comes_from_the_launcher_unless_the_config_sets_it
         validate_config(load_config(smoke))
 
 
+@pytest.mark.slow
 def test_errors_and_cli_import_without_torch():
     """Config, formats and models reach the one-line errors without pulling torch in through them."""
     code = "import sys, toolkit.cli, toolkit.errors; sys.exit('torch' in sys.modules)"

@@ -296,6 +296,7 @@ def test_val_metrics_of_two_processes_describe_the_saved_model(synthetic_shards,
             assert logged["val_acc"] == pytest.approx(evaluated["accuracy"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_sync_bn_on_a_cpu_is_refused_in_one_line(synthetic_shards, tmp_path, capsys):
     from helpers import error_line, train_args, train_cli
 

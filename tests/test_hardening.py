@@ -264,6 +264,7 @@ def test_an_empty_split_folder_is_refused_when_packing(tmp_path: Path, capsys, e
     assert not (tmp_path / "shards").exists()
 
 
+@pytest.mark.slow
 def test_an_empty_test_split_is_refused_before_training_and_evaluating(tmp_path: Path, capsys):
     """Shards whose test split is empty (packed by an older version, or edited): one line, no run folder."""
     from helpers import train_args, train_cli
@@ -584,6 +585,7 @@ def test_linked_sub_folders_are_packed_each_file_once_and_loops_are_not_followed
     assert "cat/loop links back to a folder above it: not followed" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_a_fifo_and_a_dev_zero_link_named_jpg_are_skipped_unopened(tmp_path: Path):
     """Packing used to wait forever on the FIFO and read /dev/zero until memory ran out. In a child with

@@ -275,6 +275,7 @@ def test_split_modes():
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_reruns_are_byte_identical_with_1_and_2_workers(synthetic_source, tmp_path):
     options = dict(resize_shorter=32, shard_size=8, show_progress=False)
     one = pack_dataset(synthetic_source, tmp_path / "one", workers=1, **options)
@@ -318,6 +319,7 @@ def test_interrupted_run_leaves_no_finished_looking_shard(synthetic_source, tmp_
     assert list((tmp_path / "fresh").iterdir()) == []
 
 
+@pytest.mark.slow
 def test_rerun_replaces_stale_shards_and_refuses_foreign_files(synthetic_source, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -340,6 +342,7 @@ def test_rerun_replaces_stale_shards_and_refuses_foreign_files(synthetic_source,
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_verify_catches_a_flipped_byte(synthetic_shards, tmp_path, capsys):
     folder = tmp_path / "shards"
     shutil.copytree(synthetic_shards, folder)
@@ -441,6 +444,7 @@ def test_download_without_network_says_how_to_use_a_local_copy(tmp_path, monkeyp
     assert len(err) == 1 and "--source" in err[0] and "oxford-iiit-pet" in err[0]
 
 
+@pytest.mark.slow
 def test_cli_synthetic_in_a_subprocess(tmp_path):
     pack = subprocess.run(
         [

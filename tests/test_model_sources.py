@@ -122,6 +122,7 @@ def test_only_safetensors_are_read_from_a_timm_folder(tmp_path, capsys):
     assert "no model.safetensors" in error_line(capsys.readouterr().err)
 
 
+@pytest.mark.slow
 def test_bad_model_sources_are_one_line(tmp_path, capsys, monkeypatch):
     (tmp_path / "empty").mkdir()
     code = run_in_process(evaluate.main, ["--model", str(tmp_path / "empty"), "--shards", str(tmp_path)])

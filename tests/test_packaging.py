@@ -72,6 +72,7 @@ def test_programs_are_named_as_they_were_run(monkeypatch, argv0, prog, expected)
     assert program_name(prog) == expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", ["toolkit.train", "toolkit.visualize", "toolkit.export"])
 def test_help_names_python_dash_m(module):
     usage = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT).stdout

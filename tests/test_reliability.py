@@ -261,6 +261,7 @@ def _finished_files(run: Path) -> dict[str, str]:
     return {name: digest for name, digest in file_hashes(run).items() if name.startswith(kept)}
 
 
+@pytest.mark.slow
 def test_unwritable_output_folder_fails_before_training(tiny_shards, tmp_path, capsys):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the output folder should be")
@@ -270,6 +271,7 @@ def test_unwritable_output_folder_fails_before_training(tiny_shards, tmp_path, c
     assert "epoch 1/" not in captured.out + captured.err  # refused before the first batch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "target, checkpoints",
     [
@@ -325,6 +327,7 @@ def _poison_training_forward(monkeypatch, nth: int) -> None:
     monkeypatch.setattr(toolkit.training.loop, "build_model", build_model)
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_checkpoint(
     one_epoch_run, tiny_shards, tmp_path, capsys, monkeypatch
 ):
@@ -340,6 +343,7 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_checkpoint(
     assert all(torch.isfinite(t).all() for t in load_file(run / "checkpoints/step-00000008/model.safetensors").values())
 
 
+@pytest.mark.slow
 def test_skip_nonfinite_skips_the_step_and_finishes(one_epoch_run, tiny_shards, tmp_path, capsys, monkeypatch):
     run, argv = _continue(one_epoch_run, tiny_shards, tmp_path, "train.skip_nonfinite=true")
     _poison_training_forward(monkeypatch, nth=3)
@@ -382,6 +386,7 @@ def bad_shards(tiny_shards, tmp_path_factory) -> tuple[Path, dict]:
     return folder, {"no_cls": no_cls, "corrupt": corrupt, "cut": cut_key}
 
 
+@pytest.mark.slow
 def test_bad_samples_are_skipped_counted_and_reported(bad_shards, tmp_path, capsys, caplog, monkeypatch):
     import toolkit.data.reading
 
@@ -411,6 +416,7 @@ def test_bad_samples_are_skipped_counted_and_reported(bad_shards, tmp_path, caps
     assert re.search(rf"val samples skipped per evaluation \(max\)</td><td[^>]*>{1 + lost_in_cut}<", report)
 
 
+@pytest.mark.slow
 def test_strict_mode_stops_at_the_first_bad_sample_naming_shard_and_key(bad_shards, tmp_path, capsys):
     folder, damaged = bad_shards
     assert train_cli(train_args(folder, tmp_path, "run", "train.batch_size=7", "data.strict=true")) == 1
@@ -418,6 +424,7 @@ def test_strict_mode_stops_at_the_first_bad_sample_naming_shard_and_key(bad_shar
     assert f"train-000001.tar: sample {damaged['no_cls']}: no cls" in line and "data.strict=true" in line
 
 
+@pytest.mark.slow
 def test_missing_shard_and_unreadable_info_json_are_refused_before_training(tiny_shards, tmp_path, capsys):
     from toolkit.evaluation.evaluate import main as evaluate_main
 

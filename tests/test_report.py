@@ -322,6 +322,7 @@ def test_report_survives_missing_and_broken_parts(tmp_path):
 # visualize
 
 
+@pytest.mark.slow
 def test_visualize_cli_missing_run_folder_is_one_line_exit_2(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "toolkit.visualize", "--run", str(tmp_path / "nope")],

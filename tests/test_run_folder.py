@@ -61,6 +61,7 @@ def test_resume_auto_without_a_name_takes_the_newest_run_with_the_same_config(ti
     assert len(RunDir(runs / "mine").read_history()) == 1 and RunDir(runs / "other").read_history() == []
 
 
+@pytest.mark.slow
 def test_two_live_writers_are_refused_and_a_dead_one_s_lock_is_taken_over(tiny_shards, tmp_path, capsys):
     run = RunDir(tmp_path / "runs" / "busy")
     run.root.mkdir(parents=True)
@@ -90,6 +91,7 @@ def test_names_made_in_the_same_second_do_not_collide(tmp_path, monkeypatch):
     run_folder.unlock(second)
 
 
+@pytest.mark.slow
 def test_an_unwritable_output_folder_is_one_line(tiny_shards, tmp_path, capsys):
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")

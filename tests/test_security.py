@@ -70,6 +70,7 @@ def test_a_pickled_model_file_is_refused_without_being_unpickled(tiny_shards, tm
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_resume_reads_only_safetensors_json_and_weights_only_pickles(ema_run, tiny_shards, tmp_path, monkeypatch):
     (ckpt,) = list_checkpoints(ema_run / "checkpoints")
     # accelerate.save_state(safe_serialization=True) + ours; nothing that accelerate would load with
@@ -113,6 +114,7 @@ def test_resuming_reads_pickles_as_tensors_only_even_when_a_library_asks_for_mor
     assert torch.load.__module__.startswith("torch")  # the real one is back afterwards
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("victim", ["optimizer.bin", "random_states_0.pkl"])
 def test_a_planted_pickle_in_a_checkpoint_never_runs(ema_run, tiny_shards, tmp_path, capsys, victim):
     shutil.copytree(ema_run, tmp_path / "run")
@@ -173,6 +175,7 @@ def test_a_planted_wandb_key_appears_in_no_output(synthetic_shards, tmp_path):
 EVIL_NAMES = ["../../evil-up", "/{abs}/evil-abs", "nested/../../../evil-nested"]
 
 
+@pytest.mark.slow
 def test_shard_member_names_are_never_used_as_paths(tiny_shards, tmp_path, monkeypatch, capsys):
     from toolkit import data
 
@@ -219,6 +222,7 @@ def test_shard_member_names_are_never_used_as_paths(tiny_shards, tmp_path, monke
     assert not [str(p) for p in created if "evil" in p.name]
 
 
+@pytest.mark.slow
 def test_secrets_in_a_config_value_and_inside_data_shards_appear_in_no_output(synthetic_source, tmp_path):
     """The key in a config value, and a bearer token inside a pipe: command in data.shards."""
     from toolkit.data.shards import pack_dataset

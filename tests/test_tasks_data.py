@@ -102,6 +102,7 @@ def make_folder(root: Path, counts: dict[str, int], seed: int = 0) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_image_folder_packs_every_file_with_its_class(tmp_path):
     root = make_folder(tmp_path / "flowers", {"tulip": 20, "rose": 20, "daisy": 20})
     picture(7).save(root / "rose" / "as_png.jpg", "PNG")  # a PNG named .jpg: converted
@@ -151,6 +152,7 @@ def test_fixed_split_folders_are_kept_and_val_is_held_out_of_train(tmp_path):
     assert all(meta["source"].startswith("train/") for split in ("train", "val") for _, _, meta in samples[split])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "arrange, expected",
     [
@@ -201,6 +203,7 @@ def test_a_test_fraction_is_refused_where_the_source_has_a_test_split(synthetic_
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_oxford_only_options_are_refused_for_a_folder(tmp_path):
     root = make_folder(tmp_path / "data", {"a": 5, "b": 5})
     done = subprocess.run(

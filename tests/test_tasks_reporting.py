@@ -451,6 +451,7 @@ def test_wandb_report_headline_shows_top_k_for_n_classes(tmp_path):
 # the end of a training run
 
 
+@pytest.mark.slow
 def test_a_four_class_run_finishes_with_plots_report_and_wandb(tmp_path, monkeypatch):
     """make_shards on a 4-class image folder, train one epoch with plots and offline W&B: finish_run for N classes."""
     from toolkit.data.shards import pack_dataset

@@ -154,6 +154,7 @@ def test_bf16_autocast_runs_on_cpu(learnable_shards, tmp_path):
     assert read_jsonl(tmp_path / "bf16" / "metrics.jsonl")[0]["val_loss"] > 0
 
 
+@pytest.mark.slow
 def test_fp16_on_cpu_runs_or_fails_with_one_line(learnable_shards, tmp_path):
     proc = subprocess.run(
         [

@@ -22,6 +22,7 @@ def test_a_val_fraction_of_zero_is_refused_when_packing(synthetic_source, tmp_pa
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.slow
 def test_training_refuses_a_val_split_that_cannot_choose_the_best_epoch(synthetic_source, tmp_path, capsys):
     shards = tmp_path / "one-class-val"  # the seed's plain random split of a tiny set: one val image, one class
     info = pack_dataset(

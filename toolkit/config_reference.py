@@ -120,6 +120,16 @@ KEYS: dict[str, tuple[str, str]] = {
     "tracking.group": ("W&B run group (compare_recipes sets the recipe's name)", ""),
     "output.dir": ("folder that holds the run folders", "--output"),
     "output.run_name": ("run folder name; `null`: a timestamp", "--experiment"),
+    "output.lock_expiry_s": (
+        "seconds after which a run lock that its writer stopped renewing counts as dead (a writer renews it every "
+        "tenth of this); a requeued SLURM job takes its own lock back at once",
+        "",
+    ),
+    "output.shared_wait_s": (
+        "seconds every rank waits to see the main process's run-folder token before `output.dir` is declared "
+        "not shared (NFS caches)",
+        "",
+    ),
 }
 
 
