@@ -315,7 +315,8 @@ def stand_in(name: str, args: list[str]) -> int:
     if name == "srun":  # srun [--options] COMMAND...: run the command once, as on the first node
         while args and args[0].startswith("-"):
             args = args[1:]
-        os.environ.setdefault("SLURM_NODEID", "0")
+        for key, value in (("SLURM_NODEID", "0"), ("SLURM_PROCID", "0"), ("SLURM_LOCALID", "0"), ("SLURM_NTASKS", "1")):
+            os.environ.setdefault(key, value)
         os.execvp(args[0], args)
     if name == "sbatch":  # sbatch [--options] SCRIPT ARGS: run the script as SLURM would on a 2-node job
         options = {}
@@ -326,6 +327,9 @@ def stand_in(name: str, args: list[str]) -> int:
         env = dict(
             os.environ,
             SLURM_NNODES=nodes,
+            SLURM_JOB_NUM_NODES=nodes,
+            SLURM_JOB_ID="4242",
+            SLURM_JOB_NAME="pets",
             SLURM_JOB_NODELIST="node[001-00%s]" % nodes,
             SLURM_GPUS_ON_NODE=str(FAKE_GPUS),
             SLURM_SUBMIT_DIR=os.getcwd(),

@@ -75,7 +75,7 @@ def test_breeds_train_and_evaluate_identically_on_one_and_two_processes(mini_bre
         ]
     )
     assert two.returncode == 0, two.stderr[-3000:]
-    assert two.stdout.count("test: n=") == 1 and " top5 " in two.stdout
+    assert two.stdout.count("test: n=") == 1 and " top5=" in two.stdout
     metrics = [json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("one", "two")]
     assert_json_close(metrics[0], metrics[1])
     assert_json_close(
