@@ -9,18 +9,15 @@ many nodes; Accelerate reads the topology from its launcher's environment.
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, gather_object
+from accelerate.utils import DistributedDataParallelKwargs
 
 from toolkit.cli import progress
 from toolkit.config import Config, fit_head_to_classes, to_dict
@@ -34,7 +31,7 @@ from toolkit.data import (
 )
 from toolkit.data.device_augment import batch_to_device
 from toolkit.data.locations import is_local, manifest_location
-from toolkit.errors import UsageError, on_every_rank, usage_errors
+from toolkit.errors import UsageError, usage_errors
 from toolkit.evaluation.evaluate import EvalResult, evaluate_split
 from toolkit.evaluation.metrics import format_number
 from toolkit.formats import RunDir, class_names, dataset_summary, selection_problem
@@ -46,11 +43,17 @@ from toolkit.reporting.finish import finish_run
 from toolkit.reporting.tracking import Tracker
 from toolkit.training.checkpoint import together
 from toolkit.training.optim import build_ema, build_optimizer, build_scheduler
+from toolkit.training.ranks import (
+    RunningLoss,
+    any_process,
+    join_after_elastic_restart,
+    rank_weight_checksums,
+    sync_norm_statistics,
+)
 from toolkit.training.run_folder import resolve_run_dir, unlock
 from toolkit.training.state import (
     StopRequested,
     TrainerState,
-    TrainingError,
     load_training_state,
     restore_best_model,
     save_training_state,
@@ -96,29 +99,6 @@ class EpochOutcome:
 
 # ---------------------------------------------------------------------------------------------
 # Setup
-
-
-def join_after_elastic_restart() -> None:
-    """Start the process group of a torchrun restart under keys of its own.
-
-    torchrun's restarted workers meet in the same agent store as the ones that died; without a
-    prefix per restart, gloo reads the dead ranks' addresses and fails to connect (torch 2.14).
-    """
-    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
-    if restart == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or dist.is_initialized():
-        return
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    store = dist.TCPStore(
-        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False, timeout=timedelta(minutes=30)
-    )
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group(
-        "nccl" if torch.cuda.is_available() else "gloo",
-        rank=rank,
-        world_size=world,
-        store=dist.PrefixStore(f"toolkit/restart-{restart}", store),
-    )
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
@@ -313,57 +293,6 @@ def start(s: Session) -> TrainerState:
 # One epoch, validation, the epoch's end
 
 
-class RunningLoss:
-    """The epoch's train loss: summed on the device (no sync per step), checked for NaN at log points.
-
-    Every reduction goes through ``flush``, which folds the device sum, averaged over processes,
-    into the state that checkpoints carry, so a resumed epoch reports the same mean.
-    """
-
-    def __init__(self, accelerator, state: TrainerState):
-        self.accelerator, self.state = accelerator, state
-        self.total = torch.zeros((), device=accelerator.device)
-        self.pending: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet checked for NaN
-
-    def add(self, step: int, loss: torch.Tensor) -> None:
-        self.total += loss
-        self.pending.append((step, loss))
-        self.state.epoch_loss_count += 1
-
-    def check(self) -> float:
-        """Mean of the pending per-step losses; stop on the first non-finite one, naming its step.
-
-        With N processes every rank learns whether any rank saw one (the same collective on all of
-        them, even with nothing pending), so all stop together instead of waiting for the one that left.
-        """
-        pending, self.pending = self.pending, []
-        values = torch.stack([loss for _, loss in pending]).float().cpu() if pending else torch.zeros(0)
-        bad = (~torch.isfinite(values)).nonzero()
-        first_bad = pending[int(bad[0])][0] if len(bad) else 0
-        worst = first_bad
-        if self.accelerator.num_processes > 1:
-            flag = torch.tensor([float(first_bad)], device=self.accelerator.device)
-            worst = int(self.accelerator.reduce(flag, "max").item())
-        if worst:
-            what = (
-                f"{values[int(bad[0])].item()} at step {first_bad}"
-                if first_bad
-                else f"non-finite on another process at step {worst}"
-            )
-            raise on_every_rank(
-                TrainingError(
-                    f"loss became {what}; lower optimizer.lr, set train.grad_clip, or set train.skip_nonfinite=true. "
-                    "The last good checkpoint is untouched."
-                )
-            )
-        return float(values.mean()) if pending else float("nan")
-
-    def flush(self) -> None:
-        world = self.accelerator.num_processes
-        self.state.epoch_loss_sum += float(self.accelerator.reduce(self.total.clone(), "sum").item()) / world
-        self.total.zero_()
-
-
 def train_one_epoch(s: Session, state: TrainerState, stop: StopRequested) -> EpochOutcome:
     """Batches ``state.batch_in_epoch`` .. end of the epoch; returns early (checkpointed) on a stop."""
     cfg, accelerator = s.cfg, s.accelerator
@@ -468,18 +397,6 @@ def validate(s: Session) -> EvalResult:
     if s.world > 1 and s.cfg.train.dist_bn != "none":
         sync_norm_statistics(s.accelerator, s.eval_model, s.cfg.train.dist_bn)
     return evaluate_split(s.accelerator, s.eval_model, s.cfg, s.info, "val", s.mean, s.std)
-
-
-def sync_norm_statistics(accelerator, model: torch.nn.Module, how: str) -> None:
-    """Running mean/var of every norm layer: averaged over ranks ("reduce") or rank 0's ("broadcast")."""
-    with torch.no_grad():
-        for name, buffer in model.named_buffers():
-            if not name.endswith(("running_mean", "running_var")):
-                continue
-            if how == "reduce":
-                buffer.copy_(accelerator.reduce(buffer.clone(), "mean"))
-            else:
-                torch.distributed.broadcast(buffer, src=0)
 
 
 def end_epoch(s: Session, state: TrainerState, outcome: EpochOutcome, val: EvalResult) -> None:
@@ -597,22 +514,6 @@ def finish(s: Session, state: TrainerState) -> dict:
         print_final(s.run, state, summary, tracker_info)
     s.accelerator.end_training()
     return {"run_dir": str(s.run.root), "best_val_auc": state.best_val_auc, "best_epoch": state.best_epoch, **summary}
-
-
-def rank_weight_checksums(accelerator, model: torch.nn.Module) -> list[float]:
-    """One number per process summarising its weights: equal on every rank unless DDP went wrong."""
-    with torch.no_grad():
-        total = sum(
-            float(p.detach().double().sum()) + 1e-3 * float(p.detach().double().abs().sum()) for p in model.parameters()
-        )
-    return gather_object([total]) if accelerator.num_processes > 1 else [total]
-
-
-def any_process(accelerator, value: bool) -> bool:
-    if accelerator.num_processes == 1:
-        return value
-    flag = torch.tensor([1.0 if value else 0.0], device=accelerator.device)
-    return bool(accelerator.reduce(flag, "max").item() > 0)
 
 
 def print_final(run: RunDir, state: TrainerState, summary: dict, tracker_info: dict) -> None:

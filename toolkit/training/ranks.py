@@ -1,0 +1,119 @@
+"""What the training processes agree on: joining after a restart, the epoch loss, norm statistics, checksums.
+
+Every function here is a collective or prepares one: all ranks call it at the same point of the
+loop (``toolkit.training.loop``), or none does.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from accelerate.utils import gather_object
+
+from toolkit.errors import on_every_rank
+from toolkit.training.state import TrainerState, TrainingError
+
+
+def join_after_elastic_restart() -> None:
+    """Start the process group of a torchrun restart under keys of its own.
+
+    torchrun's restarted workers meet in the same agent store as the ones that died; without a
+    prefix per restart, gloo reads the dead ranks' addresses and fails to connect (torch 2.14).
+    """
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
+    if restart == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or dist.is_initialized():
+        return
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False, timeout=timedelta(minutes=30)
+    )
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(
+        "nccl" if torch.cuda.is_available() else "gloo",
+        rank=rank,
+        world_size=world,
+        store=dist.PrefixStore(f"toolkit/restart-{restart}", store),
+    )
+
+
+class RunningLoss:
+    """The epoch's train loss: summed on the device (no sync per step), checked for NaN at log points.
+
+    Every reduction goes through ``flush``, which folds the device sum, averaged over processes,
+    into the state that checkpoints carry, so a resumed epoch reports the same mean.
+    """
+
+    def __init__(self, accelerator, state: TrainerState):
+        self.accelerator, self.state = accelerator, state
+        self.total = torch.zeros((), device=accelerator.device)
+        self.pending: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet checked for NaN
+
+    def add(self, step: int, loss: torch.Tensor) -> None:
+        self.total += loss
+        self.pending.append((step, loss))
+        self.state.epoch_loss_count += 1
+
+    def check(self) -> float:
+        """Mean of the pending per-step losses; stop on the first non-finite one, naming its step.
+
+        With N processes every rank learns whether any rank saw one (the same collective on all of
+        them, even with nothing pending), so all stop together instead of waiting for the one that left.
+        """
+        pending, self.pending = self.pending, []
+        values = torch.stack([loss for _, loss in pending]).float().cpu() if pending else torch.zeros(0)
+        bad = (~torch.isfinite(values)).nonzero()
+        first_bad = pending[int(bad[0])][0] if len(bad) else 0
+        worst = first_bad
+        if self.accelerator.num_processes > 1:
+            flag = torch.tensor([float(first_bad)], device=self.accelerator.device)
+            worst = int(self.accelerator.reduce(flag, "max").item())
+        if worst:
+            what = (
+                f"{values[int(bad[0])].item()} at step {first_bad}"
+                if first_bad
+                else f"non-finite on another process at step {worst}"
+            )
+            raise on_every_rank(
+                TrainingError(
+                    f"loss became {what}; lower optimizer.lr, set train.grad_clip, or set train.skip_nonfinite=true. "
+                    "The last good checkpoint is untouched."
+                )
+            )
+        return float(values.mean()) if pending else float("nan")
+
+    def flush(self) -> None:
+        world = self.accelerator.num_processes
+        self.state.epoch_loss_sum += float(self.accelerator.reduce(self.total.clone(), "sum").item()) / world
+        self.total.zero_()
+
+
+def sync_norm_statistics(accelerator, model: torch.nn.Module, how: str) -> None:
+    """Running mean/var of every norm layer: averaged over ranks ("reduce") or rank 0's ("broadcast")."""
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if not name.endswith(("running_mean", "running_var")):
+                continue
+            if how == "reduce":
+                buffer.copy_(accelerator.reduce(buffer.clone(), "mean"))
+            else:
+                torch.distributed.broadcast(buffer, src=0)
+
+
+def rank_weight_checksums(accelerator, model: torch.nn.Module) -> list[float]:
+    """One number per process summarising its weights: equal on every rank unless DDP went wrong."""
+    with torch.no_grad():
+        total = sum(
+            float(p.detach().double().sum()) + 1e-3 * float(p.detach().double().abs().sum()) for p in model.parameters()
+        )
+    return gather_object([total]) if accelerator.num_processes > 1 else [total]
+
+
+def any_process(accelerator, value: bool) -> bool:
+    if accelerator.num_processes == 1:
+        return value
+    flag = torch.tensor([1.0 if value else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(flag, "max").item() > 0)
