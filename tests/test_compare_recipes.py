@@ -10,8 +10,10 @@ import pytest
 import yaml
 
 from helpers import isolate_wandb
-from toolkit.compare_recipes import main, mean_std, verdicts
+from toolkit.compare_recipes import main
 from toolkit.errors import UsageError
+from toolkit.evaluation.metrics import mean_std
+from toolkit.reporting.recipe_comparison import verdicts
 
 TINY = [
     "model.arch=resnet18",

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image, UnidentifiedImageError
 
+import toolkit.data.download
 import toolkit.data.shards as make_shards
 from helpers import synthetic_info
 from toolkit.cli import run_cli
@@ -438,7 +439,7 @@ def test_cli_errors_are_one_line_with_exit_2(synthetic_source, tmp_path, capsys)
 
 
 def test_download_without_network_says_how_to_use_a_local_copy(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(make_shards, "DOWNLOAD_PROBE", ("127.0.0.1", 9))  # nothing listens: refused at once
+    monkeypatch.setattr(toolkit.data.download, "DOWNLOAD_PROBE", ("127.0.0.1", 9))  # nothing listens: refused at once
     assert run_main(["--download", str(tmp_path / "dl")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--source" in err[0] and "oxford-iiit-pet" in err[0]

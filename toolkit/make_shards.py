@@ -25,8 +25,9 @@ if __package__ in (None, ""):  # run as a script: import `toolkit` from the repo
     sys.path[:] = [str(here.parent)] + [p for p in sys.path if Path(p or ".").resolve() != here]
 
 from toolkit.cli import ArgumentParser, run_cli
+from toolkit.data.download import download_dataset
 from toolkit.data.oxford import make_synthetic_dataset
-from toolkit.data.shards import DEFAULT_SYNTHETIC_ROOT, DEFAULTS, download_dataset, pack_dataset, packing_summary
+from toolkit.data.shards import DEFAULT_SYNTHETIC_ROOT, DEFAULTS, pack_dataset
 from toolkit.data.sources import LAYOUTS, OXFORD_LABELS
 from toolkit.data.verify import verify_shards
 from toolkit.errors import DataError, UsageError
@@ -247,6 +248,22 @@ def run_verify(folder: Path, workers: int) -> int:
         + f" samples in {shards} shards; sha256, counts, labels and every JPEG checked"
     )
     return 0
+
+
+def packing_summary(info: dict, out: Path) -> str:
+    skipped = {split: sum(s["split"] == split for s in info["skipped"]) for split in SPLITS}
+    splits = info["splits"]
+    per_split = ", ".join(
+        f"{split} {splits[split]['num_samples']} packed + {skipped[split]} skipped" for split in SPLITS
+    )
+    shards = [shard for split in splits.values() for shard in split["shards"]]
+    size_mb = sum(shard["bytes"] for shard in shards) / 1e6
+    tag = " [SYNTHETIC data]" if info["synthetic"] else ""
+    task = f" ({len(class_names(info))} classes by {label_field(info)})"
+    return (
+        f"{info['dataset']}{tag}{task}: {per_split}; {len(shards)} shards, {size_mb:.1f} MB in {out}; "
+        f"{info['unlisted']['count']} unlisted file(s) ignored"
+    )
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ from typing import Optional, Sequence
 
 from toolkit.cli import ArgumentParser, run_cli
 from toolkit.config import SHIPPED_CONFIGS, load_config, split_config_args, validate_config
+from toolkit.data.download import download_dataset
 from toolkit.data.oxford import make_synthetic_dataset
-from toolkit.data.shards import download_dataset, pack_dataset
+from toolkit.data.shards import pack_dataset
 from toolkit.errors import UsageError
 from toolkit.training.loop import train
 

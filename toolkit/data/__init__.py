@@ -8,7 +8,8 @@ turns tars into raw samples, ``transforms`` decodes and crops, ``loader`` plans 
 The names below are the stage's public API.
 """
 
-from toolkit.data.loader import EvalLoader, TrainLoader, make_eval_loader, make_train_loader
+from toolkit.data.eval_loader import EvalLoader, make_eval_loader
+from toolkit.data.loader import TrainLoader, make_train_loader
 from toolkit.data.locations import (
     check_shards_exist,
     check_split_has_samples,

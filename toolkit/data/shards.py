@@ -22,11 +22,9 @@ import math
 import multiprocessing
 import os
 import shutil
-import socket
 import stat
 import sys
 import tarfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
@@ -46,8 +44,6 @@ from toolkit.formats import (
     MANIFEST_VERSION,
     SHARD_NAME,
     SPLITS,
-    class_names,
-    label_field,
     shard_name,
     write_manifest,
 )
@@ -67,8 +63,6 @@ DEFAULTS = {
 }
 MAX_IMAGE_FILE_BYTES = 64 << 20  # the largest Oxford photo is under 1 MB; a bigger "image" is not read
 DEFAULT_SYNTHETIC_ROOT = Path("data/synthetic-pets")
-DOWNLOAD_PROBE = ("www.robots.ox.ac.uk", 443)  # where torchvision's OxfordIIITPet downloads from
-DOWNLOAD_PROBE_TIMEOUT_S = 5.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -538,66 +532,3 @@ def check_options(options: dict) -> None:
     for name in ("shard_size", "shard_bytes", "workers"):
         if options[name] < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {options[name]}")
-
-
-def packing_summary(info: dict, out: Path) -> str:
-    skipped = {split: sum(s["split"] == split for s in info["skipped"]) for split in SPLITS}
-    splits = info["splits"]
-    per_split = ", ".join(
-        f"{split} {splits[split]['num_samples']} packed + {skipped[split]} skipped" for split in SPLITS
-    )
-    shards = [shard for split in splits.values() for shard in split["shards"]]
-    size_mb = sum(shard["bytes"] for shard in shards) / 1e6
-    tag = " [SYNTHETIC data]" if info["synthetic"] else ""
-    task = f" ({len(class_names(info))} classes by {label_field(info)})"
-    return (
-        f"{info['dataset']}{tag}{task}: {per_split}; {len(shards)} shards, {size_mb:.1f} MB in {out}; "
-        f"{info['unlisted']['count']} unlisted file(s) ignored"
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Download
-# --------------------------------------------------------------------------------------------
-
-
-def reachable(host: str, port: int, timeout: float) -> bool:
-    """A TCP connect with a hard deadline (name resolution itself can hang without a network)."""
-    outcome: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            outcome.append(True)
-        except OSError:
-            outcome.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout + 1)
-    return bool(outcome and outcome[0])
-
-
-def download_dataset(root: Path) -> Path:
-    """Fetch the dataset with torchvision into ``root/oxford-iiit-pet`` (skipped when already there)."""
-    root = Path(root).expanduser().resolve()
-    layout = root / "oxford-iiit-pet"
-    if (layout / "images").is_dir() and (layout / "annotations" / "trainval.txt").is_file():
-        return layout
-    host, port = DOWNLOAD_PROBE
-    if not reachable(host, port, DOWNLOAD_PROBE_TIMEOUT_S):
-        raise UsageError(
-            f"cannot reach {host} to download Oxford-IIIT Pet; fetch images.tar.gz and "
-            f"annotations.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/pets/ elsewhere, "
-            f"unpack both into {layout} and run with --source {layout}"
-        )
-    from torchvision.datasets import OxfordIIITPet
-
-    try:
-        OxfordIIITPet(root=str(root), download=True)
-    except Exception as err:  # network drops, checksum mismatch, full disk
-        raise UsageError(
-            f"downloading Oxford-IIIT Pet into {root} failed ({type(err).__name__}: {err}); "
-            f"retry, or unpack a local copy into {layout} and use --source {layout}"
-        ) from None
-    return layout
