@@ -90,6 +90,8 @@ class StopRequested:
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
+            if self.requested and sig == signal.SIGTERM:
+                continue  # leaving to save the checkpoint: a repeated TERM (srun, a launcher) must not cut it short
             signal.signal(sig, handler)
 
 
