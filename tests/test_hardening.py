@@ -195,7 +195,7 @@ def test_model_file_image_sizes_are_held_to_evaluate_s_cap(
     from PIL import Image
 
     import toolkit.predict
-    from toolkit.evaluation.evaluate import main as evaluate_main
+    from toolkit.evaluate import main as evaluate_main
 
     model = tmp_path / "model.safetensors"
     save_tiny_model(model)
@@ -269,7 +269,7 @@ def test_an_empty_test_split_is_refused_before_training_and_evaluating(tmp_path:
     """Shards whose test split is empty (packed by an older version, or edited): one line, no run folder."""
     from helpers import train_args, train_cli
     from toolkit.data.shards import pack_dataset
-    from toolkit.evaluation.evaluate import main as evaluate_main
+    from toolkit.evaluate import main as evaluate_main
 
     source = tmp_path / "pets"
     for split, count in (("train", 12), ("val", 4), ("test", 3)):

@@ -137,14 +137,14 @@ def test_bad_model_sources_are_one_line(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.slow
 def test_visualize_draws_with_the_exported_model(trained, capsys):
-    from toolkit import visualize
+    from toolkit.visualize import main as visualize_main
 
     _, run, exported = trained
     plots = run / "plots"
     for png in plots.glob("*.png"):
         png.unlink()
     code = run_in_process(
-        visualize.main,
+        visualize_main,
         [
             "--run",
             str(run),

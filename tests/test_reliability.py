@@ -426,7 +426,7 @@ def test_strict_mode_stops_at_the_first_bad_sample_naming_shard_and_key(bad_shar
 
 @pytest.mark.slow
 def test_missing_shard_and_unreadable_info_json_are_refused_before_training(tiny_shards, tmp_path, capsys):
-    from toolkit.evaluation.evaluate import main as evaluate_main
+    from toolkit.evaluate import main as evaluate_main
 
     folder = tmp_path / "shards"
     shutil.copytree(tiny_shards, folder)
@@ -488,7 +488,7 @@ MODEL_PROBLEMS = [
 @pytest.mark.parametrize("tool", ["evaluate", "predict"])
 @pytest.mark.parametrize("kind", MODEL_PROBLEMS)
 def test_model_file_that_does_not_fit_is_one_line_naming_the_mismatch(tiny_shards, tmp_path, capsys, tool, kind):
-    from toolkit.evaluation.evaluate import main as evaluate_main
+    from toolkit.evaluate import main as evaluate_main
     from toolkit.predict import main as predict_main
 
     model = tmp_path / "model.safetensors"
@@ -508,7 +508,7 @@ def test_model_file_that_does_not_fit_is_one_line_naming_the_mismatch(tiny_shard
 
 
 def test_model_with_other_classes_than_the_shards_is_refused_by_evaluate(tiny_shards, tmp_path, capsys):
-    from toolkit.evaluation.evaluate import main as evaluate_main
+    from toolkit.evaluate import main as evaluate_main
 
     model = tmp_path / "model.safetensors"
     save_tiny_model(model, "model.num_classes=3")

@@ -21,6 +21,7 @@ from toolkit.evaluation.metrics import compute_metrics
 from toolkit.fileio import append_jsonl, atomic_write_json
 from toolkit.reporting import interpret, plots, visualize
 from toolkit.reporting.report import build_report
+from toolkit.visualize import main as visualize_main
 
 ROOT = Path(__file__).resolve().parents[1]
 MEAN, STD = [0.48, 0.45, 0.40], [0.26, 0.25, 0.26]
@@ -337,7 +338,7 @@ def test_visualize_cli_missing_run_folder_is_one_line_exit_2(tmp_path):
 
 def test_visualize_file_plots_and_report(tmp_path, capsys):
     run = write_run(tmp_path / "run")
-    assert visualize.main(["--run", str(run), "--what", "roc,pr,confusion,curves", "--split", "val"]) == 0
+    assert visualize_main(["--run", str(run), "--what", "roc,pr,confusion,curves", "--split", "val"]) == 0
     names = sorted(p.name for p in (run / "plots").glob("*.png"))
     assert names == [
         "confusion_val.png",
@@ -351,7 +352,7 @@ def test_visualize_file_plots_and_report(tmp_path, capsys):
     assert (run / "report.html").read_text().count("data:image/png;base64,") == len(names)
     assert "warning" not in capsys.readouterr().err
     with pytest.raises(Exception, match="unknown plot"):
-        visualize.main(["--run", str(run), "--what", "roc,bogus"])
+        visualize_main(["--run", str(run), "--what", "roc,bogus"])
 
 
 def test_model_plots_are_skipped_with_one_warning_each_without_shards(tmp_path, capsys):
@@ -393,7 +394,7 @@ def test_visualize_everything_from_real_shards(tmp_path, capsys):
     write_eval(run, "test", [s["key"] for s in samples], labels, prob, [s["meta"].get("breed", "") for s in samples])
     save_tiny_model(run)
 
-    assert visualize.main(["--run", str(run), "--num-images", "4"]) == 0
+    assert visualize_main(["--run", str(run), "--num-images", "4"]) == 0
     names = sorted(p.name for p in (run / "plots").glob("*.png"))
     assert names == sorted(
         [

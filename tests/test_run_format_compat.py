@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from helpers import assert_png, error_line, pack_tiny, run_in_process
-from toolkit.evaluation.evaluate import main as evaluate_main
+from toolkit.evaluate import main as evaluate_main
 from toolkit.export import main as export_main
 from toolkit.formats import RunDir
 from toolkit.formats.run_dir import EVAL_FORMAT_VERSION
-from toolkit.reporting import visualize
 from toolkit.reporting.report import build_report
+from toolkit.visualize import main as visualize_main
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run_format_v1"
 
@@ -39,7 +39,7 @@ def test_version_1_predictions_read_as_class_probabilities(old_run):
 
 
 def test_report_and_plots_of_an_old_run(old_run, capsys):
-    assert visualize.main(["--run", str(old_run.root), "--what", "roc,pr,confusion,curves", "--no-report"]) == 0
+    assert visualize_main(["--run", str(old_run.root), "--what", "roc,pr,confusion,curves", "--no-report"]) == 0
     made = sorted(p.name for p in old_run.plots.glob("*.png"))
     assert made == [
         "confusion_test.png",

@@ -54,7 +54,7 @@ def ema_run(tiny_shards, tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("tool", ["evaluate", "predict"])
 def test_a_pickled_model_file_is_refused_without_being_unpickled(tiny_shards, tmp_path, capsys, tool):
-    from toolkit.evaluation.evaluate import main as evaluate_main
+    from toolkit.evaluate import main as evaluate_main
     from toolkit.predict import main as predict_main
 
     model, marker = tmp_path / "model.safetensors", tmp_path / "pwned"

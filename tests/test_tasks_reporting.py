@@ -30,6 +30,7 @@ from toolkit.reporting.html import cell_text
 from toolkit.reporting.report import build_report
 from toolkit.reporting.tracking import Tracker
 from toolkit.reporting.wandb_runs import read_wandb_records
+from toolkit.visualize import main as visualize_main
 
 ODD = "<b>odd&class"  # a class name that must be escaped in HTML
 NAMES = ["Abyssinian", ODD, "beagle", "american_pit_bull_terrier", "pug"]
@@ -233,7 +234,7 @@ def test_titles_and_example_selection_use_the_argmax():
 
 def test_visualize_and_report_for_n_classes(tmp_path, capsys):
     run = write_multiclass_run(tmp_path / "run")
-    assert visualize.main(["--run", str(run), "--what", "roc,pr,confusion,curves", "--split", "test"]) == 0
+    assert visualize_main(["--run", str(run), "--what", "roc,pr,confusion,curves", "--split", "test"]) == 0
     names = sorted(p.name for p in (run / "plots").glob("*.png"))
     assert names == [
         "confusion_test.png",

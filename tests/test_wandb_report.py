@@ -19,8 +19,9 @@ import pytest
 from helpers import error_line, isolate_wandb, run_in_process, train_args, train_cli
 from toolkit.fileio import read_jsonl
 from toolkit.reporting import wandb_report
-from toolkit.reporting.wandb_report import SPEC_FILE, STEP_X, main
+from toolkit.reporting.wandb_report import SPEC_FILE, STEP_X
 from toolkit.reporting.wandb_runs import load_run, read_run_log, read_wandb_records
+from toolkit.wandb_report import main
 
 PROJECT = "pets-toolkit-tests"
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # the shape of a real W&B key

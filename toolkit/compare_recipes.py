@@ -50,9 +50,8 @@ from toolkit.evaluation.metrics import format_number, reports_top_k
 from toolkit.fileio import atomic_write_json, atomic_write_text
 from toolkit.formats import RunDir, class_names
 from toolkit.redaction import redact_secrets
-from toolkit.reporting import wandb_report
 from toolkit.reporting.recipe_comparison import markdown_tables, summarize, verdicts
-from toolkit.reporting.wandb_report import check_project
+from toolkit.reporting.wandb_report import SPEC_FILE, check_project, make_report
 
 ROOT = Path(__file__).resolve().parents[1]  # the folder that holds this toolkit package (a checkout or site-packages)
 DEFAULT_CONFIGS = (
@@ -424,17 +423,11 @@ def build_wandb_report(args: argparse.Namespace, run_names: Sequence[str]) -> No
     The runs are named, not their groups: earlier runs of the same recipe kept in ``runs/`` stay out of it.
     """
     try:
-        wandb_report.main(
-            [
-                "--project",
-                args.wandb_report,
-                "--runs",
-                *run_names,
-                "--runs-dir",
-                str(args.out / "runs"),
-                "--out",
-                str(args.out / wandb_report.SPEC_FILE),
-            ]
+        make_report(
+            args.out / "runs",
+            project=args.wandb_report,
+            run_ids=list(run_names),
+            out=args.out / SPEC_FILE,
         )
     except (UsageError, DataError) as err:
         print(f"warning: no W&B Report: {err}", file=sys.stderr, flush=True)

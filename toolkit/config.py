@@ -393,6 +393,19 @@ def model_image_sizes(meta: dict, source: str) -> tuple[int, int]:
     return data.image_size, data.resize_size
 
 
+def eval_data_config(meta: dict, source: str, *, shards: str = "shards", num_workers: int = 0) -> DataConfig:
+    """The data section that evaluates, predicts with or plots a model: its own image sizes and normalization."""
+    image_size, resize_size = model_image_sizes(meta, source)
+    return DataConfig(
+        shards=shards,
+        image_size=image_size,
+        resize_size=resize_size,
+        num_workers=num_workers,
+        mean=[float(m) for m in meta["mean"]],
+        std=[float(s) for s in meta["std"]],
+    )
+
+
 def validate_config(cfg: Config) -> Config:
     """Checks that span several fields; called once after loading."""
     if cfg.model.arch not in MODEL_ARCHS:

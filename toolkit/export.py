@@ -10,16 +10,10 @@ alone: timm.create_model("local-dir:exported/NAME", pretrained=True) (or "hf-hub
 Only standard-width ResNets (base_width 64) have a timm architecture; others are refused.
 """
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: import `toolkit` from the repository, not this folder
-    here = Path(__file__).resolve().parent  # (its modules would shadow the standard library's)
-    sys.path[:] = [str(here.parent)] + [p for p in sys.path if Path(p or ".").resolve() != here]
-
 import argparse
 import math
 import os
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch

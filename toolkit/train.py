@@ -17,10 +17,6 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-if __package__ in (None, ""):  # run as a script: import `toolkit` from the repository, not this folder
-    here = Path(__file__).resolve().parent  # (its modules would shadow the standard library's)
-    sys.path[:] = [str(here.parent)] + [p for p in sys.path if Path(p or ".").resolve() != here]
-
 from safetensors import SafetensorError
 
 from toolkit.cli import ArgumentParser, run_cli

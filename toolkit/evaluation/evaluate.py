@@ -1,7 +1,4 @@
-"""Exact evaluation of a model on one split, on any number of processes.
-
-    python -m toolkit.evaluate --model RUN/model.safetensors --shards shards --split test [--out DIR]
-    accelerate launch --num_processes 2 -m toolkit.evaluate --model ... --split test
+"""Exact evaluation of a model on one split, on any number of processes (the command: ``toolkit.evaluate``).
 
 Each process predicts its share of the split and keeps the results locally; one gather at the
 end collects them, duplicates are dropped by sample key, and the count is checked against
@@ -11,10 +8,9 @@ was counted twice is an error, not a silently wrong metric.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -22,8 +18,8 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
-from toolkit.cli import ArgumentParser, progress
-from toolkit.config import load_config, model_image_sizes
+from toolkit.cli import progress
+from toolkit.config import DataConfig, eval_data_config
 from toolkit.data import check_shards_exist, check_split_has_samples, load_info, make_eval_loader
 from toolkit.errors import DataError, UsageError
 from toolkit.evaluation.metrics import compute_metrics, metrics_line, predict, roc_auc
@@ -66,20 +62,31 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate_split(accelerator, model: torch.nn.Module, cfg, info: dict, split: str, mean, std) -> EvalResult:
-    """Predict every sample of ``split`` once across all processes; every process gets the result."""
-    data_cfg = dataclasses.replace(cfg.data, mean=list(mean), std=list(std))  # the model's own normalization
+def evaluate_split(
+    accelerator,
+    model: torch.nn.Module,
+    data: DataConfig,
+    info: dict,
+    split: str,
+    *,
+    batch_size: int,
+    channels_last: bool = False,
+) -> EvalResult:
+    """Predict every sample of ``split`` once across all processes; every process gets the result.
+
+    ``data`` is resolved: its mean/std are the model's own normalization.
+    """
     loader = make_eval_loader(
-        data_cfg,
+        data,
         info,
         split,
-        batch_size=cfg.eval.batch_size,
+        batch_size=batch_size,
         rank=accelerator.process_index,
         world_size=accelerator.num_processes,
     )
     was_training = model.training
     model.eval()
-    memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     keys, labels, logits, breeds, skipped = [], [], [], [], 0
     try:
         with accelerator.autocast():
@@ -176,91 +183,51 @@ def score(
     return metrics
 
 
-# ---------------------------------------------------------------------------------------------
-# Command line
+def evaluate_model(
+    model_source: str,
+    shards: str,
+    split: str,
+    *,
+    tuning_split: Optional[str] = "val",
+    out: Optional[Path] = None,
+    batch_size: int = 64,
+    threshold: float = 0.5,
+    num_workers: int = 2,
+) -> Optional[dict]:
+    """Evaluate a model (any ``models.sources`` form) on one split and write metrics.json and predictions.csv.
 
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = ArgumentParser(
-        prog="toolkit.evaluate",
-        description=__doc__.split("\n\n")[0],
-        epilog="example: python -m toolkit.evaluate --model runs/NAME/model.safetensors "
-        "--shards shards/pets --split test",
-    )
-    parser.add_argument(
-        "--model",
-        required=True,
-        help="a model.safetensors from a training run, a run folder, an "
-        "exported or other timm model folder (DIR or local-dir:DIR), or hf-hub:OWNER/NAME",
-    )
-    parser.add_argument("--shards", required=True, help="shards folder (with info.json) or URL pattern")
-    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
-    parser.add_argument(
-        "--tuning-split",
-        default="val",
-        help="split on which the balanced-accuracy threshold is found, reported beside (default: val; "
-        "'none' to skip; two-class models only)",
-    )
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: MODEL_DIR/eval/SPLIT)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument(
-        "--threshold",
-        type=float,
-        default=0.5,
-        help="decision threshold on P(class 1) of a two-class model (default 0.5); a model of more "
-        "than two classes predicts its most probable class instead",
-    )
-    parser.add_argument("--num-workers", type=int, default=2)
-    args = parser.parse_args(argv)
-    if not 0.0 <= args.threshold <= 1.0:
-        raise UsageError(f"--threshold {args.threshold} must be between 0 and 1")
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size {args.batch_size} must be >= 1")
-
-    model_folder = default_output_folder(args.model)  # results go to MODEL_FOLDER/eval/SPLIT unless --out
-    if args.out is None and model_folder is None:
-        raise UsageError(f"--model {args.model}: pass --out DIR for the results of a Hub model")
-    model, meta = load_model(args.model)
-    image_size, resize_size = model_image_sizes(meta, str(args.model))
-    cfg = load_config(
-        None,
-        [
-            f"data.shards={args.shards}",
-            f"data.image_size={image_size}",
-            f"data.resize_size={resize_size}",
-            f"data.num_workers={args.num_workers}",
-            f"eval.batch_size={args.batch_size}",
-            f"model.num_classes={meta['num_classes']}",
-        ],
-    )
-    info = load_info(args.shards)
-    check_classes(meta, class_names(info), str(args.model), what=f"the shards {args.shards}")
-    tuning_split = None if args.tuning_split.lower() == "none" or args.tuning_split == args.split else args.tuning_split
-    if int(meta["num_classes"]) != 2:
+    Runs on every process of the launch; the main process writes and returns the metrics, the others None.
+    Results go to ``out``, else MODEL_FOLDER/eval/SPLIT.
+    """
+    model_folder = default_output_folder(model_source)
+    if out is None and model_folder is None:
+        raise UsageError(f"--model {model_source}: pass --out DIR for the results of a Hub model")
+    model, meta = load_model(model_source)
+    data = eval_data_config(meta, model_source, shards=shards, num_workers=num_workers)
+    info = load_info(shards)
+    check_classes(meta, class_names(info), model_source, what=f"the shards {shards}")
+    if tuning_split == split or int(meta["num_classes"]) != 2:
         tuning_split = None  # the tuned threshold is the two-class extra: no need to predict the split
-    check_shards_exist(args.shards, info, [args.split] + ([tuning_split] if tuning_split else []))
-    check_split_has_samples(args.shards, info, args.split, "--split")
+    check_shards_exist(shards, info, [split] + ([tuning_split] if tuning_split else []))
+    check_split_has_samples(shards, info, split, "--split")
     accelerator = Accelerator(cpu=not torch.cuda.is_available())  # without CUDA: gloo across launched processes
     model.to(accelerator.device)
-    result = evaluate_split(accelerator, model, cfg, info, args.split, meta["mean"], meta["std"])
+    result = evaluate_split(accelerator, model, data, info, split, batch_size=batch_size)
     tuning = (
-        evaluate_split(accelerator, model, cfg, info, tuning_split, meta["mean"], meta["std"]) if tuning_split else None
+        evaluate_split(accelerator, model, data, info, tuning_split, batch_size=batch_size) if tuning_split else None
     )
+    metrics = None
     if accelerator.is_main_process:
-        run = RunDir(model_folder or args.out)
-        out = args.out or run.eval_dir(args.split)
+        run = RunDir(model_folder or out)
+        out = out or run.eval_dir(split)
         metrics = score(
             result,
-            threshold=args.threshold,
+            threshold=threshold,
             class_names=class_names(info),
             tuning=tuning,
-            extra={
-                "model": str(args.model),
-                "model_epoch": meta.get("epoch"),
-                "synthetic": bool(info.get("synthetic")),
-            },
+            extra={"model": model_source, "model_epoch": meta.get("epoch"), "synthetic": bool(info.get("synthetic"))},
         )
-        run.write_evaluation(args.split, metrics, result.predictions(args.threshold), out_dir=out)
-        print(f"{args.split}: {metrics_line(metrics)} -> {out}", flush=True)
+        run.write_evaluation(split, metrics, result.predictions(threshold), out_dir=out)
+        print(f"{split}: {metrics_line(metrics)} -> {out}", flush=True)
     accelerator.end_training()
-    return 0
+    return metrics

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from toolkit.config import Config
 from toolkit.data.samples import read_samples
 from toolkit.evaluation.evaluate import EvalResult, evaluate_split, score
 from toolkit.evaluation.metrics import predict, summary_values
@@ -21,14 +22,24 @@ from toolkit.reporting.visualize import make_plots
 PREDICTION_TABLE_ROWS = 64
 
 
-def finish_run(accelerator, cfg, info: dict, run: RunDir, mean, std, tracker: Tracker) -> dict:
+def finish_run(accelerator, cfg: Config, info: dict, run: RunDir, tracker: Tracker) -> dict:
     """The best model on val (which also tunes the threshold reported beside) and test; then report."""
     model, meta = load_model_file(run.model)
     model.to(accelerator.device)
     class_names = meta["class_names"]
-    results = {"val": evaluate_split(accelerator, model, cfg, info, "val", mean, std)}
-    if cfg.eval.test_split:
-        results[cfg.eval.test_split] = evaluate_split(accelerator, model, cfg, info, cfg.eval.test_split, mean, std)
+    splits = ["val"] + ([cfg.eval.test_split] if cfg.eval.test_split else [])
+    results = {
+        split: evaluate_split(
+            accelerator,
+            model,
+            cfg.data,
+            info,
+            split,
+            batch_size=cfg.eval.batch_size,
+            channels_last=cfg.model.channels_last,
+        )
+        for split in splits
+    }
     summary: dict = {"splits": {}}
     if not accelerator.is_main_process:
         return summary

@@ -1,7 +1,4 @@
-"""Regenerate a finished run's plots, then its HTML report.
-
-    python -m toolkit.visualize --run runs/NAME                      # everything, then report.html
-    python -m toolkit.visualize --run runs/NAME --what roc,pr --split val --no-report
+"""A finished run's plots (the command: ``toolkit.visualize``).
 
 ROC, precision-recall, confusion matrix and training curves need only the run folder's files.
 The prediction grid, Grad-CAM, feature maps and filters also need RUN/model.safetensors, and
@@ -16,23 +13,19 @@ prediction and the top-3 probabilities.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 
-from toolkit.cli import ArgumentParser
 from toolkit.config import load_config, raw_section
 from toolkit.data import build_eval_transform, read_samples
 from toolkit.errors import DataError, UsageError
 from toolkit.evaluation.metrics import as_arrays, decision_metrics, decision_rule, per_class_accuracy
 from toolkit.formats import Predictions, RunDir
 from toolkit.formats.model_file import load_model_file
-from toolkit.models.sources import load_model as load_model_from
 from toolkit.reporting import interpret, plots
-from toolkit.reporting.report import build_report
 
 FILE_PLOTS = ("roc", "pr", "confusion", "curves")
 MODEL_PLOTS = ("grid", "gradcam", "features", "filters")
@@ -74,7 +67,7 @@ def _shards_problem(shards: Optional[str]) -> Optional[str]:
 # The two steps that need other modules, kept apart so tests can stand in for them.
 
 
-def load_model(run_dir: Path) -> tuple[Any, dict]:
+def load_run_model(run_dir: Path) -> tuple[Any, dict]:
     return load_model_file(RunDir(run_dir).model)
 
 
@@ -121,7 +114,7 @@ def make_plots(
     if not wanted:
         return made
     try:
-        model, meta = model_and_meta if model_and_meta is not None else load_model(run_dir)
+        model, meta = model_and_meta if model_and_meta is not None else load_run_model(run_dir)
     except (UsageError, DataError, OSError, KeyError, ValueError) as err:
         for name in wanted:
             skip(name, f"cannot load the model: {err}")
@@ -362,65 +355,3 @@ def _image_plots(
                 )
             )
     return made
-
-
-def parse_what(text: str) -> set[str]:
-    names = {part.strip() for part in text.split(",") if part.strip()}
-    if not names or "all" in names:
-        return set(ALL_PLOTS)
-    unknown = names - set(ALL_PLOTS)
-    if unknown:
-        raise UsageError(
-            f"--what: unknown plot(s) {', '.join(sorted(unknown))}; choose from {','.join(ALL_PLOTS)} or all"
-        )
-    return names
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = ArgumentParser(
-        prog="toolkit.visualize",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n" + __doc__.split("\n\n", 1)[1],
-    )
-    parser.add_argument("--run", required=True, type=Path, help="run folder written by training (runs/NAME)")
-    parser.add_argument(
-        "--what",
-        default="all",
-        help=f"comma-separated plots: {','.join(ALL_PLOTS)} or all (default); "
-        "confusion also makes per_class_accuracy_SPLIT.png",
-    )
-    parser.add_argument("--split", default="test", help="evaluated split to plot (default: test)")
-    parser.add_argument(
-        "--num-images", type=int, default=8, help="images in the prediction grid and Grad-CAM (default 8)"
-    )
-    parser.add_argument(
-        "--shards", default=None, help="shards folder (default: data.shards from the run's config.yaml)"
-    )
-    parser.add_argument("--no-report", action="store_true", help="do not rebuild RUN/report.html")
-    parser.add_argument(
-        "--model",
-        default=None,
-        metavar="MODEL",
-        help="the model for the grid, Grad-CAM, feature maps and filters instead of RUN's: a model file, "
-        "an exported or timm folder (DIR or local-dir:DIR) or hf-hub:OWNER/NAME",
-    )
-    args = parser.parse_args(argv)
-    if not args.run.is_dir():
-        raise UsageError(f"run folder {str(args.run)!r} not found; pass a folder written by a training run (runs/NAME)")
-    if args.num_images < 0:
-        raise UsageError(f"--num-images {args.num_images} must be >= 0")
-    model_and_meta = load_model_from(args.model) if args.model else None
-    made = make_plots(
-        args.run,
-        what=parse_what(args.what),
-        split=args.split,
-        num_images=args.num_images,
-        shards=args.shards,
-        model_and_meta=model_and_meta,
-    )
-    for path in made:
-        print(path)
-    if not args.no_report:
-        print(build_report(args.run))
-    return 0

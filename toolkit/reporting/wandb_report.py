@@ -20,13 +20,11 @@ writes to a run folder or touches training; the spec file is the only output.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from toolkit.cli import ArgumentParser
 from toolkit.config import raw_section
 from toolkit.errors import DataError, UsageError
 from toolkit.fileio import atomic_write_json
@@ -377,53 +375,7 @@ def check_project(name: str) -> str:
     return name
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> Any:
-    parser = ArgumentParser(
-        prog="toolkit.wandb_report",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n" + __doc__.split("\n\n")[1],
-    )
-    parser.add_argument("--project", metavar="P", help="W&B project the runs are (or will be synced) in")
-    parser.add_argument("--entity", default=None, metavar="E", help="W&B entity (default: the logged-in user's)")
-    parser.add_argument(
-        "--group",
-        nargs="+",
-        default=None,
-        metavar="G",
-        help="recipe name(s): the runs named <group>-seed<N> (compare_recipes) or named <group>",
-    )
-    parser.add_argument("--runs", nargs="+", default=None, metavar="ID", help="W&B run ids or run folder names")
-    parser.add_argument("--title", default=None, metavar="T", help="report title (default: model, data and groups)")
-    parser.add_argument(
-        "--runs-dir", type=Path, default=Path("runs"), metavar="DIR", help="where the run folders are (default: runs)"
-    )
-    parser.add_argument("--dry-run", action="store_true", help="write the report spec, do not contact W&B")
-    parser.add_argument("--out", type=Path, default=None, metavar="FILE", help=f"spec file (default: DIR/{SPEC_FILE})")
-    parser.add_argument(
-        "--publish",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="save a report spec written earlier to W&B (after `wandb sync` of its runs)",
-    )
-    args = parser.parse_args(argv)
-    if args.publish is not None:
-        if args.group or args.runs or args.dry_run:
-            raise UsageError("--publish FILE saves a spec as it is; drop --group/--runs/--dry-run")
-    else:
-        if args.project is None:
-            raise UsageError("--project is required (the W&B project of the runs)")
-        if bool(args.group) == bool(args.runs):
-            raise UsageError("give exactly one of --group G or --runs ID ... (see --help)")
-    if args.project is not None:
-        check_project(args.project)
-    if args.title is not None and not 0 < len(args.title) <= MAX_TITLE_LEN:
-        raise UsageError(f"--title must have 1 to {MAX_TITLE_LEN} characters")
-    return args
-
-
-def publish(path: Path, project: Optional[str], entity: Optional[str]) -> int:
+def publish(path: Path, project: Optional[str], entity: Optional[str]) -> None:
     """Rebuild the report from a spec file and save it."""
     spec = read_spec(path)
     reports_api()
@@ -441,7 +393,6 @@ def publish(path: Path, project: Optional[str], entity: Optional[str]) -> int:
         hint = f"; upload the runs first: {commands[0]} (and the others)" if commands else ""
         raise DataError(f"could not save the report to W&B ({_one_line(err)}){hint}") from None
     print(f"saved the W&B report: {url}")
-    return 0
 
 
 def write_spec(spec: dict, path: Path, reason: str) -> None:
@@ -459,11 +410,19 @@ def write_spec(spec: dict, path: Path, reason: str) -> None:
     print(f"then publish the report: python -m toolkit.wandb_report --publish {path}")
 
 
-def collect(args: argparse.Namespace) -> dict:
+def collect(
+    runs_dir: Path,
+    *,
+    project: str,
+    group: Optional[Sequence[str]] = None,
+    run_ids: Optional[Sequence[str]] = None,
+    entity: Optional[str] = None,
+    title: Optional[str] = None,
+) -> dict:
     """The spec for the runs asked for, with notes and warnings printed."""
-    runs = select_runs(find_runs(args.runs_dir), args.runs_dir, args.group, args.runs)
+    runs = select_runs(find_runs(runs_dir), runs_dir, group, run_ids)
     logs = {run.run_id: read_run_log(run.log_files, run.run_id) for run in runs}
-    spec, notes = build_spec(runs, logs, project=args.project, entity=args.entity, title=args.title)
+    spec, notes = build_spec(runs, logs, project=project, entity=entity, title=title)
     problems = check_spec(spec, {i: log.keys for i, log in logs.items()})
     if problems:  # build_spec only keeps logged keys: this is a bug, never user input
         raise AssertionError("; ".join(problems))
@@ -471,33 +430,42 @@ def collect(args: argparse.Namespace) -> dict:
         print(f"note: {note}", file=sys.stderr)
     for run in runs:  # an uploaded run stays in its project; offline ones are synced into ours
         logged_to = logs[run.run_id].project
-        if logged_to and logged_to != args.project and not run.needs_sync:
+        if logged_to and logged_to != project and not run.needs_sync:
             print(
                 f"warning: run {run.name} ({run.run_id}) is in W&B project {logged_to!r}, the report looks in "
-                f"{args.project!r}: it will not show there",
+                f"{project!r}: it will not show there",
                 file=sys.stderr,
             )
     return spec
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parse_args(argv)
-    if args.publish is not None:
-        return publish(args.publish, args.project, args.entity)
-    reason = offline_reason(args.dry_run)
+def make_report(
+    runs_dir: Path,
+    *,
+    project: str,
+    group: Optional[Sequence[str]] = None,
+    run_ids: Optional[Sequence[str]] = None,
+    entity: Optional[str] = None,
+    title: Optional[str] = None,
+    out: Optional[Path] = None,
+    dry_run: bool = False,
+) -> None:
+    """Save the report of the selected runs to W&B, or write its spec (``out``, default RUNS_DIR/SPEC_FILE)
+    with the commands that upload the runs and publish it later."""
+    check_project(project)
+    reason = offline_reason(dry_run)
     if reason is None:
         reports_api()  # saving needs the extra: say so before any work
-    spec = collect(args)
+    spec = collect(runs_dir, project=project, group=group, run_ids=run_ids, entity=entity, title=title)
     if reason is None:
         try:
-            print(f"saved the W&B report: {save_report(spec, args.entity)}")
+            print(f"saved the W&B report: {save_report(spec, entity)}")
             commands = sync_commands(spec)
             if commands:
                 print(
                     "its panels fill in once the offline runs are uploaded:\n" + "\n".join(f"  {c}" for c in commands)
                 )
-            return 0
+            return
         except Exception as err:  # no network, permissions: keep the spec for later
             reason = f"saving failed: {_one_line(err)}"
-    write_spec(spec, args.out or args.runs_dir / SPEC_FILE, reason)
-    return 0
+    write_spec(spec, out or runs_dir / SPEC_FILE, reason)

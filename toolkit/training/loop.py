@@ -396,7 +396,16 @@ def validate(s: Session) -> EvalResult:
     """
     if s.world > 1 and s.cfg.train.dist_bn != "none":
         sync_norm_statistics(s.accelerator, s.eval_model, s.cfg.train.dist_bn)
-    return evaluate_split(s.accelerator, s.eval_model, s.cfg, s.info, "val", s.mean, s.std)
+    cfg = s.cfg
+    return evaluate_split(
+        s.accelerator,
+        s.eval_model,
+        cfg.data,
+        s.info,
+        "val",
+        batch_size=cfg.eval.batch_size,
+        channels_last=cfg.model.channels_last,
+    )
 
 
 def end_epoch(s: Session, state: TrainerState, outcome: EpochOutcome, val: EvalResult) -> None:
@@ -508,7 +517,7 @@ def finish(s: Session, state: TrainerState) -> dict:
                 "rank_weight_checksums": checksums,
             }
         )
-    summary = finish_run(s.accelerator, s.cfg, s.info, s.run, s.mean, s.std, s.tracker)
+    summary = finish_run(s.accelerator, s.cfg, s.info, s.run, s.tracker)
     tracker_info = s.tracker.finish()
     if s.accelerator.is_main_process:
         print_final(s.run, state, summary, tracker_info)
