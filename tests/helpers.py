@@ -23,6 +23,7 @@ from toolkit.config import load_config, validate_config
 from toolkit.data.oxford import SYNTHETIC_MARKER, make_synthetic_dataset, resolve_root
 from toolkit.data.shards import pack_dataset
 from toolkit.formats.model_file import model_metadata, save_model_file
+from toolkit.models import architecture
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -173,10 +174,18 @@ def save_tiny_model(
         overrides = (*overrides, f"model.num_classes={len(class_names)}")
     cfg = validate_config(load_config(SMOKE, list(overrides)))
     names = list(class_names) if class_names is not None else ["cat", "dog", "bird"][: cfg.model.num_classes]
-    metadata = model_metadata(cfg, mean=[0.5] * 3, std=[0.25] * 3, class_names=names)
     if seed is not None:
         torch.manual_seed(seed)
-    save_model_file(build_model(cfg), path, metadata | (meta or {}))
+    model = build_model(cfg)
+    metadata = model_metadata(
+        architecture(model),
+        class_names=names,
+        image_size=cfg.data.image_size,
+        resize_size=cfg.data.resize_size,
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+    )
+    save_model_file(model, path, metadata | (meta or {}))
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

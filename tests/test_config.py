@@ -1,5 +1,6 @@
 """Config loading: YAML + overrides -> typed config, and a one-line error for every mistake."""
 
+import dataclasses
 import random
 import subprocess
 import sys
@@ -8,7 +9,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from toolkit.config import Config, config_from_dict, load_config, parse_override, to_dict, validate_config
+from toolkit.config import (
+    Config,
+    config_from_dict,
+    load_config,
+    parse_override,
+    resolve_config,
+    to_dict,
+    validate_config,
+)
 from toolkit.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,16 +186,33 @@ def test_train_cli_reports_config_errors_in_one_line_with_exit_code_2():
 
 def test_gradient_accumulation_comes_from_the_launcher_unless_the_config_sets_it(monkeypatch):
     smoke = ROOT / "configs/smoke.yaml"
+    info = {"classes": ["cat", "dog"], "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}}
+
+    def accumulation(overrides=()):
+        return resolve_config(validate_config(load_config(smoke, list(overrides))), info).train.grad_accum_steps
+
     monkeypatch.delenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", raising=False)
-    assert validate_config(load_config(smoke)).train.grad_accum_steps == 1
+    assert accumulation() == 1
     monkeypatch.setenv(
         "ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "4"
     )  # accelerate launch --gradient_accumulation_steps 4
-    assert validate_config(load_config(smoke)).train.grad_accum_steps == 4
-    assert validate_config(load_config(smoke, ["train.grad_accum_steps=2"])).train.grad_accum_steps == 2  # ours wins
+    assert accumulation() == 4
+    assert accumulation(["train.grad_accum_steps=2"]) == 2  # ours wins
     monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "four")
     with pytest.raises(UsageError, match="ACCELERATE_GRADIENT_ACCUMULATION_STEPS='four'"):
-        validate_config(load_config(smoke))
+        accumulation()
+
+
+def test_the_resolved_config_is_frozen_and_holds_what_the_shards_decide():
+    info = {"classes": ["a", "b", "c"], "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}}
+    cfg = validate_config(load_config(ROOT / "configs/smoke.yaml", ["model.num_classes=null"]))
+    resolved = resolve_config(cfg, info, environ={})
+    assert resolved.model.num_classes == 3 and resolved.data.mean == [0.5] * 3 and resolved.data.std == [0.25] * 3
+    assert cfg.model.num_classes is None and cfg.data.mean is None  # the loaded config is left as it was
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        resolved.model.num_classes = 2
+    with pytest.raises(UsageError, match="model.num_classes=2 but the shards"):
+        resolve_config(validate_config(load_config(ROOT / "configs/smoke.yaml")), info, environ={})
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from toolkit import data
-from toolkit.config import DataConfig
+from toolkit.config import DataConfig, resolve_normalization
 from toolkit.errors import DataError, UsageError
 
 MEAN, STD = [0.25, 0.5, 0.75], [0.5, 0.25, 0.125]
@@ -95,7 +95,10 @@ def write_shards(folder: Path, layout: dict[str, list[int]], bad: dict[str, str]
 
 
 def config(folder, **overrides) -> DataConfig:
+    """A resolved data section (the loaders take one): MEAN/STD unless overridden."""
     defaults = dict(
+        mean=MEAN,
+        std=STD,
         shards=str(folder),
         image_size=32,
         resize_size=36,
@@ -299,15 +302,17 @@ def test_eval_yields_every_sample_exactly_once(uneven, world, workers):
 
 def test_normalization_comes_from_info_json(uneven):
     folder, info = uneven
-    cfg = config(folder)
-    assert data.resolve_normalization(cfg, info) == (MEAN, STD)
-    assert data.resolve_normalization(dataclasses.replace(cfg, mean=[0.5] * 3), info) == ([0.5] * 3, STD)
-    batch = next(iter(data.make_eval_loader(cfg, info, "test", batch_size=1, rank=0, world_size=1)))
+    cfg = config(folder, mean=None, std=None)
+    resolved = resolve_normalization(cfg, info)
+    assert (resolved.mean, resolved.std) == (MEAN, STD)
+    given = resolve_normalization(dataclasses.replace(cfg, mean=[0.5] * 3), info)
+    assert (given.mean, given.std) == ([0.5] * 3, STD)
+    batch = next(iter(data.make_eval_loader(resolved, info, "test", batch_size=1, rank=0, world_size=1)))
     sample = next(data.read_samples(str(folder), "test"))
-    expected = data.build_eval_transform(cfg, MEAN, STD)(sample["image"])
+    expected = data.build_eval_transform(resolved)(sample["image"])
     assert batch["key"] == [sample["key"]] and torch.allclose(batch["image"][0], expected)
     with pytest.raises(UsageError, match="data.mean"):
-        data.resolve_normalization(cfg, {k: v for k, v in info.items() if k != "normalization"})
+        resolve_normalization(cfg, {k: v for k, v in info.items() if k != "normalization"})
 
 
 # ---------------------------------------------------------------------------------------------

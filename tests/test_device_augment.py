@@ -1,5 +1,6 @@
 """The accelerator-side decode + augmentation path, run on the CPU here (same code on CUDA)."""
 
+import dataclasses
 import io
 
 import numpy as np
@@ -28,10 +29,10 @@ def data_cfg():
 
 def test_eval_path_matches_the_cpu_transform(data_cfg):
     """Resize + center crop via roi_align lands on the same pixels as PIL's Resize + CenterCrop."""
-    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    data_cfg = dataclasses.replace(data_cfg, mean=[0.5, 0.4, 0.3], std=[0.2, 0.25, 0.3])
     jpegs, images = zip(*(jpeg_tensor(w, h, i) for i, (w, h) in enumerate([(120, 90), (90, 150), (100, 100)])))
-    gpu = gpu_transform(list(jpegs), data_cfg, mean, std, train=False, device=torch.device("cpu"))
-    cpu = torch.stack([build_eval_transform(data_cfg, mean, std)(im) for im in images])
+    gpu = gpu_transform(list(jpegs), data_cfg, train=False, device=torch.device("cpu"))
+    cpu = torch.stack([build_eval_transform(data_cfg)(im) for im in images])
     assert gpu.shape == cpu.shape == (3, 3, 64, 64)
     assert (gpu - cpu).abs().mean() < 0.05  # normalized units; bilinear vs antialiased resampling
 
@@ -42,9 +43,7 @@ def test_train_path_is_seeded_and_stays_in_range(data_cfg):
     def run(seed):
         return gpu_transform(
             jpegs,
-            data_cfg,
-            [0.5] * 3,
-            [0.5] * 3,
+            dataclasses.replace(data_cfg, mean=[0.5] * 3, std=[0.5] * 3),
             train=True,
             device=torch.device("cpu"),
             generator=torch.Generator().manual_seed(seed),
@@ -70,7 +69,8 @@ def test_crop_boxes_follow_random_resized_crop_bounds():
 
 
 def test_loader_ships_jpeg_bytes_when_decoding_on_the_accelerator(synthetic_shards):
-    from toolkit.data import load_info, make_train_loader, resolve_normalization
+    from toolkit.config import resolve_normalization
+    from toolkit.data import load_info, make_train_loader
     from toolkit.data.device_augment import batch_to_device
 
     cfg = load_config(
@@ -84,12 +84,12 @@ def test_loader_ships_jpeg_bytes_when_decoding_on_the_accelerator(synthetic_shar
         ],
     ).data
     info = load_info(str(synthetic_shards))
-    mean, std = resolve_normalization(cfg, info)
+    cfg = resolve_normalization(cfg, info)
     batch = next(iter(make_train_loader(cfg, info, batch_size=4, rank=0, world_size=1, seed=0)))
     assert "image" not in batch and len(batch["jpeg"]) == 4 and batch["jpeg"][0].dtype == torch.uint8
-    images = batch_to_device(batch, cfg, mean, std, torch.device("cpu"), memory_format=torch.channels_last, seed=3)
+    images = batch_to_device(batch, cfg, torch.device("cpu"), memory_format=torch.channels_last, seed=3)
     assert images.shape == (4, 3, 32, 32) and images.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(images, batch_to_device(batch, cfg, mean, std, torch.device("cpu"), seed=3))
+    torch.testing.assert_close(images, batch_to_device(batch, cfg, torch.device("cpu"), seed=3))
 
 
 def smooth_batch(n: int = 4, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -156,14 +156,15 @@ def test_random_erase_boxes_follow_torchvision_bounds():
 def test_uint8_batches_become_normalized_model_input():
     from toolkit.data.device_augment import batch_to_device
 
-    cfg = load_config(None, ["data.color_jitter=null"]).data
-    crops = torch.randint(256, (2, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
-    images = batch_to_device({"image": crops, "label": torch.zeros(2)}, cfg, mean, std, torch.device("cpu"))
+    stats = ["data.mean=[0.5,0.4,0.3]", "data.std=[0.2,0.25,0.3]"]
+    cfg = load_config(None, ["data.color_jitter=null", *stats]).data
+    crops = torch.randint(256, (2, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images = batch_to_device({"image": crops, "label": torch.zeros(2)}, cfg, torch.device("cpu"))
     expected = (crops.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     torch.testing.assert_close(images, expected)
-    jittered = load_config(None, ["data.jitter_on=device"]).data
-    in_workers = load_config(None, ["data.jitter_on=workers"]).data
+    jittered = load_config(None, ["data.jitter_on=device", *stats]).data
+    in_workers = load_config(None, ["data.jitter_on=workers", *stats]).data
     batch = {"image": crops, "label": torch.zeros(2)}
-    assert not torch.allclose(batch_to_device(batch, jittered, mean, std, torch.device("cpu"), seed=1), expected)
-    torch.testing.assert_close(batch_to_device(batch, in_workers, mean, std, torch.device("cpu"), seed=1), expected)
+    assert not torch.allclose(batch_to_device(batch, jittered, torch.device("cpu"), seed=1), expected)
+    torch.testing.assert_close(batch_to_device(batch, in_workers, torch.device("cpu"), seed=1), expected)

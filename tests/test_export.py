@@ -19,10 +19,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from toolkit.cli import run_cli
-from toolkit.config import Config
+from toolkit.config import DataConfig
 from toolkit.export import EXPORT_FILES, main, timm_crop_pct
 from toolkit.formats.model_file import model_metadata, save_model_file
-from toolkit.models import create_model
+from toolkit.models import architecture, create_model
 
 MINI_IMAGES = Path(__file__).resolve().parents[2] / "shared/data/oxford-pets-mini/images"
 MEAN, STD = [0.48, 0.44, 0.40], [0.26, 0.25, 0.26]
@@ -49,20 +49,26 @@ def perturb(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 def write_model(
     path: Path, blocks_per_stage=None, base_width: int = 64, seed: int = 0
-) -> tuple[torch.nn.Module, Config]:
+) -> tuple[torch.nn.Module, DataConfig]:
     """A resnet18-family model file written through the checkpoint API, as training writes it."""
-    cfg = Config()
-    cfg.model.arch, cfg.model.blocks_per_stage, cfg.model.base_width = "resnet18", blocks_per_stage, base_width
-    cfg.data.image_size, cfg.data.resize_size = IMAGE_SIZE, RESIZE_SIZE
+    data_cfg = DataConfig(image_size=IMAGE_SIZE, resize_size=RESIZE_SIZE, mean=MEAN, std=STD)
     model = perturb(
         create_model("resnet18", num_classes=2, blocks_per_stage=blocks_per_stage, base_width=base_width), seed
     )
     save_model_file(
         model,
         path,
-        model_metadata(cfg, mean=MEAN, std=STD, class_names=CLASSES, extra={"epoch": 3, "val_metrics": {"acc": 0.9}}),
+        model_metadata(
+            architecture(model),
+            class_names=CLASSES,
+            image_size=IMAGE_SIZE,
+            resize_size=RESIZE_SIZE,
+            mean=MEAN,
+            std=STD,
+            extra={"epoch": 3, "val_metrics": {"acc": 0.9}},
+        ),
     )
-    return model, cfg
+    return model, data_cfg
 
 
 def run_export(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -103,13 +109,17 @@ def exported(request, tmp_path_factory) -> SimpleNamespace:
     """A run folder with a model file, exported with the CLI; one standard resnet18, one needing model_args."""
     root = tmp_path_factory.mktemp("export")
     run = root / "run"
-    model, cfg = write_model(run / "model.safetensors", blocks_per_stage=request.param)
+    model, data_cfg = write_model(run / "model.safetensors", blocks_per_stage=request.param)
     out = root / "exported"
     with pytest.raises(SystemExit) as exit_info:
         run_cli(main, ["--run", str(run), "--out", str(out)])
     assert exit_info.value.code == 0
     return SimpleNamespace(
-        model=model, cfg=cfg, out=out, layers=request.param, config=json.loads((out / "config.json").read_text())
+        model=model,
+        data_cfg=data_cfg,
+        out=out,
+        layers=request.param,
+        config=json.loads((out / "config.json").read_text()),
     )
 
 
@@ -133,7 +143,7 @@ def test_timm_preprocessing_is_our_eval_transform(exported):
 
     reference = timm.create_model(f"local-dir:{exported.out}", pretrained=True)
     theirs = timm.data.create_transform(**timm.data.resolve_data_config({}, model=reference))
-    ours = build_eval_transform(exported.cfg.data, MEAN, STD)
+    ours = build_eval_transform(exported.data_cfg)
     for image in sample_images():
         assert torch.allclose(theirs(image), ours(image), atol=1e-6, rtol=0)
 

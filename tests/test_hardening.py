@@ -632,8 +632,8 @@ def test_a_fifo_and_a_dev_zero_link_named_jpg_are_skipped_unopened(tmp_path: Pat
 
 
 def test_a_file_over_the_size_cap_is_skipped_unread(tmp_path: Path):
+    from toolkit.data.listing import Item
     from toolkit.data.shards import Job, process_image
-    from toolkit.data.sources import Item
 
     big = tmp_path / "big.jpg"
     write_images(tmp_path, 1, size=64)

@@ -19,9 +19,10 @@ import toolkit.data.download
 import toolkit.data.shards as make_shards
 from helpers import synthetic_info
 from toolkit.cli import run_cli
+from toolkit.data.listing import Item
 from toolkit.data.oxford import Entry, make_synthetic_dataset
 from toolkit.data.shards import SPLITS, Job, pack_dataset, process_image
-from toolkit.data.sources import Item, stratified_split
+from toolkit.data.sources import stratified_split
 from toolkit.data.verify import verify_shards
 from toolkit.errors import UsageError
 from toolkit.formats import read_manifest

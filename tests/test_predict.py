@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 
 from toolkit.cli import run_cli
-from toolkit.config import Config
+from toolkit.config import DataConfig
 from toolkit.data import build_eval_transform
 from toolkit.data.shards import to_rgb
 from toolkit.formats.model_file import model_metadata, save_model_file
-from toolkit.models import create_model
+from toolkit.models import architecture, create_model
 from toolkit.predict import main
 
 MEAN, STD = [0.48, 0.44, 0.40], [0.26, 0.25, 0.26]
@@ -26,13 +26,14 @@ MEAN, STD = [0.48, 0.44, 0.40], [0.26, 0.25, 0.26]
 def workspace(tmp_path_factory) -> SimpleNamespace:
     """A tiny model file written through the checkpoint API, and good and broken images."""
     root = tmp_path_factory.mktemp("predict")
-    cfg = Config()
-    cfg.model.arch, cfg.model.blocks_per_stage, cfg.model.base_width = "resnet18", [1, 1, 1, 1], 8
-    cfg.data.image_size, cfg.data.resize_size = 32, 36
+    data_cfg = DataConfig(image_size=32, resize_size=36, mean=MEAN, std=STD)
     torch.manual_seed(0)
     model = create_model("resnet18", num_classes=2, blocks_per_stage=[1, 1, 1, 1], base_width=8).eval()
     model_path = root / "model.safetensors"
-    save_model_file(model, model_path, model_metadata(cfg, mean=MEAN, std=STD, class_names=["cat", "dog"]))
+    meta = model_metadata(
+        architecture(model), class_names=["cat", "dog"], image_size=32, resize_size=36, mean=MEAN, std=STD
+    )
+    save_model_file(model, model_path, meta)
 
     rng = np.random.default_rng(0)
     good = {
@@ -45,7 +46,9 @@ def workspace(tmp_path_factory) -> SimpleNamespace:
     (root / "notes.jpg").write_text("this is not a picture\n")
     jpeg = (root / "rgb.jpg").read_bytes()
     (root / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
-    return SimpleNamespace(root=root, model=model, model_path=model_path, cfg=cfg, good=[root / name for name in good])
+    return SimpleNamespace(
+        root=root, model=model, model_path=model_path, data_cfg=data_cfg, good=[root / name for name in good]
+    )
 
 
 def run_main(argv: list[str], capsys) -> tuple[int, list[dict], str]:
@@ -57,7 +60,7 @@ def run_main(argv: list[str], capsys) -> tuple[int, list[dict], str]:
 
 def expected_probs(workspace, path: Path) -> list[float]:
     """The model applied by hand: decode as make_shards does, the eval transform, softmax."""
-    transform = build_eval_transform(workspace.cfg.data, MEAN, STD)
+    transform = build_eval_transform(workspace.data_cfg)
     with Image.open(path) as picture:
         rgb = to_rgb(picture)
     with torch.inference_mode():

@@ -119,6 +119,7 @@ def write_run(run_dir: Path, *, splits=("val", "test"), shards: str = "shards/no
 def save_tiny_model(run_dir: Path) -> nn.Module:
     from toolkit.config import load_config
     from toolkit.formats.model_file import model_metadata, save_model_file
+    from toolkit.models import architecture
 
     cfg = load_config(
         None,
@@ -134,7 +135,15 @@ def save_tiny_model(run_dir: Path) -> nn.Module:
     save_model_file(
         model,
         run_dir / "model.safetensors",
-        model_metadata(cfg, mean=MEAN, std=STD, class_names=["cat", "dog"], extra={"epoch": 3}),
+        model_metadata(
+            architecture(model),
+            class_names=["cat", "dog"],
+            image_size=cfg.data.image_size,
+            resize_size=cfg.data.resize_size,
+            mean=MEAN,
+            std=STD,
+            extra={"epoch": 3},
+        ),
     )
     return model
 

@@ -23,7 +23,7 @@ from toolkit.evaluation.evaluate import EvalResult
 from toolkit.evaluation.metrics import compute_metrics, confusion_order, summary_values
 from toolkit.fileio import append_jsonl, atomic_write_json
 from toolkit.formats import Predictions, RunDir
-from toolkit.formats.model_file import load_model_file
+from toolkit.models.sources import load_model_file
 from toolkit.reporting import interpret, plots, visualize
 from toolkit.reporting.finish import prediction_rows
 from toolkit.reporting.html import cell_text
@@ -292,7 +292,7 @@ def test_image_plots_for_n_classes(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(
         visualize,
         "load_images",
-        lambda shards, split, keys, meta, config: {key: torch.randn(3, 32, 32) for key in keys},
+        lambda shards, split, keys, meta: {key: torch.randn(3, 32, 32) for key in keys},
     )
     made = visualize.make_plots(run, what={"grid", "gradcam", "features"}, shards=str(tmp_path), num_images=4)
     assert sorted(p.name for p in made) == ["feature_maps_test.png", "gradcam_test.png", "predictions_test.png"]

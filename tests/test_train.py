@@ -19,7 +19,7 @@ from toolkit.config import load_config, validate_config
 from toolkit.data.oxford import make_synthetic_dataset
 from toolkit.data.shards import pack_dataset
 from toolkit.fileio import read_jsonl
-from toolkit.formats.model_file import load_model_file
+from toolkit.models.sources import load_model_file
 from toolkit.training.checkpoint import list_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,8 +115,9 @@ def test_cpu_run_learns_and_writes_every_output(learnable_shards, tmp_path):
     assert test_metrics["num_samples"] > 0 and result["best_epoch"] >= 1
     first = next(csv.DictReader(io.StringIO((run / "eval/test/predictions.csv").read_text())))
     first_key, first_prob = first["key"], first[f"prob_{test_metrics['class_names'][1]}"]
-    cfg = validate_config(load_config(run / "config.yaml"))
-    transform = build_eval_transform(cfg.data, meta["mean"], meta["std"])
+    cfg = validate_config(load_config(run / "config.yaml"))  # resolved when saved: the run's own mean/std
+    assert (cfg.data.mean, cfg.data.std) == (meta["mean"], meta["std"])
+    transform = build_eval_transform(cfg.data)
     sample = next(read_samples(str(learnable_shards), "test", keys={first_key}))
     with torch.no_grad():
         prob = torch.softmax(model(transform(sample["image"]).unsqueeze(0)), 1)[0, 1].item()

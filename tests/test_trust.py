@@ -59,7 +59,7 @@ def test_config_values_that_would_crash_later_are_refused(override, words):
     "claim", [{"num_classes": 10**9}, {"base_width": 10**6}, {"blocks_per_stage": [10**5, 1, 1, 1]}]
 )
 def test_model_file_metadata_cannot_ask_for_a_huge_allocation(tmp_path, capsys, monkeypatch, claim):
-    import toolkit.formats.model_file as model_file
+    import toolkit.models.sources as model_sources
     from toolkit.predict import main as predict_main
 
     model = tmp_path / "model.safetensors"
@@ -67,7 +67,7 @@ def test_model_file_metadata_cannot_ask_for_a_huge_allocation(tmp_path, capsys, 
     image = tmp_path / "x.png"
     Image.new("RGB", (40, 40)).save(image)
     built = []
-    monkeypatch.setattr(model_file, "create_model", lambda *a, **k: built.append(k) or pytest.fail(f"built {k}"))
+    monkeypatch.setattr(model_sources, "create_model", lambda *a, **k: built.append(k) or pytest.fail(f"built {k}"))
     code = run_in_process(predict_main, ["--model", str(model), str(image)])
     assert code == 2 and "metadata claims" in error_line(capsys.readouterr().err)
     assert built == []  # refused before any model of the claimed size was built

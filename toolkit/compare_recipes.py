@@ -38,17 +38,17 @@ from typing import Optional, Sequence
 from toolkit.cli import ArgumentParser, run_cli
 from toolkit.config import (
     SHIPPED_CONFIGS,
-    fit_head_to_classes,
     load_config,
+    resolve_config,
     split_config_args,
     to_dict,
     validate_config,
 )
-from toolkit.data import check_shards_exist, check_split_has_samples, load_info, resolve_normalization, split_size
+from toolkit.data import check_shards_exist, check_split_has_samples, load_info, split_size
 from toolkit.errors import DataError, UsageError
 from toolkit.evaluation.metrics import format_number, reports_top_k
 from toolkit.fileio import atomic_write_json, atomic_write_text
-from toolkit.formats import RunDir, class_names
+from toolkit.formats import RunDir
 from toolkit.redaction import redact_secrets
 from toolkit.reporting.recipe_comparison import markdown_tables, summarize, verdicts
 from toolkit.reporting.wandb_report import SPEC_FILE, check_project, make_report
@@ -143,19 +143,15 @@ def check_plan(args: argparse.Namespace, recipes: Sequence[Recipe], shared: Sequ
     check_shards_exist(args.shards, info, ["train", "val", args.split])
     check_split_has_samples(args.shards, info, args.split, "--split")
     for recipe in recipes:
-        cfg = validate_config(load_config(recipe.config, run_overrides(args, shared, recipe.name, args.seeds[0])))
-        fit_head_to_classes(cfg, class_names(info))
+        resolve_config(
+            validate_config(load_config(recipe.config, run_overrides(args, shared, recipe.name, args.seeds[0]))), info
+        )
 
 
 def planned_config(recipe: Recipe, overrides: Sequence[str], shards: str) -> dict:
     """The config as the run will save it: the class count and normalization statistics resolved from the
     shards as training does."""
-    cfg = validate_config(load_config(recipe.config, overrides))
-    info = load_info(shards)
-    fit_head_to_classes(cfg, class_names(info))
-    mean, std = resolve_normalization(cfg.data, info)
-    cfg.data.mean, cfg.data.std = list(mean), list(std)
-    return to_dict(cfg)
+    return to_dict(resolve_config(validate_config(load_config(recipe.config, overrides)), load_info(shards)))
 
 
 def reusable(run_dir: Path, planned: dict, split: str) -> bool:

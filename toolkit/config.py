@@ -15,11 +15,13 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import yaml
 
 from toolkit.errors import UsageError
+from toolkit.fileio import dump_yaml, read_yaml_mapping
+from toolkit.formats.manifest import MANIFEST_NAME, class_names
 from toolkit.models import MODEL_ARCHS
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -42,7 +44,7 @@ def _range(low: Optional[float] = None, high: Optional[float] = None, *, low_ope
     return {"low": low, "high": high, "low_open": low_open}
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     shards: str = "shards"  # folder with info.json, or a brace pattern / pipe: / http(s) URL of the shards
     image_size: int = field(default=224, metadata=_range(8, 4096))
@@ -68,7 +70,7 @@ class DataConfig:
     )  # gpu: workers ship JPEG bytes, the accelerator decodes + augments (training)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     arch: str = "resnet101"
     blocks_per_stage: Optional[list[int]] = None  # None: the preset's, e.g. [3, 4, 23, 3]
@@ -84,7 +86,7 @@ class ModelConfig:
     init: Optional[str] = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimizerConfig:
     name: str = field(default="adam", metadata=_choice(*OPTIMIZERS))
     lr: float = field(default=1e-3, metadata=_range(0.0, low_open=True))
@@ -96,7 +98,7 @@ class OptimizerConfig:
     backbone_lr_scale: float = field(default=1.0, metadata=_range(0.0, 1.0, low_open=True))  # < 1: fine-tuning
 
 
-@dataclass
+@dataclass(frozen=True)
 class SchedulerConfig:
     name: str = field(default="step", metadata=_choice(*SCHEDULERS))
     step_epochs: int = field(default=30, metadata=_range(1))  # StepLR period, in epochs
@@ -105,7 +107,7 @@ class SchedulerConfig:
     min_lr_ratio: float = field(default=0.0, metadata=_range(0.0, 1.0))  # cosine floor, as a share of lr
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = field(default=30, metadata=_range(1))
     batch_size: int = field(default=32, metadata=_range(1))  # per process
@@ -130,7 +132,7 @@ class TrainConfig:
     log_every_steps: int = field(default=10, metadata=_range(1))
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalConfig:
     batch_size: int = field(default=64, metadata=_range(1))
     threshold: float = field(default=0.5, metadata=_range(0.0, 1.0))  # two classes: class 1 when P >= it; more: argmax
@@ -140,7 +142,7 @@ class EvalConfig:
     gradcam_layer: str = "layer4"
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrackingConfig:
     wandb: str = field(default="auto", metadata=_choice(*WANDB_MODES))
     project: str = "pets-toolkit"
@@ -149,7 +151,7 @@ class TrackingConfig:
     group: Optional[str] = None  # W&B run group: compare_recipes sets the recipe's name
 
 
-@dataclass
+@dataclass(frozen=True)
 class OutputConfig:
     dir: str = "runs"
     run_name: Optional[str] = None  # None: a timestamp
@@ -159,7 +161,7 @@ class OutputConfig:
     shared_wait_s: float = field(default=30.0, metadata=_range(0.0))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -184,28 +186,6 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str
         key, value = parse_override(override)
         _set_dotted(raw, key, value)
     return config_from_dict(raw)
-
-
-def read_yaml_mapping(path: Union[str, Path]) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(
-            f"config file {str(path)!r} not found; pass an existing YAML file, e.g. --config configs/smoke.yaml"
-        )
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        where = getattr(err, "problem_mark", None)
-        at = f" at line {where.line + 1}" if where is not None else ""
-        detail = " ".join(str(getattr(err, "problem", None) or err).split())  # PyYAML's messages span lines
-        raise UsageError(f"config file {str(path)!r} is not valid YAML{at}: {detail}") from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise UsageError(
-            f"config file {str(path)!r} must hold a mapping of sections (data:, model:, ...), got {type(raw).__name__}"
-        )
-    return raw
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -360,19 +340,6 @@ def _check_metadata(value: Any, meta: typing.Mapping, key: str) -> None:
 # Cross-field checks and output
 
 
-def fit_head_to_classes(cfg: Config, classes: list[str]) -> None:
-    """The shards name the classes; ``model.num_classes`` follows them, or must agree when it is set."""
-    if cfg.model.num_classes is None:
-        cfg.model.num_classes = len(classes)
-    elif cfg.model.num_classes != len(classes):
-        shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
-        raise UsageError(
-            f"model.num_classes={cfg.model.num_classes} but the shards {cfg.data.shards} have "
-            f"{len(classes)} classes ({shown}); leave model.num_classes out (the shards decide) or "
-            "point data.shards at shards packed for this task"
-        )
-
-
 def model_image_sizes(meta: dict, source: str) -> tuple[int, int]:
     """(image_size, resize_size) from a model file's metadata, held to data.image_size's and data.resize_size's
     own ranges (at most 4096): the one check evaluate and predict share.
@@ -452,17 +419,15 @@ def validate_config(cfg: Config) -> Config:
         raise UsageError(
             f"scheduler.warmup_epochs = {cfg.scheduler.warmup_epochs} must be shorter than train.epochs = {cfg.train.epochs}"
         )
-    if cfg.train.grad_accum_steps is None:
-        cfg.train.grad_accum_steps = launcher_grad_accum_steps()
     resume = cfg.train.resume
     if resume not in (None, "auto") and not Path(resume).is_dir():
         raise UsageError(f"train.resume = {resume!r} is neither 'auto' nor an existing checkpoint folder")
     return cfg
 
 
-def launcher_grad_accum_steps() -> int:
+def launcher_grad_accum_steps(environ: Mapping[str, str]) -> int:
     """Gradient accumulation asked of ``accelerate launch`` (it exports it for the script), else 1."""
-    text = os.environ.get(ACCELERATE_GRAD_ACCUM_ENV, "1")
+    text = environ.get(ACCELERATE_GRAD_ACCUM_ENV, "1")
     try:
         steps = int(text)
     except ValueError:
@@ -475,6 +440,58 @@ def launcher_grad_accum_steps() -> int:
     return steps
 
 
+# ---------------------------------------------------------------------------------------------
+# Resolution: the values a run decides from its data and its launcher, once, before anything runs
+
+
+def resolve_config(cfg: Config, info: dict, environ: Mapping[str, str] = os.environ) -> Config:
+    """The config a run trains with, every value decided; nothing changes it afterwards.
+
+    The shards' manifest gives the head's class count and, unless the config sets them, the
+    normalization statistics; the launcher gives gradient accumulation unless the config sets it.
+    This is the config written to RUN/config.yaml and into every model file.
+    """
+    return dataclasses.replace(
+        cfg,
+        data=resolve_normalization(cfg.data, info),
+        model=dataclasses.replace(cfg.model, num_classes=head_size(cfg, class_names(info))),
+        train=dataclasses.replace(
+            cfg.train, grad_accum_steps=cfg.train.grad_accum_steps or launcher_grad_accum_steps(environ)
+        ),
+    )
+
+
+def head_size(cfg: Config, classes: Sequence[str]) -> int:
+    """The shards name the classes; ``model.num_classes`` follows them, or must agree when it is set."""
+    if cfg.model.num_classes is None or cfg.model.num_classes == len(classes):
+        return len(classes)
+    shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
+    raise UsageError(
+        f"model.num_classes={cfg.model.num_classes} but the shards {cfg.data.shards} have "
+        f"{len(classes)} classes ({shown}); leave model.num_classes out (the shards decide) or "
+        "point data.shards at shards packed for this task"
+    )
+
+
+def resolve_normalization(data: DataConfig, info: dict) -> DataConfig:
+    """``data`` with mean/std decided: the config's if given, else the train-split statistics in the manifest."""
+    stats = info.get("normalization") or {}
+    mean = data.mean if data.mean is not None else stats.get("mean")
+    std = data.std if data.std is not None else stats.get("std")
+    if mean is None or std is None:
+        raise UsageError(
+            f"{MANIFEST_NAME} has no normalization statistics; set data.mean and data.std "
+            "(three numbers each) or re-create the shards"
+        )
+    try:
+        mean, std = [float(m) for m in mean], [float(s) for s in std]
+    except (TypeError, ValueError):
+        raise UsageError(f"normalization mean={mean!r} std={std!r} must be lists of three numbers") from None
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise UsageError(f"normalization mean={mean} std={std} needs three numbers each, std > 0")
+    return dataclasses.replace(data, mean=mean, std=std)
+
+
 def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
@@ -483,10 +500,6 @@ def raw_section(config: dict, name: str) -> dict:
     """``config[name]`` of a config read back as plain YAML (``{}`` when absent or not a mapping)."""
     value = config.get(name)
     return value if isinstance(value, dict) else {}
-
-
-def dump_yaml(obj: dict) -> str:
-    return yaml.safe_dump(obj, sort_keys=False, default_flow_style=False)
 
 
 def to_yaml(cfg: Config) -> str:

@@ -23,8 +23,8 @@ from toolkit.cli import ArgumentParser, run_cli
 from toolkit.errors import UsageError
 from toolkit.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from toolkit.formats import RunDir
-from toolkit.formats.model_file import load_model_file
 from toolkit.models.resnet import MODEL_SPECS
+from toolkit.models.sources import load_model_file
 
 WEIGHTS_FILE, CONFIG_FILE, CARD_FILE = "model.safetensors", "config.json", "README.md"
 EXPORT_FILES = (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE)

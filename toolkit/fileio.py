@@ -1,7 +1,9 @@
-"""Crash-safe file writing: a file either exists complete or not at all.
+"""Crash-safe file writing, and reading the JSON lines and YAML files it writes.
 
 Everything the toolkit writes that a later step trusts (shards, manifests, model files,
-metrics) goes through here: write to a temporary name in the same folder, fsync, rename.
+metrics) goes through here: write to a temporary name in the same folder, fsync, rename, so a
+file either exists complete or not at all. YAML (configs, a run's config.yaml) is read back as
+one mapping, with a one-line error for a missing or malformed file.
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ import os
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator, Union
+
+import yaml
+
+from toolkit.errors import UsageError
 
 PathLike = Union[str, os.PathLike]
 
@@ -93,3 +99,29 @@ def read_jsonl(path: PathLike) -> list:
             except json.JSONDecodeError:
                 break
     return rows
+
+
+def dump_yaml(obj: dict) -> str:
+    return yaml.safe_dump(obj, sort_keys=False, default_flow_style=False)
+
+
+def read_yaml_mapping(path: Union[str, Path]) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(
+            f"config file {str(path)!r} not found; pass an existing YAML file, e.g. --config configs/smoke.yaml"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        detail = " ".join(str(getattr(err, "problem", None) or err).split())  # PyYAML's messages span lines
+        raise UsageError(f"config file {str(path)!r} is not valid YAML{at}: {detail}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UsageError(
+            f"config file {str(path)!r} must hold a mapping of sections (data:, model:, ...), got {type(raw).__name__}"
+        )
+    return raw

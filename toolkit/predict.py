@@ -19,14 +19,13 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable, Optional, Sequence
 
 import torch
 from PIL import Image
 
 from toolkit.cli import ArgumentParser, run_cli
-from toolkit.config import model_image_sizes
+from toolkit.config import eval_data_config, model_image_sizes
 from toolkit.data import build_eval_transform, load_info
 from toolkit.data.shards import decode_error, strict_decoding, to_rgb
 from toolkit.data.transforms import open_image
@@ -66,9 +65,7 @@ def eval_transform(meta: dict) -> Callable[[Image.Image], torch.Tensor]:
     missing = [key for key in ("image_size", "resize_size", "mean", "std") if key not in meta]
     if missing:
         raise UsageError(f"the model file's metadata lacks {', '.join(missing)}; re-export it with toolkit.train")
-    image_size, resize_size = model_image_sizes(meta, "the model file")  # evaluate's cap: at most 4096 px
-    sizes = SimpleNamespace(image_size=image_size, resize_size=resize_size)
-    return build_eval_transform(sizes, meta["mean"], meta["std"])
+    return build_eval_transform(eval_data_config(meta, "the model file"))  # evaluate's cap: at most 4096 px
 
 
 def default_top_k(num_classes: int) -> int:

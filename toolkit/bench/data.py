@@ -32,7 +32,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from toolkit import data
-from toolkit.config import DataConfig
+from toolkit.config import DataConfig, resolve_normalization
 from toolkit.data.device_augment import batch_to_device
 from toolkit.data.oxford import read_source
 from toolkit.data.shards import pack_dataset
@@ -98,7 +98,7 @@ class OriginalFiles(Dataset):
             return self.transform(image.convert("RGB")), self.labels[index]
 
 
-def baseline_transform(cfg: DataConfig, mean: list[float], std: list[float]):
+def baseline_transform(cfg: DataConfig):
     """The usual torchvision train transform, all of it in the loader workers."""
     from torchvision.transforms import v2
 
@@ -107,14 +107,14 @@ def baseline_transform(cfg: DataConfig, mean: list[float], std: list[float]):
         steps.append(v2.RandomHorizontalFlip())
     if cfg.color_jitter:
         steps.append(v2.ColorJitter(*cfg.color_jitter))
-    return v2.Compose(steps + [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+    return v2.Compose(steps + [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(cfg.mean, cfg.std)])
 
 
-def _endless_shards(loader: data.TrainLoader, cfg: DataConfig, mean: list[float], std: list[float]) -> Iterator[int]:
+def _endless_shards(loader: data.TrainLoader, cfg: DataConfig) -> Iterator[int]:
     for epoch in itertools.count():
         loader.set_epoch(epoch)
         for index, batch in enumerate(loader):
-            batch_to_device(batch, cfg, mean, std, torch.device("cpu"), seed=index)
+            batch_to_device(batch, cfg, torch.device("cpu"), seed=index)
             yield len(batch["key"])
 
 
@@ -208,8 +208,6 @@ def _compare_loaders(
     info: dict,
     files: Dataset,
     count: int,
-    mean: list[float],
-    std: list[float],
 ) -> dict:
     """Shards vs file-per-image with ``count`` workers, alternated A B B A so drifts in load hit both alike."""
     cfg = dataclasses.replace(base, num_workers=count)
@@ -217,7 +215,7 @@ def _compare_loaders(
 
     def shard_run() -> tuple[float, float]:
         loader = data.make_train_loader(cfg, info, batch_size=args.batch_size, rank=0, world_size=1, seed=0)
-        return _images_per_s(_endless_shards(loader, cfg, mean, std), warmup, args.num_batches)
+        return _images_per_s(_endless_shards(loader, cfg), warmup, args.num_batches)
 
     def file_run() -> tuple[float, float]:
         extra = {"persistent_workers": True, "prefetch_factor": cfg.prefetch_factor} if count else {}
@@ -280,13 +278,12 @@ def _measure(args: argparse.Namespace, workers: list[int], paths: list[Path], la
             pin_memory=False,
             persistent_workers=True,
             jitter_on=args.jitter_on,
+            color_jitter=None if args.no_color_jitter else DataConfig().color_jitter,
         )
-        if args.no_color_jitter:
-            base.color_jitter = None
-        mean, std = data.resolve_normalization(base, info)
-        files = OriginalFiles(paths, labels, baseline_transform(base, mean, std))
+        base = resolve_normalization(base, info)
+        files = OriginalFiles(paths, labels, baseline_transform(base))
 
-        runs = [_compare_loaders(args, base, info, files, count, mean, std) for count in workers]
+        runs = [_compare_loaders(args, base, info, files, count) for count in workers]
 
         decode = _decode_rates(paths, shards, info, resize)  # where the difference comes from
 

@@ -26,8 +26,8 @@ from toolkit.bench.model import (
     synthetic_batch,
 )
 from toolkit.cli import progress
-from toolkit.config import load_config
-from toolkit.data import load_info, make_train_loader, resolve_normalization
+from toolkit.config import DataConfig, resolve_normalization
+from toolkit.data import load_info, make_train_loader
 from toolkit.data.device_augment import batch_to_device
 from toolkit.device import resolve_device
 from toolkit.errors import UsageError, usage_errors
@@ -78,19 +78,18 @@ def run(args: argparse.Namespace) -> dict:
     if cuda:
         torch.backends.cudnn.benchmark = True
 
-    cfg = load_config(
-        None,
-        [
-            f"data.shards={args.shards}",
-            f"data.image_size={args.image_size}",
-            f"data.resize_size={max(args.image_size, round(args.image_size * 255 / 224))}",
-            f"data.num_workers={workers}",
-            "data.persistent_workers=true",
-            f"data.decode={args.decode}",
-        ],
-    ).data
     info = load_info(args.shards)
-    mean, std = resolve_normalization(cfg, info)
+    cfg = resolve_normalization(
+        DataConfig(
+            shards=args.shards,
+            image_size=args.image_size,
+            resize_size=max(args.image_size, round(args.image_size * 255 / 224)),
+            num_workers=workers,
+            persistent_workers=True,
+            decode=args.decode,
+        ),
+        info,
+    )
     loader = make_train_loader(cfg, info, batch_size=batch_size, rank=0, world_size=1, seed=0)
 
     torch.manual_seed(0)
@@ -110,9 +109,9 @@ def run(args: argparse.Namespace) -> dict:
     )
     synthetic_s = time_synthetic(step, device, warmup, steps)
     batches = endless(loader)
-    real_s, wait, done = time_real(step, batches, cfg, mean, std, device, warmup, steps)
+    real_s, wait, done = time_real(step, batches, cfg, device, warmup, steps)
     if args.profile:
-        profile_steps(step, batches, cfg, mean, std, device, step.memory_format, args.profile)
+        profile_steps(step, batches, cfg, device, step.memory_format, args.profile)
 
     synthetic_ips = steps * batch_size / synthetic_s
     real_ips = done * batch_size / real_s
@@ -168,7 +167,7 @@ def endless(loader) -> Iterator[dict]:
 
 
 def time_real(
-    step: BenchStep, batches: Iterator[dict], cfg, mean, std, device: torch.device, warmup: int, steps: int
+    step: BenchStep, batches: Iterator[dict], cfg, device: torch.device, warmup: int, steps: int
 ) -> tuple[float, float, int]:
     """(seconds, of which waiting for data, steps timed): decode and augment in the loader, the loop's copy."""
     wait, done, start = 0.0, 0, time.perf_counter()
@@ -179,7 +178,7 @@ def time_real(
         t0 = time.perf_counter()
         batch = next(batches)
         wait += time.perf_counter() - t0
-        step.images = batch_to_device(batch, cfg, mean, std, device, memory_format=step.memory_format, seed=index)
+        step.images = batch_to_device(batch, cfg, device, memory_format=step.memory_format, seed=index)
         step.labels = batch["label"].to(device, non_blocking=True)
         step()
         done += index >= warmup
@@ -188,7 +187,7 @@ def time_real(
 
 
 def profile_steps(
-    step: BenchStep, batches, cfg, mean, std, device: torch.device, memory_format, path: str, num_steps: int = 10
+    step: BenchStep, batches, cfg, device: torch.device, memory_format, path: str, num_steps: int = 10
 ) -> None:
     """Where a real-input step spends its time: loader wait, copies, kernels (torch.profiler table)."""
     from torch.profiler import ProfilerActivity, profile, record_function
@@ -199,7 +198,7 @@ def profile_steps(
             with record_function("wait_for_batch"):
                 batch = next(batches)
             with record_function("batch_to_device"):
-                step.images = batch_to_device(batch, cfg, mean, std, device, memory_format=memory_format, seed=index)
+                step.images = batch_to_device(batch, cfg, device, memory_format=memory_format, seed=index)
                 step.labels = batch["label"].to(device, non_blocking=True)
             with record_function("train_step"):
                 step()

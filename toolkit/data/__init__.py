@@ -14,7 +14,6 @@ from toolkit.data.locations import (
     check_shards_exist,
     check_split_has_samples,
     load_info,
-    resolve_normalization,
     split_urls,
 )
 from toolkit.data.samples import raw_samples, read_samples, synthetic_batches
@@ -29,7 +28,6 @@ __all__ = [
     "check_shards_exist",
     "check_split_has_samples",
     "load_info",
-    "resolve_normalization",
     "split_urls",
     "raw_samples",
     "read_samples",

@@ -182,13 +182,11 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     return (images - mean_t) / std_t
 
 
-def finish_batch(
-    images: torch.Tensor, cfg, mean: Sequence[float], std: Sequence[float], *, generator: torch.Generator, jitter: bool
-) -> torch.Tensor:
+def finish_batch(images: torch.Tensor, cfg, *, generator: torch.Generator, jitter: bool) -> torch.Tensor:
     """Float [0, 1] training crops -> model input: colour jitter (when ``jitter``), normalize, random erasing."""
     if jitter and cfg.color_jitter:
         images = color_jitter(images, cfg.color_jitter, generator)
-    images = normalize(images, mean, std)
+    images = normalize(images, cfg.mean, cfg.std)
     if cfg.random_erasing > 0:  # on the normalized batch, so erased pixels are noise around the mean
         images = random_erase(images, cfg.random_erasing, generator)
     return images
@@ -197,8 +195,6 @@ def finish_batch(
 def gpu_transform(
     jpegs: Sequence[torch.Tensor],
     cfg,
-    mean: Sequence[float],
-    std: Sequence[float],
     *,
     train: bool,
     device: torch.device,
@@ -214,28 +210,28 @@ def gpu_transform(
         boxes = center_boxes(sizes, cfg.image_size, cfg.resize_size)
     batch = crop_resize(images, boxes, cfg.image_size)
     if not train:
-        return normalize(batch, mean, std)
+        return normalize(batch, cfg.mean, cfg.std)
     if cfg.hflip:
         flip = (torch.rand(len(images), generator=generator) < 0.5).to(device)
         batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(-1), batch)
-    return finish_batch(batch, cfg, mean, std, generator=generator, jitter=True)
+    return finish_batch(batch, cfg, generator=generator, jitter=True)
 
 
 def batch_to_device(
     batch: dict,
     data_cfg,
-    mean: Sequence[float],
-    std: Sequence[float],
     device: torch.device,
     *,
     memory_format: torch.memory_format = torch.contiguous_format,
     seed: int = 0,
 ) -> torch.Tensor:
-    """The model input for a training loader batch, made on ``device`` from uint8 crops or JPEG bytes."""
+    """The model input for a training loader batch, made on ``device`` from uint8 crops or JPEG bytes.
+
+    ``data_cfg`` is the resolved data section: its mean/std normalize the batch."""
     generator = torch.Generator().manual_seed(seed)
     if "jpeg" in batch:
-        images = gpu_transform(batch["jpeg"], data_cfg, mean, std, train=True, device=device, generator=generator)
+        images = gpu_transform(batch["jpeg"], data_cfg, train=True, device=device, generator=generator)
     else:
         images = batch["image"].to(device, non_blocking=True).float().div_(255)
-        images = finish_batch(images, data_cfg, mean, std, generator=generator, jitter=data_cfg.jitter_on == "device")
+        images = finish_batch(images, data_cfg, generator=generator, jitter=data_cfg.jitter_on == "device")
     return images.contiguous(memory_format=memory_format)

@@ -23,7 +23,7 @@ from toolkit.data.loader import (
     _sizes,
     _worker,
 )
-from toolkit.data.locations import Shard, num_samples_of, resolve_normalization, split_shards
+from toolkit.data.locations import Shard, num_samples_of, split_shards
 from toolkit.data.reading import Skips, decode_sample, read_shards, usable
 from toolkit.data.transforms import build_eval_transform, decode_hint
 from toolkit.errors import DataError
@@ -149,13 +149,14 @@ class EvalLoader:
 def make_eval_loader(cfg, info: dict, split: str, *, batch_size: int, rank: int, world_size: int) -> EvalLoader:
     """Evaluation batches of ``split`` for this rank: over all ranks, every sample exactly once."""
     _check_rank(rank, world_size, batch_size)
+    if cfg.mean is None or cfg.std is None:  # a bug in the caller: resolve the data section first
+        raise ValueError("make_eval_loader needs a resolved data section (config.resolve_normalization)")
     shard_list = split_shards(cfg.shards, split, info)
-    mean, std = resolve_normalization(cfg, info)
     stream = EvalStream(
         shard_list,
         num_samples=num_samples_of(shard_list, info, split),
         num_classes=len(info.get("classes") or [0, 1]),
-        transform=build_eval_transform(cfg, mean, std),
+        transform=build_eval_transform(cfg),
         decode_hint=decode_hint(cfg),
         image_size=cfg.image_size,
         batch_size=batch_size,

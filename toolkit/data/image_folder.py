@@ -29,7 +29,7 @@ import re
 from pathlib import Path
 from typing import Iterator, Optional
 
-from toolkit.data.sources import Item, Listing
+from toolkit.data.listing import Item, Listing
 from toolkit.errors import UsageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
@@ -40,7 +40,7 @@ LAYOUT_HINT = (
 )
 
 
-def read_listing(source: Path) -> Listing:
+def read_folder_listing(source: Path) -> Listing:
     root = Path(source).expanduser().resolve()
     if not root.is_dir():
         raise UsageError(f"--source {source} is not a folder; {LAYOUT_HINT}")

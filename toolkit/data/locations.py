@@ -144,22 +144,3 @@ def check_split_has_samples(shards: str, info: dict, split: str, option: str, sk
             f"the {split} split of {shards} has no samples, so {option}={split} cannot be evaluated; "
             f"re-pack the shards with images in {split}, or set {option} to another split{skip}"
         )
-
-
-def resolve_normalization(cfg, info: dict) -> tuple[list[float], list[float]]:
-    """The config's mean/std if given, else the train-split statistics stored with the shards."""
-    stats = info.get("normalization") or {}
-    mean = cfg.mean if cfg.mean is not None else stats.get("mean")
-    std = cfg.std if cfg.std is not None else stats.get("std")
-    if mean is None or std is None:
-        raise UsageError(
-            f"{MANIFEST_NAME} has no normalization statistics; set data.mean and data.std "
-            "(three numbers each) or re-create the shards"
-        )
-    try:
-        mean, std = [float(m) for m in mean], [float(s) for s in std]
-    except (TypeError, ValueError):
-        raise UsageError(f"normalization mean={mean!r} std={std!r} must be lists of three numbers") from None
-    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-        raise UsageError(f"normalization mean={mean} std={std} needs three numbers each, std > 0")
-    return mean, std

@@ -26,7 +26,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageDraw
 
-from toolkit.data.sources import Item, Listing
+from toolkit.data.listing import Item, Listing
 from toolkit.errors import UsageError
 from toolkit.fileio import atomic_write_json, atomic_write_text
 
@@ -219,7 +219,7 @@ def breed_classes(entries: list[Entry]) -> list[str]:
     return names
 
 
-def read_listing(source: Path, labels: str = "species") -> Listing:
+def read_oxford_listing(source: Path, labels: str = "species") -> Listing:
     """The folder as a ``Listing`` labelled by ``species`` (cat 0, dog 1) or ``breed`` (class-id order)."""
     pets = read_source(source)
     everything = pets.trainval + pets.test

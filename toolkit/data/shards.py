@@ -35,7 +35,8 @@ from webdataset import TarWriter
 
 from toolkit.cli import is_main_process, progress
 from toolkit.data.dataset_card import CARD_NAME, write_dataset_card
-from toolkit.data.sources import Item, Listing, assign_splits, read_listing
+from toolkit.data.listing import Item, Listing
+from toolkit.data.sources import assign_splits, read_listing
 from toolkit.data.transforms import open_image
 from toolkit.errors import DataError, UsageError
 from toolkit.fileio import TMP_PREFIX, atomic_write_bytes, fsync_dir

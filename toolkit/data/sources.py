@@ -16,52 +16,19 @@ dataset), which is cheap next to any training run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
+from toolkit.data import image_folder, oxford
+from toolkit.data.listing import Item, Listing
 from toolkit.errors import UsageError
 
 LAYOUTS = ("auto", "oxford", "folder")
 OXFORD_LABELS = ("species", "breed")
 
 
-@dataclass(frozen=True)
-class Item:
-    """One image to pack: where it is, its label, and the metadata stored beside it."""
-
-    key: str  # the sample's key in the shards: unique, no '.', '/' or '\\'
-    path: Path
-    label: int  # index into Listing.classes
-    fields: tuple[tuple[str, object], ...]  # the sample json's leading fields, in order (e.g. breed, species)
-    source: str  # the file name recorded in the sample json (relative to the layout's image folder)
-    problem: Optional[str] = None  # why it is skipped before decoding (e.g. a label conflict)
-
-
-@dataclass
-class Listing:
-    """A dataset read from disk: its classes, its images per pool, and what it left out.
-
-    ``pools`` holds the images as the layout groups them: ``trainval``/``test`` for Oxford,
-    ``train``/``val``/``test`` (any of them) for a folder. ``assign_splits`` turns them into the
-    three splits every shard folder has.
-    """
-
-    root: Path
-    dataset: str  # recorded in the manifest: oxford-iiit-pet, synthetic-pets, image-folder
-    synthetic: bool
-    classes: list[str]
-    label_field: str  # the sample json field that names the class: species, breed or class
-    pools: dict[str, list[Item]]
-    unlisted: list[str]  # files on disk the listing does not pack (not in any split list; not an image)
-    warnings: list[str] = field(default_factory=list)
-    forbidden_outputs: tuple[Path, ...] = ()  # folders --out must not be or be inside (the source's own)
-
-
 def read_listing(source: Path, *, layout: str = "auto", labels: Optional[str] = None) -> Listing:
     """Read ``source`` in the given (or detected) layout; ``labels`` picks species or breed for Oxford."""
-    from toolkit.data import image_folder, oxford
-
     if layout not in LAYOUTS:
         raise UsageError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if layout == "auto":
@@ -69,13 +36,13 @@ def read_listing(source: Path, *, layout: str = "auto", labels: Optional[str] = 
     if layout == "oxford":
         if labels is not None and labels not in OXFORD_LABELS:
             raise UsageError(f"--labels must be one of {', '.join(OXFORD_LABELS)} for Oxford-IIIT Pet, got {labels!r}")
-        return oxford.read_listing(source, labels or "species")
+        return oxford.read_oxford_listing(source, labels or "species")
     if labels is not None:
         raise UsageError(
             f"--labels {labels} applies to the Oxford-IIIT Pet layout only; {source} is read as an "
             "image folder, whose class is the name of each image's class folder"
         )
-    return image_folder.read_listing(source)
+    return image_folder.read_folder_listing(source)
 
 
 def stratified_split(

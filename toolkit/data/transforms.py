@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Sequence
 
 import torch
 from PIL import Image
@@ -73,15 +72,15 @@ def build_train_transform(cfg):
     return v2.Compose(steps)
 
 
-def build_eval_transform(cfg, mean: Sequence[float], std: Sequence[float]):
-    """PIL image -> normalized float tensor: resize the shorter side, center crop."""
+def build_eval_transform(cfg):
+    """PIL image -> normalized float tensor: resize the shorter side, center crop (``cfg`` resolved: its mean/std set)."""
     return v2.Compose(
         [
             v2.Resize(cfg.resize_size, antialias=True),
             v2.CenterCrop(cfg.image_size),
             v2.ToImage(),
             v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(list(mean), list(std)),
+            v2.Normalize(list(cfg.mean), list(cfg.std)),
             v2.ToPureTensor(),
         ]
     )

@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from toolkit.config import dump_yaml, read_yaml_mapping
 from toolkit.errors import DataError
-from toolkit.fileio import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from toolkit.fileio import append_jsonl, atomic_write_json, atomic_write_text, dump_yaml, read_jsonl, read_yaml_mapping
 
 EVAL_FORMAT_VERSION = 2  # 2: predictions.csv has one prob_<class> column per class for any class count
 

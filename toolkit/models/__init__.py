@@ -5,9 +5,19 @@ from toolkit.models.resnet import (
     BasicBlock,
     Bottleneck,
     ResNet,
+    architecture,
     count_parameters,
     create_model,
     model_summary,
 )
 
-__all__ = ["MODEL_ARCHS", "BasicBlock", "Bottleneck", "ResNet", "count_parameters", "create_model", "model_summary"]
+__all__ = [
+    "MODEL_ARCHS",
+    "architecture",
+    "BasicBlock",
+    "Bottleneck",
+    "ResNet",
+    "count_parameters",
+    "create_model",
+    "model_summary",
+]

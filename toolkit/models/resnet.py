@@ -133,6 +133,7 @@ class ResNet(nn.Module):
         self.base_width = base_width
         self.in_chans = in_chans
         self.num_classes = num_classes
+        self.arch = "custom"  # create_model names the preset
         self.inplanes = base_width
 
         self.conv1 = nn.Conv2d(in_chans, base_width, kernel_size=7, stride=2, padding=3, bias=False)
@@ -238,7 +239,7 @@ def create_model(
     for name, value in (("num_classes", num_classes), ("base_width", base_width), ("in_chans", in_chans)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return ResNet(
+    model = ResNet(
         BLOCKS[block_name],
         stages,
         num_classes=num_classes,
@@ -246,6 +247,20 @@ def create_model(
         base_width=base_width,
         zero_init_residual=zero_init_residual,
     )
+    model.arch = arch  # the preset it was built from: a model file rebuilds it with create_model(arch, ...)
+    return model
+
+
+def architecture(model: ResNet) -> dict:
+    """What ``create_model`` needs to rebuild ``model``: the model file's architecture keys."""
+    return {
+        "arch": model.arch,
+        "block": next(name for name, cls in BLOCKS.items() if cls is model.block),
+        "blocks_per_stage": list(model.blocks_per_stage),
+        "base_width": model.base_width,
+        "in_chans": model.in_chans,
+        "num_classes": model.num_classes,
+    }
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -27,7 +27,9 @@ from typing import Any, Optional
 
 import torch
 
-from toolkit.errors import UsageError
+from toolkit.errors import UsageError, usage_errors
+from toolkit.formats.model_file import read_model_file
+from toolkit.models.resnet import MODEL_SPECS, create_model
 
 LOCAL_DIR, HF_HUB = "local-dir:", "hf-hub:"
 TIMM_CONFIG, WEIGHTS = "config.json", "model.safetensors"
@@ -36,8 +38,6 @@ INTERPOLATION = "bilinear"  # what toolkit.data.build_eval_transform resizes wit
 
 def load_model(source: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     """(model in eval mode, metadata) for a model file, a run folder, a timm folder or an ``hf-hub:`` id."""
-    from toolkit.formats.model_file import load_model_file
-
     if source.startswith(HF_HUB):
         return load_timm_folder(download_hub_model(source[len(HF_HUB) :]), name=source)
     if source.startswith(LOCAL_DIR):
@@ -147,3 +147,87 @@ def download_hub_model(repo: str) -> Path:
             f"--local-dir DIR, then pass local-dir:DIR"
         ) from None
     return Path(config).parent
+
+
+# ---------------------------------------------------------------------------------------------
+# Model files written by training
+
+
+def check_metadata(meta: dict, state: dict[str, torch.Tensor], source: str) -> None:
+    """No size the metadata claims may exceed the stored tensors' before anything is built from them.
+
+    A hostile file could otherwise ask for a model of any size and have it allocated before the
+    shape check; this way the allocation is bounded by the file's own tensors. Smaller claims are
+    left to ``load_state_strict``, which names the keys that differ.
+    """
+    try:
+        classes, width = int(meta["num_classes"]), int(meta.get("base_width", 64))
+        channels = int(meta.get("in_chans", 3))
+        blocks = [int(b) for b in meta.get("blocks_per_stage") or MODEL_SPECS[meta["arch"]].blocks_per_stage]
+    except (KeyError, TypeError, ValueError):
+        raise UsageError(f"{source}: its metadata lacks arch, num_classes or readable sizes") from None
+    stored = {
+        stage: len({key.split(".")[1] for key in state if key.startswith(f"layer{stage}.")}) for stage in range(1, 5)
+    }
+    claims = {  # name: (what the metadata claims, what the tensors hold)
+        "num_classes": ((classes,), tuple(state["fc.weight"].shape)[:1] if "fc.weight" in state else (0,)),
+        "base_width, in_chans": (
+            (width, channels),
+            tuple(state["conv1.weight"].shape)[:2] if "conv1.weight" in state else (0, 0),
+        ),
+        "blocks_per_stage": (tuple(blocks), tuple(stored[s] for s in range(1, 5))),
+    }
+    for name, (claimed, found) in claims.items():
+        if len(claimed) != len(found) or any(
+            c > f for c, f in zip(claimed, found)
+        ):  # smaller: the strict load names it
+            raise UsageError(
+                f"{source}: metadata claims {name} {list(claimed)} but its tensors hold {list(found)}; "
+                "the file is damaged or not a pets-toolkit model"
+            )
+
+
+def build_model_from_metadata(meta: dict) -> torch.nn.Module:
+    with usage_errors("the model file's architecture"):
+        return create_model(
+            meta["arch"],
+            num_classes=int(meta["num_classes"]),
+            blocks_per_stage=meta.get("blocks_per_stage"),
+            block=meta.get("block"),
+            base_width=int(meta.get("base_width", 64)),
+            in_chans=int(meta.get("in_chans", 3)),
+        )
+
+
+def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load weights and turn any mismatch into one line naming it."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        raise UsageError(f"{source}: weights do not fit the model architecture: {', '.join(parts)}")
+    for key, tensor in state.items():
+        if own[key].shape != tensor.shape:
+            raise UsageError(
+                f"{source}: weight {key} has shape {tuple(tensor.shape)} but the model expects {tuple(own[key].shape)}"
+                + (" (different number of classes)" if key.startswith("fc.") else "")
+            )
+    model.load_state_dict(state, strict=True)
+
+
+def load_model_file(path: Path, expect: Optional[dict] = None) -> tuple[torch.nn.Module, dict]:
+    """Rebuild a model from a ``.safetensors`` file; ``expect`` checks metadata (e.g. num_classes)."""
+    state, meta = read_model_file(path)
+    for key, wanted in (expect or {}).items():
+        if key in meta and meta[key] != wanted:
+            raise UsageError(f"{str(path)!r} has {key}={meta[key]!r} but {wanted!r} was expected")
+    check_metadata(meta, state, str(path))
+    model = build_model_from_metadata(meta)
+    load_state_strict(model, state, str(path))
+    model.eval()
+    return model, meta

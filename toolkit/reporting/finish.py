@@ -13,7 +13,7 @@ from toolkit.data.samples import read_samples
 from toolkit.evaluation.evaluate import EvalResult, evaluate_split, score
 from toolkit.evaluation.metrics import predict, summary_values
 from toolkit.formats import RunDir
-from toolkit.formats.model_file import load_model_file
+from toolkit.models.sources import load_model_file
 from toolkit.reporting.plots import TOP_PROBS, top_classes
 from toolkit.reporting.report import build_report
 from toolkit.reporting.tracking import Tracker

@@ -19,12 +19,12 @@ from typing import Any, Optional
 
 import torch
 
-from toolkit.config import load_config, raw_section
+from toolkit.config import eval_data_config, raw_section
 from toolkit.data import build_eval_transform, read_samples
 from toolkit.errors import DataError, UsageError
 from toolkit.evaluation.metrics import as_arrays, decision_metrics, decision_rule, per_class_accuracy
 from toolkit.formats import Predictions, RunDir
-from toolkit.formats.model_file import load_model_file
+from toolkit.models.sources import load_model_file
 from toolkit.reporting import interpret, plots
 
 FILE_PLOTS = ("roc", "pr", "confusion", "curves")
@@ -71,12 +71,9 @@ def load_run_model(run_dir: Path) -> tuple[Any, dict]:
     return load_model_file(RunDir(run_dir).model)
 
 
-def load_images(shards: str, split: str, keys: set[str], meta: dict, config: dict) -> dict[str, Any]:
+def load_images(shards: str, split: str, keys: set[str], meta: dict) -> dict[str, Any]:
     """Eval-transformed image tensors [3,H,W] by key, preprocessed exactly as the model saw them."""
-    image_size = int(meta.get("image_size") or raw_section(config, "data").get("image_size") or 224)
-    resize_size = int(meta.get("resize_size") or raw_section(config, "data").get("resize_size") or image_size)
-    data_cfg = load_config(None, [f"data.image_size={image_size}", f"data.resize_size={resize_size}"]).data
-    transform = build_eval_transform(data_cfg, meta["mean"], meta["std"])
+    transform = build_eval_transform(eval_data_config(meta, "the model"))
     return {sample["key"]: transform(sample["image"]) for sample in read_samples(shards, split, keys=set(keys))}
 
 
@@ -290,7 +287,7 @@ def _image_plots(
     }
     keys = {predictions.keys[i] for name in names for i in picks[name]}
     try:
-        tensors = load_images(shards, split, keys, meta, config)
+        tensors = load_images(shards, split, keys, meta)
     except (UsageError, DataError, OSError, ValueError, ImportError) as err:
         for name in names:
             skip(name, f"cannot read images from {shards!r}: {err}")

@@ -20,14 +20,13 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
 
 from toolkit.cli import progress
-from toolkit.config import Config, fit_head_to_classes, to_dict
+from toolkit.config import Config, resolve_config, to_dict
 from toolkit.data import (
     TrainLoader,
     check_shards_exist,
     check_split_has_samples,
     load_info,
     make_train_loader,
-    resolve_normalization,
 )
 from toolkit.data.device_augment import batch_to_device
 from toolkit.data.locations import is_local, manifest_location
@@ -36,12 +35,13 @@ from toolkit.evaluation.evaluate import EvalResult, evaluate_split
 from toolkit.evaluation.metrics import format_number
 from toolkit.formats import RunDir, class_names, dataset_summary, selection_problem
 from toolkit.formats.model_file import model_metadata, save_model_file
-from toolkit.models import create_model
+from toolkit.models import architecture, create_model
 from toolkit.models.pretrained import load_pretrained
 from toolkit.redaction import redact_secrets
 from toolkit.reporting.finish import finish_run
 from toolkit.reporting.tracking import Tracker
 from toolkit.training.checkpoint import together
+from toolkit.training.disk_full import disk_full_error
 from toolkit.training.optim import build_ema, build_optimizer, build_scheduler
 from toolkit.training.ranks import (
     RunningLoss,
@@ -69,8 +69,6 @@ class Session:
     accelerator: Accelerator
     run: RunDir
     info: dict
-    mean: list[float]
-    std: list[float]
     loader: TrainLoader
     batches_per_epoch: int
     model: torch.nn.Module  # as prepared (DDP-wrapped, maybe compiled): what trains
@@ -151,8 +149,9 @@ def setup(cfg: Config) -> Session:
         raise UsageError(f"{cfg.data.shards}: {problem}")
     if cfg.eval.test_split:  # an empty one would end the finished training in a traceback, without a report
         check_split_has_samples(cfg.data.shards, info, cfg.eval.test_split, "eval.test_split", " (null: no final test)")
-    fit_head_to_classes(cfg, class_names(info))
+    cfg = resolve_config(cfg, info)  # every value decided here, before any folder is made; frozen from now on
     run, resumed_from = resolve_run_dir(cfg, accelerator)  # decided by the main process, checked by every rank
+    cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, run_name=run.root.name))
     try:
         return build_session(cfg, accelerator, info, run, resumed_from, log)
     except BaseException:
@@ -171,8 +170,6 @@ def build_session(
 ) -> Session:
     """Everything after the run folder is chosen (and locked): the loader, model, optimizer, tracker."""
     rank, world = accelerator.process_index, accelerator.num_processes
-    mean, std = resolve_normalization(cfg.data, info)
-    cfg.data.mean, cfg.data.std = list(mean), list(std)
     loader = make_train_loader(
         cfg.data, info, batch_size=cfg.train.batch_size, rank=rank, world_size=world, seed=cfg.train.seed
     )
@@ -240,8 +237,6 @@ def build_session(
         accelerator=accelerator,
         run=run,
         info=info,
-        mean=list(mean),
-        std=list(std),
         loader=loader,
         batches_per_epoch=batches_per_epoch,
         model=model,
@@ -321,8 +316,6 @@ def train_one_epoch(s: Session, state: TrainerState, stop: StopRequested) -> Epo
         images = batch_to_device(
             batch,
             cfg.data,
-            s.mean,
-            s.std,
             accelerator.device,
             memory_format=memory_format,
             seed=hash((cfg.train.seed, epoch, accelerator.process_index, batch_index)) % 2**63,
@@ -437,10 +430,12 @@ def end_epoch(s: Session, state: TrainerState, outcome: EpochOutcome, val: EvalR
     def write_epoch() -> None:
         s.run.append_history(row)
         meta = model_metadata(
-            cfg,
-            mean=s.mean,
-            std=s.std,
+            architecture(s.eval_model),
             class_names=class_names(s.info),
+            image_size=cfg.data.image_size,
+            resize_size=cfg.data.resize_size,
+            mean=cfg.data.mean,
+            std=cfg.data.std,
             extra={
                 "epoch": epoch + 1,
                 "val_metrics": {"loss": val.loss, "acc": val.accuracy, "auc": val.auc},
@@ -470,16 +465,28 @@ def end_epoch(s: Session, state: TrainerState, outcome: EpochOutcome, val: EvalR
 
 
 def train(cfg: Config) -> dict:
-    s = setup(cfg)
+    """Train, evaluate and report one run; a stop signal or ``train.max_steps`` leaves it checkpointed."""
+    try:
+        s = setup(cfg)
+    except Exception as err:  # a full disk while the run folder is made
+        full = disk_full_error(err, Path(cfg.output.dir), cfg.output.run_name)
+        if full is None:
+            raise
+        raise full from None
     try:
         state = start(s)
         with StopRequested() as stop:
-            while state.epoch < cfg.train.epochs:
+            while state.epoch < s.cfg.train.epochs:
                 outcome = train_one_epoch(s, state, stop)
                 if outcome.stopped_by is not None:
                     return leave_early(s, state, outcome.stopped_by, stop.signum)
                 end_epoch(s, state, outcome, validate(s))
         return finish(s, state)
+    except Exception as err:  # a full disk mid-run: every file is written atomically, nothing finished is damaged
+        full = disk_full_error(err, s.run.root, s.run.root.name)
+        if full is None:
+            raise
+        raise full from None
     finally:
         if s.accelerator.is_main_process:
             unlock(s.run)

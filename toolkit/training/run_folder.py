@@ -29,9 +29,9 @@ from typing import Optional
 
 from accelerate.utils import broadcast_object_list, gather_object
 
-from toolkit.config import Config, read_yaml_mapping, to_dict
+from toolkit.config import Config, to_dict
 from toolkit.errors import UsageError, on_every_rank
-from toolkit.fileio import TMP_PREFIX
+from toolkit.fileio import TMP_PREFIX, read_yaml_mapping
 from toolkit.formats import RunDir
 from toolkit.redaction import redact_secrets
 from toolkit.training.checkpoint import checkpoint_step, latest_checkpoint, list_checkpoints
@@ -72,7 +72,6 @@ def resolve_run_dir(cfg: Config, accelerator) -> tuple[RunDir, Optional[Path]]:
             raise
     if note and accelerator.is_main_process:
         print(note, flush=True)
-    cfg.output.run_name = name
     return run, Path(checkpoint) if checkpoint else None
 
 
@@ -207,8 +206,6 @@ def newest_matching_run(root: Path, cfg: Config) -> tuple[Optional[str], Optiona
             saved = comparable(read_yaml_mapping(RunDir(run).config))
         except (UsageError, OSError):
             continue
-        if wanted["data"].get("mean") is None:  # training fills these in from the shards
-            saved.get("data", {}).update(mean=None, std=None)
         if saved != wanted:
             continue
         if RunDir(run).final.exists():
