@@ -19,6 +19,7 @@ from torch import nn
 from helpers import CAT_DOG, assert_png, two_class_probs
 from toolkit.evaluation.metrics import compute_metrics
 from toolkit.fileio import append_jsonl, atomic_write_json
+from toolkit.formats import RunDir
 from toolkit.reporting import interpret, plots, visualize
 from toolkit.reporting.report import build_report
 from toolkit.visualize import main as visualize_main
@@ -300,7 +301,7 @@ def test_report_embeds_every_plot_and_compares_with_the_seed(tmp_path):
         plots.plot_confusion([[1, 2], [3, 4]], run / "plots" / "confusion_test.png", class_names=CAT_DOG),
         plots.plot_training_curves([{"epoch": 1, "train_loss": 1.0}], run / "plots" / "training_curves.png"),
     ]
-    page = build_report(run).read_text(encoding="utf-8")
+    page = build_report(RunDir(run)).read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") == len(pngs)
     assert "Run report: fixture-run" in page and "SYNTHETIC DATA" in page
     assert "0.9108" in page and "0.8274" in page and "model selection" in page  # the seed, with its caveat
@@ -314,7 +315,7 @@ def test_report_embeds_every_plot_and_compares_with_the_seed(tmp_path):
 def test_report_survives_missing_and_broken_parts(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    page = build_report(empty).read_text(encoding="utf-8")
+    page = build_report(RunDir(empty)).read_text(encoding="utf-8")
     assert "No evaluation of split &#x27;test&#x27; yet" in page and "No plots yet" in page
     assert "config.yaml not found" in page and "0.9108" not in page  # the task is unknown: no seed comparison
 
@@ -322,7 +323,7 @@ def test_report_survives_missing_and_broken_parts(tmp_path):
     (run / "eval" / "val" / "metrics.json").write_text("{ torn")
     (run / "plots").mkdir()
     (run / "plots" / "fake.png").write_bytes(b"not a png")
-    page = build_report(run).read_text(encoding="utf-8")
+    page = build_report(RunDir(run)).read_text(encoding="utf-8")
     assert "computed here from predictions.csv" in page  # metrics rebuilt from the predictions
     assert "No evaluation of split &#x27;test&#x27; yet" in page
     assert "fake.png is not a PNG file" in page and "data:image/png;base64," not in page
@@ -367,13 +368,13 @@ def test_visualize_file_plots_and_report(tmp_path, capsys):
 def test_model_plots_are_skipped_with_one_warning_each_without_shards(tmp_path, capsys):
     run = write_run(tmp_path / "run", shards=str(tmp_path / "missing-shards"))
     save_tiny_model(run)
-    made = visualize.make_plots(run, what={"grid", "gradcam", "features", "filters"})
+    made = visualize.make_plots(RunDir(run), what={"grid", "gradcam", "features", "filters"})
     assert sorted(p.name for p in made) == ["filters_conv1.png", "filters_layer1.png"]
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 3 and all("not found" in w for w in warnings)
 
     (run / "model.safetensors").unlink()
-    assert visualize.make_plots(run, what={"filters"}) == []
+    assert visualize.make_plots(RunDir(run), what={"filters"}) == []
     assert "cannot load the model" in capsys.readouterr().err
 
 

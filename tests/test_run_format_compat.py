@@ -50,7 +50,7 @@ def test_report_and_plots_of_an_old_run(old_run, capsys):
     ]
     for name in made:
         assert_png(old_run.plots / name)
-    page = build_report(old_run.root).read_text(encoding="utf-8")
+    page = build_report(old_run).read_text(encoding="utf-8")
     test = old_run.read_metrics("test")
     assert "0.9108" in page  # cat vs dog: compared with the seed experiment
     assert f"{test['accuracy']:.4f}" in page and "Threshold maximising balanced accuracy" in page

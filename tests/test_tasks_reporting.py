@@ -278,7 +278,7 @@ def test_report_rebuilds_n_class_metrics_from_the_predictions(tmp_path):
     run = write_multiclass_run(tmp_path / "run", splits=("test",))
     found = RunDir(run).read_predictions("test")
     (run / "eval" / "test" / "metrics.json").write_text("{ torn")
-    page = build_report(run).read_text(encoding="utf-8")
+    page = build_report(RunDir(run)).read_text(encoding="utf-8")
     assert "metrics computed here from predictions.csv (no loss" in page
     rebuilt = compute_metrics(found.labels, found.probs, class_names=found.class_names)
     assert cell_text(rebuilt["macro_avg"]["f1"]) in page and "&lt;b&gt;odd&amp;class" in page
@@ -294,7 +294,7 @@ def test_image_plots_for_n_classes(tmp_path, monkeypatch, capsys):
         "load_images",
         lambda shards, split, keys, meta: {key: torch.randn(3, 32, 32) for key in keys},
     )
-    made = visualize.make_plots(run, what={"grid", "gradcam", "features"}, shards=str(tmp_path), num_images=4)
+    made = visualize.make_plots(RunDir(run), what={"grid", "gradcam", "features"}, shards=str(tmp_path), num_images=4)
     assert sorted(p.name for p in made) == ["feature_maps_test.png", "gradcam_test.png", "predictions_test.png"]
     for path in made:
         assert_png(path, min_bytes=500)
@@ -308,7 +308,7 @@ def test_image_plots_for_n_classes(tmp_path, monkeypatch, capsys):
     torch.testing.assert_close(cams, interpret.gradcam(model, images, target=probs.argmax(dim=1)))  # the argmax
 
     save_tiny_model(run / "model.safetensors", class_names=["a", "b", "c"], seed=0)
-    assert visualize.make_plots(run, what={"grid"}, shards=str(tmp_path)) == []
+    assert visualize.make_plots(RunDir(run), what={"grid"}, shards=str(tmp_path)) == []
     assert "the model predicts 3 classes but the test predictions have 5" in capsys.readouterr().err
 
 
@@ -386,7 +386,7 @@ def test_tracker_logs_n_class_curves_summary_and_predictions_offline(tmp_path, m
         class_names=list(NAMES),
     )
     cfg = SimpleNamespace(wandb="offline", project="pets-toolkit-tests", entity=None, tags=[], group=None)
-    tracker = Tracker(cfg, run_dir, {"model": {"num_classes": 5}}, is_main=True, run_name="breeds", echo=print)
+    tracker = Tracker(cfg, RunDir(run_dir), {"model": {"num_classes": 5}}, is_main=True, run_name="breeds", echo=print)
     assert tracker.active
     tracker.log({"train/loss": 1.0}, step=1)
     tracker.log_curves(result.labels, result.probs, NAMES, "test")

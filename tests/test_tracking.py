@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from helpers import CAT_DOG, isolate_wandb, two_class_probs
+from toolkit.formats import RunDir
 from toolkit.redaction import REDACTED, is_secret_key, redact_secrets, secret_values
 from toolkit.reporting.tracking import Tracker, has_api_key, resolve_mode
 from toolkit.reporting.wandb_runs import read_wandb_records
@@ -102,7 +103,9 @@ def offline_run(tmp_path_factory):
             "data": {"shards": "shards", "image_size": 224},
         }
         echo = Echo()
-        tracker = Tracker(tracking_cfg("offline"), run_dir, config, is_main=True, run_name="unit-test", echo=echo)
+        tracker = Tracker(
+            tracking_cfg("offline"), RunDir(run_dir), config, is_main=True, run_name="unit-test", echo=echo
+        )
         assert tracker.active and tracker.mode == "offline", echo
 
         for step in range(1, 6):
@@ -218,7 +221,7 @@ NOTHING = {"mode": "disabled", "run_dir": None, "sync_command": None, "url": Non
 def test_disabled_or_non_main_does_nothing_and_never_imports_wandb(tmp_path, monkeypatch, capsys, mode, is_main):
     isolate_wandb(monkeypatch, tmp_path / "home", mode=None)
     monkeypatch.setitem(sys.modules, "wandb", None)  # any `import wandb` would now raise ImportError
-    tracker = Tracker(tracking_cfg(mode), tmp_path, {"a": 1}, is_main=is_main, run_name="x")
+    tracker = Tracker(tracking_cfg(mode), RunDir(tmp_path), {"a": 1}, is_main=is_main, run_name="x")
     assert not tracker.active
     assert all_calls(tracker, tmp_path) == NOTHING
     assert capsys.readouterr() == ("", "")
@@ -230,7 +233,7 @@ def test_wandb_not_installed_gives_exactly_one_warning(tmp_path, monkeypatch, ca
     isolate_wandb(monkeypatch, tmp_path / "home", mode=None)
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
     monkeypatch.setitem(sys.modules, "wandb", None)
-    tracker = Tracker(tracking_cfg(mode), tmp_path, {"a": 1}, is_main=True, run_name="x")
+    tracker = Tracker(tracking_cfg(mode), RunDir(tmp_path), {"a": 1}, is_main=True, run_name="x")
     assert all_calls(tracker, tmp_path) == NOTHING
     out, err = capsys.readouterr()
     assert out == ""
@@ -239,7 +242,7 @@ def test_wandb_not_installed_gives_exactly_one_warning(tmp_path, monkeypatch, ca
 
 
 def test_bad_mode_warns_once_and_disables(tmp_path, capsys):
-    tracker = Tracker(tracking_cfg("sometimes"), tmp_path, {}, is_main=True, run_name="x")
+    tracker = Tracker(tracking_cfg("sometimes"), RunDir(tmp_path), {}, is_main=True, run_name="x")
     assert all_calls(tracker, tmp_path) == NOTHING
     assert len(capsys.readouterr().err.splitlines()) == 1
 
@@ -255,7 +258,9 @@ def test_unreachable_server_falls_back_to_offline_with_one_warning(tmp_path, mon
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
     echo = Echo()
-    tracker = Tracker(tracking_cfg("auto"), tmp_path, {"a": 1}, is_main=True, run_name="x", echo=echo, init_timeout=2.0)
+    tracker = Tracker(
+        tracking_cfg("auto"), RunDir(tmp_path), {"a": 1}, is_main=True, run_name="x", echo=echo, init_timeout=2.0
+    )
     tracker.log({"loss": 0.5}, step=1)
     result = tracker.finish()
     assert result["mode"] == "offline" and result["sync_command"].startswith("wandb sync ")
@@ -268,7 +273,7 @@ def test_unreachable_server_falls_back_to_offline_with_one_warning(tmp_path, mon
 def test_online_without_api_key_goes_offline_without_prompting(tmp_path, monkeypatch):
     isolate_wandb(monkeypatch, tmp_path / "home", mode=None)
     echo = Echo()
-    tracker = Tracker(tracking_cfg("online"), tmp_path, {}, is_main=True, run_name="x", echo=echo)
+    tracker = Tracker(tracking_cfg("online"), RunDir(tmp_path), {}, is_main=True, run_name="x", echo=echo)
     result = tracker.finish()
     assert result["mode"] == "offline"
     assert len(echo) == 1 and "no API key" in echo[0]
@@ -367,7 +372,7 @@ def test_a_resumed_run_continues_its_w_and_b_run(tmp_path, monkeypatch):
     def start(resume: bool) -> tuple[str, dict]:
         echo = Echo()
         tracker = Tracker(
-            tracking_cfg("offline"), run_dir, {}, is_main=True, run_name="resume-test", resume=resume, echo=echo
+            tracking_cfg("offline"), RunDir(run_dir), {}, is_main=True, run_name="resume-test", resume=resume, echo=echo
         )
         assert tracker.active, echo
         run_id = tracker._run.id

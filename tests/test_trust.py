@@ -88,7 +88,7 @@ def test_a_run_folder_s_pipe_command_is_never_run_by_visualize(tmp_path, capsys)
     save_tiny_model(run / "model.safetensors")
     (run / "eval" / "test").mkdir(parents=True)
     (run / "eval" / "test" / "predictions.csv").write_text("key,label,prob_dog,pred,breed\na,0,0.2,0,\nb,1,0.9,1,\n")
-    make_plots(run, what={"grid"}, split="test")
+    make_plots(RunDir(run), what={"grid"}, split="test")
     assert not marker.exists()
     assert "is a pipe: command, which is never run from a run folder" in capsys.readouterr().err
 

@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 
 from toolkit.cli import ArgumentParser, run_cli
 from toolkit.errors import UsageError
+from toolkit.formats import RunDir
 from toolkit.models.sources import load_model
 from toolkit.reporting.report import build_report
 from toolkit.reporting.visualize import ALL_PLOTS, make_plots
@@ -68,8 +69,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.num_images < 0:
         raise UsageError(f"--num-images {args.num_images} must be >= 0")
     model_and_meta = load_model(args.model) if args.model else None
+    run = RunDir(args.run)
     made = make_plots(
-        args.run,
+        run,
         what=parse_what(args.what),
         split=args.split,
         num_images=args.num_images,
@@ -79,7 +81,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for path in made:
         print(path)
     if not args.no_report:
-        print(build_report(args.run))
+        print(build_report(run))
     return 0
 
 

@@ -27,7 +27,7 @@ from toolkit.formats.manifest import (
     split_size,
     write_manifest,
 )
-from toolkit.formats.run_dir import Predictions, RunDir
+from toolkit.formats.run_dir import HISTORY_FIELDS, EpochRow, Predictions, RunDir
 
 __all__ = [
     "MANIFEST_KEYS",
@@ -36,6 +36,8 @@ __all__ = [
     "PACK_HINT",
     "SHARD_NAME",
     "SPLITS",
+    "EpochRow",
+    "HISTORY_FIELDS",
     "Predictions",
     "RunDir",
     "class_names",

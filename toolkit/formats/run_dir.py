@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -18,6 +18,31 @@ from toolkit.errors import DataError
 from toolkit.fileio import append_jsonl, atomic_write_json, atomic_write_text, dump_yaml, read_jsonl, read_yaml_mapping
 
 EVAL_FORMAT_VERSION = 2  # 2: predictions.csv has one prob_<class> column per class for any class count
+
+
+@dataclass(frozen=True)
+class EpochRow:
+    """One line of ``metrics.jsonl``: a finished epoch, as the loop writes it and the report and tests read it.
+
+    Rows of older runs may lack later fields; readers use ``row.get(name)`` with the names in ``HISTORY_FIELDS``.
+    """
+
+    epoch: int
+    step: int  # optimizer steps taken so far
+    lr: float
+    train_loss: float
+    val_loss: float
+    val_acc: float
+    val_auc: Optional[float]  # None when the val split has a single class
+    img_per_s: float  # training images per second over all processes
+    data_wait_frac: float  # share of the epoch spent waiting for the loader
+    epoch_seconds: float
+    peak_mem_gib: Optional[float]  # None on a CPU
+    skipped_samples: int  # train samples skipped this epoch (all processes)
+    val_skipped_samples: int
+
+
+HISTORY_FIELDS: tuple[str, ...] = tuple(EpochRow.__dataclass_fields__)
 
 
 @dataclass
@@ -175,8 +200,8 @@ class RunDir:
     def read_history(self) -> list[dict]:
         return read_jsonl(self.history) if self.history.is_file() else []
 
-    def append_history(self, row: dict) -> None:
-        append_jsonl(self.history, row)
+    def append_history(self, row: EpochRow) -> None:
+        append_jsonl(self.history, asdict(row))
 
     def keep_history_until(self, epoch: int) -> None:
         """Drop rows of epochs a resumed run will redo (they were written after its checkpoint)."""

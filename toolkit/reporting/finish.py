@@ -58,7 +58,7 @@ def finish_run(accelerator, cfg: Config, info: dict, run: RunDir, tracker: Track
     shown = results.get(cfg.eval.test_split or "val")
     if cfg.eval.plots and shown is not None:
         plots = make_plots(
-            run.root,
+            run,
             split=shown.split,
             num_images=cfg.eval.num_images,
             shards=cfg.data.shards,
@@ -67,7 +67,7 @@ def finish_run(accelerator, cfg: Config, info: dict, run: RunDir, tracker: Track
         )
         tracker.log_images({p.stem: p for p in plots})
     log_prediction_table(tracker, cfg, shown)
-    summary["report"] = str(build_report(run.root))
+    summary["report"] = str(build_report(run))
     tracker.log_model(run.model, {k: v for k, v in meta.items() if k != "config"})
     return summary
 

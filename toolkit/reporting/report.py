@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from toolkit.fileio import atomic_write_text
-from toolkit.formats import RunDir
+from toolkit.formats import HISTORY_FIELDS, RunDir
 from toolkit.reporting.html import (
     CSS,
     cell_text,
@@ -59,8 +59,9 @@ PLOT_CAPTIONS = {
 }
 
 
-def evaluated_splits(run_dir: Path) -> list[str]:
-    folder = RunDir(run_dir).evaluations
+def report_splits(run: RunDir) -> list[str]:
+    """The splits the report has a section for: train, val, test always (missing ones say so), then any other."""
+    folder = run.evaluations
     found = {p.name for p in folder.iterdir() if p.is_dir()} if folder.is_dir() else set()
     return [s for s in SPLIT_ORDER] + sorted(found - set(SPLIT_ORDER))
 
@@ -103,20 +104,7 @@ def _training_section(rows: list[dict], problem: Optional[str]) -> str:
             ]
         )
     ]
-    keys = [
-        "epoch",
-        "step",
-        "lr",
-        "train_loss",
-        "val_loss",
-        "val_acc",
-        "val_auc",
-        "img_per_s",
-        "data_wait_frac",
-        "epoch_seconds",
-        "peak_mem_gib",
-        "skipped_samples",
-    ]
+    keys = [name for name in HISTORY_FIELDS if name != "val_skipped_samples"]  # that one is in the summary above
     epochs = table(keys, ([r.get(k) for k in keys] for r in rows), numeric_from=0)
     out.append(f"<details><summary>all {len(rows)} epochs</summary>{epochs}</details>")
     return "".join(out)
@@ -201,8 +189,8 @@ def _plot_sort_key(path: Path) -> tuple[int, str]:
     return len(PLOT_CAPTIONS), path.name
 
 
-def _plots_section(run_dir: Path) -> str:
-    folder = RunDir(run_dir).plots
+def _plots_section(run: RunDir) -> str:
+    folder = run.plots
     pngs = sorted(folder.glob("*.png"), key=_plot_sort_key) if folder.is_dir() else []
     if not pngs:
         return missing("No plots yet. Make them with python -m toolkit.visualize --run RUN.")
@@ -225,8 +213,8 @@ def _plots_section(run_dir: Path) -> str:
     return "".join(out)
 
 
-def _config_section(run_dir: Path) -> str:
-    path = RunDir(run_dir).config
+def _config_section(run: RunDir) -> str:
+    path = run.config
     if not path.is_file():
         return missing("config.yaml not found.")
     try:
@@ -236,26 +224,21 @@ def _config_section(run_dir: Path) -> str:
     return f"<details><summary>config.yaml (resolved, as the run used it)</summary><pre>{esc(text)}</pre></details>"
 
 
-def _run_name(run_dir: Path) -> str:
+def _run_name(run: RunDir) -> str:
     try:
-        import yaml
-
-        config = yaml.safe_load(RunDir(run_dir).config.read_text(encoding="utf-8"))
-        name = ((config or {}).get("output") or {}).get("run_name")
+        name = (run.read_config().get("output") or {}).get("run_name")
         if name:
             return str(name)
     except Exception:  # the name is cosmetic; a broken config is reported in its own section
         pass
-    return run_dir.resolve().name
+    return run.root.resolve().name
 
 
 # ---------------------------------------------------------------------------------------------
 
 
-def render_report(run_dir: Path) -> str:
+def render_report(run: RunDir) -> str:
     """The report page as a string (``build_report`` writes it)."""
-    run_dir = Path(run_dir)
-    run = RunDir(run_dir)
     dataset, dataset_problem = load_json(run.dataset)
     try:
         rows = run.read_history()
@@ -266,8 +249,8 @@ def render_report(run_dir: Path) -> str:
 
     split_metrics: dict[str, dict] = {}
     split_parts = []
-    for split in evaluated_splits(run_dir):
-        metrics, notes = load_split_metrics(run_dir, split)
+    for split in report_splits(run):
+        metrics, notes = load_split_metrics(run, split)
         if metrics is not None:
             split_metrics[split] = metrics
         split_parts.append(split_section(split, metrics, notes))
@@ -277,7 +260,7 @@ def render_report(run_dir: Path) -> str:
         flags = [m.get("synthetic") for m in split_metrics.values() if m.get("synthetic") is not None]
         synthetic = any(flags) if flags else None
 
-    name = _run_name(run_dir)
+    name = _run_name(run)
     generated = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     num_classes = run_num_classes(split_metrics, dataset)
     names = next((m.get("class_names") for m in split_metrics.values() if m.get("class_names")), None)
@@ -293,7 +276,7 @@ def render_report(run_dir: Path) -> str:
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<title>Run report: {esc(name)}</title><style>{CSS}</style></head><body>",
         f"<h1>Run report: {esc(name)}</h1>",
-        f"<p class='muted'>Run folder {esc(run_dir.resolve())}; report generated {esc(generated)}. {esc(task)}</p>",
+        f"<p class='muted'>Run folder {esc(run.root.resolve())}; report generated {esc(generated)}. {esc(task)}</p>",
     ]
     if synthetic:
         parts.append(
@@ -323,15 +306,13 @@ def render_report(run_dir: Path) -> str:
     parts.append(section("training", "Training: throughput and memory", _training_section(rows, rows_problem)))
     parts.append(section("dataset", "Dataset", _dataset_section(dataset, dataset_problem)))
     parts.append(section("skipped", "Skipped samples", _skipped_section(dataset, rows, split_metrics)))
-    parts.append(section("plots", "Plots", _plots_section(run_dir)))
-    parts.append(section("config", "Configuration", _config_section(run_dir)))
+    parts.append(section("plots", "Plots", _plots_section(run)))
+    parts.append(section("config", "Configuration", _config_section(run)))
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
 
-def build_report(run_dir: Path) -> Path:
+def build_report(run: RunDir) -> Path:
     """Write RUN/report.html and return its path."""
-    run_dir = Path(run_dir)
-    path = RunDir(run_dir).report
-    atomic_write_text(path, render_report(run_dir))
-    return path
+    atomic_write_text(run.report, render_report(run))
+    return run.report

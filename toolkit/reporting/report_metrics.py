@@ -7,7 +7,6 @@ add a row to ``split_section`` (after computing it in ``toolkit.evaluation.metri
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Optional
 
 from toolkit.errors import DataError
@@ -41,9 +40,8 @@ SEED_RESULTS: dict[str, Any] = {
 }
 
 
-def load_split_metrics(run_dir: Path, split: str) -> tuple[Optional[dict], list[str]]:
+def load_split_metrics(run: RunDir, split: str) -> tuple[Optional[dict], list[str]]:
     """metrics.json of a split; when only predictions.csv exists, metrics computed from it."""
-    run = RunDir(run_dir)
     data, problem = load_json(run.eval_metrics(split))
     if isinstance(data, dict) and "per_class" in data:
         return data, []

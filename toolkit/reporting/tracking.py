@@ -127,7 +127,7 @@ class Tracker:
     def __init__(
         self,
         cfg: Any,
-        run_dir: Path,
+        run: RunDir,
         config: dict,
         *,
         is_main: bool,
@@ -136,7 +136,7 @@ class Tracker:
         echo: Callable[[str], None] = _stderr,
         init_timeout: float = ONLINE_INIT_TIMEOUT_S,
     ) -> None:
-        self.run_dir = Path(run_dir)
+        self.run = run
         self._resume_id = self._saved_run_id() if resume else None
         self.mode = "disabled"
         self._echo = echo
@@ -190,7 +190,7 @@ class Tracker:
             self._warn(f"W&B cannot be imported ({_short(err)}); tracking is off, local logs continue")
             return
         self._wandb = wandb
-        wandb_dir = RunDir(self.run_dir).wandb
+        wandb_dir = self.run.wandb
         try:
             wandb_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -240,7 +240,7 @@ class Tracker:
 
     @property
     def _run_id_file(self) -> Path:
-        return RunDir(self.run_dir).wandb_run_id
+        return self.run.wandb_run_id
 
     def _saved_run_id(self) -> Optional[str]:
         """The W&B run id this run folder logged to before, so a resumed run continues that W&B run."""
@@ -275,7 +275,7 @@ class Tracker:
             tags=redact_secrets(list(getattr(cfg, "tags", None) or [])) or None,
             group=redact_text(getattr(cfg, "group", None) or "") or None,
             name=redact_text(run_name),
-            dir=str(self.run_dir.resolve()),
+            dir=str(self.run.root.resolve()),
             config=redact_secrets(dict(config)),
             job_type="train",
             settings=settings,

@@ -67,8 +67,8 @@ def _shards_problem(shards: Optional[str]) -> Optional[str]:
 # The two steps that need other modules, kept apart so tests can stand in for them.
 
 
-def load_run_model(run_dir: Path) -> tuple[Any, dict]:
-    return load_model_file(RunDir(run_dir).model)
+def load_run_model(run: RunDir) -> tuple[Any, dict]:
+    return load_model_file(run.model)
 
 
 def load_images(shards: str, split: str, keys: set[str], meta: dict) -> dict[str, Any]:
@@ -78,7 +78,7 @@ def load_images(shards: str, split: str, keys: set[str], meta: dict) -> dict[str
 
 
 def make_plots(
-    run_dir: Path,
+    run: RunDir,
     *,
     what: Optional[set[str]] = None,
     split: str = "test",
@@ -92,14 +92,12 @@ def make_plots(
     After training, ``finish_run`` passes the predictions and the model it already holds; the
     command reads them from the run folder.
     """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UsageError(f"run folder {str(run_dir)!r} not found; pass a folder written by a training run (runs/NAME)")
+    if not run.root.is_dir():
+        raise UsageError(f"run folder {str(run.root)!r} not found; pass a folder written by a training run (runs/NAME)")
     what = set(ALL_PLOTS) if what is None else set(what)
     unknown = what - set(ALL_PLOTS)
     if unknown:
         raise UsageError(f"unknown plot(s) {', '.join(sorted(unknown))}; choose from {','.join(ALL_PLOTS)} or all")
-    run = RunDir(run_dir)
     config = run.read_config()
     if what & set(NEEDS_PREDICTIONS) and predictions is None:
         predictions = _read_predictions(run, split, sorted(what & set(NEEDS_PREDICTIONS), key=ALL_PLOTS.index))
@@ -111,7 +109,7 @@ def make_plots(
     if not wanted:
         return made
     try:
-        model, meta = model_and_meta if model_and_meta is not None else load_run_model(run_dir)
+        model, meta = model_and_meta if model_and_meta is not None else load_run_model(run)
     except (UsageError, DataError, OSError, KeyError, ValueError) as err:
         for name in wanted:
             skip(name, f"cannot load the model: {err}")
@@ -144,7 +142,6 @@ def make_plots(
             )
         return made
     return made + _image_plots(
-        run_dir,
         model,
         meta,
         config,
@@ -263,7 +260,6 @@ def _filter_plots(model: Any, out_dir: Path) -> list[Path]:
 
 
 def _image_plots(
-    run_dir: Path,
     model: Any,
     meta: dict,
     config: dict,

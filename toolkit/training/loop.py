@@ -33,7 +33,7 @@ from toolkit.data.locations import is_local, manifest_location
 from toolkit.errors import UsageError, usage_errors
 from toolkit.evaluation.evaluate import EvalResult, evaluate_split
 from toolkit.evaluation.metrics import format_number
-from toolkit.formats import RunDir, class_names, dataset_summary, selection_problem
+from toolkit.formats import EpochRow, RunDir, class_names, dataset_summary, selection_problem
 from toolkit.formats.model_file import model_metadata, save_model_file
 from toolkit.models import architecture, create_model
 from toolkit.models.pretrained import load_pretrained
@@ -226,7 +226,7 @@ def build_session(
     config_dict = redact_secrets(to_dict(cfg))
     tracker = Tracker(
         cfg.tracking,
-        run.root,
+        run,
         config_dict,
         is_main=accelerator.is_main_process,
         run_name=cfg.output.run_name,
@@ -407,21 +407,21 @@ def end_epoch(s: Session, state: TrainerState, outcome: EpochOutcome, val: EvalR
     train_loss = state.epoch_loss_sum / max(1, state.epoch_loss_count)
     skipped = int(accelerator.reduce(torch.tensor(state.epoch_skipped, device=accelerator.device), "sum").item())
     seconds = max(outcome.seconds, 1e-9)
-    row = {
-        "epoch": epoch + 1,
-        "step": state.global_step,
-        "lr": s.scheduler.get_last_lr()[0],
-        "train_loss": train_loss,
-        "val_loss": val.loss,
-        "val_acc": val.accuracy,
-        "val_auc": val.auc,
-        "img_per_s": outcome.batches_done * cfg.train.batch_size * s.world / seconds,
-        "data_wait_frac": outcome.data_wait / seconds,
-        "epoch_seconds": outcome.seconds,
-        "peak_mem_gib": (torch.cuda.max_memory_allocated() / 2**30) if torch.cuda.is_available() else None,
-        "skipped_samples": skipped,
-        "val_skipped_samples": val.skipped,
-    }
+    row = EpochRow(
+        epoch=epoch + 1,
+        step=state.global_step,
+        lr=s.scheduler.get_last_lr()[0],
+        train_loss=train_loss,
+        val_loss=val.loss,
+        val_acc=val.accuracy,
+        val_auc=val.auc,
+        img_per_s=outcome.batches_done * cfg.train.batch_size * s.world / seconds,
+        data_wait_frac=outcome.data_wait / seconds,
+        epoch_seconds=outcome.seconds,
+        peak_mem_gib=(torch.cuda.max_memory_allocated() / 2**30) if torch.cuda.is_available() else None,
+        skipped_samples=skipped,
+        val_skipped_samples=val.skipped,
+    )
     improved = val.auc is not None and val.auc > state.best_val_auc
     if improved:
         state.best_val_auc, state.best_epoch = val.auc, epoch + 1
@@ -447,11 +447,13 @@ def end_epoch(s: Session, state: TrainerState, outcome: EpochOutcome, val: EvalR
             save_model_file(s.eval_model, s.run.model, meta)
 
     together(accelerator, write_epoch if accelerator.is_main_process else None)  # a full disk stops every rank
-    s.tracker.log({f"epoch/{k}": v for k, v in row.items() if v is not None}, step=state.global_step)
+    s.tracker.log(
+        {f"epoch/{k}": v for k, v in dataclasses.asdict(row).items() if v is not None}, step=state.global_step
+    )
     s.log(
         f"epoch {epoch + 1}/{cfg.train.epochs} | train_loss {train_loss:.4f} | val_loss {val.loss:.4f} | "
-        f"val_acc {val.accuracy:.4f} | val_auc {format_number(val.auc)} | lr {row['lr']:.2e} | "
-        f"{row['img_per_s']:.1f} img/s | data_wait {row['data_wait_frac']:.0%}"
+        f"val_acc {val.accuracy:.4f} | val_auc {format_number(val.auc)} | lr {row.lr:.2e} | "
+        f"{row.img_per_s:.1f} img/s | data_wait {row.data_wait_frac:.0%}"
         + (f" | skipped {skipped}" if skipped else "")
         + (" | best" if improved else "")
     )
