@@ -20,7 +20,7 @@ from helpers import CAT_DOG, assert_png, two_class_probs
 from toolkit.evaluation.metrics import compute_metrics
 from toolkit.fileio import append_jsonl, atomic_write_json
 from toolkit.formats import RunDir
-from toolkit.reporting import interpret, plots, visualize
+from toolkit.reporting import interpret, plots, run_plots
 from toolkit.reporting.report import build_report
 from toolkit.visualize import main as visualize_main
 
@@ -368,13 +368,13 @@ def test_visualize_file_plots_and_report(tmp_path, capsys):
 def test_model_plots_are_skipped_with_one_warning_each_without_shards(tmp_path, capsys):
     run = write_run(tmp_path / "run", shards=str(tmp_path / "missing-shards"))
     save_tiny_model(run)
-    made = visualize.make_plots(RunDir(run), what={"grid", "gradcam", "features", "filters"})
+    made = run_plots.make_plots(RunDir(run), what={"grid", "gradcam", "features", "filters"})
     assert sorted(p.name for p in made) == ["filters_conv1.png", "filters_layer1.png"]
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 3 and all("not found" in w for w in warnings)
 
     (run / "model.safetensors").unlink()
-    assert visualize.make_plots(RunDir(run), what={"filters"}) == []
+    assert run_plots.make_plots(RunDir(run), what={"filters"}) == []
     assert "cannot load the model" in capsys.readouterr().err
 
 

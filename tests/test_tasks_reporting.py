@@ -19,12 +19,12 @@ import yaml
 from PIL import Image
 
 from helpers import SMOKE, assert_png, isolate_wandb, run_in_process, save_tiny_model, train_cli
-from toolkit.evaluation.evaluate import EvalResult
+from toolkit.evaluation.evaluator import EvalResult
 from toolkit.evaluation.metrics import compute_metrics, confusion_order, summary_values
 from toolkit.fileio import append_jsonl, atomic_write_json
 from toolkit.formats import Predictions, RunDir
 from toolkit.models.sources import load_model_file
-from toolkit.reporting import interpret, plots, visualize
+from toolkit.reporting import interpret, plots, run_plots
 from toolkit.reporting.finish import prediction_rows
 from toolkit.reporting.html import cell_text
 from toolkit.reporting.report import build_report
@@ -290,11 +290,11 @@ def test_image_plots_for_n_classes(tmp_path, monkeypatch, capsys):
     model, meta = load_model_file(run / "model.safetensors")
     torch.manual_seed(0)
     monkeypatch.setattr(
-        visualize,
+        run_plots,
         "load_images",
         lambda shards, split, keys, meta: {key: torch.randn(3, 32, 32) for key in keys},
     )
-    made = visualize.make_plots(RunDir(run), what={"grid", "gradcam", "features"}, shards=str(tmp_path), num_images=4)
+    made = run_plots.make_plots(RunDir(run), what={"grid", "gradcam", "features"}, shards=str(tmp_path), num_images=4)
     assert sorted(p.name for p in made) == ["feature_maps_test.png", "gradcam_test.png", "predictions_test.png"]
     for path in made:
         assert_png(path, min_bytes=500)
@@ -308,7 +308,7 @@ def test_image_plots_for_n_classes(tmp_path, monkeypatch, capsys):
     torch.testing.assert_close(cams, interpret.gradcam(model, images, target=probs.argmax(dim=1)))  # the argmax
 
     save_tiny_model(run / "model.safetensors", class_names=["a", "b", "c"], seed=0)
-    assert visualize.make_plots(RunDir(run), what={"grid"}, shards=str(tmp_path)) == []
+    assert run_plots.make_plots(RunDir(run), what={"grid"}, shards=str(tmp_path)) == []
     assert "the model predicts 3 classes but the test predictions have 5" in capsys.readouterr().err
 
 

@@ -79,7 +79,7 @@ def test_model_file_metadata_cannot_ask_for_a_huge_allocation(tmp_path, capsys, 
 
 def test_a_run_folder_s_pipe_command_is_never_run_by_visualize(tmp_path, capsys):
     from helpers import save_tiny_model
-    from toolkit.reporting.visualize import make_plots
+    from toolkit.reporting.run_plots import make_plots
 
     run = tmp_path / "received-run"
     run.mkdir()

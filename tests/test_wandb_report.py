@@ -18,9 +18,9 @@ import pytest
 
 from helpers import error_line, isolate_wandb, run_in_process, train_args, train_cli
 from toolkit.fileio import read_jsonl
-from toolkit.reporting import wandb_report
-from toolkit.reporting.wandb_report import SPEC_FILE, STEP_X
+from toolkit.reporting import wandb_spec
 from toolkit.reporting.wandb_runs import load_run, read_run_log, read_wandb_records
+from toolkit.reporting.wandb_spec import SPEC_FILE, STEP_X
 from toolkit.wandb_report import main
 
 PROJECT = "pets-toolkit-tests"
@@ -141,7 +141,7 @@ def test_a_torn_run_log_is_read_up_to_the_tear(runs, tmp_path):
     data = log.read_bytes()
     torn = tmp_path / "run-torn.wandb"
     torn.write_bytes(data[: len(data) // 2])
-    full, part = (set(wandb_report.read_run_log([f], "x").keys) for f in (log, torn))
+    full, part = (set(wandb_spec.read_run_log([f], "x").keys) for f in (log, torn))
     assert part and part < full  # the run record and early summaries, not the last history row
 
 
@@ -223,7 +223,7 @@ def test_runs_by_id_and_the_spec_becomes_a_wandb_report_offline(runs, offline, c
     assert not any(p["type"] == "media" for p in spec_panels(spec))  # this run logged no images
     assert "±" not in "".join(b.get("text", "") for b in spec["blocks"])  # one run: its values
 
-    report = wandb_report.to_wandb_report(spec)
+    report = wandb_spec.to_wandb_report(spec)
     assert isinstance(report, wr.Report)
     view = report._to_model().spec.model_dump_json(by_alias=True)  # W&B's own report JSON; no network with no entity
     for panel in spec_panels(spec):
@@ -302,7 +302,7 @@ def test_publishing_without_the_report_extra_says_how_to_install_it(offline, mon
     spec.write_text(
         json.dumps(
             {
-                "format": wandb_report.SPEC_FORMAT,
+                "format": wandb_spec.SPEC_FORMAT,
                 "project": PROJECT,
                 "title": "t",
                 "description": "",

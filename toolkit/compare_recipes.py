@@ -51,7 +51,7 @@ from toolkit.fileio import atomic_write_json, atomic_write_text
 from toolkit.formats import RunDir
 from toolkit.redaction import redact_secrets
 from toolkit.reporting.recipe_comparison import markdown_tables, summarize, verdicts
-from toolkit.reporting.wandb_report import SPEC_FILE, check_project, make_report
+from toolkit.reporting.wandb_spec import SPEC_FILE, check_project, make_report
 
 ROOT = Path(__file__).resolve().parents[1]  # the folder that holds this toolkit package (a checkout or site-packages)
 DEFAULT_CONFIGS = (

@@ -4,7 +4,7 @@
     accelerate launch --num_processes 2 -m toolkit.evaluate --model ... --split test
 
 Each process predicts its share of the split; one gather collects them, duplicates are dropped by
-sample key and the count is checked against ``info.json`` (``toolkit.evaluation.evaluate``).
+sample key and the count is checked against ``info.json`` (``toolkit.evaluation.evaluator``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 from toolkit.cli import ArgumentParser, run_cli
 from toolkit.errors import UsageError
-from toolkit.evaluation.evaluate import evaluate_model
+from toolkit.evaluation.evaluator import evaluate_model
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

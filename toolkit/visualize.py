@@ -5,7 +5,7 @@
 
 ROC, precision-recall, confusion matrix and training curves need only the run folder's files; the
 prediction grid, Grad-CAM, feature maps and filters also need the model and the shards' images
-(``toolkit.reporting.visualize``). A plot whose inputs are missing is skipped with one warning line.
+(``toolkit.reporting.run_plots``). A plot whose inputs are missing is skipped with one warning line.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from toolkit.errors import UsageError
 from toolkit.formats import RunDir
 from toolkit.models.sources import load_model
 from toolkit.reporting.report import build_report
-from toolkit.reporting.visualize import ALL_PLOTS, make_plots
+from toolkit.reporting.run_plots import ALL_PLOTS, make_plots
 
 
 def parse_what(text: str) -> set[str]:

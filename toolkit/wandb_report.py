@@ -6,7 +6,7 @@
 
 With an API key and a network the report is saved and its URL printed; otherwise its specification
 is written as JSON with the commands that upload the runs and publish it later (``--publish FILE``).
-How runs are found and which panels are made: ``toolkit.reporting.wandb_report``.
+How runs are found and which panels are made: ``toolkit.reporting.wandb_spec``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence
 
 from toolkit.cli import ArgumentParser, run_cli
 from toolkit.errors import UsageError
-from toolkit.reporting.wandb_report import MAX_TITLE_LEN, SPEC_FILE, check_project, make_report, publish
+from toolkit.reporting.wandb_spec import MAX_TITLE_LEN, SPEC_FILE, check_project, make_report, publish
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> Any:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from test_import_graph import PACKAGE, all_modules, import_graph, package_graph
 

@@ -10,14 +10,14 @@ from typing import Optional
 
 from toolkit.config import Config
 from toolkit.data.samples import read_samples
-from toolkit.evaluation.evaluate import EvalResult, evaluate_split, score
+from toolkit.evaluation.evaluator import EvalResult, evaluate_split, score
 from toolkit.evaluation.metrics import predict, summary_values
 from toolkit.formats import RunDir
 from toolkit.models.sources import load_model_file
 from toolkit.reporting.plots import TOP_PROBS, top_classes
 from toolkit.reporting.report import build_report
+from toolkit.reporting.run_plots import make_plots
 from toolkit.reporting.tracking import Tracker
-from toolkit.reporting.visualize import make_plots
 
 PREDICTION_TABLE_ROWS = 64
 

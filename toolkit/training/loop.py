@@ -31,7 +31,7 @@ from toolkit.data import (
 from toolkit.data.device_augment import batch_to_device
 from toolkit.data.locations import is_local, manifest_location
 from toolkit.errors import UsageError, usage_errors
-from toolkit.evaluation.evaluate import EvalResult, evaluate_split
+from toolkit.evaluation.evaluator import EvalResult, evaluate_split
 from toolkit.evaluation.metrics import format_number
 from toolkit.formats import EpochRow, RunDir, class_names, dataset_summary, selection_problem
 from toolkit.formats.model_file import model_metadata, save_model_file
