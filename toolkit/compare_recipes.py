@@ -27,7 +27,6 @@ import datetime as dt
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
@@ -48,7 +47,7 @@ from toolkit.data import check_shards_exist, check_split_has_samples, load_info,
 from toolkit.errors import DataError, UsageError
 from toolkit.evaluation.metrics import format_number, reports_top_k
 from toolkit.fileio import atomic_write_json, atomic_write_text
-from toolkit.formats import RunDir
+from toolkit.formats import RunDir, version_of, versioned_name
 from toolkit.redaction import redact_secrets
 from toolkit.reporting.recipe_comparison import markdown_tables, summarize, verdicts
 from toolkit.reporting.wandb_spec import SPEC_FILE, check_project, make_report
@@ -113,9 +112,8 @@ def run_name(recipe: str, seed: int) -> str:
 
 def run_versions(runs: Path, name: str) -> list[Path]:
     """The folders of earlier runs of ``name`` in ``runs``: NAME, NAME-2, NAME-3, ..., newest first."""
-    pattern = re.compile(re.escape(name) + r"(?:-(\d+))?")
-    found = [(int(m.group(1) or 1), p) for p in runs.glob(f"{name}*") if (m := pattern.fullmatch(p.name))]
-    return [path for _, path in sorted(found, key=lambda item: item[0], reverse=True)]
+    found = [(version_of(name, p.name), p) for p in runs.glob(f"{name}*")]
+    return [path for version, path in sorted((f for f in found if f[0]), key=lambda item: item[0], reverse=True)]
 
 
 def claim_run_dir(runs: Path, name: str) -> Path:
@@ -127,7 +125,7 @@ def claim_run_dir(runs: Path, name: str) -> Path:
     runs.mkdir(parents=True, exist_ok=True)
     version = 1
     while True:
-        path = runs / (name if version == 1 else f"{name}-{version}")
+        path = runs / versioned_name(name, version)
         try:
             path.mkdir()
             return path

@@ -23,6 +23,7 @@ from toolkit.errors import UsageError
 from toolkit.fileio import dump_yaml, read_yaml_mapping
 from toolkit.formats.manifest import MANIFEST_NAME, class_names
 from toolkit.models import MODEL_ARCHS
+from toolkit.models.resnet import BLOCKS
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -30,7 +31,6 @@ SCHEDULERS = ("step", "cosine", "constant")
 ACCELERATE_GRAD_ACCUM_ENV = "ACCELERATE_GRADIENT_ACCUMULATION_STEPS"
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 AUGMENTS = ("none", "trivialaugment", "randaugment")
-BLOCKS = ("basic", "bottleneck")
 # The configs that ship with the package (toolkit/configs links to the repository's configs/ and is
 # package data), so the commands' defaults are found from any folder, installed or not.
 SHIPPED_CONFIGS = Path(__file__).parent / "configs"

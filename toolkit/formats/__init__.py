@@ -27,7 +27,7 @@ from toolkit.formats.manifest import (
     split_size,
     write_manifest,
 )
-from toolkit.formats.run_dir import HISTORY_FIELDS, EpochRow, Predictions, RunDir
+from toolkit.formats.run_dir import HISTORY_FIELDS, EpochRow, Predictions, RunDir, version_of, versioned_name
 
 __all__ = [
     "MANIFEST_KEYS",
@@ -51,5 +51,7 @@ __all__ = [
     "shard_name",
     "split_info",
     "split_size",
+    "version_of",
+    "versioned_name",
     "write_manifest",
 ]

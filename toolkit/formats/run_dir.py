@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -99,6 +100,17 @@ class Predictions:
                 out.keys.append(row[at["key"]])
                 out.breeds.append(row[at["breed"]] if "breed" in at and at["breed"] < len(row) else "")
         return out
+
+
+def versioned_name(base: str, version: int) -> str:
+    """A run folder's name when ``base`` is taken: NAME, NAME-2, NAME-3, ... (training and compare_recipes alike)."""
+    return base if version == 1 else f"{base}-{version}"
+
+
+def version_of(base: str, name: str) -> Optional[int]:
+    """Which ``versioned_name`` of ``base`` the folder ``name`` is (1 for NAME itself), or None."""
+    found = re.fullmatch(re.escape(base) + r"(?:-(\d+))?", name)
+    return int(found.group(1) or 1) if found else None
 
 
 @dataclass(frozen=True)

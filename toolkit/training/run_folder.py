@@ -32,7 +32,7 @@ from accelerate.utils import broadcast_object_list, gather_object
 from toolkit.config import Config, to_dict
 from toolkit.errors import UsageError, on_every_rank
 from toolkit.fileio import TMP_PREFIX, read_yaml_mapping
-from toolkit.formats import RunDir
+from toolkit.formats import RunDir, versioned_name
 from toolkit.redaction import redact_secrets
 from toolkit.training.checkpoint import checkpoint_step, latest_checkpoint, list_checkpoints
 from toolkit.training.run_lock import RunLock, describe, read_record
@@ -133,7 +133,7 @@ def not_writable(folder: Path, err: OSError) -> UsageError:
 def create_new(root: Path, base: str, expiry_s: float) -> RunDir:
     """The first of ``base``, ``base-2``, ... that holds no run and no lock, created and locked in one step."""
     for version in range(1, MAX_VERSIONS):
-        run = RunDir(root / (base if version == 1 else f"{base}-{version}"))
+        run = RunDir(root / versioned_name(base, version))
         if run.holds_a_run() or run.lock.exists():
             continue
         lock = RunLock(run.lock, expiry_s)
