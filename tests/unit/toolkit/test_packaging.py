@@ -8,11 +8,10 @@ import importlib.metadata
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from helpers import run_in_process
+from helpers import ROOT, run_in_process
 from toolkit.cli import program_name
 
 try:
@@ -20,7 +19,6 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     tomllib = pytest.importorskip("tomli")
 
-ROOT = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 

@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 import toolkit.data.download
 import toolkit.data.shards as make_shards
+from helpers import ROOT as REPO
 from helpers import synthetic_info
 from toolkit.cli import run_cli
 from toolkit.data.oxford import Entry, make_synthetic_dataset
@@ -26,9 +27,6 @@ from toolkit.data.verify import verify_shards
 from toolkit.errors import UsageError
 from toolkit.formats import read_manifest
 from toolkit.make_shards import main
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 # --------------------------------------------------------------------------------------------
 # helpers: read the inputs and the outputs independently of the code under test

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+
+from helpers import ROOT
 
 nbformat = pytest.importorskip(
     "nbformat", reason="the notebook test needs nbclient, nbformat, ipykernel: pip install -e '.[dev]'"
@@ -13,7 +13,6 @@ nbclient = pytest.importorskip(
     "nbclient", reason="the notebook test needs nbclient, nbformat, ipykernel: pip install -e '.[dev]'"
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "walkthrough.ipynb"
 MAX_BYTES = 2 << 20  # committed with its outputs, so it reads well where the repository is hosted
 

@@ -16,13 +16,12 @@ import torch
 import yaml
 from torch import nn
 
-from helpers import CAT_DOG, assert_png, two_class_probs
+from helpers import CAT_DOG, ROOT, assert_png, two_class_probs
 from toolkit.evaluation.metrics import compute_metrics
 from toolkit.fileio import append_jsonl, atomic_write_json
 from toolkit.reporting import interpret, plots, visualize
 from toolkit.reporting.report import build_report
 
-ROOT = Path(__file__).resolve().parents[1]
 MEAN, STD = [0.48, 0.45, 0.40], [0.26, 0.25, 0.26]
 ODD_BREED = "<b>odd&breed"
 

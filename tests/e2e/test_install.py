@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
+
 TOP_LEVEL_SKIP = {".git", "runs", "data", "build", "wandb", "exported", "gpu-check", "shards", ".pytest_cache"}
 
 

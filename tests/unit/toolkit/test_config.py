@@ -3,15 +3,14 @@
 import random
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
+from helpers import ROOT
 from toolkit.config import Config, config_from_dict, load_config, parse_override, to_dict, validate_config
 from toolkit.errors import UsageError
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import assert_png, error_line, pack_tiny, run_in_process
+from helpers import ROOT, assert_png, error_line, pack_tiny, run_in_process
 from toolkit.evaluation.evaluate import main as evaluate_main
 from toolkit.export import main as export_main
 from toolkit.formats import RunDir
@@ -21,7 +21,7 @@ from toolkit.formats.run_dir import EVAL_FORMAT_VERSION
 from toolkit.reporting import visualize
 from toolkit.reporting.report import build_report
 
-FIXTURE = Path(__file__).parent / "fixtures" / "run_format_v1"
+FIXTURE = ROOT / "tests" / "fixtures" / "run_format_v1"
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import timm
@@ -14,11 +13,11 @@ import torch
 import torchvision
 from torch import nn
 
+from helpers import ROOT as REPO
 from toolkit.compare_timm import max_abs_diff, perturb_norms, train_step_differences
 from toolkit.errors import UsageError
 from toolkit.models import MODEL_ARCHS, BasicBlock, Bottleneck, create_model, model_summary
 
-REPO = Path(__file__).resolve().parents[1]
 RESNET101_PARAMS = 44_549_160  # torchvision and timm resnet101 with a 1000-class head
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import LAUNCH_2
+from helpers import LAUNCH_2, ROOT
 from toolkit.config import load_config, validate_config
 from toolkit.data.oxford import make_synthetic_dataset
 from toolkit.data.shards import pack_dataset
@@ -22,7 +22,6 @@ from toolkit.fileio import read_jsonl
 from toolkit.formats.model_file import load_model_file
 from toolkit.training.checkpoint import list_checkpoints
 
-ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
 
 

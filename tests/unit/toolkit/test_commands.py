@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
+
+from helpers import ROOT
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 from toolkit import commands  # noqa: E402  (after the skip for Python 3.10)
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_command_is_a_console_script():

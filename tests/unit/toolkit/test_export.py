@@ -15,6 +15,7 @@ import huggingface_hub
 import pytest
 import timm
 import torch
+from conftest import SHARED_MINI
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -24,7 +25,7 @@ from toolkit.export import EXPORT_FILES, main, timm_crop_pct
 from toolkit.formats.model_file import model_metadata, save_model_file
 from toolkit.models import create_model
 
-MINI_IMAGES = Path(__file__).resolve().parents[2] / "shared/data/oxford-pets-mini/images"
+MINI_IMAGES = SHARED_MINI / "images"
 MEAN, STD = [0.48, 0.44, 0.40], [0.26, 0.25, 0.26]
 CLASSES = ["cat", "dog"]
 

@@ -13,6 +13,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from helpers import ROOT
 from toolkit.models import create_model
 from toolkit.models.pretrained import HEAD_KEYS, load_pretrained, pretrained_normalization
 
@@ -244,7 +245,5 @@ def test_fine_tuning_gives_the_backbone_a_smaller_learning_rate_than_the_new_hea
         assert lr_of[id(param)] == pytest.approx(1e-3 if name in HEAD_KEYS else 1e-4), name
     assert len(build_optimizer(model, OptimizerConfig()).param_groups) == 1  # scale 1: one group, as before
 
-    recipe = validate_config(
-        load_config(Path(__file__).resolve().parents[1] / "configs/oxford_pets_binary_resnet101_finetune.yaml")
-    )
+    recipe = validate_config(load_config(ROOT / "configs/oxford_pets_binary_resnet101_finetune.yaml"))
     assert recipe.model.init and recipe.optimizer.backbone_lr_scale < 1 and recipe.data.mean == IMAGENET_MEAN
