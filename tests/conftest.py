@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import pack_tiny, train_args, train_cli
 from toolkit.data.oxford import make_synthetic_dataset
 from toolkit.data.shards import pack_dataset
 
@@ -81,3 +82,17 @@ def three_breed_folder(mini_pets: Path, tmp_path_factory: pytest.TempPathFactory
         for image in sorted((mini_pets / "images").glob(f"{breed}_*.jpg")):
             (root / breed / image.name).symlink_to(image)
     return root
+
+
+@pytest.fixture(scope="module")
+def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``helpers.pack_tiny``'s 120 synthetic 32 px images in shards of 16, packed once per test module."""
+    return pack_tiny(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 1-epoch run (checkpoint step-00000008, model and last.safetensors); copy before changing."""
+    out = tmp_path_factory.mktemp("one-epoch")
+    assert train_cli(train_args(tiny_shards, out, "run", "train.epochs=1", "eval.test_split=null")) == 0
+    return out / "run"

@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from helpers import error_line, pack_tiny, train_args, train_cli
-from toolkit.config import load_config, validate_config
+from helpers import (
+    error_line,
+    pack_tiny,
+    train_args,
+    train_cli,
+)
 from toolkit.formats import RunDir
-from toolkit.training import run_folder
 
 
 @pytest.fixture(scope="module")
@@ -81,19 +84,19 @@ def test_two_live_writers_are_refused_and_a_dead_one_s_lock_is_taken_over(tiny_s
     assert not run.lock.exists()
 
 
-def test_names_made_in_the_same_second_do_not_collide(tmp_path, monkeypatch):
-    monkeypatch.setattr(run_folder.time, "strftime", lambda fmt: "run-20261202-120000")
-    cfg = validate_config(load_config(None, [f"output.dir={tmp_path}"]))
-    first, _ = run_folder.claim_run(cfg)
-    second, _ = run_folder.claim_run(cfg)  # the first still holds its lock, before writing anything else
-    assert (first.root.name, second.root.name) == ("run-20261202-120000", "run-20261202-120000-2")
-    run_folder.unlock(first)
-    run_folder.unlock(second)
-
-
 @pytest.mark.slow
 def test_an_unwritable_output_folder_is_one_line(tiny_shards, tmp_path, capsys):
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")
     assert train_cli(train_args(tiny_shards, blocked, "x", "train.epochs=1")) == 2
     assert "is not writable" in error_line(capsys.readouterr().err)
+
+
+@pytest.mark.slow
+def test_unwritable_output_folder_fails_before_training(tiny_shards, tmp_path, capsys):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the output folder should be")
+    assert train_cli(train_args(tiny_shards, blocker / "runs", "run")) == 2
+    captured = capsys.readouterr()
+    assert "not writable" in error_line(captured.err) and "output.dir" in captured.err
+    assert "epoch 1/" not in captured.out + captured.err  # refused before the first batch

@@ -1,11 +1,10 @@
-"""The dataset card make_shards writes beside the shards: Hugging Face ``datasets`` reads named labels."""
+"""The dataset card make_shards writes beside the shards: class names in label order, kept user READMEs."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import pytest
 import yaml
 
 from toolkit.data.dataset_card import CARD_NAME, card_header
@@ -45,20 +44,3 @@ def test_a_readme_that_is_not_a_card_is_kept(synthetic_source, tmp_path, capsys)
     pack_dataset(synthetic_source, tmp_path / "fresh", workers=1, show_progress=False)
     pack_dataset(synthetic_source, tmp_path / "fresh", workers=1, show_progress=False)  # our own card is refreshed
     assert header_of(tmp_path / "fresh")["task_categories"] == ["image-classification"]
-
-
-@pytest.mark.slow
-def test_hugging_face_datasets_gives_named_labels(synthetic_shards, tmp_path, monkeypatch):
-    datasets = pytest.importorskip("datasets", reason="Hugging Face datasets is not installed (optional)")
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    info = json.loads((synthetic_shards / "info.json").read_text())
-    loaded = datasets.load_dataset(str(synthetic_shards))
-    assert set(loaded) == {"train", "val", "test"}
-    for split in loaded:
-        assert loaded[split].num_rows == info["splits"][split]["num_samples"]
-    train = loaded["train"]
-    assert train.features["cls"].names == info["classes"]
-    first = train[0]
-    assert train.features["cls"].int2str(first["cls"]) in info["classes"]
-    assert first["jpg"].mode == "RGB" and first["__key__"]

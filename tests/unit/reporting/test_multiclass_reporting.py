@@ -1,4 +1,4 @@
-"""Everything after evaluation for N classes: plots, the HTML report, W&B, predict and the end of a training run.
+"""Everything after evaluation for N classes: plots, the HTML report, W&B and predict.
 
 The inputs are synthetic (seeded random probabilities with some signal, tiny models, a tiny
 image folder), so the file runs in seconds; the same functions draw two classes, pinned by
@@ -18,7 +18,7 @@ import torch
 import yaml
 from PIL import Image
 
-from helpers import SMOKE, assert_png, isolate_wandb, run_in_process, save_tiny_model, train_cli
+from helpers import assert_png, isolate_wandb, offline_contents, run_in_process, save_tiny_model
 from toolkit.evaluation.evaluate import EvalResult
 from toolkit.evaluation.metrics import compute_metrics, confusion_order, summary_values
 from toolkit.fileio import append_jsonl, atomic_write_json
@@ -29,7 +29,6 @@ from toolkit.reporting.finish import prediction_rows
 from toolkit.reporting.html import cell_text
 from toolkit.reporting.report import build_report
 from toolkit.reporting.tracking import Tracker
-from toolkit.reporting.wandb_runs import read_wandb_records
 
 ODD = "<b>odd&class"  # a class name that must be escaped in HTML
 NAMES = ["Abyssinian", ODD, "beagle", "american_pit_bull_terrier", "pug"]
@@ -354,21 +353,6 @@ def test_predict_lists_the_top_k_classes(tmp_path, capsys):
 # W&B
 
 
-def offline_contents(run_dir: Path) -> SimpleNamespace:
-    """Summary and chart config of the one offline W&B run under ``run_dir``, and its media folder."""
-    (log_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    config, summary = {}, {}
-    for record in read_wandb_records(log_file):
-        kind = record.WhichOneof("record_type")
-        items = record.run.config.update if kind == "run" else record.config.update if kind == "config" else []
-        for item in items:
-            config["/".join(item.nested_key) if item.nested_key else item.key] = json.loads(item.value_json)
-        if kind == "summary":
-            for item in record.summary.update:
-                summary["/".join(item.nested_key) if item.nested_key else item.key] = json.loads(item.value_json)
-    return SimpleNamespace(config=config, summary=summary, media=log_file.parent / "files" / "media")
-
-
 def test_tracker_logs_n_class_curves_summary_and_predictions_offline(tmp_path, monkeypatch):
     isolate_wandb(monkeypatch, tmp_path / "home", mode="offline")
     run_dir = tmp_path / "RUN"
@@ -445,69 +429,3 @@ def test_wandb_report_headline_shows_top_k_for_n_classes(tmp_path):
     assert "(dog)" not in text and "| ROC-AUC |" in text
     assert "| pug |" in text and "predicting the most probable class" in header_markdown({"breeds": runs})
     assert f"| {NAMES[2]} |" not in text  # no sample in the split: no row (the averages leave it out too)
-
-
-# ---------------------------------------------------------------------------------------------
-# the end of a training run
-
-
-@pytest.mark.slow
-def test_a_four_class_run_finishes_with_plots_report_and_wandb(tmp_path, monkeypatch):
-    """make_shards on a 4-class image folder, train one epoch with plots and offline W&B: finish_run for N classes."""
-    from toolkit.data.shards import pack_dataset
-
-    isolate_wandb(monkeypatch, tmp_path / "home", mode="offline")
-    classes = ["Bengal", "beagle", "pug", "Sphynx"]
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(classes):
-        (tmp_path / "folder" / name).mkdir(parents=True)
-        for i in range(10):
-            pixels = rng.integers(0, 80, (40, 40, 3), dtype=np.uint8)
-            pixels[..., c % 3] += np.uint8(120 + 40 * (c // 3))
-            Image.fromarray(pixels).save(tmp_path / "folder" / name / f"{name}_{i}.jpg")
-    pack_dataset(tmp_path / "folder", tmp_path / "shards", resize_shorter=40, workers=1, show_progress=False)
-
-    args = [
-        "--config",
-        str(SMOKE),
-        f"data.shards={tmp_path / 'shards'}",
-        f"output.dir={tmp_path / 'runs'}",
-        "output.run_name=four",
-        "model.num_classes=null",
-        "train.epochs=1",
-        "train.batch_size=8",
-        "tracking.wandb=offline",
-        "eval.plots=true",
-        "eval.num_images=4",
-    ]
-    assert train_cli(args) == 0
-    run = RunDir(tmp_path / "runs" / "four")
-    made = sorted(p.name for p in run.plots.glob("*.png"))
-    assert made == sorted(
-        [
-            "roc_test.png",
-            "pr_test.png",
-            "confusion_test.png",
-            "per_class_accuracy_test.png",
-            "training_curves.png",
-            "predictions_test.png",
-            "gradcam_test.png",
-            "feature_maps_test.png",
-            "filters_conv1.png",
-            "filters_layer1.png",
-        ]
-    )
-    for name in made:
-        assert_png(run.plots / name, min_bytes=500)
-    metrics = run.read_metrics("test")
-    assert metrics["class_names"] == sorted(classes) and metrics["top_k"] == 4
-    page = run.report.read_text(encoding="utf-8")
-    assert "top-4 accuracy" not in page and cell_text(metrics["macro_avg"]["f1"]) in page  # top-4 of 4 is 1
-    assert page.count("data:image/png;base64,") == len(made)
-
-    logged = offline_contents(run.root)
-    for split in ("val", "test"):
-        assert logged.summary[f"{split}/accuracy"] == pytest.approx(run.read_metrics(split)["accuracy"])
-        assert f"_wandb/visualize/{split}/confusion_matrix" in logged.config
-    table = json.loads(next(logged.media.glob("table/test/predictions_*.table.json")).read_text())
-    assert {dict(zip(table["columns"], row))["pred"] for row in table["data"]} <= set(classes)

@@ -6,8 +6,6 @@ Everything runs on a tiny ResNet (one basic block per stage, width 8) and 32 px 
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,7 @@ import torch
 import yaml
 from torch import nn
 
-from helpers import CAT_DOG, ROOT, assert_png, two_class_probs
+from helpers import CAT_DOG, assert_png, two_class_probs
 from toolkit.evaluation.metrics import compute_metrics
 from toolkit.fileio import append_jsonl, atomic_write_json
 from toolkit.reporting import interpret, plots, visualize
@@ -319,19 +317,6 @@ def test_report_survives_missing_and_broken_parts(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # visualize
-
-
-@pytest.mark.slow
-def test_visualize_cli_missing_run_folder_is_one_line_exit_2(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "toolkit.visualize", "--run", str(tmp_path / "nope")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2
-    assert result.stderr.startswith("error: run folder") and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_visualize_file_plots_and_report(tmp_path, capsys):

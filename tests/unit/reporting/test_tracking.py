@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from helpers import CAT_DOG, isolate_wandb, two_class_probs
-from toolkit.redaction import REDACTED, is_secret_key, redact_secrets, secret_values
+from toolkit.redaction import REDACTED
 from toolkit.reporting.tracking import Tracker, has_api_key, resolve_mode
 from toolkit.reporting.wandb_runs import read_wandb_records
 
@@ -299,64 +299,7 @@ def test_auto_mode_follows_the_configured_credentials(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
-# Secret redaction
-
-
-def test_redact_secrets_by_key_name_in_nested_structures():
-    original = {
-        "api_key": "abc",
-        "hf_token": "abc",
-        "db_password": "abc",
-        "client_secret": "abc",
-        "private_key": "abc",
-        "apiKey": "abc",
-        "credentials": {"user": "u", "pass": "p"},
-        "key": "Abyssinian_1",
-        "__key__": "Abyssinian_1",
-        "num_tokens": 3,
-        "keys": ["a"],
-        "token": None,
-        "password": "",
-        "runs": [{"name": "a", "access_token": "abc"}, ("tuple", {"secret": 1})],
-    }
-    redacted = redact_secrets(original)
-    for name in ("api_key", "hf_token", "db_password", "client_secret", "private_key", "apiKey", "credentials"):
-        assert redacted[name] == REDACTED, name
-    assert redacted["key"] == redacted["__key__"] == "Abyssinian_1"
-    assert redacted["num_tokens"] == 3 and redacted["keys"] == ["a"]
-    assert redacted["token"] is None and redacted["password"] == ""  # nothing hidden, kept as is
-    assert redacted["runs"] == [{"name": "a", "access_token": REDACTED}, ("tuple", {"secret": REDACTED})]
-    assert original["api_key"] == "abc" and original["runs"][0]["access_token"] == "abc"  # input untouched
-
-
-def test_redact_secrets_replaces_environment_secrets_inside_any_string():
-    environ = {
-        "WANDB_API_KEY": FAKE_KEY,
-        "MY_SERVICE_TOKEN": "s3cr3t-value",
-        "HF_TOKEN": "hf_abcdefgh",
-        "SHORT_KEY": "abc",
-        "SSH_KEY_PATH": "/home/me/.ssh/id_rsa",
-        "HOME": "/home/me/secret-place",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    assert set(secret_values(environ)) == {FAKE_KEY, "s3cr3t-value", "hf_abcdefgh"}
-    obj = {
-        "log": [f"wandb login {FAKE_KEY}", "curl -H s3cr3t-value", "abc", "/home/me/.ssh/id_rsa"],
-        "n": 1.5,
-        "flag": True,
-        "url": "https://hf_abcdefgh@huggingface.co",
-    }
-    assert redact_secrets(obj, environ=environ) == {
-        "log": [f"wandb login {REDACTED}", f"curl -H {REDACTED}", "abc", "/home/me/.ssh/id_rsa"],
-        "n": 1.5,
-        "flag": True,
-        "url": f"https://{REDACTED}@huggingface.co",
-    }
-
-
-def test_secret_key_names():
-    assert all(is_secret_key(k) for k in ("API_KEY", "wandb-api-key", "github.token", "refreshToken", "passwd"))
-    assert not any(is_secret_key(k) for k in ("key", "sort_keys", "monkey", "tokens_per_s", "keyframe"))
+# Resuming
 
 
 def test_a_resumed_run_continues_its_w_and_b_run(tmp_path, monkeypatch):

@@ -1,16 +1,15 @@
-"""compare_recipes: both recipes trained on the same shards and seeds, tabulated from the runs' own test files."""
+"""compare_recipes' parts: the plan checks before training, class counts from the shards, mean/std and
+verdicts, the strong recipe's config and transforms, and run folders claimed at once that never collide."""
 
 from __future__ import annotations
 
-import json
-import statistics
+import threading
 from pathlib import Path
 
 import pytest
-import yaml
 
-from helpers import isolate_wandb
-from toolkit.compare_recipes import main
+from helpers import file_hashes
+from toolkit.compare_recipes import claim_run_dir, main
 from toolkit.errors import UsageError
 from toolkit.evaluation.metrics import mean_std
 from toolkit.reporting.recipe_comparison import verdicts
@@ -29,117 +28,6 @@ TINY = [
     "model.channels_last=false",
     "scheduler.warmup_epochs=0",
 ]  # a 1-epoch run cannot warm up for the strong recipe's 2 epochs
-
-
-@pytest.mark.slow
-def test_compares_both_recipes_over_seeds(synthetic_shards: Path, tmp_path: Path, capsys):
-    out = tmp_path / "compare"
-    args = ["--shards", str(synthetic_shards), "--epochs", "1", "--seeds", "0", "1", "--out", str(out)]
-    assert main([*args, *TINY]) == 0
-    printed = capsys.readouterr().out
-    assert "[1/4] seed seed 0: training" in printed and "[4/4] strong seed 1: test ROC-AUC" in printed
-    assert "epoch 1/1 |" in printed  # the runs' epoch lines are passed through
-
-    report = json.loads((out / "comparison.json").read_text())
-    assert list(report["recipes"]) == ["seed", "strong"] and report["seeds"] == [0, 1] and report["epochs"] == 1
-    assert report["overrides"] == TINY and report["split"] == "test"
-    for name, recipe in report["recipes"].items():
-        runs = recipe["runs"]
-        assert [r["seed"] for r in runs] == [0, 1]
-        for run in runs:
-            run_dir = Path(run["run_dir"])
-            assert run_dir == out / "runs" / f"{name}-seed{run['seed']}"
-            # the table's numbers are the run's own evaluation of the test split ...
-            test = json.loads((run_dir / "eval" / "test" / "metrics.json").read_text())
-            assert run["values"]["accuracy"] == test["accuracy"] and run["values"]["roc_auc"] == test["roc_auc"]
-            assert run["per_class"]["dog"]["recall"] == test["per_class"]["dog"]["recall"]
-            # ... of a run trained with the shared overrides, the fixed budget and its seed, without W&B
-            used = yaml.safe_load((run_dir / "config.yaml").read_text())
-            assert used["model"]["base_width"] == 8 and used["train"]["epochs"] == 1
-            assert used["train"]["seed"] == run["seed"] and used["tracking"]["wandb"] == "disabled"
-            assert used["data"]["shards"] == str(synthetic_shards.resolve())
-            assert (run_dir / "train.log").is_file()
-        summary = recipe["summary"]
-        accuracies = [r["values"]["accuracy"] for r in runs]
-        assert summary["accuracy"]["mean"] == pytest.approx(statistics.fmean(accuracies))
-        assert summary["accuracy"]["std"] == pytest.approx(statistics.stdev(accuracies))
-        assert set(summary["per_class"]) == {"cat", "dog", "macro avg", "weighted avg"}
-    # the two recipes really differ: the strong one uses its own normalization (train split) and optimizer
-    seed_cfg = yaml.safe_load((out / "runs/seed-seed0/config.yaml").read_text())
-    strong_cfg = yaml.safe_load((out / "runs/strong-seed0/config.yaml").read_text())
-    assert seed_cfg["optimizer"]["name"] == "adam" and strong_cfg["optimizer"]["name"] != "adam"
-    info = json.loads((synthetic_shards / "info.json").read_text())
-    assert strong_cfg["data"]["mean"] == pytest.approx(info["normalization"]["mean"])
-
-    table = (out / "comparison.md").read_text()
-    assert table in printed
-    for text in (
-        "| metric | seed | strong | strong - seed |",
-        "| test ROC-AUC |",
-        "| test accuracy |",
-        "| wall time per run (min) |",
-        "| cat |",
-        "| dog |",
-        "| macro avg |",
-        "| weighted avg |",
-        " ± ",
-    ):
-        assert text in table, text
-    assert sum(line.startswith(("| seed | ", "| strong | ")) for line in table.splitlines()) == 4  # one row per run
-
-
-@pytest.mark.slow
-def test_reuse_keeps_finished_runs_with_the_same_config(synthetic_shards: Path, tmp_path: Path, capsys):
-    out = tmp_path / "compare"
-    args = ["--shards", str(synthetic_shards), "--epochs", "1", "--out", str(out)]
-    assert main([*args, "--seeds", "0", *TINY]) == 0
-    first = {
-        name: (out / "runs" / f"{name}-seed0" / "model.safetensors").stat().st_mtime_ns for name in ("seed", "strong")
-    }
-    capsys.readouterr()
-
-    assert main([*args, "--seeds", "0", "1", "--reuse", *TINY]) == 0  # add a seed: only its runs are trained
-    printed = capsys.readouterr().out
-    assert "[1/4] seed seed 0: reused the finished run" in printed and "[2/4] strong seed 0: reused" in printed
-    assert "[3/4] seed seed 1: training" in printed and "[4/4] strong seed 1: training" in printed
-    assert {n: (out / "runs" / f"{n}-seed0" / "model.safetensors").stat().st_mtime_ns for n in first} == first
-    report = json.loads((out / "comparison.json").read_text())
-    assert [r["seed"] for r in report["recipes"]["strong"]["runs"]] == [0, 1]
-    assert all(r["values"]["wall_minutes"] > 0 for r in report["recipes"]["seed"]["runs"])  # kept from the first run
-
-    saved = out / "runs" / "strong-seed0" / "config.yaml"  # a run made with other settings is not reused
-    saved.write_text(saved.read_text().replace("label_smoothing: 0.1", "label_smoothing: 0.2"))
-    assert main([*args, "--seeds", "0", "--reuse", *TINY]) == 0
-    printed = capsys.readouterr().out
-    assert "seed seed 0: reused" in printed and "strong seed 0: training" in printed
-
-
-@pytest.mark.slow
-def test_ends_with_the_wandb_report_of_the_comparison(synthetic_shards: Path, tmp_path: Path, monkeypatch, capsys):
-    """--wandb-report P: the runs log to W&B (offline here, grouped by recipe), then the Report's spec is written."""
-    isolate_wandb(monkeypatch, tmp_path / "home")
-    out = tmp_path / "compare"
-    args = [
-        "--shards",
-        str(synthetic_shards),
-        "--epochs",
-        "1",
-        "--seeds",
-        "0",
-        "--out",
-        str(out),
-        "--wandb-report",
-        "pets-compare",
-    ]
-    assert main([*args, *TINY]) == 0
-    printed = capsys.readouterr().out
-    assert f"wrote the W&B report spec to {out / 'wandb-report.json'}" in printed
-    assert "python -m toolkit.wandb_report --publish" in printed
-    spec = json.loads((out / "wandb-report.json").read_text())
-    assert spec["project"] == "pets-compare"
-    assert [(rs["name"], len(rs["runs"])) for rs in spec["runsets"]] == [("seed", 1), ("strong", 1)]
-    used = yaml.safe_load((out / "runs" / "strong-seed0" / "config.yaml").read_text())
-    assert used["tracking"]["group"] == "strong" and used["tracking"]["project"] == "pets-compare"
 
 
 def test_rejects_bad_plans_before_training(synthetic_shards: Path, tmp_path: Path):
@@ -271,3 +159,28 @@ def test_cpu_only_augmentations_are_refused_with_gpu_decoding():
     with pytest.raises(UsageError, match="hue <= 0.5"):
         validate_config(load_config(None, ["data.color_jitter=[0.2,0.2,0.2,0.7]"]))
     validate_config(load_config(None, ["data.decode=gpu", "data.random_erasing=0.25"]))  # erasing runs on the device
+
+
+def test_run_folders_claimed_at_once_are_new_and_distinct(tmp_path: Path):
+    """Eight claims at the same moment: eight new folders, and the earlier run's files untouched."""
+    runs = tmp_path / "runs"
+    earlier = runs / "seed-seed0"
+    (earlier / "checkpoints").mkdir(parents=True)
+    (earlier / "model.safetensors").write_bytes(b"weights of an earlier run")
+    (earlier / ".lock").write_text("somehost 123\n")
+    before = file_hashes(earlier)
+    start, claimed = threading.Barrier(8), []
+
+    def claim() -> None:
+        start.wait()
+        claimed.append(claim_run_dir(runs, "seed-seed0"))
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(set(claimed)) == 8 and earlier not in claimed
+    assert sorted(p.name for p in claimed) == sorted(f"seed-seed0-{v}" for v in range(2, 10))
+    assert all(not any(p.iterdir()) for p in claimed)  # each is new and empty
+    assert file_hashes(earlier) == before

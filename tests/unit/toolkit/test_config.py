@@ -1,8 +1,6 @@
 """Config loading: YAML + overrides -> typed config, and a one-line error for every mistake."""
 
 import random
-import subprocess
-import sys
 
 import pytest
 import yaml
@@ -145,35 +143,6 @@ def test_fuzzed_configs_never_escape_as_tracebacks():
             assert "\n" not in str(err)
 
 
-@pytest.mark.slow
-def test_train_cli_reports_config_errors_in_one_line_with_exit_code_2():
-    proc = subprocess.run(
-        [sys.executable, "-m", "toolkit.train", "--config", str(ROOT / "configs/smoke.yaml"), "optimizer.lrr=1"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-    )
-    assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: unknown config key optimizer.lrr; did you mean optimizer.lr?"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "toolkit.train",
-            "--config",
-            str(ROOT / "configs/smoke.yaml"),
-            "--print-config",
-            "train.epochs=9",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-    )
-    assert proc.returncode == 0 and "epochs: 9" in proc.stdout
-
-
 def test_gradient_accumulation_comes_from_the_launcher_unless_the_config_sets_it(monkeypatch):
     smoke = ROOT / "configs/smoke.yaml"
     monkeypatch.delenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", raising=False)
@@ -188,8 +157,15 @@ def test_gradient_accumulation_comes_from_the_launcher_unless_the_config_sets_it
         validate_config(load_config(smoke))
 
 
-@pytest.mark.slow
-def test_errors_and_cli_import_without_torch():
-    """Config, formats and models reach the one-line errors without pulling torch in through them."""
-    code = "import sys, toolkit.cli, toolkit.errors; sys.exit('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("train.seed=18446744073709551616", "train.seed"),  # 2**64: torch.manual_seed would raise later
+        ("train.seed=-1", "train.seed"),
+        ("data.image_size=100000", "data.image_size"),
+        ("data.resize_size=100000", "data.resize_size"),
+    ],
+)
+def test_config_values_that_would_crash_later_are_refused(override, words):
+    with pytest.raises(UsageError, match=words):
+        validate_config(load_config(None, [override]))

@@ -19,6 +19,7 @@ from conftest import SHARED_MINI
 from PIL import Image
 from safetensors.torch import load_file
 
+from helpers import file_hashes, run_in_process, save_tiny_model
 from toolkit.cli import run_cli
 from toolkit.config import Config
 from toolkit.export import EXPORT_FILES, main, timm_crop_pct
@@ -254,3 +255,28 @@ def test_help_lists_options_and_an_example(capsys):
     for option in ("--run", "--model", "--out", "--push-to-hub", "--overwrite"):
         assert option in out
     assert "example:" in out and "python -m toolkit.export --run" in out
+
+
+@pytest.mark.parametrize("source", ["--run", "--model"])
+def test_export_into_a_run_folder_is_refused(tmp_path: Path, capsys, source: str):
+    """`export --out RUN --overwrite` would put a file without the toolkit's metadata in place of RUN's model."""
+    from toolkit.export import main as export_main
+    from toolkit.formats import RunDir
+
+    run = RunDir(tmp_path / "runs" / "pets")
+    save_tiny_model(run.model, "model.base_width=64")  # a width timm can build, so only the folder is wrong
+    run.write_config({"model": {"arch": "resnet18"}})
+    other = RunDir(tmp_path / "runs" / "other")  # a run that has only reached its first checkpoint
+    (other.checkpoints / "step-00000008").mkdir(parents=True)
+    before = file_hashes(tmp_path / "runs")
+    given = str(run.root) if source == "--run" else str(run.model)
+    for out in (run.root, other.root):
+        code = run_in_process(export_main, [source, given, "--out", str(out), "--overwrite"])
+        line = error_line(capsys.readouterr().err)
+        assert code == 2 and "is a training run folder" in line and "exported/" in line, line
+    assert file_hashes(tmp_path / "runs") == before
+    model = tmp_path / "loose" / "model.safetensors"  # a model file outside a run: not into its own folder either
+    save_tiny_model(model, "model.base_width=64")
+    code = run_in_process(export_main, ["--model", str(model), "--out", str(model.parent), "--overwrite"])
+    assert code == 2 and "is the folder of model.safetensors" in error_line(capsys.readouterr().err)
+    assert run_in_process(export_main, [source, given, "--out", str(tmp_path / "exported")]) == 0  # elsewhere: fine

@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import re
-import subprocess
 import sys
 
 import pytest
@@ -68,13 +67,6 @@ def test_license_file_is_the_apache_text_pyproject_names():
 def test_programs_are_named_as_they_were_run(monkeypatch, argv0, prog, expected):
     monkeypatch.setattr(sys, "argv", [argv0])
     assert program_name(prog) == expected
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("module", ["toolkit.train", "toolkit.visualize", "toolkit.export"])
-def test_help_names_python_dash_m(module):
-    usage = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT).stdout
-    assert usage.startswith(f"usage: python -m {module} "), usage[:200]
 
 
 def test_print_config_needs_no_config_file(capsys):

@@ -12,18 +12,17 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import shutil
 import socket
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers import error_line, file_hashes, pack_tiny, save_tiny_model, train_args, train_cli
+from helpers import (
+    pack_tiny,
+)
 from toolkit.config import load_config, validate_config
-from toolkit.formats import RunDir
 from toolkit.training import run_folder
-from toolkit.training.checkpoint import latest_checkpoint, list_checkpoints
 from toolkit.training.run_lock import RunLock, is_dead, my_record, read_record
 
 
@@ -123,95 +122,17 @@ def test_jobs_started_together_get_name_and_name_2(tmp_path):
 # What a resume takes over (issue 24 item 5, issue 25 items 3-5)
 
 
-@pytest.fixture(scope="module")
-def stopped_run(tiny_shards, tmp_path_factory) -> Path:
-    """A run stopped by train.max_steps=3 (checkpoint step-3); copy before changing."""
-    out = tmp_path_factory.mktemp("stopped")
-    assert train_cli(train_args(tiny_shards, out, "run", "train.epochs=2", "train.max_steps=3")) == 0
-    return out / "run"
-
-
-@pytest.fixture(scope="module")
-def two_epoch_run(tiny_shards, tmp_path_factory) -> Path:
-    """A finished 2-epoch run, checkpoints step-8 and step-16; copy before changing."""
-    out = tmp_path_factory.mktemp("two-epochs")
-    assert train_cli(train_args(tiny_shards, out, "run", "eval.test_split=null")) == 0
-    return out / "run"
-
-
-@pytest.mark.slow
-def test_a_checkpoint_of_another_process_count_is_refused_before_anything_is_written(
-    stopped_run, tiny_shards, tmp_path, capsys
-):
-    run = tmp_path / "run"
-    shutil.copytree(stopped_run, run)
-    state = run / "checkpoints" / "step-00000003" / "trainer_state.json"
-    assert json.loads(state.read_text())["num_processes"] == 1  # recorded
-    state.write_text(state.read_text().replace('"num_processes": 1', '"num_processes": 2'))
-    before = file_hashes(run)
-    assert train_cli(train_args(tiny_shards, tmp_path, "run", "train.epochs=2", "train.resume=auto")) == 2
-    line = error_line(capsys.readouterr().err)
-    assert "saved by 2 process(es) but this run has 1" in line
-    assert file_hashes(run) == before and not (run / ".lock").exists()
-
-
-@pytest.mark.slow
-def test_resume_auto_does_not_adopt_a_finished_run(tiny_shards, tmp_path, capsys):
-    common = ("eval.test_split=null", "train.epochs=1", "train.resume=auto", "output.run_name=null")
-    assert train_cli(train_args(tiny_shards, tmp_path, "x", *common)) == 0  # finishes
-    (finished,) = tmp_path.iterdir()
-    before = file_hashes(finished)
-    capsys.readouterr()
-    assert train_cli(train_args(tiny_shards, tmp_path, "x", *common, "train.max_steps=1")) == 0
-    out = capsys.readouterr().out
-    assert f"{finished} has this config but finished" in out and "resuming" not in out
-    assert file_hashes(finished) == before  # eval/, report and final.json untouched
-    assert len(list(tmp_path.iterdir())) == 2  # a new run beside it
-
-
-@pytest.mark.slow
-def test_the_best_model_is_rolled_back_with_the_checkpoint(two_epoch_run, tiny_shards, tmp_path):
-    run = RunDir(tmp_path / "run")
-    shutil.copytree(two_epoch_run, run.root)
-    shutil.rmtree(run.checkpoints / "step-00000016")  # killed after writing epoch 2's model, before its checkpoint
-    at_checkpoint = (run.checkpoints / "step-00000008" / "best_model.safetensors").read_bytes()
-    save_tiny_model(run.model, f"data.shards={tiny_shards}", meta={"epoch": 2}, seed=5)  # the killed future's model
-    (run.root / "final.json").unlink()
-    assert (
-        train_cli(
-            train_args(tiny_shards, tmp_path, "run", "eval.test_split=null", "train.max_steps=9", "train.resume=auto")
-        )
-        == 0
-    )
-    assert run.model.read_bytes() == at_checkpoint
-
-
-@pytest.mark.slow
-def test_resuming_an_older_checkpoint_sets_the_abandoned_future_aside(two_epoch_run, tiny_shards, tmp_path, capsys):
-    run = RunDir(tmp_path / "run")
-    shutil.copytree(two_epoch_run, run.root)
-    older = run.checkpoints / "step-00000008"
-    assert (
-        train_cli(
-            train_args(
-                tiny_shards,
-                tmp_path,
-                "run",
-                "eval.test_split=null",
-                "train.max_steps=10",
-                "train.keep_checkpoints=1",
-                f"train.resume={older}",
-            )
-        )
-        == 0
-    )
-    assert "abandoned future" in capsys.readouterr().out
-    assert [p.name for p in list_checkpoints(run.checkpoints)] == ["step-00000010"]  # the new line's, kept
-    assert latest_checkpoint(run.checkpoints).name == "step-00000010"
-    assert (run.checkpoints / "abandoned-step-00000016").is_dir()
-
-
 def test_lease_and_wait_are_config_keys_that_do_not_block_resume_auto():
     cfg = validate_config(load_config(None, ["output.lock_expiry_s=5", "output.shared_wait_s=0"]))
     assert (cfg.output.lock_expiry_s, cfg.output.shared_wait_s) == (5.0, 0.0)
     assert "lock_expiry_s" not in run_folder.comparable({"output": {"lock_expiry_s": 5}})["output"]
+
+
+def test_names_made_in_the_same_second_do_not_collide(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_folder.time, "strftime", lambda fmt: "run-20261202-120000")
+    cfg = validate_config(load_config(None, [f"output.dir={tmp_path}"]))
+    first, _ = run_folder.claim_run(cfg)
+    second, _ = run_folder.claim_run(cfg)  # the first still holds its lock, before writing anything else
+    assert (first.root.name, second.root.name) == ("run-20261202-120000", "run-20261202-120000-2")
+    run_folder.unlock(first)
+    run_folder.unlock(second)
