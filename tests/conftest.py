@@ -1,4 +1,5 @@
-"""Fixtures shared by the whole suite: the real mini dataset, and tiny synthetic data packed into shards.
+"""Fixtures shared by the whole suite: the real mini dataset, and tiny synthetic data packed into shards;
+and the rule that makes every test under tests/e2e/ ``slow``.
 
 The session-scoped fixtures are built once per test run and shared: treat them as read-only
 (copy them with ``shutil.copytree`` before changing anything).
@@ -15,6 +16,10 @@ from helpers import pack_tiny, train_args, train_cli
 from toolkit.data.oxford import make_synthetic_dataset
 from toolkit.data.shards import pack_dataset
 
+# tests/unit/<package>/: fast, in-process tests; tests/e2e/: anything that trains, starts processes, installs,
+# runs the notebook or the documented commands, or starts a cluster. The folder decides `slow`, not a hand-placed mark.
+E2E = Path(__file__).resolve().parent / "e2e"
+
 # ../shared/data/oxford-pets-mini beside the repository: 942 real images in the official layout.
 SHARED_MINI = Path(__file__).resolve().parents[2] / "shared/data/oxford-pets-mini"
 
@@ -23,6 +28,13 @@ SHARED_MINI = Path(__file__).resolve().parents[2] / "shared/data/oxford-pets-min
 SYNTHETIC_IMAGES = 64
 SYNTHETIC_IMAGE_SIZE = 48
 SYNTHETIC_SHARD_SIZE = 4
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test under tests/e2e/ ``slow`` (so ``-m "not slow"`` equals ``tests/unit``)."""
+    for item in items:
+        if E2E in item.path.resolve().parents:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -50,7 +50,6 @@ def bad_shards(tiny_shards, tmp_path_factory) -> tuple[Path, dict]:
     return folder, {"no_cls": no_cls, "corrupt": corrupt, "cut": cut_key}
 
 
-@pytest.mark.slow
 def test_bad_samples_are_skipped_counted_and_reported(bad_shards, tmp_path, capsys, caplog, monkeypatch):
     import toolkit.data.reading
 
@@ -80,7 +79,6 @@ def test_bad_samples_are_skipped_counted_and_reported(bad_shards, tmp_path, caps
     assert re.search(rf"val samples skipped per evaluation \(max\)</td><td[^>]*>{1 + lost_in_cut}<", report)
 
 
-@pytest.mark.slow
 def test_strict_mode_stops_at_the_first_bad_sample_naming_shard_and_key(bad_shards, tmp_path, capsys):
     folder, damaged = bad_shards
     assert train_cli(train_args(folder, tmp_path, "run", "train.batch_size=7", "data.strict=true")) == 1
@@ -88,7 +86,6 @@ def test_strict_mode_stops_at_the_first_bad_sample_naming_shard_and_key(bad_shar
     assert f"train-000001.tar: sample {damaged['no_cls']}: no cls" in line and "data.strict=true" in line
 
 
-@pytest.mark.slow
 def test_missing_shard_and_unreadable_info_json_are_refused_before_training(tiny_shards, tmp_path, capsys):
     from toolkit.evaluation.evaluate import main as evaluate_main
 

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from helpers import run_module
 
 
-@pytest.mark.slow
 def test_bench_model_on_cpu(tmp_path):
     output = tmp_path / "bench.json"
     result = run_module(

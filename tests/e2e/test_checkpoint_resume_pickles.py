@@ -28,7 +28,6 @@ def ema_run(tiny_shards, tmp_path_factory) -> Path:
     return out / "run"
 
 
-@pytest.mark.slow
 def test_resume_reads_only_safetensors_json_and_weights_only_pickles(ema_run, tiny_shards, tmp_path, monkeypatch):
     (ckpt,) = list_checkpoints(ema_run / "checkpoints")
     # accelerate.save_state(safe_serialization=True) + ours; nothing that accelerate would load with
@@ -60,7 +59,6 @@ def test_resume_reads_only_safetensors_json_and_weights_only_pickles(ema_run, ti
     assert all(weights_only is True for _, weights_only in loads), loads
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("victim", ["optimizer.bin", "random_states_0.pkl"])
 def test_a_planted_pickle_in_a_checkpoint_never_runs(ema_run, tiny_shards, tmp_path, capsys, victim):
     shutil.copytree(ema_run, tmp_path / "run")

@@ -61,7 +61,6 @@ def worker_pid(out: Path, rank: int) -> int:
     raise AssertionError(f"no worker of rank {rank} found")
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(2 * TIMEOUT_S)
 def test_torchrun_elastic_restart_after_a_sigkill_finishes_with_the_uninterrupted_weights(tiny_shards, tmp_path):
     def torchrun(out: Path) -> subprocess.Popen:
@@ -102,7 +101,6 @@ def test_torchrun_elastic_restart_after_a_sigkill_finishes_with_the_uninterrupte
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(TIMEOUT_S)
 @pytest.mark.xfail(
     strict=False,
@@ -126,7 +124,6 @@ def test_sigterm_again_and_again_still_checkpoints_and_exits_143(tiny_shards, tm
     assert Path(stopped.group(2)) in list_checkpoints(tmp_path / "run" / "checkpoints")
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(TIMEOUT_S)
 def test_an_output_folder_that_is_not_shared_is_one_line_naming_output_dir(tiny_shards, tmp_path):
     """Two "nodes" (rank 0 and rank 1, each its own working folder) with a relative, node-local output.dir."""

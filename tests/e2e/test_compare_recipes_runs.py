@@ -17,7 +17,6 @@ from toolkit.compare_recipes import main
 from toolkit.compare_recipes import main as compare_main
 
 
-@pytest.mark.slow
 def test_a_new_comparison_keeps_every_earlier_run(synthetic_shards: Path, tmp_path: Path, capsys):
     """Without --reuse, or with a changed override, the runs go to NAME-2 and the earlier ones stay byte for byte."""
     out = tmp_path / "compare"
@@ -43,7 +42,6 @@ def test_a_new_comparison_keeps_every_earlier_run(synthetic_shards: Path, tmp_pa
     assert f"reused the finished run in {out / 'runs' / 'strong-seed0'}" in printed
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_two_comparisons_at_once_into_one_folder_keep_each_other_s_runs(synthetic_shards: Path, tmp_path: Path):
     """Two compare_recipes processes, same --out, same recipe and seed: two run folders, both complete."""
@@ -84,7 +82,6 @@ def test_two_comparisons_at_once_into_one_folder_keep_each_other_s_runs(syntheti
     assert all(f"training ({out / 'runs' / name / 'train.log'})" in printed for name in runs)
 
 
-@pytest.mark.slow
 def test_compares_both_recipes_over_seeds(synthetic_shards: Path, tmp_path: Path, capsys):
     out = tmp_path / "compare"
     args = ["--shards", str(synthetic_shards), "--epochs", "1", "--seeds", "0", "1", "--out", str(out)]
@@ -141,7 +138,6 @@ def test_compares_both_recipes_over_seeds(synthetic_shards: Path, tmp_path: Path
     assert sum(line.startswith(("| seed | ", "| strong | ")) for line in table.splitlines()) == 4  # one row per run
 
 
-@pytest.mark.slow
 def test_reuse_keeps_finished_runs_with_the_same_config(synthetic_shards: Path, tmp_path: Path, capsys):
     out = tmp_path / "compare"
     args = ["--shards", str(synthetic_shards), "--epochs", "1", "--out", str(out)]
@@ -167,7 +163,6 @@ def test_reuse_keeps_finished_runs_with_the_same_config(synthetic_shards: Path, 
     assert "seed seed 0: reused" in printed and "strong seed 0: training" in printed
 
 
-@pytest.mark.slow
 def test_ends_with_the_wandb_report_of_the_comparison(synthetic_shards: Path, tmp_path: Path, monkeypatch, capsys):
     """--wandb-report P: the runs log to W&B (offline here, grouped by recipe), then the Report's spec is written."""
     isolate_wandb(monkeypatch, tmp_path / "home")

@@ -6,12 +6,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
-
 from helpers import ROOT
 
 
-@pytest.mark.slow
 def test_train_cli_reports_config_errors_in_one_line_with_exit_code_2():
     proc = subprocess.run(
         [sys.executable, "-m", "toolkit.train", "--config", str(ROOT / "configs/smoke.yaml"), "optimizer.lrr=1"],
@@ -40,7 +37,6 @@ def test_train_cli_reports_config_errors_in_one_line_with_exit_code_2():
     assert proc.returncode == 0 and "epochs: 9" in proc.stdout
 
 
-@pytest.mark.slow
 def test_errors_and_cli_import_without_torch():
     """Config, formats and models reach the one-line errors without pulling torch in through them."""
     code = "import sys, toolkit.cli, toolkit.errors; sys.exit('torch' in sys.modules)"

@@ -7,7 +7,6 @@ import json
 import pytest
 
 
-@pytest.mark.slow
 def test_hugging_face_datasets_gives_named_labels(synthetic_shards, tmp_path, monkeypatch):
     datasets = pytest.importorskip("datasets", reason="Hugging Face datasets is not installed (optional)")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))

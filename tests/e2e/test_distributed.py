@@ -40,7 +40,6 @@ def _popen(cmd: list[str]) -> subprocess.Popen:
 # Evaluation: 1 and 2 processes give the same numbers, each sample counted once
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(2 * TIMEOUT_S)
 def test_evaluation_with_one_and_two_processes_gives_identical_metrics(synthetic_shards, tmp_path):
     shards = tmp_path / "shards"  # test: 5 shards (4 x 4 + ...), val: 2; one corrupt JPEG in test
@@ -177,7 +176,6 @@ EXACT = [
 ]
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(2 * TIMEOUT_S)
 def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path, monkeypatch):
     shards = tmp_path / "shards"
@@ -256,7 +254,6 @@ def _evaluate_val(model: Path, shards: Path, out: Path) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(3 * TIMEOUT_S)
 def test_val_metrics_of_two_processes_describe_the_saved_model(synthetic_shards, tmp_path):
     """With per-rank BatchNorm statistics (train.dist_bn=none) the logged val numbers belong to no saved model."""
@@ -296,7 +293,6 @@ def test_val_metrics_of_two_processes_describe_the_saved_model(synthetic_shards,
             assert logged["val_acc"] == pytest.approx(evaluated["accuracy"], abs=1e-6)
 
 
-@pytest.mark.slow
 def test_sync_bn_on_a_cpu_is_refused_in_one_line(synthetic_shards, tmp_path, capsys):
     from helpers import error_line, train_args, train_cli
 
@@ -333,7 +329,6 @@ run_cli(toolkit.train.main, sys.argv[1:])
 """
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(TIMEOUT_S)
 def test_a_nan_on_one_rank_stops_both_ranks_at_once(synthetic_shards, tmp_path):
     driver = tmp_path / "poison.py"
@@ -360,7 +355,6 @@ def test_a_nan_on_one_rank_stops_both_ranks_at_once(synthetic_shards, tmp_path):
     assert checkpoints == ["step-00000002", "step-00000004"]  # the last good ones, nothing after the NaN
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(TIMEOUT_S)
 def test_an_unwritable_output_folder_stops_every_rank_with_one_line(synthetic_shards, tmp_path):
     blocked = tmp_path / "a-file"
@@ -383,7 +377,6 @@ def test_an_unwritable_output_folder_stops_every_rank_with_one_line(synthetic_sh
     assert proc.returncode != 0 and err.count("error: output folder") == 1, err[-3000:]
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(TIMEOUT_S)
 def test_an_unexpected_error_on_one_rank_ends_every_rank_within_seconds(synthetic_shards, tmp_path):
     """Not a NaN: any exception on rank 1. The launcher ends rank 0; nothing waits for a collective's timeout."""

@@ -2,7 +2,7 @@
 
 Each shell line and Python block of README.md, docs/*.md, shards/README.md, the launch/ script
 headers and the config headers is one test case, named by its file and line. Lines that fit this
-machine run for real in a sandbox that looks like a checkout (slow: marked); the others (GPUs, a
+machine run for real in a sandbox that looks like a checkout; the others (GPUs, a
 cluster, the network, hours of training) are checked by the command's own argument parser, config
 validation and launcher (``accelerate launch``'s validation, torchrun's parser, the launch scripts
 under bash with stand-ins for the GPU and SLURM programs).
@@ -202,18 +202,7 @@ def run_launcher(argv: list[str], work: Path, tmp_path: Path) -> str:
     return "launcher checked: " + " | ".join(proc.stdout.split("\n")[-3:])
 
 
-def _slow(command: DocCommand) -> bool:
-    return (
-        command.kind == "python"
-        or run_here(fill_in(command.text, Path("x/oxford-pets-mini"), Path("f")))
-        or command.text.startswith(("launch/gpu_check.sh", "sbatch"))
-        or "launch/cpu.sh" in command.text
-    )
-
-
-@pytest.mark.parametrize(
-    "command", [pytest.param(c, id=c.source, marks=[pytest.mark.slow] if _slow(c) else []) for c in COMMANDS]
-)
+@pytest.mark.parametrize("command", [pytest.param(c, id=c.source) for c in COMMANDS])
 @pytest.mark.timeout(300)
 def test_documented_command_works_as_written(command: DocCommand, sandbox: Path, tmp_path: Path, monkeypatch):
     from conftest import SHARED_MINI
@@ -268,7 +257,6 @@ def test_metrics_table_lists_what_training_writes(sandbox: Path):
     assert documented == written, f"README lacks {written - documented}, has extra {documented - written}"
 
 
-@pytest.mark.slow
 def test_no_file_cites_notes_outside_the_repository():
     name = "REFERENCE" + ".md"
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()

@@ -28,7 +28,6 @@ from toolkit.formats import RunDir
 from toolkit.training.checkpoint import list_checkpoints
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "target, checkpoints",
     [
@@ -82,7 +81,6 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("size, writer", [("800k", "safetensors"), ("1200k", "torch.save")])
 def test_a_full_disk_is_one_resumable_line_from_every_writer(synthetic_shards, small_disk, capsys, size, writer):
     """800k: the checkpoint's model.safetensors fills it; 1200k: the optimizer's torch.save does (0.08M params)."""
@@ -97,7 +95,6 @@ def test_a_full_disk_is_one_resumable_line_from_every_writer(synthetic_shards, s
     assert [row["epoch"] for row in RunDir(mount / "full").read_history()] == [1, 2]
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_full_disk_in_a_two_process_run_stops_both_processes_with_one_line(synthetic_shards, small_disk):
     """The main process writes the files; the other rank learns of its failure instead of meeting a dead peer.

@@ -15,7 +15,6 @@ except ModuleNotFoundError:  # Python 3.10
     tomllib = pytest.importorskip("tomli")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("module", ["toolkit.train", "toolkit.visualize", "toolkit.export"])
 def test_help_names_python_dash_m(module):
     usage = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT).stdout

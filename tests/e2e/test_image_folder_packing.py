@@ -16,7 +16,6 @@ from toolkit.data.shards import SPLITS, pack_dataset
 from toolkit.data.verify import verify_shards
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_a_fifo_and_a_dev_zero_link_named_jpg_are_skipped_unopened(tmp_path: Path):
     """Packing used to wait forever on the FIFO and read /dev/zero until memory ran out. In a child with
@@ -62,7 +61,6 @@ def test_a_fifo_and_a_dev_zero_link_named_jpg_are_skipped_unopened(tmp_path: Pat
     assert len(info["skipped"]) == 2 and sum(s["num_samples"] for s in info["splits"].values()) == 12
 
 
-@pytest.mark.slow
 def test_image_folder_packs_every_file_with_its_class(tmp_path):
     root = make_folder(tmp_path / "flowers", {"tulip": 20, "rose": 20, "daisy": 20})
     picture(7).save(root / "rose" / "as_png.jpg", "PNG")  # a PNG named .jpg: converted
@@ -98,7 +96,6 @@ def test_image_folder_packs_every_file_with_its_class(tmp_path):
     assert {**again, "options": None} == {**info, "options": None}
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "arrange, expected",
     [
@@ -139,7 +136,6 @@ def test_layouts_that_are_no_dataset_are_one_line_errors(tmp_path, arrange, expe
     assert done.returncode == 2 and expected in error_line(done.stderr)
 
 
-@pytest.mark.slow
 def test_oxford_only_options_are_refused_for_a_folder(tmp_path):
     root = make_folder(tmp_path / "data", {"a": 5, "b": 5})
     done = subprocess.run(

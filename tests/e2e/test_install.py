@@ -93,7 +93,6 @@ def test_the_wheel_ships_the_configs_and_the_license(installed):
     assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_pets_quickstart_runs_from_an_empty_folder(installed, tmp_path):
     bin_dir, env, _ = installed

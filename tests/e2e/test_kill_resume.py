@@ -127,7 +127,6 @@ def _launch(driver: Path, point: str, signame: str, nth: int, argv: Sequence[str
     )
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_killed_and_signalled_run_resumes_to_the_uninterrupted_weights(tiny_shards, tmp_path):
     driver = tmp_path / "driver.py"

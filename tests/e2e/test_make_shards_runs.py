@@ -25,7 +25,6 @@ def run_main(argv: list[str]) -> int:
     return exit_info.value.code
 
 
-@pytest.mark.slow
 def test_reruns_are_byte_identical_with_1_and_2_workers(synthetic_source, tmp_path):
     options = dict(resize_shorter=32, shard_size=8, show_progress=False)
     one = pack_dataset(synthetic_source, tmp_path / "one", workers=1, **options)
@@ -39,7 +38,6 @@ def test_reruns_are_byte_identical_with_1_and_2_workers(synthetic_source, tmp_pa
     assert again["splits"] == one["splits"]
 
 
-@pytest.mark.slow
 def test_verify_catches_a_flipped_byte(synthetic_shards, tmp_path, capsys):
     folder = tmp_path / "shards"
     shutil.copytree(synthetic_shards, folder)
@@ -63,7 +61,6 @@ def test_verify_catches_a_flipped_byte(synthetic_shards, tmp_path, capsys):
     assert any("cannot read" in p for p in problems) and any("not listed in info.json" in p for p in problems)
 
 
-@pytest.mark.slow
 def test_cli_synthetic_in_a_subprocess(tmp_path):
     pack = subprocess.run(
         [
@@ -93,7 +90,6 @@ def test_cli_synthetic_in_a_subprocess(tmp_path):
 
 
 @pytest.mark.shared_data
-@pytest.mark.slow
 def test_mini_pets_packs_to_the_readme_counts(mini_pets, tmp_path, capsys):
     out = tmp_path / "shards"
     assert run_main(["--source", str(mini_pets), "--out", str(out), "--resize-shorter", "64", "--workers", "2"]) == 0

@@ -33,7 +33,6 @@ def metrics_of(folder: Path) -> dict:
     return {key: metrics[key] for key in ("num_samples", "loss", "accuracy", "roc_auc", "average_precision")}
 
 
-@pytest.mark.slow
 def test_the_export_gives_the_runs_own_test_metrics(trained, tmp_path):
     shards, run, exported = trained
     own = metrics_of(run / "eval" / "test")  # what training's own evaluation of its best model wrote
@@ -54,7 +53,6 @@ def test_the_export_gives_the_runs_own_test_metrics(trained, tmp_path):
             assert math.isclose(got[key], own[key], rel_tol=1e-5, abs_tol=1e-6), (source, key, got[key], own[key])
 
 
-@pytest.mark.slow
 def test_evaluate_writes_into_the_exported_folder_by_default(trained):
     shards, _, exported = trained
     copy = exported.parent / "exported-copy"
@@ -69,7 +67,6 @@ def test_evaluate_writes_into_the_exported_folder_by_default(trained):
     assert (copy / "eval" / "test" / "metrics.json").is_file()
 
 
-@pytest.mark.slow
 def test_predict_gives_the_same_probabilities_from_the_run_and_the_export(trained, tmp_path, capsys):
     _, run, exported = trained
     from PIL import Image
@@ -85,7 +82,6 @@ def test_predict_gives_the_same_probabilities_from_the_run_and_the_export(traine
         assert math.isclose(prob, lines[1]["prob"][name], abs_tol=1e-5)
 
 
-@pytest.mark.slow
 def test_bad_model_sources_are_one_line(tmp_path, capsys, monkeypatch):
     (tmp_path / "empty").mkdir()
     code = run_in_process(evaluate.main, ["--model", str(tmp_path / "empty"), "--shards", str(tmp_path)])
@@ -98,7 +94,6 @@ def test_bad_model_sources_are_one_line(tmp_path, capsys, monkeypatch):
     assert code == 2 and "cannot get config.json and model.safetensors from the Hub" in line and "local-dir:" in line
 
 
-@pytest.mark.slow
 def test_visualize_draws_with_the_exported_model(trained, capsys):
     from toolkit import visualize
 

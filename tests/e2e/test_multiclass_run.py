@@ -14,7 +14,6 @@ from toolkit.formats import RunDir
 from toolkit.reporting.html import cell_text
 
 
-@pytest.mark.slow
 def test_a_four_class_run_finishes_with_plots_report_and_wandb(tmp_path, monkeypatch):
     """make_shards on a 4-class image folder, train one epoch with plots and offline W&B: finish_run for N classes."""
     from toolkit.data.shards import pack_dataset

@@ -37,7 +37,6 @@ def breed_run(mini_breed_shards, tmp_path_factory) -> RunDir:
     return RunDir(out / "breeds")
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(3 * TIMEOUT_S)
 def test_breeds_train_and_evaluate_identically_on_one_and_two_processes(mini_breed_shards, breed_run, tmp_path):
     info = read_manifest(mini_breed_shards)
@@ -88,7 +87,6 @@ def test_breeds_train_and_evaluate_identically_on_one_and_two_processes(mini_bre
     assert len(rows[0]) - 1 == metrics[0]["num_samples"]
 
 
-@pytest.mark.slow
 def test_models_are_refused_on_data_with_other_classes(
     breed_run, synthetic_shards, mini_breed_shards, mini_pets, tmp_path
 ):
@@ -141,7 +139,6 @@ def test_models_are_refused_on_data_with_other_classes(
     assert fits.returncode == 0 and len(json.loads(fits.stdout)["top"]) == 5
 
 
-@pytest.mark.slow
 def test_an_image_folder_goes_from_make_shards_to_predict(three_breed_folder, tmp_path):
     shards = tmp_path / "shards"
     packed = run(

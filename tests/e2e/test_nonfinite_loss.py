@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -41,7 +40,6 @@ def _poison_training_forward(monkeypatch, nth: int) -> None:
     monkeypatch.setattr(toolkit.training.loop, "build_model", build_model)
 
 
-@pytest.mark.slow
 def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_checkpoint(
     one_epoch_run, tiny_shards, tmp_path, capsys, monkeypatch
 ):
@@ -57,7 +55,6 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_checkpoint(
     assert all(torch.isfinite(t).all() for t in load_file(run / "checkpoints/step-00000008/model.safetensors").values())
 
 
-@pytest.mark.slow
 def test_skip_nonfinite_skips_the_step_and_finishes(one_epoch_run, tiny_shards, tmp_path, capsys, monkeypatch):
     run, argv = continue_run(one_epoch_run, tiny_shards, tmp_path, "train.skip_nonfinite=true")
     _poison_training_forward(monkeypatch, nth=3)

@@ -26,7 +26,6 @@ def test_the_committed_notebook_shows_its_outputs_and_stays_small():
     assert NOTEBOOK.stat().st_size < MAX_BYTES
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_the_walkthrough_runs_top_to_bottom(tmp_path, monkeypatch):
     monkeypatch.setenv("WALKTHROUGH_DIR", str(tmp_path / "walkthrough"))  # the kernel inherits it

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from safetensors.torch import save_file
 
 from toolkit.models import create_model
 
 
-@pytest.mark.slow
 def test_training_starts_from_the_init_file_and_only_the_head_is_fresh(tmp_path, capsys):
     """A run with model.init begins from the file's weights (seen in the epoch-0 checkpoint-free model file)."""
     from safetensors.torch import load_file
@@ -38,7 +36,6 @@ def test_training_starts_from_the_init_file_and_only_the_head_is_fresh(tmp_path,
     assert trained["fc.weight"].shape == (2, 512)  # the head was made for the dataset's two classes
 
 
-@pytest.mark.slow
 def test_training_with_a_mismatched_init_file_is_one_line(tmp_path, capsys):
 
     from helpers import pack_tiny, train_args, train_cli

@@ -9,7 +9,6 @@ import pytest
 from helpers import ROOT
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_quickstart_runs_the_whole_job_on_synthetic_data(tmp_path):
     proc = subprocess.run(

@@ -36,7 +36,6 @@ def two_epoch_run(tiny_shards, tmp_path_factory) -> Path:
     return out / "run"
 
 
-@pytest.mark.slow
 def test_a_checkpoint_of_another_process_count_is_refused_before_anything_is_written(
     stopped_run, tiny_shards, tmp_path, capsys
 ):
@@ -52,7 +51,6 @@ def test_a_checkpoint_of_another_process_count_is_refused_before_anything_is_wri
     assert file_hashes(run) == before and not (run / ".lock").exists()
 
 
-@pytest.mark.slow
 def test_resume_auto_does_not_adopt_a_finished_run(tiny_shards, tmp_path, capsys):
     common = ("eval.test_split=null", "train.epochs=1", "train.resume=auto", "output.run_name=null")
     assert train_cli(train_args(tiny_shards, tmp_path, "x", *common)) == 0  # finishes
@@ -66,7 +64,6 @@ def test_resume_auto_does_not_adopt_a_finished_run(tiny_shards, tmp_path, capsys
     assert len(list(tmp_path.iterdir())) == 2  # a new run beside it
 
 
-@pytest.mark.slow
 def test_the_best_model_is_rolled_back_with_the_checkpoint(two_epoch_run, tiny_shards, tmp_path):
     run = RunDir(tmp_path / "run")
     shutil.copytree(two_epoch_run, run.root)
@@ -83,7 +80,6 @@ def test_the_best_model_is_rolled_back_with_the_checkpoint(two_epoch_run, tiny_s
     assert run.model.read_bytes() == at_checkpoint
 
 
-@pytest.mark.slow
 def test_resuming_an_older_checkpoint_sets_the_abandoned_future_aside(two_epoch_run, tiny_shards, tmp_path, capsys):
     run = RunDir(tmp_path / "run")
     shutil.copytree(two_epoch_run, run.root)

@@ -27,7 +27,6 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.slow
 def test_rerunning_a_config_keeps_the_earlier_run_and_resume_auto_continues_it(tiny_shards, tmp_path, capsys):
     runs = tmp_path / "runs"
     assert train_cli(train_args(tiny_shards, runs, "again", "train.epochs=2")) == 0
@@ -48,7 +47,6 @@ def test_rerunning_a_config_keeps_the_earlier_run_and_resume_auto_continues_it(t
     assert not first.lock.exists()  # released at the end
 
 
-@pytest.mark.slow
 def test_resume_auto_without_a_name_takes_the_newest_run_with_the_same_config(tiny_shards, tmp_path, capsys):
     runs = tmp_path / "runs"
     assert train_cli(train_args(tiny_shards, runs, "mine", "train.epochs=1", "train.max_steps=3")) == 0
@@ -64,7 +62,6 @@ def test_resume_auto_without_a_name_takes_the_newest_run_with_the_same_config(ti
     assert len(RunDir(runs / "mine").read_history()) == 1 and RunDir(runs / "other").read_history() == []
 
 
-@pytest.mark.slow
 def test_two_live_writers_are_refused_and_a_dead_one_s_lock_is_taken_over(tiny_shards, tmp_path, capsys):
     run = RunDir(tmp_path / "runs" / "busy")
     run.root.mkdir(parents=True)
@@ -84,7 +81,6 @@ def test_two_live_writers_are_refused_and_a_dead_one_s_lock_is_taken_over(tiny_s
     assert not run.lock.exists()
 
 
-@pytest.mark.slow
 def test_an_unwritable_output_folder_is_one_line(tiny_shards, tmp_path, capsys):
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")
@@ -92,7 +88,6 @@ def test_an_unwritable_output_folder_is_one_line(tiny_shards, tmp_path, capsys):
     assert "is not writable" in error_line(capsys.readouterr().err)
 
 
-@pytest.mark.slow
 def test_unwritable_output_folder_fails_before_training(tiny_shards, tmp_path, capsys):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the output folder should be")

@@ -23,7 +23,6 @@ FAKE_KEY = "f0e1d2c3b4a5968778695a4b3c2d1e0f12345678"  # 40 hex chars, the shape
 # Secrets
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_planted_wandb_key_appears_in_no_output(synthetic_shards, tmp_path):
     home = tmp_path / "home"
@@ -54,7 +53,6 @@ def test_a_planted_wandb_key_appears_in_no_output(synthetic_shards, tmp_path):
         assert not leaks, f"secret found in {leaks}"
 
 
-@pytest.mark.slow
 def test_secrets_in_a_config_value_and_inside_data_shards_appear_in_no_output(synthetic_source, tmp_path):
     """The key in a config value, and a bearer token inside a pipe: command in data.shards."""
     from toolkit.data.shards import pack_dataset
@@ -96,7 +94,6 @@ def test_secrets_in_a_config_value_and_inside_data_shards_appear_in_no_output(sy
     assert "Authorization: ***" in (tmp_path / "runs" / "secret" / "dataset.json").read_text()
 
 
-@pytest.mark.slow
 def test_credentials_in_a_pipe_command_reach_no_file_of_the_run(synthetic_source: Path, tmp_path: Path):
     """One working pipe: command carrying a credential of every form: none in config.yaml, dataset.json,
     report.html, the console or W&B's offline run; each file shows the masked command."""

@@ -6,8 +6,6 @@ from __future__ import annotations
 import shutil
 import tarfile
 
-import pytest
-
 from helpers import (
     rewrite_shard,
     train_args,
@@ -17,7 +15,6 @@ from helpers import (
 EVIL_NAMES = ["../../evil-up", "/{abs}/evil-abs", "nested/../../../evil-nested"]
 
 
-@pytest.mark.slow
 def test_shard_member_names_are_never_used_as_paths(tiny_shards, tmp_path, monkeypatch, capsys):
     from toolkit import data
 

@@ -186,7 +186,6 @@ def two_node_run(cluster, shards, tmp_path_factory) -> Path:
     return out / "straight"
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(2 * JOB_TIMEOUT_S)
 def test_two_node_sbatch_equals_a_single_host_two_process_run(two_node_run):
     import json
@@ -195,7 +194,6 @@ def test_two_node_sbatch_equals_a_single_host_two_process_run(two_node_run):
     assert len(checksums) == 2 and checksums[0] == checksums[1]  # equal weights on every rank
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(4 * JOB_TIMEOUT_S)
 def test_time_limit_and_scancel_checkpoint_requeue_and_finish_with_the_same_weights(
     cluster, shards, two_node_run, tmp_path
@@ -232,7 +230,6 @@ def test_time_limit_and_scancel_checkpoint_requeue_and_finish_with_the_same_weig
     assert not (run / ".lock").exists()
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(3 * JOB_TIMEOUT_S)
 def test_a_job_requeued_onto_the_other_node_takes_its_run_back_from_the_first_node_s_lock(cluster, shards, tmp_path):
     out = tmp_path / "case3"

@@ -14,7 +14,6 @@ from toolkit.data.shards import pack_dataset
 from toolkit.errors import UsageError
 
 
-@pytest.mark.slow
 def test_an_empty_test_split_is_refused_before_training_and_evaluating(tmp_path: Path, capsys):
     """Shards whose test split is empty (packed by an older version, or edited): one line, no run folder."""
     from helpers import train_args, train_cli
@@ -49,7 +48,6 @@ def test_an_empty_test_split_is_refused_before_training_and_evaluating(tmp_path:
     assert not (tmp_path / "c").exists()
 
 
-@pytest.mark.slow
 def test_training_refuses_a_val_split_that_cannot_choose_the_best_epoch(synthetic_source, tmp_path, capsys):
     shards = tmp_path / "one-class-val"  # the seed's plain random split of a tiny set: one val image, one class
     info = pack_dataset(

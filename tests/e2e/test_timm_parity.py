@@ -47,7 +47,6 @@ def test_parity_check_catches_stride_on_the_1x1_conv():
         assert max_abs_diff(ours(x), reference(x)) > 1e-3
 
 
-@pytest.mark.slow
 def test_compare_timm_cli_on_resnet18():
     result = run_module(
         "toolkit.compare_timm", "--arch", "resnet18", "--image-size", "64", "--steps", "1", "--warmup", "0", "--json"

@@ -153,7 +153,6 @@ def test_bf16_autocast_runs_on_cpu(learnable_shards, tmp_path):
     assert read_jsonl(tmp_path / "bf16" / "metrics.jsonl")[0]["val_loss"] > 0
 
 
-@pytest.mark.slow
 def test_fp16_on_cpu_runs_or_fails_with_one_line(learnable_shards, tmp_path):
     proc = subprocess.run(
         [
@@ -183,7 +182,6 @@ def test_fp16_on_cpu_runs_or_fails_with_one_line(learnable_shards, tmp_path):
         assert proc.stderr.strip().count("\n") == 0 and "fp16" in proc.stderr
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_two_processes_with_uneven_shards_finish_with_identical_weights(synthetic_shards, tmp_path):
     """Uneven shards (sizes 4,4,...,odd) on 2 gloo processes: no hang, same weights, exact val counts."""

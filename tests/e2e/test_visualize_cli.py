@@ -5,12 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
-
 from helpers import ROOT
 
 
-@pytest.mark.slow
 def test_visualize_cli_missing_run_folder_is_one_line_exit_2(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "toolkit.visualize", "--run", str(tmp_path / "nope")],

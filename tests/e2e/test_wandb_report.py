@@ -90,7 +90,6 @@ def read_logged_keys(run_dir: Path) -> dict[str, str]:
     return read_run_log(run.log_files, run.run_id).keys
 
 
-@pytest.mark.slow
 def test_logged_keys_read_back_match_what_training_wrote(runs):
     for folder in runs.folders:
         keys = read_logged_keys(folder)
@@ -110,7 +109,6 @@ def test_logged_keys_read_back_match_what_training_wrote(runs):
     assert not any(kind == "image" for kind in without.values())
 
 
-@pytest.mark.slow
 def test_runs_follow_the_wandb_conventions_users_look_for(runs):
     """Epoch x-axis and best-of-run summaries, the recipe as group, model aliases, the shards as a dataset artifact."""
     for folder in runs.folders:
@@ -132,7 +130,6 @@ def test_runs_follow_the_wandb_conventions_users_look_for(runs):
         assert json.loads(model[0].metadata)["dataset_artifact"] == dataset[0].name
 
 
-@pytest.mark.slow
 def test_a_torn_run_log_is_read_up_to_the_tear(runs, tmp_path):
     """A run still writing (or killed) has a half-written last chunk: read what is complete, no error."""
     (log,) = (runs.folders[1] / "wandb").glob("offline-run-*/run-*.wandb")
@@ -147,7 +144,6 @@ def test_a_torn_run_log_is_read_up_to_the_tear(runs, tmp_path):
 # The spec, offline
 
 
-@pytest.mark.slow
 def test_dry_run_spec_panels_read_only_logged_keys(runs, offline, capsys):
     assert report_cli("--project", PROJECT, "--group", "tiny", "--runs-dir", str(runs.dir), "--dry-run") == 0
     out = capsys.readouterr().out
@@ -183,7 +179,6 @@ def test_dry_run_spec_panels_read_only_logged_keys(runs, offline, capsys):
     assert "test/roc_auc" in spec["columns"]
 
 
-@pytest.mark.slow
 def test_headline_is_mean_and_std_over_the_seeds_in_the_classification_report_layout(runs, offline, capsys):
     out_file = runs.root / "headline.json"
     assert report_cli("--project", PROJECT, "--group", "tiny", "--runs-dir", str(runs.dir), "--out", str(out_file)) == 0
@@ -198,7 +193,6 @@ def test_headline_is_mean_and_std_over_the_seeds_in_the_classification_report_la
     assert "resnet18" in text and "synthetic-pets" in text  # what was trained, on which data
 
 
-@pytest.mark.slow
 def test_runs_by_id_and_the_spec_becomes_a_wandb_report_offline(runs, offline, capsys):
     wr = pytest.importorskip("wandb_workspaces.reports.v2")
     out_file = runs.root / "one.json"
@@ -230,7 +224,6 @@ def test_runs_by_id_and_the_spec_becomes_a_wandb_report_offline(runs, offline, c
     assert runs.ids[1] in view and runs.ids[0] not in view
 
 
-@pytest.mark.slow
 def test_publish_rebuilds_the_report_from_the_spec_and_saves_it(runs, offline, monkeypatch, capsys):
     wr = pytest.importorskip("wandb_workspaces.reports.v2")
     path = runs.root / "publish.json"
@@ -267,7 +260,6 @@ def test_publish_rebuilds_the_report_from_the_spec_and_saves_it(runs, offline, m
 # One-line errors
 
 
-@pytest.mark.slow
 def test_unknown_group_or_run_is_one_line_exit_2(runs, offline, capsys):
     assert report_cli("--project", PROJECT, "--group", "nope", "--runs-dir", str(runs.dir), "--dry-run") == 2
     assert "no runs of group 'nope'" in error_line(capsys.readouterr().err)

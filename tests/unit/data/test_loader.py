@@ -143,7 +143,6 @@ def test_every_rank_gets_the_same_number_of_full_batches(uneven, world, workers)
         assert all(b["label"].dtype == torch.long and len(b["key"]) == batch for b in batches)
 
 
-@pytest.mark.slow
 def test_each_worker_fills_its_quota(uneven):
     folder, info = uneven
     loader = data.make_train_loader(config(folder, num_workers=2), info, batch_size=4, rank=0, world_size=1, seed=0)
@@ -163,7 +162,6 @@ def test_chunk_size_divides_the_batch_and_spreads_it_over_the_workers(batch, wor
     assert data.loader._chunk_size(batch, workers) == chunk
 
 
-@pytest.mark.slow
 def test_chunk_c_comes_from_worker_c_mod_w_and_every_worker_helps_with_the_first_batch(uneven):
     folder, info = uneven
     loader = data.make_train_loader(config(folder, num_workers=2), info, batch_size=4, rank=0, world_size=1, seed=2)
@@ -189,7 +187,6 @@ def test_producing_workers_per_epoch_is_min_of_workers_and_chunks(tmp_path, trai
     assert len(producers) == min(workers, stream.chunks) == (2 if train == [3] else 3)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("layout", [[12, 12, 12, 12], [24, 24]], ids=["shard-level", "sample-level"])
 def test_an_epoch_covers_every_sample_once_when_shards_are_even(tmp_path, layout):
     info = write_shards(tmp_path, {"train": layout})
@@ -259,7 +256,6 @@ def test_resuming_mid_epoch_gives_the_same_remaining_batches(uneven, workers):
         assert same_batches(list(resumed), whole[start:])
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("persistent", [True, False])
 def test_worker_processes_see_the_new_epoch(uneven, persistent):
     folder, info = uneven

@@ -286,7 +286,6 @@ def test_interrupted_run_leaves_no_finished_looking_shard(synthetic_source, tmp_
     assert list((tmp_path / "fresh").iterdir()) == []
 
 
-@pytest.mark.slow
 def test_rerun_replaces_stale_shards_and_refuses_foreign_files(synthetic_source, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
