@@ -175,11 +175,28 @@ def test_fp16_on_cpu_runs_or_fails_with_one_line(learnable_shards, tmp_path):
         cwd=ROOT,
         timeout=300,
     )
-    if torch.cuda.is_available() or proc.returncode == 0:
+    if accelerate_takes_fp16():  # then the run must finish, and write its epoch
         assert proc.returncode == 0, proc.stderr
-    else:
+        assert read_jsonl(tmp_path / "fp16" / "metrics.jsonl")[0]["val_loss"] > 0
+    else:  # this Accelerate refuses fp16 here: one line naming fp16, exit code 2
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert proc.stderr.strip().count("\n") == 0 and "fp16" in proc.stderr
+
+
+def accelerate_takes_fp16() -> bool:
+    """Whether the installed Accelerate accepts fp16 on this machine (as the training loop builds it), asked
+    before the run so that the test expects one outcome instead of accepting whichever happened."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    try:
+        Accelerator(mixed_precision="fp16", cpu=not torch.cuda.is_available())
+        return True
+    except ValueError:
+        return False
+    finally:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
 
 
 @pytest.mark.timeout(600)
