@@ -76,8 +76,8 @@ RUN_HERE = (
 )
 # Lines another test runs as written (the fresh-venv install and the test suite itself).
 ELSEWHERE = {
-    "python3 -m venv .venv": "tests/test_install.py builds a fresh venv and installs the package",
-    ". .venv/bin/activate": "tests/test_install.py",
+    "python3 -m venv .venv": "tests/e2e/test_install.py builds a fresh venv and installs the package",
+    ". .venv/bin/activate": "tests/e2e/test_install.py",
     "python -m pytest -q": ".ci/run runs exactly this line",
 }
 
@@ -180,11 +180,11 @@ def check_shell(command: str, work: Path, tmp_path: Path) -> str:
             results.append(run_launcher(argv, work, tmp_path))
         elif argv[:3] == ["python", "-m", "pytest"]:  # the suite runs these files itself
             paths = [a for a in argv[3:] if not a.startswith("-")]
-            assert paths and all((ROOT / a).is_file() for a in paths), f"no such test file in {part!r}"
+            assert paths and all((ROOT / a).exists() for a in paths), f"no such test file or folder in {part!r}"
             results.append("test files exist (the suite runs them)")
         elif argv[0] == "python" and argv[1].startswith("tests/"):  # a test helper script, started by its test
             compile((ROOT / argv[1]).read_text(), argv[1], "exec")
-            results.append("the script exists and compiles (tests/test_slurm.py starts it)")
+            results.append("the script exists and compiles (tests/e2e/test_slurm.py starts it)")
         else:
             found = toolkit_module(argv)
             assert found is not None, f"no rule for {part!r}: teach tests/doc_commands.py how to check it"

@@ -1,6 +1,6 @@
 """toolkit.evaluation.metrics against scikit-learn, computed independently here: two classes.
 
-The same functions serve any class count; tests/test_metrics_multiclass.py covers more than two."""
+The same functions serve any class count; tests/unit/evaluation/test_metrics_multiclass.py covers more than two."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ make the two disagree, and a test file outside the two folders would be in neith
 
 from __future__ import annotations
 
+import ast
 import re
 from types import SimpleNamespace
 
@@ -59,3 +60,16 @@ def test_the_folder_decides_slow(request: pytest.FixtureRequest):
     for item in items:
         slow = item.get_closest_marker("slow") is not None
         assert slow == (TESTS / "e2e" in item.path.resolve().parents), item.nodeid
+
+
+def test_the_tests_docs_cite_exist():
+    """docs/reliability.md names each promise's test as FOLDER/FILE::FUNCTION under tests/; each must exist."""
+    cited = re.findall(r"`((?:unit/\w+|e2e)/test_\w+\.py)::(test_\w+)`", (ROOT / "docs/reliability.md").read_text())
+    assert len(cited) >= 60, len(cited)
+    defined: dict[str, set[str]] = {}
+    for path in {path for path, _ in cited}:
+        file = TESTS / path
+        tree = ast.parse(file.read_text(encoding="utf-8")) if file.is_file() else ast.Module(body=[])
+        defined[path] = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+    gone = [f"{path}::{name}" for path, name in cited if name not in defined[path]]
+    assert not gone, f"docs/reliability.md cites tests that do not exist: {gone}"
