@@ -14,21 +14,6 @@ from toolkit.errors import UsageError
 from toolkit.evaluation.metrics import mean_std
 from toolkit.reporting.recipe_comparison import verdicts
 
-TINY = [
-    "model.arch=resnet18",
-    "model.blocks_per_stage=[1,1,1,1]",
-    "model.base_width=8",
-    "data.image_size=32",
-    "data.resize_size=36",
-    "data.num_workers=0",
-    "train.batch_size=8",
-    "eval.batch_size=32",
-    "eval.plots=false",
-    'train.mixed_precision="no"',
-    "model.channels_last=false",
-    "scheduler.warmup_epochs=0",
-]  # a 1-epoch run cannot warm up for the strong recipe's 2 epochs
-
 
 def test_rejects_bad_plans_before_training(synthetic_shards: Path, tmp_path: Path):
     base = ["--epochs", "3", "--out", str(tmp_path / "out")]
