@@ -1,4 +1,5 @@
-"""Fixtures shared by the whole suite: the real mini dataset, and tiny synthetic data packed into shards.
+"""Fixtures shared by the whole suite: the real mini dataset, and tiny synthetic data packed into shards;
+and the rule that makes every test under tests/e2e/ ``slow``.
 
 The session-scoped fixtures are built once per test run and shared: treat them as read-only
 (copy them with ``shutil.copytree`` before changing anything).
@@ -11,8 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from helpers import pack_tiny, train_args, train_cli
 from toolkit.data.oxford import make_synthetic_dataset
 from toolkit.data.shards import pack_dataset
+
+# tests/unit/<package>/: fast, in-process tests; tests/e2e/: anything that trains, starts processes, installs,
+# runs the notebook or the documented commands, or starts a cluster. The folder decides `slow`, not a hand-placed mark.
+E2E = Path(__file__).resolve().parent / "e2e"
 
 # ../shared/data/oxford-pets-mini beside the repository: 942 real images in the official layout.
 SHARED_MINI = Path(__file__).resolve().parents[2] / "shared/data/oxford-pets-mini"
@@ -22,6 +28,13 @@ SHARED_MINI = Path(__file__).resolve().parents[2] / "shared/data/oxford-pets-min
 SYNTHETIC_IMAGES = 64
 SYNTHETIC_IMAGE_SIZE = 48
 SYNTHETIC_SHARD_SIZE = 4
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test under tests/e2e/ ``slow`` (so ``-m "not slow"`` equals ``tests/unit``)."""
+    for item in items:
+        if E2E in item.path.resolve().parents:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -81,3 +94,17 @@ def three_breed_folder(mini_pets: Path, tmp_path_factory: pytest.TempPathFactory
         for image in sorted((mini_pets / "images").glob(f"{breed}_*.jpg")):
             (root / breed / image.name).symlink_to(image)
     return root
+
+
+@pytest.fixture(scope="module")
+def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``helpers.pack_tiny``'s 120 synthetic 32 px images in shards of 16, packed once per test module."""
+    return pack_tiny(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 1-epoch run (checkpoint step-00000008, model and last.safetensors); copy before changing."""
+    out = tmp_path_factory.mktemp("one-epoch")
+    assert train_cli(train_args(tiny_shards, out, "run", "train.epochs=1", "eval.test_split=null")) == 0
+    return out / "run"

@@ -1,4 +1,4 @@
-"""The documented commands, collected and checked: what ``tests/test_docs.py`` runs.
+"""The documented commands, collected and checked: what ``tests/e2e/test_docs.py`` runs.
 
 Every fenced shell or Python block of README.md, docs/*.md and shards/README.md, the usage lines at
 the top of launch/ scripts and the command lines in config headers are collected as ``DocCommand``s.

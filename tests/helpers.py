@@ -1,5 +1,5 @@
-"""Helpers shared by the reliability, distributed and security tests: tiny shards, in-process CLI runs,
-one-line error checks, shard surgery, tiny model files."""
+"""Helpers shared across the suite (unit and e2e): tiny shards and image folders, in-process CLI runs,
+one-line error checks, shard surgery, tiny model files, planted pickles, W&B offline runs read back."""
 
 from __future__ import annotations
 
@@ -7,23 +7,30 @@ import hashlib
 import io
 import json
 import os
+import pickle
+import shutil
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from toolkit.cli import run_cli
 from toolkit.config import load_config, validate_config
 from toolkit.data.oxford import SYNTHETIC_MARKER, make_synthetic_dataset, resolve_root
 from toolkit.data.shards import pack_dataset
-from toolkit.formats.model_file import model_metadata, save_model_file
+from toolkit.formats import read_manifest
+from toolkit.formats.model_file import model_metadata, read_model_file, save_model_file
 from toolkit.models import architecture
+from toolkit.reporting.wandb_runs import read_wandb_records
+from toolkit.training.checkpoint import list_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -231,3 +238,135 @@ def isolate_wandb(mp: pytest.MonkeyPatch, home: Path, mode: Optional[str] = "off
 def synthetic_info(root: Path) -> dict:
     """The record make_synthetic_dataset left in ``root`` (which files are odd, which unlisted)."""
     return json.loads((resolve_root(root) / SYNTHETIC_MARKER).read_text(encoding="utf-8"))
+
+
+class Planted:
+    """Unpickling this creates ``path``: proof that a pickle from outside ran code."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def plant_pickle(target: Path, marker: Path) -> None:
+    target.write_bytes(pickle.dumps({"state": Planted(marker)}, protocol=2))
+
+
+# a tiny ResNet at 32 px, one loader process: a compare_recipes run of one epoch takes seconds
+TINY = [
+    "model.arch=resnet18",
+    "model.blocks_per_stage=[1,1,1,1]",
+    "model.base_width=8",
+    "data.image_size=32",
+    "data.resize_size=36",
+    "data.num_workers=0",
+    "train.batch_size=8",
+    "eval.batch_size=32",
+    "eval.plots=false",
+    'train.mixed_precision="no"',
+    "model.channels_last=false",
+    "scheduler.warmup_epochs=0",  # a 1-epoch run cannot warm up for the strong recipe's 2 epochs
+]
+
+
+def write_images(folder: Path, count: int, size: int = 24, seed: int = 0) -> None:
+    """``count`` small random JPEGs in ``folder`` (made if needed)."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"img{i}.jpg", quality=90)
+
+
+def assert_nothing_half_written(run: Path, torn_metrics_tail: bool = False) -> None:
+    """Every file that looks finished is complete; ``metrics.jsonl`` holds one JSON object per line."""
+    from accelerate.utils import load as accelerate_load  # torch.load(weights_only=True) + numpy's RNG state
+
+    for ckpt in list_checkpoints(run / "checkpoints"):
+        assert load_file(ckpt / "model.safetensors"), ckpt
+        assert accelerate_load(ckpt / "optimizer.bin")["state"] is not None, ckpt
+        assert "torch_manual_seed" in accelerate_load(ckpt / "random_states_0.pkl"), ckpt
+        assert json.loads((ckpt / "trainer_state.json").read_text())["trainer"]["global_step"] >= 0, ckpt
+    for name in ("model.safetensors", "last.safetensors"):
+        if (run / name).exists():
+            read_model_file(run / name)
+    metrics = run / "metrics.jsonl"
+    if metrics.exists():
+        lines = metrics.read_text().splitlines()
+        if torn_metrics_tail:
+            with pytest.raises(json.JSONDecodeError):
+                json.loads(lines.pop())
+        assert all(isinstance(json.loads(line), dict) for line in lines), lines
+
+
+def continue_run(run: Path, tiny_shards: Path, tmp_path: Path, *overrides: str) -> tuple[Path, list[str]]:
+    """A copy of ``run`` and the command line that resumes it for a second epoch."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    return copy, train_args(tiny_shards, tmp_path, "run", "train.resume=auto", "eval.test_split=null", *overrides)
+
+
+def finished_files(run: Path) -> dict[str, str]:
+    """Hashes of what a resume relies on: checkpoints, model.safetensors and last.safetensors."""
+    kept = ("checkpoints/", "model.safetensors", "last.safetensors")
+    return {name: digest for name, digest in file_hashes(run).items() if name.startswith(kept)}
+
+
+def run_module(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def offline_contents(run_dir: Path) -> SimpleNamespace:
+    """Summary and chart config of the one offline W&B run under ``run_dir``, and its media folder."""
+    (log_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    config, summary = {}, {}
+    for record in read_wandb_records(log_file):
+        kind = record.WhichOneof("record_type")
+        items = record.run.config.update if kind == "run" else record.config.update if kind == "config" else []
+        for item in items:
+            config["/".join(item.nested_key) if item.nested_key else item.key] = json.loads(item.value_json)
+        if kind == "summary":
+            for item in record.summary.update:
+                summary["/".join(item.nested_key) if item.nested_key else item.key] = json.loads(item.value_json)
+    return SimpleNamespace(config=config, summary=summary, media=log_file.parent / "files" / "media")
+
+
+def picture(seed: int, size: int = 40) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size, size + 8, 3), dtype=np.uint8))
+
+
+def jpeg(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    picture(seed).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def make_folder(root: Path, counts: dict[str, int], seed: int = 0) -> Path:
+    for c, (name, n) in enumerate(counts.items()):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            (root / name / f"img {i}.jpg").write_bytes(jpeg(seed + 100 * c + i))
+    return root
+
+
+def read_split(folder: Path, split: str) -> list[tuple[str, dict[str, bytes]]]:
+    """(key, {ext: bytes}) for every sample of a split, in shard order, read with plain tarfile."""
+    samples: dict[str, dict[str, bytes]] = {}
+    for shard in read_manifest(folder)["splits"][split]["shards"]:
+        with tarfile.open(folder / shard["name"]) as tar:
+            for member in tar:
+                key, _, ext = member.name.partition(".")
+                samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    return list(samples.items())
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
