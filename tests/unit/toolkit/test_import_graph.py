@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[2] / "toolkit"
+PACKAGE = Path(__file__).resolve().parents[3] / "toolkit"
 
 
 def module_name(path: Path) -> str:
