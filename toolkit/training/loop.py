@@ -160,6 +160,29 @@ def setup(cfg: Config) -> Session:
         raise
 
 
+def initial_model(
+    cfg: Config, accelerator: Accelerator, resumed_from: Optional[Path], log: Callable[[str], None]
+) -> torch.nn.Module:
+    """The unwrapped model before training: built, ImageNet weights loaded (unless resuming), BN and memory layout set."""
+    raw_model = build_model(cfg)
+    if cfg.model.init and resumed_from is None:  # a resumed run's checkpoint holds the weights already
+        with accelerator.main_process_first():  # every rank loads; rank 0 first, so only it downloads
+            with usage_errors():
+                kept = load_pretrained(raw_model, cfg.model.init)
+        log(f"model.init={cfg.model.init}: loaded; fresh for this dataset: {', '.join(kept) or 'nothing'}")
+    if cfg.model.sync_bn:
+        if accelerator.device.type != "cuda":
+            raise UsageError(
+                "model.sync_bn needs CUDA GPUs (SyncBatchNorm runs on NCCL); on CPU keep it false: "
+                "train.dist_bn=reduce already gives every rank the same statistics for validation"
+            )
+        if accelerator.num_processes > 1:  # one process has nothing to sync with
+            raw_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(raw_model)
+    if cfg.model.channels_last:
+        raw_model = raw_model.to(memory_format=torch.channels_last)
+    return raw_model
+
+
 def build_session(
     cfg: Config,
     accelerator: Accelerator,
@@ -186,22 +209,7 @@ def build_session(
     seed_everything(cfg.train.seed, rank)
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN time its kernels once
-    raw_model = build_model(cfg)
-    if cfg.model.init and resumed_from is None:  # a resumed run's checkpoint holds the weights already
-        with accelerator.main_process_first():  # every rank loads; rank 0 first, so only it downloads
-            with usage_errors():
-                kept = load_pretrained(raw_model, cfg.model.init)
-        log(f"model.init={cfg.model.init}: loaded; fresh for this dataset: {', '.join(kept) or 'nothing'}")
-    if cfg.model.sync_bn:
-        if accelerator.device.type != "cuda":
-            raise UsageError(
-                "model.sync_bn needs CUDA GPUs (SyncBatchNorm runs on NCCL); on CPU keep it false: "
-                "train.dist_bn=reduce already gives every rank the same statistics for validation"
-            )
-        if world > 1:  # one process has nothing to sync with
-            raw_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(raw_model)
-    if cfg.model.channels_last:
-        raw_model = raw_model.to(memory_format=torch.channels_last)
+    raw_model = initial_model(cfg, accelerator, resumed_from, log)
     optimizer = build_optimizer(raw_model, cfg.optimizer)
     scheduler = build_scheduler(optimizer, cfg.scheduler, steps_per_epoch, steps_per_epoch * cfg.train.epochs)
     ema = build_ema(raw_model, cfg.train.ema_decay)  # before prepare(): a copy must not share its patched forward
