@@ -133,10 +133,13 @@ class Tracker:
         is_main: bool,
         run_name: str,
         resume: bool = False,
+        hold: bool = False,
         echo: Callable[[str], None] = _stderr,
         init_timeout: float = ONLINE_INIT_TIMEOUT_S,
     ) -> None:
         self.run_dir = Path(run_dir)
+        self._hold = hold  # keep log() rows until release(): see release()
+        self._held: list[tuple[dict, int]] = []
         self._resume_id = self._saved_run_id() if resume else None
         self.mode = "disabled"
         self._echo = echo
@@ -297,6 +300,7 @@ class Tracker:
         """Close the run (idempotent) and say where it went: mode, run_dir, sync_command, url."""
         if self._result is not None:
             return self._result
+        self.release()  # the run is over: what is still held is final
         run_dir = self.sync_dir
         url = None
         if self._run is not None and self.mode == "online":
@@ -346,9 +350,28 @@ class Tracker:
             return None
 
     def log(self, metrics: dict, step: int) -> None:
-        """Log scalars at ``step`` (the optimizer step, so the axis is monotonic)."""
+        """Log scalars at ``step`` (the optimizer step, so the axis is monotonic); held until ``release()``
+        when the tracker was made with ``hold=True``."""
         if self._run is None:
             return
+        if self._hold:
+            self._held.append((dict(metrics), step))
+            return
+        self._send(metrics, step)
+
+    def release(self) -> None:
+        """Send the held rows: called once a checkpoint covers their steps, and when the run is complete.
+
+        W&B keeps the first value it sees for a step and drops a step it has already seen, so a run killed
+        between checkpoints and resumed would show the killed run's values and lose the re-done ones (wandb
+        #4482). Holding rows until a checkpoint covers them means W&B never sees a step the resumed run will
+        redo: each step arrives once, from the run that finished it, offline and online alike.
+        """
+        held, self._held = self._held, []
+        for metrics, step in held:
+            self._send(metrics, step)
+
+    def _send(self, metrics: dict, step: int) -> None:
         if step < self._last_step:
             self._failure(
                 "log (step went backwards)",
@@ -360,6 +383,7 @@ class Tracker:
         self._call("log", lambda: self._run.log(_plain(metrics), step=step))
 
     def _log_at_last_step(self, what: str, data: Callable[[], dict]) -> None:
+        self.release()
         step = max(self._last_step, 0)
         self._last_step = step
         self._call(what, lambda: self._run.log(data(), step=step))

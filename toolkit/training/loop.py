@@ -19,7 +19,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
 
-from toolkit.cli import progress
+from toolkit.cli import progress, progress_mode
 from toolkit.config import Config, fit_head_to_classes, to_dict
 from toolkit.data import (
     TrainLoader,
@@ -40,6 +40,7 @@ from toolkit.models import create_model
 from toolkit.models.pretrained import load_pretrained
 from toolkit.redaction import redact_secrets
 from toolkit.reporting.finish import finish_run
+from toolkit.reporting.step_log import StepLog, check_tensorboard
 from toolkit.reporting.tracking import Tracker
 from toolkit.training.checkpoint import together
 from toolkit.training.optim import build_ema, build_optimizer, build_scheduler
@@ -83,6 +84,7 @@ class Session:
     config_dict: dict
     resumed_from: Optional[Path]
     log: Callable[[str], None]
+    steps: Optional[StepLog] = None  # made by start(), once the checkpoint's step is known
 
     @property
     def world(self) -> int:
@@ -152,6 +154,7 @@ def setup(cfg: Config) -> Session:
     if cfg.eval.test_split:  # an empty one would end the finished training in a traceback, without a report
         check_split_has_samples(cfg.data.shards, info, cfg.eval.test_split, "eval.test_split", " (null: no final test)")
     fit_head_to_classes(cfg, class_names(info))
+    check_tensorboard(cfg.tracking.tensorboard)
     run, resumed_from = resolve_run_dir(cfg, accelerator)  # decided by the main process, checked by every rank
     try:
         return build_session(cfg, accelerator, info, run, resumed_from, log)
@@ -234,6 +237,7 @@ def build_session(
         is_main=accelerator.is_main_process,
         run_name=cfg.output.run_name,
         resume=resumed_from is not None,
+        hold=bool(cfg.train.checkpoint_every_steps or cfg.train.checkpoint_every_epochs),
     )
     return Session(
         cfg=cfg,
@@ -274,8 +278,10 @@ def start(s: Session) -> TrainerState:
         s.run.write_config(s.config_dict)
         s.run.write_dataset(summary)
         s.run.keep_history_until(state.epoch)  # rows of epochs after the checkpoint are redone
+        s.run.keep_steps_until(state.global_step)  # and so are the steps after it
 
     together(s.accelerator, write_run_files if s.accelerator.is_main_process else None)
+    s.steps = make_step_log(s, state)
     s.tracker.log_dataset_summary(s.info)
     manifest = manifest_location(cfg.data.shards)
     s.tracker.log_dataset_artifact(summary, manifest=Path(manifest) if is_local(manifest) else None)
@@ -287,6 +293,30 @@ def start(s: Session) -> TrainerState:
         + (" (SYNTHETIC)" if s.info.get("synthetic") else "")
     )
     return state
+
+
+def make_step_log(s: Session, state: TrainerState) -> StepLog:
+    """steps.csv (+ TensorBoard); the plain step line where no progress bar is drawn."""
+    cfg = s.cfg
+    total = (s.batches_per_epoch // cfg.train.grad_accum_steps) * cfg.train.epochs
+    return StepLog(
+        s.run,
+        is_main=s.accelerator.is_main_process,
+        tensorboard=cfg.tracking.tensorboard,
+        images_per_step=cfg.train.batch_size * s.world * cfg.train.grad_accum_steps,
+        total_steps=min(total, cfg.train.max_steps) if cfg.train.max_steps else total,
+        resume_step=state.global_step if s.resumed_from is not None else None,
+        echo=s.log if progress_mode() == "log" else None,
+    )
+
+
+def checkpoint(s: Session, state: TrainerState) -> Path:
+    """Save the training state; the W&B rows it covers can then go out (a resumed run never logs them again)."""
+    path = save_training_state(
+        s.accelerator, s.run, state, s.scheduler, s.ema, s.cfg.train.keep_checkpoints, s.raw_model
+    )
+    s.tracker.release()
+    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,13 +340,17 @@ def train_one_epoch(s: Session, state: TrainerState, stop: StopRequested) -> Epo
         initial=first_batch,
         desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
         unit="batch",
+        lines=False,  # without a terminal, after_step prints one line per logged step instead
     )
     outcome = EpochOutcome(seconds=0.0, data_wait=0.0, batches_done=0)
+    s.steps.start_window(state.global_step)
     t_start = time.perf_counter()
     for batch_index in bar:
         t_wait = time.perf_counter()
         batch = next(batches)
-        outcome.data_wait += time.perf_counter() - t_wait
+        waited = time.perf_counter() - t_wait
+        outcome.data_wait += waited
+        s.steps.waited(waited)
         state.epoch_skipped += int(batch.get("skipped", 0))
         images = batch_to_device(
             batch,
@@ -363,14 +397,9 @@ def after_step(s: Session, state: TrainerState, running: RunningLoss, bar, stop:
     cfg = s.cfg
     if state.global_step % cfg.train.log_every_steps == 0 or state.batch_in_epoch == s.batches_per_epoch:
         mean_loss, lr = running.check(), s.scheduler.get_last_lr()[0]
-        s.tracker.log(
-            {
-                "train/loss": mean_loss,
-                "train/lr": lr,
-                "epoch": state.epoch + state.batch_in_epoch / s.batches_per_epoch,
-            },
-            step=state.global_step,
-        )
+        epoch = state.epoch + state.batch_in_epoch / s.batches_per_epoch
+        s.steps.log(state.global_step, epoch, mean_loss, lr)
+        s.tracker.log({"train/loss": mean_loss, "train/lr": lr, "epoch": epoch}, step=state.global_step)
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
         if any_process(s.accelerator, stop.requested):
@@ -382,7 +411,7 @@ def after_step(s: Session, state: TrainerState, running: RunningLoss, bar, stop:
     ):
         running.check()
         running.flush()
-        save_training_state(s.accelerator, s.run, state, s.scheduler, s.ema, cfg.train.keep_checkpoints, s.raw_model)
+        checkpoint(s, state)
     if cfg.train.max_steps and state.global_step >= cfg.train.max_steps:
         return f"train.max_steps={cfg.train.max_steps}"
     return None
@@ -444,6 +473,7 @@ def end_epoch(s: Session, state: TrainerState, outcome: EpochOutcome, val: EvalR
 
     together(accelerator, write_epoch if accelerator.is_main_process else None)  # a full disk stops every rank
     s.tracker.log({f"epoch/{k}": v for k, v in row.items() if v is not None}, step=state.global_step)
+    s.steps.log_epoch(row, state.global_step)
     s.log(
         f"epoch {epoch + 1}/{cfg.train.epochs} | train_loss {train_loss:.4f} | val_loss {val.loss:.4f} | "
         f"val_acc {val.accuracy:.4f} | val_auc {format_number(val.auc)} | lr {row['lr']:.2e} | "
@@ -453,7 +483,7 @@ def end_epoch(s: Session, state: TrainerState, outcome: EpochOutcome, val: EvalR
     )
     every = cfg.train.checkpoint_every_epochs
     if every and (state.epoch % every == 0 or state.epoch == cfg.train.epochs):
-        save_training_state(accelerator, s.run, state, s.scheduler, s.ema, cfg.train.keep_checkpoints, s.raw_model)
+        checkpoint(s, state)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -478,9 +508,8 @@ def train(cfg: Config) -> dict:
 
 def leave_early(s: Session, state: TrainerState, why: str, signum: Optional[int]) -> dict:
     """Checkpoint where the loop is and stop; resuming continues exactly here."""
-    path = save_training_state(
-        s.accelerator, s.run, state, s.scheduler, s.ema, s.cfg.train.keep_checkpoints, s.raw_model
-    )
+    path = checkpoint(s, state)
+    s.steps.close()
     s.log(
         f"stopped by {why} at epoch {state.epoch + 1}, step {state.global_step}; checkpoint {path}. "
         f"Resume with the same command plus train.resume=auto output.run_name={s.cfg.output.run_name}"
@@ -508,6 +537,8 @@ def finish(s: Session, state: TrainerState) -> dict:
                 "rank_weight_checksums": checksums,
             }
         )
+    s.steps.close()
+    s.tracker.release()  # the run is complete: every held row is final
     summary = finish_run(s.accelerator, s.cfg, s.info, s.run, s.mean, s.std, s.tracker)
     tracker_info = s.tracker.finish()
     if s.accelerator.is_main_process:
