@@ -85,6 +85,16 @@ def set_progress(mode: str) -> None:
     _progress_mode = mode
 
 
+def add_progress_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--progress",
+        choices=PROGRESS_MODES,
+        default="auto",
+        help="auto (default): progress bars on a terminal, else one plain line per logged step (a SLURM .out "
+        "file stays small); bar, log or none to choose",
+    )
+
+
 def progress_mode() -> str:
     """``bar``, ``log`` or ``none``: ``auto`` draws bars only when stderr is a terminal, so a SLURM ``.out`` file
     or a pipe gets plain lines instead of every redraw of a bar."""

@@ -30,6 +30,23 @@ def check_tensorboard(enabled: bool) -> None:
         raise UsageError(TENSORBOARD_HINT) from None
 
 
+def wandb_step_row(row: dict) -> dict:
+    """A steps.csv row as the W&B (and TensorBoard) keys of a logged step."""
+    return {"train/loss": row["loss"], "train/lr": row["lr"], "epoch": row["epoch"]}
+
+
+def wandb_epoch_row(row: dict) -> dict:
+    """A metrics.jsonl row as the ``epoch/*`` keys of an epoch's end."""
+    return {f"epoch/{key}": value for key, value in row.items() if value is not None}
+
+
+def logged_rows(run: RunDir) -> list[tuple[dict, int]]:
+    """What the run logged to W&B so far, rebuilt from its own files: (metrics, step), in step order."""
+    rows = [(wandb_step_row(row), row["step"]) for row in run.read_steps()]
+    rows += [(wandb_epoch_row(row), row["step"]) for row in run.read_history()]
+    return sorted(rows, key=lambda pair: pair[1])
+
+
 class StepLog:
     """steps.csv, TensorBoard and the plain step line of one training run (written by the main process only)."""
 

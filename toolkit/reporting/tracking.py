@@ -371,6 +371,39 @@ class Tracker:
         for metrics, step in held:
             self._send(metrics, step)
 
+    def backfill(self, rows: Sequence[tuple[dict, int]]) -> int:
+        """After a resume, send the local rows (``rows``: metrics and step, in step order, up to the checkpoint)
+        of the steps this W&B run never received; returns how many.
+
+        A SIGKILL loses what W&B had not yet written: offline, wandb-core writes ``run-ID.wandb`` in 32 KiB
+        blocks, and a killed run's last block never reaches the disk (seen: a killed smoke run's file held only
+        its 7-byte header); online, whatever was not yet uploaded. The steps W&B has are read back (offline:
+        the earlier parts' ``.wandb`` files; online: the step the server resumes at), and the run's own
+        steps.csv and metrics.jsonl rows fill in the rest, so each step arrives once.
+        """
+        if self._run is None or self._resume_id is None:
+            return 0
+        have = self._last_received_step()
+        missing = [(metrics, step) for metrics, step in rows if step > have]
+        for metrics, step in missing:
+            self._send(metrics, step)
+        return len(missing)
+
+    def _last_received_step(self) -> int:
+        """The highest step this W&B run already holds from earlier parts (-1: none)."""
+        if self.mode == "online":
+            return int(self._call("backfill", lambda: self._run.starting_step) or 0) - 1
+        from toolkit.reporting.wandb_runs import read_history
+
+        own, run_id = self.sync_dir, self._resume_id
+        parts = sorted(RunDir(self.run_dir).wandb.glob(f"*run-*-{run_id}/run-{run_id}.wandb"))
+        try:
+            rows = read_history([p for p in parts if p.parent.resolve() != own])
+        except Exception as err:  # an unreadable earlier part: send everything rather than lose steps
+            self._warn(f"cannot read the earlier W&B parts ({_short(err)}); re-sending the local step rows")
+            return -1
+        return max((int(row["_step"]) for row in rows if "_step" in row), default=-1)
+
     def _send(self, metrics: dict, step: int) -> None:
         if step < self._last_step:
             self._failure(

@@ -40,7 +40,7 @@ from toolkit.models import create_model
 from toolkit.models.pretrained import load_pretrained
 from toolkit.redaction import redact_secrets
 from toolkit.reporting.finish import finish_run
-from toolkit.reporting.step_log import StepLog, check_tensorboard
+from toolkit.reporting.step_log import StepLog, check_tensorboard, logged_rows, wandb_epoch_row, wandb_step_row
 from toolkit.reporting.tracking import Tracker
 from toolkit.training.checkpoint import together
 from toolkit.training.optim import build_ema, build_optimizer, build_scheduler
@@ -282,6 +282,10 @@ def start(s: Session) -> TrainerState:
 
     together(s.accelerator, write_run_files if s.accelerator.is_main_process else None)
     s.steps = make_step_log(s, state)
+    if s.resumed_from is not None and s.tracker.active:
+        sent = s.tracker.backfill(logged_rows(s.run))  # the rows a kill kept from reaching W&B
+        if sent:
+            s.log(f"W&B: sent {sent} logged row(s) up to the checkpoint that the interrupted run had not delivered")
     s.tracker.log_dataset_summary(s.info)
     manifest = manifest_location(cfg.data.shards)
     s.tracker.log_dataset_artifact(summary, manifest=Path(manifest) if is_local(manifest) else None)
@@ -398,8 +402,8 @@ def after_step(s: Session, state: TrainerState, running: RunningLoss, bar, stop:
     if state.global_step % cfg.train.log_every_steps == 0 or state.batch_in_epoch == s.batches_per_epoch:
         mean_loss, lr = running.check(), s.scheduler.get_last_lr()[0]
         epoch = state.epoch + state.batch_in_epoch / s.batches_per_epoch
-        s.steps.log(state.global_step, epoch, mean_loss, lr)
-        s.tracker.log({"train/loss": mean_loss, "train/lr": lr, "epoch": epoch}, step=state.global_step)
+        row = s.steps.log(state.global_step, epoch, mean_loss, lr)
+        s.tracker.log(wandb_step_row(row), step=state.global_step)
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
         if any_process(s.accelerator, stop.requested):
@@ -472,7 +476,7 @@ def end_epoch(s: Session, state: TrainerState, outcome: EpochOutcome, val: EvalR
             save_model_file(s.eval_model, s.run.model, meta)
 
     together(accelerator, write_epoch if accelerator.is_main_process else None)  # a full disk stops every rank
-    s.tracker.log({f"epoch/{k}": v for k, v in row.items() if v is not None}, step=state.global_step)
+    s.tracker.log(wandb_epoch_row(row), step=state.global_step)
     s.steps.log_epoch(row, state.global_step)
     s.log(
         f"epoch {epoch + 1}/{cfg.train.epochs} | train_loss {train_loss:.4f} | val_loss {val.loss:.4f} | "
