@@ -85,11 +85,11 @@ def set_progress(mode: str) -> None:
     _progress_mode = mode
 
 
-def add_progress_argument(parser: argparse.ArgumentParser) -> None:
+def add_progress_argument(parser: argparse.ArgumentParser, default: Optional[str] = "auto") -> None:
     parser.add_argument(
         "--progress",
         choices=PROGRESS_MODES,
-        default="auto",
+        default=default,
         help="auto (default): progress bars on a terminal, else one plain line per logged step (a SLURM .out "
         "file stays small); bar, log or none to choose",
     )

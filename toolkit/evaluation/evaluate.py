@@ -104,8 +104,12 @@ def evaluate_split(accelerator, model: torch.nn.Module, cfg, info: dict, split: 
         "logits": torch.cat(logits).numpy() if logits else np.zeros((0, len(class_names(info))), dtype=np.float32),
     }
     parts = gather_object([local]) if accelerator.num_processes > 1 else [local]
-    result = merge_predictions(split, parts, expected=split_size(info, split))
-    result.class_names = class_names(info)
+    return with_scores(merge_predictions(split, parts, expected=split_size(info, split)), class_names(info))
+
+
+def with_scores(result: EvalResult, names: Sequence[str]) -> EvalResult:
+    """Loss, accuracy and the model-selection AUC of a merged, labelled result (also batch predict's)."""
+    result.class_names = list(names)
     logits_t = torch.from_numpy(result.logits)
     labels_t = torch.from_numpy(result.labels).long()
     result.loss = float(F.cross_entropy(logits_t, labels_t)) if len(labels_t) else float("nan")
@@ -176,6 +180,22 @@ def score(
     return metrics
 
 
+def eval_config(shards: str, meta: dict, model_name: str, *, batch_size: int, num_workers: int):
+    """The config ``evaluate_split`` reads, for a model file's own image sizes (evaluate's and predict's)."""
+    image_size, resize_size = model_image_sizes(meta, model_name)
+    return load_config(
+        None,
+        [
+            f"data.shards={shards}",
+            f"data.image_size={image_size}",
+            f"data.resize_size={resize_size}",
+            f"data.num_workers={num_workers}",
+            f"eval.batch_size={batch_size}",
+            f"model.num_classes={meta['num_classes']}",
+        ],
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Command line
 
@@ -221,18 +241,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.out is None and model_folder is None:
         raise UsageError(f"--model {args.model}: pass --out DIR for the results of a Hub model")
     model, meta = load_model(args.model)
-    image_size, resize_size = model_image_sizes(meta, str(args.model))
-    cfg = load_config(
-        None,
-        [
-            f"data.shards={args.shards}",
-            f"data.image_size={image_size}",
-            f"data.resize_size={resize_size}",
-            f"data.num_workers={args.num_workers}",
-            f"eval.batch_size={args.batch_size}",
-            f"model.num_classes={meta['num_classes']}",
-        ],
-    )
+    cfg = eval_config(args.shards, meta, str(args.model), batch_size=args.batch_size, num_workers=args.num_workers)
     info = load_info(args.shards)
     check_classes(meta, class_names(info), str(args.model), what=f"the shards {args.shards}")
     tuning_split = None if args.tuning_split.lower() == "none" or args.tuning_split == args.split else args.tuning_split
