@@ -133,13 +133,10 @@ class Tracker:
         is_main: bool,
         run_name: str,
         resume: bool = False,
-        hold: bool = False,
         echo: Callable[[str], None] = _stderr,
         init_timeout: float = ONLINE_INIT_TIMEOUT_S,
     ) -> None:
         self.run_dir = Path(run_dir)
-        self._hold = hold  # keep log() rows until release(): see release()
-        self._held: list[tuple[dict, int]] = []
         self._resume_id = self._saved_run_id() if resume else None
         self.mode = "disabled"
         self._echo = echo
@@ -300,7 +297,6 @@ class Tracker:
         """Close the run (idempotent) and say where it went: mode, run_dir, sync_command, url."""
         if self._result is not None:
             return self._result
-        self.release()  # the run is over: what is still held is final
         run_dir = self.sync_dir
         url = None
         if self._run is not None and self.mode == "online":
@@ -350,61 +346,9 @@ class Tracker:
             return None
 
     def log(self, metrics: dict, step: int) -> None:
-        """Log scalars at ``step`` (the optimizer step, so the axis is monotonic); held until ``release()``
-        when the tracker was made with ``hold=True``."""
+        """Log scalars at ``step`` (the optimizer step, so the axis is monotonic)."""
         if self._run is None:
             return
-        if self._hold:
-            self._held.append((dict(metrics), step))
-            return
-        self._send(metrics, step)
-
-    def release(self) -> None:
-        """Send the held rows: called once a checkpoint covers their steps, and when the run is complete.
-
-        W&B keeps the first value it sees for a step and drops a step it has already seen, so a run killed
-        between checkpoints and resumed would show the killed run's values and lose the re-done ones (wandb
-        #4482). Holding rows until a checkpoint covers them means W&B never sees a step the resumed run will
-        redo: each step arrives once, from the run that finished it, offline and online alike.
-        """
-        held, self._held = self._held, []
-        for metrics, step in held:
-            self._send(metrics, step)
-
-    def backfill(self, rows: Sequence[tuple[dict, int]]) -> int:
-        """After a resume, send the local rows (``rows``: metrics and step, in step order, up to the checkpoint)
-        of the steps this W&B run never received; returns how many.
-
-        A SIGKILL loses what W&B had not yet written: offline, wandb-core writes ``run-ID.wandb`` in 32 KiB
-        blocks, and a killed run's last block never reaches the disk (seen: a killed smoke run's file held only
-        its 7-byte header); online, whatever was not yet uploaded. The steps W&B has are read back (offline:
-        the earlier parts' ``.wandb`` files; online: the step the server resumes at), and the run's own
-        steps.csv and metrics.jsonl rows fill in the rest, so each step arrives once.
-        """
-        if self._run is None or self._resume_id is None:
-            return 0
-        have = self._last_received_step()
-        missing = [(metrics, step) for metrics, step in rows if step > have]
-        for metrics, step in missing:
-            self._send(metrics, step)
-        return len(missing)
-
-    def _last_received_step(self) -> int:
-        """The highest step this W&B run already holds from earlier parts (-1: none)."""
-        if self.mode == "online":
-            return int(self._call("backfill", lambda: self._run.starting_step) or 0) - 1
-        from toolkit.reporting.wandb_runs import read_history
-
-        own, run_id = self.sync_dir, self._resume_id
-        parts = sorted(RunDir(self.run_dir).wandb.glob(f"*run-*-{run_id}/run-{run_id}.wandb"))
-        try:
-            rows = read_history([p for p in parts if p.parent.resolve() != own])
-        except Exception as err:  # an unreadable earlier part: send everything rather than lose steps
-            self._warn(f"cannot read the earlier W&B parts ({_short(err)}); re-sending the local step rows")
-            return -1
-        return max((int(row["_step"]) for row in rows if "_step" in row), default=-1)
-
-    def _send(self, metrics: dict, step: int) -> None:
         if step < self._last_step:
             self._failure(
                 "log (step went backwards)",
@@ -415,8 +359,23 @@ class Tracker:
         self._last_step = step
         self._call("log", lambda: self._run.log(_plain(metrics), step=step))
 
+    def last_received_step(self) -> int:
+        """The highest step this W&B run holds from its earlier parts (-1: none): online the step the server
+        resumes at, offline read back from the earlier parts' ``.wandb`` files (a kill loses what was unwritten)."""
+        if self._run is None or self._resume_id is None:
+            return -1
+        if self.mode == "online":
+            return int(self._call("last_received_step", lambda: self._run.starting_step) or 0) - 1
+        from toolkit.reporting.wandb_runs import last_step
+
+        parts = RunDir(self.run_dir).wandb.glob(f"*run-*-{self._resume_id}/run-{self._resume_id}.wandb")
+        try:
+            return last_step(sorted(p for p in parts if p.parent.resolve() != self.sync_dir))
+        except Exception as err:  # an unreadable earlier part: send everything again rather than lose steps
+            self._warn(f"cannot read the earlier W&B parts ({_short(err)}); sending every local step row")
+            return -1
+
     def _log_at_last_step(self, what: str, data: Callable[[], dict]) -> None:
-        self.release()
         step = max(self._last_step, 0)
         self._last_step = step
         self._call(what, lambda: self._run.log(data(), step=step))

@@ -146,6 +146,11 @@ def read_history(files: Sequence[Path]) -> list[dict]:
     return rows
 
 
+def last_step(files: Sequence[Path]) -> int:
+    """The highest ``_step`` in these ``.wandb`` files (-1: none)."""
+    return max((int(row["_step"]) for row in read_history(files) if "_step" in row), default=-1)
+
+
 # ---------------------------------------------------------------------------------------------
 # Finding the runs
 

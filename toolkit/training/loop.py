@@ -19,7 +19,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
 
-from toolkit.cli import progress, progress_mode
+from toolkit.cli import progress
 from toolkit.config import Config, fit_head_to_classes, to_dict
 from toolkit.data import (
     TrainLoader,
@@ -40,7 +40,7 @@ from toolkit.models import create_model
 from toolkit.models.pretrained import load_pretrained
 from toolkit.redaction import redact_secrets
 from toolkit.reporting.finish import finish_run
-from toolkit.reporting.step_log import StepLog, check_tensorboard, logged_rows, wandb_epoch_row, wandb_step_row
+from toolkit.reporting.step_log import StepLog, check_tensorboard, training_step_log
 from toolkit.reporting.tracking import Tracker
 from toolkit.training.checkpoint import together
 from toolkit.training.optim import build_ema, build_optimizer, build_scheduler
@@ -237,7 +237,6 @@ def build_session(
         is_main=accelerator.is_main_process,
         run_name=cfg.output.run_name,
         resume=resumed_from is not None,
-        hold=bool(cfg.train.checkpoint_every_steps or cfg.train.checkpoint_every_epochs),
     )
     return Session(
         cfg=cfg,
@@ -281,11 +280,10 @@ def start(s: Session) -> TrainerState:
         s.run.keep_steps_until(state.global_step)  # and so are the steps after it
 
     together(s.accelerator, write_run_files if s.accelerator.is_main_process else None)
-    s.steps = make_step_log(s, state)
-    if s.resumed_from is not None and s.tracker.active:
-        sent = s.tracker.backfill(logged_rows(s.run))  # the rows a kill kept from reaching W&B
-        if sent:
-            s.log(f"W&B: sent {sent} logged row(s) up to the checkpoint that the interrupted run had not delivered")
+    resume_step = state.global_step if s.resumed_from is not None else None
+    s.steps = training_step_log(cfg, s.run, s.tracker, s.accelerator, s.batches_per_epoch, resume_step, s.log)
+    if resume_step is not None and s.tracker.active:
+        s.steps.backfill(s.log)  # the rows a kill kept from reaching W&B
     s.tracker.log_dataset_summary(s.info)
     manifest = manifest_location(cfg.data.shards)
     s.tracker.log_dataset_artifact(summary, manifest=Path(manifest) if is_local(manifest) else None)
@@ -299,27 +297,12 @@ def start(s: Session) -> TrainerState:
     return state
 
 
-def make_step_log(s: Session, state: TrainerState) -> StepLog:
-    """steps.csv (+ TensorBoard); the plain step line where no progress bar is drawn."""
-    cfg = s.cfg
-    total = (s.batches_per_epoch // cfg.train.grad_accum_steps) * cfg.train.epochs
-    return StepLog(
-        s.run,
-        is_main=s.accelerator.is_main_process,
-        tensorboard=cfg.tracking.tensorboard,
-        images_per_step=cfg.train.batch_size * s.world * cfg.train.grad_accum_steps,
-        total_steps=min(total, cfg.train.max_steps) if cfg.train.max_steps else total,
-        resume_step=state.global_step if s.resumed_from is not None else None,
-        echo=s.log if progress_mode() == "log" else None,
-    )
-
-
 def checkpoint(s: Session, state: TrainerState) -> Path:
     """Save the training state; the W&B rows it covers can then go out (a resumed run never logs them again)."""
     path = save_training_state(
         s.accelerator, s.run, state, s.scheduler, s.ema, s.cfg.train.keep_checkpoints, s.raw_model
     )
-    s.tracker.release()
+    s.steps.release()
     return path
 
 
@@ -352,9 +335,7 @@ def train_one_epoch(s: Session, state: TrainerState, stop: StopRequested) -> Epo
     for batch_index in bar:
         t_wait = time.perf_counter()
         batch = next(batches)
-        waited = time.perf_counter() - t_wait
-        outcome.data_wait += waited
-        s.steps.waited(waited)
+        outcome.data_wait += s.steps.waited(time.perf_counter() - t_wait)
         state.epoch_skipped += int(batch.get("skipped", 0))
         images = batch_to_device(
             batch,
@@ -402,8 +383,7 @@ def after_step(s: Session, state: TrainerState, running: RunningLoss, bar, stop:
     if state.global_step % cfg.train.log_every_steps == 0 or state.batch_in_epoch == s.batches_per_epoch:
         mean_loss, lr = running.check(), s.scheduler.get_last_lr()[0]
         epoch = state.epoch + state.batch_in_epoch / s.batches_per_epoch
-        row = s.steps.log(state.global_step, epoch, mean_loss, lr)
-        s.tracker.log(wandb_step_row(row), step=state.global_step)
+        s.steps.log(state.global_step, epoch, mean_loss, lr)
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
         if any_process(s.accelerator, stop.requested):
@@ -476,7 +456,6 @@ def end_epoch(s: Session, state: TrainerState, outcome: EpochOutcome, val: EvalR
             save_model_file(s.eval_model, s.run.model, meta)
 
     together(accelerator, write_epoch if accelerator.is_main_process else None)  # a full disk stops every rank
-    s.tracker.log(wandb_epoch_row(row), step=state.global_step)
     s.steps.log_epoch(row, state.global_step)
     s.log(
         f"epoch {epoch + 1}/{cfg.train.epochs} | train_loss {train_loss:.4f} | val_loss {val.loss:.4f} | "
@@ -541,8 +520,8 @@ def finish(s: Session, state: TrainerState) -> dict:
                 "rank_weight_checksums": checksums,
             }
         )
+    s.steps.release()  # the run is complete: every held row is final
     s.steps.close()
-    s.tracker.release()  # the run is complete: every held row is final
     summary = finish_run(s.accelerator, s.cfg, s.info, s.run, s.mean, s.std, s.tracker)
     tracker_info = s.tracker.finish()
     if s.accelerator.is_main_process:
