@@ -16,6 +16,7 @@ also after a kill between checkpoints and a resume:
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any, Callable, Optional, Protocol
 
@@ -95,6 +96,7 @@ class StepLog:
     ) -> None:
         self.run, self.is_main, self.echo = run, is_main, echo
         self.tracker, self.hold, self.held = tracker, hold, []
+        self.lost = 0  # rows steps.csv could not take
         self.images_per_step, self.total_steps = images_per_step, total_steps
         self.writer: Any = None
         if is_main and tensorboard:
@@ -127,7 +129,7 @@ class StepLog:
             "data_wait": min(self._waited / seconds, 1.0),
         }
         if self.is_main:
-            self.run.append_steps([row])
+            self._append(row)
             if self.writer is not None:
                 for name in ("loss", "lr", "img_per_s", "data_wait"):
                     self.writer.add_scalar(f"train/{name}", row[name], step)
@@ -136,6 +138,20 @@ class StepLog:
         self.start_window(step)
         self._to_wandb(wandb_step_row(row), step)
         return row
+
+    def _append(self, row: dict) -> None:
+        """Add the row to steps.csv; a full disk costs rows (said once, counted at the end), never the run: only the
+        main process writes, and raising here while the other ranks go on would leave them waiting."""
+        try:
+            self.run.append_steps([row])
+        except OSError as err:
+            self.lost += 1
+            if self.lost == 1:
+                print(
+                    f"warning: cannot append to {self.run.steps} ({err}); training continues",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def _to_wandb(self, metrics: dict, step: int) -> None:
         if self.hold:
@@ -179,6 +195,13 @@ class StepLog:
         self.writer.flush()
 
     def close(self) -> None:
+        if self.lost:
+            print(
+                f"warning: {self.lost} step row(s) could not be written to {self.run.steps}",
+                file=sys.stderr,
+                flush=True,
+            )
+        self.lost = 0
         if self.writer is not None:
             self.writer.close()
             self.writer = None

@@ -39,3 +39,33 @@ def test_a_line_torn_by_a_kill_is_left_out_and_resume_cuts_back_to_the_checkpoin
 def test_keep_steps_until_without_a_file_writes_nothing(tmp_path: Path):
     RunDir(tmp_path).keep_steps_until(10)
     assert not RunDir(tmp_path).steps.exists()
+
+
+def test_a_step_row_that_cannot_be_written_is_warned_and_counted_not_raised(tmp_path: Path, capsys):
+    from toolkit.reporting.step_log import StepLog
+
+    class NoTracker:
+        def log(self, metrics, step):
+            pass
+
+        def last_received_step(self):
+            return -1
+
+    run = RunDir(tmp_path / "gone")  # no such folder: every append fails
+    steps = StepLog(
+        run,
+        NoTracker(),
+        hold=False,
+        is_main=True,
+        tensorboard=False,
+        images_per_step=8,
+        total_steps=4,
+        resume_step=None,
+        echo=None,
+    )
+    for step in (1, 2):
+        steps.log(step, step / 4, 0.5, 1e-3)
+    steps.close()
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"warning: cannot append to {run.steps}") and len(err) == 2
+    assert err[1] == f"warning: 2 step row(s) could not be written to {run.steps}"
