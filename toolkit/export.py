@@ -292,12 +292,16 @@ class WithProbabilities(torch.nn.Module):
         return logits, torch.softmax(logits.float(), dim=1)
 
 
-def write_onnx(model: torch.nn.Module, meta: dict, out: Path) -> dict:
-    """model.onnx through torch's own exporter (torch.export based), batch size left free; preprocessing.json beside."""
+def require_onnx() -> None:
+    """torch's exporter needs onnxscript (and onnx): say what to install before anything is written."""
     try:
-        import onnxscript  # noqa: F401  (torch's exporter needs it)
+        import onnxscript  # noqa: F401
     except ImportError:
         raise UsageError(f"--format onnx needs the onnx packages: {ONNX_HINT}") from None
+
+
+def write_onnx(model: torch.nn.Module, meta: dict, out: Path) -> dict:
+    """model.onnx through torch's own exporter (torch.export based), batch size left free; preprocessing.json beside."""
     size, chans = int(meta["image_size"]), int(meta.get("in_chans", 3))
     example = torch.zeros(2, chans, size, size)  # 2: a batch of 1 would be specialised into the graph
     batch = torch.export.Dim("batch", min=1)
@@ -320,6 +324,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     path = model_path(args)
     model, meta = load_model_file(path)
     if args.format == "onnx":
+        require_onnx()
         check_not_a_run_folder(args.out, path)
         prepare_out_dir(args.out, args.overwrite)
         write_onnx(model, meta, args.out)
