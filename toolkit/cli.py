@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Iterable, NoReturn, Optional, Sequence, TypeVar
 
@@ -71,6 +72,75 @@ def run_cli(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Opti
     sys.exit(code or EXIT_OK)
 
 
+PROGRESS_MODES = ("auto", "bar", "log", "none")
+_progress_mode = "auto"
+
+
+def set_progress(mode: str) -> None:
+    """How long work shows itself in this process (``--progress``): ``auto`` (bars on a terminal, plain lines
+    elsewhere), ``bar``, ``log`` or ``none``."""
+    global _progress_mode
+    if mode not in PROGRESS_MODES:
+        raise UsageError(f"--progress {mode!r}: choose one of {', '.join(PROGRESS_MODES)}")
+    _progress_mode = mode
+
+
+def add_progress_argument(parser: argparse.ArgumentParser, default: Optional[str] = "auto") -> None:
+    parser.add_argument(
+        "--progress",
+        choices=PROGRESS_MODES,
+        default=default,
+        help="auto (default): progress bars on a terminal, else one plain line per logged step (a SLURM .out "
+        "file stays small); bar, log or none to choose",
+    )
+
+
+def progress_mode() -> str:
+    """``bar``, ``log`` or ``none``: ``auto`` draws bars only when stderr is a terminal, so a SLURM ``.out`` file
+    or a pipe gets plain lines instead of every redraw of a bar."""
+    if _progress_mode != "auto":
+        return _progress_mode
+    isatty = getattr(sys.stderr, "isatty", None)
+    return "bar" if callable(isatty) and isatty() else "log"
+
+
+def format_duration(seconds: float) -> str:
+    """``1:02:03`` / ``2:03``: an ETA or elapsed time for a log line."""
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class LogProgress:
+    """Progress as a few plain lines on stderr (every tenth of the work, and at the end): what a log file keeps."""
+
+    LINES = 10
+
+    def __init__(self, iterable: Iterable[T], total: Optional[int], desc: str, unit: str, initial: int = 0):
+        self.iterable, self.desc, self.unit, self.initial = iterable, desc or "progress", unit, initial
+        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+
+    def __iter__(self):
+        every = max(1, (self.total or 0) // self.LINES) if self.total else 100
+        started, done = time.perf_counter(), self.initial
+        for item in self.iterable:
+            yield item
+            done += 1
+            if (done - self.initial) % every == 0 or done == self.total:
+                self._line(done, time.perf_counter() - started)
+
+    def _line(self, done: int, elapsed: float) -> None:
+        rate = (done - self.initial) / max(elapsed, 1e-9)
+        text = (
+            f"{self.desc}: {done}"
+            + (f"/{self.total}" if self.total else "")
+            + f" {self.unit} | {rate:.1f} {self.unit}/s"
+        )
+        if self.total and rate > 0:
+            text += f" | ETA {format_duration((self.total - done) / rate)}"
+        print(text, file=sys.stderr, flush=True)
+
+
 def progress(
     iterable: Iterable[T],
     *,
@@ -78,13 +148,18 @@ def progress(
     desc: str = "",
     unit: str = "it",
     enabled: Optional[bool] = None,
+    lines: bool = True,
     **kwargs,
 ) -> Iterable[T]:
-    """A tqdm progress bar on the main process only; a plain iterable elsewhere."""
+    """Progress on the main process only: a tqdm bar on a terminal, plain lines (``lines=False``: nothing, the
+    caller prints its own) in a log, nothing with ``--progress none``; a plain iterable elsewhere."""
     if enabled is None:
         enabled = is_main_process()
-    if not enabled:
+    mode = progress_mode()
+    if not enabled or mode == "none" or (mode == "log" and not lines):
         return iterable
+    if mode == "log":
+        return LogProgress(iterable, total, desc, unit, initial=int(kwargs.get("initial", 0)))
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=desc, unit=unit, dynamic_ncols=True, **kwargs)

@@ -149,6 +149,7 @@ class TrackingConfig:
     entity: Optional[str] = None
     tags: list[str] = field(default_factory=list)
     group: Optional[str] = None  # W&B run group: compare_recipes sets the recipe's name
+    tensorboard: bool = False  # also write TensorBoard event files to RUN/tensorboard (pip install -e ".[tensorboard]")
 
 
 @dataclass(frozen=True)

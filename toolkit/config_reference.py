@@ -106,7 +106,10 @@ KEYS: dict[str, tuple[str, str]] = {
         "--dist-bn",
     ),
     "train.max_steps": ("checkpoint and stop after N optimizer steps (time-sliced jobs); 0: no limit", ""),
-    "train.log_every_steps": ("log train loss and lr every N steps", "--log-interval"),
+    "train.log_every_steps": (
+        "log train loss and lr every N steps (steps.csv, W&B, TensorBoard, and a plain line without a terminal)",
+        "--log-interval",
+    ),
     "eval.batch_size": ("evaluation batch size per process", "-vb, --validation-batch-size"),
     "eval.threshold": ("two classes: predict class 1 when P(class 1) >= it; more: argmax", ""),
     "eval.test_split": ("split evaluated with the best model when training ends; `null`: skip", ""),
@@ -118,6 +121,10 @@ KEYS: dict[str, tuple[str, str]] = {
     "tracking.entity": ("W&B entity (team or user); `null`: your default", ""),
     "tracking.tags": ("W&B run tags", "--wandb-tags"),
     "tracking.group": ("W&B run group (compare_recipes sets the recipe's name)", ""),
+    "tracking.tensorboard": (
+        'also write TensorBoard event files to RUN/tensorboard (needs `pip install -e ".[tensorboard]"`)',
+        "",
+    ),
     "output.dir": ("folder that holds the run folders", "--output"),
     "output.run_name": ("run folder name; `null`: a timestamp", "--experiment"),
     "output.lock_expiry_s": (

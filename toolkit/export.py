@@ -1,6 +1,7 @@
-"""Export a trained model as a timm model folder, optionally pushed to the Hugging Face Hub.
+"""Export a trained model as a timm model folder, optionally pushed to the Hugging Face Hub, or as ONNX.
 
     python -m toolkit.export --run runs/NAME --out exported/NAME [--push-to-hub USER/NAME]
+    python -m toolkit.export --run runs/NAME --out exported/NAME-onnx --format onnx
 
 The folder holds what timm reads for its own Hub models, so anyone can use the model with timm
 alone: timm.create_model("local-dir:exported/NAME", pretrained=True) (or "hf-hub:USER/NAME").
@@ -8,6 +9,11 @@ alone: timm.create_model("local-dir:exported/NAME", pretrained=True) (or "hf-hub
   config.json        timm architecture, classes (label_names), input size, crop, mean and std
   README.md          a short model card
 Only standard-width ResNets (base_width 64) have a timm architecture; others are refused.
+
+``--format onnx`` writes ``model.onnx`` (input ``image`` [batch, 3, H, W] with a dynamic batch size;
+outputs ``logits`` and ``probabilities``) and ``preprocessing.json`` beside it (toolkit.formats.preprocessing),
+for ONNX Runtime, TensorRT or Triton; any of the toolkit's models exports. TorchScript is not offered: torch
+deprecates it in favour of torch.export, and its files are pickles that would need trusting to load.
 """
 
 import argparse
@@ -23,10 +29,14 @@ from toolkit.cli import ArgumentParser, run_cli
 from toolkit.errors import UsageError
 from toolkit.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from toolkit.formats import RunDir
+from toolkit.formats.preprocessing import INPUT_NAME, OUTPUT_NAMES, PREPROCESSING_FILE, write_preprocessing
 from toolkit.models.resnet import MODEL_SPECS
 from toolkit.models.sources import load_model_file
 
-WEIGHTS_FILE, CONFIG_FILE, CARD_FILE = "model.safetensors", "config.json", "README.md"
+WEIGHTS_FILE, CONFIG_FILE, CARD_FILE, ONNX_FILE = "model.safetensors", "config.json", "README.md", "model.onnx"
+FORMATS = ("timm", "onnx")
+ONNX_OPSET = 18
+ONNX_HINT = 'pip install -e ".[onnx]"'  # onnx + onnxscript (torch's exporter) + onnxruntime
 EXPORT_FILES = (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE)
 TIMM_STEM_WIDTH = 64  # timm's plain-stem ResNet hard-codes a 64-channel stem whatever its arguments
 TIMM_BASE_ARCH = {"basic": "resnet18", "bottleneck": "resnet50"}  # entry points whose block type we reuse
@@ -34,7 +44,8 @@ INTERPOLATION = "bilinear"  # what toolkit.data.build_eval_transform resizes wit
 TRUE_VALUES = {"1", "ON", "YES", "TRUE"}  # how huggingface_hub reads HF_HUB_OFFLINE
 EXAMPLE = """example:
   python -m toolkit.export --run runs/resnet101-pets --out exported/resnet101-pets
-  then: timm.create_model("local-dir:exported/resnet101-pets", pretrained=True)"""
+  then: timm.create_model("local-dir:exported/resnet101-pets", pretrained=True)
+  python -m toolkit.export --run runs/resnet101-pets --out exported/resnet101-pets-onnx --format onnx"""
 CARD_FACTS = (
     ("init", "initialised from"),
     ("epoch", "epoch of the exported weights"),
@@ -54,6 +65,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     source.add_argument("--model", type=Path, help="a model .safetensors file written by training")
     parser.add_argument("--out", type=Path, required=True, help="folder to write (must be empty or new)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier export's files in --out")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="timm",
+        help="timm (default): a timm model folder; onnx: model.onnx (dynamic batch) + preprocessing.json",
+    )
     parser.add_argument(
         "--push-to-hub",
         metavar="REPO",
@@ -257,10 +274,59 @@ def push_to_hub(folder: Path, repo: str, private: bool) -> str:
     return f"https://huggingface.co/{repo_id}"
 
 
+class WithProbabilities(torch.nn.Module):
+    """The model with its softmax: the graph gives what predict reports, beside the raw logits."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(image)
+        return logits, torch.softmax(logits.float(), dim=1)
+
+
+def require_onnx() -> None:
+    """torch's exporter needs onnxscript (and onnx): say what to install before anything is written."""
+    try:
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise UsageError(f"--format onnx needs the onnx packages: {ONNX_HINT}") from None
+
+
+def write_onnx(model: torch.nn.Module, meta: dict, out: Path) -> dict:
+    """model.onnx through torch's own exporter (torch.export based), batch size left free; preprocessing.json beside."""
+    size, chans = int(meta["image_size"]), int(meta.get("in_chans", 3))
+    example = torch.zeros(2, chans, size, size)  # 2: a batch of 1 would be specialised into the graph
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.onnx.export(
+        WithProbabilities(model.float()).eval(),
+        (example,),
+        input_names=[INPUT_NAME],
+        output_names=list(OUTPUT_NAMES),
+        dynamic_shapes=({0: batch},),
+        opset_version=ONNX_OPSET,
+        dynamo=True,
+        verbose=False,
+    )
+    atomic_write_bytes(out / ONNX_FILE, program.model_proto.SerializeToString())
+    return write_preprocessing(out, meta)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     path = model_path(args)
     model, meta = load_model_file(path)
+    if args.format == "onnx":
+        require_onnx()
+        check_not_a_run_folder(args.out, path)
+        prepare_out_dir(args.out, args.overwrite)
+        write_onnx(model, meta, args.out)
+        print(
+            f"exported {path} as ONNX to {args.out / ONNX_FILE} (preprocessing in {args.out / PREPROCESSING_FILE})",
+            flush=True,
+        )
+        return 0
     timm_architecture(meta)  # refuse before creating anything
     check_not_a_run_folder(args.out, path)
     prepare_out_dir(args.out, args.overwrite)

@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from toolkit.cli import ArgumentParser, run_cli
+from toolkit.cli import ArgumentParser, add_progress_argument, run_cli, set_progress
 from toolkit.config import load_config, split_config_args, to_yaml, validate_config
 from toolkit.errors import DataError, on_every_rank
 from toolkit.training.loop import train
@@ -33,6 +33,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> tuple[argparse.Namespace, list[
         action="store_true",
         help="print the resolved config and exit (without --config: the defaults and the overrides)",
     )
+    add_progress_argument(parser)
     flags, overrides = split_config_args(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(flags)
     if args.config is None and not args.print_config:
@@ -42,6 +43,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> tuple[argparse.Namespace, list[
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args, overrides = parse_args(argv)
+    set_progress(args.progress)
     cfg = validate_config(load_config(args.config, overrides))
     if args.print_config:
         print(to_yaml(cfg), end="")

@@ -73,6 +73,9 @@ RUN_HERE = (
     r"^python -m toolkit\.evaluate --model local-dir:exported/NAME --shards shards/pets --split test$",
     r"^python -m toolkit\.visualize --run runs/NAME$",
     r"^python -m toolkit\.predict --model runs/NAME/model\.safetensors cat\.jpg dog\.png$",
+    r"^python -m toolkit\.predict --model runs/NAME/model\.safetensors \S+ --out predictions\.csv$",
+    r"^python -m toolkit\.predict --model runs/NAME/model\.safetensors --shards shards/pets --split test --out test-predictions\.csv$",
+    r"^python -m toolkit\.export --run runs/NAME --out exported/NAME-onnx --format onnx$",
 )
 # Lines another test runs as written (the fresh-venv install and the test suite itself).
 ELSEWHERE = {

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -111,8 +111,12 @@ def evaluate_split(
         "logits": torch.cat(logits).numpy() if logits else np.zeros((0, len(class_names(info))), dtype=np.float32),
     }
     parts = gather_object([local]) if accelerator.num_processes > 1 else [local]
-    result = merge_predictions(split, parts, expected=split_size(info, split))
-    result.class_names = class_names(info)
+    return with_scores(merge_predictions(split, parts, expected=split_size(info, split)), class_names(info))
+
+
+def with_scores(result: EvalResult, names: Sequence[str]) -> EvalResult:
+    """Loss, accuracy and the model-selection AUC of a merged, labelled result (also batch predict's)."""
+    result.class_names = list(names)
     logits_t = torch.from_numpy(result.logits)
     labels_t = torch.from_numpy(result.labels).long()
     result.loss = float(F.cross_entropy(logits_t, labels_t)) if len(labels_t) else float("nan")

@@ -19,6 +19,10 @@ from toolkit.errors import DataError
 from toolkit.fileio import append_jsonl, atomic_write_json, atomic_write_text, dump_yaml, read_jsonl, read_yaml_mapping
 
 EVAL_FORMAT_VERSION = 2  # 2: predictions.csv has one prob_<class> column per class for any class count
+# steps.csv: one row per logged optimizer step (every train.log_every_steps and each epoch's last step).
+# epoch is fractional (1.5: half way through the second epoch); img_per_s and data_wait (the share of the
+# time spent waiting for data) cover the steps since the previous row.
+STEP_COLUMNS = ("step", "epoch", "loss", "lr", "img_per_s", "data_wait")
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,16 @@ def version_of(base: str, name: str) -> Optional[int]:
     return int(found.group(1) or 1) if found else None
 
 
+def _steps_text(rows: list[dict], header: bool) -> str:
+    lines = [",".join(STEP_COLUMNS)] if header else []
+    lines += [",".join(_step_value(row[name]) for name in STEP_COLUMNS) for row in rows]
+    return "".join(line + "\n" for line in lines)
+
+
+def _step_value(value) -> str:
+    return str(value) if isinstance(value, int) else f"{float(value):.6g}"
+
+
 @dataclass(frozen=True)
 class RunDir:
     """Every file of a run folder, and the typed reads and writes of its results."""
@@ -134,6 +148,14 @@ class RunDir:
     @property
     def history(self) -> Path:
         return self.root / "metrics.jsonl"  # one row per finished epoch
+
+    @property
+    def steps(self) -> Path:
+        return self.root / "steps.csv"  # one row per logged step (STEP_COLUMNS), with or without W&B
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"  # TensorBoard event files (tracking.tensorboard)
 
     @property
     def final(self) -> Path:
@@ -219,6 +241,32 @@ class RunDir:
         """Drop rows of epochs a resumed run will redo (they were written after its checkpoint)."""
         rows = self.read_history()
         atomic_write_text(self.history, "".join(json.dumps(r) + "\n" for r in rows if r["epoch"] <= epoch))
+
+    def append_steps(self, rows: list[dict]) -> None:
+        """Add rows to steps.csv (the header first when the file is new); a row is one line, appended."""
+        new = not self.steps.is_file() or self.steps.stat().st_size == 0
+        with open(self.steps, "a", encoding="utf-8") as handle:
+            handle.write(_steps_text(rows, header=new))
+            handle.flush()
+
+    def read_steps(self) -> list[dict]:
+        """steps.csv's rows as numbers ([] when absent); a line torn by a kill mid-write is left out."""
+        if not self.steps.is_file():
+            return []
+        rows = []
+        with open(self.steps, newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                try:
+                    rows.append({name: (int if name == "step" else float)(row[name]) for name in STEP_COLUMNS})
+                except (TypeError, ValueError):
+                    continue
+        return rows
+
+    def keep_steps_until(self, step: int) -> None:
+        """Drop rows of steps a resumed run will redo (logged after its checkpoint), so each step stays once."""
+        if self.steps.is_file():
+            kept = [row for row in self.read_steps() if row["step"] <= step]
+            atomic_write_text(self.steps, _steps_text(kept, header=True))
 
     def write_final(self, final: dict) -> None:
         atomic_write_json(self.final, final)

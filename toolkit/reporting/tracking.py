@@ -359,6 +359,22 @@ class Tracker:
         self._last_step = step
         self._call("log", lambda: self._run.log(_plain(metrics), step=step))
 
+    def last_received_step(self) -> int:
+        """The highest step this W&B run holds from its earlier parts (-1: none): online the step the server
+        resumes at, offline read back from the earlier parts' ``.wandb`` files (a kill loses what was unwritten)."""
+        if self._run is None or self._resume_id is None:
+            return -1
+        if self.mode == "online":
+            return int(self._call("last_received_step", lambda: self._run.starting_step) or 0) - 1
+        from toolkit.reporting.wandb_runs import last_step
+
+        parts = RunDir(self.run_dir).wandb.glob(f"*run-*-{self._resume_id}/run-{self._resume_id}.wandb")
+        try:
+            return last_step(sorted(p for p in parts if p.parent.resolve() != self.sync_dir))
+        except Exception as err:  # an unreadable earlier part: send everything again rather than lose steps
+            self._warn(f"cannot read the earlier W&B parts ({_short(err)}); sending every local step row")
+            return -1
+
     def _log_at_last_step(self, what: str, data: Callable[[], dict]) -> None:
         step = max(self._last_step, 0)
         self._last_step = step

@@ -127,6 +127,30 @@ def read_run_log(files: Sequence[Path], run_id: str) -> RunLog:
     return log
 
 
+def read_history(files: Sequence[Path]) -> list[dict]:
+    """The history rows of one W&B run's ``.wandb`` files, in order (each a dict with its ``_step``): what
+    ``wandb sync`` uploads. Nested (media) values are left out; the scalars are what the charts draw."""
+    rows = []
+    for path in files:
+        for record in read_wandb_records(path):
+            if record.WhichOneof("record_type") != "history":
+                continue
+            row = {}
+            for item in record.history.item:
+                path_ = list(item.nested_key) or [item.key]
+                if len(path_) == 1:
+                    row[path_[0]] = json.loads(item.value_json)
+            if record.history.HasField("step") and "_step" not in row:
+                row["_step"] = record.history.step.num
+            rows.append(row)
+    return rows
+
+
+def last_step(files: Sequence[Path]) -> int:
+    """The highest ``_step`` in these ``.wandb`` files (-1: none)."""
+    return max((int(row["_step"]) for row in read_history(files) if "_step" in row), default=-1)
+
+
 # ---------------------------------------------------------------------------------------------
 # Finding the runs
 

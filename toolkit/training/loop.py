@@ -39,6 +39,7 @@ from toolkit.models import architecture, create_model
 from toolkit.models.pretrained import load_pretrained
 from toolkit.redaction import redact_secrets
 from toolkit.reporting.finish import finish_run
+from toolkit.reporting.step_log import StepLog, check_tensorboard, training_step_log
 from toolkit.reporting.tracking import Tracker
 from toolkit.training.checkpoint import together
 from toolkit.training.disk_full import disk_full_error
@@ -81,6 +82,7 @@ class Session:
     config_dict: dict
     resumed_from: Optional[Path]
     log: Callable[[str], None]
+    steps: Optional[StepLog] = None  # made by start(), once the checkpoint's step is known
 
     @property
     def world(self) -> int:
@@ -149,6 +151,7 @@ def setup(cfg: Config) -> Session:
         raise UsageError(f"{cfg.data.shards}: {problem}")
     if cfg.eval.test_split:  # an empty one would end the finished training in a traceback, without a report
         check_split_has_samples(cfg.data.shards, info, cfg.eval.test_split, "eval.test_split", " (null: no final test)")
+    check_tensorboard(cfg.tracking.tensorboard)
     cfg = resolve_config(cfg, info)  # every value decided here, before any folder is made; frozen from now on
     run, resumed_from = resolve_run_dir(cfg, accelerator)  # decided by the main process, checked by every rank
     cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, run_name=run.root.name))
@@ -277,8 +280,13 @@ def start(s: Session) -> TrainerState:
         s.run.write_config(s.config_dict)
         s.run.write_dataset(summary)
         s.run.keep_history_until(state.epoch)  # rows of epochs after the checkpoint are redone
+        s.run.keep_steps_until(state.global_step)  # and so are the steps after it
 
     together(s.accelerator, write_run_files if s.accelerator.is_main_process else None)
+    resume_step = state.global_step if s.resumed_from is not None else None
+    s.steps = training_step_log(cfg, s.run, s.tracker, s.accelerator, s.batches_per_epoch, resume_step, s.log)
+    if resume_step is not None and s.tracker.active:
+        s.steps.backfill(s.log)  # the rows a kill kept from reaching W&B
     s.tracker.log_dataset_summary(s.info)
     manifest = manifest_location(cfg.data.shards)
     s.tracker.log_dataset_artifact(summary, manifest=Path(manifest) if is_local(manifest) else None)
@@ -290,6 +298,15 @@ def start(s: Session) -> TrainerState:
         + (" (SYNTHETIC)" if s.info.get("synthetic") else "")
     )
     return state
+
+
+def checkpoint(s: Session, state: TrainerState) -> Path:
+    """Save the training state; the W&B rows it covers can then go out (a resumed run never logs them again)."""
+    path = save_training_state(
+        s.accelerator, s.run, state, s.scheduler, s.ema, s.cfg.train.keep_checkpoints, s.raw_model
+    )
+    s.steps.release()
+    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,13 +330,15 @@ def train_one_epoch(s: Session, state: TrainerState, stop: StopRequested) -> Epo
         initial=first_batch,
         desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
         unit="batch",
+        lines=False,  # without a terminal, after_step prints one line per logged step instead
     )
     outcome = EpochOutcome(seconds=0.0, data_wait=0.0, batches_done=0)
+    s.steps.start_window(state.global_step)
     t_start = time.perf_counter()
     for batch_index in bar:
         t_wait = time.perf_counter()
         batch = next(batches)
-        outcome.data_wait += time.perf_counter() - t_wait
+        outcome.data_wait += s.steps.waited(time.perf_counter() - t_wait)
         state.epoch_skipped += int(batch.get("skipped", 0))
         images = batch_to_device(
             batch,
@@ -364,14 +383,8 @@ def after_step(s: Session, state: TrainerState, running: RunningLoss, bar, stop:
     cfg = s.cfg
     if state.global_step % cfg.train.log_every_steps == 0 or state.batch_in_epoch == s.batches_per_epoch:
         mean_loss, lr = running.check(), s.scheduler.get_last_lr()[0]
-        s.tracker.log(
-            {
-                "train/loss": mean_loss,
-                "train/lr": lr,
-                "epoch": state.epoch + state.batch_in_epoch / s.batches_per_epoch,
-            },
-            step=state.global_step,
-        )
+        epoch = state.epoch + state.batch_in_epoch / s.batches_per_epoch
+        s.steps.log(state.global_step, epoch, mean_loss, lr)
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
         if any_process(s.accelerator, stop.requested):
@@ -383,7 +396,7 @@ def after_step(s: Session, state: TrainerState, running: RunningLoss, bar, stop:
     ):
         running.check()
         running.flush()
-        save_training_state(s.accelerator, s.run, state, s.scheduler, s.ema, cfg.train.keep_checkpoints, s.raw_model)
+        checkpoint(s, state)
     if cfg.train.max_steps and state.global_step >= cfg.train.max_steps:
         return f"train.max_steps={cfg.train.max_steps}"
     return None
@@ -455,9 +468,7 @@ def end_epoch(s: Session, state: TrainerState, outcome: EpochOutcome, val: EvalR
             save_model_file(s.eval_model, s.run.model, meta)
 
     together(accelerator, write_epoch if accelerator.is_main_process else None)  # a full disk stops every rank
-    s.tracker.log(
-        {f"epoch/{k}": v for k, v in dataclasses.asdict(row).items() if v is not None}, step=state.global_step
-    )
+    s.steps.log_epoch(dataclasses.asdict(row), state.global_step)
     s.log(
         f"epoch {epoch + 1}/{cfg.train.epochs} | train_loss {train_loss:.4f} | val_loss {val.loss:.4f} | "
         f"val_acc {val.accuracy:.4f} | val_auc {format_number(val.auc)} | lr {row.lr:.2e} | "
@@ -467,7 +478,7 @@ def end_epoch(s: Session, state: TrainerState, outcome: EpochOutcome, val: EvalR
     )
     every = cfg.train.checkpoint_every_epochs
     if every and (state.epoch % every == 0 or state.epoch == cfg.train.epochs):
-        save_training_state(accelerator, s.run, state, s.scheduler, s.ema, cfg.train.keep_checkpoints, s.raw_model)
+        checkpoint(s, state)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -504,9 +515,8 @@ def train(cfg: Config) -> dict:
 
 def leave_early(s: Session, state: TrainerState, why: str, signum: Optional[int]) -> dict:
     """Checkpoint where the loop is and stop; resuming continues exactly here."""
-    path = save_training_state(
-        s.accelerator, s.run, state, s.scheduler, s.ema, s.cfg.train.keep_checkpoints, s.raw_model
-    )
+    path = checkpoint(s, state)
+    s.steps.close()
     s.log(
         f"stopped by {why} at epoch {state.epoch + 1}, step {state.global_step}; checkpoint {path}. "
         f"Resume with the same command plus train.resume=auto output.run_name={s.cfg.output.run_name}"
@@ -534,6 +544,8 @@ def finish(s: Session, state: TrainerState) -> dict:
                 "rank_weight_checksums": checksums,
             }
         )
+    s.steps.release()  # the run is complete: every held row is final
+    s.steps.close()
     summary = finish_run(s.accelerator, s.cfg, s.info, s.run, s.tracker)
     tracker_info = s.tracker.finish()
     if s.accelerator.is_main_process:
