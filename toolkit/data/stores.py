@@ -215,6 +215,9 @@ def is_transient(err: BaseException) -> bool:
             status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
             code = response.get("Error", {}).get("Code", "")
             return status >= 500 or status == 429 or code in THROTTLED
+        status = _status_of(e)  # huggingface_hub's HfHubHTTPError (.response.status_code), gcsfs's HttpError (.code)
+        if status is not None:
+            return status >= 500 or status in (408, 429)
         name = type(e).__name__  # aiohttp/botocore transport errors, without importing either
         if name in ("ClientPayloadError", "ServerDisconnectedError", "ClientConnectorError", "ClientOSError"):
             return True
@@ -223,9 +226,19 @@ def is_transient(err: BaseException) -> bool:
     return False
 
 
+def _status_of(err: BaseException) -> Optional[int]:
+    """The HTTP status an error of another store's library carries, if any."""
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    if status is None and not isinstance(err, OSError):
+        status = getattr(err, "code", None)
+    return status if isinstance(status, int) and 100 <= status < 600 else None
+
+
 def is_denied(err: BaseException) -> bool:
     for e in _chain(err):
         if isinstance(e, PermissionError) or (isinstance(e, urllib.error.HTTPError) and e.code in (401, 403)):
+            return True
+        if not isinstance(e, urllib.error.HTTPError) and _status_of(e) in (401, 403):
             return True
     return False
 

@@ -108,6 +108,15 @@ def _wrapped(cause: Exception, outer: Exception) -> Exception:
     return outer
 
 
+def _with_status(status: int) -> Exception:
+    class HfHubHTTPError(Exception):  # huggingface_hub's shape: .response.status_code
+        def __init__(self):
+            super().__init__(f"{status}")
+            self.response = type("Response", (), {"status_code": status})()
+
+    return HfHubHTTPError()
+
+
 @pytest.mark.parametrize(
     "err, transient",
     [
@@ -123,6 +132,9 @@ def _wrapped(cause: Exception, outer: Exception) -> Exception:
         (_client_error(400, "Throttling"), True),
         (type("ClientPayloadError", (Exception,), {})("payload"), True),
         (type("EndpointConnectionError", (Exception,), {})("down"), True),
+        (_with_status(503), True),
+        (_with_status(429), True),
+        (_with_status(404), False),
         (FileNotFoundError("pets/train-000000.tar"), False),
         (PermissionError("Forbidden"), False),
         (urllib.error.HTTPError("u", 404, "Not Found", None, None), False),
@@ -140,3 +152,4 @@ def test_denied_errors_become_one_line_naming_the_store_without_the_secret():
     assert isinstance(err, UsageError) and "\n" not in str(err)
     assert str(err).startswith("s3://bucket refused the credentials (PermissionError: SignatureDoesNotMatch)")
     assert stores.is_denied(urllib.error.HTTPError("u", 401, "Unauthorized", None, None))
+    assert stores.is_denied(_with_status(403)) and not stores.is_denied(_with_status(503))
