@@ -144,7 +144,8 @@ class Seaweed:
 class FaultProxy(socketserver.ThreadingMixIn, http.server.HTTPServer):
     """Forwards to ``upstream`` (host, port); faults are injected on GETs of ``*.tar`` objects only.
 
-    ``reset_midway``: the first GET of each tar gets half its body, then a TCP reset.
+    ``reset_midway``: GET number ``reset_request`` (the first by default) of each tar gets half its body, then a
+    TCP reset.
     ``fail_first``: the first N GETs of each tar get ``503 SlowDown``.
     ``down_after``: after N tar GETs, every connection is reset at once (the store is gone).
     """
@@ -152,10 +153,14 @@ class FaultProxy(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, upstream: tuple[str, int], reset_midway=False, fail_first=0, down_after=None) -> None:
+    def __init__(
+        self, upstream: tuple[str, int], reset_midway=False, fail_first=0, down_after=None, reset_request=1
+    ) -> None:
         super().__init__(("127.0.0.1", 0), _ProxyHandler)
         self.upstream = upstream
         self.reset_midway, self.fail_first, self.down_after = reset_midway, fail_first, down_after
+        self.reset_request = reset_request
+        self.cut: list[tuple[str, str]] = []  # (path, Range header) of every response cut midway
         self.lock = threading.Lock()
         self.seen: dict[str, int] = {}  # tar path -> GETs so far
         self.ranges: list[tuple[str, str]] = []  # (path, Range header) of every ranged GET
@@ -178,7 +183,7 @@ class FaultProxy(socketserver.ThreadingMixIn, http.server.HTTPServer):
             if n <= self.fail_first:
                 self.failures += 1
                 return "503"
-            if self.reset_midway and n == 1:
+            if self.reset_midway and n == self.reset_request:
                 self.resets += 1
                 return "reset"
         return None
@@ -237,6 +242,8 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         if fault == "reset" and len(data) > 1:
+            with self.server.lock:
+                self.server.cut.append((self.path, self.headers.get("Range", "")))
             self.wfile.write(data[: len(data) // 2])
             self.wfile.flush()
             _reset(self.connection)

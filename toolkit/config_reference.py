@@ -34,6 +34,10 @@ KEYS: dict[str, tuple[str, str]] = {
         "S3-compatible store's endpoint (MinIO, SeaweedFS, R2; path-style); null: `AWS_ENDPOINT_URL` or AWS itself",
         "",
     ),
+    "data.read_block_kib": (
+        "object stores: KiB per ranged GET of a shard (memory per open shard; a retry resumes at the block being read)",
+        "",
+    ),
     "data.retry_deadline_s": (
         "remote shards: stop with one line when a shard makes no progress for this long (retries in between)",
         "",

@@ -166,19 +166,25 @@ def test_training_from_s3_gives_the_weights_of_the_local_folder(processes, publi
 @pytest.mark.timeout(3 * TIMEOUT_S)
 @pytest.mark.parametrize("fault", ["reset_midway", "503_twice"])
 def test_faults_cost_retries_not_samples(fault, published, local_runs, seaweed: Seaweed, tmp_path):
-    """A proxy between the loader and the store resets each shard's first response halfway (or answers 503
-    twice per shard): every fault is retried at the byte offset, counted, and the weights do not change."""
+    """A proxy between the loader and the store resets each shard's second ranged GET halfway (16 KiB blocks:
+    the shards are ~70 KB) or answers 503 twice per shard: every fault is retried at the byte offset already
+    consumed, counted, and the weights do not change."""
     _, url = published
-    options = {"reset_midway": True} if fault == "reset_midway" else {"fail_first": 2}
+    options = {"reset_midway": True, "reset_request": 2} if fault == "reset_midway" else {"fail_first": 2}
     proxy = FaultProxy(("127.0.0.1", seaweed.s3), **options)
     try:
         env = _env(seaweed, AWS_ENDPOINT_URL=proxy.url)
-        proc = _run(train_args(url, tmp_path, "faults", "data.num_workers=2"), env)
+        proc = _run(train_args(url, tmp_path, "faults", "data.num_workers=2", "data.read_block_kib=16"), env)
     finally:
         proxy.close()
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_weights(local_runs["one"], tmp_path / "faults")
-    train_faults = sum(min(n, 1 if fault == "reset_midway" else 2) for p, n in proxy.seen.items() if "/train-" in p)
+    train_cuts = [(path, cut) for path, cut in proxy.cut if "/train-" in path]
+    for path, cut in train_cuts:  # the retry asked again for the block it was reading, not from the start
+        assert cut.startswith("bytes=16384-") and proxy.ranges.count((path, cut)) >= 2, (path, cut, proxy.ranges)
+    train_faults = sum(
+        (n >= 2) if fault == "reset_midway" else min(n, 2) for p, n in proxy.seen.items() if "/train-" in p
+    )
     assert train_faults >= 4  # every train shard was hit
     assert sum(_retries(tmp_path / "faults")) == train_faults  # each one retried once, and counted
     assert f"| retries {_retries(tmp_path / 'faults')[0]}" in proc.stdout
@@ -235,25 +241,25 @@ def one_shard_per_split(source: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 def test_the_pipe_form_reads_info_json_through_its_command(one_shard_per_split: Path, seaweed: Seaweed, tmp_path):
-    """``pipe:curl ... URL/{split}-...tar``: info.json is fetched by the same command (no local copy exists)."""
+    """``pipe:curl ... URL/{split}-...tar``: info.json is fetched by the same command. The URL's host exists only
+    for curl (``--connect-to``), as a store only a command can reach: the toolkit cannot read it directly."""
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
     server, base = serve_folder(one_shard_per_split)
+    curl = f"curl -s --fail --connect-to pets.invalid:80:127.0.0.1:{urlparse(base).port} http://pets.invalid"
     try:
-        pipe = f"pipe:curl -s --fail {base}/{{split}}-{{000000..000000}}.tar"
         proc = _run(train_args(one_shard_per_split, tmp_path, "local"), _env(seaweed))
         assert proc.returncode == 0, proc.stderr[-3000:]
+        pipe = f"pipe:{curl}/{{split}}-{{000000..000000}}.tar"
         proc = _run(train_args(one_shard_per_split, tmp_path, "pipe", f"data.shards='{pipe}'"), _env(seaweed))
         assert proc.returncode == 0, proc.stderr[-3000:]
-        missing = f"pipe:curl -s --fail {base}/nowhere/{{split}}-{{000000..000000}}.tar"
+        missing = f"pipe:{curl}/nowhere/{{split}}-{{000000..000000}}.tar"
         bad = _run(train_args(one_shard_per_split, tmp_path, "bad", f"data.shards='{missing}'"), _env(seaweed))
     finally:
         server.shutdown()
     assert_same_weights(tmp_path / "local", tmp_path / "pipe")
     assert bad.returncode == 2
-    assert f"the pipe: command for info.json (curl -s --fail {base}/nowhere/info.json) exited 22" in error_line(
-        bad.stderr
-    )
+    assert f"the pipe: command for info.json ({curl}/nowhere/info.json) exited 22" in error_line(bad.stderr)
 
 
 @pytest.mark.timeout(3 * TIMEOUT_S)

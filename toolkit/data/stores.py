@@ -58,6 +58,7 @@ class StoreOptions:
     retry_deadline_s: float = 120.0  # give up after this long without a byte of progress
     backoff_s: float = 0.2  # first backoff; doubles per retry, capped at backoff_cap_s, full jitter
     backoff_cap_s: float = 10.0
+    block_bytes: int = BLOCK_BYTES  # an object store's ranged GET (data.read_block_kib)
 
 
 _options = StoreOptions()
@@ -84,7 +85,8 @@ def options_from(data_cfg) -> StoreOptions:
         if not endpoint.startswith(("http://", "https://")):
             raise UsageError(f"data.endpoint_url={endpoint!r} must be an http(s) URL, e.g. http://127.0.0.1:8333")
     deadline = float(getattr(data_cfg, "retry_deadline_s", StoreOptions.retry_deadline_s))
-    return replace(StoreOptions(), endpoint_url=endpoint or None, retry_deadline_s=deadline)
+    block = int(getattr(data_cfg, "read_block_kib", BLOCK_BYTES >> 10)) << 10
+    return replace(StoreOptions(), endpoint_url=endpoint or None, retry_deadline_s=deadline, block_bytes=block)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,15 +262,15 @@ def credential_error(url: str, err: BaseException) -> CredentialError:
 
 
 class _Blocks:
-    """An object read as ranged GETs of ``BLOCK_BYTES`` from ``offset``: streamed, never downloaded whole."""
+    """An object read as ranged GETs of ``block_bytes`` from ``offset``: streamed, never downloaded whole."""
 
     def __init__(self, fs, path: str, offset: int, size: int) -> None:
         self.fs, self.path, self.offset, self.size = fs, path, offset, size
-        self.buffer = b""
+        self.buffer, self.block = b"", _options.block_bytes
 
     def read(self, n: int) -> bytes:
         if not self.buffer and self.offset < self.size:
-            end = min(self.offset + BLOCK_BYTES, self.size)
+            end = min(self.offset + self.block, self.size)
             self.buffer = self.fs.cat_file(self.path, start=self.offset, end=end)
             self.offset += len(self.buffer)
             if not self.buffer:
