@@ -46,7 +46,10 @@ def _range(low: Optional[float] = None, high: Optional[float] = None, *, low_ope
 
 @dataclass(frozen=True)
 class DataConfig:
-    shards: str = "shards"  # folder with info.json, or a brace pattern / pipe: / http(s) URL of the shards
+    shards: str = "shards"  # folder with info.json, a brace pattern, s3:// gs:// hf:// http(s):// or pipe: (README)
+    endpoint_url: Optional[str] = None  # S3-compatible store (MinIO, SeaweedFS...); null: AWS_ENDPOINT_URL or AWS
+    retry_deadline_s: float = field(default=120.0, metadata=_range(0.0, low_open=True))  # remote reads: stall limit
+    read_block_kib: int = field(default=8192, metadata=_range(4))  # object stores: KiB per ranged GET of a shard
     image_size: int = field(default=224, metadata=_range(8, 4096))
     resize_size: int = field(default=255, metadata=_range(8, 4096))  # eval: resize shorter side, then center crop
     mean: Optional[list[float]] = None  # None: the train-split statistics from info.json

@@ -26,8 +26,21 @@ TIMM_TRAIN = "https://github.com/huggingface/pytorch-image-models/blob/main/trai
 # key: (meaning, timm train.py flag or "")
 KEYS: dict[str, tuple[str, str]] = {
     "data.shards": (
-        "shard folder with info.json, a brace pattern, `pipe:` command or http(s) URL of the shards",
+        "shard folder with info.json, a brace pattern, `s3://`, `gs://`, `hf://`, http(s) URL or `pipe:` command "
+        "(README: Shards on object storage)",
         "--data-dir",
+    ),
+    "data.endpoint_url": (
+        "S3-compatible store's endpoint (MinIO, SeaweedFS, R2; path-style); null: `AWS_ENDPOINT_URL` or AWS itself",
+        "",
+    ),
+    "data.read_block_kib": (
+        "object stores: KiB per ranged GET of a shard (memory per open shard; a retry resumes at the block being read)",
+        "",
+    ),
+    "data.retry_deadline_s": (
+        "remote shards: stop with one line when a shard makes no progress for this long (retries in between)",
+        "",
     ),
     "data.image_size": ("training crop and eval center-crop size, px", "--img-size"),
     "data.resize_size": (

@@ -21,13 +21,16 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from toolkit.cli import ArgumentParser, run_cli
+from toolkit.data import stores
 from toolkit.data.download import download_dataset
 from toolkit.data.oxford import make_synthetic_dataset
+from toolkit.data.publish import pack_to_store
 from toolkit.data.shards import DEFAULT_SYNTHETIC_ROOT, DEFAULTS, pack_dataset
 from toolkit.data.sources import LAYOUTS, OXFORD_LABELS
-from toolkit.data.verify import verify_shards
+from toolkit.data.verify import read_shard_manifest, verify_shards
 from toolkit.errors import DataError, UsageError
-from toolkit.formats import SPLITS, class_names, label_field, read_manifest
+from toolkit.formats import SPLITS, class_names, label_field
+from toolkit.redaction import redact_text
 
 
 def parse_bytes(text: str) -> int:
@@ -77,9 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     what.add_argument(
         "--verify",
-        type=Path,
         metavar="DIR",
-        help="re-read the shards in DIR against its info.json; exit 1 on any problem",
+        help="re-read the shards in DIR (a folder or an object store prefix) against its info.json; exit 1 on any problem",
     )
 
     task = parser.add_argument_group("what the labels are")
@@ -101,10 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     pack = parser.add_argument_group("packing")
     pack.add_argument(
         "--out",
-        type=Path,
-        default=Path("shards"),
+        default="shards",
         metavar="DIR",
-        help="output folder (default: shards/); the previous run's shards there are replaced",
+        help="output folder (default: shards/), or an object store prefix (s3://BUCKET/PREFIX, gs://..., "
+        "hf://...: each shard is uploaded, info.json last); the previous run's shards there are replaced",
     )
     pack.add_argument(
         "--val-fraction",
@@ -191,6 +193,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     if args.verify is not None:
         return run_verify(args.verify, args.workers)
+    pack = pack_to_store if check_out_location(args.out) else pack_dataset  # refused before any work
     if args.download is not None:
         source = download_dataset(args.download)
     elif args.synthetic is not None:
@@ -201,7 +204,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         raise UsageError("nothing to do: give --source DIR, --download DIR, --synthetic N or --verify DIR (see --help)")
 
-    info = pack_dataset(
+    info = pack(
         source,
         args.out,
         layout=args.layout,
@@ -222,13 +225,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         names = info["unlisted"]["names"]
         more = f" and {len(names) - 10} more" if len(names) > 10 else ""
         print(f"unlisted (on disk, in no split list, not packed): {', '.join(names[:10])}{more}")
-    print(packing_summary(info, Path(args.out)))
+    print(packing_summary(info, args.out))
     return 0
 
 
-def run_verify(folder: Path, workers: int) -> int:
+def check_out_location(out: str) -> bool:
+    """True for an object store prefix; a local folder is False; other locations are refused in one line."""
+    scheme = stores.scheme_of(out)
+    if scheme in ("local", *stores.OBJECT_STORES):
+        return scheme != "local"
+    raise UsageError(f"--out {redact_text(out)}: give a local folder or an object store prefix (s3://, gs://, hf://)")
+
+
+def run_verify(folder: str, workers: int) -> int:
+    if stores.scheme_of(folder) not in ("local", *stores.OBJECT_STORES):
+        raise UsageError(f"--verify {redact_text(folder)}: give a local folder or an object store prefix")
     problems = verify_shards(folder, workers=workers, show_progress=True)
-    info = read_manifest(folder)
+    info = read_shard_manifest(folder)
     if problems:
         for problem in problems[:50]:
             print(problem, file=sys.stderr)
@@ -246,7 +259,7 @@ def run_verify(folder: Path, workers: int) -> int:
     return 0
 
 
-def packing_summary(info: dict, out: Path) -> str:
+def packing_summary(info: dict, out) -> str:
     skipped = {split: sum(s["split"] == split for s in info["skipped"]) for split in SPLITS}
     splits = info["splits"]
     per_split = ", ".join(

@@ -159,7 +159,7 @@ def check_shell(command: str, work: Path, tmp_path: Path) -> str:
         if part in ELSEWHERE:
             results.append(f"{part}: {ELSEWHERE[part]}")
         elif argv[:2] == ["pip", "install"]:
-            extras = re.fullmatch(r"-e \.\[([a-z,]+)\]", " ".join(argv[2:]).replace('"', ""))
+            extras = re.fullmatch(r"-e \.\[([a-z0-9,]+)\]", " ".join(argv[2:]).replace('"', ""))
             assert extras, f"unexpected pip line: {part}"
             declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
             missing = [name for name in extras.group(1).split(",") if name not in declared]

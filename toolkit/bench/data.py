@@ -49,6 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="packed shards of --source (default: pack it now into a temporary folder with make_shards' defaults)",
     )
     parser.add_argument(
+        "--beside",
+        default=None,
+        metavar="DIR",
+        help="a local copy of --shards (e.g. --shards s3://bucket/pets --beside shards/pets): both shard loaders "
+        "are timed in the same run, alternated, and the report gives remote / local",
+    )
+    parser.add_argument(
         "--source",
         type=Path,
         default=DEFAULT_SOURCE,
@@ -243,6 +250,33 @@ def _compare_loaders(
     }
 
 
+def _compare_stores(args: argparse.Namespace, base: DataConfig, info: dict, count: int) -> dict:
+    """``--shards`` against the same shards on local disk (``--beside``), alternated A B B A: what the store costs."""
+    remote = dataclasses.replace(base, num_workers=count)
+    local = dataclasses.replace(remote, shards=args.beside)
+    local_info = data.load_info(args.beside)
+    warmup = max(1, count)
+
+    def run(cfg: DataConfig, shard_info: dict) -> float:
+        loader = data.make_train_loader(cfg, shard_info, batch_size=args.batch_size, rank=0, world_size=1, seed=0)
+        return _images_per_s(_endless_shards(loader, cfg), warmup, args.num_batches)[0]
+
+    remote_rates, local_rates = [], []
+    for _ in range(args.repeats):
+        remote_rates.append(run(remote, info))
+        local_rates += [run(local, local_info), run(local, local_info)]
+        remote_rates.append(run(remote, info))
+    best_remote, best_local = round(max(remote_rates), 1), round(max(local_rates), 1)
+    return {
+        "workers": count,
+        "remote_img_s": best_remote,
+        "local_img_s": best_local,
+        "remote_over_local": round(best_remote / best_local, 2),
+        "all_remote": [round(r, 1) for r in remote_rates],
+        "all_local": [round(r, 1) for r in local_rates],
+    }
+
+
 def _decode_rates(paths: list[Path], shards: str, info: dict, resize: int) -> dict:
     """Decoding alone on one core: originals vs stored shard JPEGs, full size vs libjpeg's draft mode."""
     originals = [p.read_bytes() for p in paths[:64]]
@@ -284,6 +318,7 @@ def _measure(args: argparse.Namespace, workers: list[int], paths: list[Path], la
         files = OriginalFiles(paths, labels, baseline_transform(base))
 
         runs = [_compare_loaders(args, base, info, files, count) for count in workers]
+        beside = [_compare_stores(args, base, info, count) for count in workers] if args.beside else None
 
         decode = _decode_rates(paths, shards, info, resize)  # where the difference comes from
 
@@ -305,5 +340,6 @@ def _measure(args: argparse.Namespace, workers: list[int], paths: list[Path], la
         "load_average_1min_before": load_before,
         "load_average_1min_after": round(os.getloadavg()[0], 2),
         "runs": runs,
+        **({"beside": args.beside, "store_runs": beside} if beside else {}),
         "decode_one_core": decode,
     }

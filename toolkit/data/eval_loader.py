@@ -95,18 +95,26 @@ class EvalStream(_ShardStream):
             if len(images) == self.batch_size:
                 if pending is not None:
                     yield pending
-                pending = _collate(images, labels, keys, skips.take(), self.image_size) | {"breed": breeds}
+                pending = _collate(images, labels, keys, skips.take(), self.image_size) | {
+                    "breed": breeds,
+                    "retries": skips.take_retries(),
+                }
                 images, labels, keys, breeds = [], [], [], []
         if images or (pending is None and skips.count):
             if pending is not None:
                 yield pending
             # the last, partial batch; empty only when this worker found nothing but bad samples
-            yield _collate(images, labels, keys, skips.take(), self.image_size) | {"breed": breeds}
+            yield _collate(images, labels, keys, skips.take(), self.image_size) | {
+                "breed": breeds,
+                "retries": skips.take_retries(),
+            }
         elif pending is not None:
             pending["skipped"] += skips.take()
+            pending["retries"] += skips.take_retries()
             yield pending
 
     def __iter__(self) -> Iterator[dict]:
+        self._enter_worker()
         worker, num_workers = _worker()
         if num_workers != self.num_workers:
             raise RuntimeError(f"EvalStream was planned for {self.num_workers} workers, runs in {num_workers}")
@@ -130,6 +138,7 @@ class EvalLoader:
         self.stream = stream
         self.loader = DataLoader(stream, generator=torch.Generator().manual_seed(0), **loader_kwargs)
         self.skipped = 0
+        self.retries = 0  # remote reads retried during the last pass
 
     def __len__(self) -> int:
         """Batches when no sample is bad (a skipped sample can only make it smaller)."""
@@ -138,11 +147,12 @@ class EvalLoader:
         )
 
     def __iter__(self) -> Iterator[dict]:
-        self.skipped = 0
+        self.skipped, self.retries = 0, 0
         for batch in self.loader:
             if "error" in batch:
                 raise DataError(batch["error"])
             self.skipped += batch["skipped"]
+            self.retries += batch.get("retries", 0)
             yield batch
 
 

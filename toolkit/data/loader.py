@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from toolkit.cli import is_main_process
+from toolkit.data import stores
 from toolkit.data.locations import Shard, num_samples_of, split_shards
 from toolkit.data.reading import Skips, decode_sample, header_ok, read_shards, usable
 from toolkit.data.transforms import build_train_transform, decode_hint
@@ -159,6 +160,10 @@ class _ShardStream(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.num_workers = max(1, num_workers)
         self.strict = strict
+        self.store_options = stores.current()  # a worker started by spawn would not inherit the module's
+
+    def _enter_worker(self) -> None:
+        stores.configure(self.store_options)
 
 
 class TrainStream(_ShardStream):
@@ -284,9 +289,10 @@ class TrainStream(_ShardStream):
                         images.append(image)
                         labels.append(sample["__label__"])
                         keys.append(sample["__key__"])
-            yield _collate(images, labels, keys, skips.take(), self.image_size)
+            yield _collate(images, labels, keys, skips.take(), self.image_size) | {"retries": skips.take_retries()}
 
     def __iter__(self) -> Iterator[dict]:
+        self._enter_worker()
         loader_worker, num_workers = _worker()
         if num_workers != self.num_workers:
             raise RuntimeError(f"TrainStream was planned for {self.num_workers} workers, runs in {num_workers}")
@@ -311,6 +317,7 @@ def _join_chunks(chunks: list[dict], pin: bool) -> dict:
         "label": cat([c["label"] for c in chunks]),
         "key": [k for c in chunks for k in c["key"]],
         "skipped": sum(c["skipped"] for c in chunks),
+        "retries": sum(c.get("retries", 0) for c in chunks),
     }
     if "jpeg" in chunks[0]:  # data.decode=gpu: one 1-D uint8 tensor per image, decoded on the accelerator
         return batch | {"jpeg": [j for c in chunks for j in c["jpeg"]]}
@@ -340,6 +347,7 @@ class TrainLoader:
         self.loader = DataLoader(stream, generator=torch.Generator().manual_seed(stream.seed), **kwargs)
         self.epoch, self.start_step = 0, 0
         self.skipped = 0  # bad samples this rank skipped during the last pass
+        self.retries = 0  # remote reads this rank retried during the last pass
 
     def __len__(self) -> int:
         return self.steps_per_epoch
@@ -353,7 +361,7 @@ class TrainLoader:
 
     def __iter__(self) -> Iterator[dict]:
         """Batches start_step .. steps_per_epoch - 1 of the epoch."""
-        self.skipped = 0
+        self.skipped, self.retries = 0, 0
         chunks: list[dict] = []
         for chunk in self.loader:
             if "error" in chunk:
@@ -363,6 +371,7 @@ class TrainLoader:
                 batch = _join_chunks(chunks, self.pin)
                 chunks = []
                 self.skipped += batch["skipped"]
+                self.retries += batch["retries"]
                 yield batch
         if chunks:  # cannot happen while every worker fills its quota; never drop samples quietly
             raise RuntimeError(

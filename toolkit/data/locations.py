@@ -1,23 +1,29 @@
 """Where the shards are: a folder with info.json, or a URL pattern with info.json beside it.
 
 ``data.shards`` may name a local folder, a brace pattern of tar files (``.../{split}-{000000..000011}.tar``),
-an http(s) URL or a ``pipe:`` command. These helpers turn it into each split's shard list with the
+an object-store prefix (``s3://``, ``gs://``, ``hf://``), an http(s) URL or a ``pipe:`` command; any other
+``scheme://`` is refused (``stores.scheme_of``). These helpers turn it into each split's shard list with the
 sizes the manifest promises, so the loaders can plan equal work for every rank before reading a byte.
+
+info.json is read through the same store as the shards. For ``pipe:`` it is read through the same
+command: the command's word that names the shards (the one with ``.tar`` or ``{``) is replaced by the
+info.json beside them, e.g. ``pipe:aws s3 cp s3://b/pets/{split}-{000000..000003}.tar -`` reads
+``aws s3 cp s3://b/pets/info.json -``.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
-import urllib.request
+import subprocess
 from typing import Optional, Sequence
 
 from braceexpand import braceexpand
 
+from toolkit.data.stores import URL_TIMEOUT_S, check_no_credentials, read_bytes, scheme_of
 from toolkit.errors import UsageError
 from toolkit.formats import MANIFEST_NAME, PACK_HINT, parse_manifest, split_info, split_size
-
-URL_TIMEOUT_S = 60
+from toolkit.redaction import redact_text
 
 Shard = tuple[str, Optional[int]]  # (url, number of samples from info.json if known)
 
@@ -27,7 +33,8 @@ def is_pipe(url: str) -> bool:
 
 
 def is_remote(url: str) -> bool:
-    return url.startswith(("http://", "https://"))
+    """http(s) or an object store (s3, gs, hf): read by ``stores.RetryingReader``."""
+    return scheme_of(url) not in ("local", "pipe")
 
 
 def is_local(url: str) -> bool:
@@ -50,7 +57,7 @@ def _location_part(shards: str) -> str:
 
 
 def _join(base: str, name: str) -> str:
-    return f"{base.rstrip('/')}/{name}" if is_remote(base) else os.path.join(base, name)
+    return f"{base.rstrip('/')}/{name}" if is_remote(base) or is_pipe(base) else os.path.join(base, name)
 
 
 def _base_of(shards: str) -> str:
@@ -71,13 +78,52 @@ def manifest_location(shards: str) -> str:
     return _join(_base_of(shards), MANIFEST_NAME)
 
 
+def check_location(shards: str, what: str = "data.shards") -> None:
+    """A location this toolkit reads (any other ``scheme://`` is refused), carrying no credentials.
+
+    A ``pipe:`` command is the user's own program and reaches whatever it reaches (its inline
+    credentials are masked wherever it is written, see ``toolkit.redaction``)."""
+    if not is_pipe(shards):
+        scheme_of(shards)
+        check_no_credentials(shards, what)
+
+
+def pipe_manifest_command(shards: str) -> str:
+    """The ``pipe:`` command with its shard word replaced by the info.json beside the shards (the rest of the
+    command, comments and quoting included, stays as written)."""
+    command, word = shards[len("pipe:") :], _location_part(shards)
+    at = command.rfind(word)
+    quoted = at > 0 and command[at - 1] in "'\""  # already inside the command's own quotes
+    where = manifest_location(shards) if quoted else shlex.quote(manifest_location(shards))
+    return command[:at] + where + command[at + len(word) :]
+
+
+def _run_pipe(shards: str) -> str:
+    command = pipe_manifest_command(shards)
+    try:
+        done = subprocess.run(command, shell=True, capture_output=True, timeout=URL_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise UsageError(
+            f"the pipe: command for {MANIFEST_NAME} ran over {URL_TIMEOUT_S} s: {redact_text(command)}"
+        ) from None
+    if done.returncode != 0:
+        said = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no message"]
+        raise UsageError(
+            f"the pipe: command for {MANIFEST_NAME} ({redact_text(command)}) exited {done.returncode}: "
+            f"{redact_text(said[0])}; {PACK_HINT}"
+        )
+    return done.stdout.decode("utf-8")
+
+
 def load_info(shards: str) -> dict:
-    """Read and check the shards' manifest (local file, or fetched over http(s))."""
+    """Read and check the shards' manifest through the shards' own store (file, object store, URL or command)."""
+    check_location(shards)
     where = manifest_location(shards)
     try:
-        if is_remote(where):
-            with urllib.request.urlopen(where, timeout=URL_TIMEOUT_S) as response:
-                text = response.read().decode("utf-8")
+        if is_pipe(shards):
+            text = _run_pipe(shards)
+        elif is_remote(where):
+            text = read_bytes(where).decode("utf-8")
         else:
             with open(where, encoding="utf-8") as handle:
                 text = handle.read()

@@ -1,8 +1,8 @@
 """Reading tars into raw samples (bytes), counting every sample that cannot be used.
 
-Shards open with webdataset's ``gopen`` (``pipe:``, ``gs:``, ``hf:``, ``ais:`` and the other schemes
-it knows); local files with ``open`` and http(s) with ``urllib`` (a timeout and an HTTP error we
-can name, where gopen's curl pipe only reports an exit status). Members are grouped into
+Local files open with ``open``, ``pipe:`` commands with webdataset's ``gopen``, and http(s) and
+object stores (s3, gs, hf) with ``stores.RetryingReader``, which retries transient faults and resumes
+at the byte offset, so a network fault costs time, never samples (the retries are counted in ``Skips``). Members are grouped into
 samples with webdataset's key convention (``base_plus_ext``) by our own loop, because it must
 count a shard that ends early as lost samples for the rank that owned them, which
 ``tar_file_expander``'s exception handler cannot tell.
@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import tarfile
-import urllib.request
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -21,7 +20,8 @@ from PIL import Image
 from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext
 
-from toolkit.data.locations import URL_TIMEOUT_S, Shard, is_local, is_remote
+from toolkit.data.locations import Shard, is_local, is_remote
+from toolkit.data.stores import CredentialError, RetryingReader, StoreError
 from toolkit.data.transforms import decode_jpeg, open_image
 from toolkit.errors import DataError
 from toolkit.redaction import redact_text
@@ -45,6 +45,14 @@ class Skips:
     def __init__(self, strict: bool):
         self.strict = strict
         self.count = 0
+        self.retries = 0  # remote reads retried (transient faults): they cost time, not samples
+
+    def retried(self) -> None:
+        self.retries += 1
+
+    def take_retries(self) -> int:
+        retries, self.retries = self.retries, 0
+        return retries
 
     def report(self, url: str, key: str, reason: str, n: int = 1) -> None:
         global _warnings_given
@@ -63,11 +71,11 @@ class Skips:
         return count
 
 
-def open_shard(url: str):
+def open_shard(url: str, on_retry: Optional[Callable[[], None]] = None):
     if is_local(url):
         return open(url, "rb")
     if is_remote(url):
-        return urllib.request.urlopen(url, timeout=URL_TIMEOUT_S)
+        return RetryingReader(url, on_retry)
     return gopen(url, "rb")
 
 
@@ -173,19 +181,23 @@ def read_shards(
 
     A shard that cannot be opened, is compressed or ends early loses the samples info.json says it
     still had; they count as skipped (for their owner), so sample indices stay the same in every slot.
+    A remote read's transient faults are retried at the byte offset (counted in ``skips.retries``); when
+    its retries are spent, ``StoreError`` stops the run instead.
     """
     index = 0
     for url, expected in shards:
         read, last_key, error = 0, None, None
         stream = None
         try:
-            stream = open_shard(url)
+            stream = open_shard(url, skips.retried)
             for sample in tar_samples(stream, limits):
                 read, last_key = read + 1, sample["__key__"]
                 index += 1
                 if owner is None or owner(index - 1):
                     sample["__url__"] = url
                     yield sample
+        except CredentialError as err:  # in a loader worker: travels as a DataError, one line
+            raise StoreError(str(err)) from None
         except (OSError, tarfile.TarError, EOFError, MemoryError) as err:
             error = f"shard unreadable ({type(err).__name__}: {err})"
         finally:

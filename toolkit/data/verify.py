@@ -8,18 +8,23 @@ says), and that every JPEG decodes to the size its metadata says.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from toolkit.cli import is_main_process, progress
-from toolkit.data.reading import Limits, default_limits
+from toolkit.data import stores
+from toolkit.data.locations import is_remote
+from toolkit.data.reading import Limits, default_limits, open_shard
 from toolkit.data.shards import SIZE_FIELDS, decode_error, map_ordered, strict_decoding
+from toolkit.data.stores import read_bytes
 from toolkit.data.transforms import open_image
-from toolkit.formats import SPLITS, class_names, label_field, read_manifest
+from toolkit.errors import UsageError
+from toolkit.formats import MANIFEST_NAME, SPLITS, class_names, label_field, parse_manifest, read_manifest
 
 
 @dataclass(frozen=True)
@@ -31,14 +36,37 @@ class ShardCheck:
     limits: Limits  # what one member and one sample may hold in memory
 
 
-def file_sha256(path: Path) -> tuple[int, str]:
-    """(size, sha256) of a file, read in 1 MiB chunks: a shard of any size costs no more memory than that."""
-    digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as stream:
-        while chunk := stream.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
+class HashingReader:
+    """A stream that hashes what passes through it: the tar is checked and hashed in one read (one download
+    for a remote shard); ``drain`` reads what the tar reader left (the end-of-archive padding)."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.digest, self.size = stream, hashlib.sha256(), 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.stream.read(n)
+        self.digest.update(data)
+        self.size += len(data)
+        return data
+
+    def drain(self) -> tuple[int, str]:
+        """(size, sha256) of the whole file, read in 1 MiB chunks: any shard costs no more memory than that."""
+        while self.read(1 << 20):
+            pass
+        return self.size, self.digest.hexdigest()
+
+
+def read_shard_manifest(folder: Union[str, Path]) -> dict:
+    """The complete manifest of a shard folder or object store prefix."""
+    if not is_remote(str(folder)):
+        return read_manifest(folder)
+    where = f"{str(folder).rstrip('/')}/{MANIFEST_NAME}"
+    hint = f"make shards with: python -m toolkit.make_shards --source DIR --out {folder}"
+    try:
+        text = read_bytes(where).decode("utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"no {MANIFEST_NAME} at {where}: not a shard folder, or an unfinished run; {hint}") from None
+    return parse_manifest(text, where, complete=True, hint=hint)
 
 
 class ShardTally:
@@ -93,9 +121,20 @@ class ShardTally:
 
 def check_shard(task: ShardCheck) -> tuple[list[str], list[str], dict[str, int]]:
     """Problems found in one shard, its keys in order, and its class counts."""
-    name, shard = Path(task.path).name, task.shard
+    name, shard = task.path.rstrip("/").rpartition("/")[2], task.shard
+    tally, broken = ShardTally(name, task), None
     try:
-        size, digest = file_sha256(Path(task.path))
+        with contextlib.closing(open_shard(task.path)) as raw:
+            stream = HashingReader(raw)
+            try:
+                with tarfile.open(fileobj=stream, mode="r|") as tar:
+                    for member in tar:
+                        tar.members = []  # keep no list of a hostile tar's millions of members
+                        tally.add(member, tar)
+                tally.finish()
+            except (tarfile.TarError, EOFError) as err:
+                broken = f"{name}: not a readable tar ({err})"
+            size, digest = stream.drain()
     except OSError as err:
         return [f"{name}: cannot read ({err.strerror or err})"], [], {}
     problems = []
@@ -103,15 +142,8 @@ def check_shard(task: ShardCheck) -> tuple[list[str], list[str], dict[str, int]]
         problems.append(f"{name}: {size} bytes, info.json says {shard['bytes']}")
     if digest != shard["sha256"]:
         problems.append(f"{name}: sha256 differs from info.json (file changed or damaged)")
-    tally = ShardTally(name, task)
-    try:
-        with open(task.path, "rb") as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
-            for member in tar:
-                tar.members = []  # keep no list of a hostile tar's millions of members
-                tally.add(member, tar)
-        tally.finish()
-    except (tarfile.TarError, OSError, EOFError) as err:
-        return problems + tally.problems + [f"{name}: not a readable tar ({err})"], tally.keys, {}
+    if broken:
+        return problems + tally.problems + [broken], tally.keys, {}
     problems += tally.problems
     if len(tally.keys) != shard["num_samples"]:
         problems.append(f"{name}: {len(tally.keys)} samples, info.json says {shard['num_samples']}")
@@ -147,28 +179,32 @@ def check_sample(members: dict[str, bytes], classes: tuple[str, ...], field: str
 
 
 def verify_shards(
-    folder: Path, workers: int = 1, show_progress: bool = False, limits: Optional[Limits] = None
+    folder: Union[str, Path], workers: int = 1, show_progress: bool = False, limits: Optional[Limits] = None
 ) -> list[str]:
     """Re-read every shard against info.json; the problems found (empty = OK).
 
     Memory stays bounded whatever the shards hold: files are hashed in chunks, tars read as a stream,
     and a member or sample over ``limits`` (the readers' caps by default) is a problem, not read.
     """
-    folder = Path(folder)
-    info = read_manifest(folder)
+    remote = is_remote(str(folder))
+    info = read_shard_manifest(folder)
     problems = []
     classes, field = tuple(class_names(info)), label_field(info)
     limits = limits or default_limits()
+    base = str(folder).rstrip("/") if remote else str(folder)
     tasks = [
-        ShardCheck(str(folder / shard["name"]), shard, classes, field, limits)
+        ShardCheck(
+            f"{base}/{shard['name']}" if remote else str(Path(folder) / shard["name"]), shard, classes, field, limits
+        )
         for split in SPLITS
         for shard in info["splits"][split]["shards"]
     ]
-    listed = {Path(t.path).name for t in tasks}
+    listed = {shard["name"] for split in SPLITS for shard in info["splits"][split]["shards"]}
+    present = stores.list_names(base) if remote else [p.name for p in Path(folder).glob("*.tar")]
     problems += [
-        f"{p.name}: not listed in info.json (left over from another run?)"
-        for p in sorted(folder.glob("*.tar"))
-        if p.name not in listed
+        f"{name}: not listed in info.json (left over from another run?)"
+        for name in sorted(present)
+        if name.endswith(".tar") and name not in listed
     ]
     results = iter(
         progress(

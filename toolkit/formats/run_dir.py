@@ -45,6 +45,7 @@ class EpochRow:
     peak_mem_gib: Optional[float]  # None on a CPU
     skipped_samples: int  # train samples skipped this epoch (all processes)
     val_skipped_samples: int
+    read_retries: int = 0  # remote shard reads retried after a transient fault (all processes)
 
 
 HISTORY_FIELDS: tuple[str, ...] = tuple(EpochRow.__dataclass_fields__)

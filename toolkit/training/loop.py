@@ -27,6 +27,7 @@ from toolkit.data import (
     check_split_has_samples,
     load_info,
     make_train_loader,
+    stores,
 )
 from toolkit.data.device_augment import batch_to_device
 from toolkit.data.locations import is_local, manifest_location
@@ -94,6 +95,7 @@ class EpochOutcome:
     seconds: float
     data_wait: float
     batches_done: int
+    retries: int = 0  # remote reads retried after a transient fault (this rank)
     stopped_by: Optional[str] = None  # "a stop signal" or "train.max_steps=N": checkpoint and leave
 
 
@@ -144,6 +146,7 @@ def setup(cfg: Config) -> Session:
     log = (lambda msg: print(msg, flush=True)) if accelerator.is_main_process else (lambda msg: None)
 
     # data: sizes and normalization come from the shards' manifest (checked before any folder is made)
+    stores.configure(stores.options_from(cfg.data))
     info = load_info(cfg.data.shards)
     check_shards_exist(cfg.data.shards, info, ["train", "val"] + ([cfg.eval.test_split] if cfg.eval.test_split else []))
     problem = selection_problem(info)
@@ -340,6 +343,7 @@ def train_one_epoch(s: Session, state: TrainerState, stop: StopRequested) -> Epo
         batch = next(batches)
         outcome.data_wait += s.steps.waited(time.perf_counter() - t_wait)
         state.epoch_skipped += int(batch.get("skipped", 0))
+        outcome.retries += int(batch.get("retries", 0))
         images = batch_to_device(
             batch,
             cfg.data,
@@ -427,6 +431,7 @@ def end_epoch(s: Session, state: TrainerState, outcome: EpochOutcome, val: EvalR
     cfg, accelerator, epoch = s.cfg, s.accelerator, state.epoch
     train_loss = state.epoch_loss_sum / max(1, state.epoch_loss_count)
     skipped = int(accelerator.reduce(torch.tensor(state.epoch_skipped, device=accelerator.device), "sum").item())
+    retries = int(accelerator.reduce(torch.tensor(outcome.retries, device=accelerator.device), "sum").item())
     seconds = max(outcome.seconds, 1e-9)
     row = EpochRow(
         epoch=epoch + 1,
@@ -442,6 +447,7 @@ def end_epoch(s: Session, state: TrainerState, outcome: EpochOutcome, val: EvalR
         peak_mem_gib=(torch.cuda.max_memory_allocated() / 2**30) if torch.cuda.is_available() else None,
         skipped_samples=skipped,
         val_skipped_samples=val.skipped,
+        read_retries=retries,
     )
     improved = val.auc is not None and val.auc > state.best_val_auc
     if improved:
@@ -474,6 +480,7 @@ def end_epoch(s: Session, state: TrainerState, outcome: EpochOutcome, val: EvalR
         f"val_acc {val.accuracy:.4f} | val_auc {format_number(val.auc)} | lr {row.lr:.2e} | "
         f"{row.img_per_s:.1f} img/s | data_wait {row.data_wait_frac:.0%}"
         + (f" | skipped {skipped}" if skipped else "")
+        + (f" | retries {retries}" if retries else "")
         + (" | best" if improved else "")
     )
     every = cfg.train.checkpoint_every_epochs
