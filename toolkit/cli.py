@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Callable, Iterable, NoReturn, Optional, Sequence, TypeVar
@@ -68,7 +69,22 @@ def run_cli(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Opti
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr, flush=True)
         sys.exit(EXIT_INTERRUPTED)
+    if code and code > 128:  # stopped by a signal, checkpoint saved: the rest is leaving
+        ignore_sigterm()
     sys.exit(code or EXIT_OK)
+
+
+def ignore_sigterm() -> None:
+    """Ignore further SIGTERMs while the process exits after a stop.
+
+    Interpreter shutdown puts SIGTERM back to its default action while modules are torn down; a
+    repeated TERM (srun, a launcher forwarding it) landing then would kill the process (-15) after
+    its checkpoint was saved, and the scheduler would see a crash instead of 128 + 15.
+    """
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    except ValueError:  # not the main thread: nothing to protect
+        pass
 
 
 def progress(
