@@ -373,8 +373,8 @@ def after_step(s: Session, state: TrainerState, running: RunningLoss, bar, stop:
         )
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
-        if any_process(s.accelerator, stop.requested):
-            return "a stop signal"
+    if any_process(s.accelerator, stop.requested):  # after every step: "the current step finishes", no more
+        return "a stop signal"
     if (
         cfg.train.checkpoint_every_steps
         and state.global_step % cfg.train.checkpoint_every_steps == 0
@@ -470,6 +470,8 @@ def train(cfg: Config) -> dict:
                 if outcome.stopped_by is not None:
                     return leave_early(s, state, outcome.stopped_by, stop.signum)
                 end_epoch(s, state, outcome, validate(s))
+                if any_process(s.accelerator, stop.requested):  # a stop during validation: no test, no report
+                    return leave_early(s, state, "a stop signal", stop.signum)
         return finish(s, state)
     finally:
         if s.accelerator.is_main_process:
@@ -482,7 +484,7 @@ def leave_early(s: Session, state: TrainerState, why: str, signum: Optional[int]
         s.accelerator, s.run, state, s.scheduler, s.ema, s.cfg.train.keep_checkpoints, s.raw_model
     )
     s.log(
-        f"stopped by {why} at epoch {state.epoch + 1}, step {state.global_step}; checkpoint {path}. "
+        f"stopped by {why} at epoch {min(state.epoch + 1, s.cfg.train.epochs)}, step {state.global_step}; checkpoint {path}. "
         f"Resume with the same command plus train.resume=auto output.run_name={s.cfg.output.run_name}"
     )
     s.tracker.finish()
