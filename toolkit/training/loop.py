@@ -50,7 +50,7 @@ from toolkit.training.ranks import (
     rank_weight_checksums,
     sync_norm_statistics,
 )
-from toolkit.training.run_folder import resolve_run_dir, unlock
+from toolkit.training.run_folder import keep_lease, resolve_run_dir, unlock
 from toolkit.training.state import (
     StopRequested,
     TrainerState,
@@ -382,10 +382,18 @@ def after_step(s: Session, state: TrainerState, running: RunningLoss, bar, stop:
     ):
         running.check()
         running.flush()
-        save_training_state(s.accelerator, s.run, state, s.scheduler, s.ema, cfg.train.keep_checkpoints, s.raw_model)
+        save_checkpoint(s, state)
     if cfg.train.max_steps and state.global_step >= cfg.train.max_steps:
         return f"train.max_steps={cfg.train.max_steps}"
     return None
+
+
+def save_checkpoint(s: Session, state: TrainerState) -> Path:
+    """The full training state, written (and older ones pruned) only while this process holds the lease."""
+    keep_lease(s.accelerator, s.run, s.cfg.output.run_name)
+    return save_training_state(
+        s.accelerator, s.run, state, s.scheduler, s.ema, s.cfg.train.keep_checkpoints, s.raw_model
+    )
 
 
 def validate(s: Session) -> EvalResult:
@@ -442,6 +450,7 @@ def end_epoch(s: Session, state: TrainerState, outcome: EpochOutcome, val: EvalR
         if improved or not s.run.model.exists():
             save_model_file(s.eval_model, s.run.model, meta)
 
+    keep_lease(s.accelerator, s.run, s.cfg.output.run_name)
     together(accelerator, write_epoch if accelerator.is_main_process else None)  # a full disk stops every rank
     s.tracker.log({f"epoch/{k}": v for k, v in row.items() if v is not None}, step=state.global_step)
     s.log(
@@ -453,7 +462,7 @@ def end_epoch(s: Session, state: TrainerState, outcome: EpochOutcome, val: EvalR
     )
     every = cfg.train.checkpoint_every_epochs
     if every and (state.epoch % every == 0 or state.epoch == cfg.train.epochs):
-        save_training_state(accelerator, s.run, state, s.scheduler, s.ema, cfg.train.keep_checkpoints, s.raw_model)
+        save_checkpoint(s, state)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -480,9 +489,7 @@ def train(cfg: Config) -> dict:
 
 def leave_early(s: Session, state: TrainerState, why: str, signum: Optional[int]) -> dict:
     """Checkpoint where the loop is and stop; resuming continues exactly here."""
-    path = save_training_state(
-        s.accelerator, s.run, state, s.scheduler, s.ema, s.cfg.train.keep_checkpoints, s.raw_model
-    )
+    path = save_checkpoint(s, state)
     s.log(
         f"stopped by {why} at epoch {min(state.epoch + 1, s.cfg.train.epochs)}, step {state.global_step}; checkpoint {path}. "
         f"Resume with the same command plus train.resume=auto output.run_name={s.cfg.output.run_name}"
@@ -500,6 +507,7 @@ def finish(s: Session, state: TrainerState) -> dict:
     checksums = rank_weight_checksums(s.accelerator, s.raw_model)
     if len(set(checksums)) > 1:
         s.log(f"warning: model weights differ across processes (checksums {checksums}); distributed training diverged")
+    keep_lease(s.accelerator, s.run, s.cfg.output.run_name)
     if s.accelerator.is_main_process:
         s.run.write_final(
             {
