@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from toolkit.cli import is_main_process, progress
-from toolkit.data.reading import Limits, default_limits
+from toolkit.data.reading import CappedTarInfo, Limits, default_limits
 from toolkit.data.shards import SIZE_FIELDS, decode_error, map_ordered, strict_decoding
 from toolkit.data.transforms import open_image
 from toolkit.formats import SPLITS, class_names, label_field, read_manifest
@@ -105,7 +105,7 @@ def check_shard(task: ShardCheck) -> tuple[list[str], list[str], dict[str, int]]
         problems.append(f"{name}: sha256 differs from info.json (file changed or damaged)")
     tally = ShardTally(name, task)
     try:
-        with open(task.path, "rb") as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+        with open(task.path, "rb") as stream, tarfile.open(fileobj=stream, mode="r|", tarinfo=CappedTarInfo) as tar:
             for member in tar:
                 tar.members = []  # keep no list of a hostile tar's millions of members
                 tally.add(member, tar)
