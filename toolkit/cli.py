@@ -48,6 +48,12 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see --help)")
 
 
+def single_value_flags(parser: argparse.ArgumentParser) -> set[str]:
+    """The option strings of ``parser`` whose action takes exactly one value (``--shards VALUE``)."""
+    one_value = [a for a in parser._actions if a.nargs is None and isinstance(a, argparse._StoreAction)]
+    return {flag for action in one_value for flag in action.option_strings}
+
+
 def is_main_process() -> bool:
     """True on the process that should print and write (rank 0), also before Accelerate starts."""
     return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") in ("0", "")
