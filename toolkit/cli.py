@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -48,6 +49,12 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see --help)")
 
 
+def single_value_flags(parser: argparse.ArgumentParser) -> set[str]:
+    """The option strings of ``parser`` whose action takes exactly one value (``--shards VALUE``)."""
+    one_value = [a for a in parser._actions if a.nargs is None and isinstance(a, argparse._StoreAction)]
+    return {flag for action in one_value for flag in action.option_strings}
+
+
 def is_main_process() -> bool:
     """True on the process that should print and write (rank 0), also before Accelerate starts."""
     return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") in ("0", "")
@@ -69,6 +76,8 @@ def run_cli(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Opti
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr, flush=True)
         sys.exit(EXIT_INTERRUPTED)
+    if code and code > 128:  # stopped by a signal, checkpoint saved: the rest is leaving
+        ignore_sigterm()
     sys.exit(code or EXIT_OK)
 
 
@@ -139,6 +148,19 @@ class LogProgress:
         if self.total and rate > 0:
             text += f" | ETA {format_duration((self.total - done) / rate)}"
         print(text, file=sys.stderr, flush=True)
+
+
+def ignore_sigterm() -> None:
+    """Ignore further SIGTERMs while the process exits after a stop.
+
+    Interpreter shutdown puts SIGTERM back to its default action while modules are torn down; a
+    repeated TERM (srun, a launcher forwarding it) landing then would kill the process (-15) after
+    its checkpoint was saved, and the scheduler would see a crash instead of 128 + 15.
+    """
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    except ValueError:  # not the main thread: nothing to protect
+        pass
 
 
 def progress(

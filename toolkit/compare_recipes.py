@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from toolkit.cli import ArgumentParser, run_cli
+from toolkit.cli import ArgumentParser, run_cli, single_value_flags
 from toolkit.config import (
     SHIPPED_CONFIGS,
     load_config,
@@ -48,7 +48,7 @@ from toolkit.errors import DataError, UsageError
 from toolkit.evaluation.metrics import format_number, reports_top_k
 from toolkit.fileio import atomic_write_json, atomic_write_text
 from toolkit.formats import RunDir, version_of, versioned_name
-from toolkit.redaction import redact_secrets
+from toolkit.redaction import redact_secrets, redact_text
 from toolkit.reporting.recipe_comparison import markdown_tables, summarize, verdicts
 from toolkit.reporting.wandb_spec import SPEC_FILE, check_project, make_report
 
@@ -204,7 +204,7 @@ def train_one(args: argparse.Namespace, recipe: Recipe, seed: int, shared: Seque
         open(log_path, "w", encoding="utf-8", buffering=1) as log,
         subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as child,
     ):
-        log.write(" ".join(command) + "\n")
+        log.write(redact_text(" ".join(command)) + "\n")
         for line in child.stdout:
             log.write(line)
             tail = (tail + [line.rstrip()])[-LOG_TAIL_LINES:]
@@ -322,7 +322,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> tuple[argparse.Namespace, list[
         help="log the runs to this W&B project (offline without a key) and end by building the W&B "
         "Report of the comparison (python -m toolkit.wandb_report; saved online, else its spec)",
     )
-    flags, overrides = split_config_args(list(sys.argv[1:] if argv is None else argv))
+    flags, overrides = split_config_args(list(sys.argv[1:] if argv is None else argv), single_value_flags(parser))
     args = parser.parse_args(flags)
     if args.wandb_report is not None:
         check_project(args.wandb_report)
@@ -356,7 +356,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     total = len(recipes) * len(args.seeds)
     print(
-        f"comparing {', '.join(r.name for r in recipes)} on {args.shards}: {args.epochs} epochs x seeds "
+        f"comparing {', '.join(r.name for r in recipes)} on {redact_text(args.shards)}: {args.epochs} epochs x seeds "
         f"{' '.join(map(str, args.seeds))} = {total} runs, one at a time; results in {args.out}",
         flush=True,
     )
@@ -398,6 +398,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         },
     }
     report["verdicts"] = verdicts(args.names, {n: report["recipes"][n]["summary"] for n in args.names}, args.split)
+    for key in ("command", "shards", "overrides"):  # a shard location or an override may hold credentials
+        report[key] = redact_secrets(report[key])
     table = markdown_tables(report)
     atomic_write_json(args.out / TABLE_JSON, report)
     atomic_write_text(args.out / TABLE_MD, table)

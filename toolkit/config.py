@@ -15,7 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Collection, Mapping, Optional, Sequence, Union
 
 import yaml
 
@@ -24,6 +24,7 @@ from toolkit.fileio import dump_yaml, read_yaml_mapping
 from toolkit.formats.manifest import MANIFEST_NAME, class_names
 from toolkit.models import MODEL_ARCHS
 from toolkit.models.resnet import BLOCKS
+from toolkit.redaction import url_password
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -377,8 +378,24 @@ def eval_data_config(meta: dict, source: str, *, shards: str = "shards", num_wor
     )
 
 
+def check_no_password_in_shards(shards: str) -> None:
+    """A password written into a shard URL would be stored (masked) with every run and sent with every
+    read; the store's own credential chain keeps it out of configs and command lines altogether."""
+    scheme = None if shards.startswith("pipe:") else url_password(shards)
+    if scheme:
+        chain = {
+            "s3": "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE or ~/.aws/credentials",
+            "gs": "gcloud auth application-default login or GOOGLE_APPLICATION_CREDENTIALS",
+        }.get(scheme, "a ~/.netrc entry for the host (curl and webdataset read it)")
+        raise UsageError(
+            f"data.shards holds a password in its {scheme}:// URL (user:password@); remove it and give the "
+            f"credentials through the store's credential chain: {chain}"
+        )
+
+
 def validate_config(cfg: Config) -> Config:
     """Checks that span several fields; called once after loading."""
+    check_no_password_in_shards(cfg.data.shards)
     if cfg.model.arch not in MODEL_ARCHS:
         close = difflib.get_close_matches(cfg.model.arch, MODEL_ARCHS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -510,9 +527,16 @@ def to_yaml(cfg: Config) -> str:
     return dump_yaml(to_dict(cfg))
 
 
-def split_config_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Separate ``key=value`` overrides from ordinary ``--flags`` on a command line."""
+def split_config_args(argv: Sequence[str], value_flags: Collection[str] = ()) -> tuple[list[str], list[str]]:
+    """Separate ``key=value`` overrides from ordinary ``--flags`` on a command line.
+
+    The word after a flag in ``value_flags`` (one that takes one value) is that flag's value even when
+    it holds ``=`` (``--shards 'pipe:curl ...?a=b'``), never an override.
+    """
     flags, overrides = [], []
+    is_value = False
     for arg in argv:
-        (overrides if ("=" in arg and not arg.startswith("-")) else flags).append(arg)
+        override = "=" in arg and not arg.startswith("-") and not is_value
+        (overrides if override else flags).append(arg)
+        is_value = not is_value and arg in value_flags
     return flags, overrides

@@ -34,6 +34,7 @@ from toolkit.models.resnet import MODEL_SPECS
 from toolkit.models.sources import load_model_file
 
 WEIGHTS_FILE, CONFIG_FILE, CARD_FILE, ONNX_FILE = "model.safetensors", "config.json", "README.md", "model.onnx"
+EXPORT_MARKER = ".pets-export"  # marks a folder export wrote: only such a folder is replaced by --overwrite
 FORMATS = ("timm", "onnx")
 ONNX_OPSET = 18
 ONNX_HINT = 'pip install -e ".[onnx]"'  # onnx + onnxscript (torch's exporter) + onnxruntime
@@ -223,12 +224,26 @@ def check_not_a_run_folder(out: Path, source: Path) -> None:
 
 
 def prepare_out_dir(out: Path, overwrite: bool) -> None:
-    """Refuse to mix an export into a folder holding other things, so nothing unrelated is replaced or uploaded."""
+    """Refuse to mix an export into a folder holding other things, so nothing unrelated is replaced or uploaded.
+
+    ``--overwrite`` replaces an earlier export only: a folder export marked (``EXPORT_MARKER``) or one
+    holding nothing but export's own files (an export of a version before the marker). Anything
+    else (a shard folder, the repository with its README.md) is refused.
+    """
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {str(out)!r} is a file; give a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if entries and not overwrite:
         raise UsageError(f"--out {str(out)!r} is not empty; pass --overwrite to replace an earlier export")
+    earlier_export = EXPORT_MARKER in entries or (CONFIG_FILE in entries and set(entries) <= set(EXPORT_FILES))
+    if entries and not earlier_export:
+        others = [name for name in entries if name not in EXPORT_FILES and name != EXPORT_MARKER]
+        raise UsageError(
+            f"--out {str(out)!r} holds files that are not an earlier export (e.g. {others[0] if others else entries[0]}); "
+            f"--overwrite replaces only a folder export wrote: choose an empty folder, e.g. exported/{out.name}"
+        )
     out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / EXPORT_MARKER, "written by python -m toolkit.export; --overwrite may replace this folder\n")
 
 
 def write_export(model: torch.nn.Module, meta: dict, out: Path, load_name: str) -> dict:

@@ -25,11 +25,12 @@ REDACTED = "***"
 # A key names a secret when one of its words is one of these (api_key, hf_token, db_password,
 # client_secret, private-key, apiKey, ...). "key" alone is NOT a secret: samples have keys.
 _SECRET_KEY_RE = re.compile(
-    r"(^|[_\-.\s])(api[_\-]?key|token|password|passwd|secret|credentials?)($|[_\-.\s])"
+    r"(^|[_\-.\s])(api[_\-]?key|token|password|passwd|passphrase|secret|credentials?|pat)($|[_\-.\s])"
     r"|[_\-.](key)$",
     re.IGNORECASE,
 )
-_SECRET_ENV_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+_SECRET_ENV_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSPHRASE")
+_SECRET_ENV_NAME_WORDS = ("PAT", "PASS", "PWD")  # whole words only (GH_PAT, not PATH)
 _ALWAYS_SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 # Env vars whose name says "key" but whose value is a location, not a secret.
 _LOCATION_SUFFIXES = ("_FILE", "_PATH", "_DIR", "_HOME")
@@ -45,7 +46,11 @@ _INLINE_SECRETS = (
         r"\1" + REDACTED,
     ),
     (re.compile(r"(?i)((?:proxy-)?authorization\s*:\s*)[^'\"\n]+"), r"\1" + REDACTED),
-    (re.compile(r"(?<=://)[^/\s@'\"]+@"), REDACTED + "@"),  # userinfo: user:password, or a token as the user
+    # JSON-quoted: "Authorization": "Bearer ..."
+    (re.compile(r"(?i)(\"(?:proxy-)?authorization\"\s*:\s*\")(?:[^\"\\]|\\.)*"), r"\1" + REDACTED),
+    # userinfo up to the last '@' before a host: user:password (an AWS secret key holds '/'; a raw '@'), a token
+    (re.compile(r"(?<=://)[^\s'\"]*@(?=[\w.\-\[\]:]+(?:[/?#\s'\"]|$))"), REDACTED + "@"),
+    (re.compile(r"(?<![\w-])(pass:)[^\s'\"]+"), r"\1" + REDACTED),  # openssl -pass pass:SECRET
 )
 
 # One shell word of a command line: a quoted string, or a run of characters up to a space or an operator.
@@ -60,11 +65,36 @@ _LONG_CREDENTIAL_FLAG = re.compile(
     re.IGNORECASE,
 )
 _SHORT_CREDENTIAL_FLAG = re.compile(_FLAG_START + r"(-[ubUE])(\s*)(" + _WORD + ")")  # also attached: -uuser:pass
-_HEADER_FLAG = re.compile(_FLAG_START + r"(-H|--header|--proxy-header)(=|\s*)(" + _WORD + ")")
+# -p is a password for sshpass and the mysql/mariadb clients (mysql -pSECRET), a port or a path elsewhere
+_PASSWORD_P_FLAG = re.compile(r"(\b(?:sshpass|mysql\w*|mariadb[\w-]*)\s(?:[^|;&]*?\s)?)(-p)(\s*)(" + _WORD + ")")
+# -h is gsutil's header flag (-h "x-goog-encryption-key:...")
+_HEADER_FLAG = re.compile(_FLAG_START + r"(-H|-h|--header|--proxy-header)(=|\s*)(" + _WORD + ")")
+# "name": "value" in a JSON-quoted header or body, when the name says secret
+_JSON_PAIR = re.compile(r"(\"([\w.\-]+)\"\s*:\s*\")((?:[^\"\\]|\\.)*)(\")")
 # NAME=value in a command (AWS_SECRET_ACCESS_KEY=..., gsutil -o Credentials:gs_oauth2_refresh_token=...)
 _ASSIGNMENT = re.compile(r"(?<![\w.:/-])([A-Za-z_][\w.:-]*)=(" + _WORD + ")")
-_SECRET_NAME_PARTS = ("token", "secret", "password", "passwd", "credential", "apikey", "bearer", "cookie", "signature")
-_SECRET_NAME_WORDS = ("pwd", "pass", "auth", "authorization", "session", "sig")
+_SECRET_NAME_PARTS = (
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "passphrase",
+    "credential",
+    "apikey",
+    "bearer",
+    "cookie",
+    "signature",
+)
+_SECRET_NAME_WORDS = ("pwd", "pass", "pat", "auth", "authorization", "session", "sig")
+
+
+_URL_PASSWORD = re.compile(r"\b([a-z][a-z0-9+.\-]*)://[^\s/@'\"]*:[^\s'\"]*@[\w.\-\[\]]", re.IGNORECASE)
+
+
+def url_password(location: str) -> Optional[str]:
+    """The scheme of a URL in ``location`` that carries a password (``https://user:password@host``), else None."""
+    match = _URL_PASSWORD.search(location)
+    return match.group(1).lower() if match else None
 
 
 def _split_camel(name: str) -> str:
@@ -116,7 +146,11 @@ def redact_command(text: str) -> str:
     """Credentials written into a command line (a ``pipe:`` shard location) replaced by the mask, by form."""
     text = _LONG_CREDENTIAL_FLAG.sub(lambda m: f"{m.group(1)}{m.group(2)}{_masked(m.group(3))}", text)
     text = _SHORT_CREDENTIAL_FLAG.sub(lambda m: f"{m.group(1)}{m.group(2)}{_masked(m.group(3))}", text)
+    text = _PASSWORD_P_FLAG.sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(3)}{_masked(m.group(4))}", text)
     text = _HEADER_FLAG.sub(_mask_header, text)
+    text = _JSON_PAIR.sub(
+        lambda m: m.group(1) + REDACTED + m.group(4) if is_secret_name(m.group(2)) else m.group(0), text
+    )
     return _ASSIGNMENT.sub(_mask_assignment, text)
 
 
@@ -127,7 +161,11 @@ def secret_values(environ: Optional[Mapping[str, str]] = None) -> list[str]:
     for name, value in environ.items():
         upper = name.upper()
         named_secret = upper in _ALWAYS_SECRET_ENV or (
-            any(word in upper for word in _SECRET_ENV_WORDS) and not upper.endswith(_LOCATION_SUFFIXES)
+            (
+                any(word in upper for word in _SECRET_ENV_WORDS)
+                or any(word in _SECRET_ENV_NAME_WORDS for word in upper.split("_"))
+            )
+            and not upper.endswith(_LOCATION_SUFFIXES)
         )
         if named_secret and value and len(value) >= _MIN_SECRET_LEN:
             found.add(value)

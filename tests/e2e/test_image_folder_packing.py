@@ -56,7 +56,7 @@ def test_a_fifo_and_a_dev_zero_link_named_jpg_are_skipped_unopened(tmp_path: Pat
     )
     stdout, stderr = wait_for(proc, timeout=60)
     assert proc.returncode == 0, stderr[-2000:]
-    assert "is a FIFO, never opened" in stdout and "zero.jpg is a device, never opened" in stdout
+    assert "is a FIFO, never read" in stdout and "zero.jpg is a device, never read" in stdout
     info = json.loads((out / "info.json").read_text())
     assert len(info["skipped"]) == 2 and sum(s["num_samples"] for s in info["splits"].values()) == 12
 

@@ -144,6 +144,7 @@ class Scan:
         self.root = root
         self.first_path: dict[str, str] = {}  # real path -> the relative path it was first listed under
         self.warnings: list[str] = []
+        self.visited: dict[str, str] = {}  # real folder -> the relative path it was first listed under
 
     def class_files(self, tree: Path) -> dict[str, tuple[list[Path], list[str]]]:
         """{class name: (image files, other files relative to root)} under each class folder of ``tree``, sorted."""
@@ -168,13 +169,21 @@ class Scan:
 
     def walk(self, folder: Path, above: frozenset[str]) -> Iterator[Path]:
         """Visible files under ``folder`` as ``os.walk`` orders them (a folder's files sorted, then its
-        sub-folders sorted), following folder links except one back to a folder above it (a loop)."""
-        real = os.path.realpath(folder)
+        sub-folders sorted), following folder links except one back to a folder above it (a loop).
+
+        Each real folder is listed once, under the first path that reaches it: links that fan out
+        (a chain of folders each linking twice to the next) would otherwise list 2^depth paths.
+        """
+        real, relative = os.path.realpath(folder), printable(folder.relative_to(self.root).as_posix())
         if real in above:
+            self.warnings.append(f"{relative} links back to a folder above it: not followed")
+            return
+        if real in self.visited:
             self.warnings.append(
-                f"{printable(folder.relative_to(self.root).as_posix())} links back to a folder above it: not followed"
+                f"{relative} is the same folder as {self.visited[real]} (reached twice through links): listed once"
             )
             return
+        self.visited[real] = relative
         entries = sorted((e for e in os.scandir(folder) if not e.name.startswith(".")), key=lambda e: e.name)
         folders = [e for e in entries if e.is_dir()]  # follows links, as os.walk sorts them
         yield from (Path(e.path) for e in entries if not e.is_dir())

@@ -43,17 +43,39 @@ from toolkit.errors import DataError, UsageError
 log = logging.getLogger(__name__)
 
 
-def _shuffled(samples: Iterator[dict], size: int, rng: random.Random) -> Iterator[dict]:
-    """A shuffle buffer of ``size`` raw samples: each incoming sample swaps out a random resident."""
+# The shuffle buffer's bytes per loader process: ~2,500 stored images of 50 KB, far more than the 1,000
+# samples data.shuffle_buffer holds of them. Hostile shards (samples of up to reading.MAX_SAMPLE_BYTES)
+# then hold at most this much, or one sample when it alone is larger: not 1,000 x 64 MiB.
+SHUFFLE_BUFFER_BYTES = 128 << 20
+
+
+def _sample_bytes(sample: dict) -> int:
+    return sum(len(value) for value in sample.values() if isinstance(value, (bytes, bytearray)))
+
+
+def _shuffled(
+    samples: Iterator[dict], size: int, rng: random.Random, max_bytes: int = SHUFFLE_BUFFER_BYTES
+) -> Iterator[dict]:
+    """A shuffle buffer of ``size`` raw samples and at most ``max_bytes`` (or one larger sample): each
+    incoming sample swaps out a random resident; when its bytes would pass ``max_bytes``, random
+    residents leave first. Within the byte bound the order is exactly the count-only buffer's."""
     if size <= 1:  # no buffer: the shards' own (seeded, shuffled) order
         yield from samples
         return
     buffer: list[dict] = []
+    held = 0
     for sample in samples:
+        incoming = _sample_bytes(sample)
+        while buffer and held + incoming > max_bytes:
+            out = buffer.pop(rng.randrange(len(buffer)))
+            held -= _sample_bytes(out)
+            yield out
+        held += incoming
         if len(buffer) < size:
             buffer.append(sample)
             continue
         i = rng.randrange(size)
+        held -= _sample_bytes(buffer[i])
         yield buffer[i]
         buffer[i] = sample
     rng.shuffle(buffer)

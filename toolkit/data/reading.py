@@ -31,6 +31,15 @@ log = logging.getLogger(__name__)
 MAX_WARNINGS = 20  # per process; further bad samples are still counted
 MAX_MEMBER_BYTES = 64 << 20  # a stored image is ~50 KB; a bigger member is a damaged or hostile shard, never read
 MAX_SAMPLE_BYTES = 64 << 20  # all members read for one key together (many members of one key: the same)
+# pax and GNU long-name headers: a path of 4,096 bytes plus a few records; larger ones are refused unread
+MAX_HEADER_BYTES = 8 << 10
+_EXTENDED_HEADER_TYPES = {
+    tarfile.XHDTYPE: "pax",
+    tarfile.XGLTYPE: "pax global",
+    tarfile.SOLARIS_XHDTYPE: "pax",
+    tarfile.GNUTYPE_LONGNAME: "GNU long-name",
+    tarfile.GNUTYPE_LONGLINK: "GNU long-link",
+}
 READ_EXTENSIONS = frozenset({"jpg", "cls", "json"})  # what a sample is made of; other members are skipped unread
 # A compressed tar (which mode "r|*" would open) can expand a small download into gigabytes per worker:
 # shards are plain tar, as make_shards writes them, and a compressed one is refused unread.
@@ -96,6 +105,27 @@ class CompressedShard(tarfile.ReadError):
     """A gzip/bzip2/xz/zstd tar: refused before a byte is decompressed."""
 
 
+class OversizedHeader(tarfile.ReadError):
+    """A pax or GNU long-name header larger than any real one: refused before tarfile reads it."""
+
+
+class CappedTarInfo(tarfile.TarInfo):
+    """tarfile's member header, with pax and GNU long-name/long-link headers capped at ``MAX_HEADER_BYTES``.
+
+    tarfile reads such a header whole into memory and parses it (a 150 MB pax comment took 430 MiB;
+    a digit-only pax value takes quadratic time on Pythons before 3.11.10 / 3.12.6, CVE-2024-6232):
+    the size in its 512-byte block is checked first.
+    """
+
+    def _proc_member(self, tarfile_):
+        if self.type in _EXTENDED_HEADER_TYPES and self.size > MAX_HEADER_BYTES:
+            raise OversizedHeader(
+                f"a {_EXTENDED_HEADER_TYPES[self.type]} header of {self.size:,} bytes, over the "
+                f"{MAX_HEADER_BYTES:,}-byte cap for one header"
+            )
+        return super()._proc_member(tarfile_)
+
+
 class _Prefixed:
     """``stream`` with the bytes already read from it put back in front (tarfile's stream mode only reads)."""
 
@@ -132,7 +162,7 @@ def tar_samples(stream, limits: Optional[Limits] = None) -> Iterator[dict]:
     limits = limits or default_limits()
     current: Optional[dict] = None
     size = 0
-    with tarfile.open(fileobj=plain_tar(stream), mode="r|") as tar:
+    with tarfile.open(fileobj=plain_tar(stream), mode="r|", tarinfo=CappedTarInfo) as tar:
         for member in tar:
             tar.members = []  # the stream mode still lists every member: a tar of millions must not grow memory
             key, ext = base_plus_ext(member.name) if member.isfile() else (None, None)

@@ -129,43 +129,57 @@ def decode_error(err: Exception) -> str:
     return f"undecodable: {type(err).__name__}: {err}"
 
 
-def file_problem(path: Path, cap: int) -> Optional[str]:
-    """Why a listed file must not be opened: missing, not a regular file (a FIFO blocks the packer forever, a
-    link to /dev/zero never ends), or larger than any photo (``cap`` bytes); None when it may be read."""
+def file_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a socket" if stat.S_ISSOCK(mode) else "not a file"
+
+
+def read_listed_file(path: Path, cap: int) -> Union[bytes, str]:
+    """A listed file's bytes, or why it must not be packed: missing, not a regular file (a FIFO blocks
+    the packer forever, a link to /dev/zero never ends), or larger than any photo (``cap`` bytes).
+
+    The file is opened once, without blocking (a FIFO opens at once), and judged by ``fstat`` of the
+    open file: a link swapped to a FIFO or a device after the listing is caught, not followed later.
+    At most ``cap + 1`` bytes are read, so a file that grows meanwhile cannot take the memory.
+    """
     try:
-        info = path.stat()  # follows links: what would be read
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         return f"missing: {path.parent.name}/{path.name} does not exist (or is a broken link)"
     except OSError as err:
         return f"unreadable: {type(err).__name__}: {err.strerror or err}"
-    if not stat.S_ISREG(info.st_mode):
-        kind = (
-            "a FIFO"
-            if stat.S_ISFIFO(info.st_mode)
-            else "a device"
-            if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)
-            else "a socket"
-            if stat.S_ISSOCK(info.st_mode)
-            else "not a file"
-        )
-        return f"not a regular file: {path.name} is {kind}, never opened"
-    if info.st_size > cap:
-        return f"too large: {info.st_size:,} bytes, over the {cap:,}-byte cap for one image"
-    return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return f"not a regular file: {path.name} is {file_kind(info.st_mode)}, never read"
+        if info.st_size > cap:
+            return f"too large: {info.st_size:,} bytes, over the {cap:,}-byte cap for one image"
+        chunks, left = [], cap + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    except OSError as err:
+        return f"unreadable: {type(err).__name__}: {err.strerror or err}"
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > cap:
+        return f"too large: over the {cap:,}-byte cap for one image (it grew while being read)"
+    return data
 
 
 def process_image(job: Job) -> Union[Packed, str]:
     """Turn one listed image into stored JPEG bytes, or return why it must be skipped."""
     path = Path(job.item.path)
-    problem = file_problem(path, job.max_file_bytes)
-    if problem:
-        return problem
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return f"missing: {path.parent.name}/{path.name} does not exist"
-    except OSError as err:
-        return f"unreadable: {type(err).__name__}: {err.strerror or err}"
+    data = read_listed_file(path, job.max_file_bytes)
+    if isinstance(data, str):
+        return data
     with strict_decoding():
         try:
             with open_image(data) as image:

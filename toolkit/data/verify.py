@@ -19,7 +19,7 @@ from typing import Optional, Union
 from toolkit.cli import is_main_process, progress
 from toolkit.data import stores
 from toolkit.data.locations import is_remote
-from toolkit.data.reading import Limits, default_limits, open_shard
+from toolkit.data.reading import CappedTarInfo, Limits, default_limits, open_shard
 from toolkit.data.shards import SIZE_FIELDS, decode_error, map_ordered, strict_decoding
 from toolkit.data.stores import read_bytes
 from toolkit.data.transforms import open_image
@@ -127,7 +127,7 @@ def check_shard(task: ShardCheck) -> tuple[list[str], list[str], dict[str, int]]
         with contextlib.closing(open_shard(task.path)) as raw:
             stream = HashingReader(raw)
             try:
-                with tarfile.open(fileobj=stream, mode="r|") as tar:
+                with tarfile.open(fileobj=stream, mode="r|", tarinfo=CappedTarInfo) as tar:
                     for member in tar:
                         tar.members = []  # keep no list of a hostile tar's millions of members
                         tally.add(member, tar)

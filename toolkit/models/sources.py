@@ -20,6 +20,7 @@ The metadata returned has the keys of a toolkit model file that evaluation and p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -34,6 +35,7 @@ from toolkit.models.resnet import MODEL_SPECS, create_model
 LOCAL_DIR, HF_HUB = "local-dir:", "hf-hub:"
 TIMM_CONFIG, WEIGHTS = "config.json", "model.safetensors"
 INTERPOLATION = "bilinear"  # what toolkit.data.build_eval_transform resizes with
+MAX_INPUT_SIZE = 4096  # pixels per side: larger is a damaged or hostile config, not a classifier's input
 
 
 def load_model(source: str) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -64,7 +66,6 @@ def default_output_folder(source: str) -> Optional[Path]:
 
 def load_timm_folder(folder: Path, *, name: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Build the model timm describes in ``folder/config.json`` and load ``folder/model.safetensors`` into it."""
-    import timm
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -79,22 +80,63 @@ def load_timm_folder(folder: Path, *, name: str) -> tuple[torch.nn.Module, dict[
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UsageError(f"{name}: {config_path} is not valid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"{name}: {config_path} is not a JSON object")
+    shapes = weight_shapes(weights_path, name)
+    check_fits(build_timm(folder, name, on_meta=True), shapes, config, name)  # no memory spent on a hostile config
+    model = build_timm(folder, name, on_meta=False)
     try:
-        model = timm.create_model(f"{LOCAL_DIR}{folder}", pretrained=False)
-    except (RuntimeError, ValueError, KeyError, TypeError) as err:
-        raise UsageError(f"{name}: timm cannot build the model its {TIMM_CONFIG} describes ({err})") from None
-    try:
-        state = load_file(str(weights_path))
-    except (SafetensorError, OSError) as err:
-        raise UsageError(f"{name}: {weights_path} is not a readable safetensors file ({err})") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise UsageError(
-            f"{name}: weights do not fit {config.get('architecture')}: "
-            f"{len(missing)} missing, {len(unexpected)} unexpected (e.g. {(missing or unexpected)[0]})"
-        )
+        model.load_state_dict(load_file(str(weights_path)), strict=True)
+    except (SafetensorError, OSError, RuntimeError) as err:
+        detail = (str(err).strip().splitlines() or [""])[0][:200]
+        raise UsageError(f"{name}: {weights_path} cannot be loaded ({type(err).__name__}: {detail})") from None
     model.eval()
     return model, timm_metadata(model, config, name)
+
+
+def build_timm(folder: Path, name: str, *, on_meta: bool) -> torch.nn.Module:
+    """The model ``config.json`` describes; on the meta device its shapes only, allocating nothing."""
+    import timm
+
+    try:
+        with torch.device("meta") if on_meta else contextlib.nullcontext():
+            return timm.create_model(f"{LOCAL_DIR}{folder}", pretrained=False)
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, OverflowError) as err:
+        raise UsageError(f"{name}: timm cannot build the model its {TIMM_CONFIG} describes ({err})") from None
+
+
+def weight_shapes(path: Path, name: str) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape, from the safetensors header alone (no tensor is read)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            return {key: tuple(weights.get_slice(key).get_shape()) for key in weights.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UsageError(f"{name}: {path} is not a readable safetensors file ({err})") from None
+
+
+def check_fits(model: torch.nn.Module, shapes: dict[str, tuple[int, ...]], config: dict, name: str) -> None:
+    """``config.json`` and the weights describe the same model: every tensor's name and shape agree.
+
+    Checked on the meta-device model before a real one is built, so a config asking for 500,000
+    classes costs nothing, and a mismatch is one line instead of load_state_dict's RuntimeError.
+    """
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    missing, unexpected = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
+    if missing or unexpected:
+        raise UsageError(
+            f"{name}: weights do not fit {config.get('architecture')}: {len(missing)} missing, "
+            f"{len(unexpected)} unexpected (e.g. {(missing or unexpected)[0]})"
+        )
+    wrong = [key for key in expected if expected[key] != shapes[key]]
+    if wrong:
+        key = wrong[0]
+        raise UsageError(
+            f"{name}: {TIMM_CONFIG} does not match the weights: {key} is {list(shapes[key])} in {WEIGHTS}, "
+            f"{list(expected[key])} by {TIMM_CONFIG} (num_classes={config.get('num_classes')}); "
+            f"{len(wrong)} tensor(s) differ"
+        )
 
 
 def timm_metadata(model: torch.nn.Module, config: dict, name: str) -> dict[str, Any]:
@@ -113,8 +155,11 @@ def timm_metadata(model: torch.nn.Module, config: dict, name: str) -> dict[str, 
         size = int(pretrained["input_size"][-1])
         crop_pct = float(pretrained.get("crop_pct") or 1.0)
         mean, std = [float(v) for v in pretrained["mean"]], [float(v) for v in pretrained["std"]]
-    except (KeyError, TypeError, ValueError, IndexError):
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError):
         raise UsageError(f"{name}: its pretrained_cfg lacks input_size, mean or std") from None
+    problem = preprocessing_problem(size, crop_pct, mean, std)
+    if problem:
+        raise UsageError(f"{name}: its pretrained_cfg has {problem}; fix {TIMM_CONFIG}")
     interpolation = pretrained.get("interpolation", INTERPOLATION)
     if interpolation != INTERPOLATION:  # the difference is small, but the user should know the numbers are ours
         print(f"note: {name} was made for {interpolation} resizing; images are resized {INTERPOLATION}", flush=True)
@@ -129,6 +174,19 @@ def timm_metadata(model: torch.nn.Module, config: dict, name: str) -> dict[str, 
         "mean": mean,
         "std": std,
     }
+
+
+def preprocessing_problem(size: int, crop_pct: float, mean: list[float], std: list[float]) -> Optional[str]:
+    """What is impossible in a pretrained config's preprocessing (None: nothing)."""
+    if not 1 <= size <= MAX_INPUT_SIZE:
+        return f"input_size {size} (expected 1 to {MAX_INPUT_SIZE} pixels)"
+    if not (math.isfinite(crop_pct) and 0 < crop_pct <= 1):
+        return f"crop_pct {crop_pct} (expected a number in (0, 1])"
+    if len(mean) != len(std) or not mean:
+        return f"{len(mean)} mean and {len(std)} std values"
+    if not all(math.isfinite(v) for v in mean) or not all(math.isfinite(v) and v > 0 for v in std):
+        return f"mean {mean} / std {std} (expected finite numbers, std > 0)"
+    return None
 
 
 def download_hub_model(repo: str) -> Path:

@@ -37,6 +37,20 @@ def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+_MARKDOWN_SPECIAL = "\\`*_[]|#<>!~"
+
+
+def md_cell(value: Any) -> str:
+    """Text from a file (a class name) as one Markdown table cell that shows exactly that text.
+
+    A ``|`` would start a new cell and shift every number after it; markup characters would format
+    or link; ``<script>`` would reach the page as HTML. All are backslash-escaped, ``&`` written as
+    an entity, and line breaks (which end a table row) become spaces.
+    """
+    text = " ".join(str(value).splitlines()).replace("&", "&amp;")
+    return "".join("\\" + ch if ch in _MARKDOWN_SPECIAL else ch for ch in text)
+
+
 def cell_text(value: Any, digits: int = 4) -> str:
     """Numbers for humans: n/a for missing or NaN, integers as they are."""
     if value is None or isinstance(value, bool):

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from toolkit.evaluation.metrics import decision_rule, format_mean_std, format_number, mean_std
+from toolkit.reporting.html import md_cell
 
 # (key in the summary, label) for the headline table; per-class rows come from the classification report
 HEADLINE = (
@@ -102,7 +103,9 @@ def markdown_tables(report: dict) -> str:
         cells = [
             format_mean_std(summaries[n]["per_class"][row][m]) for n in names for m in ("precision", "recall", "f1")
         ]
-        lines.append(f"| {row} | " + " | ".join(cells) + f" | {summaries[names[0]]['per_class'][row]['support']} |")
+        lines.append(
+            f"| {md_cell(row)} | " + " | ".join(cells) + f" | {summaries[names[0]]['per_class'][row]['support']} |"
+        )
     lines += [
         "",
         "Every run:",

@@ -13,6 +13,7 @@ from typing import Any, Optional, Sequence
 from toolkit.config import raw_section
 from toolkit.evaluation.metrics import decision_rule, format_mean_std, mean_std, reports_top_k
 from toolkit.formats import RunDir
+from toolkit.reporting.html import md_cell
 from toolkit.reporting.wandb_runs import LocalRun
 
 # (metrics.json key, label) of the headline table; per-class rows follow in the classification-report layout.
@@ -62,7 +63,7 @@ def describe_data(run: LocalRun) -> str:
     sizes = " / ".join(f"{name} {s.get('num_samples', '?')}" for name, s in splits.items() if isinstance(s, dict))
     kind = " (SYNTHETIC stand-in data)" if info.get("synthetic") else ""
     return (
-        f"{info.get('dataset', '?')}{kind}: {sizes} images, classes {', '.join(info.get('classes') or [])}; "
+        f"{info.get('dataset', '?')}{kind}: {sizes} images, classes {', '.join(map(md_cell, info.get('classes') or []))}; "
         f"shards `{info.get('shards', '?')}`"
     )
 
@@ -147,7 +148,7 @@ def classification_markdown(runs: Sequence[dict]) -> list[str]:
     for name, stats in rows:
         support = stats[0].get("support", total) if not name.endswith(" avg") else total
         cells = " | ".join(format_mean_std(mean_std([s.get(k) for s in stats])) for k in ("precision", "recall", "f1"))
-        lines.append(f"| {name} | {cells} | {support} |")
+        lines.append(f"| {md_cell(name)} | {cells} | {support} |")
         if name == "macro avg":  # sklearn prints accuracy between the classes and the averages
             lines.insert(
                 -1, f"| accuracy | | | {format_mean_std(mean_std([r.get('accuracy') for r in runs]))} | {total} |"

@@ -52,7 +52,7 @@ from toolkit.training.ranks import (
     rank_weight_checksums,
     sync_norm_statistics,
 )
-from toolkit.training.run_folder import resolve_run_dir, unlock
+from toolkit.training.run_folder import keep_lease, resolve_run_dir, unlock
 from toolkit.training.state import (
     StopRequested,
     TrainerState,
@@ -304,7 +304,9 @@ def start(s: Session) -> TrainerState:
 
 
 def checkpoint(s: Session, state: TrainerState) -> Path:
-    """Save the training state; the W&B rows it covers can then go out (a resumed run never logs them again)."""
+    """Save the training state (and prune older ones) only while this process holds the run's lease; the W&B
+    rows it covers can then go out (a resumed run never logs them again)."""
+    keep_lease(s.accelerator, s.run, s.cfg.output.run_name)
     path = save_training_state(
         s.accelerator, s.run, state, s.scheduler, s.ema, s.cfg.train.keep_checkpoints, s.raw_model
     )
@@ -391,8 +393,8 @@ def after_step(s: Session, state: TrainerState, running: RunningLoss, bar, stop:
         s.steps.log(state.global_step, epoch, mean_loss, lr)
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
-        if any_process(s.accelerator, stop.requested):
-            return "a stop signal"
+    if any_process(s.accelerator, stop.requested):  # after every step: "the current step finishes", no more
+        return "a stop signal"
     if (
         cfg.train.checkpoint_every_steps
         and state.global_step % cfg.train.checkpoint_every_steps == 0
@@ -473,6 +475,7 @@ def end_epoch(s: Session, state: TrainerState, outcome: EpochOutcome, val: EvalR
         if improved or not s.run.model.exists():
             save_model_file(s.eval_model, s.run.model, meta)
 
+    keep_lease(s.accelerator, s.run, s.cfg.output.run_name)
     together(accelerator, write_epoch if accelerator.is_main_process else None)  # a full disk stops every rank
     s.steps.log_epoch(dataclasses.asdict(row), state.global_step)
     s.log(
@@ -509,6 +512,8 @@ def train(cfg: Config) -> dict:
                 if outcome.stopped_by is not None:
                     return leave_early(s, state, outcome.stopped_by, stop.signum)
                 end_epoch(s, state, outcome, validate(s))
+                if any_process(s.accelerator, stop.requested):  # a stop during validation: no test, no report
+                    return leave_early(s, state, "a stop signal", stop.signum)
         return finish(s, state)
     except Exception as err:  # a full disk mid-run: every file is written atomically, nothing finished is damaged
         full = disk_full_error(err, s.run.root, s.run.root.name)
@@ -525,7 +530,7 @@ def leave_early(s: Session, state: TrainerState, why: str, signum: Optional[int]
     path = checkpoint(s, state)
     s.steps.close()
     s.log(
-        f"stopped by {why} at epoch {state.epoch + 1}, step {state.global_step}; checkpoint {path}. "
+        f"stopped by {why} at epoch {min(state.epoch + 1, s.cfg.train.epochs)}, step {state.global_step}; checkpoint {path}. "
         f"Resume with the same command plus train.resume=auto output.run_name={s.cfg.output.run_name}"
     )
     s.tracker.finish()
@@ -541,6 +546,7 @@ def finish(s: Session, state: TrainerState) -> dict:
     checksums = rank_weight_checksums(s.accelerator, s.raw_model)
     if len(set(checksums)) > 1:
         s.log(f"warning: model weights differ across processes (checksums {checksums}); distributed training diverged")
+    keep_lease(s.accelerator, s.run, s.cfg.output.run_name)
     if s.accelerator.is_main_process:
         s.run.write_final(
             {

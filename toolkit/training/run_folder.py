@@ -35,8 +35,9 @@ from toolkit.fileio import TMP_PREFIX, read_yaml_mapping
 from toolkit.formats import RunDir, versioned_name
 from toolkit.redaction import redact_secrets
 from toolkit.training.checkpoint import checkpoint_step, latest_checkpoint, list_checkpoints
+from toolkit.training.ranks import any_process
 from toolkit.training.run_lock import RunLock, describe, read_record
-from toolkit.training.state import TRAINER_STATE
+from toolkit.training.state import TRAINER_STATE, TrainingError
 
 # Config keys that may differ between a run and the one that resumes it (max_steps: a time slice, not the recipe).
 NOT_COMPARED = (
@@ -175,6 +176,25 @@ def hold(run: RunDir, lock: RunLock) -> None:
     _held[run.root] = lock
     remove_stale_temporaries(run.root)
     lock.start_renewing()
+
+
+def lease_lost(run: RunDir) -> Optional[str]:
+    """Why this process no longer holds ``run``'s lease (None: it does, or it holds no lock on it)."""
+    lock = _held.get(run.root)
+    return lock.lost() if lock is not None else None
+
+
+def keep_lease(accelerator, run: RunDir, run_name: str) -> None:
+    """Stop, on every rank, when the main process lost ``run``'s lease (``run_lock``): another process
+    may own the run now, and two writers would prune each other's checkpoints (all ranks call)."""
+    why = lease_lost(run) if accelerator.is_main_process else None
+    if any_process(accelerator, why is not None):
+        raise on_every_rank(
+            TrainingError(
+                f"lost the lease on {run.root} ({why}); stopped without writing to it again. If no other "
+                f"process trains there, resume with the same command plus train.resume=auto output.run_name={run_name}"
+            )
+        )
 
 
 def unlock(run: RunDir) -> None:

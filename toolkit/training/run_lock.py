@@ -1,14 +1,21 @@
 """``RUN/.lock``: a lease on a run folder that the live writer renews, so a dead writer's lock expires on any host.
 
-The lock is a small JSON record: who holds it (host, pid and the pid's start time, SLURM job id,
-restart count and node) and when it was last renewed (``heartbeat``). A thread of the writer
-renews it every ``expiry_s / 10`` seconds. Another process judges it:
+The lock is a small JSON record: who holds it (host, pid and the pid's start time, the boot and
+PID namespace the pid belongs to, SLURM job id, restart count and node) and when it was last renewed
+(``heartbeat``). A thread of the writer renews it every ``expiry_s / 10`` seconds. Another process
+judges it:
 
 * live: renewed within ``output.lock_expiry_s`` seconds, by a writer that is not provably gone;
-* dead at once: the writer ran on this host (and SLURM node) and its process is gone or its pid
-  now belongs to another process (a reused pid); or it is an earlier run of this same SLURM job
-  (a requeued job taking its own run back: SLURM runs one instance of a job at a time);
+* dead at once: the writer ran on this host (and SLURM node, boot and PID namespace: containers
+  with host networking share the hostname, not the pids) and its process is gone or its pid now
+  belongs to another process (a reused pid); or it is an earlier run of this same SLURM job (a
+  requeued job taking its own run back: SLURM runs one instance of a job at a time);
 * dead after ``expiry_s``: everything else, e.g. a writer on a node that failed.
+
+The holder loses its lease when the lock no longer holds its token or when it could not renew it
+for ``expiry_s`` (suspended with Ctrl-Z / ``kill -STOP``, a disk out of reach): another process may
+have taken the run over meanwhile. Then it stops renewing, and ``RunLock.lost`` says why, so the
+writer stops writing (``training.loop`` asks before every checkpoint and model write).
 
 A lock appears complete or not at all (written under a private name, then hard-linked into
 place, which fails if one exists: also on NFS). Replacing a dead lock is guarded by a
@@ -39,6 +46,20 @@ def process_start_time(pid: int) -> Optional[int]:
         return None
 
 
+def pid_namespace() -> Optional[str]:
+    """Which pids this process's pid belongs to: the boot and the PID namespace (Linux), else None.
+
+    Two containers with host networking share a hostname, not their pids: a pid is judged only
+    within its own namespace.
+    """
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat("/proc/self/ns/pid")
+    except OSError:
+        return None
+    return f"{boot}:{namespace.st_dev}:{namespace.st_ino}"
+
+
 def my_record(expiry_s: float, token: Optional[str] = None) -> dict:
     """The lock record this process writes (and renews)."""
     pid = os.getpid()
@@ -46,6 +67,7 @@ def my_record(expiry_s: float, token: Optional[str] = None) -> dict:
         "host": socket.gethostname(),
         "pid": pid,
         "pid_started": process_start_time(pid),
+        "pid_namespace": pid_namespace(),
         "slurm_job": os.environ.get("SLURM_JOB_ID"),
         "slurm_restart": int(os.environ.get("SLURM_RESTART_COUNT") or 0),
         "node": os.environ.get("SLURMD_NODENAME"),
@@ -89,7 +111,11 @@ def is_dead(record: dict, expiry_s: float, now: Optional[float] = None) -> Optio
     job = record.get("slurm_job")
     if job and job == mine["slurm_job"] and int(record.get("slurm_restart") or 0) < mine["slurm_restart"]:
         return f"an earlier run of this SLURM job ({job}, requeued)"
-    same_machine = record.get("host") == mine["host"] and record.get("node") == mine["node"]
+    same_machine = (
+        record.get("host") == mine["host"]
+        and record.get("node") == mine["node"]
+        and record.get("pid_namespace", mine["pid_namespace"]) == mine["pid_namespace"]  # older locks lack it
+    )
     pid = record.get("pid")
     if same_machine and isinstance(pid, int):
         started = process_start_time(pid)
@@ -118,6 +144,8 @@ class RunLock:
         self.record = my_record(expiry_s)
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        self._renewed = time.monotonic()  # when this process last wrote its heartbeat
+        self._lost: Optional[str] = None  # once lost, a lease stays lost
 
     @property
     def token(self) -> str:
@@ -125,7 +153,7 @@ class RunLock:
 
     def create(self) -> bool:
         """Create the lock if there is none (atomically, complete): True when it is now ours."""
-        self.record["heartbeat"] = time.time()
+        self.record["heartbeat"], self._renewed = time.time(), time.monotonic()
         private = self.path.with_name(f".lock-new-{self.token}")
         private.write_text(json.dumps(self.record) + "\n", encoding="utf-8")
         try:
@@ -174,22 +202,37 @@ class RunLock:
             guard.rmdir()
 
     def _overwrite(self) -> None:
-        self.record["heartbeat"] = time.time()
+        self.record["heartbeat"], self._renewed = time.time(), time.monotonic()
         atomic_write_text(self.path, json.dumps(self.record) + "\n")
 
     def holds(self) -> bool:
         held = read_record(self.path)
         return bool(held) and held.get("token") == self.token
 
+    def lost(self) -> Optional[str]:
+        """Why this process no longer holds its lease (None: it does). Once lost, always lost."""
+        if self._lost is None:
+            silent = time.monotonic() - self._renewed
+            if silent > self.expiry_s:
+                self._lost = (
+                    f"this process could not renew it for {silent:.0f} s (suspended, or its disk out of reach), "
+                    f"longer than output.lock_expiry_s={self.expiry_s:g}"
+                )
+            elif not self.holds():
+                held = read_record(self.path)
+                self._lost = f"{describe(held)} holds it now" if held else "the lock was removed"
+        return self._lost
+
     def start_renewing(self) -> None:
-        """Renew the heartbeat in a daemon thread until ``release``."""
+        """Renew the heartbeat in a daemon thread until ``release`` or until the lease is lost."""
         interval = max(0.2, self.expiry_s / 10)
 
         def renew() -> None:
             while not self._stop.wait(interval):
                 try:
-                    if self.holds():
-                        self._overwrite()
+                    if self.lost():  # never write over the lock of a process that took the run over
+                        return
+                    self._overwrite()
                 except OSError:  # a full or briefly unreachable disk: try again at the next beat
                     pass
 

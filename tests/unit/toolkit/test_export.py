@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from helpers import file_hashes, run_in_process, save_tiny_model
 from toolkit.cli import run_cli
 from toolkit.config import DataConfig
-from toolkit.export import EXPORT_FILES, main, timm_crop_pct
+from toolkit.export import EXPORT_FILES, EXPORT_MARKER, main, timm_crop_pct
 from toolkit.formats.model_file import model_metadata, save_model_file
 from toolkit.models import architecture, create_model
 
@@ -157,7 +157,7 @@ def test_config_and_files(exported):
     assert config["pretrained_cfg"]["mean"] == MEAN and config["pretrained_cfg"]["std"] == STD
     assert config["pretrained_cfg"]["input_size"] == [3, IMAGE_SIZE, IMAGE_SIZE]
     assert config.get("model_args") == ({"layers": exported.layers} if exported.layers else None)
-    assert sorted(p.name for p in exported.out.iterdir()) == sorted(EXPORT_FILES)
+    assert sorted(p.name for p in exported.out.iterdir()) == sorted([*EXPORT_FILES, EXPORT_MARKER])
     weights = load_file(str(exported.out / "model.safetensors"))
     assert weights.keys() == exported.model.state_dict().keys()
     card = (exported.out / "README.md").read_text()
@@ -247,8 +247,8 @@ def test_out_folder_and_run_folder_checks(tmp_path, capsys):
     code, _, err = run_export(["--run", str(tmp_path / "run"), "--out", str(tmp_path / "busy")], capsys)
     assert code == 2 and "not empty" in error_line(err)
     code, _, err = run_export(["--run", str(tmp_path / "run"), "--out", str(tmp_path / "busy"), "--overwrite"], capsys)
-    assert code == 0, err
-    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine\n"  # other files are left alone
+    assert code == 2 and "not an earlier export (e.g. notes.txt)" in error_line(err)  # issue 33, item 11
+    assert [p.name for p in (tmp_path / "busy").iterdir()] == ["notes.txt"]  # nothing replaced, nothing added
 
     code, _, err = run_export(["--run", str(tmp_path / "nothing"), "--out", str(tmp_path / "y")], capsys)
     assert code == 2 and "no such run folder" in error_line(err)
