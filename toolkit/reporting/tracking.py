@@ -368,7 +368,7 @@ class Tracker:
             return int(self._call("last_received_step", lambda: self._run.starting_step) or 0) - 1
         from toolkit.reporting.wandb_runs import last_step
 
-        parts = RunDir(self.run_dir).wandb.glob(f"*run-*-{self._resume_id}/run-{self._resume_id}.wandb")
+        parts = self.run.wandb.glob(f"*run-*-{self._resume_id}/run-{self._resume_id}.wandb")
         try:
             return last_step(sorted(p for p in parts if p.parent.resolve() != self.sync_dir))
         except Exception as err:  # an unreadable earlier part: send everything again rather than lose steps
