@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from toolkit.data.image_folder import read_listing
+from toolkit.data.image_folder import read_folder_listing
 
 DEPTH = 12
 
@@ -33,7 +33,7 @@ def fan_out(root: Path) -> None:
 
 def test_a_fan_out_of_folder_links_lists_each_real_file_once(tmp_path):
     fan_out(tmp_path)
-    listing = read_listing(tmp_path / "pets")
+    listing = read_folder_listing(tmp_path / "pets")
     items = [item for pool in listing.pools.values() for item in pool]
     cats = [item.source for item in items if item.label == listing.classes.index("cat")]
     assert cats == ["cat/f0/a/a/a/a/a/a/a/a/a/a/a/a/img0.jpg", "cat/f0/a/a/a/a/a/a/a/a/a/a/a/a/img1.jpg"], cats[:5]
