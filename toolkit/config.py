@@ -24,7 +24,7 @@ from toolkit.fileio import dump_yaml, read_yaml_mapping
 from toolkit.formats.manifest import MANIFEST_NAME, class_names
 from toolkit.models import MODEL_ARCHS
 from toolkit.models.resnet import BLOCKS
-from toolkit.redaction import url_password
+from toolkit.redaction import check_no_credentials
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -378,24 +378,9 @@ def eval_data_config(meta: dict, source: str, *, shards: str = "shards", num_wor
     )
 
 
-def check_no_password_in_shards(shards: str) -> None:
-    """A password written into a shard URL would be stored (masked) with every run and sent with every
-    read; the store's own credential chain keeps it out of configs and command lines altogether."""
-    scheme = None if shards.startswith("pipe:") else url_password(shards)
-    if scheme:
-        chain = {
-            "s3": "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE or ~/.aws/credentials",
-            "gs": "gcloud auth application-default login or GOOGLE_APPLICATION_CREDENTIALS",
-        }.get(scheme, "a ~/.netrc entry for the host (curl and webdataset read it)")
-        raise UsageError(
-            f"data.shards holds a password in its {scheme}:// URL (user:password@); remove it and give the "
-            f"credentials through the store's credential chain: {chain}"
-        )
-
-
 def validate_config(cfg: Config) -> Config:
     """Checks that span several fields; called once after loading."""
-    check_no_password_in_shards(cfg.data.shards)
+    check_no_credentials(cfg.data.shards, "data.shards")
     if cfg.model.arch not in MODEL_ARCHS:
         close = difflib.get_close_matches(cfg.model.arch, MODEL_ARCHS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""

@@ -20,6 +20,8 @@ import os
 import re
 from typing import Any, Mapping, Optional, Sequence
 
+from toolkit.errors import UsageError
+
 REDACTED = "***"
 
 # A key names a secret when one of its words is one of these (api_key, hf_token, db_password,
@@ -91,10 +93,38 @@ _SECRET_NAME_WORDS = ("pwd", "pass", "pat", "auth", "authorization", "session", 
 _URL_PASSWORD = re.compile(r"\b([a-z][a-z0-9+.\-]*)://[^\s/@'\"]*:[^\s'\"]*@[\w.\-\[\]]", re.IGNORECASE)
 
 
+_LOCATION_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_SIGNED_QUERY_SCHEMES = ("s3", "gs", "gcs", "hf")  # a query on these carries a signature or a token, never data
+CREDENTIAL_CHAINS = {
+    "s3": "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE or ~/.aws/credentials",
+    "gs": "gcloud auth application-default login or GOOGLE_APPLICATION_CREDENTIALS",
+    "hf": "HF_TOKEN or huggingface-cli login",
+}
+NETRC_CHAIN = "a ~/.netrc entry for the host (curl and webdataset read it)"
+
+
 def url_password(location: str) -> Optional[str]:
     """The scheme of a URL in ``location`` that carries a password (``https://user:password@host``), else None."""
     match = _URL_PASSWORD.search(location)
     return match.group(1).lower() if match else None
+
+
+def check_no_credentials(location: str, what: str) -> None:
+    """Refuse a location holding a secret (``user:password@``, ``TOKEN@``, a signed query on a store): it would
+    be stored (masked) with every run and sent with every read, while each store's own credential chain keeps
+    it out of configs and command lines altogether. A ``pipe:`` command is masked by form instead."""
+    match = _LOCATION_SCHEME.match(location)
+    if match is None:
+        return
+    scheme = match.group(1).lower()
+    authority = location[match.end() :].split("/", 1)[0]
+    signed = scheme in _SIGNED_QUERY_SCHEMES and bool(location.partition("?")[2])
+    if "@" in authority or url_password(location) or signed:
+        chain = CREDENTIAL_CHAINS.get("gs" if scheme == "gcs" else scheme, NETRC_CHAIN)
+        raise UsageError(
+            f"{what} must not carry credentials ({redact_text(location)}): remove the user, password or signature "
+            f"from the {scheme}:// URL and give them through the store's credential chain: {chain}"
+        )
 
 
 def _split_camel(name: str) -> str:

@@ -20,10 +20,10 @@ from typing import Optional, Sequence
 
 from braceexpand import braceexpand
 
-from toolkit.data.stores import URL_TIMEOUT_S, check_no_credentials, read_bytes, scheme_of
+from toolkit.data.stores import URL_TIMEOUT_S, read_bytes, scheme_of
 from toolkit.errors import UsageError
 from toolkit.formats import MANIFEST_NAME, PACK_HINT, parse_manifest, split_info, split_size
-from toolkit.redaction import redact_text
+from toolkit.redaction import check_no_credentials, redact_text
 
 Shard = tuple[str, Optional[int]]  # (url, number of samples from info.json if known)
 

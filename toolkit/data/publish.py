@@ -17,6 +17,7 @@ from toolkit.data.dataset_card import CARD_NAME
 from toolkit.data.shards import SHARD_NAME, is_ours, pack_dataset
 from toolkit.errors import UsageError
 from toolkit.formats import MANIFEST_NAME
+from toolkit.redaction import check_no_credentials
 
 
 def check_store_prefix(url: str) -> list[str]:
@@ -50,7 +51,7 @@ def publish(folder: Path, url: str, info: dict, before: list[str], show_progress
 
 def pack_to_store(source: Path, url: str, **options) -> dict:
     """``pack_dataset`` into a temporary folder, then ``publish`` it to ``url``; the info.json written."""
-    stores.check_no_credentials(url, "--out")
+    check_no_credentials(url, "--out")
     before = check_store_prefix(url)  # before packing: a wrong credential or bucket fails in seconds
     with tempfile.TemporaryDirectory(prefix="make_shards-") as tmp:
         folder = Path(tmp) / "shards"

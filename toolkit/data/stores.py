@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 from toolkit.errors import DataError, UsageError
-from toolkit.redaction import redact_text
+from toolkit.redaction import check_no_credentials, redact_text
 
 OBJECT_STORES = {"s3": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "hf": ("huggingface_hub", None)}  # module, extra
 HTTP_SCHEMES = ("http", "https")
@@ -119,20 +119,6 @@ def store_name(url: str) -> str:
     scheme = scheme_of(url)
     rest = url.split("://", 1)[1] if "://" in url else url
     return f"{scheme}://{rest.split('/', 1)[0].rpartition('@')[2]}"
-
-
-def check_no_credentials(url: str, what: str) -> None:
-    """A location carries no secret: a store's credentials come from its standard chain, never a config value."""
-    match = _SCHEME.match(url)
-    if match is None:
-        return
-    authority = url[match.end() :].split("/", 1)[0]
-    query = url.partition("?")[2]
-    if "@" in authority or (match.group(1).lower() in OBJECT_STORES and query):
-        raise UsageError(
-            f"{what} must not carry credentials ({redact_text(url)}); give them through the store's standard chain "
-            "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS, HF_TOKEN)"
-        )
 
 
 # ---------------------------------------------------------------------------------------------

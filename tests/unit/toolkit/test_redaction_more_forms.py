@@ -3,6 +3,8 @@ other half), and compare_recipes' ``--shards VALUE`` holding ``=`` (item 6)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from toolkit.compare_recipes import parse_args
@@ -48,14 +50,18 @@ def test_what_is_no_credential_stays(text):
 
 
 def test_a_password_in_a_shard_url_is_refused_pointing_at_the_credential_chain():
-    cfg = Config()
-    cfg.data.shards = "https://alice:S3cr3tPass@host/shards/{train,val}-{000000..000003}.tar"
-    with pytest.raises(UsageError, match="holds a password in its https:// URL.*~/.netrc") as err:
-        validate_config(cfg)
+    shards = "https://alice:S3cr3tPass@host/shards/{train,val}-{000000..000003}.tar"
+    with pytest.raises(UsageError, match="data.shards must not carry credentials.*https://.*~/.netrc") as err:
+        validate_config(with_shards(shards))
     assert "S3cr3tPass" not in str(err.value)
-    cfg.data.shards = "s3://AKIAX:wJalr/K7MDENG@bucket/x.tar"
-    with pytest.raises(UsageError, match="AWS_PROFILE"):
-        validate_config(cfg)
+    with pytest.raises(UsageError, match="AWS_PROFILE") as err:  # an AWS secret key holds '/'
+        validate_config(with_shards("s3://AKIAX:wJalr/K7MDENG@bucket/x.tar"))
+    assert "K7MDENG" not in str(err.value)
+    validate_config(with_shards("hf://datasets/org/pets@main/shards"))  # a revision, not a credential
+
+
+def with_shards(shards: str) -> Config:
+    return dataclasses.replace(Config(), data=dataclasses.replace(Config().data, shards=shards))
 
 
 def test_compare_recipes_takes_a_shards_value_holding_equals_signs():
