@@ -556,13 +556,33 @@ def to_yaml(cfg: Config) -> str:
 def split_config_args(argv: Sequence[str], value_flags: Collection[str] = ()) -> tuple[list[str], list[str]]:
     """Separate ``key=value`` overrides from ordinary ``--flags`` on a command line.
 
-    The word after a flag in ``value_flags`` (one that takes one value) is that flag's value even when
-    it holds ``=`` (``--shards 'pipe:curl ...?a=b'``), never an override.
+    ``--section.key=value`` (the form W&B's sweep agent passes as ``${args}``) is the same override as
+    ``section.key=value``. The word after a flag in ``value_flags`` (one that takes one value) is that
+    flag's value even when it holds ``=`` (``--shards 'pipe:curl ...?a=b'``), never an override.
     """
     flags, overrides = [], []
     is_value = False
     for arg in argv:
-        override = "=" in arg and not arg.startswith("-") and not is_value
-        (overrides if override else flags).append(arg)
+        dashed = None if is_value else dashed_override(arg)
+        if dashed is not None:
+            overrides.append(dashed)
+        elif "=" in arg and not arg.startswith("-") and not is_value:
+            overrides.append(arg)
+        else:
+            flags.append(arg)
         is_value = not is_value and arg in value_flags
     return flags, overrides
+
+
+def dashed_override(arg: str) -> Optional[str]:
+    """``--optimizer.lr=0.001`` -> ``optimizer.lr=0.001``; None for anything else (``--config=x.yaml`` has no section).
+
+    W&B writes each value with Python's ``str``, so its ``None`` is read as null.
+    """
+    if not arg.startswith("--") or "=" not in arg:
+        return None
+    key, _, value = arg[2:].partition("=")
+    parts = key.split(".")
+    if len(parts) < 2 or not all(part.isidentifier() for part in parts):
+        return None
+    return f"{key}={'null' if value == 'None' else value}"
