@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ENV, LAUNCH_2, ROOT, pack_tiny, train_args, wait_for
+from helpers import ENV, LAUNCH_2, ROOT, isolate_wandb, offline_contents, pack_tiny, train_args, train_cli, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -108,3 +108,27 @@ def test_a_sigterm_in_the_middle_of_the_patience_resumes_with_its_count(tiny_sha
     final = json.loads((tmp_path / "run" / "final.json").read_text())
     assert final["early_stop"]["stopped_at_epoch"] == 3 and 1 <= final["best_epoch"] <= 3
     assert [json.loads(r)["epoch"] for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+@pytest.mark.timeout(300)
+def test_the_monitor_chooses_the_model_and_every_record_of_it(tiny_shards, tmp_path, monkeypatch, capsys):
+    """val_loss (min): the saved model is the lowest-loss epoch's, and final.json, the log line, the report
+    headline and the W&B summary all name that epoch."""
+    isolate_wandb(monkeypatch, tmp_path / "home")
+    args = train_args(tiny_shards, tmp_path, "run", "train.epochs=3", "train.monitor=val_loss", "eval.test_split=null")
+    assert train_cli([*args, "tracking.wandb=offline"]) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "run"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    lowest = min(rows, key=lambda r: r["val_loss"])
+    final = json.loads((run / "final.json").read_text())
+    assert (final["monitor"], final["monitor_mode"]) == ("val_loss", "min")
+    assert (final["best_epoch"], final["best_value"]) == (lowest["epoch"], lowest["val_loss"])
+    assert final["best_val_auc"] == lowest["val_auc"] and final["early_stop"]["stopped_at_epoch"] is None
+    model_epoch = json.loads((run / "eval" / "val" / "metrics.json").read_text())["model_epoch"]
+    assert model_epoch == lowest["epoch"]
+    assert f"done: best val_loss {lowest['val_loss']:.4f} at epoch {lowest['epoch']}" in out
+    assert all(r["val_balanced_acc"] is not None and r["val_top5"] is None for r in rows)  # 2 classes: no top-5
+    assert f"best val_loss during training (epoch {lowest['epoch']}" in (run / "report.html").read_text()
+    summary = offline_contents(run).summary
+    assert summary["best/val_loss"] == pytest.approx(lowest["val_loss"]) and summary["best/epoch"] == lowest["epoch"]
