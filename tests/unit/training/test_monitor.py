@@ -10,11 +10,13 @@ import dataclasses
 import json
 
 import pytest
+import yaml
 
-from toolkit.config import TrainConfig, resolve_monitor
+from toolkit.config import Config, OutputConfig, TrainConfig, resolve_monitor, to_dict
 from toolkit.errors import UsageError
 from toolkit.formats import HISTORY_FIELDS, MONITORS, EpochRow
 from toolkit.training.monitor import check_resumed, new_state, record_epoch
+from toolkit.training.run_folder import newest_matching_run
 from toolkit.training.state import TrainerState
 
 # epoch:            1     2     3     4     5
@@ -126,3 +128,16 @@ def test_resuming_with_another_monitor_is_one_clear_line():
     state = new_state(resolved(2))
     with pytest.raises(UsageError, match="resume with train.monitor=val_auc train.monitor_mode=max"):
         check_resumed(state, resolved(37), "runs/x/checkpoints/step-00000016")
+
+
+def test_resume_auto_still_finds_a_run_saved_before_the_monitor_keys(tmp_path):
+    """An unfinished run whose config.yaml predates train.monitor is the run a two-class config continues."""
+    cfg = Config(train=resolved(2), output=OutputConfig(dir=str(tmp_path), run_name=None))
+    saved = to_dict(cfg)
+    for key in ("monitor", "monitor_mode", "early_stop_patience", "early_stop_min_delta"):
+        del saved["train"][key]
+    (tmp_path / "old" / "checkpoints" / "step-00000008").mkdir(parents=True)
+    (tmp_path / "old" / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert newest_matching_run(tmp_path, cfg) == ("old", None)
+    other = dataclasses.replace(cfg, train=resolved(2, monitor="val_loss"))
+    assert newest_matching_run(tmp_path, other) == (None, None)  # it chose by val_auc: not this run
