@@ -99,7 +99,7 @@ def roc_auc(labels: Sequence[int], probs: Any) -> Optional[float]:
 
     Unlike ``sklearn.metrics.roc_auc_score(multi_class="ovr")``, which needs every class present,
     classes with no sample are left out, so the number stays defined on small val splits that miss
-    some of 37 breeds. None when the split holds one class only. This is what picks the best epoch.
+    some of 37 breeds. None when the split holds one class only. It picks a two-class run's best epoch (train.monitor).
     """
     y, p = as_arrays(labels, probs, "roc_auc")
     scores = [float(skm.roc_auc_score(y == c, p[:, c])) for c in scored_classes(y, p.shape[1])]
