@@ -48,6 +48,13 @@ def recording_end_epoch(s, state, outcome, val):
         out.write(json.dumps(line) + "\n")
 
 loop.build_model, loop.end_epoch = build_model, recording_end_epoch
+if os.environ.get("RANK1_NEVER_STOPS") and os.environ.get("RANK") == "1":  # its own numbers would say go on
+    real_record_epoch = loop.record_epoch
+    def record_epoch(state, row, train):
+        improved = real_record_epoch(state, row, train)
+        state.stopped_early_at = None
+        return improved
+    loop.record_epoch = record_epoch
 import toolkit.train
 run_cli(toolkit.train.main, sys.argv[3:])
 """
@@ -65,9 +72,11 @@ def driven(tmp_path: Path, nth: int, record: str, *args: str, launch: tuple = (s
     return [*launch, str(driver), str(nth), str(tmp_path / record), *args]
 
 
-def run(argv: list[str]) -> tuple[int, str, str]:
-    proc = subprocess.Popen(argv, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = wait_for(proc, 300)
+def run(argv: list[str], **env: str) -> tuple[int, str, str]:
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, env={**ENV, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    out, err = wait_for(proc, 200)
     return proc.returncode, out, err
 
 
@@ -92,6 +101,18 @@ def test_two_processes_stop_early_at_the_same_epoch(tiny_shards, tmp_path):
     assert f"stopped early at epoch 3, best at {best}" in out
     assert f"Stopped early at epoch 3, best at {best}" in (tmp_path / "run" / "report.html").read_text()
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+@pytest.mark.timeout(400)
+def test_the_main_process_decision_stops_a_rank_whose_own_numbers_would_go_on(tiny_shards, tmp_path):
+    """Rank 1 is made to never decide to stop (as if its val numbers differed): it still stops with rank 0."""
+    args = train_args(tiny_shards, tmp_path, "run", *EARLY, "train.epochs=6", "eval.test_split=null")
+    launch = (*LAUNCH_2, "--main_process_port", "29732")
+    code, out, err = run(driven(tmp_path, 0, "two", *args, launch=launch), RANK1_NEVER_STOPS="1")
+    assert code == 0, (out[-2000:], err[-3000:])
+    ranks = [records(tmp_path, "two", rank) for rank in (0, 1)]
+    assert [r["epoch"] for r in ranks[1]] == [r["epoch"] for r in ranks[0]] == [1, 2, 3]
+    assert ranks[1][-1]["stopped"] == ranks[0][-1]["stopped"] == 3
 
 
 @pytest.mark.timeout(400)

@@ -57,6 +57,7 @@ from toolkit.training.ranks import (
     RunningLoss,
     any_process,
     join_after_elastic_restart,
+    main_process_value,
     rank_weight_checksums,
     sync_norm_statistics,
 )
@@ -483,7 +484,9 @@ def end_epoch(s: Session, state: TrainerState, outcome: EpochOutcome, val: EvalR
     """Log the epoch's row, keep the best (by ``train.monitor``) and the last model, checkpoint when due."""
     cfg, accelerator, epoch = s.cfg, s.accelerator, state.epoch
     row = epoch_row(s, state, outcome, val)
-    improved = record_epoch(state, row, cfg.train)  # the same numbers on every rank: the same decision
+    improved = record_epoch(state, row, cfg.train)  # the same gathered numbers on every rank: the same decision
+    if cfg.train.early_stop_patience:  # and the main process's word makes it certain (no rank stops alone)
+        state.stopped_early_at = main_process_value(accelerator, state.stopped_early_at or 0) or None
     state.start_next_epoch()
 
     def write_epoch() -> None:

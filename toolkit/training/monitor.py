@@ -5,9 +5,10 @@ The best model is the epoch whose monitored val metric is strictly better than e
 follows Lightning's ``EarlyStopping(patience=, min_delta=)``: its own reference value moves only on a
 gain larger than ``min_delta``, and training ends after ``patience`` validations without one.
 
-Every rank decides alone, from the same numbers: ``evaluate_split`` gathers the val predictions and
-gives every process the identical merged result, so the decision needs no collective of its own.
-The counts live in ``TrainerState`` and are checkpointed, so a resumed run keeps its patience.
+Every rank decides from the same numbers: ``evaluate_split`` gathers the val predictions and gives
+every process the identical merged result; the loop then takes the main process's stop decision on
+every rank (``ranks.main_process_value``), so no rank can stop alone. The counts live in
+``TrainerState`` and are checkpointed, so a resumed run keeps its patience.
 """
 
 from __future__ import annotations
