@@ -48,6 +48,10 @@ def recording_end_epoch(s, state, outcome, val):
         out.write(json.dumps(line) + "\n")
 
 loop.build_model, loop.end_epoch = build_model, recording_end_epoch
+if os.environ.get("TERM_IN_FINISH"):  # the run is killed while it evaluates and reports, after the loop
+    def finish_run(*args):
+        os.kill(os.getpid(), signal.SIGTERM)
+    loop.finish_run = finish_run
 if os.environ.get("RANK1_NEVER_STOPS") and os.environ.get("RANK") == "1":  # its own numbers would say go on
     real_record_epoch = loop.record_epoch
     def record_epoch(state, row, train):
@@ -153,3 +157,27 @@ def test_the_monitor_chooses_the_model_and_every_record_of_it(tiny_shards, tmp_p
     assert f"best val_loss during training (epoch {lowest['epoch']}" in (run / "report.html").read_text()
     summary = offline_contents(run).summary
     assert summary["best/val_loss"] == pytest.approx(lowest["val_loss"]) and summary["best/epoch"] == lowest["epoch"]
+
+
+@pytest.mark.timeout(400)
+def test_a_run_killed_after_stopping_early_resumes_into_its_end_not_into_more_epochs(tiny_shards, tmp_path):
+    """The stop is checkpointed with its epoch (also between train.checkpoint_every_epochs): resuming a run
+    killed while it evaluated and reported goes straight to the end."""
+    args = train_args(
+        tiny_shards,
+        tmp_path,
+        "run",
+        *EARLY,
+        "train.epochs=6",
+        "train.checkpoint_every_epochs=2",
+        "eval.test_split=null",
+    )
+    code, out, err = run(driven(tmp_path, 0, "first", *args), TERM_IN_FINISH="1")
+    assert code == -signal.SIGTERM, (code, out[-2000:], err[-3000:])
+    assert records(tmp_path, "first", 0)[-1] == {"epoch": 3, "wait": 2, "stopped": 3}
+    code, out, err = run(driven(tmp_path, 0, "second", *args, "train.resume=auto"))
+    assert code == 0, (out[-2000:], err[-3000:])
+    assert "resumed from" in out and not (tmp_path / "second.rank0").exists()  # no epoch trained again
+    final = json.loads((tmp_path / "run" / "final.json").read_text())
+    assert final["early_stop"]["stopped_at_epoch"] == 3
+    assert [json.loads(r)["epoch"] for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
