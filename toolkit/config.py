@@ -22,6 +22,7 @@ import yaml
 from toolkit.errors import UsageError
 from toolkit.fileio import dump_yaml, read_yaml_mapping
 from toolkit.formats.manifest import MANIFEST_NAME, class_names
+from toolkit.formats.run_dir import MONITORS
 from toolkit.models import MODEL_ARCHS
 from toolkit.models.resnet import BLOCKS
 from toolkit.redaction import check_no_credentials
@@ -134,6 +135,15 @@ class TrainConfig:
         default=0, metadata=_range(0)
     )  # 0: no limit; else checkpoint and stop after N steps (resumable)
     log_every_steps: int = field(default=10, metadata=_range(1))
+    # The val metric that picks the best model (timm's --eval-metric, Lightning's ModelCheckpoint(monitor=)):
+    # auto is val_auc for two classes and val_acc (top-1) for more; val_top5 needs more than 5 classes
+    monitor: str = field(default="auto", metadata=_choice("auto", *MONITORS))
+    # max or min (Lightning's mode=); auto: the metric's own (min for val_loss, else max)
+    monitor_mode: str = field(default="auto", metadata=_choice("auto", "max", "min"))
+    # stop after this many validations without improving train.monitor by more than early_stop_min_delta
+    # (Lightning's EarlyStopping(patience=, min_delta=), timm's --patience-epochs idea); 0: off
+    early_stop_patience: int = field(default=0, metadata=_range(0))
+    early_stop_min_delta: float = field(default=0.0, metadata=_range(0.0))
 
 
 @dataclass(frozen=True)
@@ -462,9 +472,25 @@ def resolve_config(cfg: Config, info: dict, environ: Mapping[str, str] = os.envi
         data=resolve_normalization(cfg.data, info),
         model=dataclasses.replace(cfg.model, num_classes=head_size(cfg, class_names(info))),
         train=dataclasses.replace(
-            cfg.train, grad_accum_steps=cfg.train.grad_accum_steps or launcher_grad_accum_steps(environ)
+            resolve_monitor(cfg.train, len(class_names(info))),
+            grad_accum_steps=cfg.train.grad_accum_steps or launcher_grad_accum_steps(environ),
         ),
     )
+
+
+def resolve_monitor(train: TrainConfig, num_classes: int) -> TrainConfig:
+    """``train.monitor`` and ``train.monitor_mode`` decided: auto is val_auc for two classes, top-1 for more.
+
+    Macro ROC-AUC of 37 breeds saturates early while top-1 still climbs, so it would pick the wrong epoch.
+    """
+    monitor = train.monitor if train.monitor != "auto" else ("val_auc" if num_classes == 2 else "val_acc")
+    if monitor == "val_top5" and num_classes <= 5:
+        raise UsageError(
+            f"train.monitor = val_top5 needs more than 5 classes (the shards have {num_classes}: top-5 is always 1); "
+            "choose val_acc, val_auc, val_balanced_acc or val_loss"
+        )
+    mode = train.monitor_mode if train.monitor_mode != "auto" else MONITORS[monitor]
+    return dataclasses.replace(train, monitor=monitor, monitor_mode=mode)
 
 
 def head_size(cfg: Config, classes: Sequence[str]) -> int:
@@ -515,13 +541,33 @@ def to_yaml(cfg: Config) -> str:
 def split_config_args(argv: Sequence[str], value_flags: Collection[str] = ()) -> tuple[list[str], list[str]]:
     """Separate ``key=value`` overrides from ordinary ``--flags`` on a command line.
 
-    The word after a flag in ``value_flags`` (one that takes one value) is that flag's value even when
-    it holds ``=`` (``--shards 'pipe:curl ...?a=b'``), never an override.
+    ``--section.key=value`` (the form W&B's sweep agent passes as ``${args}``) is the same override as
+    ``section.key=value``. The word after a flag in ``value_flags`` (one that takes one value) is that
+    flag's value even when it holds ``=`` (``--shards 'pipe:curl ...?a=b'``), never an override.
     """
     flags, overrides = [], []
     is_value = False
     for arg in argv:
-        override = "=" in arg and not arg.startswith("-") and not is_value
-        (overrides if override else flags).append(arg)
+        dashed = None if is_value else dashed_override(arg)
+        if dashed is not None:
+            overrides.append(dashed)
+        elif "=" in arg and not arg.startswith("-") and not is_value:
+            overrides.append(arg)
+        else:
+            flags.append(arg)
         is_value = not is_value and arg in value_flags
     return flags, overrides
+
+
+def dashed_override(arg: str) -> Optional[str]:
+    """``--optimizer.lr=0.001`` -> ``optimizer.lr=0.001``; None for anything else (``--config=x.yaml`` has no section).
+
+    W&B writes each value with Python's ``str``, so its ``None`` is read as null.
+    """
+    if not arg.startswith("--") or "=" not in arg:
+        return None
+    key, _, value = arg[2:].partition("=")
+    parts = key.split(".")
+    if len(parts) < 2 or not all(part.isidentifier() for part in parts):
+        return None
+    return f"{key}={'null' if value == 'None' else value}"

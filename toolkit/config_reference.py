@@ -123,6 +123,29 @@ KEYS: dict[str, tuple[str, str]] = {
         "log train loss and lr every N steps (steps.csv, W&B, TensorBoard, and a plain line without a terminal)",
         "--log-interval",
     ),
+    "train.monitor": (
+        "val metric that picks the best epoch (model.safetensors, the `best` marker, final.json, the report "
+        "headline, the W&B summary): `val_auc`, `val_acc` (top-1), `val_top5` (more than 5 classes), "
+        "`val_balanced_acc`, `val_loss`; `auto`: `val_auc` for two classes, `val_acc` for more, resolved into the "
+        "run's config.yaml. Lightning: `ModelCheckpoint(monitor=...)`",
+        "--eval-metric",
+    ),
+    "train.monitor_mode": (
+        "whether a higher (`max`) or lower (`min`) monitor is better; `auto`: `min` for `val_loss`, else `max`. "
+        "Lightning: `ModelCheckpoint(mode=...)`",
+        "(implied: loss decreasing)",
+    ),
+    "train.early_stop_patience": (
+        "stop after this many validations in a row without a gain in `train.monitor` larger than "
+        "`early_stop_min_delta` (checkpointed: a resumed run keeps its count); 0: off. Lightning: "
+        "`EarlyStopping(patience=...)`",
+        "",
+    ),
+    "train.early_stop_min_delta": (
+        "the smallest change of `train.monitor` that counts as a gain for early stopping. Lightning: "
+        "`EarlyStopping(min_delta=...)`",
+        "",
+    ),
     "eval.batch_size": ("evaluation batch size per process", "-vb, --validation-batch-size"),
     "eval.threshold": ("two classes: predict class 1 when P(class 1) >= it; more: argmax", ""),
     "eval.test_split": ("split evaluated with the best model when training ends; `null`: skip", ""),

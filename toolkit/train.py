@@ -24,7 +24,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> tuple[argparse.Namespace, list[
     parser = ArgumentParser(
         prog="python -m toolkit.train",
         description="Train a ResNet on webdataset shards with Hugging Face Accelerate. "
-        "Override any config key with section.key=value after the flags.",
+        "Override any config key with section.key=value after the flags (or --section.key=value, the form "
+        "W&B's sweep agent passes: configs/sweep.yaml).",
         epilog="example: accelerate launch toolkit/train.py --config configs/smoke.yaml train.epochs=3 optimizer.lr=3e-4",
     )
     parser.add_argument("--config", help="YAML config file, e.g. configs/smoke.yaml (required to train)")

@@ -22,7 +22,15 @@ from toolkit.cli import progress
 from toolkit.config import DataConfig, eval_data_config
 from toolkit.data import check_shards_exist, check_split_has_samples, load_info, make_eval_loader
 from toolkit.errors import DataError, UsageError
-from toolkit.evaluation.metrics import compute_metrics, metrics_line, predict, roc_auc
+from toolkit.evaluation.metrics import (
+    TOP_K,
+    balanced_accuracy,
+    compute_metrics,
+    metrics_line,
+    predict,
+    roc_auc,
+    top_k_accuracy,
+)
 from toolkit.formats import Predictions, RunDir, class_names, split_size
 from toolkit.formats.model_file import check_classes
 from toolkit.models.sources import default_output_folder, load_model
@@ -38,7 +46,9 @@ class EvalResult:
     skipped: int = 0
     loss: float = float("nan")
     accuracy: float = float("nan")
-    auc: Optional[float] = None  # the model-selection score: one-vs-rest ROC-AUC (metrics.roc_auc)
+    auc: Optional[float] = None  # one-vs-rest ROC-AUC (metrics.roc_auc); train.monitor picks which one selects
+    top5: Optional[float] = None  # top-5 accuracy; None for 5 classes or fewer
+    balanced_accuracy: float = float("nan")  # mean per-class recall of the argmax predictions
     class_names: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
@@ -115,13 +125,19 @@ def evaluate_split(
 
 
 def with_scores(result: EvalResult, names: Sequence[str]) -> EvalResult:
-    """Loss, accuracy and the model-selection AUC of a merged, labelled result (also batch predict's)."""
+    """Loss, accuracy, AUC and the other ``train.monitor`` candidates of a merged, labelled result
+    (also batch predict's)."""
     result.class_names = list(names)
     logits_t = torch.from_numpy(result.logits)
     labels_t = torch.from_numpy(result.labels).long()
-    result.loss = float(F.cross_entropy(logits_t, labels_t)) if len(labels_t) else float("nan")
-    result.accuracy = float((logits_t.argmax(1) == labels_t).float().mean()) if len(labels_t) else float("nan")
-    result.auc = roc_auc(result.labels, result.probs) if len(result.labels) else None
+    if not len(labels_t):
+        return result
+    result.loss = float(F.cross_entropy(logits_t, labels_t))
+    result.accuracy = float((logits_t.argmax(1) == labels_t).float().mean())
+    probs = result.probs
+    result.auc = roc_auc(result.labels, probs)
+    result.top5 = top_k_accuracy(result.labels, probs, TOP_K) if probs.shape[1] > TOP_K else None
+    result.balanced_accuracy = balanced_accuracy(result.labels, logits_t.argmax(1).numpy())
     return result
 
 

@@ -99,7 +99,7 @@ def roc_auc(labels: Sequence[int], probs: Any) -> Optional[float]:
 
     Unlike ``sklearn.metrics.roc_auc_score(multi_class="ovr")``, which needs every class present,
     classes with no sample are left out, so the number stays defined on small val splits that miss
-    some of 37 breeds. None when the split holds one class only. This is what picks the best epoch.
+    some of 37 breeds. None when the split holds one class only. It picks a two-class run's best epoch (train.monitor).
     """
     y, p = as_arrays(labels, probs, "roc_auc")
     scores = [float(skm.roc_auc_score(y == c, p[:, c])) for c in scored_classes(y, p.shape[1])]
@@ -152,7 +152,7 @@ def prf_tables(
     return out
 
 
-def _balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
     with warnings.catch_warnings():  # one class only: sklearn warns, the value is still the mean recall
         warnings.simplefilter("ignore")
         return float(skm.balanced_accuracy_score(y, pred))
@@ -171,7 +171,7 @@ def decision_metrics(y: np.ndarray, p: np.ndarray, threshold: float, class_names
         "num_samples": int(len(y)),
         "class_names": list(class_names),
         "accuracy": float(skm.accuracy_score(y, pred)),
-        "balanced_accuracy": _balanced_accuracy(y, pred),
+        "balanced_accuracy": balanced_accuracy(y, pred),
         **prf_tables(y, pred, class_names, average_over=present),
         # rows = true class, columns = predicted class, both in class_names order
         "confusion_matrix": skm.confusion_matrix(y, pred, labels=list(range(len(class_names)))).tolist(),

@@ -27,7 +27,7 @@ from toolkit.formats.manifest import (
     split_size,
     write_manifest,
 )
-from toolkit.formats.run_dir import HISTORY_FIELDS, EpochRow, Predictions, RunDir, version_of, versioned_name
+from toolkit.formats.run_dir import HISTORY_FIELDS, MONITORS, EpochRow, Predictions, RunDir, version_of, versioned_name
 
 __all__ = [
     "MANIFEST_KEYS",
@@ -38,6 +38,7 @@ __all__ = [
     "SPLITS",
     "EpochRow",
     "HISTORY_FIELDS",
+    "MONITORS",
     "Predictions",
     "RunDir",
     "class_names",

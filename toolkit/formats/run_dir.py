@@ -46,9 +46,20 @@ class EpochRow:
     skipped_samples: int  # train samples skipped this epoch (all processes)
     val_skipped_samples: int
     read_retries: int = 0  # remote shard reads retried after a transient fault (all processes)
+    val_top5: Optional[float] = None  # top-5 accuracy; None for 5 classes or fewer (it would be 1.0)
+    val_balanced_acc: Optional[float] = None  # mean per-class recall of the argmax predictions
 
 
 HISTORY_FIELDS: tuple[str, ...] = tuple(EpochRow.__dataclass_fields__)
+# The columns ``train.monitor`` may choose the best epoch (and stop early) by, with the direction that is better:
+# the name is the metrics.jsonl column and, as ``epoch/<name>``, the W&B key.
+MONITORS: dict[str, str] = {
+    "val_auc": "max",
+    "val_acc": "max",
+    "val_top5": "max",
+    "val_balanced_acc": "max",
+    "val_loss": "min",
+}
 
 
 @dataclass

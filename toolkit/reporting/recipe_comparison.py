@@ -19,7 +19,7 @@ HEADLINE = (
     ("loss", "{split} loss"),
     ("macro_f1", "macro avg F1"),
     ("weighted_f1", "weighted avg F1"),
-    ("best_val_auc", "val ROC-AUC (model selection)"),
+    ("best_val_auc", "val ROC-AUC of the kept epoch (train.monitor chose it)"),
     ("best_epoch", "best epoch (on val)"),
     ("train_minutes", "training time per run (min)"),
     ("wall_minutes", "wall time per run (min)"),

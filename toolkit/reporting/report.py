@@ -297,7 +297,8 @@ def render_report(run: RunDir) -> str:
     if not compare_with_seed:  # the seed experiment had another task: nothing to compare with
         links = links[1:]
     parts.append("<nav>" + "".join(f"<a href='#{a}'>{t}</a>" for a, t in links) + "</nav>")
-    parts.append(headline(split_metrics, rows))
+    final, _ = load_json(run.final)
+    parts.append(headline(split_metrics, rows, final))
     if compare_with_seed:
         parts.append(
             section("comparison", "Comparison with the seed experiment", seed_comparison(split_metrics, synthetic))

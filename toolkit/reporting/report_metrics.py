@@ -62,18 +62,25 @@ def has_seed_task(split_metrics: dict[str, dict]) -> bool:
     return any(list(m.get("class_names") or []) == seed_classes for m in split_metrics.values())
 
 
-def headline(split_metrics: dict[str, dict], rows: list[dict]) -> str:
+def headline(split_metrics: dict[str, dict], rows: list[dict], final: Optional[dict] = None) -> str:
+    """The cards at the top: each split's numbers, the best epoch by the run's train.monitor (final.json;
+    older runs: by val AUC, as they chose it) and, when early stopping ended the run, where."""
     cards = []
     for split, m in split_metrics.items():
         cards.append((f"{split} accuracy", m.get("accuracy")))
         if reports_top_k(m):
             cards.append((f"{split} top-{m['top_k']} accuracy", m.get("top5_accuracy")))
         cards.append((f"{split} ROC-AUC", m.get("roc_auc")))
-    if rows:
+    final = final if isinstance(final, dict) else {}
+    if final.get("monitor"):
+        best = (final.get("best_value"), final.get("best_epoch"))
+        cards.append((f"best {final['monitor']} during training (epoch {best[1]}; selects the model)", best[0]))
+    elif rows:
         aucs = [(r.get("val_auc"), r.get("epoch")) for r in rows if finite_numbers([r.get("val_auc")])]
         if aucs:
             best = max(aucs, key=lambda t: t[0])
             cards.append((f"best val AUC during training (epoch {best[1]})", best[0]))
+    if rows:
         cards.append(("epochs logged", len(rows)))
     if not cards:
         return missing("No evaluation results and no training log yet.")
@@ -81,6 +88,19 @@ def headline(split_metrics: dict[str, dict], rows: list[dict]) -> str:
         '<div class="cards">'
         + "".join(f'<div class="card"><b>{cell_text(v)}</b>{esc(k)}</div>' for k, v in cards)
         + "</div>"
+        + early_stop_note(final)
+    )
+
+
+def early_stop_note(final: dict) -> str:
+    """One line when early stopping ended the run (final.json's ``early_stop``), else nothing."""
+    stop = final.get("early_stop") if isinstance(final.get("early_stop"), dict) else {}
+    if not stop.get("stopped_at_epoch"):
+        return ""
+    return (
+        f"<p>Stopped early at epoch {esc(stop['stopped_at_epoch'])}, best at {esc(final.get('best_epoch'))}: "
+        f"{esc(final.get('monitor'))} did not improve by more than {esc(stop.get('min_delta'))} in "
+        f"{esc(stop.get('patience'))} validation(s) (train.early_stop_patience).</p>"
     )
 
 

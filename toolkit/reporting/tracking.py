@@ -37,7 +37,7 @@ from urllib.parse import urlparse
 from toolkit.config import WANDB_MODES
 from toolkit.evaluation.metrics import as_arrays, curve_points, decision_metrics, decision_rule, predict
 from toolkit.fileio import atomic_write_text
-from toolkit.formats import RunDir
+from toolkit.formats import MONITORS, RunDir
 from toolkit.redaction import redact_secrets, redact_text
 
 # How long an online wandb.init may take before we give up and log offline instead.
@@ -46,7 +46,8 @@ OFFLINE_INIT_TIMEOUT_S = 60.0
 # How long finish() may wait for an online run's last uploads (the model file included).
 FINISH_TIMEOUT_S = 900.0
 EPOCH_STEP = "epoch/epoch"  # the x-axis of every epoch/* chart
-BEST_OF_RUN = {"epoch/val_auc": "max", "epoch/val_acc": "max", "epoch/val_loss": "min"}  # run summary: best, not last
+# run summary: the best of every train.monitor candidate, not the last (a sweep's metric reads it)
+BEST_OF_RUN = {f"epoch/{name}": mode for name, mode in MONITORS.items()}
 MODEL_ALIASES = ("best", "latest")  # the model file is the best epoch's; it is also this run's newest version
 
 # ---------------------------------------------------------------------------------------------

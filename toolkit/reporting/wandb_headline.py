@@ -84,7 +84,8 @@ def header_markdown(groups: dict[str, list[LocalRun]]) -> str:
     rule = f"predicting {decision_rule(found)}"
     lines += [
         "",
-        f"Each run keeps its best epoch by val ROC-AUC; the headline numbers are on the "
+        f"Each run keeps its best epoch by {' / '.join(sorted({_monitor(r) for rs in groups.values() for r in rs}))} "
+        f"on val (train.monitor); the headline numbers are on the "
         f"{', '.join(splits)} split {rule}. Local run folders: "
         + ", ".join(f"`{run.run_dir}`" for runs in groups.values() for run in runs),
     ]
@@ -94,6 +95,12 @@ def header_markdown(groups: dict[str, list[LocalRun]]) -> str:
 def _split_metrics(run: LocalRun) -> Optional[dict]:
     metrics = read_json(RunDir(run.run_dir).eval_metrics(headline_split(run)))
     return metrics if isinstance(metrics, dict) else None
+
+
+def _monitor(run: LocalRun) -> str:
+    """The val metric that chose the run's model (final.json; runs from before train.monitor: val_auc)."""
+    final = read_json(RunDir(run.run_dir).final)
+    return str(final.get("monitor") or "val_auc") if isinstance(final, dict) else "val_auc"
 
 
 def _best_val_auc(run: LocalRun) -> Optional[float]:
@@ -121,7 +128,7 @@ def headline_markdown(groups: dict[str, list[LocalRun]]) -> str:
             + " |"
         )
     lines.append(
-        "| val ROC-AUC (model selection) | "
+        "| val ROC-AUC of the kept epoch | "
         + " | ".join(format_mean_std(mean_std([_best_val_auc(r) for r in groups[n]])) for n in names)
         + " |"
     )

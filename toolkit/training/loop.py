@@ -44,11 +44,20 @@ from toolkit.reporting.step_log import StepLog, check_tensorboard, training_step
 from toolkit.reporting.tracking import Tracker
 from toolkit.training.checkpoint import together
 from toolkit.training.disk_full import disk_full_error
+from toolkit.training.monitor import (
+    check_resumed,
+    early_stop_line,
+    final_fields,
+    monitor_value,
+    new_state,
+    record_epoch,
+)
 from toolkit.training.optim import build_ema, build_optimizer, build_scheduler
 from toolkit.training.ranks import (
     RunningLoss,
     any_process,
     join_after_elastic_restart,
+    main_process_value,
     rank_weight_checksums,
     sync_norm_statistics,
 )
@@ -61,6 +70,8 @@ from toolkit.training.state import (
     save_training_state,
 )
 from toolkit.training.step import TrainStep
+
+SHOWN_APART = ("val_top5", "val_balanced_acc")  # monitors the epoch line adds to its usual figures
 
 
 @dataclasses.dataclass
@@ -269,9 +280,10 @@ def build_session(
 def start(s: Session) -> TrainerState:
     """Resume (or not), record the config and data beside the run, and say what is about to happen."""
     cfg = s.cfg
-    state = TrainerState()
+    state = new_state(cfg.train)
     if s.resumed_from is not None:
         state = load_training_state(s.accelerator, s.resumed_from, s.scheduler, s.ema, s.raw_model)
+        check_resumed(state, cfg.train, str(s.resumed_from))
         s.log(f"resumed from {s.resumed_from} (epoch {state.epoch + 1}, step {state.global_step})")
     elif cfg.train.resume == "auto":
         s.log("train.resume=auto: no checkpoint found, starting from scratch")
@@ -428,32 +440,53 @@ def validate(s: Session) -> EvalResult:
     )
 
 
-def end_epoch(s: Session, state: TrainerState, outcome: EpochOutcome, val: EvalResult) -> None:
-    """Log the epoch's row, keep the best and the last model, checkpoint when due."""
-    cfg, accelerator, epoch = s.cfg, s.accelerator, state.epoch
-    train_loss = state.epoch_loss_sum / max(1, state.epoch_loss_count)
+def epoch_row(s: Session, state: TrainerState, outcome: EpochOutcome, val: EvalResult) -> EpochRow:
+    """The epoch's metrics.jsonl row; the counts are summed over every process."""
+    accelerator = s.accelerator
     skipped = int(accelerator.reduce(torch.tensor(state.epoch_skipped, device=accelerator.device), "sum").item())
     retries = int(accelerator.reduce(torch.tensor(outcome.retries, device=accelerator.device), "sum").item())
     seconds = max(outcome.seconds, 1e-9)
-    row = EpochRow(
-        epoch=epoch + 1,
+    return EpochRow(
+        epoch=state.epoch + 1,
         step=state.global_step,
         lr=s.scheduler.get_last_lr()[0],
-        train_loss=train_loss,
+        train_loss=state.epoch_loss_sum / max(1, state.epoch_loss_count),
         val_loss=val.loss,
         val_acc=val.accuracy,
         val_auc=val.auc,
-        img_per_s=outcome.batches_done * cfg.train.batch_size * s.world / seconds,
+        img_per_s=outcome.batches_done * s.cfg.train.batch_size * s.world / seconds,
         data_wait_frac=outcome.data_wait / seconds,
         epoch_seconds=outcome.seconds,
         peak_mem_gib=(torch.cuda.max_memory_allocated() / 2**30) if torch.cuda.is_available() else None,
         skipped_samples=skipped,
         val_skipped_samples=val.skipped,
         read_retries=retries,
+        val_top5=val.top5,
+        val_balanced_acc=val.balanced_accuracy,
     )
-    improved = val.auc is not None and val.auc > state.best_val_auc
-    if improved:
-        state.best_val_auc, state.best_epoch = val.auc, epoch + 1
+
+
+def epoch_line(cfg: Config, row: EpochRow, improved: bool) -> str:
+    """The log's one line per epoch; the monitored metric is added when the line would not show it."""
+    monitor = cfg.train.monitor
+    return (
+        f"epoch {row.epoch}/{cfg.train.epochs} | train_loss {row.train_loss:.4f} | val_loss {row.val_loss:.4f} | "
+        f"val_acc {row.val_acc:.4f} | val_auc {format_number(row.val_auc)} | lr {row.lr:.2e} | "
+        f"{row.img_per_s:.1f} img/s | data_wait {row.data_wait_frac:.0%}"
+        + (f" | skipped {row.skipped_samples}" if row.skipped_samples else "")
+        + (f" | retries {row.read_retries}" if row.read_retries else "")
+        + (f" | {monitor} {format_number(monitor_value(row, monitor))}" if monitor in SHOWN_APART else "")
+        + (" | best" if improved else "")
+    )
+
+
+def end_epoch(s: Session, state: TrainerState, outcome: EpochOutcome, val: EvalResult) -> None:
+    """Log the epoch's row, keep the best (by ``train.monitor``) and the last model, checkpoint when due."""
+    cfg, accelerator, epoch = s.cfg, s.accelerator, state.epoch
+    row = epoch_row(s, state, outcome, val)
+    improved = record_epoch(state, row, cfg.train)  # the same gathered numbers on every rank: the same decision
+    if cfg.train.early_stop_patience:  # and the main process's word makes it certain (no rank stops alone)
+        state.stopped_early_at = main_process_value(accelerator, state.stopped_early_at or 0) or None
     state.start_next_epoch()
 
     def write_epoch() -> None:
@@ -478,16 +511,12 @@ def end_epoch(s: Session, state: TrainerState, outcome: EpochOutcome, val: EvalR
     keep_lease(s.accelerator, s.run, s.cfg.output.run_name)
     together(accelerator, write_epoch if accelerator.is_main_process else None)  # a full disk stops every rank
     s.steps.log_epoch(dataclasses.asdict(row), state.global_step)
-    s.log(
-        f"epoch {epoch + 1}/{cfg.train.epochs} | train_loss {train_loss:.4f} | val_loss {val.loss:.4f} | "
-        f"val_acc {val.accuracy:.4f} | val_auc {format_number(val.auc)} | lr {row.lr:.2e} | "
-        f"{row.img_per_s:.1f} img/s | data_wait {row.data_wait_frac:.0%}"
-        + (f" | skipped {skipped}" if skipped else "")
-        + (f" | retries {retries}" if retries else "")
-        + (" | best" if improved else "")
-    )
+    s.log(epoch_line(cfg, row, improved))
+    if state.stopped_early_at is not None:
+        s.log(early_stop_line(state, cfg.train))
     every = cfg.train.checkpoint_every_epochs
-    if every and (state.epoch % every == 0 or state.epoch == cfg.train.epochs):
+    last = state.epoch == cfg.train.epochs or state.stopped_early_at is not None
+    if every and (state.epoch % every == 0 or last):
         checkpoint(s, state)
 
 
@@ -507,7 +536,7 @@ def train(cfg: Config) -> dict:
     try:
         state = start(s)
         with StopRequested() as stop:
-            while state.epoch < s.cfg.train.epochs:
+            while state.epoch < s.cfg.train.epochs and state.stopped_early_at is None:
                 outcome = train_one_epoch(s, state, stop)
                 if outcome.stopped_by is not None:
                     return leave_early(s, state, outcome.stopped_by, stop.signum)
@@ -548,15 +577,19 @@ def finish(s: Session, state: TrainerState) -> dict:
         s.log(f"warning: model weights differ across processes (checksums {checksums}); distributed training diverged")
     keep_lease(s.accelerator, s.run, s.cfg.output.run_name)
     if s.accelerator.is_main_process:
+        best_row = next((r for r in s.run.read_history() if r.get("epoch") == state.best_epoch), {})
         s.run.write_final(
             {
                 "global_step": state.global_step,
-                "best_val_auc": state.best_val_auc,
-                "best_epoch": state.best_epoch,
+                "best_val_auc": best_row.get("val_auc"),  # the chosen model's, whatever chose it
+                **final_fields(state, s.cfg.train),
                 "num_processes": s.world,
                 "rank_weight_checksums": checksums,
             }
         )
+    s.tracker.summary({f"best/{state.monitor}": state.best_value, "best/epoch": state.best_epoch})
+    if state.stopped_early_at is not None:
+        s.tracker.summary({"early_stop/epoch": state.stopped_early_at})
     s.steps.release()  # the run is complete: every held row is final
     s.steps.close()
     summary = finish_run(s.accelerator, s.cfg, s.info, s.run, s.tracker)
@@ -564,11 +597,13 @@ def finish(s: Session, state: TrainerState) -> dict:
     if s.accelerator.is_main_process:
         print_final(s.run, state, summary, tracker_info)
     s.accelerator.end_training()
-    return {"run_dir": str(s.run.root), "best_val_auc": state.best_val_auc, "best_epoch": state.best_epoch, **summary}
+    return {"run_dir": str(s.run.root), **final_fields(state, s.cfg.train), **summary}
 
 
 def print_final(run: RunDir, state: TrainerState, summary: dict, tracker_info: dict) -> None:
-    print(f"done: best val_auc {format_number(state.best_val_auc)} at epoch {state.best_epoch}", flush=True)
+    print(f"done: best {state.monitor} {format_number(state.best_value)} at epoch {state.best_epoch}", flush=True)
+    if state.stopped_early_at is not None:
+        print(f"  stopped early at epoch {state.stopped_early_at}, best at {state.best_epoch}", flush=True)
     for split, metrics in summary.get("splits", {}).items():
         print(
             f"  {split}: n={metrics.get('num_samples')} acc {format_number(metrics.get('accuracy'))} "

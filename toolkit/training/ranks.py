@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-from accelerate.utils import gather_object
+from accelerate.utils import broadcast, gather_object
 
 from toolkit.errors import on_every_rank
 from toolkit.training.state import TrainerState, TrainingError
@@ -117,3 +117,11 @@ def any_process(accelerator, value: bool) -> bool:
         return value
     flag = torch.tensor([1.0 if value else 0.0], device=accelerator.device)
     return bool(accelerator.reduce(flag, "max").item() > 0)
+
+
+def main_process_value(accelerator, value: int) -> int:
+    """The main process's ``value`` on every rank: for a decision that must not differ between ranks (one
+    that stopped alone would leave the others waiting at the next collective)."""
+    if accelerator.num_processes == 1:
+        return value
+    return int(broadcast(torch.tensor([value], device=accelerator.device, dtype=torch.long), from_process=0).item())

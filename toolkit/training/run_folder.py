@@ -47,6 +47,13 @@ NOT_COMPARED = (
     ("train", "resume"),
     ("train", "max_steps"),
 )
+# What a run saved before these keys existed trained with: its config.yaml lacks them, and means these values.
+BEFORE_KEYS = {
+    ("train", "monitor"): "val_auc",
+    ("train", "monitor_mode"): "max",
+    ("train", "early_stop_patience"): 0,
+    ("train", "early_stop_min_delta"): 0.0,
+}
 ABANDONED_PREFIX = "abandoned-"
 MAX_VERSIONS = 10_000
 
@@ -212,6 +219,15 @@ def comparable(config: dict) -> dict:
     return config
 
 
+def with_keys_before_they_existed(config: dict) -> dict:
+    """A saved config with the keys added since filled in as the run behaved (``BEFORE_KEYS``), so an older
+    run still equals the config that would continue it."""
+    for (section, key), value in BEFORE_KEYS.items():
+        if isinstance(config.get(section), dict):
+            config[section].setdefault(key, value)
+    return config
+
+
 def newest_matching_run(root: Path, cfg: Config) -> tuple[Optional[str], Optional[str]]:
     """(newest unfinished run in ``root`` with a checkpoint and this config, newest finished one passed over)."""
     wanted = comparable(to_dict(cfg))
@@ -223,7 +239,7 @@ def newest_matching_run(root: Path, cfg: Config) -> tuple[Optional[str], Optiona
     finished = None
     for run in candidates:
         try:
-            saved = comparable(read_yaml_mapping(RunDir(run).config))
+            saved = comparable(with_keys_before_they_existed(read_yaml_mapping(RunDir(run).config)))
         except (UsageError, OSError):
             continue
         if saved != wanted:

@@ -43,8 +43,13 @@ class TrainerState:
     epoch: int = 0  # current epoch, 0-based
     batch_in_epoch: int = 0  # micro-batches of this epoch already consumed
     global_step: int = 0  # optimizer steps taken
-    best_val_auc: float = -1.0
-    best_epoch: int = -1
+    monitor: str = "val_auc"  # train.monitor and its mode as resolved: what best_value means
+    monitor_mode: str = "max"
+    best_value: Optional[float] = None  # the monitor at best_epoch (None: no finite value yet)
+    best_epoch: int = -1  # 1-based epoch of RUN/model.safetensors
+    stop_best: Optional[float] = None  # early stopping's reference: moves only on a gain > early_stop_min_delta
+    stop_wait: int = 0  # validations since stop_best last moved (early stopping's patience count)
+    stopped_early_at: Optional[int] = None  # 1-based epoch early stopping ended training after
     epoch_loss_sum: float = 0.0  # partial sums of the current epoch, for mid-epoch resume
     epoch_loss_count: int = 0
     epoch_skipped: int = 0
@@ -52,6 +57,17 @@ class TrainerState:
     def start_next_epoch(self) -> None:
         self.epoch, self.batch_in_epoch = self.epoch + 1, 0
         self.epoch_loss_sum, self.epoch_loss_count, self.epoch_skipped = 0.0, 0, 0
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> "TrainerState":
+        """The state of a checkpoint's ``trainer_state.json``, also one saved before ``train.monitor``
+        existed: its ``best_val_auc`` (-1: none yet) was the best value of a val_auc monitor."""
+        saved = dict(saved)
+        legacy = saved.pop("best_val_auc", None)
+        if "best_value" not in saved:
+            has_best = legacy is not None and saved.get("best_epoch", -1) >= 1
+            saved.update(monitor="val_auc", monitor_mode="max", best_value=float(legacy) if has_best else None)
+        return cls(**saved)
 
 
 class StopRequested:
@@ -195,7 +211,7 @@ def load_training_state(
             for name, value in load_file(str(buffers)).items():
                 if name in own and own[name].shape == value.shape:
                     own[name].copy_(value)
-    return TrainerState(**saved["trainer"])
+    return TrainerState.from_saved(saved["trainer"])
 
 
 def link_or_copy(source: Path, target: Path) -> None:
