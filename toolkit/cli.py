@@ -104,6 +104,18 @@ def add_progress_argument(parser: argparse.ArgumentParser, default: Optional[str
     )
 
 
+def add_tta_argument(parser: argparse.ArgumentParser, modes: Sequence[str]) -> None:
+    """``--tta``, shared by evaluate and predict; ``modes`` is ``toolkit.evaluation.tta.TTA_MODES`` (torch-free here)."""
+    parser.add_argument(
+        "--tta",
+        choices=modes,
+        default="none",
+        help="test-time augmentation: none (default), hflip (softmax averaged with the left-right flip) or "
+        "hflip_crops (10 views as torchvision's TenCrop: the input and its 4 corner crops, each also flipped; "
+        "see docs/config.md eval.tta); recorded in the metrics",
+    )
+
+
 def progress_mode() -> str:
     """``bar``, ``log`` or ``none``: ``auto`` draws bars only when stderr is a terminal, so a SLURM ``.out`` file
     or a pipe gets plain lines instead of every redraw of a bar."""

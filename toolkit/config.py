@@ -20,6 +20,7 @@ from typing import Any, Collection, Mapping, Optional, Sequence, Union
 import yaml
 
 from toolkit.errors import UsageError
+from toolkit.evaluation.tta import TTA_MODES
 from toolkit.fileio import dump_yaml, read_yaml_mapping
 from toolkit.formats.manifest import MANIFEST_NAME, class_names
 from toolkit.formats.run_dir import MONITORS
@@ -154,6 +155,9 @@ class EvalConfig:
     plots: bool = True
     num_images: int = field(default=8, metadata=_range(0))  # for the prediction grid and Grad-CAM
     gradcam_layer: str = "layer4"
+    # test-time augmentation of the final evaluation after training (toolkit.evaluation.tta); per-epoch
+    # validation stays plain so train.monitor is comparable across epochs and cheap
+    tta: str = field(default="none", metadata=_choice(*TTA_MODES))
 
 
 @dataclass(frozen=True)

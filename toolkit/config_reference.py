@@ -152,6 +152,14 @@ KEYS: dict[str, tuple[str, str]] = {
     "eval.plots": ("write the plots and report.html at the end", ""),
     "eval.num_images": ("images in the prediction grid and Grad-CAM", "--save-images (a flag)"),
     "eval.gradcam_layer": ("module Grad-CAM looks at", ""),
+    "eval.tta": (
+        "test-time augmentation of the final evaluation after training (val and test): `none`; `hflip` (softmax "
+        "averaged over the image and its left-right flip); `hflip_crops` (10 views as torchvision's `TenCrop`: the "
+        "eval input and its 4 corner crops of 7/8 its side, resized back, each also flipped). Per-epoch validation "
+        "stays plain (cheap; `train.monitor` comparable across epochs). `evaluate`/`predict` take `--tta`. The "
+        "split's metrics.json and the report record it. timm: `validate.py` test-time pooling / flip",
+        "(validate.py) --test-pool",
+    ),
     "tracking.wandb": ("`auto`, `online`, `offline` or `disabled`", "--log-wandb"),
     "tracking.project": ("W&B project", "--wandb-project"),
     "tracking.entity": ("W&B entity (team or user); `null`: your default", ""),

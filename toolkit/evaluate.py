@@ -2,6 +2,7 @@
 
     python -m toolkit.evaluate --model RUN/model.safetensors --shards shards --split test [--out DIR]
     accelerate launch --num_processes 2 -m toolkit.evaluate --model ... --split test
+    python -m toolkit.evaluate --model ... --split test --tta hflip   # test-time augmentation
 
 Each process predicts its share of the split; one gather collects them, duplicates are dropped by
 sample key and the count is checked against ``info.json`` (``toolkit.evaluation.evaluator``).
@@ -12,9 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
-from toolkit.cli import ArgumentParser, run_cli
+from toolkit.cli import ArgumentParser, add_tta_argument, run_cli
 from toolkit.errors import UsageError
 from toolkit.evaluation.evaluator import evaluate_model
+from toolkit.evaluation.tta import TTA_MODES
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -48,6 +50,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "than two classes predicts its most probable class instead",
     )
     parser.add_argument("--num-workers", type=int, default=2)
+    add_tta_argument(parser, TTA_MODES)
     args = parser.parse_args(argv)
     if not 0.0 <= args.threshold <= 1.0:
         raise UsageError(f"--threshold {args.threshold} must be between 0 and 1")
@@ -66,6 +69,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         batch_size=args.batch_size,
         threshold=args.threshold,
         num_workers=args.num_workers,
+        tta=args.tta,
     )
     return 0
 

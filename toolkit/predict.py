@@ -6,6 +6,7 @@ number of processes; one JSON line per image on stdout, or one CSV (``--out``).
     python -m toolkit.predict --model runs/NAME/model.safetensors photos/ "more/**/*.jpg" --out predictions.csv
     python -m toolkit.predict --model runs/NAME/model.safetensors --shards shards/pets --split test --out test.csv
     accelerate launch --num_processes 2 -m toolkit.predict --model ... photos/ --out predictions.csv
+    python -m toolkit.predict --model runs/NAME/model.safetensors photos/ --tta hflip   # test-time augmentation
 
 ``pred`` and ``label`` are the predicted class, ``prob`` maps every class to its probability and
 ``top`` lists the K most probable classes, most probable first (``--top-k``; default 5, or every
@@ -34,7 +35,7 @@ import torch
 from accelerate import Accelerator
 from PIL import Image
 
-from toolkit.cli import ArgumentParser, add_progress_argument, run_cli, set_progress
+from toolkit.cli import ArgumentParser, add_progress_argument, add_tta_argument, run_cli, set_progress
 from toolkit.config import eval_data_config, model_image_sizes
 from toolkit.data import build_eval_transform, check_shards_exist, check_split_has_samples, load_info
 from toolkit.data.image_folder import IMAGE_EXTENSIONS
@@ -43,6 +44,7 @@ from toolkit.errors import UsageError
 from toolkit.evaluation.batch_predict import ImageReadError, collect_images, predict_images, read_image  # noqa: F401
 from toolkit.evaluation.evaluator import EvalResult, evaluate_split, score, with_scores
 from toolkit.evaluation.metrics import TOP_K, metrics_line, predict
+from toolkit.evaluation.tta import TTA_MODES
 from toolkit.fileio import atomic_write_json, atomic_write_text
 from toolkit.formats import class_names
 from toolkit.formats.model_file import check_classes
@@ -165,6 +167,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         "--out", type=Path, default=None, metavar="FILE.csv", help="write one CSV instead of JSON lines"
     )
     parser.add_argument("--num-workers", type=int, default=2, help="data loader workers for --shards (default: 2)")
+    add_tta_argument(parser, TTA_MODES)
     add_progress_argument(parser, default=None)
     args = parser.parse_args(argv)
     if args.batch_size < 1:
@@ -207,7 +210,7 @@ def predict_split(args, accelerator, model, meta: dict, info: dict, names: list[
     check_shards_exist(args.shards, info, [args.split])
     check_split_has_samples(args.shards, info, args.split, "--split")
     data = eval_data_config(meta, str(args.model), shards=args.shards, num_workers=args.num_workers)
-    result = evaluate_split(accelerator, model, data, info, args.split, batch_size=args.batch_size)
+    result = evaluate_split(accelerator, model, data, info, args.split, batch_size=args.batch_size, tta=args.tta)
     if accelerator.is_main_process:
         if args.out is None:
             print_json_lines(result, result.keys, {}, names, top_k, "key")
@@ -226,7 +229,13 @@ def predict_files(args, accelerator, model, meta: dict, names: list[str], top_k:
     if not images.paths:
         raise UsageError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {' '.join(args.images)}")
     result, failed = predict_images(
-        accelerator, model, eval_transform(meta), images, batch_size=args.batch_size, num_classes=len(names)
+        accelerator,
+        model,
+        eval_transform(meta),
+        images,
+        batch_size=args.batch_size,
+        num_classes=len(names),
+        tta=args.tta,
     )
     if not accelerator.is_main_process:
         return len(failed)

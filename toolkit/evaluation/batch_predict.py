@@ -26,6 +26,7 @@ from toolkit.data.shards import decode_error, strict_decoding, to_rgb
 from toolkit.data.transforms import open_image
 from toolkit.errors import UsageError
 from toolkit.evaluation.evaluator import EvalResult, merge_predictions
+from toolkit.evaluation.tta import apply_tta
 
 GLOB_CHARACTERS = set("*?[")
 
@@ -115,8 +116,12 @@ def predict_images(
     *,
     batch_size: int,
     num_classes: int,
+    tta: str = "none",
 ) -> tuple[EvalResult, list[tuple[str, str]]]:
-    """Every file once over all processes: the merged result (sorted by path) and the unreadable files."""
+    """Every file once over all processes: the merged result (sorted by path) and the unreadable files.
+
+    ``tta``: a ``toolkit.evaluation.tta`` mode, applied as ``evaluate_split`` applies it.
+    """
     rank, world = accelerator.process_index, accelerator.num_processes
     mine = list(range(rank, len(images.paths), world))
     local = {"keys": [], "labels": [], "logits": [], "breeds": [], "failed": []}
@@ -131,7 +136,8 @@ def predict_images(
             except ImageReadError as err:
                 local["failed"].append((images.paths[index], str(err)))
         if tensors:
-            local["logits"].extend(model(torch.stack(tensors).to(accelerator.device)).float().cpu().numpy())
+            images_t = torch.stack(tensors).to(accelerator.device)
+            local["logits"].extend(apply_tta(model, images_t, tta).float().cpu().numpy())
             local["keys"].extend(images.paths[i] for i in kept)
             local["labels"].extend(images.labels[i] for i in kept)
             local["breeds"].extend("" for _ in kept)
@@ -140,5 +146,6 @@ def predict_images(
     for part in parts:
         part["logits"] = np.array(part["logits"], dtype=np.float32).reshape(-1, num_classes)
     result = merge_predictions("images", parts, expected=len(images.paths))
+    result.tta = tta
     failed = sorted(item for part in parts for item in part["failed"])
     return result, [tuple(item) for item in failed]

@@ -31,6 +31,7 @@ from toolkit.evaluation.metrics import (
     roc_auc,
     top_k_accuracy,
 )
+from toolkit.evaluation.tta import apply_tta
 from toolkit.formats import Predictions, RunDir, class_names, split_size
 from toolkit.formats.model_file import check_classes
 from toolkit.models.sources import default_output_folder, load_model
@@ -51,6 +52,7 @@ class EvalResult:
     balanced_accuracy: float = float("nan")  # mean per-class recall of the argmax predictions
     class_names: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    tta: str = "none"  # test-time augmentation the logits came from (toolkit.evaluation.tta)
 
     @property
     def probs(self) -> np.ndarray:
@@ -81,10 +83,12 @@ def evaluate_split(
     *,
     batch_size: int,
     channels_last: bool = False,
+    tta: str = "none",
 ) -> EvalResult:
     """Predict every sample of ``split`` once across all processes; every process gets the result.
 
-    ``data`` is resolved: its mean/std are the model's own normalization.
+    ``data`` is resolved: its mean/std are the model's own normalization. ``tta`` is a
+    ``toolkit.evaluation.tta`` mode; with one, the logits are the log of the averaged probabilities.
     """
     loader = make_eval_loader(
         data,
@@ -107,7 +111,7 @@ def evaluate_split(
                 images = (
                     batch["image"].to(accelerator.device, non_blocking=True).contiguous(memory_format=memory_format)
                 )
-                logits.append(model(images).float().cpu())
+                logits.append(apply_tta(model, images, tta).float().cpu())
                 labels.append(batch["label"].cpu())
                 keys.extend(batch["key"])
                 breeds.extend(batch.get("breed", [""] * len(batch["key"])))
@@ -121,7 +125,9 @@ def evaluate_split(
         "logits": torch.cat(logits).numpy() if logits else np.zeros((0, len(class_names(info))), dtype=np.float32),
     }
     parts = gather_object([local]) if accelerator.num_processes > 1 else [local]
-    return with_scores(merge_predictions(split, parts, expected=split_size(info, split)), class_names(info))
+    result = merge_predictions(split, parts, expected=split_size(info, split))
+    result.tta = tta
+    return with_scores(result, class_names(info))
 
 
 def with_scores(result: EvalResult, names: Sequence[str]) -> EvalResult:
@@ -197,6 +203,7 @@ def score(
     )
     metrics["split"] = result.split
     metrics["skipped_samples"] = result.skipped
+    metrics["tta"] = result.tta
     if metrics["best_threshold"] is not None:
         metrics["threshold_tuned_on"] = tuning.split
     metrics.update(extra or {})
@@ -213,11 +220,12 @@ def evaluate_model(
     batch_size: int = 64,
     threshold: float = 0.5,
     num_workers: int = 2,
+    tta: str = "none",
 ) -> Optional[dict]:
     """Evaluate a model (any ``models.sources`` form) on one split and write metrics.json and predictions.csv.
 
     Runs on every process of the launch; the main process writes and returns the metrics, the others None.
-    Results go to ``out``, else MODEL_FOLDER/eval/SPLIT.
+    Results go to ``out``, else MODEL_FOLDER/eval/SPLIT. ``tta``: a ``toolkit.evaluation.tta`` mode, for both splits.
     """
     model_folder = default_output_folder(model_source)
     if out is None and model_folder is None:
@@ -232,9 +240,11 @@ def evaluate_model(
     check_split_has_samples(shards, info, split, "--split")
     accelerator = Accelerator(cpu=not torch.cuda.is_available())  # without CUDA: gloo across launched processes
     model.to(accelerator.device)
-    result = evaluate_split(accelerator, model, data, info, split, batch_size=batch_size)
+    result = evaluate_split(accelerator, model, data, info, split, batch_size=batch_size, tta=tta)
     tuning = (
-        evaluate_split(accelerator, model, data, info, tuning_split, batch_size=batch_size) if tuning_split else None
+        evaluate_split(accelerator, model, data, info, tuning_split, batch_size=batch_size, tta=tta)
+        if tuning_split
+        else None
     )
     metrics = None
     if accelerator.is_main_process:

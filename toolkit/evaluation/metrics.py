@@ -482,7 +482,8 @@ def summary_values(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def metrics_line(metrics: dict[str, Any]) -> str:
-    """One line for logs: n, loss, accuracy, ROC-AUC, AP, and top-k accuracy where k < the class count.
+    """One line for logs: n, loss, accuracy, ROC-AUC, AP, top-k accuracy where k < the class count, and
+    the test-time augmentation when one was used.
 
     The top-k field is labelled with its k, so a 3-class run does not print a top-3 number under a
     top-5 name.
@@ -494,4 +495,6 @@ def metrics_line(metrics: dict[str, Any]) -> str:
     )
     if reports_top_k(metrics):
         line += f" top{metrics['top_k']}={format_number(metrics.get('top5_accuracy'))}"
+    if metrics.get("tta") not in (None, "none"):
+        line += f" tta={metrics['tta']}"
     return line

@@ -37,6 +37,7 @@ def finish_run(accelerator, cfg: Config, info: dict, run: RunDir, tracker: Track
             split,
             batch_size=cfg.eval.batch_size,
             channels_last=cfg.model.channels_last,
+            tta=cfg.eval.tta,
         )
         for split in splits
     }

@@ -197,6 +197,7 @@ def split_section(split: str, metrics: Optional[dict], notes: list[str]) -> str:
         (_roc_auc_label(metrics), metrics.get("roc_auc")),
         ("average precision", metrics.get("average_precision")),
         ("prediction", decision_rule(metrics)),
+        ("test-time augmentation", metrics.get("tta") or "none"),  # absent: written before TTA existed
         ("model epoch", metrics.get("model_epoch")),
     ]
     out.append(kv_table(rows))
