@@ -1,7 +1,7 @@
 """Test-time augmentation end to end: ``evaluate --tta hflip`` on 1 and 2 processes gives the same metrics and
 predictions, which differ from plain evaluation; metrics.json, the metrics line and the report name it; ``predict
 --tta hflip`` on the same split gives evaluate's probabilities (one implementation), and on files the mean of the softmax of
-each image and its mirror."""
+each image and its mirror. Training's eval.tta applies to its final evaluation only."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ from helpers import (
     make_folder,
     run_in_process,
     save_tiny_model,
+    train_args,
+    train_cli,
     wait_for,
 )
 from toolkit import evaluate, predict
@@ -114,3 +116,21 @@ def test_predict_files_with_hflip_tta_averages_the_image_and_its_mirror(tmp_path
         names = list(meta["class_names"])
         for i in (1, 2):
             assert float(row[f"prob{i}"]) == pytest.approx(float(mean[0, names.index(row[f"top{i}"])]), abs=2e-6)
+
+
+def test_training_applies_eval_tta_to_the_final_evaluation_only(tiny_shards, tmp_path, capsys):
+    overrides = ("train.epochs=1", "eval.test_split=null", "eval.tta=hflip")
+    assert train_cli(train_args(tiny_shards, tmp_path, "run", *overrides)) == 0
+    run = tmp_path / "run"
+    final = json.loads((run / "eval" / "val" / "metrics.json").read_text())
+    assert final["tta"] == "hflip"
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    plain = tmp_path / "plain"
+    argv = ["--model", str(run / "model.safetensors"), "--shards", str(tiny_shards), "--split", "val"]
+    assert (
+        run_in_process(evaluate.main, [*argv, "--tuning-split", "none", "--out", str(plain), "--num-workers", "0"]) == 0
+    )
+    plain_loss = json.loads((plain / "metrics.json").read_text())["loss"]
+    assert logged["val_loss"] == pytest.approx(plain_loss, abs=1e-5)  # per-epoch validation: no TTA
+    assert abs(final["loss"] - plain_loss) > 1e-5  # the final evaluation: with it
+    assert "test-time augmentation" in render_report(RunDir(run))
