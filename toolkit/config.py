@@ -20,7 +20,6 @@ from typing import Any, Collection, Mapping, Optional, Sequence, Union
 import yaml
 
 from toolkit.errors import UsageError
-from toolkit.evaluation.tta import TTA_MODES
 from toolkit.fileio import dump_yaml, read_yaml_mapping
 from toolkit.formats.manifest import MANIFEST_NAME, class_names
 from toolkit.formats.run_dir import MONITORS
@@ -34,6 +33,7 @@ SCHEDULERS = ("step", "cosine", "constant")
 ACCELERATE_GRAD_ACCUM_ENV = "ACCELERATE_GRADIENT_ACCUMULATION_STEPS"
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 AUGMENTS = ("none", "trivialaugment", "randaugment")
+TTA_MODES = ("none", "hflip", "hflip_crops")  # test-time augmentation: toolkit.evaluation.tta defines each
 # The configs that ship with the package (toolkit/configs links to the repository's configs/ and is
 # package data), so the commands' defaults are found from any folder, installed or not.
 SHIPPED_CONFIGS = Path(__file__).parent / "configs"

@@ -157,8 +157,10 @@ KEYS: dict[str, tuple[str, str]] = {
         "averaged over the image and its left-right flip); `hflip_crops` (10 views as torchvision's `TenCrop`: the "
         "eval input and its 4 corner crops of 7/8 its side, resized back, each also flipped). Per-epoch validation "
         "stays plain (cheap; `train.monitor` comparable across epochs). `evaluate`/`predict` take `--tta`. The "
-        "split's metrics.json and the report record it. timm: `validate.py` test-time pooling / flip",
-        "(validate.py) --test-pool",
+        "split's metrics.json, the metrics line and the report record it. timm: train.py's `--tta N` (an "
+        "oversampling factor; validate.py keeps it only for compatibility, and its `--test-pool` pools a larger "
+        "input instead); torchvision: `TenCrop`",
+        "--tta N (a factor)",
     ),
     "tracking.wandb": ("`auto`, `online`, `offline` or `disabled`", "--log-wandb"),
     "tracking.project": ("W&B project", "--wandb-project"),

@@ -75,6 +75,8 @@ RUN_HERE = (
     r"^python -m toolkit\.predict --model runs/NAME/model\.safetensors cat\.jpg dog\.png$",
     r"^python -m toolkit\.predict --model runs/NAME/model\.safetensors \S+ --out predictions\.csv$",
     r"^python -m toolkit\.predict --model runs/NAME/model\.safetensors --shards shards/pets --split test --out test-predictions\.csv$",
+    r"^python -m toolkit\.evaluate --model runs/NAME/model\.safetensors --shards shards/pets --split test --tta hflip$",
+    r"^python -m toolkit\.predict --model runs/NAME/model\.safetensors --shards shards/pets --split test --tta hflip --out test-tta\.csv$",
     r"^python -m toolkit\.export --run runs/NAME --out exported/NAME-onnx --format onnx$",
 )
 # Lines another test runs as written (the fresh-venv install and the test suite itself).

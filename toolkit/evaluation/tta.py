@@ -21,7 +21,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-TTA_MODES = ("none", "hflip", "hflip_crops")
+from toolkit.config import TTA_MODES  # the config's choices; each is defined here
+
+__all__ = ["TTA_MODES", "CROP_FRACTION", "apply_tta", "corner_crops", "tta_views"]
 CROP_FRACTION = 0.875  # corner crop side as a share of the input side (224 -> 196), timm's default crop_pct
 
 
