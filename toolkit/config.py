@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -145,6 +146,9 @@ class TrainConfig:
     # (Lightning's EarlyStopping(patience=, min_delta=), timm's --patience-epochs idea); 0: off
     early_stop_patience: int = field(default=0, metadata=_range(0))
     early_stop_min_delta: float = field(default=0.0, metadata=_range(0.0))
+    # weights of the training loss per class: none, balanced (from the train split's class counts) or a list;
+    # resolved into the run's config.yaml as the list used. Validation loss stays unweighted
+    class_weights: Union[str, list[float]] = field(default="none", metadata=_choice("none", "balanced"))
 
 
 @dataclass(frozen=True)
@@ -279,7 +283,8 @@ def _type_name(hint: Any) -> str:
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return " or ".join(_type_name(a) for a in args) + " or null"
+        nullable = " or null" if type(None) in typing.get_args(hint) else ""
+        return " or ".join(_type_name(a) for a in args) + nullable
     if origin is list:
         (item,) = typing.get_args(hint)
         return f"a list of {_type_name(item).removeprefix('an ').removeprefix('a ')}s"
@@ -292,8 +297,12 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         args = typing.get_args(hint)
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(value, inner, key)
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) > 1:  # a word or a list (train.class_weights): the value's own shape picks
+            lists = [a for a in inner if typing.get_origin(a) is list]
+            words = [a for a in inner if a not in lists]
+            return _coerce(value, lists[0] if lists and isinstance(value, (list, tuple)) else words[0], key)
+        return _coerce(value, inner[0], key)
     wrong = UsageError(f"{key} = {_show(value)} has the wrong type; expected {_type_name(hint)}")
     if origin is list:
         if isinstance(value, tuple):
@@ -337,7 +346,7 @@ def _check_metadata(value: Any, meta: typing.Mapping, key: str) -> None:
     if value is None:
         return
     choices = meta.get("choices")
-    if choices and value not in choices:
+    if choices and not isinstance(value, list) and value not in choices:  # a list is checked where it is resolved
         close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.5)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise UsageError(f"{key} = {_show(value)} is not allowed; choose one of {', '.join(choices)}{hint}")
@@ -478,6 +487,7 @@ def resolve_config(cfg: Config, info: dict, environ: Mapping[str, str] = os.envi
         train=dataclasses.replace(
             resolve_monitor(cfg.train, len(class_names(info))),
             grad_accum_steps=cfg.train.grad_accum_steps or launcher_grad_accum_steps(environ),
+            class_weights=resolve_class_weights(cfg.train.class_weights, info),
         ),
     )
 
@@ -495,6 +505,35 @@ def resolve_monitor(train: TrainConfig, num_classes: int) -> TrainConfig:
         )
     mode = train.monitor_mode if train.monitor_mode != "auto" else MONITORS[monitor]
     return dataclasses.replace(train, monitor=monitor, monitor_mode=mode)
+
+
+def resolve_class_weights(weights: Union[str, list[float]], info: dict) -> Union[str, list[float]]:
+    """``train.class_weights`` as the run uses it: ``none``, or one weight per class (in the manifest's order).
+
+    ``balanced`` is scikit-learn's ``compute_class_weight('balanced')``: n_samples / (n_classes * count_c)
+    over the train split's counts, so each class contributes equally to the training loss.
+    """
+    classes = class_names(info)
+    if weights == "none":
+        return weights
+    if weights == "balanced":
+        counts = dict((info.get("splits", {}).get("train") or {}).get("class_counts") or {})
+        missing = [name for name in classes if int(counts.get(name, 0)) <= 0]
+        if missing:
+            raise UsageError(
+                f"train.class_weights = balanced needs train images of every class, but {', '.join(missing[:5])} "
+                "has none in the shards' train split; re-pack with images of it, or give an explicit list"
+            )
+        total = sum(int(counts[name]) for name in classes)
+        return [total / (len(classes) * int(counts[name])) for name in classes]
+    if len(weights) != len(classes):
+        raise UsageError(
+            f"train.class_weights has {len(weights)} weights but the shards have {len(classes)} classes "
+            f"({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}); give one weight per class in that order"
+        )
+    if any(not math.isfinite(w) or w < 0 for w in weights) or not any(w > 0 for w in weights):
+        raise UsageError(f"train.class_weights = {_show(weights)} must be finite numbers >= 0, at least one > 0")
+    return [float(w) for w in weights]
 
 
 def head_size(cfg: Config, classes: Sequence[str]) -> int:

@@ -146,6 +146,15 @@ KEYS: dict[str, tuple[str, str]] = {
         "`EarlyStopping(min_delta=...)`",
         "",
     ),
+    "train.class_weights": (
+        "per-class weights of the training loss against class imbalance: `none`, `balanced` (scikit-learn's "
+        "`class_weight='balanced'`: n_samples / (n_classes x count) over the train split's counts in info.json) "
+        "or a list with one weight per class, in the shards' class order; resolved into the run's config.yaml as "
+        "the list used and shown in the report. Combines with `label_smoothing` as "
+        "`F.cross_entropy(weight=, label_smoothing=)`; the validation loss (`val_loss`) stays unweighted so runs "
+        "stay comparable. Lightning/torch: `nn.CrossEntropyLoss(weight=...)`",
+        "(timm: none)",
+    ),
     "eval.batch_size": ("evaluation batch size per process", "-vb, --validation-batch-size"),
     "eval.threshold": ("two classes: predict class 1 when P(class 1) >= it; more: argmax", ""),
     "eval.test_split": ("split evaluated with the best model when training ends; `null`: skip", ""),

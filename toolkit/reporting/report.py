@@ -110,7 +110,16 @@ def _training_section(rows: list[dict], problem: Optional[str]) -> str:
     return "".join(out)
 
 
-def _dataset_section(dataset: Optional[dict], problem: Optional[str]) -> str:
+def _class_weights(run: RunDir) -> Optional[list]:
+    """The training loss's per-class weights from config.yaml, or None (unweighted, or no readable config)."""
+    try:
+        weights = (run.read_config().get("train") or {}).get("class_weights")
+    except Exception:  # a broken config is reported in its own section
+        return None
+    return weights if isinstance(weights, list) else None
+
+
+def _dataset_section(dataset: Optional[dict], problem: Optional[str], weights: Optional[list] = None) -> str:
     if not isinstance(dataset, dict):
         return missing(f"No dataset summary ({problem or 'dataset.json has an unexpected layout'}).")
     out = [
@@ -137,6 +146,8 @@ def _dataset_section(dataset: Optional[dict], problem: Optional[str]) -> str:
                 for i, n in enumerate(names)
             ]
             rows.append([split, info.get("num_samples"), *per_class, info.get("num_shards")])
+        if weights is not None and len(weights) == len(names):  # train.class_weights, as the run resolved it
+            rows.append(["train loss weight", None, *[round(float(w), 4) for w in weights], None])
         if len(names) > WIDE_CLASS_COUNT:  # one row per class instead of one column
             columns = list(zip(*rows))
             body = [[label, *values] for label, values in zip(["samples", *names, "shards"], columns[1:])]
@@ -305,7 +316,7 @@ def render_report(run: RunDir) -> str:
         )
     parts.append(section("evaluation", "Evaluation", "".join(split_parts)))
     parts.append(section("training", "Training: throughput and memory", _training_section(rows, rows_problem)))
-    parts.append(section("dataset", "Dataset", _dataset_section(dataset, dataset_problem)))
+    parts.append(section("dataset", "Dataset", _dataset_section(dataset, dataset_problem, _class_weights(run))))
     parts.append(section("skipped", "Skipped samples", _skipped_section(dataset, rows, split_metrics)))
     parts.append(section("plots", "Plots", _plots_section(run)))
     parts.append(section("config", "Configuration", _config_section(run)))

@@ -69,7 +69,7 @@ from toolkit.training.state import (
     restore_best_model,
     save_training_state,
 )
-from toolkit.training.step import TrainStep
+from toolkit.training.step import TrainStep, training_loss
 
 SHOWN_APART = ("val_top5", "val_balanced_acc")  # monitors the epoch line adds to its usual figures
 
@@ -235,7 +235,7 @@ def build_session(
         ema.to(accelerator.device)
     if cfg.model.compile:
         model = torch.compile(model)
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+    criterion = training_loss(cfg.train.class_weights, cfg.train.label_smoothing, accelerator.device)
     step = TrainStep(
         accelerator,
         model,

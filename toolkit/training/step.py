@@ -8,7 +8,7 @@ schedule (not stepped when fp16 skipped the update), and the EMA.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -20,6 +20,20 @@ def all_finite(accelerator, loss: torch.Tensor) -> bool:
     if accelerator.num_processes > 1:
         flag = accelerator.reduce(flag, "min")
     return bool(flag.item() > 0)
+
+
+def training_loss(
+    class_weights: Union[str, Sequence[float]], label_smoothing: float, device: torch.device
+) -> nn.CrossEntropyLoss:
+    """The training loss: cross-entropy with ``train.class_weights`` (resolved: ``none`` or one per class).
+
+    Weights and label smoothing combine as ``F.cross_entropy(weight=, label_smoothing=)`` defines it
+    (the weighted mean over the batch). Validation loss is computed elsewhere, unweighted.
+    """
+    if isinstance(class_weights, str) and class_weights != "none":  # a bug: resolve_config turns it into a list
+        raise ValueError(f"train.class_weights = {class_weights!r} was not resolved into one weight per class")
+    weight = None if class_weights == "none" else torch.tensor(list(class_weights), dtype=torch.float32)
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing).to(device)
 
 
 class TrainStep:
