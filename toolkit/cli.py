@@ -63,7 +63,23 @@ def is_main_process() -> bool:
 def fail(message: str, code: int = EXIT_USAGE, *, quiet: bool = False) -> NoReturn:
     if not quiet:
         print(f"error: {redact_text(message)}", file=sys.stderr, flush=True)
+    leave_process_group()
     sys.exit(code)
+
+
+def leave_process_group() -> None:
+    """Shut this process's distributed group down before exiting on an error.
+
+    Left to interpreter shutdown, gloo's threads may still be running when the other ranks have
+    already gone, and C++ aborts the process ("terminate called without an active exception",
+    exit -6) after its one-line error. Looked up without importing torch: most commands never start one.
+    """
+    dist = sys.modules.get("torch.distributed")
+    try:
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # leaving anyway: the error line is already out
+        pass
 
 
 def run_cli(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional[Sequence[str]] = None) -> NoReturn:
