@@ -149,6 +149,18 @@ class TrainConfig:
     # weights of the training loss per class: none, balanced (from the train split's class counts) or a list;
     # resolved into the run's config.yaml as the list used. Validation loss stays unweighted
     class_weights: Union[str, list[float]] = field(default="none", metadata=_choice("none", "balanced"))
+    # Mixup / CutMix of each training micro-batch as timm's Mixup (mode batch), seeded per micro-batch
+    # (toolkit.training.mixing); on when either alpha > 0 or cutmix_minmax is set
+    mixup_alpha: float = field(default=0.0, metadata=_range(0.0))
+    cutmix_alpha: float = field(default=0.0, metadata=_range(0.0))
+    cutmix_minmax: Optional[list[float]] = None  # [min, max] box side ratio; set: CutMix with this box, alpha 1
+    mix_prob: float = field(default=1.0, metadata=_range(0.0, 1.0))
+    mix_switch_prob: float = field(default=0.5, metadata=_range(0.0, 1.0))
+
+    @property
+    def mixing(self) -> bool:
+        """timm's ``mixup_active``: either alpha above 0, or a CutMix min/max ratio given."""
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0 or self.cutmix_minmax is not None
 
 
 @dataclass(frozen=True)
@@ -448,10 +460,30 @@ def validate_config(cfg: Config) -> Config:
         raise UsageError(
             f"scheduler.warmup_epochs = {cfg.scheduler.warmup_epochs} must be shorter than train.epochs = {cfg.train.epochs}"
         )
+    _check_mixing(cfg)
     resume = cfg.train.resume
     if resume not in (None, "auto") and not Path(resume).is_dir():
         raise UsageError(f"train.resume = {resume!r} is neither 'auto' nor an existing checkpoint folder")
     return cfg
+
+
+def _check_mixing(cfg: Config) -> None:
+    """CutMix's box ratios, and no class weights with mixing (the weighted loss is defined for hard labels)."""
+    minmax, train = cfg.train.cutmix_minmax, cfg.train
+    if minmax is not None and (
+        len(minmax) != 2
+        or not 0.0 <= minmax[0] < minmax[1] <= 1.0
+        or int(cfg.data.image_size * minmax[0]) >= int(cfg.data.image_size * minmax[1])
+    ):
+        raise UsageError(
+            f"train.cutmix_minmax = {minmax} must be [min, max] with 0 <= min < max <= 1 and a box of at least "
+            f"one pixel between them at data.image_size = {cfg.data.image_size}, or null"
+        )
+    if train.mixing and train.class_weights != "none":
+        raise UsageError(
+            "train.class_weights cannot be combined with mixup/cutmix (train.mixup_alpha, cutmix_alpha, "
+            "cutmix_minmax): set train.class_weights=none or turn the mixing off"
+        )
 
 
 def launcher_grad_accum_steps(environ: Mapping[str, str]) -> int:

@@ -155,6 +155,36 @@ KEYS: dict[str, tuple[str, str]] = {
         "stay comparable. Lightning/torch: `nn.CrossEntropyLoss(weight=...)`",
         "(timm: none)",
     ),
+    "train.mixup_alpha": (
+        "mixup: each training micro-batch mixed with its mirror batch (`x.flip(0)`) by a lambda ~ Beta(alpha, "
+        "alpha), targets mixed the same way; 0: off. Mixup and CutMix are on when either alpha is above 0 (or "
+        "`cutmix_minmax` is set) and follow timm's `Mixup` (its default `mode='batch'`, `correct_lam`) on the "
+        "device after augmentation, training only: validation, evaluation and TTA see plain images. Each "
+        "micro-batch draws from its own seed (train.seed, epoch, step, its slot in the global batch), so a "
+        "resumed run and N processes mix exactly as the uninterrupted 1-process run. Soft targets are timm's "
+        "`mixup_target` with `label_smoothing`, under timm's `SoftTargetCrossEntropy`; `train_loss` is that "
+        "loss (higher than without mixing; there is no training accuracy). Cannot be combined with "
+        "`class_weights`",
+        "--mixup",
+    ),
+    "train.cutmix_alpha": (
+        "CutMix: a box of area ~ 1 - lambda, lambda ~ Beta(alpha, alpha), pasted from the mirror batch; the "
+        "target weight is the pasted area's share (timm's `correct_lam`); 0: off",
+        "--cutmix",
+    ),
+    "train.cutmix_minmax": (
+        "`[min, max]`: CutMix boxes with sides drawn between these shares of the image instead of from "
+        "`cutmix_alpha` (which timm then forces to 1); `null`: off",
+        "--cutmix-minmax",
+    ),
+    "train.mix_prob": (
+        "probability that a micro-batch is mixed at all (0: never, the run trains as without)",
+        "--mixup-prob",
+    ),
+    "train.mix_switch_prob": (
+        "with both mixup and CutMix on: the probability a mixed micro-batch uses CutMix instead of mixup",
+        "--mixup-switch-prob",
+    ),
     "eval.batch_size": ("evaluation batch size per process", "-vb, --validation-batch-size"),
     "eval.threshold": ("two classes: predict class 1 when P(class 1) >= it; more: argmax", ""),
     "eval.test_split": ("split evaluated with the best model when training ends; `null`: skip", ""),

@@ -44,6 +44,7 @@ from toolkit.reporting.step_log import StepLog, check_tensorboard, training_step
 from toolkit.reporting.tracking import Tracker
 from toolkit.training.checkpoint import together
 from toolkit.training.disk_full import disk_full_error
+from toolkit.training.mixing import MixedTargetLoss, Mixer
 from toolkit.training.monitor import (
     check_resumed,
     early_stop_line,
@@ -95,6 +96,7 @@ class Session:
     resumed_from: Optional[Path]
     log: Callable[[str], None]
     steps: Optional[StepLog] = None  # made by start(), once the checkpoint's step is known
+    mixer: Optional[Mixer] = None  # mixup/cutmix of training micro-batches (train.mixup_alpha, ...); None: off
 
     @property
     def world(self) -> int:
@@ -236,11 +238,14 @@ def build_session(
     if cfg.model.compile:
         model = torch.compile(model)
     criterion = training_loss(cfg.train.class_weights, cfg.train.label_smoothing, accelerator.device)
+    mixer = (
+        Mixer(cfg.train, num_classes=cfg.model.num_classes, rank=rank, accum_steps=accum) if cfg.train.mixing else None
+    )
     step = TrainStep(
         accelerator,
         model,
         optimizer,
-        criterion,
+        criterion if mixer is None else MixedTargetLoss(criterion),
         scheduler=scheduler,
         ema=ema,
         raw_model=raw_model,
@@ -274,6 +279,7 @@ def build_session(
         config_dict=config_dict,
         resumed_from=resumed_from,
         log=log,
+        mixer=mixer,
     )
 
 
@@ -338,7 +344,6 @@ def train_one_epoch(s: Session, state: TrainerState, stop: StopRequested) -> Epo
     s.model.train()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
     running = RunningLoss(accelerator, state)
     batches = iter(s.loader)
     bar = progress(
@@ -358,14 +363,7 @@ def train_one_epoch(s: Session, state: TrainerState, stop: StopRequested) -> Epo
         outcome.data_wait += s.steps.waited(time.perf_counter() - t_wait)
         state.epoch_skipped += int(batch.get("skipped", 0))
         outcome.retries += int(batch.get("retries", 0))
-        images = batch_to_device(
-            batch,
-            cfg.data,
-            accelerator.device,
-            memory_format=memory_format,
-            seed=hash((cfg.train.seed, epoch, accelerator.process_index, batch_index)) % 2**63,
-        )
-        labels = batch["label"].to(accelerator.device, non_blocking=True)
+        images, labels = training_batch(s, batch, epoch, batch_index)
         window_closes = (batch_index + 1) % cfg.train.grad_accum_steps == 0
         loss = s.step.forward_backward(images, labels, sync=window_closes, skip_nonfinite=cfg.train.skip_nonfinite)
         state.batch_in_epoch = batch_index + 1
@@ -394,6 +392,25 @@ def train_one_epoch(s: Session, state: TrainerState, stop: StopRequested) -> Epo
         outcome.stopped_by = "a stop signal"
     running.flush()
     return outcome
+
+
+def training_batch(s: Session, batch: dict, epoch: int, batch_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The micro-batch on the device: augmented there, then mixed (train.mixup_alpha, ...) when mixing is on.
+
+    Its labels are class indices, or soft targets where mixup/cutmix mixed it; validation never comes here.
+    """
+    cfg, device = s.cfg, s.accelerator.device
+    images = batch_to_device(
+        batch,
+        cfg.data,
+        device,
+        memory_format=torch.channels_last if cfg.model.channels_last else torch.contiguous_format,
+        seed=hash((cfg.train.seed, epoch, s.accelerator.process_index, batch_index)) % 2**63,
+    )
+    labels = batch["label"].to(device, non_blocking=True)
+    if s.mixer is not None:
+        images, labels = s.mixer(images, labels, epoch, batch_index)
+    return images, labels
 
 
 def after_step(s: Session, state: TrainerState, running: RunningLoss, bar, stop: StopRequested) -> Optional[str]:

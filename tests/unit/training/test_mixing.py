@@ -1,0 +1,110 @@
+"""Mixup/CutMix (toolkit.training.mixing) against timm's own Mixup, its draws and its soft-target loss."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import timm.data.mixup as timm_mixup
+import torch
+
+from toolkit.config import TrainConfig
+from toolkit.training.mixing import MixDraw, MixedTargetLoss, Mixer, draw_mix, mix_batch
+from toolkit.training.step import training_loss
+
+NUM_CLASSES = 5
+BOTH = TrainConfig(mixup_alpha=0.2, cutmix_alpha=1.0, label_smoothing=0.1)
+
+
+def batch(n: int = 6, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(n, 3, size, size, generator=gen), torch.tensor([0, 3, 1, 4, 2, 3][:n])
+
+
+def timm_mix(images, labels, mix: MixDraw, monkeypatch, minmax=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """timm's Mixup (mode batch) told to use this draw: its lambda/switch draw and its box draw replaced."""
+    mixer = timm_mixup.Mixup(
+        mixup_alpha=0.2, cutmix_alpha=1.0, cutmix_minmax=minmax, label_smoothing=0.1, num_classes=NUM_CLASSES
+    )
+    monkeypatch.setattr(mixer, "_params_per_batch", lambda: (mix.lam, mix.box is not None))
+    monkeypatch.setattr(timm_mixup, "rand_bbox", lambda *a, **k: mix.box)
+    monkeypatch.setattr(timm_mixup, "rand_bbox_minmax", lambda *a, **k: mix.box)
+    return mixer(images.clone(), labels)
+
+
+def draws(train: TrainConfig, n: int, size: int = 16) -> list[MixDraw]:
+    return [draw_mix(train, np.random.default_rng(i), size, size) for i in range(n)]
+
+
+@pytest.mark.parametrize("minmax", [None, [0.2, 0.8]])
+def test_mixed_images_and_targets_equal_timms_and_targets_sum_to_one(minmax, monkeypatch):
+    train = dataclasses.replace(BOTH, cutmix_minmax=minmax)
+    mixes = [m for m in draws(train, 40) if m.lam != 1.0]
+    assert {m.box is None for m in mixes} == {True, False}  # both kinds were checked
+    images, labels = batch()
+    for mix in mixes:
+        ours_x, ours_y = mix_batch(images, labels, mix, NUM_CLASSES, 0.1)
+        timm_x, timm_y = timm_mix(images, labels, mix, monkeypatch, minmax)
+        assert torch.equal(ours_x, timm_x) and torch.equal(ours_y, timm_y), mix
+        assert torch.allclose(ours_y.sum(1), torch.ones(len(labels)), atol=1e-6)
+        assert ours_y.argmax(1).tolist() == (labels if mix.lam >= 0.5 else labels.flip(0)).tolist() or mix.lam == 0.5
+        assert not torch.equal(ours_x, images)  # mixing did something
+    assert torch.equal(images, batch()[0])  # the loader's tensor is left as it was
+
+
+def test_a_cutmix_lambda_is_the_share_of_the_image_left_unpasted():
+    for mix in draws(TrainConfig(cutmix_alpha=1.0), 30, size=20):
+        top, bottom, left, right = mix.box
+        assert 0 <= top <= bottom <= 20 and 0 <= left <= right <= 20
+        assert mix.lam == pytest.approx(1 - (bottom - top) * (right - left) / 400)
+    for mix in draws(TrainConfig(cutmix_minmax=[0.25, 0.5]), 30, size=20):
+        top, bottom, left, right = mix.box
+        assert 5 <= bottom - top < 10 and 5 <= right - left < 10  # timm: randint(int(h*min), int(h*max))
+
+
+def test_the_probabilities_choose_as_timm_does():
+    assert all(m.lam == 1.0 for m in draws(dataclasses.replace(BOTH, mix_prob=0.0), 50))
+    assert all(m.lam != 1.0 for m in draws(BOTH, 50))  # mix_prob 1: always
+    assert all(m.box is not None for m in draws(dataclasses.replace(BOTH, mix_switch_prob=1.0), 50))
+    assert all(m.box is None for m in draws(dataclasses.replace(BOTH, mix_switch_prob=0.0), 50))
+    half = draws(dataclasses.replace(BOTH, mix_prob=0.5), 400)
+    assert 150 < sum(m.lam != 1.0 for m in half) < 250
+    # mixup 0.2: Beta(0.2, 0.2) piles lambda near 0 and 1; CutMix 1.0: uniform
+    mixup = [m.lam for m in draws(TrainConfig(mixup_alpha=0.2), 400)]
+    assert sum(min(x, 1 - x) < 0.1 for x in mixup) > 0.5 * len(mixup)
+    assert all(m.box is None for m in draws(TrainConfig(mixup_alpha=0.2), 20))
+
+
+def test_a_micro_batch_draw_depends_on_its_global_slot_not_the_rank_or_earlier_steps():
+    """2 processes (slot = rank) and 1 process accumulating 2 micro-batches (slot = micro) draw the same."""
+    two = [Mixer(BOTH, num_classes=NUM_CLASSES, rank=r, accum_steps=1) for r in (0, 1)]
+    one = Mixer(BOTH, num_classes=NUM_CLASSES, rank=0, accum_steps=2)
+    for epoch, step in [(0, 0), (0, 5), (3, 2)]:
+        for slot in (0, 1):
+            assert two[slot].draw(epoch, step, 16, 16) == one.draw(epoch, 2 * step + slot, 16, 16)
+    assert len({one.draw(0, b, 16, 16) for b in range(8)}) == 8  # each micro-batch its own draw
+    later = one.draw(2, 7, 16, 16)
+    assert Mixer(BOTH, num_classes=NUM_CLASSES, rank=0, accum_steps=2).draw(2, 7, 16, 16) == later  # no carried state
+    other_seed = Mixer(dataclasses.replace(BOTH, seed=1), num_classes=NUM_CLASSES, rank=0, accum_steps=2)
+    assert other_seed.draw(2, 7, 16, 16) != later
+
+
+LOGITS = torch.tensor([[2.0, 0.5, -1.0, 0.0, 0.3], [0.1, 0.3, 1.2, -0.5, 0.0], [-0.4, 1.5, 0.2, 0.9, 1.1]])
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_the_loss_of_mixed_targets_is_the_mixed_loss_by_hand(smoothing):
+    labels = torch.tensor([1, 4, 0])
+    loss = MixedTargetLoss(training_loss("none", smoothing, torch.device("cpu")))
+    assert torch.equal(loss(LOGITS, labels), training_loss("none", smoothing, torch.device("cpu"))(LOGITS, labels))
+    lam = 0.3
+    _, targets = mix_batch(torch.zeros(3, 3, 4, 4), labels, MixDraw(lam), NUM_CLASSES, smoothing)
+    logp = torch.log_softmax(LOGITS, 1).tolist()
+    by_hand = 0.0
+    for row, a, b in zip(logp, labels.tolist(), labels.flip(0).tolist()):
+        ce = [-(1 - smoothing) * row[y] - smoothing * sum(row) / NUM_CLASSES for y in (a, b)]
+        by_hand += lam * ce[0] + (1 - lam) * ce[1]
+    assert float(loss(LOGITS, targets)) == pytest.approx(by_hand / 3, rel=1e-6)
+    assert math.isfinite(by_hand) and float(loss(LOGITS, targets)) != pytest.approx(float(loss(LOGITS, labels)))
