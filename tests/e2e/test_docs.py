@@ -78,6 +78,7 @@ RUN_HERE = (
     r"^python -m toolkit\.evaluate --model runs/NAME/model\.safetensors --shards shards/pets --split test --tta hflip$",
     r"^python -m toolkit\.predict --model runs/NAME/model\.safetensors --shards shards/pets --split test --tta hflip --out test-tta\.csv$",
     r"^python -m toolkit\.export --run runs/NAME --out exported/NAME-onnx --format onnx$",
+    r"^python -m toolkit\.train --config configs/smoke\.yaml train\.mixup_alpha=0\.2 train\.cutmix_alpha=1\.0 train\.label_smoothing=0\.1$",
 )
 # Lines another test runs as written (the fresh-venv install and the test suite itself).
 ELSEWHERE = {
