@@ -53,6 +53,12 @@ BEFORE_KEYS = {
     ("train", "monitor_mode"): "max",
     ("train", "early_stop_patience"): 0,
     ("train", "early_stop_min_delta"): 0.0,
+    ("train", "class_weights"): "none",
+    ("train", "mixup_alpha"): 0.0,
+    ("train", "cutmix_alpha"): 0.0,
+    ("train", "cutmix_minmax"): None,
+    ("train", "mix_prob"): 1.0,
+    ("train", "mix_switch_prob"): 0.5,
 }
 ABANDONED_PREFIX = "abandoned-"
 MAX_VERSIONS = 10_000

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import timm.data.mixup as timm_mixup
 import torch
+import yaml
 
-from toolkit.config import TrainConfig
+from toolkit.config import Config, OutputConfig, TrainConfig, to_dict
 from toolkit.training.mixing import MixDraw, MixedTargetLoss, Mixer, draw_mix, mix_batch
+from toolkit.training.run_folder import newest_matching_run
 from toolkit.training.step import training_loss
 
 NUM_CLASSES = 5
@@ -108,3 +110,19 @@ def test_the_loss_of_mixed_targets_is_the_mixed_loss_by_hand(smoothing):
         by_hand += lam * ce[0] + (1 - lam) * ce[1]
     assert float(loss(LOGITS, targets)) == pytest.approx(by_hand / 3, rel=1e-6)
     assert math.isfinite(by_hand) and float(loss(LOGITS, targets)) != pytest.approx(float(loss(LOGITS, labels)))
+
+
+NEW_KEYS = ("class_weights", "mixup_alpha", "cutmix_alpha", "cutmix_minmax", "mix_prob", "mix_switch_prob")
+
+
+def test_resume_auto_still_finds_a_run_saved_before_the_mixing_keys(tmp_path):
+    """An unfinished run whose config.yaml predates these keys trained without mixing (and unweighted)."""
+    cfg = Config(output=OutputConfig(dir=str(tmp_path), run_name=None))
+    saved = to_dict(cfg)
+    for key in NEW_KEYS:
+        del saved["train"][key]
+    (tmp_path / "old" / "checkpoints" / "step-00000008").mkdir(parents=True)
+    (tmp_path / "old" / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert newest_matching_run(tmp_path, cfg) == ("old", None)
+    mixing = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, mixup_alpha=0.2))
+    assert newest_matching_run(tmp_path, mixing) == (None, None)  # it trained without mixing: not this run
