@@ -128,6 +128,9 @@ class TrainConfig:
     resume: Optional[str] = None  # None, "auto", or a checkpoint folder
     checkpoint_every_steps: int = field(default=0, metadata=_range(0))  # 0: off
     checkpoint_every_epochs: int = field(default=1, metadata=_range(0))
+    # also save when this much wall-clock time passed since the last checkpoint (or the start or resume),
+    # decided at a step boundary on the slowest rank's clock; 0: off
+    checkpoint_every_minutes: float = field(default=0.0, metadata=_range(0.0))
     keep_checkpoints: int = field(default=2, metadata=_range(1))
     skip_nonfinite: bool = False
     # BatchNorm running statistics before each validation with N processes (timm's --dist-bn): the mean over

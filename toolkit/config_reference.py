@@ -112,6 +112,11 @@ KEYS: dict[str, tuple[str, str]] = {
     ),
     "train.checkpoint_every_steps": ("save training state every N optimizer steps; 0: off", ""),
     "train.checkpoint_every_epochs": ("save training state every N epochs; 0: off", ""),
+    "train.checkpoint_every_minutes": (
+        "also save training state at the first step boundary after this many minutes since the last "
+        "checkpoint, start or resume (the slowest rank's clock, so every rank agrees); 0: off",
+        "",
+    ),
     "train.keep_checkpoints": ("checkpoints kept (oldest removed)", "--checkpoint-hist"),
     "train.skip_nonfinite": ("skip a step whose loss is NaN/inf instead of stopping", ""),
     "train.dist_bn": (

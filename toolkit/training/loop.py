@@ -55,6 +55,7 @@ from toolkit.training.monitor import (
 from toolkit.training.optim import build_ema, build_optimizer, build_scheduler
 from toolkit.training.ranks import (
     RunningLoss,
+    agreed_max,
     any_process,
     join_after_elastic_restart,
     main_process_value,
@@ -63,8 +64,10 @@ from toolkit.training.ranks import (
 )
 from toolkit.training.run_folder import keep_lease, resolve_run_dir, unlock
 from toolkit.training.state import (
+    CheckpointTimer,
     StopRequested,
     TrainerState,
+    checkpoint_due,
     load_training_state,
     restore_best_model,
     save_training_state,
@@ -95,6 +98,7 @@ class Session:
     resumed_from: Optional[Path]
     log: Callable[[str], None]
     steps: Optional[StepLog] = None  # made by start(), once the checkpoint's step is known
+    timer: CheckpointTimer = dataclasses.field(default_factory=CheckpointTimer)  # train.checkpoint_every_minutes
 
     @property
     def world(self) -> int:
@@ -312,6 +316,7 @@ def start(s: Session) -> TrainerState:
         f"{cfg.train.batch_size} x {s.world} per epoch | dataset {s.info.get('dataset')}"
         + (" (SYNTHETIC)" if s.info.get("synthetic") else "")
     )
+    s.timer.restart()  # a resumed run's interval counts from here
     return state
 
 
@@ -323,6 +328,7 @@ def checkpoint(s: Session, state: TrainerState) -> Path:
         s.accelerator, s.run, state, s.scheduler, s.ema, s.cfg.train.keep_checkpoints, s.raw_model
     )
     s.steps.release()
+    s.timer.restart()
     return path
 
 
@@ -405,12 +411,13 @@ def after_step(s: Session, state: TrainerState, running: RunningLoss, bar, stop:
         s.steps.log(state.global_step, epoch, mean_loss, lr)
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
-    if any_process(s.accelerator, stop.requested):  # after every step: "the current step finishes", no more
+    # after every step: "the current step finishes", no more; and the slowest rank's clock, in the same collective
+    stop_flag, elapsed_s = agreed_max(s.accelerator, [float(stop.requested), s.timer.elapsed_s()])
+    if stop_flag:
         return "a stop signal"
-    if (
-        cfg.train.checkpoint_every_steps
-        and state.global_step % cfg.train.checkpoint_every_steps == 0
-        and state.batch_in_epoch < s.batches_per_epoch
+    every_steps, every_minutes = cfg.train.checkpoint_every_steps, cfg.train.checkpoint_every_minutes
+    if state.batch_in_epoch < s.batches_per_epoch and checkpoint_due(
+        state.global_step, every_steps, elapsed_s, every_minutes
     ):
         running.check()
         running.flush()
@@ -516,7 +523,10 @@ def end_epoch(s: Session, state: TrainerState, outcome: EpochOutcome, val: EvalR
         s.log(early_stop_line(state, cfg.train))
     every = cfg.train.checkpoint_every_epochs
     last = state.epoch == cfg.train.epochs or state.stopped_early_at is not None
-    if every and (state.epoch % every == 0 or last):
+    by_time = bool(cfg.train.checkpoint_every_minutes) and checkpoint_due(
+        0, 0, agreed_max(accelerator, [s.timer.elapsed_s()])[0], cfg.train.checkpoint_every_minutes
+    )
+    if (every and (state.epoch % every == 0 or last)) or by_time:
         checkpoint(s, state)
 
 

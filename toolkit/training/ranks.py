@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -113,10 +114,19 @@ def rank_weight_checksums(accelerator, model: torch.nn.Module) -> list[float]:
 
 
 def any_process(accelerator, value: bool) -> bool:
+    return agreed_max(accelerator, [1.0 if value else 0.0])[0] > 0
+
+
+def agreed_max(accelerator, values: Sequence[float]) -> list[float]:
+    """The largest of each value over the ranks, the same numbers on every rank, in one collective.
+
+    For decisions made from what differs per rank (a stop flag, a rank's own clock): each rank
+    deciding alone would leave the others waiting in the next collective.
+    """
     if accelerator.num_processes == 1:
-        return value
-    flag = torch.tensor([1.0 if value else 0.0], device=accelerator.device)
-    return bool(accelerator.reduce(flag, "max").item() > 0)
+        return [float(v) for v in values]
+    tensor = torch.tensor([float(v) for v in values], device=accelerator.device, dtype=torch.float64)
+    return [float(v) for v in accelerator.reduce(tensor, "max").tolist()]
 
 
 def main_process_value(accelerator, value: int) -> int:

@@ -16,7 +16,7 @@ import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -68,6 +68,35 @@ class TrainerState:
             has_best = legacy is not None and saved.get("best_epoch", -1) >= 1
             saved.update(monitor="val_auc", monitor_mode="max", best_value=float(legacy) if has_best else None)
         return cls(**saved)
+
+
+class CheckpointTimer:
+    """Wall-clock seconds since the last checkpoint, or since this process started or resumed.
+
+    Each rank reads its own clock; the loop decides on the largest reading over the ranks
+    (``ranks.agreed_max``), so every rank checkpoints at the same step. ``clock`` is injectable for tests.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.since = clock()
+
+    def restart(self) -> None:
+        self.since = self.clock()
+
+    def elapsed_s(self) -> float:
+        return self.clock() - self.since
+
+
+def checkpoint_due(global_step: int, every_steps: int, elapsed_s: float, every_minutes: float) -> bool:
+    """Whether a step boundary saves a checkpoint: every N steps, or ``every_minutes`` after the last one.
+
+    ``elapsed_s`` must be the same number on every rank (the maximum over ranks): one rank deciding by
+    its own clock would checkpoint alone and leave the others waiting in the next collective.
+    """
+    by_steps = bool(every_steps) and global_step % every_steps == 0
+    by_time = every_minutes > 0 and elapsed_s >= every_minutes * 60.0
+    return by_steps or by_time
 
 
 class StopRequested:
