@@ -99,7 +99,22 @@ KEYS: dict[str, tuple[str, str]] = {
         "`no`, `fp16` or `bf16`; `null`: the launcher's (`accelerate launch --mixed_precision`)",
         "--amp --amp-dtype",
     ),
-    "train.grad_accum_steps": ("batches per optimizer step; `null`: the launcher's, else 1", "--grad-accum-steps"),
+    "train.grad_accum_steps": (
+        "batches per optimizer step; `null`: from train.global_batch_size, else the launcher's, else 1",
+        "--grad-accum-steps",
+    ),
+    "train.global_batch_size": (
+        "samples per optimizer step over all processes; fixes steps per epoch, the LR schedule and each step's "
+        "samples whatever the process count (accumulation fills the gap; a checkpoint continues on any process "
+        "count dividing global / batch_size); `null`: batch_size x processes x grad_accum_steps",
+        "(timm: --batch-size x --grad-accum-steps x world)",
+    ),
+    "train.streams": (
+        "streams the training shards are dealt to each epoch (the unit of the sample order, saved in "
+        "checkpoints); `null`: one per piece of a global step",
+        "(MosaicML streaming: num_canonical_nodes)",
+    ),
+    "train.record_sample_keys": ("debugging: write RUN/sample_keys.jsonl, the sample keys of every step", ""),
     "train.grad_clip": ("clip the gradient norm to this; `null`: off", "--clip-grad"),
     "train.label_smoothing": ("label smoothing of the cross-entropy", "--smoothing"),
     "train.ema_decay": (

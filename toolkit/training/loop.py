@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, gather_object
 
 from toolkit.cli import progress
 from toolkit.config import Config, resolve_config, to_dict
@@ -30,6 +30,7 @@ from toolkit.data import (
     stores,
 )
 from toolkit.data.device_augment import batch_to_device
+from toolkit.data.loader import sample_order
 from toolkit.data.locations import is_local, manifest_location
 from toolkit.errors import UsageError, usage_errors
 from toolkit.evaluation.evaluator import EvalResult, evaluate_split
@@ -71,6 +72,7 @@ from toolkit.training.state import (
     load_training_state,
     restore_best_model,
     save_training_state,
+    saved_order,
 )
 from toolkit.training.step import TrainStep, training_loss
 
@@ -170,8 +172,17 @@ def setup(cfg: Config) -> Session:
     if cfg.eval.test_split:  # an empty one would end the finished training in a traceback, without a report
         check_split_has_samples(cfg.data.shards, info, cfg.eval.test_split, "eval.test_split", " (null: no final test)")
     check_tensorboard(cfg.tracking.tensorboard)
-    cfg = resolve_config(cfg, info)  # every value decided here, before any folder is made; frozen from now on
-    run, resumed_from = resolve_run_dir(cfg, accelerator)  # decided by the main process, checked by every rank
+    # every value decided here, before any folder is made; frozen from now on
+    cfg = resolve_config(cfg, info, world_size=accelerator.num_processes)
+    order = sample_order(
+        cfg.data,
+        info,
+        batch_size=cfg.train.batch_size,
+        seed=cfg.train.seed,
+        global_batch_size=cfg.train.global_batch_size,
+        streams=cfg.train.streams,
+    )
+    run, resumed_from = resolve_run_dir(cfg, accelerator, order)  # decided by the main process, checked by every rank
     cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, run_name=run.root.name))
     try:
         return build_session(cfg, accelerator, info, run, resumed_from, log)
@@ -215,16 +226,17 @@ def build_session(
     """Everything after the run folder is chosen (and locked): the loader, model, optimizer, tracker."""
     rank, world = accelerator.process_index, accelerator.num_processes
     loader = make_train_loader(
-        cfg.data, info, batch_size=cfg.train.batch_size, rank=rank, world_size=world, seed=cfg.train.seed
+        cfg.data,
+        info,
+        batch_size=cfg.train.batch_size,
+        rank=rank,
+        world_size=world,
+        seed=cfg.train.seed,
+        global_batch_size=cfg.train.global_batch_size,
+        streams=cfg.train.streams,
     )
-    accum = cfg.train.grad_accum_steps
-    batches_per_epoch = (len(loader) // accum) * accum
-    if batches_per_epoch == 0:
-        raise UsageError(
-            f"train.grad_accum_steps = {accum} exceeds the {len(loader)} batches per epoch; lower it or "
-            "train.batch_size"
-        )
-    steps_per_epoch = batches_per_epoch // accum
+    batches_per_epoch = len(loader)  # this rank's micro-batches: grad_accum_steps per global step
+    steps_per_epoch = batches_per_epoch // cfg.train.grad_accum_steps
 
     # model, optimizer, schedule
     seed_everything(cfg.train.seed, rank)
@@ -249,7 +261,7 @@ def build_session(
         ema=ema,
         raw_model=raw_model,
         grad_clip=cfg.train.grad_clip,
-        accum_steps=accum,
+        accum_steps=cfg.train.grad_accum_steps,
     )
 
     config_dict = redact_secrets(to_dict(cfg))
@@ -286,8 +298,16 @@ def start(s: Session) -> TrainerState:
     cfg = s.cfg
     state = new_state(cfg.train)
     if s.resumed_from is not None:
-        state = load_training_state(s.accelerator, s.resumed_from, s.scheduler, s.ema, s.raw_model)
+        state = load_training_state(s.accelerator, s.resumed_from, s.scheduler, s.ema, s.raw_model, cfg.train.dist_bn)
         check_resumed(state, cfg.train, str(s.resumed_from))
+        position = saved_order(s.resumed_from)
+        if position is not None:  # the global position, in this process count's micro-batches
+            state.batch_in_epoch = position["step_in_epoch"] * cfg.train.grad_accum_steps
+        else:  # saved before the order was recorded (same process count): its loss sums were per process
+            state.epoch_loss_sum, state.epoch_loss_count = (
+                state.epoch_loss_sum * s.world,
+                state.epoch_loss_count * s.world,
+            )
         s.log(f"resumed from {s.resumed_from} (epoch {state.epoch + 1}, step {state.global_step})")
     elif cfg.train.resume == "auto":
         s.log("train.resume=auto: no checkpoint found, starting from scratch")
@@ -300,6 +320,7 @@ def start(s: Session) -> TrainerState:
         s.run.write_dataset(summary)
         s.run.keep_history_until(state.epoch)  # rows of epochs after the checkpoint are redone
         s.run.keep_steps_until(state.global_step)  # and so are the steps after it
+        s.run.keep_sample_keys_until(state.global_step)
 
     together(s.accelerator, write_run_files if s.accelerator.is_main_process else None)
     resume_step = state.global_step if s.resumed_from is not None else None
@@ -312,9 +333,10 @@ def start(s: Session) -> TrainerState:
     num_params = sum(p.numel() for p in s.raw_model.parameters())
     s.log(
         f"run {s.run.root} | {cfg.model.arch} {num_params / 1e6:.2f}M params | {s.world} process(es) on "
-        f"{s.accelerator.device.type} | precision {s.accelerator.mixed_precision} | {s.batches_per_epoch} batches x "
-        f"{cfg.train.batch_size} x {s.world} per epoch | dataset {s.info.get('dataset')}"
-        + (" (SYNTHETIC)" if s.info.get("synthetic") else "")
+        f"{s.accelerator.device.type} | precision {s.accelerator.mixed_precision} | "
+        f"{s.batches_per_epoch // cfg.train.grad_accum_steps} steps of {cfg.train.global_batch_size} "
+        f"({cfg.train.batch_size} x {s.world} process(es) x {cfg.train.grad_accum_steps}) per epoch | "
+        f"dataset {s.info.get('dataset')}" + (" (SYNTHETIC)" if s.info.get("synthetic") else "")
     )
     s.timer.restart()  # a resumed run's interval counts from here
     return state
@@ -324,8 +346,20 @@ def checkpoint(s: Session, state: TrainerState) -> Path:
     """Save the training state (and prune older ones) only while this process holds the run's lease; the W&B
     rows it covers can then go out (a resumed run never logs them again)."""
     keep_lease(s.accelerator, s.run, s.cfg.output.run_name)
+    position = {
+        "epoch": state.epoch,
+        "step_in_epoch": state.batch_in_epoch // s.cfg.train.grad_accum_steps,
+        "global_step": state.global_step,
+    }
     path = save_training_state(
-        s.accelerator, s.run, state, s.scheduler, s.ema, s.cfg.train.keep_checkpoints, s.raw_model
+        s.accelerator,
+        s.run,
+        state,
+        s.scheduler,
+        s.ema,
+        s.cfg.train.keep_checkpoints,
+        s.raw_model,
+        order=s.loader.stream.order.to_dict() | position,
     )
     s.steps.release()
     s.timer.restart()
@@ -340,13 +374,14 @@ def train_one_epoch(s: Session, state: TrainerState, stop: StopRequested) -> Epo
     """Batches ``state.batch_in_epoch`` .. end of the epoch; returns early (checkpointed) on a stop."""
     cfg, accelerator = s.cfg, s.accelerator
     epoch, first_batch = state.epoch, state.batch_in_epoch
-    s.loader.set_epoch(epoch, start_step=first_batch)
+    s.loader.set_epoch(epoch, start_step=first_batch // cfg.train.grad_accum_steps)
     s.model.train()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
     running = RunningLoss(accelerator, state)
     batches = iter(s.loader)
+    keys: list[list[str]] = []  # this rank's micro-batches of the current step
     bar = progress(
         range(first_batch, s.batches_per_epoch),
         total=s.batches_per_epoch,
@@ -369,7 +404,7 @@ def train_one_epoch(s: Session, state: TrainerState, stop: StopRequested) -> Epo
             cfg.data,
             accelerator.device,
             memory_format=memory_format,
-            seed=hash((cfg.train.seed, epoch, accelerator.process_index, batch_index)) % 2**63,
+            seed=batch["device_seed"],  # the micro-batch's place in the order, not the rank
         )
         labels = batch["label"].to(accelerator.device, non_blocking=True)
         window_closes = (batch_index + 1) % cfg.train.grad_accum_steps == 0
@@ -382,10 +417,14 @@ def train_one_epoch(s: Session, state: TrainerState, stop: StopRequested) -> Epo
             )
             continue
         running.add(state.global_step + 1, loss)
+        keys.append(batch["key"])
         if not window_closes:
             continue
         s.step.update()
         state.global_step += 1
+        if cfg.train.record_sample_keys:
+            record_sample_keys(s, state, keys)
+        keys = []
         outcome.stopped_by = after_step(s, state, running, bar, stop)
         if outcome.stopped_by:
             break
@@ -400,6 +439,15 @@ def train_one_epoch(s: Session, state: TrainerState, stop: StopRequested) -> Epo
         outcome.stopped_by = "a stop signal"
     running.flush()
     return outcome
+
+
+def record_sample_keys(s: Session, state: TrainerState, keys: list[list[str]]) -> None:
+    """One row of RUN/sample_keys.jsonl: the step's keys from every rank, micro-batch j by j (ranks hold
+    consecutive micro-batches, so rank order is j order)."""
+    mine = [k for batch in keys for k in batch]
+    parts = gather_object([mine]) if s.world > 1 else [mine]
+    if s.accelerator.is_main_process:
+        s.run.append_sample_keys({"epoch": state.epoch, "step": state.global_step, "keys": sum(parts, [])})
 
 
 def after_step(s: Session, state: TrainerState, running: RunningLoss, bar, stop: StopRequested) -> Optional[str]:

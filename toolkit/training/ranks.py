@@ -44,8 +44,9 @@ def join_after_elastic_restart() -> None:
 class RunningLoss:
     """The epoch's train loss: summed on the device (no sync per step), checked for NaN at log points.
 
-    Every reduction goes through ``flush``, which folds the device sum, averaged over processes,
-    into the state that checkpoints carry, so a resumed epoch reports the same mean.
+    Every reduction goes through ``flush``, which folds the device sum of every process into the state
+    that checkpoints carry, with the count of every process's micro-batches: the epoch's mean is then
+    the same over any process count, also across a resume on another one.
     """
 
     def __init__(self, accelerator, state: TrainerState):
@@ -56,10 +57,10 @@ class RunningLoss:
     def add(self, step: int, loss: torch.Tensor) -> None:
         self.total += loss
         self.pending.append((step, loss))
-        self.state.epoch_loss_count += 1
+        self.state.epoch_loss_count += self.accelerator.num_processes
 
     def check(self) -> float:
-        """Mean of the pending per-step losses; stop on the first non-finite one, naming its step.
+        """Mean of the pending micro-batch losses of every process; stop on the first non-finite one, naming its step.
 
         With N processes every rank learns whether any rank saw one (the same collective on all of
         them, even with nothing pending), so all stop together instead of waiting for the one that left.
@@ -84,11 +85,16 @@ class RunningLoss:
                     "The last good checkpoint is untouched."
                 )
             )
+        if self.accelerator.num_processes > 1:
+            total = torch.tensor(
+                [float(values.double().sum()), float(len(values))], dtype=torch.float64, device=self.accelerator.device
+            )
+            total = self.accelerator.reduce(total, "sum").tolist()
+            return total[0] / total[1] if total[1] else float("nan")
         return float(values.mean()) if pending else float("nan")
 
     def flush(self) -> None:
-        world = self.accelerator.num_processes
-        self.state.epoch_loss_sum += float(self.accelerator.reduce(self.total.clone(), "sum").item()) / world
+        self.state.epoch_loss_sum += float(self.accelerator.reduce(self.total.clone(), "sum").item())
         self.total.zero_()
 
 

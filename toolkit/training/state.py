@@ -145,12 +145,21 @@ class StopRequested:
 
 
 def save_training_state(
-    accelerator, run: RunDir, state: TrainerState, scheduler, ema, keep: int, model: Optional[torch.nn.Module] = None
+    accelerator,
+    run: RunDir,
+    state: TrainerState,
+    scheduler,
+    ema,
+    keep: int,
+    model: Optional[torch.nn.Module] = None,
+    order: Optional[dict] = None,
 ) -> Path:
     """Full state for resuming: Accelerate's (model, optimizer, scaler, RNG) + ours as JSON/safetensors.
 
     With several processes each rank also saves its own buffers (BatchNorm running statistics):
     they differ between ranks until the next validation averages them, and Accelerate keeps rank 0's only.
+    ``order`` is the run's sample order (``formats.sample_order``) with the global position in it, which
+    lets the checkpoint continue on another process count.
     """
 
     def rank_buffers(folder: Path) -> None:
@@ -166,6 +175,7 @@ def save_training_state(
                 "trainer": dataclasses.asdict(state),
                 "scheduler": _scheduler_state(scheduler),
                 "num_processes": accelerator.num_processes,
+                **({"order": order} if order is not None else {}),
             },
         )
         if run.model.exists():
@@ -177,6 +187,16 @@ def save_training_state(
     return save_checkpoint(
         accelerator, run.checkpoints, state.global_step, keep, write_extras=extras, write_rank_extras=per_rank
     )
+
+
+def saved_order(checkpoint: Path) -> Optional[dict]:
+    """The sample order and position a checkpoint recorded; None when it has none (written before they
+    were recorded) or cannot be read (loading it then says why, in one line)."""
+    try:
+        order = json.loads((Path(checkpoint) / TRAINER_STATE).read_text()).get("order")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return order if isinstance(order, dict) else None
 
 
 def _scheduler_state(scheduler) -> dict:
@@ -210,7 +230,7 @@ def weights_only_loads() -> Iterator[None]:
 
 
 def load_training_state(
-    accelerator, folder: Path, scheduler, ema, model: Optional[torch.nn.Module] = None
+    accelerator, folder: Path, scheduler, ema, model: Optional[torch.nn.Module] = None, dist_bn: str = "reduce"
 ) -> TrainerState:
     try:  # pickles (optimizer, RNG, scaler) are read with weights_only=True: a foreign one fails here, unexecuted
         with weights_only_loads():
@@ -233,14 +253,35 @@ def load_training_state(
         group["lr"] = lr
     if ema is not None:
         ema.load_state_dict(load_file(str(folder / EMA_FILE)))
-    buffers = folder / RANK_BUFFERS.format(rank=accelerator.process_index)
-    if model is not None and accelerator.num_processes > 1 and buffers.exists():
-        own = dict(model.named_buffers())
-        with torch.no_grad():
-            for name, value in load_file(str(buffers)).items():
-                if name in own and own[name].shape == value.shape:
-                    own[name].copy_(value)
+    if model is not None:
+        load_norm_statistics(folder, model, accelerator, saved.get("num_processes") or 1, dist_bn)
     return TrainerState.from_saved(saved["trainer"])
+
+
+def load_norm_statistics(folder: Path, model: torch.nn.Module, accelerator, saved_world: int, dist_bn: str) -> None:
+    """Each rank's BatchNorm buffers as the checkpoint's ranks left them.
+
+    On the same process count every rank takes its own; on another count there is no "own", so every
+    rank starts from what ``train.dist_bn`` would have made of them: their mean (``reduce``) or rank
+    0's (``broadcast``, ``none``; rank 0's are also in Accelerate's model file).
+    """
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if saved_world == world:
+        files = [folder / RANK_BUFFERS.format(rank=rank)] if world > 1 else []
+    elif dist_bn == "reduce":
+        files = [folder / RANK_BUFFERS.format(rank=r) for r in range(saved_world)]
+    else:
+        files = []  # rank 0's: already loaded with the model
+    files = [f for f in files if f.exists()]
+    if not files:
+        return
+    loaded = [load_file(str(f)) for f in files]
+    own = dict(model.named_buffers())
+    with torch.no_grad():
+        for name, value in loaded[0].items():
+            if name in own and own[name].shape == value.shape:
+                merged = torch.stack([b[name].double() for b in loaded]).mean(0) if value.is_floating_point() else value
+                own[name].copy_(merged.to(own[name].dtype))
 
 
 def link_or_copy(source: Path, target: Path) -> None:
