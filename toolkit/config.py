@@ -140,6 +140,9 @@ class TrainConfig:
     # also save when this much wall-clock time passed since the last checkpoint (or the start or resume),
     # decided at a step boundary on the slowest rank's clock; 0: off
     checkpoint_every_minutes: float = field(default=0.0, metadata=_range(0.0))
+    # seconds a collective waits for a peer before this process fails (so an elastic agent restarts the
+    # survivors after a frozen or unreachable node); None: torch's default (30 min gloo, 10 min NCCL)
+    collective_timeout_s: Optional[float] = field(default=None, metadata=_range(0.0, low_open=True))
     keep_checkpoints: int = field(default=2, metadata=_range(1))
     skip_nonfinite: bool = False
     # BatchNorm running statistics before each validation with N processes (timm's --dist-bn): the mean over

@@ -132,6 +132,13 @@ KEYS: dict[str, tuple[str, str]] = {
         "checkpoint, start or resume (the slowest rank's clock, so every rank agrees); 0: off",
         "",
     ),
+    "train.collective_timeout_s": (
+        "seconds a collective waits for another process before this one fails, so that torchrun's agent "
+        "restarts the survivors after a frozen or unreachable node (a killed one fails them at once); longer "
+        "than any wait on the main process alone (the first download of model.init, the final report); "
+        "`null`: torch's default (30 min gloo, 10 min NCCL)",
+        "",
+    ),
     "train.keep_checkpoints": ("checkpoints kept (oldest removed)", "--checkpoint-hist"),
     "train.skip_nonfinite": ("skip a step whose loss is NaN/inf instead of stopping", ""),
     "train.dist_bn": (

@@ -9,6 +9,7 @@ many nodes; Accelerate reads the topology from its launcher's environment.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import random
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, gather_object
+from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, gather_object
 
 from toolkit.cli import progress
 from toolkit.config import Config, resolve_config, to_dict
@@ -59,6 +60,7 @@ from toolkit.training.ranks import (
     agreed_max,
     any_process,
     join_after_elastic_restart,
+    lost_peer_error,
     main_process_value,
     rank_weight_checksums,
     sync_norm_statistics,
@@ -121,13 +123,18 @@ class EpochOutcome:
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
-    join_after_elastic_restart()
+    seconds = cfg.train.collective_timeout_s
+    timeout = datetime.timedelta(seconds=seconds) if seconds else None
+    join_after_elastic_restart(timeout)
+    handlers = [DistributedDataParallelKwargs(broadcast_buffers=False)]
+    if timeout is not None:  # a peer that stops answering fails this process instead of hanging it
+        handlers.append(InitProcessGroupKwargs(timeout=timeout))
     try:
         accelerator = Accelerator(
             # Without CUDA, cpu=True turns a torchrun-style launch (accelerate launch --multi_gpu) into gloo DDP.
             cpu=not torch.cuda.is_available(),
             mixed_precision=cfg.train.mixed_precision,  # None: whatever the launcher says (else "no")
-            kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+            kwargs_handlers=handlers,
         )
     except (ValueError, RuntimeError) as err:
         raise UsageError(
@@ -603,7 +610,7 @@ def train(cfg: Config) -> dict:
                     return leave_early(s, state, "a stop signal", stop.signum)
         return finish(s, state)
     except Exception as err:  # a full disk mid-run: every file is written atomically, nothing finished is damaged
-        full = disk_full_error(err, s.run.root, s.run.root.name)
+        full = disk_full_error(err, s.run.root, s.run.root.name) or lost_peer_error(err, cfg.train.collective_timeout_s)
         if full is None:
             raise
         raise full from None

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.distributed as dist
 from accelerate.utils import broadcast, gather_object
 
-from toolkit.errors import on_every_rank
+from toolkit.errors import DataError, on_every_rank
 from toolkit.training.state import TrainerState, TrainingError
 
 
-def join_after_elastic_restart() -> None:
+def join_after_elastic_restart(timeout: Optional[timedelta] = None) -> None:
     """Start the process group of a torchrun restart under keys of its own.
 
     torchrun's restarted workers meet in the same agent store as the ones that died; without a
@@ -38,6 +38,29 @@ def join_after_elastic_restart() -> None:
         rank=rank,
         world_size=world,
         store=dist.PrefixStore(f"toolkit/restart-{restart}", store),
+        timeout=timeout,
+    )
+
+
+# How gloo words a collective whose peer died (reset, closed) or stopped answering (timed out)
+PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "Timed out waiting")
+
+
+def lost_peer_error(err: BaseException, timeout_s: Optional[float]) -> Optional[DataError]:
+    """One line for a collective that failed because another process died or stopped answering, else None.
+
+    This process then exits (code 1) at once, so an elastic agent can restart the survivors.
+    """
+    if not isinstance(err, RuntimeError) or not (dist.is_available() and dist.is_initialized()):
+        return None
+    first = (str(err).strip().splitlines() or [""])[0]
+    if not isinstance(err, dist.DistError) and not any(marker in first for marker in PEER_LOST):
+        return None
+    waited = f"train.collective_timeout_s={timeout_s:g}" if timeout_s else "torch's default; train.collective_timeout_s"
+    return DataError(
+        f"lost another process mid-collective ({first.split('] ', 1)[-1][:160]}; waits at most {waited}); "
+        "under torchrun's elastic agents (launch/torchrun_elastic.sh) or a SLURM --requeue job the run resumes "
+        "from its last checkpoint on the processes left; by hand: the same command plus train.resume=auto"
     )
 
 
