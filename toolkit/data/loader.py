@@ -5,20 +5,21 @@ different numbers of batches and distributed training deadlocks at the next coll
 (webdataset #225, #194), it cannot resume mid-epoch (#177, #271), and evaluation over an
 iterable dataset duplicates or drops samples. So the splitting is explicit here:
 
-* every rank runs ``steps_per_epoch = train samples // (batch_size * world_size)`` batches;
-* workers do not build whole batches: a batch is ``chunks_per_batch`` consecutive CHUNKS of
-  ``chunk_size`` samples (see ``_chunk_size``), which the main process concatenates, so up to
-  ``chunks_per_batch`` workers share each batch and an epoch's first batch waits for one chunk's
-  decode, not one whole batch's;
-* the shards of an epoch are dealt to (rank, worker) slots, sized to the chunks each slot must
-  produce; with fewer shards than slots every slot reads everything and keeps every n-th sample;
-* loader worker ``w`` produces the rank's global chunks ``c = w, w + W, ...`` (the order in
-  which ``DataLoader`` collects them), cycling over its shards if they run short;
-* the key order and the augmentation of chunk ``c`` depend only on (seed, epoch, rank, c), so
-  ``start_step=k`` can skip the first k batches' chunks without decoding them and resume bit for bit.
+* the order of training samples is defined without the process count W and the worker count
+  (``formats.sample_order``): each epoch the shards are dealt to ``streams`` streams by (seed,
+  epoch) (fewer shards than streams: every stream reads every shard and keeps every n-th sample);
+  each stream is shuffled with its own seed; piece p of micro-batch j of global step s is the next
+  ``piece`` samples of stream ``g % streams``, ``g = (s * M + j) * pieces + p``;
+* rank r runs micro-batches ``j = r * M/W .. (r + 1) * M/W - 1`` of every step, so every rank runs
+  ``steps_per_epoch = train samples // global_batch_size`` steps and any W dividing M sees the same
+  micro-batches; loader worker ``w`` makes the rank's pieces ``w, w + workers, ...`` (the order in
+  which ``DataLoader`` collects them), reading past the positions it does not own without decoding;
+* augmentation is seeded by the sample's place (epoch, step, j, index), the device's by (epoch,
+  step, j): a resumed run (``start_step=k``, any W or worker count) gets the same batches.
 
 Bad samples (undecodable JPEG, missing ``jpg``/``cls``, truncated or missing shard) are skipped,
-warned about and counted in ``batch["skipped"]``; with ``strict`` they raise ``DataError``.
+warned about and counted in ``batch["skipped"]`` (once: by the piece whose position comes next); with
+``strict`` they raise ``DataError``.
 """
 
 from __future__ import annotations

@@ -54,6 +54,7 @@ from toolkit.training.monitor import (
     new_state,
     record_epoch,
 )
+from toolkit.training.norm_slots import NormSlots
 from toolkit.training.optim import build_ema, build_optimizer, build_scheduler
 from toolkit.training.ranks import (
     RunningLoss,
@@ -101,6 +102,7 @@ class Session:
     config_dict: dict
     resumed_from: Optional[Path]
     log: Callable[[str], None]
+    norms: NormSlots  # BatchNorm statistics per micro-batch slot of the step (norm_slots)
     steps: Optional[StepLog] = None  # made by start(), once the checkpoint's step is known
     timer: CheckpointTimer = dataclasses.field(default_factory=CheckpointTimer)  # train.checkpoint_every_minutes
 
@@ -297,6 +299,7 @@ def build_session(
         config_dict=config_dict,
         resumed_from=resumed_from,
         log=log,
+        norms=NormSlots(raw_model, loader.stream.batches, cfg.train.global_batch_size // cfg.train.batch_size),
     )
 
 
@@ -305,7 +308,7 @@ def start(s: Session) -> TrainerState:
     cfg = s.cfg
     state = new_state(cfg.train)
     if s.resumed_from is not None:
-        state = load_training_state(s.accelerator, s.resumed_from, s.scheduler, s.ema, s.raw_model, cfg.train.dist_bn)
+        state = load_training_state(s.accelerator, s.resumed_from, s.scheduler, s.ema, s.norms)
         check_resumed(state, cfg.train, str(s.resumed_from))
         position = saved_order(s.resumed_from)
         if position is not None:  # the global position, in this process count's micro-batches
@@ -365,7 +368,7 @@ def checkpoint(s: Session, state: TrainerState) -> Path:
         s.scheduler,
         s.ema,
         s.cfg.train.keep_checkpoints,
-        s.raw_model,
+        s.norms,
         order=s.loader.stream.order.to_dict() | position,
     )
     s.steps.release()
@@ -414,6 +417,7 @@ def train_one_epoch(s: Session, state: TrainerState, stop: StopRequested) -> Epo
             seed=batch["device_seed"],  # the micro-batch's place in the order, not the rank
         )
         labels = batch["label"].to(accelerator.device, non_blocking=True)
+        s.norms.use(batch["position"][2])  # micro-batch j updates slot j's BatchNorm statistics
         window_closes = (batch_index + 1) % cfg.train.grad_accum_steps == 0
         loss = s.step.forward_backward(images, labels, sync=window_closes, skip_nonfinite=cfg.train.skip_nonfinite)
         state.batch_in_epoch = batch_index + 1
@@ -485,10 +489,12 @@ def after_step(s: Session, state: TrainerState, running: RunningLoss, bar, stop:
 def validate(s: Session) -> EvalResult:
     """The model that would be saved (the EMA's when there is one), on the whole val split.
 
-    With N processes its BatchNorm statistics are made the same on every rank first, so the logged
-    val metrics are those of the model file the main process writes.
+    Its BatchNorm statistics are merged first (``norm_slots``, ``train.dist_bn``): the same on every rank,
+    so the logged val metrics are those of the model file the main process writes, whatever the process count.
     """
-    if s.world > 1 and s.cfg.train.dist_bn != "none":
+    if s.ema is None:
+        s.norms.merge(s.accelerator, s.cfg.train.dist_bn)
+    elif s.world > 1 and s.cfg.train.dist_bn != "none":  # the EMA's own statistics (averaged from the model's)
         sync_norm_statistics(s.accelerator, s.eval_model, s.cfg.train.dist_bn)
     cfg = s.cfg
     return evaluate_split(

@@ -25,11 +25,12 @@ from toolkit.errors import UsageError
 from toolkit.fileio import TMP_PREFIX, atomic_write_json, fsync_dir
 from toolkit.formats import RunDir
 from toolkit.training.checkpoint import save_checkpoint
+from toolkit.training.norm_slots import NormSlots
 
 TRAINER_STATE = "trainer_state.json"
 EMA_FILE = "ema.safetensors"
 BEST_MODEL_FILE = "best_model.safetensors"  # RUN/model.safetensors as it was at this checkpoint
-RANK_BUFFERS = "buffers_rank{rank}.safetensors"  # each rank's BatchNorm statistics (several processes only)
+RANK_BUFFERS = "buffers_rank{rank}.safetensors"  # each rank's BatchNorm statistics, as toolkits before slots saved them
 
 
 class TrainingError(Exception):
@@ -151,22 +152,15 @@ def save_training_state(
     scheduler,
     ema,
     keep: int,
-    model: Optional[torch.nn.Module] = None,
+    norms: Optional[NormSlots] = None,
     order: Optional[dict] = None,
 ) -> Path:
     """Full state for resuming: Accelerate's (model, optimizer, scaler, RNG) + ours as JSON/safetensors.
 
-    With several processes each rank also saves its own buffers (BatchNorm running statistics):
-    they differ between ranks until the next validation averages them, and Accelerate keeps rank 0's only.
-    ``order`` is the run's sample order (``formats.sample_order``) with the global position in it, which
+    With several micro-batches per step each rank also saves its BatchNorm slots (``norm_slots``): they
+    differ until the next validation merges them, and Accelerate keeps rank 0's model buffers only. ``order`` is the run's sample order (``formats.sample_order``) with the global position in it, which
     lets the checkpoint continue on another process count.
     """
-
-    def rank_buffers(folder: Path) -> None:
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in model.named_buffers()},
-            str(folder / RANK_BUFFERS.format(rank=accelerator.process_index)),
-        )
 
     def extras(folder: Path) -> None:
         atomic_write_json(
@@ -183,7 +177,7 @@ def save_training_state(
         if ema is not None:
             save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}, str(folder / EMA_FILE))
 
-    per_rank = rank_buffers if model is not None and accelerator.num_processes > 1 else None
+    per_rank = norms.save if norms is not None and norms.total > 1 else None
     return save_checkpoint(
         accelerator, run.checkpoints, state.global_step, keep, write_extras=extras, write_rank_extras=per_rank
     )
@@ -229,9 +223,7 @@ def weights_only_loads() -> Iterator[None]:
         torch.load = real_load
 
 
-def load_training_state(
-    accelerator, folder: Path, scheduler, ema, model: Optional[torch.nn.Module] = None, dist_bn: str = "reduce"
-) -> TrainerState:
+def load_training_state(accelerator, folder: Path, scheduler, ema, norms: Optional[NormSlots] = None) -> TrainerState:
     try:  # pickles (optimizer, RNG, scaler) are read with weights_only=True: a foreign one fails here, unexecuted
         with weights_only_loads():
             accelerator.load_state(str(folder))
@@ -253,35 +245,18 @@ def load_training_state(
         group["lr"] = lr
     if ema is not None:
         ema.load_state_dict(load_file(str(folder / EMA_FILE)))
-    if model is not None:
-        load_norm_statistics(folder, model, accelerator, saved.get("num_processes") or 1, dist_bn)
+    if norms is not None:
+        restore_norm_statistics(folder, norms, accelerator.process_index)
     return TrainerState.from_saved(saved["trainer"])
 
 
-def load_norm_statistics(folder: Path, model: torch.nn.Module, accelerator, saved_world: int, dist_bn: str) -> None:
-    """Each rank's BatchNorm buffers as the checkpoint's ranks left them.
-
-    On the same process count every rank takes its own; on another count there is no "own", so every
-    rank starts from what ``train.dist_bn`` would have made of them: their mean (``reduce``) or rank
-    0's (``broadcast``, ``none``; rank 0's are also in Accelerate's model file).
-    """
-    world, rank = accelerator.num_processes, accelerator.process_index
-    if saved_world == world:
-        files = [folder / RANK_BUFFERS.format(rank=rank)] if world > 1 else []
-    elif dist_bn == "reduce":
-        files = [folder / RANK_BUFFERS.format(rank=r) for r in range(saved_world)]
-    else:
-        files = []  # rank 0's: already loaded with the model
-    files = [f for f in files if f.exists()]
-    if not files:
+def restore_norm_statistics(folder: Path, norms: NormSlots, rank: int) -> None:
+    """Each slot's BatchNorm statistics as the checkpoint saved them; a checkpoint of a toolkit before slots
+    (same process count only) saved one set per rank, and one of a single process none beyond the model's."""
+    if norms.restore(folder):
         return
-    loaded = [load_file(str(f)) for f in files]
-    own = dict(model.named_buffers())
-    with torch.no_grad():
-        for name, value in loaded[0].items():
-            if name in own and own[name].shape == value.shape:
-                merged = torch.stack([b[name].double() for b in loaded]).mean(0) if value.is_floating_point() else value
-                own[name].copy_(merged.to(own[name].dtype))
+    legacy = folder / RANK_BUFFERS.format(rank=rank)
+    norms.restore_all(load_file(str(legacy)) if legacy.exists() else {n: b.clone() for n, b in norms.buffers.items()})
 
 
 def link_or_copy(source: Path, target: Path) -> None:
