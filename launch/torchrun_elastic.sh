@@ -4,8 +4,8 @@
 # resume the run from its last checkpoint on the new process count (train.global_batch_size keeps the
 # sample order and the schedule); no requeue, no human action.
 #
-#   RDZV_HOST=node1 launch/torchrun_elastic.sh --config configs/oxford_pets_binary_resnet101.yaml train.global_batch_size=256
-#   launch/torchrun_elastic.sh --config configs/smoke.yaml train.global_batch_size=32      # two agents on one host: run it twice
+#   launch/torchrun_elastic.sh --config configs/smoke.yaml train.global_batch_size=32 train.checkpoint_every_minutes=10
+#   (on every node; RDZV_HOST=<first node> for more than one host, as in README's cluster section)
 #
 # Limits: the rendezvous host (RDZV_HOST, the first agent started there holds torchrun's c10d store)
 # must stay up: losing it ends the job (then requeue it; it resumes from the last checkpoint). A lost
@@ -16,7 +16,7 @@
 # env: RDZV_HOST (127.0.0.1), RDZV_PORT (29400), RDZV_ID (slurm-JOBID under SLURM, else pets-elastic; one per
 # job: it names the run unless you pass output.run_name), NNODES (1:2), NPROC (processes per node: its GPUs,
 # else 1), MAX_RESTARTS (3), LAST_CALL_S (seconds the rendezvous waits for more nodes once MIN joined; 5),
-# PYTHON (python)
+# PYTHON (python, to count the GPUs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rdzv_id=${RDZV_ID:-${SLURM_JOB_ID:+slurm-${SLURM_JOB_ID}}}
@@ -28,7 +28,7 @@ args=("$@")
 [[ " $* " == *" output.run_name="* ]] || args+=("output.run_name=${rdzv_id}")
 [[ " $* " == *" train.resume="* ]] || args+=("train.resume=auto")
 
-exec "${PYTHON:-python}" -m torch.distributed.run \
+exec torchrun \
   --nnodes "${NNODES:-1:2}" --nproc-per-node "$nproc" --max-restarts "${MAX_RESTARTS:-3}" \
   --rdzv-backend c10d --rdzv-endpoint "${RDZV_HOST:-127.0.0.1}:${RDZV_PORT:-29400}" --rdzv-id "$rdzv_id" \
   --rdzv-conf "last_call_timeout=${LAST_CALL_S:-5}" --monitor-interval 1 \

@@ -57,7 +57,14 @@ class Agent:
         self.proc = subprocess.Popen(
             ["bash", str(SCRIPT), *args],
             cwd=ROOT,
-            env={**ENV, "PYTHON": sys.executable, "RDZV_PORT": str(port), "NPROC": "1", **env},
+            env={
+                **ENV,
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{ENV['PATH']}",  # this interpreter's torchrun
+                "PYTHON": sys.executable,
+                "RDZV_PORT": str(port),
+                "NPROC": "1",
+                **env,
+            },
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
