@@ -584,8 +584,9 @@ def end_epoch(s: Session, state: TrainerState, outcome: EpochOutcome, val: EvalR
         s.log(early_stop_line(state, cfg.train))
     every = cfg.train.checkpoint_every_epochs
     last = state.epoch == cfg.train.epochs or state.stopped_early_at is not None
-    by_time = bool(cfg.train.checkpoint_every_minutes) and checkpoint_due(
-        0, 0, agreed_max(accelerator, [s.timer.elapsed_s()])[0], cfg.train.checkpoint_every_minutes
+    minutes = cfg.train.checkpoint_every_minutes  # due at the epoch's last step: saved here, after validation
+    by_time = bool(minutes) and checkpoint_due(
+        state.global_step, 0, agreed_max(accelerator, [s.timer.elapsed_s()])[0], minutes
     )
     if (every and (state.epoch % every == 0 or last)) or by_time:
         checkpoint(s, state)
