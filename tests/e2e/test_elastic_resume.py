@@ -61,12 +61,12 @@ def results(run: Path) -> dict:
     }
 
 
-def assert_same_run(got: dict, want: dict, weight_tol: float) -> dict:
-    """Same keys per step, losses within 1e-5 relative; returns the measured weight differences."""
+def assert_same_run(got: dict, want: dict, weight_tol: float, loss_rel: float = 1e-5) -> dict:
+    """Same keys per step, losses within ``loss_rel`` relative; returns the measured weight differences."""
     assert got["keys"] == want["keys"] and len(want["keys"]) == 8
-    assert got["step_losses"] == pytest.approx(want["step_losses"], rel=1e-5, abs=1e-6)  # as steps.csv rounds
+    assert got["step_losses"] == pytest.approx(want["step_losses"], rel=loss_rel, abs=1e-6)  # as steps.csv rounds
     for name in ("train_loss", "val_loss"):
-        assert got[name] == pytest.approx(want[name], rel=1e-5), name
+        assert got[name] == pytest.approx(want[name], rel=loss_rel), name
     gaps = {"params": 0.0, "buffers": 0.0}
     for key, value in want["weights"].items():
         kind = "buffers" if "running" in key or "num_batches" in key else "params"
@@ -106,9 +106,16 @@ def test_a_2_process_run_continues_on_4_processes(tiny_shards, tmp_path, referen
     print(f"2 -> 4 processes: max |weight difference| {gaps}")
 
 
-@pytest.mark.timeout(2 * TIMEOUT_S)
-def test_one_process_accumulating_4_micro_batches_equals_4_processes(tiny_shards, tmp_path, reference):
-    """The stock ResNet (BatchNorm, random crops): 1 x 4 micro-batches is the 4-process run up to float order."""
-    train(1, tiny_shards, tmp_path)
-    gaps = assert_same_run(results(tmp_path / "run"), reference, weight_tol=WEIGHT_TOL)
+@pytest.mark.timeout(3 * TIMEOUT_S)
+def test_one_process_accumulating_4_micro_batches_equals_4_processes(tiny_shards, tmp_path):
+    """The stock ResNet (BatchNorm, random crops, random erasing drawn on the device): 1 x 4 micro-batches
+    is the 4-process run up to float order. Device augmentation follows each micro-batch's place (seeded by
+    rank instead, the first step's loss differed by 3e-3). Measured: losses within 1.1e-5 relative (erasing
+    makes the float noise grow faster), weights within 8.0e-6, BN statistics within 6.5e-6."""
+    erasing = "data.random_erasing=0.5"
+    train(4, tiny_shards, tmp_path / "four", erasing)
+    train(1, tiny_shards, tmp_path / "one", erasing)
+    four, one = results(tmp_path / "four" / "run"), results(tmp_path / "one" / "run")
+    assert one["step_losses"][0] == pytest.approx(four["step_losses"][0], rel=1e-6, abs=1e-6)
+    gaps = assert_same_run(one, four, weight_tol=WEIGHT_TOL, loss_rel=2e-5)
     print(f"1 process x 4 micro-batches vs 4 processes: max |weight difference| {gaps}")

@@ -190,7 +190,6 @@ class _Cursor:
         while self.position < start:
             next(self.samples)
             self.position += 1
-        self.skips.take()
         self.skips.quiet = False
         taken = [next(self.samples) for _ in range(count)]
         self.position += count

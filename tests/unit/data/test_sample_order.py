@@ -71,6 +71,8 @@ def test_resuming_at_a_step_on_another_process_count_continues_the_same_keys(sha
 def test_augmentation_follows_the_sample_not_the_rank_or_worker(shards):
     folder, info = shards
 
+    seeds: dict[tuple, set] = {}  # device_augment's seed of each micro-batch, by its place
+
     def images(world: int, workers: int) -> dict[str, torch.Tensor]:
         out = {}
         for rank in range(world):
@@ -85,10 +87,12 @@ def test_augmentation_follows_the_sample_not_the_rank_or_worker(shards):
             )
             for batch in loader:
                 out.update(zip(batch["key"], batch["image"]))
+                seeds.setdefault(batch["position"], set()).add(batch["device_seed"])
         return out
 
     one, four = images(1, 0), images(4, 2)
     assert one.keys() == four.keys() and all(torch.equal(one[k], four[k]) for k in one)
+    assert len(seeds) == 16 and all(len(s) == 1 for s in seeds.values())  # 4 steps x 4 micro-batches
 
 
 def test_a_process_count_that_does_not_divide_the_step_is_refused_in_one_line(shards):
