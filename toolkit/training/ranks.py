@@ -56,7 +56,9 @@ def lost_peer_error(err: BaseException, timeout_s: Optional[float]) -> Optional[
     first = (str(err).strip().splitlines() or [""])[0]
     if not isinstance(err, dist.DistError) and not any(marker in first for marker in PEER_LOST):
         return None
-    waited = f"train.collective_timeout_s={timeout_s:g}" if timeout_s else "torch's default, train.collective_timeout_s=null"
+    waited = (
+        f"train.collective_timeout_s={timeout_s:g}" if timeout_s else "torch's default, train.collective_timeout_s=null"
+    )
     return DataError(
         f"lost another process mid-collective ({first.split('] ', 1)[-1][:160]}; waits at most {waited}); "
         "under torchrun's elastic agents (launch/torchrun_elastic.sh) or a SLURM --requeue job the run resumes "
