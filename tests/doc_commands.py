@@ -293,6 +293,7 @@ def check_torchrun(args: Sequence[str]) -> str:
 
 STAND_INS = ("accelerate", "torchrun", "nvidia-smi", "srun", "scontrol", "sbatch", "python", "python3")
 FAKE_GPUS = 8
+SBATCH_SWITCHES = {"requeue", "no-requeue", "exclusive", "parsable", "wait"}  # sbatch flags that take no value
 
 
 def write_stand_ins(folder: Path) -> Path:
@@ -321,9 +322,9 @@ def stand_in(name: str, args: list[str]) -> int:
     if name == "sbatch":  # sbatch [--options] SCRIPT ARGS: run the script as SLURM would on a 2-node job
         options = {}
         while args and args[0].startswith("-"):
-            flag = args.pop(0)
-            options[flag.lstrip("-")] = args.pop(0) if "=" not in flag else flag.split("=", 1)[1]
-        nodes = options.get("nodes", "2")
+            name, _, value = args.pop(0).lstrip("-").partition("=")
+            options[name] = value if value or name in SBATCH_SWITCHES else args.pop(0)
+        nodes = options.get("nodes", "2").split("-")[-1]  # MIN-MAX: SLURM may give up to MAX
         env = dict(
             os.environ,
             SLURM_NNODES=nodes,

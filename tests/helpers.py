@@ -9,6 +9,7 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -153,12 +154,39 @@ def shard_keys(path: Path) -> list[str]:
         return list(dict.fromkeys(m.name.split(".")[0] for m in tar if m.isfile()))
 
 
+def descendants(pid: int) -> list[int]:
+    """Every living process started by ``pid``, however deep (read from /proc; Linux)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL ``proc`` and every process it started: torchrun puts its workers in sessions of their own,
+    and a hung worker still holding the pipes would otherwise keep ``communicate`` waiting."""
+    for pid in [*descendants(proc.pid), proc.pid] if proc.returncode is None else []:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def wait_for(proc: subprocess.Popen, timeout: float = 300) -> tuple[str, str]:
     """The process's (stdout, stderr); killed and failed after ``timeout`` s, so a hang cannot stall the suite."""
     try:
         return proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        kill_tree(proc)
         out, err = proc.communicate()
         pytest.fail(f"no result after {timeout} s (hang?)\n{out[-2000:]}\n{err[-3000:]}")
 

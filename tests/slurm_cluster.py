@@ -22,6 +22,10 @@ from pathlib import Path
 from typing import Optional
 
 NODES = ("n1", "n2")
+# A node whose slurmd is silent this long is DOWN (SLURM's default: 300 s); its jobs are requeued (JobRequeue=1,
+# sbatch --requeue). A requeued job waits cred_expire before it starts again (default 120 s).
+SLURMD_TIMEOUT_S = 10
+CRED_EXPIRE_S = 10
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "squeue", "scancel", "sinfo")
 
 
@@ -77,7 +81,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={self.munge_socket}
+AuthInfo=socket={self.munge_socket},cred_expire={CRED_EXPIRE_S}
 StateSaveLocation={f}/state
 SlurmdSpoolDir={f}/spool-%n
 SlurmctldPidFile={f}/slurmctld.pid
@@ -93,6 +97,8 @@ ReturnToService=2
 MpiDefault=none
 JobAcctGatherType=jobacct_gather/none
 KillWait=30
+SlurmdTimeout={SLURMD_TIMEOUT_S}
+JobRequeue=1
 MinJobAge=600
 SchedulerParameters=sched_interval=1
 {nodes}
@@ -119,13 +125,23 @@ PartitionName=test Nodes={",".join(NODES)} Default=YES MaxTime=INFINITE State=UP
                 f"--seed-file={f}/munged.seed",
             ]
         )
-        self._wait(lambda: self.munge_socket.exists(), timeout, "munged did not start")
+        self.wait(lambda: self.munge_socket.exists(), timeout, "munged did not start")
         self._daemon(["slurmctld", "-D", "-i"])
-        self._wait(lambda: self.run("sinfo", "-h", check=False).returncode == 0, timeout, "slurmctld did not start")
+        self.wait(lambda: self.run("sinfo", "-h", check=False).returncode == 0, timeout, "slurmctld did not start")
         for node in NODES:
-            self._daemon(["slurmd", "-D", "-N", node])
-        self._wait(lambda: self.idle_nodes() == set(NODES), timeout, "the nodes did not become idle")
+            self.start_node(node)
+        self.wait(lambda: self.idle_nodes() == set(NODES), timeout, "the nodes did not become idle")
         return self
+
+    def start_node(self, node: str) -> None:
+        self._daemon(["slurmd", "-D", "-N", node])
+
+    def stop_node(self, node: str) -> None:
+        """SIGKILL the node's slurmd, as a node that fails: it says nothing, slurmctld notices by its silence."""
+        for proc in self.procs:
+            if proc.args[:1] == ["slurmd"] and proc.args[-1] == node and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
     def _daemon(self, argv: list[str]) -> None:
         log = open(self.folder / "log" / f"{argv[0]}-{len(self.procs)}.out", "w")
@@ -133,7 +149,7 @@ PartitionName=test Nodes={",".join(NODES)} Default=YES MaxTime=INFINITE State=UP
             subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         )
 
-    def _wait(self, ready, timeout: float, what: str) -> None:
+    def wait(self, ready, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while not ready():
             dead = [p.args[0] for p in self.procs if p.poll() is not None]

@@ -24,6 +24,7 @@ from toolkit.errors import UsageError
 from toolkit.fileio import dump_yaml, read_yaml_mapping
 from toolkit.formats.manifest import MANIFEST_NAME, class_names
 from toolkit.formats.run_dir import MONITORS
+from toolkit.formats.sample_order import accumulation, default_streams
 from toolkit.models import MODEL_ARCHS
 from toolkit.models.resnet import BLOCKS
 from toolkit.redaction import check_no_credentials
@@ -122,12 +123,26 @@ class TrainConfig:
     mixed_precision: Optional[str] = field(default=None, metadata=_choice(*MIXED_PRECISION))  # None: the launcher's
     # None: the launcher's (accelerate launch --gradient_accumulation_steps N), else 1; a number here wins
     grad_accum_steps: Optional[int] = field(default=None, metadata=_range(1))
+    # samples per optimizer step over all processes; None: batch_size x processes x grad_accum_steps. Set, it
+    # fixes the steps per epoch, the LR schedule and the samples of every step whatever the process count
+    # (gradient accumulation fills the gap), so a checkpoint continues on any count that divides it
+    global_batch_size: Optional[int] = field(default=None, metadata=_range(1))
+    # streams the training shards are dealt to each epoch (the sample order's unit); None: one per piece
+    # of a global step (formats.sample_order)
+    streams: Optional[int] = field(default=None, metadata=_range(1))
+    record_sample_keys: bool = False  # debugging: RUN/sample_keys.jsonl, the sample keys of every step
     grad_clip: Optional[float] = field(default=None, metadata=_range(0.0, low_open=True))
     label_smoothing: float = field(default=0.0, metadata=_range(0.0, 1.0))
     ema_decay: Optional[float] = field(default=None, metadata=_range(0.0, 1.0))
     resume: Optional[str] = None  # None, "auto", or a checkpoint folder
     checkpoint_every_steps: int = field(default=0, metadata=_range(0))  # 0: off
     checkpoint_every_epochs: int = field(default=1, metadata=_range(0))
+    # also save when this much wall-clock time passed since the last checkpoint (or the start or resume),
+    # decided at a step boundary on the slowest rank's clock; 0: off
+    checkpoint_every_minutes: float = field(default=0.0, metadata=_range(0.0))
+    # seconds a collective waits for a peer before this process fails (so an elastic agent restarts the
+    # survivors after a frozen or unreachable node); None: torch's default (30 min gloo, 10 min NCCL)
+    collective_timeout_s: Optional[float] = field(default=None, metadata=_range(0.0, low_open=True))
     keep_checkpoints: int = field(default=2, metadata=_range(1))
     skip_nonfinite: bool = False
     # BatchNorm running statistics before each validation with N processes (timm's --dist-bn): the mean over
@@ -505,11 +520,12 @@ def launcher_grad_accum_steps(environ: Mapping[str, str]) -> int:
 # Resolution: the values a run decides from its data and its launcher, once, before anything runs
 
 
-def resolve_config(cfg: Config, info: dict, environ: Mapping[str, str] = os.environ) -> Config:
+def resolve_config(cfg: Config, info: dict, environ: Mapping[str, str] = os.environ, world_size: int = 1) -> Config:
     """The config a run trains with, every value decided; nothing changes it afterwards.
 
     The shards' manifest gives the head's class count and, unless the config sets them, the
-    normalization statistics; the launcher gives gradient accumulation unless the config sets it.
+    normalization statistics; the launcher gives gradient accumulation unless the config sets it, or
+    ``train.global_batch_size`` and the ``world_size`` processes decide it.
     This is the config written to RUN/config.yaml and into every model file.
     """
     return dataclasses.replace(
@@ -517,10 +533,33 @@ def resolve_config(cfg: Config, info: dict, environ: Mapping[str, str] = os.envi
         data=resolve_normalization(cfg.data, info),
         model=dataclasses.replace(cfg.model, num_classes=head_size(cfg, class_names(info))),
         train=dataclasses.replace(
-            resolve_monitor(cfg.train, len(class_names(info))),
-            grad_accum_steps=cfg.train.grad_accum_steps or launcher_grad_accum_steps(environ),
+            resolve_batches(resolve_monitor(cfg.train, len(class_names(info))), world_size, environ),
             class_weights=resolve_class_weights(cfg.train.class_weights, info),
         ),
+    )
+
+
+def resolve_batches(train: TrainConfig, world_size: int, environ: Mapping[str, str]) -> TrainConfig:
+    """Gradient accumulation, the global batch and the sample streams, decided for ``world_size`` processes.
+
+    With ``train.global_batch_size`` set, accumulation follows from it (and a config or launcher value
+    must agree); without it, the global batch follows from the accumulation, as before it existed.
+    """
+    asked = train.grad_accum_steps or launcher_grad_accum_steps(environ)
+    global_batch = train.global_batch_size
+    if global_batch is None:
+        global_batch = train.batch_size * world_size * asked
+    accum = accumulation(global_batch, train.batch_size, world_size)
+    if train.global_batch_size is not None and asked not in (1, accum):
+        raise UsageError(
+            f"gradient accumulation {asked} disagrees with train.global_batch_size = {global_batch} on {world_size} "
+            f"process(es) x train.batch_size {train.batch_size} (that needs {accum}); leave one of them out"
+        )
+    return dataclasses.replace(
+        train,
+        grad_accum_steps=accum,
+        global_batch_size=global_batch,
+        streams=train.streams or default_streams(global_batch, train.batch_size),
     )
 
 

@@ -99,7 +99,22 @@ KEYS: dict[str, tuple[str, str]] = {
         "`no`, `fp16` or `bf16`; `null`: the launcher's (`accelerate launch --mixed_precision`)",
         "--amp --amp-dtype",
     ),
-    "train.grad_accum_steps": ("batches per optimizer step; `null`: the launcher's, else 1", "--grad-accum-steps"),
+    "train.grad_accum_steps": (
+        "batches per optimizer step; `null`: from train.global_batch_size, else the launcher's, else 1",
+        "--grad-accum-steps",
+    ),
+    "train.global_batch_size": (
+        "samples per optimizer step over all processes; fixes steps per epoch, the LR schedule and each step's "
+        "samples whatever the process count (accumulation fills the gap; a checkpoint continues on any process "
+        "count dividing global / batch_size); `null`: batch_size x processes x grad_accum_steps",
+        "(timm: --batch-size x --grad-accum-steps x world)",
+    ),
+    "train.streams": (
+        "streams the training shards are dealt to each epoch (the unit of the sample order, saved in "
+        "checkpoints); `null`: one per piece of a global step",
+        "(MosaicML streaming: num_canonical_nodes)",
+    ),
+    "train.record_sample_keys": ("debugging: write RUN/sample_keys.jsonl, the sample keys of every step", ""),
     "train.grad_clip": ("clip the gradient norm to this; `null`: off", "--clip-grad"),
     "train.label_smoothing": ("label smoothing of the cross-entropy", "--smoothing"),
     "train.ema_decay": (
@@ -112,6 +127,18 @@ KEYS: dict[str, tuple[str, str]] = {
     ),
     "train.checkpoint_every_steps": ("save training state every N optimizer steps; 0: off", ""),
     "train.checkpoint_every_epochs": ("save training state every N epochs; 0: off", ""),
+    "train.checkpoint_every_minutes": (
+        "also save training state at the first step boundary after this many minutes since the last "
+        "checkpoint, start or resume (the slowest rank's clock, so every rank agrees); 0: off",
+        "",
+    ),
+    "train.collective_timeout_s": (
+        "seconds a collective waits for another process before this one fails, so that torchrun's agent "
+        "restarts the survivors after a frozen or unreachable node (a killed one fails them at once); longer "
+        "than any wait on the main process alone (the first download of model.init, the final report); "
+        "`null`: torch's default (30 min gloo, 10 min NCCL)",
+        "",
+    ),
     "train.keep_checkpoints": ("checkpoints kept (oldest removed)", "--checkpoint-hist"),
     "train.skip_nonfinite": ("skip a step whose loss is NaN/inf instead of stopping", ""),
     "train.dist_bn": (

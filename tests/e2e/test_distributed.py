@@ -156,7 +156,8 @@ run_cli(main, sys.argv[1:])
 """
 
 # The same samples in each global batch: one training shard, read in order by both layouts; with
-# 2 ranks x 1 loader worker (more slots than shards) rank r keeps samples r, r + 2, ...; shuffle
+# 2 micro-batches of 4 per step there are 2 sample streams (more than shards), stream j keeps samples
+# j, j + 2, ... and feeds micro-batch j (rank j); the 1-process run's one stream holds them all; shuffle
 # buffer 1 keeps the order (0 fails in data.py's _shuffled); no random augmentation; SGD with
 # momentum, which (unlike Adam) would show a gradient summed instead of averaged.
 EXACT = [
@@ -189,7 +190,7 @@ def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path, mo
     one = _popen([sys.executable, str(driver), *args, "output.run_name=one", "train.batch_size=8"])
     _, err = _finish(two)
     _finish(one)
-    assert "only 1 training shard(s) for 2 process(es) x 1 loader worker(s)" in err  # the poor layout is named
+    assert "only 1 training shard(s) for 2 sample stream(s)" in err  # the poor layout is named
 
     final = json.loads((tmp_path / "two" / "final.json").read_text())
     assert final["num_processes"] == 2 and final["rank_weight_checksums"][0] == final["rank_weight_checksums"][1]

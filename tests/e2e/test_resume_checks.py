@@ -36,18 +36,50 @@ def two_epoch_run(tiny_shards, tmp_path_factory) -> Path:
     return out / "run"
 
 
-def test_a_checkpoint_of_another_process_count_is_refused_before_anything_is_written(
+def as_written_before_the_sample_order(state_file: Path, num_processes: int) -> None:
+    """A checkpoint's trainer_state.json as toolkits before train.global_batch_size wrote it: no ``order``
+    record (its position counted each rank's batches, so only its own process count could continue it)."""
+    saved = json.loads(state_file.read_text())
+    assert saved["num_processes"] == 1 and "order" in saved  # what this toolkit records
+    del saved["order"]
+    state_file.write_text(json.dumps(saved | {"num_processes": num_processes}))
+
+
+def test_a_checkpoint_without_a_sample_order_of_another_process_count_is_refused_before_anything_is_written(
     stopped_run, tiny_shards, tmp_path, capsys
 ):
     run = tmp_path / "run"
     shutil.copytree(stopped_run, run)
-    state = run / "checkpoints" / "step-00000003" / "trainer_state.json"
-    assert json.loads(state.read_text())["num_processes"] == 1  # recorded
-    state.write_text(state.read_text().replace('"num_processes": 1', '"num_processes": 2'))
+    as_written_before_the_sample_order(run / "checkpoints" / "step-00000003" / "trainer_state.json", 2)
     before = file_hashes(run)
     assert train_cli(train_args(tiny_shards, tmp_path, "run", "train.epochs=2", "train.resume=auto")) == 2
     line = error_line(capsys.readouterr().err)
-    assert "saved by 2 process(es) but this run has 1" in line
+    assert "saved by 2 process(es) but this run has 1" in line and "records no sample order" in line
+    assert file_hashes(run) == before and not (run / ".lock").exists()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "named"),
+    [
+        ("seed", 7, "train.seed is 0"),
+        ("global_batch_size", 16, "train.global_batch_size is 8"),
+        ("streams", 3, "train.streams is 1"),
+        ("shards", "0123456789abcdef", "training shards (fingerprint)"),
+    ],
+)
+def test_a_checkpoint_of_another_sample_order_is_refused_in_one_line_naming_the_key(
+    stopped_run, tiny_shards, tmp_path, capsys, key, value, named
+):
+    run = tmp_path / "run"
+    shutil.copytree(stopped_run, run)
+    state = run / "checkpoints" / "step-00000003" / "trainer_state.json"
+    saved = json.loads(state.read_text())
+    saved["order"][key] = value
+    state.write_text(json.dumps(saved))
+    before = file_hashes(run)
+    assert train_cli(train_args(tiny_shards, tmp_path, "run", "train.epochs=2", "train.resume=auto")) == 2
+    line = error_line(capsys.readouterr().err)
+    assert named in line and "sample order must stay the same" in line
     assert file_hashes(run) == before and not (run / ".lock").exists()
 
 

@@ -16,7 +16,9 @@ continue, so they always land mid-run, however fast or slow the machine is.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -188,8 +190,6 @@ def two_node_run(cluster, shards, tmp_path_factory) -> Path:
 
 @pytest.mark.timeout(2 * JOB_TIMEOUT_S)
 def test_two_node_sbatch_equals_a_single_host_two_process_run(two_node_run):
-    import json
-
     checksums = json.loads((two_node_run / "final.json").read_text())["rank_weight_checksums"]
     assert len(checksums) == 2 and checksums[0] == checksums[1]  # equal weights on every rank
 
@@ -257,4 +257,107 @@ def test_a_job_requeued_onto_the_other_node_takes_its_run_back_from_the_first_no
     assert info["NodeList"] == "n2"
     log = job_log(out, job)
     assert "resumed from" in log and "is being written by another process" not in log, log[-3000:]
+    assert (run / "final.json").exists() and not (run / ".lock").exists()
+
+
+# Case 4: a node lost mid-run. 64 train images, global batch 8: 8 steps per epoch on 2 nodes or 1, 2 epochs.
+ELASTIC = (
+    "train.batch_size=4",
+    "train.global_batch_size=8",
+    "train.epochs=2",
+    "train.checkpoint_every_steps=2",
+    "train.record_sample_keys=true",
+    "train.log_every_steps=1",
+    "eval.test_split=null",
+)
+
+
+def node_of(pid: int) -> str:
+    environ = dict(
+        item.split("=", 1)
+        for item in Path(f"/proc/{pid}/environ").read_text(errors="replace").split("\0")
+        if "=" in item
+    )
+    return environ.get("SLURMD_NODENAME", "")
+
+
+def step_keys(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "sample_keys.jsonl").read_text().splitlines()]
+
+
+def watch_unattended(cluster: Cluster, job: str, out: Path, since: float) -> dict[str, float]:
+    """Seconds from ``since`` to each stage of the job's recovery, observed without touching the job."""
+    seen: dict[str, float] = {}
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while "end" not in seen:
+        info = cluster.job(job)
+        now = time.monotonic() - since
+        if "n2 down" not in seen and "n2 down" in cluster.run("sinfo", "-h", "-N", "-o", "%N %t").stdout:
+            seen["n2 down"] = now
+        if int(info.get("Restarts", 0)) >= 1:
+            seen.setdefault("requeued", now)
+            if info["JobState"] == "RUNNING":
+                seen.setdefault("running again", now)
+        if "resumed" not in seen and "resumed from" in job_log(out, job):
+            seen["resumed"] = now
+        if info["JobState"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
+            seen["end"] = now
+        assert time.monotonic() < deadline, f"job {job} not done in {JOB_TIMEOUT_S} s: {info}\n{cluster.logs()}"
+        time.sleep(0.2)
+    return seen
+
+
+@pytest.mark.timeout(3 * JOB_TIMEOUT_S)
+def test_a_lost_node_requeues_the_job_which_resumes_on_the_node_left_with_the_same_keys(cluster, shards, tmp_path):
+    """``--nodes=1-2 --requeue``: n2 fails (its slurmd, step daemon and task SIGKILLed) after the first
+    checkpoint; SLURM marks it DOWN after SlurmdTimeout and requeues the job, which resumes on n1 alone.
+    Nothing but the failure is done to the job (no requeue, no release of its begin time)."""
+    out = tmp_path / "case4"
+    run = out / "lost"
+    reference = subprocess.Popen(
+        [sys.executable, "-m", "toolkit.train", *train_args(shards, tmp_path / "one", "lost", *ELASTIC)],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    cluster.wait(lambda: cluster.idle_nodes() == {"n1", "n2"}, JOB_TIMEOUT_S, "both nodes idle")  # else 1-2 gets 1
+    job = submit(cluster, out, "--nodes=1-2", "--requeue", train=train_args(shards, out, "lost", *ELASTIC))
+    try:
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while not list_checkpoints(run / "checkpoints") or len(training_pids(out)) < 2:
+            info = cluster.job(job)
+            assert time.monotonic() < deadline and info["JobState"] in ("PENDING", "RUNNING"), (info, cluster.logs())
+            time.sleep(0.05)
+        pids = {node_of(pid): pid for pid in training_pids(out)}
+        for pid in pids.values():
+            os.kill(pid, signal.SIGSTOP)  # the failure lands mid-run
+        done_before, saved_before = len(step_keys(run)), latest_step(run)
+        step_daemon = int(Path(f"/proc/{pids['n2']}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        cluster.stop_node("n2")  # n2 fails: its slurmd, its step daemon and its task, all at once
+        os.kill(step_daemon, signal.SIGKILL)
+        os.kill(pids["n2"], signal.SIGKILL)
+        lost_at = time.monotonic()
+        os.kill(pids["n1"], signal.SIGCONT)
+        stages = watch_unattended(cluster, job, out, lost_at)
+        _, err = wait_for(reference, JOB_TIMEOUT_S)
+        assert reference.returncode == 0, err[-3000:]
+    finally:
+        reference.kill()
+        cluster.start_node("n2")  # back for the other tests (ReturnToService=2)
+        cluster.run("scontrol", "update", "NodeName=n2", "State=RESUME", check=False)
+    print(f"\nnode n2 lost after step {done_before} (checkpoint {saved_before}); seconds after the loss: {stages}")
+    info = cluster.job(job)
+    log = job_log(out, job)
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1" and info["NodeList"] == "n1", (info, log[-4000:])
+    assert (
+        "requeue job JobId=" + job + " due to failure of node n2"
+        in (cluster.folder / "log" / "slurmctld.log").read_text()
+    )
+    assert "(restart 1) on n1: 1 node(s) x 1 process(es)" in log and log.count("resumed from") == 1, log[-4000:]
+    resumed = int(re.search(r"resumed from \S+step-(\d+)", log).group(1))
+    assert resumed >= saved_before and done_before - resumed <= 2, (done_before, resumed)
+    assert [row["step"] for row in step_keys(run)] == list(range(1, 17))
+    assert step_keys(run) == step_keys(tmp_path / "one" / "lost")  # the same samples in every step, 2 nodes then 1
     assert (run / "final.json").exists() and not (run / ".lock").exists()

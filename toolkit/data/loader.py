@@ -5,20 +5,21 @@ different numbers of batches and distributed training deadlocks at the next coll
 (webdataset #225, #194), it cannot resume mid-epoch (#177, #271), and evaluation over an
 iterable dataset duplicates or drops samples. So the splitting is explicit here:
 
-* every rank runs ``steps_per_epoch = train samples // (batch_size * world_size)`` batches;
-* workers do not build whole batches: a batch is ``chunks_per_batch`` consecutive CHUNKS of
-  ``chunk_size`` samples (see ``_chunk_size``), which the main process concatenates, so up to
-  ``chunks_per_batch`` workers share each batch and an epoch's first batch waits for one chunk's
-  decode, not one whole batch's;
-* the shards of an epoch are dealt to (rank, worker) slots, sized to the chunks each slot must
-  produce; with fewer shards than slots every slot reads everything and keeps every n-th sample;
-* loader worker ``w`` produces the rank's global chunks ``c = w, w + W, ...`` (the order in
-  which ``DataLoader`` collects them), cycling over its shards if they run short;
-* the key order and the augmentation of chunk ``c`` depend only on (seed, epoch, rank, c), so
-  ``start_step=k`` can skip the first k batches' chunks without decoding them and resume bit for bit.
+* the order of training samples is defined without the process count W and the worker count
+  (``formats.sample_order``): each epoch the shards are dealt to ``streams`` streams by (seed,
+  epoch) (fewer shards than streams: every stream reads every shard and keeps every n-th sample);
+  each stream is shuffled with its own seed; piece p of micro-batch j of global step s is the next
+  ``piece`` samples of stream ``g % streams``, ``g = (s * M + j) * pieces + p``;
+* rank r runs micro-batches ``j = r * M/W .. (r + 1) * M/W - 1`` of every step, so every rank runs
+  ``steps_per_epoch = train samples // global_batch_size`` steps and any W dividing M sees the same
+  micro-batches; loader worker ``w`` makes the rank's pieces ``w, w + workers, ...`` (the order in
+  which ``DataLoader`` collects them), reading past the positions it does not own without decoding;
+* augmentation is seeded by the sample's place (epoch, step, j, index), the device's by (epoch,
+  step, j): a resumed run (``start_step=k``, any W or worker count) gets the same batches.
 
 Bad samples (undecodable JPEG, missing ``jpg``/``cls``, truncated or missing shard) are skipped,
-warned about and counted in ``batch["skipped"]``; with ``strict`` they raise ``DataError``.
+warned about and counted in ``batch["skipped"]`` (once: by the piece whose position comes next); with
+``strict`` they raise ``DataError``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from toolkit.data.locations import Shard, num_samples_of, split_shards
 from toolkit.data.reading import Skips, decode_sample, header_ok, read_shards, usable
 from toolkit.data.transforms import build_train_transform, decode_hint
 from toolkit.errors import DataError, UsageError
+from toolkit.formats.sample_order import SampleOrder, default_streams, shards_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -137,23 +139,7 @@ def _check_rank(rank: int, world_size: int, batch_size: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Training: equal steps on every rank, deterministic, resumable
-
-
-MAX_CHUNK = 16  # samples per worker task at most
-
-
-def _chunk_size(batch_size: int, num_workers: int) -> int:
-    """Samples per worker task: the largest divisor of the batch that is <= ``MAX_CHUNK`` and
-    still leaves at least one chunk per worker in every batch (when the batch is big enough).
-
-    With whole batches per worker, a 4-step epoch kept 4 of 16 workers busy and every epoch
-    started by waiting for one worker to decode a whole batch; small chunks spread each batch
-    over all workers. Much smaller chunks would only add per-task overhead (a prime batch size
-    falls back to chunks of one sample).
-    """
-    limit = max(1, min(MAX_CHUNK, batch_size // max(1, num_workers)))
-    return max(d for d in range(1, limit + 1) if batch_size % d == 0)
+# Training: the sample order of formats.sample_order, equal steps on every rank, resumable
 
 
 class _ShardStream(IterableDataset):
@@ -188,45 +174,39 @@ class _ShardStream(IterableDataset):
         stores.configure(self.store_options)
 
 
-class TrainStream(_ShardStream):
-    """The per-worker chunk generator behind ``TrainLoader`` (runs inside the loader workers)."""
+class _Cursor:
+    """One stream as a worker reads it: usable samples that open as images, at positions 0, 1, 2, ...
 
-    def __init__(
-        self,
-        shards: Sequence[Shard],
-        *,
-        num_samples: int,
-        num_classes: int,
-        transform,
-        decode_hint: int,
-        image_size: int,
-        batch_size: int,
-        rank: int,
-        world_size: int,
-        num_workers: int,
-        seed: int,
-        shuffle_buffer: int,
-        strict: bool,
-    ):
-        super().__init__(
-            shards,
-            num_classes=num_classes,
-            transform=transform,
-            decode_hint=decode_hint,
-            image_size=image_size,
-            batch_size=batch_size,
-            rank=rank,
-            world_size=world_size,
-            num_workers=num_workers,
-            strict=strict,
-        )
-        self.seed = seed
-        self.shuffle_buffer = shuffle_buffer
-        self.steps = num_samples // (batch_size * world_size)
-        self.chunk_size = _chunk_size(batch_size, self.num_workers)
-        self.chunks_per_batch = batch_size // self.chunk_size
-        self.chunks = self.steps * self.chunks_per_batch  # per rank and epoch
-        self.sample_level = len(self.shards) < world_size * self.num_workers
+    Positions that other workers or ranks own are read past quietly (not decoded, not counted: their
+    owner counts them), so every worker that reads a stream agrees on which sample sits where.
+    """
+
+    def __init__(self, samples: Iterator[dict], skips: Skips):
+        self.samples, self.skips, self.position = samples, skips, 0
+
+    def take(self, start: int, count: int) -> tuple[list[dict], int]:
+        """The samples at positions ``start .. start + count - 1`` and the bad samples met on the way to them."""
+        self.skips.quiet = True
+        while self.position < start:
+            next(self.samples)
+            self.position += 1
+        self.skips.quiet = False
+        taken = [next(self.samples) for _ in range(count)]
+        self.position += count
+        return taken, self.skips.take()
+
+
+class TrainStream(_ShardStream):
+    """The pieces of this rank's micro-batches (runs inside the loader workers): worker ``w`` of ``n``
+    produces the rank's pieces ``w, w + n, ...`` of the pass, the order in which ``DataLoader`` collects them."""
+
+    def __init__(self, shards: Sequence[Shard], order: SampleOrder, *, num_samples: int, shuffle_buffer: int, **kw):
+        super().__init__(shards, batch_size=order.batch_size, **kw)
+        self.order, self.shuffle_buffer = order, shuffle_buffer
+        self.steps = num_samples // order.global_batch_size
+        self.batches = order.rank_batches(self.rank, self.world_size)
+        self.piece = order.batch_size // order.pieces
+        self.sample_level = len(self.shards) < order.streams
         self.sizes = _sizes(self.shards, num_samples)
         # (epoch, start_step) in shared memory: persistent workers hold a copy of this object
         self._state = multiprocessing.RawArray("q", 2)
@@ -234,139 +214,135 @@ class TrainStream(_ShardStream):
     def set_state(self, epoch: int, start_step: int) -> None:
         self._state[0], self._state[1] = epoch, start_step
 
-    def quota(self, worker: int) -> int:
-        """Chunks worker ``worker`` produces in a whole epoch: global chunks c with c % W == worker."""
-        return len(range(worker, self.chunks, self.num_workers))
-
     def plan(self, epoch: int) -> Optional[list[list[int]]]:
-        """Shard indices per slot (rank * W + worker) for ``epoch``; None means sample-level splitting.
-
-        The same on every rank (it depends on the seed and epoch only), so it is a partition.
-        """
+        """Shard indices per stream for ``epoch`` (seed and epoch only); None means sample-level splitting."""
         if self.sample_level:
             return None
         order = list(range(len(self.shards)))
-        random.Random(_seed(self.seed, "shards", epoch)).shuffle(order)
-        targets = [
-            self.quota(slot % self.num_workers) * self.chunk_size for slot in range(self.world_size * self.num_workers)
-        ]
+        random.Random(_seed(self.order.seed, "shards", epoch)).shuffle(order)
+        pieces = self.steps * self.order.micro_batches * self.order.pieces
+        targets = [len(range(k, pieces, self.order.streams)) * self.piece for k in range(self.order.streams)]
         return _assign_shards(self.sizes, order, targets)
 
-    def _raw(self, epoch: int, worker: int, skips: Skips) -> Iterator[dict]:
-        """This slot's usable raw samples, shuffled, endless: it cycles over its shards as needed."""
-        slot = self.rank * self.num_workers + worker
-        n_slots = self.world_size * self.num_workers
+    def _raw(self, epoch: int, stream: int, skips: Skips) -> Iterator[dict]:
+        """The stream's usable raw samples, shuffled, endless: it cycles over its shards as needed."""
+        seed, streams = self.order.seed, self.order.streams
         plan = self.plan(epoch)
-        buffer_rng = random.Random(_seed(self.seed, "buffer", epoch, self.rank, worker))
+        buffer_rng = random.Random(_seed(seed, "buffer", epoch, stream))
         for cycle in range(1 << 62):
             if plan is not None:
-                mine = [self.shards[i] for i in plan[slot]]
+                mine = [self.shards[i] for i in plan[stream]]
                 if cycle > 0:
-                    random.Random(_seed(self.seed, "cycle", epoch, self.rank, worker, cycle)).shuffle(mine)
+                    random.Random(_seed(seed, "cycle", epoch, stream, cycle)).shuffle(mine)
                 raw = read_shards(mine, skips)
-            else:  # every slot reads every shard in the same order and keeps its own indices
+            else:  # every stream reads every shard in the same order and keeps its own indices
                 mine = list(self.shards)
-                random.Random(_seed(self.seed, "shards", epoch, cycle)).shuffle(mine)
-                raw = read_shards(mine, skips, owner=lambda i: i % n_slots == slot)
+                random.Random(_seed(seed, "shards", epoch, cycle)).shuffle(mine)
+                raw = read_shards(mine, skips, owner=lambda i: i % streams == stream)
             got = 0
             for sample in _shuffled(usable(raw, skips, self.num_classes), self.shuffle_buffer, buffer_rng):
                 got += 1
                 yield sample
             if got == 0:
                 raise DataError(
-                    f"rank {self.rank} loader worker {worker} found no readable training sample in "
+                    f"training stream {stream} found no readable sample in "
                     f"{', '.join(url for url, _ in mine[:3])}{' ...' if len(mine) > 3 else ''}; "
                     "check the shards with `python -m toolkit.make_shards --verify`"
                 )
 
-    def worker_chunks(self, worker: int, epoch: int, start_chunk: int = 0) -> Iterator[dict]:
-        """Global chunks c = worker, worker + W, ... with c >= start_chunk, each exactly full."""
+    def cursor(self, epoch: int, stream: int) -> _Cursor:
         skips = Skips(self.strict)
-        raw = self._raw(epoch, worker, skips)
-        resumed = False
-        for c in range(worker, self.chunks, self.num_workers):
-            if c < start_chunk:  # consume the same raw samples without decoding them
-                taken = 0
-                while taken < self.chunk_size:
-                    taken += header_ok(next(raw), skips)
-                continue
-            if not resumed:  # skips before start_chunk were reported by the run that made those chunks
-                skips.take()
-                resumed = True
-            images, labels, keys = [], [], []
-            with torch.random.fork_rng(devices=[]):  # with num_workers=0 this is the main process
-                torch.manual_seed(_seed(self.seed, "augment", epoch, self.rank, c))
-                while len(images) < self.chunk_size:
-                    sample = next(raw)
-                    if self.transform is None:  # data.decode=gpu: ship the bytes, the accelerator decodes
-                        image = (
-                            torch.frombuffer(bytearray(sample["jpg"]), dtype=torch.uint8)
-                            if header_ok(sample, skips)
-                            else None
-                        )
-                    else:
-                        image = decode_sample(sample, self.decode_hint, skips)
-                        image = None if image is None else self.transform(image)
-                    if image is not None:
-                        images.append(image)
-                        labels.append(sample["__label__"])
-                        keys.append(sample["__key__"])
-            yield _collate(images, labels, keys, skips.take(), self.image_size) | {"retries": skips.take_retries()}
+        return _Cursor((s for s in self._raw(epoch, stream, skips) if header_ok(s, skips)), skips)
+
+    def pieces(self, epoch: int, start_step: int = 0) -> Iterator[tuple[int, int, int]]:
+        """(step, j, piece) of this rank from ``start_step`` to the epoch's end, in the order the rank uses them."""
+        for step in range(start_step, self.steps):
+            for j in self.batches:
+                for p in range(self.order.pieces):
+                    yield step, j, p
+
+    def make_piece(self, cursors: dict, epoch: int, step: int, j: int, p: int) -> dict:
+        """Piece ``p`` of micro-batch ``j`` of ``step``; augmentation seeded by each sample's place in the order."""
+        stream, q = self.order.locate(step, j, p)
+        if stream not in cursors:
+            cursors[stream] = self.cursor(epoch, stream)
+        samples, skipped = cursors[stream].take(q * self.piece, self.piece)
+        skips = Skips(self.strict)  # a sample that opens but does not decode: the piece is one short, counted
+        images, labels, keys = [], [], []
+        for i, sample in enumerate(samples):
+            if self.transform is None:  # data.decode=gpu: ship the bytes, the accelerator decodes
+                image = torch.frombuffer(bytearray(sample["jpg"]), dtype=torch.uint8)
+            else:
+                with torch.random.fork_rng(devices=[]):  # with num_workers=0 this is the main process
+                    torch.manual_seed(_seed(self.order.seed, "augment", epoch, step, j, p * self.piece + i))
+                    image = decode_sample(sample, self.decode_hint, skips)
+                    image = None if image is None else self.transform(image)
+            if image is not None:
+                images.append(image)
+                labels.append(sample["__label__"])
+                keys.append(sample["__key__"])
+        retries = sum(c.skips.take_retries() for c in cursors.values())
+        return _collate(images, labels, keys, skipped + skips.take(), self.image_size) | {"retries": retries}
+
+    def worker_pieces(self, worker: int, num_workers: int, epoch: int, start_step: int = 0) -> Iterator[dict]:
+        cursors: dict[int, _Cursor] = {}
+        for t, (step, j, p) in enumerate(self.pieces(epoch, start_step)):
+            if t % num_workers == worker:
+                yield self.make_piece(cursors, epoch, step, j, p) | {"position": (epoch, step, j)}
 
     def __iter__(self) -> Iterator[dict]:
         self._enter_worker()
-        loader_worker, num_workers = _worker()
+        worker, num_workers = _worker()
         if num_workers != self.num_workers:
             raise RuntimeError(f"TrainStream was planned for {self.num_workers} workers, runs in {num_workers}")
         epoch, start_step = int(self._state[0]), int(self._state[1])
-        start_chunk = start_step * self.chunks_per_batch
-        # DataLoader asks worker 0 first; on resuming at chunk s, chunk s belongs to worker s % W
-        worker = (loader_worker + start_chunk) % self.num_workers
         try:
-            yield from self.worker_chunks(worker, epoch, start_chunk)
+            yield from self.worker_pieces(worker, num_workers, epoch, start_step)
         except DataError as err:  # travels as data: the main process re-raises it as one clean line
             yield {"error": str(err)}
 
 
-def _join_chunks(chunks: list[dict], pin: bool) -> dict:
-    """One batch from consecutive chunks: a single copy, straight into page-locked memory when pinning."""
+def _join_pieces(pieces: list[dict], pin: bool, seed: int) -> dict:
+    """One micro-batch from its pieces: a single copy, straight into page-locked memory when pinning."""
 
     def cat(tensors: list[torch.Tensor]) -> torch.Tensor:
         out = torch.empty((sum(len(t) for t in tensors), *tensors[0].shape[1:]), dtype=tensors[0].dtype, pin_memory=pin)
         return torch.cat(tensors, out=out)
 
+    epoch, step, j = pieces[0]["position"]
     batch = {
-        "label": cat([c["label"] for c in chunks]),
-        "key": [k for c in chunks for k in c["key"]],
-        "skipped": sum(c["skipped"] for c in chunks),
-        "retries": sum(c.get("retries", 0) for c in chunks),
+        "label": cat([c["label"] for c in pieces]),
+        "key": [k for c in pieces for k in c["key"]],
+        "skipped": sum(c["skipped"] for c in pieces),
+        "retries": sum(c.get("retries", 0) for c in pieces),
+        "position": (epoch, step, j),  # the micro-batch's place in the order: (epoch, step in epoch, j)
+        "device_seed": _seed(seed, "device", epoch, step, j),  # device_augment's draws for this micro-batch
     }
-    if "jpeg" in chunks[0]:  # data.decode=gpu: one 1-D uint8 tensor per image, decoded on the accelerator
-        return batch | {"jpeg": [j for c in chunks for j in c["jpeg"]]}
-    return batch | {"image": cat([c["image"] for c in chunks])}
+    if "jpeg" in pieces[0]:  # data.decode=gpu: one 1-D uint8 tensor per image, decoded on the accelerator
+        return batch | {"jpeg": [j for c in pieces for j in c["jpeg"]]}
+    return batch | {"image": cat([c["image"] for c in pieces])}
 
 
 class TrainLoader:
-    """Iterate for one epoch of ``len(self)`` full batches; ``set_epoch`` before each epoch.
+    """Iterate for one epoch of ``len(self)`` micro-batches of this rank; ``set_epoch`` before each epoch.
 
-    The ``DataLoader`` underneath yields chunks; this joins ``chunks_per_batch`` of them per batch.
-    ``pin_memory`` applies to the joined batch (pinning each chunk first would copy twice), and
-    the per-worker ``prefetch_factor`` (counted in chunks) is raised so that at least that many
-    whole batches are in flight.
+    The ``DataLoader`` underneath yields pieces; this joins ``order.pieces`` of them per micro-batch.
+    ``pin_memory`` applies to the joined batch (pinning each piece first would copy twice), and
+    the per-worker ``prefetch_factor`` (counted in pieces) is raised so that at least that many
+    whole micro-batches are in flight.
     """
 
     def __init__(self, stream: TrainStream, loader_kwargs: dict):
         self.stream = stream
-        self.steps_per_epoch = stream.steps
+        self.steps_per_epoch = stream.steps * len(stream.batches)  # micro-batches of this rank
         kwargs = dict(loader_kwargs)
         self.pin = bool(kwargs.pop("pin_memory", False))
+        pieces = stream.order.pieces
         if kwargs.get("num_workers", 0) > 0:
             batches_ahead = kwargs.get("prefetch_factor") or 2
-            kwargs["prefetch_factor"] = max(
-                batches_ahead, math.ceil(batches_ahead * stream.chunks_per_batch / stream.num_workers)
-            )
+            kwargs["prefetch_factor"] = max(batches_ahead, math.ceil(batches_ahead * pieces / stream.num_workers))
         # its own generator: drawing the workers' base seed must not consume the global RNG
-        self.loader = DataLoader(stream, generator=torch.Generator().manual_seed(stream.seed), **kwargs)
+        self.loader = DataLoader(stream, generator=torch.Generator().manual_seed(stream.order.seed), **kwargs)
         self.epoch, self.start_step = 0, 0
         self.skipped = 0  # bad samples this rank skipped during the last pass
         self.retries = 0  # remote reads this rank retried during the last pass
@@ -375,75 +351,105 @@ class TrainLoader:
         return self.steps_per_epoch
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        """Choose the epoch (new order) and the first batch of the next pass (to resume mid-epoch)."""
-        if not 0 <= start_step <= self.steps_per_epoch:
-            raise UsageError(f"start_step {start_step} is outside the epoch's {self.steps_per_epoch} batches")
+        """Choose the epoch (new order) and its first global step of the next pass (to resume mid-epoch)."""
+        if not 0 <= start_step <= self.stream.steps:
+            raise UsageError(f"start_step {start_step} is outside the epoch's {self.stream.steps} steps")
         self.epoch, self.start_step = epoch, start_step
         self.stream.set_state(epoch, start_step)
 
     def __iter__(self) -> Iterator[dict]:
-        """Batches start_step .. steps_per_epoch - 1 of the epoch."""
+        """This rank's micro-batches of steps start_step .. steps - 1 of the epoch."""
         self.skipped, self.retries = 0, 0
-        chunks: list[dict] = []
-        for chunk in self.loader:
-            if "error" in chunk:
-                raise DataError(chunk["error"])
-            chunks.append(chunk)
-            if len(chunks) == self.stream.chunks_per_batch:
-                batch = _join_chunks(chunks, self.pin)
-                chunks = []
+        pieces: list[dict] = []
+        for piece in self.loader:
+            if "error" in piece:
+                raise DataError(piece["error"])
+            pieces.append(piece)
+            if len(pieces) == self.stream.order.pieces:
+                batch = _join_pieces(pieces, self.pin, self.stream.order.seed)
+                pieces = []
                 self.skipped += batch["skipped"]
                 self.retries += batch["retries"]
                 yield batch
-        if chunks:  # cannot happen while every worker fills its quota; never drop samples quietly
-            raise RuntimeError(
-                f"the loader ended inside a batch ({len(chunks)} of {self.stream.chunks_per_batch} chunks)"
-            )
+        if pieces:  # cannot happen while every worker makes its pieces; never drop samples quietly
+            raise RuntimeError(f"the loader ended inside a batch ({len(pieces)} of {self.stream.order.pieces} pieces)")
 
 
 _layout_warned = False
 
 
+def sample_order(
+    cfg, info: dict, *, batch_size: int, seed: int, global_batch_size: int, streams: Optional[int] = None
+) -> SampleOrder:
+    """The run's sample order (what a checkpoint records and a resumed run must match)."""
+    return SampleOrder(
+        seed=seed,
+        global_batch_size=global_batch_size,
+        batch_size=batch_size,
+        streams=streams or default_streams(global_batch_size, batch_size),
+        shards=shards_fingerprint(split_shards(cfg.shards, "train", info)),
+    )
+
+
 def make_train_loader(
-    cfg, info: dict, *, batch_size: int, rank: int, world_size: int, seed: int, epoch: int = 0, start_step: int = 0
+    cfg,
+    info: dict,
+    *,
+    batch_size: int,
+    rank: int,
+    world_size: int,
+    seed: int,
+    epoch: int = 0,
+    start_step: int = 0,
+    global_batch_size: Optional[int] = None,
+    streams: Optional[int] = None,
 ) -> TrainLoader:
-    """The training loader of this rank; every rank gets the same ``len()``."""
-    global _layout_warned
+    """The training loader of this rank; every rank gets the same ``len()``.
+
+    ``global_batch_size`` defaults to ``batch_size x world_size`` (no accumulation), ``streams`` to
+    ``sample_order.default_streams``; ``start_step`` counts global steps of the epoch.
+    """
     _check_rank(rank, world_size, batch_size)
     shard_list = split_shards(cfg.shards, "train", info)
     num_samples = num_samples_of(shard_list, info, "train")
-    if num_samples < batch_size * world_size:
+    global_batch = global_batch_size or batch_size * world_size
+    order = sample_order(cfg, info, batch_size=batch_size, seed=seed, global_batch_size=global_batch, streams=streams)
+    order.rank_batches(rank, world_size)  # a process count that does not divide the step: one line
+    if num_samples < global_batch:
         raise UsageError(
-            f"batch size {batch_size} x {world_size} process(es) = {batch_size * world_size} exceeds the "
-            f"{num_samples} training samples; lower the batch size"
+            f"the global batch ({batch_size} x {world_size} process(es) x {global_batch // (batch_size * world_size)} "
+            f"accumulation = {global_batch}) exceeds the {num_samples} training samples; lower the batch size"
         )
     stream = TrainStream(
         shard_list,
+        order,
         num_samples=num_samples,
+        shuffle_buffer=cfg.shuffle_buffer,
         num_classes=len(info.get("classes") or [0, 1]),
         transform=None if cfg.decode == "gpu" else build_train_transform(cfg),
         decode_hint=decode_hint(cfg),
         image_size=cfg.image_size,
-        batch_size=batch_size,
         rank=rank,
         world_size=world_size,
         num_workers=cfg.num_workers,
-        seed=seed,
-        shuffle_buffer=cfg.shuffle_buffer,
         strict=cfg.strict,
     )
-    if stream.sample_level and not _layout_warned and rank == 0 and is_main_process():
-        _layout_warned = True
-        log.warning(
-            "only %d training shard(s) for %d process(es) x %d loader worker(s): every worker reads every "
-            "shard and keeps 1/%d of it (slower); re-pack with a smaller --shard-size so there are at least "
-            "%d shards",
-            len(shard_list),
-            world_size,
-            stream.num_workers,
-            world_size * stream.num_workers,
-            world_size * stream.num_workers,
-        )
+    _warn_layout(stream, len(shard_list), rank)
     loader = TrainLoader(stream, _loader_kwargs(cfg, persistent=bool(cfg.persistent_workers)))
     loader.set_epoch(epoch, start_step)
     return loader
+
+
+def _warn_layout(stream: TrainStream, shards: int, rank: int) -> None:
+    global _layout_warned
+    if stream.sample_level and not _layout_warned and rank == 0 and is_main_process():
+        _layout_warned = True
+        streams = stream.order.streams
+        log.warning(
+            "only %d training shard(s) for %d sample stream(s): every stream reads every shard and keeps 1/%d of it "
+            "(slower); re-pack with a smaller --shard-size so there are at least %d shards",
+            shards,
+            streams,
+            streams,
+            streams,
+        )

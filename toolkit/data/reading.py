@@ -49,10 +49,14 @@ _warnings_given = 0
 
 
 class Skips:
-    """Counts bad samples (or, in strict mode, stops at the first one)."""
+    """Counts bad samples (or, in strict mode, stops at the first one).
+
+    ``quiet`` while reading past samples another loader worker or rank owns: their owner counts them.
+    """
 
     def __init__(self, strict: bool):
         self.strict = strict
+        self.quiet = False
         self.count = 0
         self.retries = 0  # remote reads retried (transient faults): they cost time, not samples
 
@@ -68,6 +72,8 @@ class Skips:
         message = redact_text(f"{url}: sample {key}: {reason}")  # a signed URL's token stays out of logs
         if self.strict:
             raise DataError(f"{message} (data.strict=true; set it to false to skip and count bad samples)")
+        if self.quiet:
+            return
         self.count += n
         _warnings_given += 1
         if _warnings_given <= MAX_WARNINGS:

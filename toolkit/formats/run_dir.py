@@ -166,6 +166,12 @@ class RunDir:
         return self.root / "steps.csv"  # one row per logged step (STEP_COLUMNS), with or without W&B
 
     @property
+    def sample_keys(self) -> Path:
+        # train.record_sample_keys (debugging): one JSON line per optimizer step,
+        # {"epoch": 0-based, "step": global step, "keys": the step's sample keys, micro-batch j by j}
+        return self.root / "sample_keys.jsonl"
+
+    @property
     def tensorboard(self) -> Path:
         return self.root / "tensorboard"  # TensorBoard event files (tracking.tensorboard)
 
@@ -279,6 +285,18 @@ class RunDir:
         if self.steps.is_file():
             kept = [row for row in self.read_steps() if row["step"] <= step]
             atomic_write_text(self.steps, _steps_text(kept, header=True))
+
+    def append_sample_keys(self, row: dict) -> None:
+        append_jsonl(self.sample_keys, row)
+
+    def read_sample_keys(self) -> list[dict]:
+        return read_jsonl(self.sample_keys) if self.sample_keys.is_file() else []
+
+    def keep_sample_keys_until(self, step: int) -> None:
+        """Drop the rows of steps a resumed run will redo."""
+        if self.sample_keys.is_file():
+            rows = [r for r in self.read_sample_keys() if r["step"] <= step]
+            atomic_write_text(self.sample_keys, "".join(json.dumps(r) + "\n" for r in rows))
 
     def write_final(self, final: dict) -> None:
         atomic_write_json(self.final, final)

@@ -68,7 +68,9 @@ def training_step_log(
     return StepLog(
         run,
         tracker,
-        hold=bool(cfg.train.checkpoint_every_steps or cfg.train.checkpoint_every_epochs),  # nothing to resume: no hold
+        hold=bool(
+            cfg.train.checkpoint_every_steps or cfg.train.checkpoint_every_epochs or cfg.train.checkpoint_every_minutes
+        ),  # nothing to resume: no hold
         is_main=accelerator.is_main_process,
         tensorboard=cfg.tracking.tensorboard,
         images_per_step=cfg.train.batch_size * world * accum,

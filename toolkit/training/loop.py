@@ -9,6 +9,7 @@ many nodes; Accelerate reads the topology from its launcher's environment.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import random
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, gather_object
 
 from toolkit.cli import progress
 from toolkit.config import Config, resolve_config, to_dict
@@ -30,6 +31,7 @@ from toolkit.data import (
     stores,
 )
 from toolkit.data.device_augment import batch_to_device
+from toolkit.data.loader import sample_order
 from toolkit.data.locations import is_local, manifest_location
 from toolkit.errors import UsageError, usage_errors
 from toolkit.evaluation.evaluator import EvalResult, evaluate_split
@@ -53,22 +55,28 @@ from toolkit.training.monitor import (
     new_state,
     record_epoch,
 )
+from toolkit.training.norm_slots import NormSlots
 from toolkit.training.optim import build_ema, build_optimizer, build_scheduler
 from toolkit.training.ranks import (
     RunningLoss,
+    agreed_max,
     any_process,
     join_after_elastic_restart,
+    lost_peer_error,
     main_process_value,
     rank_weight_checksums,
     sync_norm_statistics,
 )
 from toolkit.training.run_folder import keep_lease, resolve_run_dir, unlock
 from toolkit.training.state import (
+    CheckpointTimer,
     StopRequested,
     TrainerState,
+    checkpoint_due,
     load_training_state,
     restore_best_model,
     save_training_state,
+    saved_order,
 )
 from toolkit.training.step import TrainStep, training_loss
 
@@ -95,8 +103,10 @@ class Session:
     config_dict: dict
     resumed_from: Optional[Path]
     log: Callable[[str], None]
+    norms: NormSlots  # BatchNorm statistics per micro-batch slot of the step (norm_slots)
     steps: Optional[StepLog] = None  # made by start(), once the checkpoint's step is known
     mixer: Optional[Mixer] = None  # mixup/cutmix of training micro-batches (train.mixup_alpha, ...); None: off
+    timer: CheckpointTimer = dataclasses.field(default_factory=CheckpointTimer)  # train.checkpoint_every_minutes
 
     @property
     def world(self) -> int:
@@ -117,13 +127,18 @@ class EpochOutcome:
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
-    join_after_elastic_restart()
+    seconds = cfg.train.collective_timeout_s
+    timeout = datetime.timedelta(seconds=seconds) if seconds else None
+    join_after_elastic_restart(timeout)
+    handlers = [DistributedDataParallelKwargs(broadcast_buffers=False)]
+    if timeout is not None:  # a peer that stops answering fails this process instead of hanging it
+        handlers.append(InitProcessGroupKwargs(timeout=timeout))
     try:
         accelerator = Accelerator(
             # Without CUDA, cpu=True turns a torchrun-style launch (accelerate launch --multi_gpu) into gloo DDP.
             cpu=not torch.cuda.is_available(),
             mixed_precision=cfg.train.mixed_precision,  # None: whatever the launcher says (else "no")
-            kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+            kwargs_handlers=handlers,
         )
     except (ValueError, RuntimeError) as err:
         raise UsageError(
@@ -168,8 +183,17 @@ def setup(cfg: Config) -> Session:
     if cfg.eval.test_split:  # an empty one would end the finished training in a traceback, without a report
         check_split_has_samples(cfg.data.shards, info, cfg.eval.test_split, "eval.test_split", " (null: no final test)")
     check_tensorboard(cfg.tracking.tensorboard)
-    cfg = resolve_config(cfg, info)  # every value decided here, before any folder is made; frozen from now on
-    run, resumed_from = resolve_run_dir(cfg, accelerator)  # decided by the main process, checked by every rank
+    # every value decided here, before any folder is made; frozen from now on
+    cfg = resolve_config(cfg, info, world_size=accelerator.num_processes)
+    order = sample_order(
+        cfg.data,
+        info,
+        batch_size=cfg.train.batch_size,
+        seed=cfg.train.seed,
+        global_batch_size=cfg.train.global_batch_size,
+        streams=cfg.train.streams,
+    )
+    run, resumed_from = resolve_run_dir(cfg, accelerator, order)  # decided by the main process, checked by every rank
     cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, run_name=run.root.name))
     try:
         return build_session(cfg, accelerator, info, run, resumed_from, log)
@@ -213,16 +237,17 @@ def build_session(
     """Everything after the run folder is chosen (and locked): the loader, model, optimizer, tracker."""
     rank, world = accelerator.process_index, accelerator.num_processes
     loader = make_train_loader(
-        cfg.data, info, batch_size=cfg.train.batch_size, rank=rank, world_size=world, seed=cfg.train.seed
+        cfg.data,
+        info,
+        batch_size=cfg.train.batch_size,
+        rank=rank,
+        world_size=world,
+        seed=cfg.train.seed,
+        global_batch_size=cfg.train.global_batch_size,
+        streams=cfg.train.streams,
     )
-    accum = cfg.train.grad_accum_steps
-    batches_per_epoch = (len(loader) // accum) * accum
-    if batches_per_epoch == 0:
-        raise UsageError(
-            f"train.grad_accum_steps = {accum} exceeds the {len(loader)} batches per epoch; lower it or "
-            "train.batch_size"
-        )
-    steps_per_epoch = batches_per_epoch // accum
+    batches_per_epoch = len(loader)  # this rank's micro-batches: grad_accum_steps per global step
+    steps_per_epoch = batches_per_epoch // cfg.train.grad_accum_steps
 
     # model, optimizer, schedule
     seed_everything(cfg.train.seed, rank)
@@ -238,9 +263,7 @@ def build_session(
     if cfg.model.compile:
         model = torch.compile(model)
     criterion = training_loss(cfg.train.class_weights, cfg.train.label_smoothing, accelerator.device)
-    mixer = (
-        Mixer(cfg.train, num_classes=cfg.model.num_classes, rank=rank, accum_steps=accum) if cfg.train.mixing else None
-    )
+    mixer = Mixer(cfg.train, num_classes=cfg.model.num_classes) if cfg.train.mixing else None
     step = TrainStep(
         accelerator,
         model,
@@ -250,7 +273,7 @@ def build_session(
         ema=ema,
         raw_model=raw_model,
         grad_clip=cfg.train.grad_clip,
-        accum_steps=accum,
+        accum_steps=cfg.train.grad_accum_steps,
     )
 
     config_dict = redact_secrets(to_dict(cfg))
@@ -279,6 +302,7 @@ def build_session(
         config_dict=config_dict,
         resumed_from=resumed_from,
         log=log,
+        norms=NormSlots(raw_model, loader.stream.batches, cfg.train.global_batch_size // cfg.train.batch_size),
         mixer=mixer,
     )
 
@@ -288,8 +312,16 @@ def start(s: Session) -> TrainerState:
     cfg = s.cfg
     state = new_state(cfg.train)
     if s.resumed_from is not None:
-        state = load_training_state(s.accelerator, s.resumed_from, s.scheduler, s.ema, s.raw_model)
+        state = load_training_state(s.accelerator, s.resumed_from, s.scheduler, s.ema, s.norms)
         check_resumed(state, cfg.train, str(s.resumed_from))
+        position = saved_order(s.resumed_from)
+        if position is not None:  # the global position, in this process count's micro-batches
+            state.batch_in_epoch = position["step_in_epoch"] * cfg.train.grad_accum_steps
+        else:  # saved before the order was recorded (same process count): its loss sums were per process
+            state.epoch_loss_sum, state.epoch_loss_count = (
+                state.epoch_loss_sum * s.world,
+                state.epoch_loss_count * s.world,
+            )
         s.log(f"resumed from {s.resumed_from} (epoch {state.epoch + 1}, step {state.global_step})")
     elif cfg.train.resume == "auto":
         s.log("train.resume=auto: no checkpoint found, starting from scratch")
@@ -302,6 +334,7 @@ def start(s: Session) -> TrainerState:
         s.run.write_dataset(summary)
         s.run.keep_history_until(state.epoch)  # rows of epochs after the checkpoint are redone
         s.run.keep_steps_until(state.global_step)  # and so are the steps after it
+        s.run.keep_sample_keys_until(state.global_step)
 
     together(s.accelerator, write_run_files if s.accelerator.is_main_process else None)
     resume_step = state.global_step if s.resumed_from is not None else None
@@ -314,10 +347,12 @@ def start(s: Session) -> TrainerState:
     num_params = sum(p.numel() for p in s.raw_model.parameters())
     s.log(
         f"run {s.run.root} | {cfg.model.arch} {num_params / 1e6:.2f}M params | {s.world} process(es) on "
-        f"{s.accelerator.device.type} | precision {s.accelerator.mixed_precision} | {s.batches_per_epoch} batches x "
-        f"{cfg.train.batch_size} x {s.world} per epoch | dataset {s.info.get('dataset')}"
-        + (" (SYNTHETIC)" if s.info.get("synthetic") else "")
+        f"{s.accelerator.device.type} | precision {s.accelerator.mixed_precision} | "
+        f"{s.batches_per_epoch // cfg.train.grad_accum_steps} steps of {cfg.train.global_batch_size} "
+        f"({cfg.train.batch_size} x {s.world} process(es) x {cfg.train.grad_accum_steps}) per epoch | "
+        f"dataset {s.info.get('dataset')}" + (" (SYNTHETIC)" if s.info.get("synthetic") else "")
     )
+    s.timer.restart()  # a resumed run's interval counts from here
     return state
 
 
@@ -325,10 +360,23 @@ def checkpoint(s: Session, state: TrainerState) -> Path:
     """Save the training state (and prune older ones) only while this process holds the run's lease; the W&B
     rows it covers can then go out (a resumed run never logs them again)."""
     keep_lease(s.accelerator, s.run, s.cfg.output.run_name)
+    position = {
+        "epoch": state.epoch,
+        "step_in_epoch": state.batch_in_epoch // s.cfg.train.grad_accum_steps,
+        "global_step": state.global_step,
+    }
     path = save_training_state(
-        s.accelerator, s.run, state, s.scheduler, s.ema, s.cfg.train.keep_checkpoints, s.raw_model
+        s.accelerator,
+        s.run,
+        state,
+        s.scheduler,
+        s.ema,
+        s.cfg.train.keep_checkpoints,
+        s.norms,
+        order=s.loader.stream.order.to_dict() | position,
     )
     s.steps.release()
+    s.timer.restart()
     return path
 
 
@@ -340,12 +388,13 @@ def train_one_epoch(s: Session, state: TrainerState, stop: StopRequested) -> Epo
     """Batches ``state.batch_in_epoch`` .. end of the epoch; returns early (checkpointed) on a stop."""
     cfg, accelerator = s.cfg, s.accelerator
     epoch, first_batch = state.epoch, state.batch_in_epoch
-    s.loader.set_epoch(epoch, start_step=first_batch)
+    s.loader.set_epoch(epoch, start_step=first_batch // cfg.train.grad_accum_steps)
     s.model.train()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     running = RunningLoss(accelerator, state)
     batches = iter(s.loader)
+    keys: list[list[str]] = []  # this rank's micro-batches of the current step
     bar = progress(
         range(first_batch, s.batches_per_epoch),
         total=s.batches_per_epoch,
@@ -363,7 +412,8 @@ def train_one_epoch(s: Session, state: TrainerState, stop: StopRequested) -> Epo
         outcome.data_wait += s.steps.waited(time.perf_counter() - t_wait)
         state.epoch_skipped += int(batch.get("skipped", 0))
         outcome.retries += int(batch.get("retries", 0))
-        images, labels = training_batch(s, batch, epoch, batch_index)
+        images, labels = training_batch(s, batch)
+        s.norms.use(batch["position"][2])  # micro-batch j updates slot j's BatchNorm statistics
         window_closes = (batch_index + 1) % cfg.train.grad_accum_steps == 0
         loss = s.step.forward_backward(images, labels, sync=window_closes, skip_nonfinite=cfg.train.skip_nonfinite)
         state.batch_in_epoch = batch_index + 1
@@ -374,10 +424,14 @@ def train_one_epoch(s: Session, state: TrainerState, stop: StopRequested) -> Epo
             )
             continue
         running.add(state.global_step + 1, loss)
+        keys.append(batch["key"])
         if not window_closes:
             continue
         s.step.update()
         state.global_step += 1
+        if cfg.train.record_sample_keys:
+            record_sample_keys(s, state, keys)
+        keys = []
         outcome.stopped_by = after_step(s, state, running, bar, stop)
         if outcome.stopped_by:
             break
@@ -394,7 +448,7 @@ def train_one_epoch(s: Session, state: TrainerState, stop: StopRequested) -> Epo
     return outcome
 
 
-def training_batch(s: Session, batch: dict, epoch: int, batch_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+def training_batch(s: Session, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """The micro-batch on the device: augmented there, then mixed (train.mixup_alpha, ...) when mixing is on.
 
     Its labels are class indices, or soft targets where mixup/cutmix mixed it; validation never comes here.
@@ -405,12 +459,21 @@ def training_batch(s: Session, batch: dict, epoch: int, batch_index: int) -> tup
         cfg.data,
         device,
         memory_format=torch.channels_last if cfg.model.channels_last else torch.contiguous_format,
-        seed=hash((cfg.train.seed, epoch, s.accelerator.process_index, batch_index)) % 2**63,
+        seed=batch["device_seed"],  # the micro-batch's place in the order, not the rank
     )
     labels = batch["label"].to(device, non_blocking=True)
     if s.mixer is not None:
-        images, labels = s.mixer(images, labels, epoch, batch_index)
+        images, labels = s.mixer(images, labels, batch["position"])
     return images, labels
+
+
+def record_sample_keys(s: Session, state: TrainerState, keys: list[list[str]]) -> None:
+    """One row of RUN/sample_keys.jsonl: the step's keys from every rank, micro-batch j by j (ranks hold
+    consecutive micro-batches, so rank order is j order)."""
+    mine = [k for batch in keys for k in batch]
+    parts = gather_object([mine]) if s.world > 1 else [mine]
+    if s.accelerator.is_main_process:
+        s.run.append_sample_keys({"epoch": state.epoch, "step": state.global_step, "keys": sum(parts, [])})
 
 
 def after_step(s: Session, state: TrainerState, running: RunningLoss, bar, stop: StopRequested) -> Optional[str]:
@@ -422,12 +485,13 @@ def after_step(s: Session, state: TrainerState, running: RunningLoss, bar, stop:
         s.steps.log(state.global_step, epoch, mean_loss, lr)
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
-    if any_process(s.accelerator, stop.requested):  # after every step: "the current step finishes", no more
+    # after every step: "the current step finishes", no more; and the slowest rank's clock, in the same collective
+    stop_flag, elapsed_s = agreed_max(s.accelerator, [float(stop.requested), s.timer.elapsed_s()])
+    if stop_flag:
         return "a stop signal"
-    if (
-        cfg.train.checkpoint_every_steps
-        and state.global_step % cfg.train.checkpoint_every_steps == 0
-        and state.batch_in_epoch < s.batches_per_epoch
+    every_steps, every_minutes = cfg.train.checkpoint_every_steps, cfg.train.checkpoint_every_minutes
+    if state.batch_in_epoch < s.batches_per_epoch and checkpoint_due(
+        state.global_step, every_steps, elapsed_s, every_minutes
     ):
         running.check()
         running.flush()
@@ -440,10 +504,12 @@ def after_step(s: Session, state: TrainerState, running: RunningLoss, bar, stop:
 def validate(s: Session) -> EvalResult:
     """The model that would be saved (the EMA's when there is one), on the whole val split.
 
-    With N processes its BatchNorm statistics are made the same on every rank first, so the logged
-    val metrics are those of the model file the main process writes.
+    Its BatchNorm statistics are merged first (``norm_slots``, ``train.dist_bn``): the same on every rank,
+    so the logged val metrics are those of the model file the main process writes, whatever the process count.
     """
-    if s.world > 1 and s.cfg.train.dist_bn != "none":
+    if s.ema is None:
+        s.norms.merge(s.accelerator, s.cfg.train.dist_bn)
+    elif s.world > 1 and s.cfg.train.dist_bn != "none":  # the EMA's own statistics (averaged from the model's)
         sync_norm_statistics(s.accelerator, s.eval_model, s.cfg.train.dist_bn)
     cfg = s.cfg
     return evaluate_split(
@@ -533,7 +599,11 @@ def end_epoch(s: Session, state: TrainerState, outcome: EpochOutcome, val: EvalR
         s.log(early_stop_line(state, cfg.train))
     every = cfg.train.checkpoint_every_epochs
     last = state.epoch == cfg.train.epochs or state.stopped_early_at is not None
-    if every and (state.epoch % every == 0 or last):
+    minutes = cfg.train.checkpoint_every_minutes  # due at the epoch's last step: saved here, after validation
+    by_time = bool(minutes) and checkpoint_due(
+        state.global_step, 0, agreed_max(accelerator, [s.timer.elapsed_s()])[0], minutes
+    )
+    if (every and (state.epoch % every == 0 or last)) or by_time:
         checkpoint(s, state)
 
 
@@ -562,7 +632,7 @@ def train(cfg: Config) -> dict:
                     return leave_early(s, state, "a stop signal", stop.signum)
         return finish(s, state)
     except Exception as err:  # a full disk mid-run: every file is written atomically, nothing finished is damaged
-        full = disk_full_error(err, s.run.root, s.run.root.name)
+        full = disk_full_error(err, s.run.root, s.run.root.name) or lost_peer_error(err, cfg.train.collective_timeout_s)
         if full is None:
             raise
         raise full from None

@@ -9,9 +9,10 @@ timm's own ``SoftTargetCrossEntropy``.
 Why the draws are not timm's ``Mixup`` object: it draws from numpy's global RNG, whose state carries over
 from step to step and differs per rank, so a run resumed mid-epoch or run on N processes would mix
 differently from the uninterrupted 1-process run. Here every micro-batch draws from its own
-``numpy.random.Generator`` seeded by (train.seed, epoch, step in the epoch, the micro-batch's slot in the
-global batch) and by nothing else; the draws follow timm's ``_params_per_batch``, ``rand_bbox``,
-``rand_bbox_minmax`` and ``cutmix_bbox_and_lam`` (with ``correct_lam``, timm's default) step by step.
+``numpy.random.Generator`` seeded by (train.seed, epoch, step in the epoch, the micro-batch's slot j in the
+global step) and by nothing else, whichever process runs it; the draws follow timm's ``_params_per_batch``,
+``rand_bbox``, ``rand_bbox_minmax`` and ``cutmix_bbox_and_lam`` (with ``correct_lam``, timm's default) step
+by step.
 """
 
 from __future__ import annotations
@@ -91,24 +92,23 @@ def mix_batch(
 
 
 class Mixer:
-    """The training loop's mixing: ``mixer(images, labels, epoch, batch_index)`` for this rank's micro-batch.
+    """The training loop's mixing: ``mixer(images, labels, position)`` for one micro-batch.
 
-    The micro-batch's slot in the global batch is ``rank * accum + micro`` (micro: its place in the
-    accumulation window), so 2 processes and 1 process accumulating 2 micro-batches give the same slots.
+    ``position`` is the micro-batch's place in the run's sample order, (epoch, step in the epoch, j), as
+    the loader gives it (``formats.sample_order``): the same on any process count and after a resume.
     """
 
-    def __init__(self, train: TrainConfig, *, num_classes: int, rank: int, accum_steps: int):
-        self.train, self.num_classes, self.rank, self.accum_steps = train, num_classes, rank, accum_steps
+    def __init__(self, train: TrainConfig, *, num_classes: int):
+        self.train, self.num_classes = train, num_classes
 
-    def draw(self, epoch: int, batch_index: int, height: int, width: int) -> MixDraw:
-        step, micro = divmod(batch_index, self.accum_steps)
-        rng = np.random.default_rng((self.train.seed, epoch, step, self.rank * self.accum_steps + micro))
-        return draw_mix(self.train, rng, height, width)
+    def draw(self, position: tuple[int, int, int], height: int, width: int) -> MixDraw:
+        epoch, step, j = position
+        return draw_mix(self.train, np.random.default_rng((self.train.seed, epoch, step, j)), height, width)
 
     def __call__(
-        self, images: torch.Tensor, labels: torch.Tensor, epoch: int, batch_index: int
+        self, images: torch.Tensor, labels: torch.Tensor, position: tuple[int, int, int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        mix = self.draw(epoch, batch_index, images.shape[-2], images.shape[-1])
+        mix = self.draw(position, images.shape[-2], images.shape[-1])
         return mix_batch(images, labels, mix, self.num_classes, self.train.label_smoothing)
 
 

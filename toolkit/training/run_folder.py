@@ -33,11 +33,12 @@ from toolkit.config import Config, to_dict
 from toolkit.errors import UsageError, on_every_rank
 from toolkit.fileio import TMP_PREFIX, read_yaml_mapping
 from toolkit.formats import RunDir, versioned_name
+from toolkit.formats.sample_order import SampleOrder
 from toolkit.redaction import redact_secrets
 from toolkit.training.checkpoint import checkpoint_step, latest_checkpoint, list_checkpoints
 from toolkit.training.ranks import any_process
 from toolkit.training.run_lock import RunLock, describe, read_record
-from toolkit.training.state import TRAINER_STATE, TrainingError
+from toolkit.training.state import TRAINER_STATE, TrainingError, saved_order
 
 # Config keys that may differ between a run and the one that resumes it (max_steps: a time slice, not the recipe).
 NOT_COMPARED = (
@@ -46,6 +47,11 @@ NOT_COMPARED = (
     ("output", "shared_wait_s"),
     ("train", "resume"),
     ("train", "max_steps"),
+    ("train", "record_sample_keys"),
+    # derived from the process count, or part of the sample order, which the checkpoint records and checks
+    ("train", "grad_accum_steps"),
+    ("train", "global_batch_size"),
+    ("train", "streams"),
 )
 # What a run saved before these keys existed trained with: its config.yaml lacks them, and means these values.
 BEFORE_KEYS = {
@@ -66,11 +72,11 @@ MAX_VERSIONS = 10_000
 _held: dict[Path, RunLock] = {}  # the locks this process holds, by run folder
 
 
-def resolve_run_dir(cfg: Config, accelerator) -> tuple[RunDir, Optional[Path]]:
+def resolve_run_dir(cfg: Config, accelerator, order: SampleOrder) -> tuple[RunDir, Optional[Path]]:
     """(the run folder, the checkpoint to resume or None): the main process's decision, on every rank."""
     decision: list = [None, None, None, None, None]  # name, note, error, checkpoint, lock token
     if accelerator.is_main_process:
-        decision = decide(cfg, accelerator.num_processes)
+        decision = decide(cfg, accelerator.num_processes, order)
     if accelerator.num_processes > 1:
         broadcast_object_list(decision, from_process=0)
     name, note, error, checkpoint, token = decision
@@ -89,7 +95,7 @@ def resolve_run_dir(cfg: Config, accelerator) -> tuple[RunDir, Optional[Path]]:
     return run, Path(checkpoint) if checkpoint else None
 
 
-def decide(cfg: Config, world: int) -> list:
+def decide(cfg: Config, world: int, order: SampleOrder) -> list:
     """[name, note, error, checkpoint, token] as the main process decides them; the folder is locked."""
     try:
         run, notes = claim_run(cfg)
@@ -98,7 +104,7 @@ def decide(cfg: Config, world: int) -> list:
     try:
         checkpoint = resume_checkpoint(cfg, run)
         if checkpoint is not None:
-            check_process_count(checkpoint, world)
+            check_resume_order(checkpoint, world, order)
             notes += set_aside_later_checkpoints(run, checkpoint)
     except UsageError as err:
         unlock(run)
@@ -277,14 +283,30 @@ def saved_process_count(checkpoint: Path) -> Optional[int]:
     return count if isinstance(count, int) else None
 
 
+def check_resume_order(checkpoint: Path, world: int, order: SampleOrder) -> None:
+    """Resume only with the sample order the checkpoint recorded (then on any valid process count);
+    a checkpoint that recorded none (older toolkits) only on its own process count."""
+    saved = saved_order(checkpoint)
+    if saved is None:
+        check_process_count(checkpoint, world)
+        return
+    problem = order.mismatch(saved)
+    if problem is not None:
+        raise UsageError(
+            f"cannot resume {checkpoint}: {problem}; the sample order must stay the same, so set it back "
+            "(or start a new run)"
+        )
+
+
 def check_process_count(checkpoint: Path, world: int) -> None:
-    """Refuse to resume on another number of processes (the data split and position depend on it)."""
+    """Refuse to resume a checkpoint without a recorded sample order on another number of processes
+    (its data split and position depend on it)."""
     saved = saved_process_count(checkpoint)
     if saved is not None and saved != world:
         raise UsageError(
-            f"{checkpoint} was saved by {saved} process(es) but this run has {world}; resuming on "
-            f"another process count is not supported (each rank's place in the data depends on it): "
-            f"launch {saved} process(es), or start a new run"
+            f"{checkpoint} was saved by {saved} process(es) but this run has {world}; it records "
+            f"no sample order (written by a toolkit before train.global_batch_size), so each rank's place in the "
+            f"data depends on the process count: launch {saved} process(es), or start a new run"
         )
 
 

@@ -9,7 +9,8 @@ judges it:
 * dead at once: the writer ran on this host (and SLURM node, boot and PID namespace: containers
   with host networking share the hostname, not the pids) and its process is gone or its pid now
   belongs to another process (a reused pid); or it is an earlier run of this same SLURM job (a
-  requeued job taking its own run back: SLURM runs one instance of a job at a time);
+  requeued job taking its own run back: SLURM runs one instance of a job at a time), or of this same
+  torchrun elastic job (its rendezvous id) before the agents restarted their workers;
 * dead after ``expiry_s``: everything else, e.g. a writer on a node that failed.
 
 The holder loses its lease when the lock no longer holds its token or when it could not renew it
@@ -60,6 +61,12 @@ def pid_namespace() -> Optional[str]:
     return f"{boot}:{namespace.st_dev}:{namespace.st_ino}"
 
 
+def elastic_run_id() -> Optional[str]:
+    """The torchrun rendezvous id (``--rdzv-id``) of an elastic job, None outside one (or its default "none")."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    return run_id if run_id and run_id != "none" else None
+
+
 def my_record(expiry_s: float, token: Optional[str] = None) -> dict:
     """The lock record this process writes (and renews)."""
     pid = os.getpid()
@@ -71,6 +78,8 @@ def my_record(expiry_s: float, token: Optional[str] = None) -> dict:
         "slurm_job": os.environ.get("SLURM_JOB_ID"),
         "slurm_restart": int(os.environ.get("SLURM_RESTART_COUNT") or 0),
         "node": os.environ.get("SLURMD_NODENAME"),
+        "elastic_run": elastic_run_id(),
+        "elastic_restart": int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0),
         "token": token or uuid.uuid4().hex,
         "heartbeat": time.time(),
         "expiry_s": float(expiry_s),
@@ -111,6 +120,9 @@ def is_dead(record: dict, expiry_s: float, now: Optional[float] = None) -> Optio
     job = record.get("slurm_job")
     if job and job == mine["slurm_job"] and int(record.get("slurm_restart") or 0) < mine["slurm_restart"]:
         return f"an earlier run of this SLURM job ({job}, requeued)"
+    elastic = record.get("elastic_run")
+    if elastic and elastic == mine["elastic_run"] and int(record.get("elastic_restart") or 0) < mine["elastic_restart"]:
+        return f"an earlier round of this torchrun elastic job ({elastic}, restarted)"
     same_machine = (
         record.get("host") == mine["host"]
         and record.get("node") == mine["node"]

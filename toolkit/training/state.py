@@ -16,7 +16,7 @@ import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -25,11 +25,12 @@ from toolkit.errors import UsageError
 from toolkit.fileio import TMP_PREFIX, atomic_write_json, fsync_dir
 from toolkit.formats import RunDir
 from toolkit.training.checkpoint import save_checkpoint
+from toolkit.training.norm_slots import NormSlots
 
 TRAINER_STATE = "trainer_state.json"
 EMA_FILE = "ema.safetensors"
 BEST_MODEL_FILE = "best_model.safetensors"  # RUN/model.safetensors as it was at this checkpoint
-RANK_BUFFERS = "buffers_rank{rank}.safetensors"  # each rank's BatchNorm statistics (several processes only)
+RANK_BUFFERS = "buffers_rank{rank}.safetensors"  # each rank's BatchNorm statistics, as toolkits before slots saved them
 
 
 class TrainingError(Exception):
@@ -68,6 +69,35 @@ class TrainerState:
             has_best = legacy is not None and saved.get("best_epoch", -1) >= 1
             saved.update(monitor="val_auc", monitor_mode="max", best_value=float(legacy) if has_best else None)
         return cls(**saved)
+
+
+class CheckpointTimer:
+    """Wall-clock seconds since the last checkpoint, or since this process started or resumed.
+
+    Each rank reads its own clock; the loop decides on the largest reading over the ranks
+    (``ranks.agreed_max``), so every rank checkpoints at the same step. ``clock`` is injectable for tests.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.since = clock()
+
+    def restart(self) -> None:
+        self.since = self.clock()
+
+    def elapsed_s(self) -> float:
+        return self.clock() - self.since
+
+
+def checkpoint_due(global_step: int, every_steps: int, elapsed_s: float, every_minutes: float) -> bool:
+    """Whether a step boundary saves a checkpoint: every N steps, or ``every_minutes`` after the last one.
+
+    ``elapsed_s`` must be the same number on every rank (the maximum over ranks): one rank deciding by
+    its own clock would checkpoint alone and leave the others waiting in the next collective.
+    """
+    by_steps = bool(every_steps) and global_step % every_steps == 0
+    by_time = every_minutes > 0 and elapsed_s >= every_minutes * 60.0
+    return by_steps or by_time
 
 
 class StopRequested:
@@ -116,19 +146,21 @@ class StopRequested:
 
 
 def save_training_state(
-    accelerator, run: RunDir, state: TrainerState, scheduler, ema, keep: int, model: Optional[torch.nn.Module] = None
+    accelerator,
+    run: RunDir,
+    state: TrainerState,
+    scheduler,
+    ema,
+    keep: int,
+    norms: Optional[NormSlots] = None,
+    order: Optional[dict] = None,
 ) -> Path:
     """Full state for resuming: Accelerate's (model, optimizer, scaler, RNG) + ours as JSON/safetensors.
 
-    With several processes each rank also saves its own buffers (BatchNorm running statistics):
-    they differ between ranks until the next validation averages them, and Accelerate keeps rank 0's only.
+    With several micro-batches per step each rank also saves its BatchNorm slots (``norm_slots``): they
+    differ until the next validation merges them, and Accelerate keeps rank 0's model buffers only. ``order`` is the run's sample order (``formats.sample_order``) with the global position in it, which
+    lets the checkpoint continue on another process count.
     """
-
-    def rank_buffers(folder: Path) -> None:
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in model.named_buffers()},
-            str(folder / RANK_BUFFERS.format(rank=accelerator.process_index)),
-        )
 
     def extras(folder: Path) -> None:
         atomic_write_json(
@@ -137,6 +169,7 @@ def save_training_state(
                 "trainer": dataclasses.asdict(state),
                 "scheduler": _scheduler_state(scheduler),
                 "num_processes": accelerator.num_processes,
+                **({"order": order} if order is not None else {}),
             },
         )
         if run.model.exists():
@@ -144,10 +177,20 @@ def save_training_state(
         if ema is not None:
             save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}, str(folder / EMA_FILE))
 
-    per_rank = rank_buffers if model is not None and accelerator.num_processes > 1 else None
+    per_rank = norms.save if norms is not None and norms.total > 1 else None
     return save_checkpoint(
         accelerator, run.checkpoints, state.global_step, keep, write_extras=extras, write_rank_extras=per_rank
     )
+
+
+def saved_order(checkpoint: Path) -> Optional[dict]:
+    """The sample order and position a checkpoint recorded; None when it has none (written before they
+    were recorded) or cannot be read (loading it then says why, in one line)."""
+    try:
+        order = json.loads((Path(checkpoint) / TRAINER_STATE).read_text()).get("order")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return order if isinstance(order, dict) else None
 
 
 def _scheduler_state(scheduler) -> dict:
@@ -180,9 +223,7 @@ def weights_only_loads() -> Iterator[None]:
         torch.load = real_load
 
 
-def load_training_state(
-    accelerator, folder: Path, scheduler, ema, model: Optional[torch.nn.Module] = None
-) -> TrainerState:
+def load_training_state(accelerator, folder: Path, scheduler, ema, norms: Optional[NormSlots] = None) -> TrainerState:
     try:  # pickles (optimizer, RNG, scaler) are read with weights_only=True: a foreign one fails here, unexecuted
         with weights_only_loads():
             accelerator.load_state(str(folder))
@@ -204,14 +245,18 @@ def load_training_state(
         group["lr"] = lr
     if ema is not None:
         ema.load_state_dict(load_file(str(folder / EMA_FILE)))
-    buffers = folder / RANK_BUFFERS.format(rank=accelerator.process_index)
-    if model is not None and accelerator.num_processes > 1 and buffers.exists():
-        own = dict(model.named_buffers())
-        with torch.no_grad():
-            for name, value in load_file(str(buffers)).items():
-                if name in own and own[name].shape == value.shape:
-                    own[name].copy_(value)
+    if norms is not None:
+        restore_norm_statistics(folder, norms, accelerator.process_index)
     return TrainerState.from_saved(saved["trainer"])
+
+
+def restore_norm_statistics(folder: Path, norms: NormSlots, rank: int) -> None:
+    """Each slot's BatchNorm statistics as the checkpoint saved them; a checkpoint of a toolkit before slots
+    (same process count only) saved one set per rank, and one of a single process none beyond the model's."""
+    if norms.restore(folder):
+        return
+    legacy = folder / RANK_BUFFERS.format(rank=rank)
+    norms.restore_all(load_file(str(legacy)) if legacy.exists() else {n: b.clone() for n, b in norms.buffers.items()})
 
 
 def link_or_copy(source: Path, target: Path) -> None:

@@ -26,6 +26,7 @@ from PIL import Image
 from toolkit import data
 from toolkit.config import DataConfig, resolve_normalization
 from toolkit.errors import DataError, UsageError
+from toolkit.formats.sample_order import piece_size
 
 MEAN, STD = [0.25, 0.5, 0.75], [0.5, 0.25, 0.125]
 
@@ -146,31 +147,28 @@ def test_every_rank_gets_the_same_number_of_full_batches(uneven, world, workers)
         assert all(b["label"].dtype == torch.long and len(b["key"]) == batch for b in batches)
 
 
-def test_each_worker_fills_its_quota(uneven):
+def test_each_worker_makes_its_share_of_the_pieces(uneven):
     folder, info = uneven
     loader = data.make_train_loader(config(folder, num_workers=2), info, batch_size=4, rank=0, world_size=1, seed=0)
     stream = loader.stream
-    assert stream.steps == 52 // 4 == 13
-    assert (stream.chunk_size, stream.chunks_per_batch, stream.chunks) == (2, 2, 26)
-    produced = [list(stream.worker_chunks(w, epoch=0)) for w in range(2)]
-    assert [len(p) for p in produced] == [stream.quota(w) for w in range(2)] == [13, 13]
-    assert all(len(c["key"]) == 2 for p in produced for c in p)
+    assert stream.steps == len(loader) == 52 // 4 == 13
+    assert (stream.piece, stream.order.pieces, stream.order.streams) == (4, 1, 1)
+    produced = [list(stream.worker_pieces(w, 2, epoch=0)) for w in range(2)]
+    assert [len(p) for p in produced] == [7, 6]
+    assert all(len(c["key"]) == 4 for p in produced for c in p)
 
 
-@pytest.mark.parametrize(
-    ("batch", "workers", "chunk"),
-    [(128, 16, 8), (256, 16, 16), (64, 2, 16), (3, 2, 1), (4, 0, 4), (127, 16, 1), (6, 4, 1)],
-)
-def test_chunk_size_divides_the_batch_and_spreads_it_over_the_workers(batch, workers, chunk):
-    assert data.loader._chunk_size(batch, workers) == chunk
+@pytest.mark.parametrize(("batch", "piece"), [(128, 16), (256, 16), (64, 16), (3, 3), (4, 4), (127, 1), (6, 6)])
+def test_piece_size_divides_the_batch_whatever_the_workers(batch, piece):
+    assert piece_size(batch) == piece
 
 
-def test_chunk_c_comes_from_worker_c_mod_w_and_every_worker_helps_with_the_first_batch(uneven):
+def test_piece_t_comes_from_worker_t_mod_w_and_every_worker_helps_with_the_first_batch(uneven):
     folder, info = uneven
-    loader = data.make_train_loader(config(folder, num_workers=2), info, batch_size=4, rank=0, world_size=1, seed=2)
+    loader = data.make_train_loader(config(folder, num_workers=2), info, batch_size=32, rank=0, world_size=1, seed=2)
     stream = loader.stream
-    produced = [list(stream.worker_chunks(w, epoch=0)) for w in range(2)]
-    in_order = [produced[c % 2][c // 2] for c in range(stream.chunks)]
+    produced = [list(stream.worker_pieces(w, 2, epoch=0)) for w in range(2)]
+    in_order = [produced[t % 2][t // 2] for t in range(stream.order.pieces * len(loader))]
     batches = list(loader)  # two real worker processes, joined in the main process
     assert keys_of(batches) == keys_of(in_order)
     assert torch.equal(torch.cat([b["image"] for b in batches]), torch.cat([c["image"] for c in in_order]))
@@ -180,14 +178,14 @@ def test_chunk_c_comes_from_worker_c_mod_w_and_every_worker_helps_with_the_first
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")  # no worker process is started here
 @pytest.mark.parametrize(("train", "batch", "workers"), [([3], 2, 4), ([12, 12, 12, 12], 4, 3)])
-def test_producing_workers_per_epoch_is_min_of_workers_and_chunks(tmp_path, train, batch, workers):
+def test_producing_workers_per_epoch_is_min_of_workers_and_pieces(tmp_path, train, batch, workers):
     info = write_shards(tmp_path, {"train": train})
     loader = data.make_train_loader(
         config(tmp_path, num_workers=workers), info, batch_size=batch, rank=0, world_size=1, seed=0
     )
     stream = loader.stream
-    producers = [w for w in range(workers) if list(stream.worker_chunks(w, epoch=0))]
-    assert len(producers) == min(workers, stream.chunks) == (2 if train == [3] else 3)
+    producers = [w for w in range(workers) if list(stream.worker_pieces(w, workers, epoch=0))]
+    assert len(producers) == min(workers, len(loader)) == (1 if train == [3] else 3)
 
 
 @pytest.mark.parametrize("layout", [[12, 12, 12, 12], [24, 24]], ids=["shard-level", "sample-level"])

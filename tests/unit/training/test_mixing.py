@@ -79,18 +79,15 @@ def test_the_probabilities_choose_as_timm_does():
     assert all(m.box is None for m in draws(TrainConfig(mixup_alpha=0.2), 20))
 
 
-def test_a_micro_batch_draw_depends_on_its_global_slot_not_the_rank_or_earlier_steps():
-    """2 processes (slot = rank) and 1 process accumulating 2 micro-batches (slot = micro) draw the same."""
-    two = [Mixer(BOTH, num_classes=NUM_CLASSES, rank=r, accum_steps=1) for r in (0, 1)]
-    one = Mixer(BOTH, num_classes=NUM_CLASSES, rank=0, accum_steps=2)
-    for epoch, step in [(0, 0), (0, 5), (3, 2)]:
-        for slot in (0, 1):
-            assert two[slot].draw(epoch, step, 16, 16) == one.draw(epoch, 2 * step + slot, 16, 16)
-    assert len({one.draw(0, b, 16, 16) for b in range(8)}) == 8  # each micro-batch its own draw
-    later = one.draw(2, 7, 16, 16)
-    assert Mixer(BOTH, num_classes=NUM_CLASSES, rank=0, accum_steps=2).draw(2, 7, 16, 16) == later  # no carried state
-    other_seed = Mixer(dataclasses.replace(BOTH, seed=1), num_classes=NUM_CLASSES, rank=0, accum_steps=2)
-    assert other_seed.draw(2, 7, 16, 16) != later
+def test_a_micro_batch_draw_depends_on_its_place_in_the_order_only():
+    """The draw is a function of (seed, epoch, step, j): no state carried from earlier draws, nothing of
+    the process that runs it (the loader gives every micro-batch the same place on any process count)."""
+    one = Mixer(BOTH, num_classes=NUM_CLASSES)
+    places = [(epoch, step, j) for epoch in (0, 3) for step in (0, 5) for j in (0, 1)]
+    assert len({one.draw(p, 16, 16) for p in places}) == len(places)  # each micro-batch its own draw
+    later = one.draw((2, 7, 1), 16, 16)
+    assert Mixer(BOTH, num_classes=NUM_CLASSES).draw((2, 7, 1), 16, 16) == later  # no carried state
+    assert Mixer(dataclasses.replace(BOTH, seed=1), num_classes=NUM_CLASSES).draw((2, 7, 1), 16, 16) != later
 
 
 LOGITS = torch.tensor([[2.0, 0.5, -1.0, 0.0, 0.3], [0.1, 0.3, 1.2, -0.5, 0.0], [-0.4, 1.5, 0.2, 0.9, 1.1]])

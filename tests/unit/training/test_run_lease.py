@@ -69,6 +69,20 @@ def test_a_requeued_slurm_job_takes_its_own_lock_back_from_another_node(tmp_path
     assert RunLock(lock, 300).acquire() is None  # requeued: the earlier run of this job is gone
 
 
+def test_a_restarted_torchrun_elastic_job_takes_its_own_lock_back_from_a_lost_node(tmp_path, monkeypatch):
+    lock = tmp_path / ".lock"
+    write_lock(lock, host="lost-node", pid=1, pid_started=1, elastic_run="job-5", elastic_restart=0)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-5")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    assert RunLock(lock, 300).acquire() is not None  # the same round on another node: may be alive
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-6")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert RunLock(lock, 300).acquire() is not None  # another job's lock: held until it expires
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-5")
+    assert "torchrun elastic" in is_dead(read_record(lock), 300)  # the survivors' next round: taken back at once
+    assert RunLock(lock, 300).acquire() is None
+
+
 def test_the_live_writer_renews_its_lease_and_releases_only_its_own(tmp_path):
     lock = RunLock(tmp_path / ".lock", expiry_s=1.0)
     assert lock.create()
