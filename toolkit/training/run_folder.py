@@ -48,6 +48,10 @@ NOT_COMPARED = (
     ("train", "resume"),
     ("train", "max_steps"),
     ("train", "record_sample_keys"),
+    # how to read and how long to wait, not the recipe
+    ("data", "retry_deadline_s"),
+    ("data", "read_block_kib"),
+    ("train", "collective_timeout_s"),
     # derived from the process count, or part of the sample order, which the checkpoint records and checks
     ("train", "grad_accum_steps"),
     ("train", "global_batch_size"),
@@ -65,6 +69,10 @@ BEFORE_KEYS = {
     ("train", "cutmix_minmax"): None,
     ("train", "mix_prob"): 1.0,
     ("train", "mix_switch_prob"): 0.5,
+    ("train", "checkpoint_every_minutes"): 0.0,
+    ("data", "endpoint_url"): None,
+    ("eval", "tta"): "none",
+    ("tracking", "tensorboard"): False,
 }
 ABANDONED_PREFIX = "abandoned-"
 MAX_VERSIONS = 10_000
