@@ -58,6 +58,15 @@ def test_a_checkpoint_without_a_sample_order_of_another_process_count_is_refused
     assert file_hashes(run) == before and not (run / ".lock").exists()
 
 
+def test_a_checkpoint_without_a_sample_order_still_resumes_on_its_own_process_count(stopped_run, tiny_shards, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(stopped_run, run)
+    as_written_before_the_sample_order(run / "checkpoints" / "step-00000003" / "trainer_state.json", 1)
+    args = train_args(tiny_shards, tmp_path, "run", "train.epochs=2", "train.resume=auto", "eval.test_split=null")
+    assert train_cli(args) == 0
+    assert [row["step"] for row in RunDir(run).read_history()] == [8, 16]
+
+
 @pytest.mark.parametrize(
     ("key", "value", "named"),
     [

@@ -269,18 +269,21 @@ class TrainStream(_ShardStream):
         samples, skipped = cursors[stream].take(q * self.piece, self.piece)
         skips = Skips(self.strict)  # a sample that opens but does not decode: the piece is one short, counted
         images, labels, keys = [], [], []
-        for i, sample in enumerate(samples):
-            if self.transform is None:  # data.decode=gpu: ship the bytes, the accelerator decodes
-                image = torch.frombuffer(bytearray(sample["jpg"]), dtype=torch.uint8)
-            else:
-                with torch.random.fork_rng(devices=[]):  # with num_workers=0 this is the main process
-                    torch.manual_seed(_seed(self.order.seed, "augment", epoch, step, j, p * self.piece + i))
+        with torch.random.fork_rng(devices=[]):  # with num_workers=0 this is the main process
+            for i, sample in enumerate(samples):
+                if self.transform is None:  # data.decode=gpu: ship the bytes, the accelerator decodes
+                    image = torch.frombuffer(bytearray(sample["jpg"]), dtype=torch.uint8)
+                else:
+                    # the CPU generator only: torch.manual_seed also queues a CUDA seeding with a stack trace per call
+                    torch.default_generator.manual_seed(
+                        _seed(self.order.seed, "augment", epoch, step, j, p * self.piece + i)
+                    )
                     image = decode_sample(sample, self.decode_hint, skips)
                     image = None if image is None else self.transform(image)
-            if image is not None:
-                images.append(image)
-                labels.append(sample["__label__"])
-                keys.append(sample["__key__"])
+                if image is not None:
+                    images.append(image)
+                    labels.append(sample["__label__"])
+                    keys.append(sample["__key__"])
         retries = sum(c.skips.take_retries() for c in cursors.values())
         return _collate(images, labels, keys, skipped + skips.take(), self.image_size) | {"retries": retries}
 

@@ -5,6 +5,8 @@
 * ``model_file``: the model file (``model.safetensors`` with its metadata), between training and
   evaluation, prediction, reports and export. Import it as ``toolkit.formats.model_file``: it needs
   torch, the other two do not.
+* ``sample_order``: the training sample order a checkpoint records (``SampleOrder``), defined without
+  the process count.
 """
 
 from toolkit.formats.manifest import (
