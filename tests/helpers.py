@@ -181,6 +181,11 @@ def kill_tree(proc: subprocess.Popen) -> None:
             pass
 
 
+def start(argv: Sequence[str]) -> subprocess.Popen:
+    """``argv`` started from the repository root with the suite's environment (``ENV``), its output piped."""
+    return subprocess.Popen(list(argv), cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def wait_for(proc: subprocess.Popen, timeout: float = 300) -> tuple[str, str]:
     """The process's (stdout, stderr); killed and failed after ``timeout`` s, so a hang cannot stall the suite."""
     try:

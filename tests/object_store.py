@@ -145,7 +145,8 @@ class FaultProxy(socketserver.ThreadingMixIn, http.server.HTTPServer):
     """Forwards to ``upstream`` (host, port); faults are injected on GETs of ``*.tar`` objects only.
 
     ``reset_midway``: GET number ``reset_request`` (the first by default) of each tar gets half its body, then a
-    TCP reset.
+    TCP reset; with ``reset_from_byte=N`` instead, the first GET of each tar whose range starts at byte N (a
+    later block of one reading, wherever the loader's readers interleave their requests).
     ``fail_first``: the first N GETs of each tar get ``503 SlowDown``.
     ``down_after``: after N tar GETs, every connection is reset at once (the store is gone).
     """
@@ -154,13 +155,20 @@ class FaultProxy(socketserver.ThreadingMixIn, http.server.HTTPServer):
     allow_reuse_address = True
 
     def __init__(
-        self, upstream: tuple[str, int], reset_midway=False, fail_first=0, down_after=None, reset_request=1
+        self,
+        upstream: tuple[str, int],
+        reset_midway=False,
+        fail_first=0,
+        down_after=None,
+        reset_request=1,
+        reset_from_byte: Optional[int] = None,
     ) -> None:
         super().__init__(("127.0.0.1", 0), _ProxyHandler)
         self.upstream = upstream
         self.reset_midway, self.fail_first, self.down_after = reset_midway, fail_first, down_after
-        self.reset_request = reset_request
+        self.reset_request, self.reset_from_byte = reset_request, reset_from_byte
         self.cut: list[tuple[str, str]] = []  # (path, Range header) of every response cut midway
+        self.cut_paths: set[str] = set()  # tars whose reset_from_byte GET was cut
         self.lock = threading.Lock()
         self.seen: dict[str, int] = {}  # tar path -> GETs so far
         self.ranges: list[tuple[str, str]] = []  # (path, Range header) of every ranged GET
@@ -172,7 +180,17 @@ class FaultProxy(socketserver.ThreadingMixIn, http.server.HTTPServer):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}"
 
-    def fault_for(self, method: str, path: str) -> Optional[str]:
+    def _cuts(self, path: str, n: int, byte_range: Optional[str]) -> bool:
+        if not self.reset_midway:
+            return False
+        if self.reset_from_byte is None:
+            return n == self.reset_request
+        if path in self.cut_paths or not (byte_range or "").startswith(f"bytes={self.reset_from_byte}-"):
+            return False
+        self.cut_paths.add(path)  # decided under the lock: one cut per tar, also with concurrent readers
+        return True
+
+    def fault_for(self, method: str, path: str, byte_range: Optional[str] = None) -> Optional[str]:
         if method != "GET" or not path.split("?")[0].endswith(".tar"):
             return None
         with self.lock:
@@ -183,7 +201,7 @@ class FaultProxy(socketserver.ThreadingMixIn, http.server.HTTPServer):
             if n <= self.fail_first:
                 self.failures += 1
                 return "503"
-            if self.reset_midway and n == self.reset_request:
+            if self._cuts(path.split("?")[0], n, byte_range):
                 self.resets += 1
                 return "reset"
         return None
@@ -206,7 +224,7 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         pass
 
     def _forward(self) -> None:
-        fault = self.server.fault_for(self.command, self.path)
+        fault = self.server.fault_for(self.command, self.path, self.headers.get("Range"))
         if self.command == "GET" and self.headers.get("Range"):
             with self.server.lock:
                 self.server.ranges.append((self.path, self.headers["Range"]))

@@ -8,12 +8,10 @@ or fail in the next collective.
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 from slurm_cluster import free_port
 
-from helpers import ENV, LAUNCH_2, ROOT, kill_tree, pack_tiny, train_args, wait_for
+from helpers import LAUNCH_2, ROOT, kill_tree, pack_tiny, start, train_args, wait_for
 from toolkit.training.checkpoint import checkpoint_step, list_checkpoints
 
 TIMEOUT_S = 120
@@ -50,14 +48,7 @@ def test_a_time_interval_writes_mid_epoch_checkpoints_decided_alike_on_two_proce
         "train.keep_checkpoints=100",
         "eval.test_split=null",
     )
-    proc = subprocess.Popen(
-        [*LAUNCH_2, "--main_process_port", str(free_port()), str(driver), *args],
-        cwd=ROOT,
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start([*LAUNCH_2, "--main_process_port", str(free_port()), str(driver), *args])
     try:
         _, err = wait_for(proc, TIMEOUT_S)  # a rank checkpointing alone would hang here
     finally:

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 from slurm_cluster import free_port
 
-from helpers import ENV, ROOT, descendants, kill_tree, pack_tiny, train_args, wait_for
+from helpers import ENV, ROOT, descendants, kill_tree, pack_tiny, start, train_args, wait_for
 from toolkit.training.checkpoint import checkpoint_step, latest_checkpoint, list_checkpoints
 
 SCRIPT = ROOT / "launch" / "torchrun_elastic.sh"
@@ -125,13 +125,8 @@ def losses(run: Path) -> dict[int, float]:
 
 @pytest.mark.timeout(2 * TIMEOUT_S)
 def test_a_lost_node_costs_one_checkpoint_interval_and_the_survivor_finishes_with_the_same_keys(tiny_shards, tmp_path):
-    reference = subprocess.Popen(
-        [sys.executable, "-m", "toolkit.train", *train_args(tiny_shards, tmp_path / "reference", "run", *COMMON)],
-        cwd=ROOT,
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    reference = start(
+        [sys.executable, "-m", "toolkit.train", *train_args(tiny_shards, tmp_path / "reference", "run", *COMMON)]
     )
     out, run, port = tmp_path / "elastic", tmp_path / "elastic" / "run", free_port()
     args = train_args(tiny_shards, out, "run", *COMMON)

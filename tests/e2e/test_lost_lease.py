@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ENV, ROOT, error_line, file_hashes, pack_tiny, train_args, wait_for
+from helpers import ENV, ROOT, error_line, file_hashes, pack_tiny, start, train_args, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -68,14 +68,7 @@ def test_a_suspended_writer_whose_lease_was_taken_stops_without_touching_the_new
     )
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER.format(root=str(ROOT)))
-    first = subprocess.Popen(
-        [sys.executable, str(driver), *argv],
-        cwd=ROOT,
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    first = start([sys.executable, str(driver), *argv])
     try:
         wait_until_stopped(first)
         time.sleep(EXPIRY_S + 1.0)  # the lease expires while its holder sleeps

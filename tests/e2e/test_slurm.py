@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file
 from slurm_cluster import Cluster, why_unavailable
 
-from helpers import ENV, LAUNCH_2, ROOT, pack_tiny, train_args, wait_for
+from helpers import ENV, LAUNCH_2, ROOT, pack_tiny, start, train_args, wait_for
 from toolkit.training.checkpoint import checkpoint_step, latest_checkpoint, list_checkpoints
 from toolkit.training.run_lock import read_record
 
@@ -158,7 +158,7 @@ def two_node_run(cluster, shards, tmp_path_factory) -> Path:
     """Case 1's run folder, checked against a single-host 2-process run (reused by case 2)."""
     out = tmp_path_factory.mktemp("case1")
     job = submit(cluster, out, "--nodes=2", train=train_args(shards, out, "straight", *COMMON))
-    local = subprocess.Popen(
+    local = start(
         [
             *LAUNCH_2,
             "--main_process_port",
@@ -166,12 +166,7 @@ def two_node_run(cluster, shards, tmp_path_factory) -> Path:
             "-m",
             "toolkit.train",
             *train_args(shards, out / "local", "straight", *COMMON),
-        ],
-        cwd=ROOT,
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        ]
     )
     try:
         info = finished(cluster, job, out)
@@ -314,14 +309,7 @@ def test_a_lost_node_requeues_the_job_which_resumes_on_the_node_left_with_the_sa
     Nothing but the failure is done to the job (no requeue, no release of its begin time)."""
     out = tmp_path / "case4"
     run = out / "lost"
-    reference = subprocess.Popen(
-        [sys.executable, "-m", "toolkit.train", *train_args(shards, tmp_path / "one", "lost", *ELASTIC)],
-        cwd=ROOT,
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    reference = start([sys.executable, "-m", "toolkit.train", *train_args(shards, tmp_path / "one", "lost", *ELASTIC)])
     cluster.wait(lambda: cluster.idle_nodes() == {"n1", "n2"}, JOB_TIMEOUT_S, "both nodes idle")  # else 1-2 gets 1
     job = submit(cluster, out, "--nodes=1-2", "--requeue", train=train_args(shards, out, "lost", *ELASTIC))
     try:
