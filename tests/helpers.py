@@ -35,8 +35,6 @@ from toolkit.training.checkpoint import list_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
-# subprocesses: CPU (gloo for 2 processes, also on a machine with one GPU), one thread each (2 cores,
-# other tests running), no W&B, output as it happens
 CAT_DOG = ["cat", "dog"]  # the class names of two-class fixtures
 
 
@@ -61,6 +59,8 @@ LAUNCH_2 = [
     "--dynamo_backend",
     "no",
 ]
+# subprocesses: CPU (gloo for 2 processes, also on a machine with one GPU), one thread each (2 cores,
+# other tests running), no W&B, output as it happens
 ENV = {
     **os.environ,
     "CUDA_VISIBLE_DEVICES": "",
