@@ -394,7 +394,7 @@ def train_one_epoch(s: Session, state: TrainerState, stop: StopRequested) -> Epo
         torch.cuda.reset_peak_memory_stats()
     running = RunningLoss(accelerator, state)
     batches = iter(s.loader)
-    keys: list[list[str]] = []  # this rank's micro-batches of the current step
+    keys: list[list[str]] = []  # this rank's micro-batches of the current step (train.record_sample_keys)
     bar = progress(
         range(first_batch, s.batches_per_epoch),
         total=s.batches_per_epoch,
@@ -424,14 +424,15 @@ def train_one_epoch(s: Session, state: TrainerState, stop: StopRequested) -> Epo
             )
             continue
         running.add(state.global_step + 1, loss)
-        keys.append(batch["key"])
+        if cfg.train.record_sample_keys:
+            keys.append(batch["key"])
         if not window_closes:
             continue
         s.step.update()
         state.global_step += 1
         if cfg.train.record_sample_keys:
             record_sample_keys(s, state, keys)
-        keys = []
+            keys = []
         outcome.stopped_by = after_step(s, state, running, bar, stop)
         if outcome.stopped_by:
             break
